@@ -1,0 +1,17 @@
+// Every CPU op of the core, in one include.
+#pragma once
+#include "core/autograd.h"
+#include "core/cpu/activation.h"
+#include "core/cpu/attention.h"
+#include "core/cpu/concat.h"
+#include "core/cpu/elementwise.h"
+#include "core/cpu/embedding.h"
+#include "core/cpu/index.h"
+#include "core/cpu/loss.h"
+#include "core/cpu/matmul.h"
+#include "core/cpu/norm.h"
+#include "core/cpu/reduce.h"
+#include "core/cpu/rope.h"
+#include "core/cpu/softmax.h"
+#include "core/cpu/topk.h"
+#include "core/tensor.h"

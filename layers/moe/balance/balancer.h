@@ -1,0 +1,66 @@
+// The narrow interface every balancing strategy implements (one file per strategy in this
+// folder; math in shared BALANCING.md). A strategy turns router scores into a list of
+// (token, expert, gate) assignments, may add loss terms, and may keep state across steps.
+#pragma once
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/rng.h"
+#include "core/tensor.h"
+#include "layers/model_config.h"
+
+namespace moe {
+
+// What the router hands to the strategy for one micro-batch of T tokens.
+struct RouterOutput {
+  Tensor logits;        // [T, E_r] router logits (f32, or f64 in gradient checks), differentiable
+  Tensor scores;        // [T, E_r] softmax or sigmoid of logits, differentiable
+  int64_t num_experts;  // E: real experts (E_r = E + null experts where the strategy adds them)
+  int64_t top_k;
+  int64_t seq_len;      // tokens per sequence (T = batch * seq_len), for per-sequence variants
+  bool training;
+};
+
+// Assignments of tokens to real experts. Token-choice strategies list them token-major
+// (token 0's choices in rank order, then token 1's, ...), which the position drop policy uses.
+struct Routing {
+  Tensor token;   // [A] i64, in [0, T)
+  Tensor expert;  // [A] i64, in [0, E)
+  Tensor gate;    // [A] differentiable gate weight (dtype of the scores)
+  Tensor score;   // [A] the value the assignment was selected by (drop-by-score uses it), no grad
+};
+
+struct ExtraLoss {
+  std::string name;  // e.g. "aux", "z", "entropy"
+  Tensor scaled;     // 0-dim, differentiable, coefficient applied: added to the training loss
+  double unscaled;   // the same term without its coefficient, for logging
+};
+
+class Balancer {
+ public:
+  virtual ~Balancer() = default;
+  virtual std::string name() const = 0;
+  // Number of router outputs for E real experts (null experts add to it).
+  virtual int64_t router_outputs(int64_t num_experts) const { return num_experts; }
+  // Chooses assignments. May read (and, for strategies that update on the current batch such
+  // as BIP in paper order, change) the state. `rng` is this layer's stream of the run's RNG.
+  virtual Routing select(const RouterOutput& in, Philox& rng) = 0;
+  // Loss terms of this strategy (differentiable through in.scores / in.logits).
+  virtual std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing& r) { return {}; }
+  // Called once per optimizer step, in training only, with the loads [E] of the global batch
+  // (all micro-batches, all data-parallel ranks) as selected (before capacity drops).
+  virtual void update(const std::vector<double>& global_loads) {}
+  // The per-expert state vector that routing.h5 logs (bias, q, beta); empty when none.
+  virtual std::vector<double> state_vector() const { return {}; }
+  // Everything needed to resume bit-exactly; restored by load_state.
+  virtual std::map<std::string, std::vector<double>> state() const { return {}; }
+  virtual void load_state(const std::map<std::string, std::vector<double>>& s) {}
+};
+
+// Builds the strategy named cfg.balance.strategy; unknown names and invalid settings throw
+// moe::Error naming the setting (e.g. "router.balance: unknown strategy 'foo' (expected ...)").
+std::unique_ptr<Balancer> make_balancer(const MoeConfig& cfg);
+
+}  // namespace moe
