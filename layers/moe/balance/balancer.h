@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "core/tensor.h"
+#include "layers/extra_loss.h"
 #include "layers/model_config.h"
 
 namespace moe {
@@ -30,12 +31,6 @@ struct Routing {
   Tensor expert;  // [A] i64, in [0, E)
   Tensor gate;    // [A] differentiable gate weight (dtype of the scores)
   Tensor score;   // [A] the value the assignment was selected by (drop-by-score uses it), no grad
-};
-
-struct ExtraLoss {
-  std::string name;  // e.g. "aux", "z", "entropy"
-  Tensor scaled;     // 0-dim, differentiable, coefficient applied: added to the training loss
-  double unscaled;   // the same term without its coefficient, for logging
 };
 
 class Balancer {
