@@ -58,7 +58,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
       if (y == ignore_index) continue;
       const T* xr = x + r * v;
       T m = -std::numeric_limits<T>::infinity();
-      for (int64_t k = 0; k < v; ++k) m = std::max(m, xr[k]);
+#pragma omp simd reduction(max : m)
+      for (int64_t k = 0; k < v; ++k) m = xr[k] > m ? xr[k] : m;
       T s = 0;
 #pragma omp simd reduction(+ : s)
       for (int64_t k = 0; k < v; ++k) s += std::exp(xr[k] - m);

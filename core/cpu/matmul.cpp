@@ -125,8 +125,10 @@ void check_blas_size(const char* op, const Tensor& a, const Tensor& b) {
 Tensor matmul_nograd(const Tensor& a, const Tensor& b) {
   Shape out_shape = a.shape();
   out_shape.back() = b.shape().back();
-  Tensor out = Tensor::zeros(out_shape, a.dtype());
-  if (out.numel() == 0 || a.shape().back() == 0) return out;
+  // K == 0 is an empty sum; otherwise GEMM with beta = 0 overwrites every element.
+  if (a.shape().back() == 0) return Tensor::zeros(out_shape, a.dtype());
+  Tensor out = Tensor::empty(out_shape, a.dtype());
+  if (out.numel() == 0) return out;
   BlasMat ma = blas_mat(a), mb = blas_mat(b);
   dispatch_float(a.dtype(), "matmul", [&](auto tag) {
     using T = decltype(tag);
