@@ -99,7 +99,7 @@ void gemm_batched(const BlasMat& a, const BlasMat& b, T* out, T beta) {
   const T* pb = b.keep.data<T>();
   int64_t lda = a.ld, ldb = b.ld;
   // A shared B and row-major A whose batches sit back to back: one GEMM over all rows.
-  if (b.batch == 1 && (a.batch == 1 || (!a.trans && a.bstride == m * a.ld))) {
+  if (b.batch == 1 && (a.batch == 1 || (!a.trans && a.bstride == m * a.ld && a.batch * m < INT_MAX))) {
     gemm(a.trans, b.trans, a.batch * m, n, k, T(1), pa, lda, pb, ldb, beta, out, n);
     return;
   }
