@@ -8,11 +8,11 @@
 
 namespace moe {
 
-struct DataConfig {
+struct DataSection {
   std::string dir = "data/brown";  // a prepared directory (`moetrain prepare brown --out DIR`)
 };
 
-struct OptimConfig {
+struct OptimSection {
   double lr = 3e-3;
   double min_lr = 3e-4;
   double beta1 = 0.9;
@@ -22,13 +22,13 @@ struct OptimConfig {
   double grad_clip = 1.0;  // max global grad norm; 0 disables clipping
 };
 
-struct ScheduleConfig {
+struct ScheduleSection {
   std::string kind = "cosine";  // cosine | wsd | constant
   int64_t warmup_steps = 20;
   double decay_fraction = 0.2;  // wsd: share of steps in the final decay
 };
 
-struct TrainConfig {
+struct TrainSection {
   int64_t steps = 200;
   int64_t batch_size = 16;  // sequences per optimizer step over all ranks (the global batch)
   int64_t seq_len = 128;
@@ -38,22 +38,22 @@ struct TrainConfig {
   std::string name = "";       // run name: runs/<name> unless --run-dir is given
 };
 
-struct EvalConfig {
+struct EvalSection {
   int64_t every = 0;     // 0: only at the end
   int64_t batches = 8;   // validation batches per evaluation (0: the whole split)
 };
 
-struct LogConfig {
+struct LogSection {
   int64_t every = 10;          // console line and metrics.jsonl
   int64_t flush_every = 10;    // routing.h5 flush interval in steps
 };
 
-struct CheckpointConfig {
+struct CheckpointSection {
   int64_t every = 0;  // 0: only at the end (and on SIGINT/SIGTERM)
   int64_t keep = 3;
 };
 
-struct ParallelConfig {
+struct ParallelSection {
   int64_t ep = 1;
   bool llep = false;
   double llep_threshold = 1.3;
@@ -62,14 +62,14 @@ struct ParallelConfig {
 struct Recipe {
   std::string path;  // where it was read from ("" when built in code)
   ModelConfig model;
-  DataConfig data;
-  OptimConfig optim;
-  ScheduleConfig schedule;
-  TrainConfig train;
-  EvalConfig eval;
-  LogConfig log;
-  CheckpointConfig checkpoint;
-  ParallelConfig parallel;
+  DataSection data;
+  OptimSection optim;
+  ScheduleSection schedule;
+  TrainSection train;
+  EvalSection eval;
+  LogSection log;
+  CheckpointSection checkpoint;
+  ParallelSection parallel;
 };
 
 // Reads and validates a recipe file, then applies `overrides` ("section.key=value", value in

@@ -44,7 +44,7 @@ batch_size = 8
   EXPECT_DOUBLE_EQ(*r.model.moe.capacity_factor, 1.25);
   EXPECT_EQ(r.model.moe.balance.strategy, "bip");
   EXPECT_EQ(r.train.steps, 50);
-  EXPECT_EQ(r.train.seq_len, TrainConfig{}.seq_len);
+  EXPECT_EQ(r.train.seq_len, TrainSection{}.seq_len);
   EXPECT_EQ(r.model.max_seq_len, r.train.seq_len);
 }
 
