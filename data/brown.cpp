@@ -45,10 +45,26 @@ std::string word_of(const std::string& token) {
   return (slash == std::string::npos || slash == 0) ? token : token.substr(0, slash);
 }
 
-std::string detokenize(const std::vector<std::string>& words) {
+bool is_tag_suffix_hl(const std::string& token) {
+  const size_t slash = token.rfind('/');
+  return slash != std::string::npos && token.size() - slash > 3 && token.ends_with("-hl");
+}
+
+std::string detokenize(std::vector<std::string> words) {
+  // Brown puts a period after an abbreviation's own ("Jr./np ./.") and commas and periods
+  // after closing quotes; print "Jr." and the American `,"` / `."`.
+  std::vector<std::string> kept;
+  for (std::string& w : words) {
+    if (w == "." && !kept.empty() && kept.back().size() > 1 && kept.back().back() == '.') continue;
+    if ((w == "," || w == ".") && !kept.empty() && kept.back() == "''") {
+      kept.insert(kept.end() - 1, w);
+      continue;
+    }
+    kept.push_back(std::move(w));
+  }
   std::string out;
   bool glue_next = true;
-  for (const std::string& w : words) {
+  for (const std::string& w : kept) {
     if (!glue_next && !attaches_left(w)) out += ' ';
     out += (w == "``" || w == "''") ? std::string("\"") : w;
     glue_next = attaches_right(w);
@@ -71,16 +87,19 @@ std::string brown_to_text(std::string_view tagged) {
   for (std::string line; std::getline(in, line);) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
-    if (line[0] == '\t') end_paragraph();
     std::vector<std::string> tokens;
     std::istringstream ls(line);
     for (std::string t; ls >> t;) tokens.push_back(t);
+    // A headline (every tag ends in -hl) is a paragraph of its own, as is a tab-opened line.
+    const bool headline = std::all_of(tokens.begin(), tokens.end(), is_tag_suffix_hl);
+    if (line[0] == '\t' || headline) end_paragraph();
     // The package repeats a sentence-final ? ! ; : ("?/. ?/."): keep one.
     if (tokens.size() >= 2 && tokens.back() == tokens[tokens.size() - 2]) {
       const std::string w = word_of(tokens.back());
       if (w == "?" || w == "!" || w == ";" || w == ":") tokens.pop_back();
     }
     for (const std::string& t : tokens) para.push_back(word_of(t));
+    if (headline) end_paragraph();
   }
   end_paragraph();
   return out;

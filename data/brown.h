@@ -11,8 +11,9 @@ namespace moe {
 
 // One tagged Brown file ("\tThe/at jury/nn said/vbd ./.\n...") -> plain text: tags stripped
 // (split at the last '/', so "1/2/cd" -> "1/2"), `` and '' -> ", no space before , . ; : ? ! )
-// and none after ( ``, the package's duplicated sentence-final ? ! ; : dropped, one paragraph
-// (a line opening with a tab starts one) per output line.
+// and none after ( ``, the package's duplicated sentence-final ? ! ; : dropped, a period after
+// an abbreviation's own dropped ("Jr. ." -> "Jr."), , and . moved inside closing quotes, one
+// paragraph per output line (a line opening with a tab starts one; a headline is one).
 std::string brown_to_text(std::string_view tagged);
 
 // "news", "editorial", ... for the genre letters a..r of cats.txt; unknown letters are an error.
