@@ -100,12 +100,13 @@ EvalIterator::EvalIterator(std::shared_ptr<const TokenDataset> data, EvalConfig 
       cand.push_back(s);
       cand_genre.push_back(d.genre);
     }
-  const uint64_t C = cand.size(), W = uint64_t(cfg.world);
+  // Whole global batches only: every rank gets rows in every batch, and the windows evaluated
+  // do not depend on the number of ranks.
+  const uint64_t C = cand.size(), B = uint64_t(cfg.global_batch);
   uint64_t M = cfg.max_windows == 0 ? C : std::min<uint64_t>(C, cfg.max_windows);
-  M -= M % W;
-  MOE_CHECK(M >= 1, data_->description().c_str(), "no evaluation window of seq_len + 1 = ", S + 1,
-            " tokens for each of the ", W, " ranks (", C, " windows fit inside documents; max_windows = ",
-            cfg.max_windows, ")");
+  M -= M % B;
+  MOE_CHECK(M >= 1, data_->description().c_str(), "no evaluation batch: ", C, " windows of seq_len + 1 = ", S + 1,
+            " tokens fit inside documents (max_windows = ", cfg.max_windows, "), fewer than the global batch of ", B);
   for (uint64_t j = 0; j < M; ++j) {
     const uint64_t k = uint64_t((unsigned __int128)j * C / M);
     starts_.push_back(cand[k]);
@@ -114,15 +115,13 @@ EvalIterator::EvalIterator(std::shared_ptr<const TokenDataset> data, EvalConfig 
 }
 
 uint64_t EvalIterator::num_batches() const {
-  const uint64_t B = uint64_t(cfg_.global_batch);
-  return (starts_.size() + B - 1) / B;
+  return starts_.size() / uint64_t(cfg_.global_batch);
 }
 
 bool EvalIterator::next(EvalBatch& out) {
   if (batch_ >= num_batches()) return false;
   const uint64_t B = uint64_t(cfg_.global_batch), W = uint64_t(cfg_.world), r = uint64_t(cfg_.rank);
-  const uint64_t first = batch_ * B, n = std::min<uint64_t>(B, starts_.size() - first);
-  const uint64_t lo = first + r * n / W, hi = first + (r + 1) * n / W;
+  const uint64_t local = B / W, lo = batch_ * B + r * local, hi = lo + local;
   std::vector<uint64_t> starts(starts_.begin() + lo, starts_.begin() + hi);
   out.genres.assign(genres_.begin() + lo, genres_.begin() + hi);
   fill_rows(*data_, starts, cfg_.seq_len, out.inputs, out.targets);

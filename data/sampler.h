@@ -67,20 +67,21 @@ class Sampler {
 struct EvalConfig {
   int64_t seq_len = 0, global_batch = 0;
   int rank = 0, world = 1;
-  uint64_t max_windows = 0;  // windows per full evaluation over all ranks; 0: every window
+  uint64_t max_windows = 0;  // windows per evaluation over all ranks (0: every window)
 };
 
 struct EvalBatch {
-  Tensor inputs, targets;       // [rows, S] int32; rows = this rank's share (>= 1)
+  Tensor inputs, targets;       // [B_local, S] int32
   std::vector<int32_t> genres;  // genre of each row (index into TokenDataset::genre_names())
 };
 
 // Evaluation windows lie inside one document each (so each has one genre): starts
 // doc.offset + k * S with the window's S + 1 tokens in the document. From the C candidates in
-// stream order, M = min(C, max_windows) rounded down to a multiple of world are taken evenly
-// spaced (candidate floor(j * C / M)), so a partial evaluation still spans every genre.
-// Batches are consecutive groups of global_batch windows (the last may be smaller); rank r gets
-// rows [r * n / W, (r + 1) * n / W) of a batch of n rows. Fixed order: no RNG involved.
+// stream order, M = min(C, max_windows) rounded down to a multiple of global_batch are taken
+// evenly spaced (candidate floor(j * C / M)), so a partial evaluation still spans every genre
+// and the windows do not depend on the number of ranks. Batches are consecutive groups of
+// global_batch windows; rank r gets rows [r * B_local, (r + 1) * B_local) of each, like the
+// Sampler. Fixed order: no RNG involved.
 class EvalIterator {
  public:
   EvalIterator(std::shared_ptr<const TokenDataset> data, EvalConfig cfg);
