@@ -148,13 +148,21 @@ void File::fail(const std::string& obj, const std::string& what) const {
   throw Error(os.str());
 }
 
-File File::create(const std::filesystem::path& path) {
+namespace {
+Handle make_fapl(const File& f, bool file_locking) {
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  if (!fapl.valid() || H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST) < 0 ||
+      (!file_locking && H5Pset_file_locking(fapl.get(), 0, 1) < 0))
+    f.fail("", "cannot set up the file access properties");
+  return fapl;
+}
+}  // namespace
+
+File File::create(const std::filesystem::path& path, bool file_locking) {
   silence_errors();
   File f;
   f.path_ = path.string();
-  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  if (!fapl.valid() || H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST) < 0)
-    f.fail("", "cannot set up the file access properties");
+  Handle fapl = make_fapl(f, file_locking);
   Handle fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   // Dense attribute storage from the first attribute: attributes over 64 KiB (a long recipe)
   // only fit there, and its fractal heap is checksummed like the object headers.
@@ -166,7 +174,7 @@ File File::create(const std::filesystem::path& path) {
   return f;
 }
 
-File File::open(const std::filesystem::path& path, Mode mode) {
+File File::open(const std::filesystem::path& path, Mode mode, bool file_locking) {
   silence_errors();
   File f;
   f.path_ = path.string();
@@ -176,7 +184,8 @@ File File::open(const std::filesystem::path& path, Mode mode) {
     os << "hdf5: " << f.path_ << ": no such file";
     throw Error(os.str());
   }
-  hid_t id = H5Fopen(f.path_.c_str(), mode == Mode::read ? H5F_ACC_RDONLY : H5F_ACC_RDWR, H5P_DEFAULT);
+  Handle fapl = make_fapl(f, file_locking);
+  hid_t id = H5Fopen(f.path_.c_str(), mode == Mode::read ? H5F_ACC_RDONLY : H5F_ACC_RDWR, fapl.get());
   if (id < 0) f.fail("", "cannot open as HDF5");
   f.id_ = Handle(id, H5Fclose);
   return f;

@@ -74,8 +74,10 @@ class File {
   enum class Mode { read, read_write };
   // Creates (truncating) `path`. Object headers and the superblock use the 1.8 file format,
   // whose metadata carries checksums, so a flipped byte in an attribute is caught too.
-  static File create(const std::filesystem::path& path);
-  static File open(const std::filesystem::path& path, Mode mode);
+  // file_locking = false lets other processes (h5py) open the file while this one writes it;
+  // the routing log uses that so a run can be watched live.
+  static File create(const std::filesystem::path& path, bool file_locking = true);
+  static File open(const std::filesystem::path& path, Mode mode, bool file_locking = true);
 
   File() = default;
   File(File&&) noexcept = default;
