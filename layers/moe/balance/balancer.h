@@ -2,6 +2,7 @@
 // folder; math in shared BALANCING.md). A strategy turns router scores into a list of
 // (token, expert, gate) assignments, may add loss terms, and may keep state across steps.
 #pragma once
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,7 +30,8 @@ struct RouterOutput {
 struct Routing {
   Tensor token;   // [A] i64, in [0, T)
   Tensor expert;  // [A] i64, in [0, E)
-  Tensor gate;    // [A] differentiable gate weight (dtype of the scores)
+  Tensor gate;    // [A] differentiable combine weight (dtype of the scores): already renormalized
+                  // where the strategy and cfg.renormalize_gates say so, and times cfg.gate_scale
   Tensor score;   // [A] the value the assignment was selected by (drop-by-score uses it), no grad
 };
 
@@ -52,6 +54,13 @@ class Balancer {
   // Everything needed to resume bit-exactly; restored by load_state.
   virtual std::map<std::string, std::vector<double>> state() const { return {}; }
   virtual void load_state(const std::map<std::string, std::vector<double>>& s) {}
+
+  // Sums a per-expert load vector over the data-parallel group (an all-reduce). The trainer
+  // installs it for strategies whose loss needs the loads of the whole global batch (aux_loss
+  // variant "global"); a collective, so every rank calls it the same number of times.
+  // Default (single process): the identity.
+  using LoadReducer = std::function<std::vector<double>(const std::vector<double>&)>;
+  virtual void set_load_reducer(LoadReducer reducer) {}
 };
 
 // Builds the strategy named cfg.balance.strategy; unknown names and invalid settings throw

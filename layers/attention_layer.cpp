@@ -1,0 +1,36 @@
+// Multi-head causal self-attention with RoPE (see attention_layer.h).
+#include "layers/attention_layer.h"
+
+#include "core/cpu/attention.h"
+#include "core/cpu/rope.h"
+#include "layers/init.h"
+
+namespace moe {
+
+Attention::Attention(const ModelConfig& cfg, Philox& rng, DType dtype)
+    : d_model_(cfg.d_model), n_heads_(cfg.n_heads), rope_theta_(cfg.rope_theta) {
+  MOE_CHECK(cfg.n_heads > 0 && cfg.d_model % cfg.n_heads == 0, "Attention", "d_model=", cfg.d_model,
+            " must be a positive multiple of n_heads=", cfg.n_heads);
+  head_dim_ = cfg.d_model / cfg.n_heads;
+  MOE_CHECK(head_dim_ % 2 == 0, "Attention", "head_dim = d_model / n_heads = ", head_dim_,
+            " must be even for RoPE");
+  wq_ = register_module("wq", std::make_shared<Linear>(d_model_, d_model_, false, rng, cfg.init_std, dtype));
+  wk_ = register_module("wk", std::make_shared<Linear>(d_model_, d_model_, false, rng, cfg.init_std, dtype));
+  wv_ = register_module("wv", std::make_shared<Linear>(d_model_, d_model_, false, rng, cfg.init_std, dtype));
+  wo_ = register_module("wo", std::make_shared<Linear>(d_model_, d_model_, false, rng, output_proj_std(cfg), dtype));
+}
+
+Tensor Attention::forward(const Tensor& x, int64_t pos_offset) const {
+  MOE_CHECK(x.dim() == 3 && x.size(2) == d_model_, "Attention", "expected x [B, S, ", d_model_, "], got ",
+            x.shape_str());
+  const int64_t B = x.size(0), S = x.size(1);
+  const Shape heads{B, S, n_heads_, head_dim_};
+  // RoPE works on [B, S, H, Dh]; attention wants [B, H, S, Dh] (the transposes are views).
+  Tensor q = rope(wq_->forward(x).reshape(heads), rope_theta_, pos_offset).transpose(1, 2);
+  Tensor k = rope(wk_->forward(x).reshape(heads), rope_theta_, pos_offset).transpose(1, 2);
+  Tensor v = wv_->forward(x).reshape(heads).transpose(1, 2);
+  Tensor o = causal_attention(q, k, v);               // [B, H, S, Dh]
+  return wo_->forward(o.transpose(1, 2).reshape({B, S, d_model_}));
+}
+
+}  // namespace moe

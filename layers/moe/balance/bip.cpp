@@ -1,0 +1,54 @@
+// Strategy "bip" (Yuan Sun, arXiv 2502.15451): per-expert prices q from the LP dual of the
+// balanced assignment problem; selection is top-k of (s - q), gates the unbiased s.
+#include "core/autograd.h"
+#include "layers/moe/balance/dual_prices.h"
+#include "layers/moe/balance/strategies.h"
+
+namespace moe {
+namespace {
+
+// Orders (both in training only; eval selects with the stored q and never changes it):
+//  paper:  T_bip dual iterations on the current batch warm-started from q, then select with
+//          the new q. Non-causal: a token's experts depend on the other tokens of its batch.
+//  causal: select with the q left by the previous batches, then run the T_bip iterations on
+//          this batch to get the q the next batch uses. A batch never influences its own routing.
+// q changes inside select(), not in update(): the dual iterations need the scores, and
+// update() only sees loads. In data-parallel training each rank's q follows its own batches.
+class BipBalancer final : public Balancer {
+ public:
+  explicit BipBalancer(const MoeConfig& cfg) : cfg_(cfg), q_(size_t(cfg.num_experts), 0.0f) {}
+  std::string name() const override { return "bip"; }
+
+  Routing select(const RouterOutput& in, Philox&) override {
+    check_router_output(in, cfg_.num_experts, "balance.bip");
+    const bool paper = cfg_.balance.bip_order == "paper";
+    const int64_t T = in.scores.size(0), k = cfg_.top_k;
+    const int64_t cap = balanced_capacity(T, cfg_.num_experts, k);
+    if (in.training && paper) iterate(in.scores, k, cap);
+    Selection sel = select_topk(shifted_scores(in.scores, q_, -1.0), k, "balance.bip");
+    if (in.training && !paper) iterate(in.scores, k, cap);
+    return build_routing(in.scores, sel, token_choice_gates(cfg_));
+  }
+
+  std::vector<double> state_vector() const override { return {q_.begin(), q_.end()}; }
+  std::map<std::string, std::vector<double>> state() const override { return {{"q", state_vector()}}; }
+  void load_state(const std::map<std::string, std::vector<double>>& s) override {
+    std::vector<double> q = state_entry(s, "q", q_.size(), "bip");
+    for (size_t i = 0; i < q.size(); ++i) q_[i] = float(q[i]);
+  }
+
+ private:
+  void iterate(const Tensor& scores, int64_t k, int64_t cap) {
+    NoGradGuard ng;
+    dual_price_iterations(scores, k, cap, cfg_.balance.bip_iters, /*clip=*/true, q_);
+  }
+
+  MoeConfig cfg_;
+  std::vector<float> q_;
+};
+
+}  // namespace
+
+std::unique_ptr<Balancer> make_bip_balancer(const MoeConfig& cfg) { return std::make_unique<BipBalancer>(cfg); }
+
+}  // namespace moe

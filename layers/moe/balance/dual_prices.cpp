@@ -1,0 +1,45 @@
+// BIP / quantile dual iterations: a token pass (nth largest over E per row) and an expert pass
+// (nth largest over T per column, columns in parallel, each into its own buffer: deterministic).
+#include "layers/moe/balance/dual_prices.h"
+
+#include <algorithm>
+
+#include "layers/moe/balance/topk_routing.h"
+
+namespace moe {
+
+int64_t balanced_capacity(int64_t tokens, int64_t experts, int64_t k) { return (k * tokens + experts - 1) / experts; }
+
+void dual_price_iterations(const Tensor& scores, int64_t k, int64_t cap, int iters, bool clip, std::vector<float>& q) {
+  MOE_CHECK(scores.dim() == 2 && int64_t(q.size()) == scores.size(1), "balance.dual_prices", "scores ",
+            scores.shape_str(), " and ", q.size(), " prices");
+  const int64_t T = scores.size(0), E = scores.size(1);
+  const std::vector<double> s = scores.detach().contiguous().to_double_vector();
+  std::vector<double> qd(q.begin(), q.end()), p(static_cast<size_t>(T));
+  std::vector<double> st(size_t(T * E));  // s transposed: a column per expert, contiguous
+  for (int64_t i = 0; i < T; ++i)
+    for (int64_t j = 0; j < E; ++j) st[size_t(j * T + i)] = s[size_t(i * E + j)];
+  const int64_t row_n = std::min(k + 1, E), col_n = std::min(cap + 1, T);
+  for (int it = 0; it < iters; ++it) {
+#pragma omp parallel
+    {
+      std::vector<double> buf(static_cast<size_t>(std::max(T, E)));
+#pragma omp for
+      for (int64_t i = 0; i < T; ++i) {
+        for (int64_t j = 0; j < E; ++j) buf[size_t(j)] = s[size_t(i * E + j)] - qd[size_t(j)];
+        double v = nth_largest(buf.data(), E, row_n);
+        p[size_t(i)] = clip ? std::max(0.0, v) : v;
+      }
+#pragma omp for
+      for (int64_t j = 0; j < E; ++j) {
+        const double* col = &st[size_t(j * T)];
+        for (int64_t i = 0; i < T; ++i) buf[size_t(i)] = col[i] - p[size_t(i)];
+        double v = nth_largest(buf.data(), T, col_n);
+        qd[size_t(j)] = clip ? std::max(0.0, v) : v;
+      }
+    }
+  }
+  for (int64_t j = 0; j < E; ++j) q[size_t(j)] = float(qd[size_t(j)]);
+}
+
+}  // namespace moe

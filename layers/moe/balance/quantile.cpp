@@ -1,0 +1,62 @@
+// Strategy "quantile" (after Megatron's quantile balancing): prices beta from equality-form
+// dual quantiles, select-then-update, beta re-centred to mean 0.
+#include "core/autograd.h"
+#include "layers/moe/balance/dual_prices.h"
+#include "layers/moe/balance/strategies.h"
+
+namespace moe {
+namespace {
+
+// Our exact update (the Megatron details were not available to us), in training only, after
+// the batch was routed with the current beta (causal):
+//   p_i     = (k+1)-th largest over j of (s_ij - beta_j)            no clipping
+//   beta*_j = (C+1)-th largest over i of (s_ij - p_i),  C = ceil(kT/E)   no clipping
+//            (the price at which exactly C tokens would still pick expert j: equality form)
+//   beta   <- beta + r * (beta* - beta);  beta <- beta - mean(beta)    r = router.quantile_rate
+// r = 1 jumps to this batch's equilibrium prices; small r averages them over batches.
+// Re-centring leaves top-k of (s - beta) unchanged and keeps beta from drifting.
+class QuantileBalancer final : public Balancer {
+ public:
+  explicit QuantileBalancer(const MoeConfig& cfg) : cfg_(cfg), beta_(size_t(cfg.num_experts), 0.0f) {}
+  std::string name() const override { return "quantile"; }
+
+  Routing select(const RouterOutput& in, Philox&) override {
+    check_router_output(in, cfg_.num_experts, "balance.quantile");
+    const int64_t T = in.scores.size(0), k = cfg_.top_k, E = cfg_.num_experts;
+    Selection sel = select_topk(shifted_scores(in.scores, beta_, -1.0), k, "balance.quantile");
+    if (in.training) {
+      NoGradGuard ng;
+      std::vector<float> target = beta_;
+      dual_price_iterations(in.scores, k, balanced_capacity(T, E, k), 1, /*clip=*/false, target);
+      const double r = cfg_.balance.quantile_rate;
+      std::vector<double> next(static_cast<size_t>(E));
+      double mean = 0;
+      for (int64_t j = 0; j < E; ++j) {
+        next[size_t(j)] = double(beta_[size_t(j)]) + r * (double(target[size_t(j)]) - double(beta_[size_t(j)]));
+        mean += next[size_t(j)];
+      }
+      mean /= double(E);
+      for (int64_t j = 0; j < E; ++j) beta_[size_t(j)] = float(next[size_t(j)] - mean);
+    }
+    return build_routing(in.scores, sel, token_choice_gates(cfg_));
+  }
+
+  std::vector<double> state_vector() const override { return {beta_.begin(), beta_.end()}; }
+  std::map<std::string, std::vector<double>> state() const override { return {{"beta", state_vector()}}; }
+  void load_state(const std::map<std::string, std::vector<double>>& s) override {
+    std::vector<double> b = state_entry(s, "beta", beta_.size(), "quantile");
+    for (size_t i = 0; i < b.size(); ++i) beta_[i] = float(b[i]);
+  }
+
+ private:
+  MoeConfig cfg_;
+  std::vector<float> beta_;
+};
+
+}  // namespace
+
+std::unique_ptr<Balancer> make_quantile_balancer(const MoeConfig& cfg) {
+  return std::make_unique<QuantileBalancer>(cfg);
+}
+
+}  // namespace moe

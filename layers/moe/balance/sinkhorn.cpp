@@ -1,0 +1,58 @@
+// Strategy "sinkhorn" (S-BASE; Megatron's `sinkhorn` router): in training, top-k of the Sinkhorn
+// plan of the logits (balanced by construction); gates from the plain activation. Eval: top-k of s.
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/cpu/activation.h"
+#include "core/cpu/softmax.h"
+#include "layers/moe/balance/sinkhorn_plan.h"
+#include "layers/moe/balance/strategies.h"
+
+namespace moe {
+namespace {
+
+// As in Megatron: gates are sigmoid(x) of the selected experts when k = 1 and softmax(x) when
+// k > 1, not renormalized over the k choices (cfg.renormalize_gates does not apply here).
+// An assignment's score is T * Pi_ij, the share of the token's plan mass on that expert.
+class SinkhornBalancer final : public Balancer {
+ public:
+  explicit SinkhornBalancer(const MoeConfig& cfg) : cfg_(cfg) {}
+  std::string name() const override { return "sinkhorn"; }
+
+  Routing select(const RouterOutput& in, Philox&) override {
+    check_router_output(in, cfg_.num_experts, "balance.sinkhorn");
+    MOE_CHECK(in.logits.defined(), "balance.sinkhorn", "needs the router logits");
+    const int64_t k = cfg_.top_k;
+    Tensor source = k == 1 ? sigmoid(in.logits)
+                           : (cfg_.score_function == "softmax" ? in.scores : softmax(in.logits, -1));
+    GateOptions gates{false, cfg_.gate_scale};
+    if (!in.training) return build_routing(source, select_topk(in.scores, k, "balance.sinkhorn"), gates);
+    Selection sel;
+    {
+      NoGradGuard ng;
+      const auto& b = cfg_.balance;
+      SinkhornPlan plan = sinkhorn_plan(in.logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol);
+      const int64_t T = plan.tokens, E = plan.experts;
+      std::vector<int64_t> idx(size_t(T * k));
+      topk_rows<double>(plan.log_plan.data(), T, E, k, idx.data());
+      sel.reserve(size_t(T * k));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t r = 0; r < k; ++r) {
+          int64_t e = idx[size_t(t * k + r)];
+          sel.push(t, e, double(T) * std::exp(plan.log_plan[size_t(t * E + e)]));
+        }
+    }
+    return build_routing(source, sel, gates);
+  }
+
+ private:
+  MoeConfig cfg_;
+};
+
+}  // namespace
+
+std::unique_ptr<Balancer> make_sinkhorn_balancer(const MoeConfig& cfg) {
+  return std::make_unique<SinkhornBalancer>(cfg);
+}
+
+}  // namespace moe

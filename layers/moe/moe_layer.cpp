@@ -1,0 +1,126 @@
+// MoeLayer: wires router, strategy, capacity, dispatch, experts and combine for one step,
+// and keeps what the trainer needs after it (loads for Balancer::update, routing statistics).
+#include "layers/moe/moe_layer.h"
+
+#include <cmath>
+
+#include "core/autograd.h"
+#include "core/cpu/elementwise.h"
+
+namespace moe {
+
+bool is_moe_layer(const MoeConfig& cfg, int layer) {
+  MOE_CHECK(cfg.moe_every >= 1, "moe.moe_every", "must be >= 1, got ", cfg.moe_every);
+  return int64_t(layer) % cfg.moe_every == cfg.moe_every - 1;
+}
+
+int64_t resolved_expert_hidden(const ModelConfig& cfg) {
+  if (cfg.moe.expert_hidden > 0) return cfg.moe.expert_hidden;
+  if (cfg.d_ff > 0) return cfg.d_ff;
+  int64_t h = (8 * cfg.d_model + 2) / 3;
+  return (h + 7) / 8 * 8;
+}
+
+void validate_moe_config(const ModelConfig& cfg) {
+  const MoeConfig& m = cfg.moe;
+  MOE_CHECK(cfg.d_model > 0, "model.d_model", "must be > 0, got ", cfg.d_model);
+  MOE_CHECK(cfg.d_ff >= 0, "model.d_ff", "must be >= 0 (0: 8/3 d_model), got ", cfg.d_ff);
+  MOE_CHECK(m.num_experts >= 1, "moe.num_experts", "must be >= 1, got ", m.num_experts);
+  MOE_CHECK(m.top_k >= 1 && m.top_k <= m.num_experts, "moe.top_k", "must be in [1, num_experts = ", m.num_experts,
+            "], got ", m.top_k);
+  MOE_CHECK(m.expert_hidden >= 0, "moe.expert_hidden", "must be >= 0 (0: the dense d_ff), got ", m.expert_hidden);
+  MOE_CHECK(m.num_shared_experts >= 0, "moe.num_shared_experts", "must be >= 0, got ", m.num_shared_experts);
+  MOE_CHECK(m.moe_every >= 1, "moe.moe_every", "must be >= 1, got ", m.moe_every);
+  MOE_CHECK(std::isfinite(m.jitter) && m.jitter >= 0 && m.jitter < 1, "moe.jitter", "must be in [0, 1), got ",
+            m.jitter);
+  MOE_CHECK(std::isfinite(m.z_loss_coef) && m.z_loss_coef >= 0, "moe.z_loss_coef", "must be >= 0, got ",
+            m.z_loss_coef);
+  MOE_CHECK(std::isfinite(m.gate_scale) && m.gate_scale > 0, "moe.gate_scale", "must be > 0, got ", m.gate_scale);
+  MOE_CHECK(std::isfinite(cfg.init_std) && cfg.init_std >= 0, "model.init_std", "must be >= 0, got ", cfg.init_std);
+  validate_capacity_factor(m.capacity_factor);
+  parse_drop_policy(m.drop_policy);
+  parse_score_function(m.score_function);
+}
+
+MoeLayer::MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, std::unique_ptr<Balancer> balancer,
+                   DType dtype)
+    : layer_(layer_index),
+      jitter_rng_(init_rng.seed(), stream_id(RngStream::jitter, 0, uint64_t(layer_index))),
+      select_rng_(init_rng.seed(), stream_id(RngStream::ssr, 0, uint64_t(layer_index))) {
+  validate_moe_config(cfg);
+  MOE_CHECK(balancer != nullptr, "MoeLayer", "no balancing strategy given");
+  MOE_CHECK(dtype == DType::f32 || dtype == DType::f64, "MoeLayer", "dtype must be f32 or f64, got ",
+            dtype_name(dtype));
+  const MoeConfig& m = cfg.moe;
+  d_model_ = cfg.d_model;
+  num_experts_ = m.num_experts;
+  top_k_ = m.top_k;
+  capacity_factor_ = m.capacity_factor;
+  drop_policy_ = parse_drop_policy(m.drop_policy);
+  gate_scale_ = m.gate_scale;
+  z_loss_coef_ = m.z_loss_coef;
+  balancer_ = std::move(balancer);
+  const int64_t outputs = balancer_->router_outputs(num_experts_);
+  MOE_CHECK(outputs >= num_experts_, "moe.balance", "strategy '", balancer_->name(), "' asks for ", outputs,
+            " router outputs, fewer than num_experts = ", num_experts_);
+  const int64_t H = resolved_expert_hidden(cfg);
+  router_ = register_module("router", std::make_shared<Router>(d_model_, outputs, parse_score_function(m.score_function),
+                                                               m.jitter, cfg.init_std, init_rng, dtype));
+  experts_ = register_module("experts", std::make_shared<Experts>(num_experts_, d_model_, H, cfg.init_std, init_rng, dtype));
+  if (m.num_shared_experts > 0)
+    shared_ = register_module("shared_experts", std::make_shared<Experts>(1, d_model_, m.num_shared_experts * H,
+                                                                          cfg.init_std, init_rng, dtype));
+  pending_loads_.assign(size_t(num_experts_), 0.0);
+}
+
+std::vector<double> MoeLayer::take_pending_loads() {
+  std::vector<double> out(size_t(num_experts_), 0.0);
+  out.swap(pending_loads_);
+  return out;
+}
+
+Tensor MoeLayer::forward(const Tensor& x) {
+  MOE_CHECK(x.dim() == 3 && x.size(2) == d_model_, "MoeLayer.forward", "expected x [B, S, ", d_model_, "], got ",
+            x.shape_str());
+  const int64_t B = x.size(0), S = x.size(1), T = B * S, E = num_experts_;
+  Tensor x2 = x.reshape({T, d_model_});
+
+  RouterOutput ro = router_->forward(x2, E, top_k_, S, jitter_rng_);
+  Routing r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
+  const int64_t A = r.expert.numel();
+  MOE_CHECK(r.token.numel() == A && r.gate.numel() == A, "MoeLayer.forward", "strategy '", balancer_->name(),
+            "' returned token ", r.token.shape_str(), ", expert ", r.expert.shape_str(), ", gate ", r.gate.shape_str(),
+            " (expected equal lengths)");
+
+  std::vector<double> load(size_t(E), 0.0);
+  for (int64_t e : r.expert.to(DType::i64).to_vector<int64_t>()) {
+    MOE_CHECK(e >= 0 && e < E, "MoeLayer.forward", "strategy '", balancer_->name(), "' chose expert ", e,
+              " outside [0, ", E, ")");
+    load[size_t(e)] += 1;
+  }
+  if (training())
+    for (int64_t e = 0; e < E; ++e) pending_loads_[size_t(e)] += load[size_t(e)];
+
+  extra_losses_ = balancer_->extra_losses(ro, r);
+  if (z_loss_coef_ > 0) {
+    Tensor z = router_z_loss(ro.logits);
+    extra_losses_.push_back(ExtraLoss{"z", mul_scalar(z, z_loss_coef_), z.item_double()});
+  }
+
+  CapacityResult cap = apply_capacity(r, T, top_k_, E, capacity_factor_, drop_policy_);
+  DispatchPlanPtr plan = make_dispatch_plan(r.token, r.expert, cap.kept, T, E);
+  Tensor xs = permute_tokens(x2, plan);
+  Tensor ys = experts_->forward(xs, plan->offsets);
+  Tensor gate = r.gate.dtype() == ys.dtype() ? r.gate : r.gate.to(ys.dtype());
+  if (gate_scale_ != 1.0) gate = mul_scalar(gate, gate_scale_);
+  Tensor out = unpermute_combine(ys, gate.reshape({A}), plan);
+  if (shared_) out = add(out, shared_->forward_all(x2));
+
+  {
+    NoGradGuard ng;
+    stats_ = compute_routing_stats(load, cap.dropped, ro.scores, ro.logits, balancer_->state_vector());
+  }
+  return out.reshape({B, S, d_model_});
+}
+
+}  // namespace moe

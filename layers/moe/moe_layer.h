@@ -1,0 +1,84 @@
+// The MoE feed-forward layer: router -> balancer -> capacity -> dispatch -> grouped SwiGLU
+// experts -> gate-weighted combine (+ shared experts), with the per-step loads and statistics.
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "core/rng.h"
+#include "layers/feed_forward.h"
+#include "layers/model_config.h"
+#include "layers/moe/balance/balancer.h"
+#include "layers/moe/capacity.h"
+#include "layers/moe/dispatch.h"
+#include "layers/moe/experts.h"
+#include "layers/moe/router.h"
+#include "layers/moe/routing_stats.h"
+
+namespace moe {
+
+// MoE in layers l with (l % moe_every) == moe_every - 1; throws naming "moe.moe_every" if < 1.
+bool is_moe_layer(const MoeConfig& cfg, int layer);
+
+// The resolved hidden size of one routed expert: expert_hidden, else the dense FFN's d_ff,
+// else 8/3 d_model rounded up to a multiple of 8 (ModelConfig's documented default).
+int64_t resolved_expert_hidden(const ModelConfig& cfg);
+
+// Checks every MoE setting this layer reads; throws moe::Error naming the key.
+void validate_moe_config(const ModelConfig& cfg);
+
+class MoeLayer : public FeedForward {
+ public:
+  // Builds the strategy with make_balancer(cfg.moe). Parameters (in this order of draws from
+  // init_rng): router.weight [E_r, D], experts.w1/w3 [E, H, D], experts.w2 [E, D, H], and with
+  // shared experts shared_experts.w1/w3 [1, S H, D], shared_experts.w2 [1, D, S H].
+  // dtype f32 (router fp32) or f64 (everything f64, for gradient checks).
+  MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, DType dtype = DType::f32);
+  // The same with a given strategy (tests, tools that construct strategies themselves).
+  MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, std::unique_ptr<Balancer> balancer,
+           DType dtype = DType::f32);
+
+  Tensor forward(const Tensor& x) override;  // [B, S, D] -> [B, S, D]
+  std::vector<ExtraLoss> extra_losses() const override { return extra_losses_; }
+
+  // This step's per-expert loads as selected (before capacity), summed over the training
+  // forwards since the last take; returns them and resets to zero. Eval forwards do not count.
+  std::vector<double> take_pending_loads();
+  Balancer& balancer() { return *balancer_; }
+  const RoutingStats& last_stats() const { return stats_; }
+
+  // RNG streams of this layer (seed of init_rng; streams jitter and ssr keyed by the layer):
+  // the trainer checkpoints their offsets.
+  Philox& jitter_rng() { return jitter_rng_; }
+  Philox& select_rng() { return select_rng_; }
+
+  // Test hook: when set, replaces balancer->select (the balancer's losses still apply). Lets a
+  // gradient check hold the routing fixed under finite-difference perturbations.
+  using SelectOverride = std::function<Routing(const RouterOutput&)>;
+  void set_select_override(SelectOverride f) { select_override_ = std::move(f); }
+
+  int layer_index() const { return layer_; }
+  int64_t num_experts() const { return num_experts_; }
+  int64_t top_k() const { return top_k_; }
+  const Router& router() const { return *router_; }
+  const Experts& experts() const { return *experts_; }
+  const Experts* shared_experts() const { return shared_.get(); }
+
+ private:
+  int layer_;
+  int64_t d_model_, num_experts_, top_k_;
+  std::optional<double> capacity_factor_;
+  DropPolicy drop_policy_;
+  double gate_scale_, z_loss_coef_;
+  std::unique_ptr<Balancer> balancer_;
+  std::shared_ptr<Router> router_;
+  std::shared_ptr<Experts> experts_, shared_;
+  Philox jitter_rng_, select_rng_;
+  SelectOverride select_override_;
+  std::vector<ExtraLoss> extra_losses_;
+  std::vector<double> pending_loads_;
+  RoutingStats stats_;
+};
+
+}  // namespace moe

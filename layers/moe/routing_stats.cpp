@@ -1,0 +1,109 @@
+// Routing statistics: plain double arithmetic in a fixed order so that logged values are
+// reproducible; degenerate cases are mapped to documented finite values.
+#include "layers/moe/routing_stats.h"
+
+#include <cmath>
+
+namespace moe {
+
+void fill_load_stats(RoutingStats& s) {
+  const size_t E = s.load.size();
+  double total = 0, mx = 0;
+  s.dead_experts = 0;
+  for (double l : s.load) {
+    total += l;
+    mx = std::max(mx, l);
+    if (l == 0) ++s.dead_experts;
+  }
+  s.assignments = int64_t(std::llround(total));
+  s.max_vio = s.load_cv = s.load_entropy = 0;
+  if (E == 0 || total <= 0) return;
+  double mean = total / double(E), var = 0, ent = 0;
+  for (double l : s.load) {
+    var += (l - mean) * (l - mean);
+    if (l > 0) ent -= l / total * std::log(l / total);
+  }
+  s.max_vio = mx / mean - 1;
+  s.load_cv = std::sqrt(var / double(E)) / mean;
+  s.load_entropy = ent;
+}
+
+void fill_temperature_proxy(RoutingStats& s) {
+  s.fit_slope = s.t_eff = s.gamma_proxy = s.fit_r2 = 0;
+  s.fit_points = 0;
+  s.temperature_valid = false;
+  double total = 0;
+  for (double l : s.load) total += l;
+  if (total <= 0 || s.mean_logit.size() != s.load.size()) return;
+  double sv = 0, sy = 0;
+  int64_t n = 0;
+  for (size_t j = 0; j < s.load.size(); ++j)
+    if (s.load[j] > 0) {
+      sv += s.mean_logit[j];
+      sy += std::log(s.load[j] / total);
+      ++n;
+    }
+  s.fit_points = n;
+  if (n < 2) return;
+  double mv = sv / double(n), my = sy / double(n), cvv = 0, cvy = 0, cyy = 0;
+  for (size_t j = 0; j < s.load.size(); ++j)
+    if (s.load[j] > 0) {
+      double dv = s.mean_logit[j] - mv, dy = std::log(s.load[j] / total) - my;
+      cvv += dv * dv;
+      cvy += dv * dy;
+      cyy += dy * dy;
+    }
+  // All V_j equal (to rounding): the fit has no slope to estimate.
+  if (cvv <= 1e-12 * std::max(1.0, mv * mv) * double(n)) return;
+  double slope = cvy / cvv;
+  s.fit_r2 = cyy > 0 ? cvy * cvy / (cvv * cyy) : 1.0;
+  if (std::abs(slope) < 1e-12) {  // shares independent of V: T_eff = infinity, reported invalid
+    s.fit_r2 = 0;
+    return;
+  }
+  s.fit_slope = slope;
+  s.t_eff = 1.0 / slope;
+  s.gamma_proxy = s.t_eff - 1.0;
+  s.temperature_valid = true;
+}
+
+RoutingStats compute_routing_stats(const std::vector<double>& load, int64_t dropped, const Tensor& scores,
+                                   const Tensor& logits, std::vector<double> balancer_state) {
+  RoutingStats s;
+  s.load = load;
+  s.dropped = dropped;
+  s.balancer_state = std::move(balancer_state);
+  fill_load_stats(s);
+  const size_t E = load.size();
+  s.mean_logit.assign(E, 0.0);
+  if (logits.defined() && logits.dim() == 2 && logits.size(0) > 0) {
+    MOE_CHECK(size_t(logits.size(1)) >= E, "compute_routing_stats", "logits ", logits.shape_str(), " have fewer than ",
+              E, " expert columns");
+    const int64_t T = logits.size(0), C = logits.size(1);
+    s.tokens = T;
+    std::vector<double> x = logits.to_double_vector();
+    for (int64_t t = 0; t < T; ++t)
+      for (size_t j = 0; j < E; ++j) s.mean_logit[j] += x[size_t(t * C) + j];
+    for (double& v : s.mean_logit) v /= double(T);
+  }
+  if (scores.defined() && scores.dim() == 2 && scores.size(0) > 0) {
+    const int64_t T = scores.size(0), C = scores.size(1);
+    std::vector<double> p = scores.to_double_vector();
+    double acc = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      const double* r = p.data() + t * C;
+      double z = 0, h = 0;
+      for (int64_t j = 0; j < C; ++j) z += r[j];
+      if (z <= 0) continue;
+      for (int64_t j = 0; j < C; ++j)
+        if (r[j] > 0) h -= r[j] / z * std::log(r[j] / z);
+      acc += h;
+    }
+    s.router_entropy = acc / double(T);
+    s.tokens = T;
+  }
+  fill_temperature_proxy(s);
+  return s;
+}
+
+}  // namespace moe
