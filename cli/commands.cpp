@@ -12,6 +12,9 @@ bool wants_help(const std::vector<std::string>& args) {
 
 const std::vector<Command>& commands() {
   static const std::vector<Command> table = {
+      {"train", cmd_train},
+      {"prepare", cmd_prepare},
+      {"inspect", cmd_inspect},
       {"recipe-keys", cmd_recipe_keys},
   };
   return table;

@@ -119,6 +119,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
   {
     NoGradGuard ng;
     stats_ = compute_routing_stats(load, cap.dropped, ro.scores, ro.logits, balancer_->state_vector());
+    last_routing_ = Routing{r.token.detach(), r.expert.detach(), r.gate.detach(), r.score.defined() ? r.score.detach() : Tensor()};
   }
   return out.reshape({B, S, d_model_});
 }

@@ -47,6 +47,8 @@ class MoeLayer : public FeedForward {
   std::vector<double> take_pending_loads();
   Balancer& balancer() { return *balancer_; }
   const RoutingStats& last_stats() const { return stats_; }
+  // The assignments of the last forward as selected (before capacity): per-genre loads in eval.
+  const Routing& last_routing() const { return last_routing_; }
 
   // RNG streams of this layer (seed of init_rng; streams jitter and ssr keyed by the layer):
   // the trainer checkpoints their offsets.
@@ -79,6 +81,7 @@ class MoeLayer : public FeedForward {
   std::vector<ExtraLoss> extra_losses_;
   std::vector<double> pending_loads_;
   RoutingStats stats_;
+  Routing last_routing_;
 };
 
 }  // namespace moe

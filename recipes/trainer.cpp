@@ -1,0 +1,463 @@
+// The training loop. One optimizer step = grad_accum micro-batches (forward, backward), global
+// norm clipping, AdamW, then each MoE layer's balancer update from the step's loads. Every
+// piece of state that changes the future of the run goes into the checkpoint (DESIGN.md).
+#include "recipes/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <sstream>
+
+#include "checkpoints/checkpoint.h"
+#include "checkpoints/routing_log.h"
+#include "core/ops.h"
+#include "data/dataset.h"
+#include "data/sampler.h"
+#include "layers/moe/moe_layer.h"
+#include "layers/transformer.h"
+#include "optim/adamw.h"
+#include "optim/clip.h"
+#include "optim/schedule.h"
+#include "recipes/console.h"
+#include "recipes/metrics_log.h"
+#include "recipes/stop_signal.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+
+std::string resolve_run_dir(const Recipe& recipe, const TrainOptions& options) {
+  if (!options.run_dir.empty()) return options.run_dir;
+  std::string name = recipe.train.name;
+  if (name.empty()) name = recipe.path.empty() ? "run" : fs::path(recipe.path).stem().string();
+  return (fs::path("runs") / name).string();
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct MoeRef {
+  int layer;
+  MoeLayer* moe;
+};
+
+void check_run_dir_writable(const fs::path& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw Error(dir.string() + ": cannot create the run directory (" + ec.message() + "); pass a writable --run-dir");
+  fs::path probe = dir / ".write_probe";
+  std::ofstream f(probe);
+  if (!f) throw Error(dir.string() + ": the run directory is not writable; pass a writable --run-dir");
+  f.close();
+  fs::remove(probe, ec);
+}
+
+LrScheduleConfig schedule_of(const Recipe& r) {
+  LrScheduleConfig s;
+  s.kind = parse_schedule_kind(r.schedule.kind);
+  s.max_lr = r.optim.lr;
+  s.min_lr = r.optim.min_lr;
+  s.warmup_steps = r.schedule.warmup_steps;
+  s.total_steps = r.train.steps;
+  s.decay_steps = int64_t(std::llround(r.schedule.decay_fraction * double(r.train.steps)));
+  s.decay_shape = DecayShape::linear;
+  validate_schedule(s);
+  return s;
+}
+
+class Trainer {
+ public:
+  Trainer(const Recipe& recipe, const TrainOptions& opt)
+      : r_(recipe), out_(opt.out ? *opt.out : std::cout), run_dir_(resolve_run_dir(recipe, opt)) {
+    if (r_.train.device == "cuda")
+      throw Error("train.device = \"cuda\": this build trains on the CPU only (no CUDA training backend yet); set "
+                  "train.device = \"cpu\"");
+    if (r_.parallel.ep != 1)
+      throw Error("parallel.ep = " + std::to_string(r_.parallel.ep) +
+                  ": expert parallelism needs mpirun and is not available in this build; set parallel.ep = 1");
+    check_run_dir_writable(run_dir_);
+
+    train_data_ = TokenDataset::open_prepared(r_.data.dir, Split::train);
+    val_data_ = TokenDataset::open_prepared(r_.data.dir, Split::val);
+    if (train_data_->vocab_size() > r_.model.vocab_size)
+      throw Error("model.vocab_size = " + std::to_string(r_.model.vocab_size) + " is smaller than the data's vocabulary (" +
+                  std::to_string(train_data_->vocab_size()) + " in " + r_.data.dir + ")");
+
+    build_model();
+    AdamWConfig ac;
+    ac.beta1 = r_.optim.beta1;
+    ac.beta2 = r_.optim.beta2;
+    ac.eps = r_.optim.eps;
+    ac.weight_decay = r_.optim.weight_decay;
+    optim_ = std::make_unique<AdamW>(model_->named_parameters(), ac);
+    schedule_ = schedule_of(r_);
+
+    micro_batch_ = r_.train.batch_size / r_.train.grad_accum;
+    SamplerConfig sc;
+    sc.seq_len = r_.train.seq_len;
+    sc.global_batch = micro_batch_;
+    sc.seed = uint64_t(r_.train.seed);
+    sampler_ = std::make_unique<Sampler>(train_data_, sc);
+
+    if (!opt.resume.empty()) resume_from(opt.resume);
+
+    std::optional<int64_t> resume_step;
+    if (resumed_) resume_step = step_;
+    std::vector<int> layers;
+    for (auto& m : moe_) layers.push_back(m.layer);
+    if (!layers.empty()) {
+      RoutingLogOptions lo;
+      lo.flush_every = r_.log.flush_every;
+      lo.log = &out_;
+      routing_log_.open(fs::path(run_dir_) / "routing.h5", layers, r_.model.moe.num_experts, resume_step, lo);
+    }
+    metrics_ = std::make_unique<MetricsLog>((fs::path(run_dir_) / "metrics.jsonl").string(), resumed_ ? step_ : -1);
+    std::ofstream(fs::path(run_dir_) / "recipe.toml") << resolved_toml(r_);
+  }
+
+  int run() {
+    install_stop_handlers();
+    print_header();
+    Clock::time_point interval_start = Clock::now(), run_start = interval_start;
+    int64_t interval_tokens = 0, steps_this_run = 0;
+    const int64_t tokens_per_step = r_.train.batch_size * r_.train.seq_len;
+    bool checkpointed_now = false;
+
+    while (step_ < r_.train.steps) {
+      double lr = lr_at(schedule_, step_);
+      StepResult sr = train_step(lr);
+      if (!sr.finite) return diverged(sr);
+      ++step_;
+      ++steps_this_run;
+      tokens_seen_ += tokens_per_step;
+      interval_tokens += tokens_per_step;
+      checkpointed_now = false;
+
+      if (step_ % r_.log.every == 0 || step_ == 1 || step_ == r_.train.steps) {
+        double secs = std::chrono::duration<double>(Clock::now() - interval_start).count();
+        double tps = secs > 0 ? double(interval_tokens) / secs : 0;
+        double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
+        double eta = double(r_.train.steps - step_) * elapsed / double(steps_this_run);
+        log_step(sr, lr, tps, eta);
+        interval_start = Clock::now();
+        interval_tokens = 0;
+      }
+      bool last = step_ == r_.train.steps;
+      if ((r_.eval.every > 0 && step_ % r_.eval.every == 0) || last) evaluate();
+      if ((r_.checkpoint.every > 0 && step_ % r_.checkpoint.every == 0) || last) {
+        save_checkpoint();
+        checkpointed_now = true;
+      }
+      if (stop_requested()) {
+        if (!checkpointed_now) save_checkpoint();
+        out_ << "received " << (stop_signal_number() == SIGINT ? "SIGINT" : "SIGTERM") << ": checkpoint written at step "
+             << step_ << " in " << run_dir_ << "; continue with --resume latest\n";
+        return kTrainOk;
+      }
+    }
+    if (steps_this_run == 0) out_ << "nothing to do: the run is already at step " << step_ << " of " << r_.train.steps << "\n";
+    out_ << "done: " << step_ << " steps, " << tokens_seen_ << " tokens; run directory " << run_dir_ << "\n";
+    return kTrainOk;
+  }
+
+ private:
+  struct StepResult {
+    double loss = 0;  // mean LM loss over the micro-batches
+    double grad_norm = 0;
+    bool finite = true;
+    std::string what;  // which value was not finite
+    std::map<std::string, double> extra;  // "layer_<l>.<name>" (scaled) and "..._unscaled"
+  };
+
+  void build_model() {
+    const ModelConfig& cfg = r_.model;
+    auto moe_init = std::make_shared<Philox>(uint64_t(r_.train.seed), stream_id(RngStream::init, 0, 1));
+    FfnFactory factory = [this, &cfg, moe_init](int layer) -> std::shared_ptr<FeedForward> {
+      if (!cfg.use_moe || !is_moe_layer(cfg.moe, layer)) return nullptr;
+      auto m = std::make_shared<MoeLayer>(cfg, layer, *moe_init);
+      moe_.push_back({layer, m.get()});
+      return m;
+    };
+    model_ = std::make_unique<TransformerLM>(cfg, uint64_t(r_.train.seed), factory);
+    model_->train();
+  }
+
+  StepResult train_step(double lr) {
+    StepResult sr;
+    const double inv = 1.0 / double(r_.train.grad_accum);
+    std::vector<int64_t> dropped(moe_.size(), 0);
+    for (int64_t micro = 0; micro < r_.train.grad_accum; ++micro) {
+      Batch b = sampler_->next();
+      LossOutput lo = model_->loss(b.inputs, b.targets);
+      double lm = lo.lm.item_double(), total = lo.total.item_double();
+      if (!std::isfinite(lm) || !std::isfinite(total)) {
+        clear_tape();
+        sr.finite = false;
+        sr.what = "loss";
+        sr.loss = lm;
+        return sr;
+      }
+      sr.loss += lm * inv;
+      for (auto& [layer, term] : lo.extra) {
+        std::string key = "layer_" + std::to_string(layer) + "." + term.name;
+        sr.extra[key] += term.scaled.item_double() * inv;
+        sr.extra[key + "_unscaled"] += term.unscaled * inv;
+      }
+      mul_scalar(lo.total, inv).backward();
+      for (size_t i = 0; i < moe_.size(); ++i) dropped[i] += moe_[i].moe->last_stats().dropped;
+    }
+    auto params = model_->parameters();
+    sr.grad_norm = clip_grad_norm(params, r_.optim.grad_clip);
+    if (!std::isfinite(sr.grad_norm)) {
+      sr.finite = false;
+      sr.what = "gradient norm";
+      return sr;
+    }
+    {
+      NoGradGuard ng;
+      optim_->step(lr);
+    }
+    optim_->zero_grad();
+    update_balancers(dropped);
+    return sr;
+  }
+
+  // Each MoE layer's loads of this step feed its balancer (after the optimizer step, in
+  // training only) and the routing log.
+  void update_balancers(const std::vector<int64_t>& dropped) {
+    if (moe_.empty()) return;
+    std::vector<RoutingRecord> records;
+    for (size_t i = 0; i < moe_.size(); ++i) {
+      MoeLayer& m = *moe_[i].moe;
+      std::vector<double> loads = m.take_pending_loads();
+      RoutingStats s = m.last_stats();
+      s.load = loads;
+      fill_load_stats(s);
+      fill_temperature_proxy(s);
+      RoutingRecord rec;
+      rec.load = loads;
+      rec.dropped = double(dropped[i]);
+      rec.maxvio = s.max_vio;
+      rec.router_entropy = s.router_entropy;
+      rec.state = m.balancer().state_vector();  // the state this step was routed with
+      rec.scalars = {{"load_cv", s.load_cv},           {"load_entropy", s.load_entropy},
+                     {"dead_experts", double(s.dead_experts)}, {"t_eff", s.t_eff},
+                     {"gamma_proxy", s.gamma_proxy},   {"temperature_fit_r2", s.fit_r2}};
+      last_maxvio_[moe_[i].layer] = s.max_vio;
+      m.balancer().update(loads);
+      records.push_back(std::move(rec));
+    }
+    routing_log_.append(step_ + 1, records);
+  }
+
+  int diverged(const StepResult& sr) {
+    auto latest = find_latest_checkpoint(run_dir_);
+    out_ << "step " << step_ + 1 << ": the " << sr.what << " is not finite (" << (sr.what == "loss" ? sr.loss : sr.grad_norm)
+         << "); stopping without writing a checkpoint. "
+         << (latest ? "The last good checkpoint is " + latest->string() + "; lower optim.lr and continue with --resume latest."
+                    : std::string("No checkpoint was written yet; lower optim.lr and start again."))
+         << "\n";
+    routing_log_.flush();
+    return kTrainDiverged;
+  }
+
+  void log_step(const StepResult& sr, double lr, double tps, double eta) {
+    MetricsRow row;
+    row.add("kind", std::string("train"))
+        .add("step", step_)
+        .add("loss", sr.loss)
+        .add("lr", lr)
+        .add("grad_norm", sr.grad_norm)
+        .add("tokens_per_s", tps)
+        .add("tokens_seen", tokens_seen_);
+    for (auto& [k, v] : sr.extra) row.add(k, v);
+    double worst = 0;
+    for (auto& [layer, v] : last_maxvio_) {
+      row.add("layer_" + std::to_string(layer) + ".maxvio", v);
+      worst = std::max(worst, v);
+    }
+    metrics_->write(row);
+    out_ << format_progress(step_, r_.train.steps, sr.loss, lr, sr.grad_norm, tps, eta,
+                            moe_.empty() ? -1.0 : worst)
+         << std::endl;
+  }
+
+  void evaluate() {
+    model_->eval();
+    NoGradGuard ng;
+    EvalConfig ec;
+    ec.seq_len = r_.train.seq_len;
+    ec.global_batch = micro_batch_;
+    ec.max_windows = uint64_t(r_.eval.batches * micro_batch_);
+    EvalIterator it(val_data_, ec);
+    const size_t G = val_data_->genre_names().size();
+    const int64_t E = r_.model.moe.num_experts;
+    std::vector<std::vector<double>> loads(moe_.size(), std::vector<double>(size_t(E), 0.0));
+    std::vector<std::vector<double>> genre_loads(moe_.size(), std::vector<double>(G * size_t(E), 0.0));
+    double loss_sum = 0;
+    int64_t count = 0;
+    EvalBatch b;
+    while (it.next(b)) {
+      LossOutput lo = model_->loss(b.inputs, b.targets);
+      int64_t n = b.targets.numel();
+      loss_sum += lo.lm.item_double() * double(n);
+      count += n;
+      const int64_t S = b.inputs.size(1);
+      for (size_t i = 0; i < moe_.size(); ++i) {
+        const Routing& rt = moe_[i].moe->last_routing();
+        auto tok = rt.token.to(DType::i64).to_vector<int64_t>();
+        auto exp = rt.expert.to(DType::i64).to_vector<int64_t>();
+        for (size_t a = 0; a < exp.size(); ++a) {
+          loads[i][size_t(exp[a])] += 1;
+          size_t g = size_t(b.genres[size_t(tok[a] / S)]);
+          genre_loads[i][g * size_t(E) + size_t(exp[a])] += 1;
+        }
+      }
+    }
+    clear_tape();
+    model_->train();
+    if (count == 0) return;
+    double val_loss = loss_sum / double(count);
+    MetricsRow row;
+    row.add("kind", std::string("eval")).add("step", step_).add("val_loss", val_loss).add("val_ppl", std::exp(val_loss));
+    std::ostringstream console;
+    console << "eval step " << step_ << ": val loss " << format_fixed(val_loss, 4) << ", ppl " << format_fixed(std::exp(val_loss), 2);
+    if (!moe_.empty()) {
+      routing_log_.append_eval(step_, "val_loss", val_loss);
+      double worst = 0;
+      for (size_t i = 0; i < moe_.size(); ++i) {
+        RoutingStats s;
+        s.load = loads[i];
+        fill_load_stats(s);
+        std::string l = "layer_" + std::to_string(moe_[i].layer);
+        routing_log_.append_eval(step_, l + "/maxvio_global", s.max_vio);
+        routing_log_.append_eval(step_, l + "/load", loads[i]);
+        routing_log_.append_eval(step_, l + "/genre_load", genre_loads[i]);
+        row.add(l + ".maxvio_global", s.max_vio);
+        worst = std::max(worst, s.max_vio);
+      }
+      row.add("maxvio_global", worst);
+      console << ", MaxVio_global " << format_fixed(worst, 3);
+    }
+    metrics_->write(row);
+    out_ << console.str() << std::endl;
+  }
+
+  // ---------------------------------------------------------------- checkpoints
+
+  Checkpoint make_checkpoint() const {
+    Checkpoint c;
+    c.meta.step = step_;
+    c.meta.tokens_seen = tokens_seen_;
+    c.meta.recipe = resolved_toml(r_);
+    c.meta.strings["backend"] = "cpu";
+    for (auto& [name, p] : model_->named_parameters()) c.tensors["model/" + name] = p.clone();
+    for (auto& [name, t] : optim_->exp_avg()) c.tensors["optim/exp_avg/" + name] = t;
+    for (auto& [name, t] : optim_->exp_avg_sq()) c.tensors["optim/exp_avg_sq/" + name] = t;
+    for (auto& [name, t] : optim_->steps()) c.tensors["optim/step/" + name] = t;
+    std::vector<int64_t> rng;
+    for (auto& m : moe_) {
+      std::string g = "balance/layer_" + std::to_string(m.layer) + "/";
+      for (auto& [k, v] : m.moe->balancer().state()) c.doubles[g + k] = v;
+      rng.push_back(int64_t(m.moe->jitter_rng().offset()));
+      rng.push_back(int64_t(m.moe->select_rng().offset()));
+    }
+    c.ints["rng/rank_0/moe_offsets"] = rng;
+    const SamplerCursor& cur = sampler_->cursor();
+    c.ints["data/rank_0/cursor"] = {int64_t(cur.epoch), int64_t(cur.position), int64_t(cur.rng_offset)};
+    return c;
+  }
+
+  void save_checkpoint() {
+    routing_log_.flush();
+    fs::path dir = write_checkpoint(run_dir_, step_, make_checkpoint(), int(r_.checkpoint.keep));
+    out_ << "checkpoint: " << dir.string() << std::endl;
+  }
+
+  void resume_from(const std::string& what) {
+    std::optional<Checkpoint> ck;
+    if (what == "latest") {
+      ck = resume_latest(run_dir_, out_);
+      if (!ck) throw Error(run_dir_ + "/checkpoints: no complete checkpoint to resume from (start without --resume)");
+    } else {
+      ck = read_checkpoint(what);
+    }
+    const Checkpoint& c = *ck;
+    NoGradGuard ng;
+    for (auto& [name, p] : model_->named_parameters()) {
+      const Tensor& t = c.tensor("model/" + name);
+      MOE_CHECK(t.shape() == p.shape(), c.source.string().c_str(), "parameter '", name, "' has shape ", t.shape_str(),
+                " in the checkpoint but ", p.shape_str(), " in the recipe's model");
+      p.copy_(t);
+    }
+    std::map<std::string, Tensor> m, v, s;
+    for (auto& [name, p] : model_->named_parameters()) {
+      m[name] = c.tensor("optim/exp_avg/" + name);
+      v[name] = c.tensor("optim/exp_avg_sq/" + name);
+      s[name] = c.tensor("optim/step/" + name);
+    }
+    optim_->load_state(m, v, s);
+    const auto& rng = c.ints_at("rng/rank_0/moe_offsets");
+    MOE_CHECK(rng.size() == 2 * moe_.size(), c.source.string().c_str(), "holds RNG state of ", rng.size() / 2,
+              " MoE layers, the recipe's model has ", moe_.size());
+    for (size_t i = 0; i < moe_.size(); ++i) {
+      std::string g = "balance/layer_" + std::to_string(moe_[i].layer) + "/";
+      std::map<std::string, std::vector<double>> st;
+      for (auto& [k, vec] : c.doubles)
+        if (k.rfind(g, 0) == 0) st[k.substr(g.size())] = vec;
+      moe_[i].moe->balancer().load_state(st);
+      moe_[i].moe->jitter_rng().set_offset(uint64_t(rng[2 * i]));
+      moe_[i].moe->select_rng().set_offset(uint64_t(rng[2 * i + 1]));
+    }
+    const auto& cur = c.ints_at("data/rank_0/cursor");
+    MOE_CHECK(cur.size() == 3, c.source.string().c_str(), "data cursor has ", cur.size(), " fields, expected 3");
+    sampler_->restore(SamplerCursor{uint64_t(cur[0]), uint64_t(cur[1]), uint64_t(cur[2])});
+    step_ = c.meta.step;
+    tokens_seen_ = c.meta.tokens_seen;
+    resumed_ = true;
+    out_ << "resuming from " << c.source.string() << " at step " << step_ << std::endl;
+  }
+
+  void print_header() {
+    int64_t total = model_->num_parameters();
+    out_ << "moetrain: run " << run_dir_ << " | " << total << " parameters";
+    if (!moe_.empty()) {
+      out_ << " | " << moe_.size() << " MoE layers, E = " << r_.model.moe.num_experts << ", k = " << r_.model.moe.top_k
+           << ", balance = " << r_.model.moe.balance.strategy;
+    }
+    out_ << " | data " << train_data_->description() << " (" << train_data_->size() << " tokens)"
+         << " | " << r_.train.steps << " steps of " << r_.train.batch_size << " x " << r_.train.seq_len << " tokens"
+         << std::endl;
+  }
+
+  Recipe r_;
+  std::ostream& out_;
+  std::string run_dir_;
+  std::shared_ptr<const TokenDataset> train_data_, val_data_;
+  std::unique_ptr<TransformerLM> model_;
+  std::vector<MoeRef> moe_;
+  std::unique_ptr<AdamW> optim_;
+  LrScheduleConfig schedule_;
+  std::unique_ptr<Sampler> sampler_;
+  int64_t micro_batch_ = 0;
+  RoutingLog routing_log_;
+  std::unique_ptr<MetricsLog> metrics_;
+  std::map<int, double> last_maxvio_;
+  int64_t step_ = 0, tokens_seen_ = 0;
+  bool resumed_ = false;
+};
+
+}  // namespace
+
+int run_training(const Recipe& recipe, const TrainOptions& options) {
+  Trainer t(recipe, options);
+  return t.run();
+}
+
+}  // namespace moe
