@@ -194,9 +194,9 @@ CorpusMeta prepare_brown(const std::string& out_dir, const BrownOptions& opt) {
   const bool quiet = opt.prepare.quiet;
   if (is_prepared(out_dir)) {
     CorpusMeta m = read_meta(out_dir);
-    MOE_CHECK(m.source == "brown" && m.tokenizer == opt.prepare.tokenizer, out_dir.c_str(),
-              ": already holds a prepared '", m.source, "' corpus with the '", m.tokenizer,
-              "' tokenizer; choose another --out directory or delete this one");
+    MOE_CHECK(m.source == "brown" && same_tokenizer(m, opt.prepare), out_dir.c_str(),
+              "already holds a prepared '", m.source, "' corpus with the '", m.tokenizer, "' tokenizer (vocab ",
+              m.vocab_size, "); choose another --out directory or delete this one");
     if (!quiet) std::cerr << "prepare brown: " << out_dir << " is already prepared (DONE); reusing it\n";
     return m;
   }

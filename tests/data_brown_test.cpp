@@ -147,4 +147,19 @@ TEST(DataBrown, RealPrepareBrownHas500DocumentsIn15Genres) {
   CorpusMeta again = prepare_brown(dir, quiet);
   EXPECT_EQ(again.train_tokens, meta.train_tokens);
   EXPECT_EQ(std::filesystem::last_write_time(dir + "/train_000.bin"), stamp);
+
+  // A BPE trained on the train split (vocab 4096) tokenizes the same text: decoding its val
+  // stream gives back the byte-level val stream exactly, in about a third of the tokens.
+  const std::string bpe_dir = std::string(MOE_BINARY_DIR) + "/test_data/brown_bpe";
+  BrownOptions bpe_opt;
+  bpe_opt.prepare.tokenizer = "bpe";
+  bpe_opt.prepare.bpe_vocab = 4096;
+  CorpusMeta bm = prepare_brown(bpe_dir, bpe_opt);
+  EXPECT_EQ(bm.vocab_size, 4096);
+  EXPECT_EQ(bm.documents, 500u);
+  EXPECT_LT(bm.train_tokens * 3, meta.train_tokens);
+  auto bval = TokenDataset::open_prepared(bpe_dir, Split::val);
+  std::vector<int32_t> bids(bval->size());
+  bval->copy(0, bids.size(), bids.data());
+  EXPECT_EQ(load_tokenizer(bpe_dir)->decode(std::vector<uint32_t>(bids.begin(), bids.end())), text);
 }
