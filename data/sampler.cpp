@@ -57,7 +57,7 @@ Sampler::Sampler(std::shared_ptr<const TokenDataset> data, SamplerConfig cfg)
   const uint64_t S = uint64_t(cfg.seq_len), L = data_->size();
   // The largest shift (S - 1) leaves the fewest windows; every epoch must fill one batch.
   const uint64_t min_windows = L >= S ? (L - S) / S : 0;
-  MOE_CHECK(min_windows >= uint64_t(cfg.global_batch), data_->description().c_str(), "", L,
+  MOE_CHECK(min_windows >= uint64_t(cfg.global_batch), data_->description().c_str(), L,
             " tokens give only ", min_windows, " windows of seq_len + 1 = ", S + 1,
             " tokens, fewer than the global batch of ", cfg.global_batch);
   MOE_CHECK((L - 1) / S < (uint64_t(1) << 32), data_->description().c_str(), "more than 2^32 windows per epoch");
@@ -102,11 +102,16 @@ void Sampler::restore(const SamplerCursor& c) {
   const uint64_t micro = uint64_t(local_) * uint64_t(cfg_.world);
   MOE_CHECK(c.position % micro == 0, "Sampler::restore", "cursor position ", c.position,
             " is not a multiple of the ", micro, " windows of one micro-batch (a cursor of another batch layout?)");
+  const SamplerCursor before = cursor_;
   cursor_ = c;
   shuffle();
-  MOE_CHECK(c.position <= order_.size(), "Sampler::restore", "cursor position ", c.position, " of epoch ", c.epoch,
-            " is beyond the ", order_.size(), " windows of that epoch in ", data_->description(),
-            " (a cursor of other data or seq_len?)");
+  if (c.position > order_.size()) {
+    const uint64_t n = order_.size();
+    cursor_ = before;  // a refused cursor leaves the sampler as it was
+    shuffle();
+    MOE_FAIL("Sampler::restore", "cursor position ", c.position, " of epoch ", c.epoch, " is beyond the ", n,
+             " windows of that epoch in ", data_->description(), " (a cursor of other data or seq_len?)");
+  }
 }
 
 EvalIterator::EvalIterator(std::shared_ptr<const TokenDataset> data, EvalConfig cfg)

@@ -175,7 +175,10 @@ TEST(DataSampler, ResumeFromSavedCursorIsBitExact) {
   EXPECT_ERROR_WITH(cursor_from_vector({1, -2, 0}, "ckpt:/data/rank_0"), "negative");
   Sampler other(data, cfg);
   SamplerCursor bad{0, 1u << 30, 0};
+  const std::vector<int32_t> first = ids_of(Sampler(data, cfg).next());
   EXPECT_ERROR_WITH(other.restore(bad), "Sampler::restore", "position 1073741824", "windows of that epoch");
+  EXPECT_EQ(other.cursor(), SamplerCursor{});
+  EXPECT_EQ(ids_of(other.next()), first);  // unchanged by the refused cursor
 }
 
 TEST(DataSampler, EpochsReshuffle) {
