@@ -21,7 +21,7 @@ void dual_price_iterations(const Tensor& scores, int64_t k, int64_t cap, int ite
     for (int64_t j = 0; j < E; ++j) st[size_t(j * T + i)] = s[size_t(i * E + j)];
   const int64_t row_n = std::min(k + 1, E), col_n = std::min(cap + 1, T);
   for (int it = 0; it < iters; ++it) {
-#pragma omp parallel
+#pragma omp parallel if (T * E >= 65536)  // a team costs more than small batches take
     {
       std::vector<double> buf(static_cast<size_t>(std::max(T, E)));
 #pragma omp for
