@@ -7,7 +7,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -50,8 +52,74 @@ class SingleThreadedBlas {
   int prev_;
 };
 
-// Parallel over heads when there are enough of them to feed every thread; otherwise let BLAS thread each GEMM.
-bool heads_in_parallel(int64_t heads) { return heads >= int64_t(omp_get_max_threads()) && omp_get_max_threads() > 1; }
+// Parallel over heads when there are enough of them to feed every thread and enough work to pay
+// for waking the team (tiny calls, such as a gradient check's thousands, stay serial); otherwise
+// heads run in sequence and BLAS threads each GEMM as it sees fit.
+constexpr double kParallelWork = double(1 << 20);  // heads * S^2 * Dh multiply-adds
+bool heads_in_parallel(int64_t heads, int64_t S, int64_t D) {
+  int threads = omp_get_max_threads();
+  return threads > 1 && heads >= threads && double(heads) * double(S) * double(S) * double(D) >= kParallelWork;
+}
+
+// exp(row[j] - shift) in place over row[0, n), returning the sum. The f32 path is written with GCC
+// vector extensions because, under the default -ftrapping-math, GCC will not vectorize any exp
+// (glibc's expf vectorizes only under -ffast-math, a polynomial one not at all: its clamp and
+// float->int conversion may trap). Cephes' range reduction x = n ln2 + r and degree-7 polynomial:
+// max relative error 8e-8 against exp in double over [-87, 1]. Inputs are scores minus their row
+// max or logsumexp, so x <= 0; the clamp keeps 2^n a normal float.
+using V8f = float __attribute__((vector_size(32)));
+using V8i = int32_t __attribute__((vector_size(32)));
+constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+
+template <class F>
+inline F exp_polynomial(F x, F n) {
+  F r = x - n * kLn2Hi - n * kLn2Lo;
+  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
+
+inline V8f exp8(V8f x) {
+  x = x < -87.0f ? V8f{} - 87.0f : x;
+  x = x > 88.0f ? V8f{} + 88.0f : x;
+  V8f t = x * kLog2e + 0.5f;
+  V8i n = __builtin_convertvector(t, V8i);
+  n += (__builtin_convertvector(n, V8f) > t);  // truncation to floor: the mask is -1 where it rounded up
+  return exp_polynomial(x, __builtin_convertvector(n, V8f)) * (V8f)((n + 127) << 23);
+}
+
+inline float exp1(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
+  float n = std::floor(x * kLog2e + 0.5f);
+  return exp_polynomial(x, n) * std::bit_cast<float>((int32_t(n) + 127) << 23);
+}
+
+float exp_shift_sum(float* row, int64_t n, float shift) {
+  V8f acc{};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    V8f v;
+    std::memcpy(&v, row + j, sizeof v);
+    v = exp8(v - shift);
+    std::memcpy(row + j, &v, sizeof v);
+    acc += v;
+  }
+  float sum = 0;
+  for (int l = 0; l < 8; ++l) sum += acc[l];
+  for (; j < n; ++j) sum += (row[j] = exp1(row[j] - shift));
+  return sum;
+}
+
+// The f64 path is the gradient-check reference: libm's exp.
+double exp_shift_sum(double* row, int64_t n, double shift) {
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += (row[j] = std::exp(row[j] - shift));
+  return sum;
+}
 
 struct Dims {
   int64_t heads, S, D;
@@ -69,13 +137,11 @@ void head_forward(const Dims& d, const T* q, const T* k, const T* v, T* o, T* ls
       T* row = scores + i * n;
       int64_t valid = r0 + i + 1;
       T mx = row[0];
-      for (int64_t j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
-      T sum = 0;
-      for (int64_t j = 0; j < valid; ++j) {
-        row[j] = std::exp(row[j] - mx);
-        sum += row[j];
-      }
+#pragma omp simd reduction(max : mx)
+      for (int64_t j = 1; j < valid; ++j) mx = row[j] > mx ? row[j] : mx;
+      T sum = exp_shift_sum(row, valid, mx);
       T inv = T(1) / sum;
+#pragma omp simd
       for (int64_t j = 0; j < valid; ++j) row[j] *= inv;
       std::fill(row + valid, row + n, T(0));
       lse[r0 + i] = mx + std::log(sum);
@@ -98,8 +164,7 @@ void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* l
     for (int64_t i = 0; i < m; ++i) {
       T* row = p + i * n;
       int64_t valid = r0 + i + 1;
-      T l = lse[r0 + i];
-      for (int64_t j = 0; j < valid; ++j) row[j] = std::exp(row[j] - l);
+      exp_shift_sum(row, valid, lse[r0 + i]);
       std::fill(row + valid, row + n, T(0));
     }
     gemm(true, false, n, D, m, T(1), p, n, dout + r0 * D, D, T(1), dv, D);      // dV += P^T dO
@@ -109,7 +174,9 @@ void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* l
       T* dpr = dp + i * n;
       int64_t valid = r0 + i + 1;
       T dot = 0;
+#pragma omp simd reduction(+ : dot)
       for (int64_t j = 0; j < valid; ++j) dot += pr[j] * dpr[j];
+#pragma omp simd
       for (int64_t j = 0; j < valid; ++j) dpr[j] = pr[j] * (dpr[j] - dot);
       std::fill(dpr + valid, dpr + n, T(0));
     }
@@ -121,7 +188,7 @@ void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* l
 template <class T>
 void attention_forward(const Dims& d, const T* q, const T* k, const T* v, T* o, T* lse) {
   const int64_t HS = d.S * d.D;
-  bool par = heads_in_parallel(d.heads);
+  bool par = heads_in_parallel(d.heads, d.S, d.D);
   SingleThreadedBlas blas_guard(par);
 #pragma omp parallel if (par)
   {
@@ -136,7 +203,7 @@ template <class T>
 void attention_backward(const Dims& d, const T* q, const T* k, const T* v, const T* lse, const T* dout, T* dq, T* dk,
                         T* dv) {
   const int64_t HS = d.S * d.D;
-  bool par = heads_in_parallel(d.heads);
+  bool par = heads_in_parallel(d.heads, d.S, d.D);
   SingleThreadedBlas blas_guard(par);
 #pragma omp parallel if (par)
   {
