@@ -58,7 +58,7 @@ class SingleThreadedBlas {
 constexpr double kParallelWork = double(1 << 20);  // heads * S^2 * Dh multiply-adds
 bool heads_in_parallel(int64_t heads, int64_t S, int64_t D) {
   int threads = omp_get_max_threads();
-  return threads > 1 && heads >= threads && double(heads) * double(S) * double(S) * double(D) >= kParallelWork;
+  return threads > 1 && !omp_in_parallel() && heads >= threads && double(heads) * double(S) * double(S) * double(D) >= kParallelWork;
 }
 
 // exp(row[j] - shift) in place over row[0, n), returning the sum. The f32 path is written with GCC
