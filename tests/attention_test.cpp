@@ -96,7 +96,8 @@ TEST(Attention, F32GradsMatchF64Grads) {
   Shape s{2, 3, 130, 16};
   Tensor q = randn_f64(s, 41), k = randn_f64(s, 42), v = randn_f64(s, 43), seed = randn_f64(s, 44, 1.0, false);
   causal_attention(q, k, v).backward(seed);
-  Tensor q32 = q.detach().to(DType::f32).set_requires_grad(true), k32 = k.detach().to(DType::f32).set_requires_grad(true),
+  Tensor q32 = q.detach().to(DType::f32).set_requires_grad(true),
+         k32 = k.detach().to(DType::f32).set_requires_grad(true),
          v32 = v.detach().to(DType::f32).set_requires_grad(true);
   causal_attention(q32, k32, v32).backward(seed.to(DType::f32));
   expect_close(q32.grad().to_double_vector(), q.grad().to_double_vector(), 1e-4, "dq");

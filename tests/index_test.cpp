@@ -130,8 +130,8 @@ TEST(Index, IndexSelectAndIndexAddMatchNaiveLoopsOnEveryDim) {
 
 TEST(Index, GradcheckWithRepeatedIndices) {
   Tensor x = randn_f64({3, 5, 4}, 81);
-  Tensor gidx = Tensor::from_vector<int64_t>({0, 4, 4, 1, 2, 2, 0, 3, 4, 4, 4, 1,    //
-                                              3, 3, 0, 1, 2, 4, 4, 0, 1, 1, 2, 3,    //
+  Tensor gidx = Tensor::from_vector<int64_t>({0, 4, 4, 1, 2, 2, 0, 3, 4, 4, 4, 1,  //
+                                              3, 3, 0, 1, 2, 4, 4, 0, 1, 1, 2, 3,  //
                                               0, 0, 0, 0, 4, 1, 2, 3, 3, 2, 1, 0},
                                              {3, 3, 4});
   EXPECT_GRADCHECK([&](const std::vector<Tensor>& v) { return gather(v[0], 1, gidx); }, {x});
@@ -144,7 +144,11 @@ TEST(Index, GradcheckWithRepeatedIndices) {
   Tensor src3 = randn_f64({7, 5, 4}, 85);
   Tensor idx0 = Tensor::from_vector<int64_t>({2, 2, 0, 1, 2, 0, 0}, {7});
   EXPECT_GRADCHECK([&](const std::vector<Tensor>& v) { return index_add(v[0], 0, idx0, v[1]); }, {base, src3});
-  EXPECT_GRADCHECK([&](const std::vector<Tensor>& v) { return index_select(v[0], -1, Tensor::from_vector<int64_t>({3, 1, 3, 0, 2}, {5})); }, {x});
+  EXPECT_GRADCHECK(
+      [&](const std::vector<Tensor>& v) {
+        return index_select(v[0], -1, Tensor::from_vector<int64_t>({3, 1, 3, 0, 2}, {5}));
+      },
+      {x});
 }
 
 TEST(Index, OutOfRangeIndexThrowsNamingOpValueAndSize) {

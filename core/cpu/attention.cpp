@@ -58,7 +58,8 @@ class SingleThreadedBlas {
 constexpr double kParallelWork = double(1 << 20);  // heads * S^2 * Dh multiply-adds
 bool heads_in_parallel(int64_t heads, int64_t S, int64_t D) {
   int threads = omp_get_max_threads();
-  return threads > 1 && !omp_in_parallel() && heads >= threads && double(heads) * double(S) * double(S) * double(D) >= kParallelWork;
+  return threads > 1 && !omp_in_parallel() && heads >= threads &&
+         double(heads) * double(S) * double(S) * double(D) >= kParallelWork;
 }
 
 // exp(row[j] - shift) in place over row[0, n), returning the sum. The f32 path is written with GCC
@@ -152,8 +153,8 @@ void head_forward(const Dims& d, const T* q, const T* k, const T* v, T* o, T* ls
 
 // One head's backward from dO, recomputing P from lse. dq, dk, dv are overwritten.
 template <class T>
-void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* lse, const T* dout, T* dq, T* dk,
-                   T* dv, T* p, T* dp) {
+void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* lse, const T* dout, T* dq, T* dk, T* dv,
+                   T* p, T* dp) {
   const int64_t S = d.S, D = d.D;
   const T scale = T(d.scale);
   std::fill(dk, dk + S * D, T(0));
@@ -167,9 +168,9 @@ void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* l
       exp_shift_sum(row, valid, lse[r0 + i]);
       std::fill(row + valid, row + n, T(0));
     }
-    gemm(true, false, n, D, m, T(1), p, n, dout + r0 * D, D, T(1), dv, D);      // dV += P^T dO
-    gemm(false, true, m, n, D, T(1), dout + r0 * D, D, v, D, T(0), dp, n);      // dP = dO V^T
-    for (int64_t i = 0; i < m; ++i) {                                           // dS = P (dP - rowsum(dP P))
+    gemm(true, false, n, D, m, T(1), p, n, dout + r0 * D, D, T(1), dv, D);  // dV += P^T dO
+    gemm(false, true, m, n, D, T(1), dout + r0 * D, D, v, D, T(0), dp, n);  // dP = dO V^T
+    for (int64_t i = 0; i < m; ++i) {                                       // dS = P (dP - rowsum(dP P))
       T* pr = p + i * n;
       T* dpr = dp + i * n;
       int64_t valid = r0 + i + 1;
@@ -180,8 +181,8 @@ void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* l
       for (int64_t j = 0; j < valid; ++j) dpr[j] = pr[j] * (dpr[j] - dot);
       std::fill(dpr + valid, dpr + n, T(0));
     }
-    gemm(false, false, m, D, n, scale, dp, n, k, D, T(0), dq + r0 * D, D);      // dQ = scale dS K
-    gemm(true, false, n, D, m, scale, dp, n, q + r0 * D, D, T(1), dk, D);       // dK += scale dS^T Q
+    gemm(false, false, m, D, n, scale, dp, n, k, D, T(0), dq + r0 * D, D);  // dQ = scale dS K
+    gemm(true, false, n, D, m, scale, dp, n, q + r0 * D, D, T(1), dk, D);   // dK += scale dS^T Q
   }
 }
 
@@ -243,8 +244,8 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v) {
       if (go.numel() > 0)
         dispatch_float(qc.dtype(), "causal_attention backward", [&](auto tag) {
           using T = decltype(tag);
-          attention_backward<T>(d, qc.data<T>(), kc.data<T>(), vc.data<T>(), lse.data<T>(), go.data<T>(),
-                                dq.data<T>(), dk.data<T>(), dv.data<T>());
+          attention_backward<T>(d, qc.data<T>(), kc.data<T>(), vc.data<T>(), lse.data<T>(), go.data<T>(), dq.data<T>(),
+                                dk.data<T>(), dv.data<T>());
         });
       accumulate_grad(qs, dq);
       accumulate_grad(ks, dk);
