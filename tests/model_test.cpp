@@ -7,6 +7,7 @@
 
 #include "core/ops.h"
 #include "layers/attention_layer.h"
+#include "layers/init.h"
 #include "layers/mlp.h"
 #include "layers/transformer.h"
 #include "optim/adamw.h"
@@ -238,4 +239,23 @@ TEST(Model, BadConfigAndInputsRaiseClearErrors) {
             std::string::npos);
   EXPECT_THROW(m.forward(ids_tensor({1, 11}, {1, 2})), Error);  // id 11 outside vocab 11
   clear_tape();
+}
+
+TEST(Model, InitNormalIsStandardNormalAndCounterBased) {
+  Philox a(9, stream_id(RngStream::init), 5), b(9, stream_id(RngStream::init), 5);
+  Tensor x = Tensor::empty({200001}, DType::f64), y = Tensor::empty({200001}, DType::f64);
+  init_normal_(x, a, 1.0);
+  init_normal_(y, b, 1.0);
+  EXPECT_EQ(x.to_vector<double>(), y.to_vector<double>());
+  EXPECT_EQ(a.offset(), (2 + 100001) * 4u);  // starts at the next whole block after offset 5
+  double m1 = 0, m2 = 0, m4 = 0;
+  for (double v : x.to_vector<double>()) m1 += v, m2 += v * v, m4 += v * v * v * v;
+  const double n = double(x.numel());
+  EXPECT_NEAR(m1 / n, 0.0, 0.01);       // sd of the mean: 0.0022
+  EXPECT_NEAR(m2 / n, 1.0, 0.02);       // sd: 0.0032
+  EXPECT_NEAR(m4 / n, 3.0, 0.1);        // a normal's fourth moment; sd: 0.02
+  // The next draw continues the stream instead of repeating it.
+  Tensor z = Tensor::empty({4}, DType::f64);
+  init_normal_(z, a, 1.0);
+  EXPECT_NE(z.to_vector<double>()[0], x.to_vector<double>()[0]);
 }
