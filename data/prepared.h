@@ -2,6 +2,7 @@
 // genres, meta.toml, and a DONE marker written last. The writer both preparers share, and readers.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -17,6 +18,7 @@ namespace moe {
 //                                       offset = first token of the document in its split's
 //                                       stream (the split's shards concatenated in order)
 //   meta.toml                           source, tokenizer, vocab_size, counts, genres
+//   tokenizer.bpe                       the merges, only when tokenizer = "bpe" (data/bpe.h)
 //   DONE                                written last; a directory without it is incomplete
 enum class Split { train, val };
 const char* split_name(Split s);  // "train", "val"
@@ -39,7 +41,8 @@ struct DocEntry {
 };
 
 struct PrepareOptions {
-  std::string tokenizer = "byte";
+  std::string tokenizer = "byte";       // "byte" | "bpe" (trained on the train split, saved as tokenizer.bpe)
+  int64_t bpe_vocab = 4096;             // vocab size of a trained BPE (256 bytes + merges)
   uint64_t shard_tokens = 100'000'000;  // llm.c's shard size; tests use small values
   bool quiet = false;                   // progress lines on stderr unless set
 };
@@ -61,6 +64,10 @@ CorpusMeta write_prepared(const std::string& dir, const std::string& source,
                           const std::vector<Document>& docs, const PrepareOptions& opt);
 
 bool is_prepared(const std::string& dir);  // DONE exists
+// The tokenizer a prepared directory was tokenized with (reads meta.toml, and tokenizer.bpe).
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir);
+// Whether a prepared directory's meta matches what `opt` would produce (for reuse).
+bool same_tokenizer(const CorpusMeta& meta, const PrepareOptions& opt);
 // Readers; a missing or incomplete directory is an error that says to run `moetrain prepare`.
 CorpusMeta read_meta(const std::string& dir);
 std::vector<DocEntry> read_index(const std::string& dir);

@@ -35,14 +35,29 @@ void check_layout(const char* who, int64_t S, int64_t B, int rank, int world) {
 
 }  // namespace
 
+std::vector<int64_t> cursor_to_vector(const SamplerCursor& c) {
+  return {int64_t(c.epoch), int64_t(c.position), int64_t(c.rng_offset)};
+}
+
+SamplerCursor cursor_from_vector(const std::vector<int64_t>& v, const std::string& where) {
+  MOE_CHECK(v.size() == 3, where.c_str(), "data cursor has ", v.size(),
+            " values (expected 3: epoch, position, rng_offset)");
+  MOE_CHECK(v[0] >= 0 && v[1] >= 0 && v[2] >= 0, where.c_str(), "data cursor (", v[0], ", ", v[1], ", ", v[2],
+            ") has a negative value");
+  return {uint64_t(v[0]), uint64_t(v[1]), uint64_t(v[2])};
+}
+
 Sampler::Sampler(std::shared_ptr<const TokenDataset> data, SamplerConfig cfg)
     : data_(std::move(data)), cfg_(cfg) {
   check_layout("Sampler", cfg.seq_len, cfg.global_batch, cfg.rank, cfg.world);
-  local_ = cfg.global_batch / cfg.world;
+  MOE_CHECK(cfg.grad_accum >= 1 && cfg.global_batch % (cfg.grad_accum * cfg.world) == 0, "Sampler", "global batch ",
+            cfg.global_batch, " must split into grad_accum ", cfg.grad_accum, " x ", cfg.world,
+            " ranks x a whole number of sequences");
+  local_ = cfg.global_batch / (cfg.grad_accum * cfg.world);
   const uint64_t S = uint64_t(cfg.seq_len), L = data_->size();
   // The largest shift (S - 1) leaves the fewest windows; every epoch must fill one batch.
   const uint64_t min_windows = L >= S ? (L - S) / S : 0;
-  MOE_CHECK(min_windows >= uint64_t(cfg.global_batch), data_->description().c_str(), "", L,
+  MOE_CHECK(min_windows >= uint64_t(cfg.global_batch), data_->description().c_str(), L,
             " tokens give only ", min_windows, " windows of seq_len + 1 = ", S + 1,
             " tokens, fewer than the global batch of ", cfg.global_batch);
   MOE_CHECK((L - 1) / S < (uint64_t(1) << 32), data_->description().c_str(), "more than 2^32 windows per epoch");
@@ -62,7 +77,9 @@ void Sampler::shuffle() {
 
 std::vector<uint64_t> Sampler::next_starts() {
   const uint64_t B = uint64_t(cfg_.global_batch);
-  if (cursor_.position + B > order_.size()) {
+  // Epochs end only between optimizer steps, so micro-batching never changes which windows
+  // an optimizer step sees.
+  if (cursor_.position % B == 0 && cursor_.position + B > order_.size()) {
     cursor_.epoch += 1;
     cursor_.position = 0;
     cursor_.rng_offset = next_epoch_offset_;
@@ -71,7 +88,7 @@ std::vector<uint64_t> Sampler::next_starts() {
   std::vector<uint64_t> starts(static_cast<size_t>(local_));
   const uint64_t first = cursor_.position + uint64_t(cfg_.rank) * uint64_t(local_);
   for (int64_t b = 0; b < local_; ++b) starts[b] = shift_ + uint64_t(order_[first + b]) * uint64_t(cfg_.seq_len);
-  cursor_.position += B;
+  cursor_.position += uint64_t(local_) * uint64_t(cfg_.world);
   return starts;
 }
 
@@ -82,11 +99,19 @@ Batch Sampler::next() {
 }
 
 void Sampler::restore(const SamplerCursor& c) {
+  const uint64_t micro = uint64_t(local_) * uint64_t(cfg_.world);
+  MOE_CHECK(c.position % micro == 0, "Sampler::restore", "cursor position ", c.position,
+            " is not a multiple of the ", micro, " windows of one micro-batch (a cursor of another batch layout?)");
+  const SamplerCursor before = cursor_;
   cursor_ = c;
   shuffle();
-  MOE_CHECK(c.position <= order_.size(), "Sampler::restore", "cursor position ", c.position, " of epoch ", c.epoch,
-            " is beyond the ", order_.size(), " windows of that epoch in ", data_->description(),
-            " (a cursor of other data or seq_len?)");
+  if (c.position > order_.size()) {
+    const uint64_t n = order_.size();
+    cursor_ = before;  // a refused cursor leaves the sampler as it was
+    shuffle();
+    MOE_FAIL("Sampler::restore", "cursor position ", c.position, " of epoch ", c.epoch, " is beyond the ", n,
+             " windows of that epoch in ", data_->description(), " (a cursor of other data or seq_len?)");
+  }
 }
 
 EvalIterator::EvalIterator(std::shared_ptr<const TokenDataset> data, EvalConfig cfg)

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core/tensor.h"
@@ -13,7 +14,8 @@ namespace moe {
 struct SamplerConfig {
   int64_t seq_len = 0;       // S: a window holds S + 1 tokens (inputs = first S, targets = last S)
   int64_t global_batch = 0;  // windows per optimizer step over all ranks (train.batch_size)
-  int rank = 0, world = 1;   // this rank's slice: rows [rank * B_local, (rank + 1) * B_local)
+  int rank = 0, world = 1;   // data-parallel rank and world size
+  int64_t grad_accum = 1;    // A micro-batches per optimizer step; next() returns one of them
   uint64_t seed = 0;
 };
 
@@ -27,6 +29,11 @@ struct SamplerCursor {
   bool operator==(const SamplerCursor&) const = default;
 };
 
+// The cursor as the three int64 values a checkpoint stores (/data/rank_<r>): epoch, position,
+// rng_offset. Reading checks the length and signs; `where` names the source in errors.
+std::vector<int64_t> cursor_to_vector(const SamplerCursor& c);
+SamplerCursor cursor_from_vector(const std::vector<int64_t>& v, const std::string& where);
+
 struct Batch {
   Tensor inputs, targets;  // [B_local, S] int32 each; targets are inputs shifted by one token
 };
@@ -34,10 +41,12 @@ struct Batch {
 // Epoch e: the stream is cut into windows starting at shift_e + i * S (i < N_e, a window owns
 // S + 1 tokens, consecutive windows share one), shift_e in [0, S) and the order of the N_e
 // windows drawn by a Fisher-Yates shuffle from Philox(seed, data stream, cursor.rng_offset).
-// A global batch is the next B_global windows of that order; an epoch ends when fewer than
-// B_global remain (they are skipped) and the next epoch's shuffle starts at the Philox offset
-// where this one's ended. Ranks slice every global batch, so the union of the slices over
-// ranks, in rank order, is the batch a single process would draw: DP=W reproduces DP=1.
+// An optimizer step's global batch is the next B_global windows of that order; an epoch ends
+// when fewer than B_global remain (they are skipped) and the next epoch's shuffle starts at
+// the Philox offset where this one's ended. With A micro-batches per step, micro-batch m holds
+// the step's windows [m * B / A, (m + 1) * B / A) and rank r takes its r-th of W equal slices
+// (B_local = B / (A * W) rows per next()). The windows of a step are thus the same for every
+// (W, A): the union over micro-batches and ranks, in that order, is the single-process batch.
 class Sampler {
  public:
   Sampler(std::shared_ptr<const TokenDataset> data, SamplerConfig cfg);
@@ -50,7 +59,7 @@ class Sampler {
   const SamplerCursor& cursor() const { return cursor_; }
   void restore(const SamplerCursor& c);  // a cursor this sampler's data and config could reach
 
-  int64_t local_batch() const { return local_; }
+  int64_t local_batch() const { return local_; }  // rows per next(): B / (A * W)
   uint64_t windows_in_epoch() const { return order_.size(); }
   const SamplerConfig& config() const { return cfg_; }
 

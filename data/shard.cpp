@@ -34,7 +34,7 @@ TokenFormat parse_token_format(const std::string& name) {
 }
 
 void write_shard(const std::string& path, std::span<const uint16_t> tokens) {
-  MOE_CHECK(tokens.size() <= size_t(INT32_MAX), path.c_str(), "", tokens.size(),
+  MOE_CHECK(tokens.size() <= size_t(INT32_MAX), path.c_str(), tokens.size(),
             " tokens do not fit an llm.c shard (at most ", INT32_MAX, ")");
   std::vector<int32_t> header(kShardHeaderInts, 0);
   header[0] = kShardMagic;
@@ -109,14 +109,14 @@ TokenFile TokenFile::open(const std::string& path, TokenFormat format, const std
     const size_t want = kShardHeaderBytes + 2 * n;
     MOE_CHECK(bytes >= want, path.c_str(), "truncated: header says ", n, " tokens (", want,
               " bytes) but the file has ", bytes, " bytes", fix);
-    MOE_CHECK(bytes == want, path.c_str(), "", bytes - want, " unexpected bytes after the ", n,
+    MOE_CHECK(bytes == want, path.c_str(), bytes - want, " unexpected bytes after the ", n,
               " tokens the header announces (expected ", want, " bytes)", fix);
     f.count_ = n;
     f.width_ = 2;
     f.u16_ = reinterpret_cast<const uint16_t*>(base + kShardHeaderBytes);
   } else {
     const size_t w = format == TokenFormat::raw_u16 ? 2 : 4;
-    MOE_CHECK(bytes % w == 0, path.c_str(), "", bytes, " bytes is not a whole number of ", w,
+    MOE_CHECK(bytes % w == 0, path.c_str(), bytes, " bytes is not a whole number of ", w,
               "-byte tokens (", token_format_name(format), "); truncated?", fix);
     f.count_ = bytes / w;
     f.width_ = w;

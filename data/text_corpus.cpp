@@ -51,8 +51,8 @@ CorpusMeta prepare_text(const std::vector<std::string>& files, const std::string
     std::vector<std::string> names;
     for (const DocEntry& e : read_index(out_dir))
       if (names.empty() || names.back() != e.name) names.push_back(e.name);
-    MOE_CHECK(m.source == "text" && m.tokenizer == opt.tokenizer && names == files, out_dir.c_str(),
-              ": already holds a prepared corpus of other input (source '", m.source, "', tokenizer '",
+    MOE_CHECK(m.source == "text" && same_tokenizer(m, opt) && names == files, out_dir.c_str(),
+              "already holds a prepared corpus of other input (source '", m.source, "', tokenizer '",
               m.tokenizer, "', ", names.size(), " files); choose another --out directory or delete this one");
     if (!opt.quiet) std::cerr << "prepare text: " << out_dir << " is already prepared (DONE); reusing it\n";
     return m;

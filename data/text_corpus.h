@@ -1,4 +1,5 @@
-// Plain text files as a corpus (one genre, "text"): split, tokenize and prepare like Brown.
+// Plain text files as a corpus (one genre, "text"): split train/val by file or by a 90/10 cut,
+// then tokenized and written like Brown (data/prepared.h).
 #pragma once
 #include <string>
 #include <vector>

@@ -24,7 +24,9 @@ std::string ByteTokenizer::decode(std::span<const uint32_t> ids) const {
 
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name) {
   if (name == "byte") return std::make_unique<ByteTokenizer>();
-  MOE_FAIL("make_tokenizer", "unknown tokenizer '", name, "' (known: byte)");
+  MOE_CHECK(name != "bpe", "make_tokenizer", "the bpe tokenizer is trained per corpus: prepare with tokenizer bpe, ",
+            "then load it from the prepared directory (load_tokenizer)");
+  MOE_FAIL("make_tokenizer", "unknown tokenizer '", name, "' (known: byte, bpe)");
 }
 
 }  // namespace moe

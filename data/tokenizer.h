@@ -31,6 +31,7 @@ class ByteTokenizer final : public Tokenizer {
 };
 
 // The tokenizer of that name ("byte"); an unknown name is an error listing the known ones.
+// A BPE is trained per corpus: load it with load_tokenizer(dir) (data/prepared.h).
 std::unique_ptr<Tokenizer> make_tokenizer(const std::string& name);
 
 }  // namespace moe

