@@ -62,6 +62,9 @@ void validate(const Recipe& r, const std::string& src) {
     fail(src, "key 'train.batch_size' (" + std::to_string(r.train.batch_size) + ") must be a multiple of train.grad_accum (" +
                   std::to_string(r.train.grad_accum) + ")");
   if (r.optim.min_lr > r.optim.lr) fail(src, "key 'optim.min_lr' must be <= optim.lr");
+  if (r.schedule.kind != "constant" && r.schedule.warmup_steps >= r.train.steps)
+    fail(src, "key 'schedule.warmup_steps' (" + std::to_string(r.schedule.warmup_steps) + ") must be < train.steps (" +
+                  std::to_string(r.train.steps) + ")");
   if (r.model.moe.num_experts % r.parallel.ep != 0)
     fail(src, "key 'parallel.ep' (" + std::to_string(r.parallel.ep) + ") must divide moe.num_experts (" +
                   std::to_string(r.model.moe.num_experts) + ")");

@@ -4,6 +4,7 @@
 #include "recipes/trainer.h"
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -101,7 +102,8 @@ class Trainer {
     micro_batch_ = r_.train.batch_size / r_.train.grad_accum;
     SamplerConfig sc;
     sc.seq_len = r_.train.seq_len;
-    sc.global_batch = micro_batch_;
+    sc.global_batch = r_.train.batch_size;
+    sc.grad_accum = r_.train.grad_accum;
     sc.seed = uint64_t(r_.train.seed);
     sampler_ = std::make_unique<Sampler>(train_data_, sc);
 
@@ -369,8 +371,7 @@ class Trainer {
       rng.push_back(int64_t(m.moe->select_rng().offset()));
     }
     c.ints["rng/rank_0/moe_offsets"] = rng;
-    const SamplerCursor& cur = sampler_->cursor();
-    c.ints["data/rank_0/cursor"] = {int64_t(cur.epoch), int64_t(cur.position), int64_t(cur.rng_offset)};
+    c.ints["data/rank_0/cursor"] = cursor_to_vector(sampler_->cursor());
     return c;
   }
 
@@ -415,9 +416,7 @@ class Trainer {
       moe_[i].moe->jitter_rng().set_offset(uint64_t(rng[2 * i]));
       moe_[i].moe->select_rng().set_offset(uint64_t(rng[2 * i + 1]));
     }
-    const auto& cur = c.ints_at("data/rank_0/cursor");
-    MOE_CHECK(cur.size() == 3, c.source.string().c_str(), "data cursor has ", cur.size(), " fields, expected 3");
-    sampler_->restore(SamplerCursor{uint64_t(cur[0]), uint64_t(cur[1]), uint64_t(cur[2])});
+    sampler_->restore(cursor_from_vector(c.ints_at("data/rank_0/cursor"), c.source.string() + " /data/rank_0/cursor"));
     step_ = c.meta.step;
     tokens_seen_ = c.meta.tokens_seen;
     resumed_ = true;
