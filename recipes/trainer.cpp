@@ -75,7 +75,7 @@ LrScheduleConfig schedule_of(const Recipe& r) {
 class Trainer {
  public:
   Trainer(const Recipe& recipe, const TrainOptions& opt)
-      : r_(recipe), out_(opt.out ? *opt.out : std::cout), run_dir_(resolve_run_dir(recipe, opt)) {
+      : r_(recipe), opt_(opt), out_(opt.out ? *opt.out : std::cout), run_dir_(resolve_run_dir(recipe, opt)) {
     if (r_.train.device == "cuda")
       throw Error("train.device = \"cuda\": this build trains on the CPU only (no CUDA training backend yet); set "
                   "train.device = \"cpu\"");
@@ -155,6 +155,11 @@ class Trainer {
       if ((r_.checkpoint.every > 0 && step_ % r_.checkpoint.every == 0) || last) {
         save_checkpoint();
         checkpointed_now = true;
+      }
+      if (opt_.stop_after_step > 0 && step_ == opt_.stop_after_step && !last) {
+        if (!checkpointed_now) save_checkpoint();
+        out_ << "stopping after step " << step_ << " as asked; continue with --resume latest\n";
+        return kTrainOk;
       }
       if (stop_requested()) {
         if (!checkpointed_now) save_checkpoint();
@@ -436,6 +441,7 @@ class Trainer {
   }
 
   Recipe r_;
+  TrainOptions opt_;
   std::ostream& out_;
   std::string run_dir_;
   std::shared_ptr<const TokenDataset> train_data_, val_data_;

@@ -13,6 +13,9 @@ struct TrainOptions {
   std::string run_dir;      // "" -> runs/<train.name or the recipe's file stem>
   std::string resume;       // "" (fresh run), "latest", or a checkpoint step directory
   std::ostream* out = nullptr;  // console (std::cout when null)
+  // Stop after this step as a preemption would (checkpoint, clean exit); 0 = run to the end.
+  // Lets tests interrupt a run at an exact step without signals.
+  int64_t stop_after_step = 0;
 };
 
 // Exit codes of `moetrain train`.
