@@ -368,7 +368,7 @@ int64_t File::first_chunk_offset(const std::string& dset) const {
 // ---------------------------------------------------------------------------------- series
 
 void File::create_series(const std::string& dset, ElemType type, const std::vector<int64_t>& row_shape,
-                         int64_t chunk_rows) {
+                         int64_t chunk_rows, bool compress) {
   if (exists(dset)) fail(dset, "already exists");
   std::vector<hsize_t> dims{0}, maxdims{H5S_UNLIMITED}, chunk{hsize_t(std::max<int64_t>(1, chunk_rows))};
   for (int64_t d : row_shape) {
@@ -380,8 +380,11 @@ void File::create_series(const std::string& dset, ElemType type, const std::vect
   Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   if (!space.valid() || H5Pset_create_intermediate_group(lcpl.get(), 1) < 0 ||
-      H5Pset_chunk(dcpl.get(), int(chunk.size()), chunk.data()) < 0 || H5Pset_fletcher32(dcpl.get()) < 0)
+      H5Pset_chunk(dcpl.get(), int(chunk.size()), chunk.data()) < 0)
     fail(dset, "cannot set up an extendible dataset");
+  if (compress && (H5Pset_shuffle(dcpl.get()) < 0 || H5Pset_deflate(dcpl.get(), 1) < 0))
+    fail(dset, "cannot set up compression");
+  if (H5Pset_fletcher32(dcpl.get()) < 0) fail(dset, "cannot set up Fletcher32");
   hid_t d = H5Dcreate2(id_.get(), dset.c_str(), file_type(type), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT);
   if (d < 0) fail(dset, "cannot create the dataset");
   H5Dclose(d);

@@ -118,9 +118,10 @@ class File {
   int64_t first_chunk_offset(const std::string& dset) const;
 
   // ---- row series: extendible along dim 0, chunked, Fletcher32 ----
-  // row_shape is the shape of one row ({} for a scalar series).
+  // row_shape is the shape of one row ({} for a scalar series). compress adds shuffle + gzip
+  // level 1 before the checksum (h5py reads it natively).
   void create_series(const std::string& dset, ElemType type, const std::vector<int64_t>& row_shape,
-                     int64_t chunk_rows);
+                     int64_t chunk_rows, bool compress = false);
   int64_t rows(const std::string& dset) const;
   void set_rows(const std::string& dset, int64_t n);  // grow or truncate
   // Writes `n` rows starting at row `start`, growing the dataset as needed.

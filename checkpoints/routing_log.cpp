@@ -47,7 +47,8 @@ int64_t chunk_rows_for(int64_t width) {
 
 void write_pending(h5::File& f, Series& s) {
   if (!s.created) {
-    f.create_series(s.path, s.is_int ? h5::ElemType::i64 : h5::ElemType::f64, s.row_shape, chunk_rows_for(s.width()));
+    f.create_series(s.path, s.is_int ? h5::ElemType::i64 : h5::ElemType::f64, s.row_shape, chunk_rows_for(s.width()),
+                    /*compress=*/true);
     s.created = true;
   }
   int64_t n = s.pending_rows();
