@@ -407,15 +407,23 @@ void File::set_rows(const std::string& dset, int64_t n) {
 
 void File::write_rows(const std::string& dset, ElemType type, const void* data, int64_t start, int64_t n) {
   if (n <= 0) return;
-  DatasetInfo di = info(dset);
-  if (di.shape.empty()) fail(dset, "is rank 0, not a row series");
   Handle d = open_dataset(dset);
-  std::vector<hsize_t> dims(di.shape.begin(), di.shape.end());
+  write_rows(d, dset, type, data, start, n);
+}
+
+void File::write_rows(const Handle& d, const std::string& dset, ElemType type, const void* data, int64_t start,
+                      int64_t n) {
+  if (n <= 0) return;
+  Handle fspace(H5Dget_space(d.get()), H5Sclose);
+  int nd = H5Sget_simple_extent_ndims(fspace.get());
+  if (nd < 1) fail(dset, "is rank 0, not a row series");
+  std::vector<hsize_t> dims(static_cast<size_t>(nd));
+  H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
   if (hsize_t(start + n) > dims[0]) {
     dims[0] = hsize_t(start + n);
     if (H5Dset_extent(d.get(), dims.data()) < 0) fail(dset, "cannot grow to " + std::to_string(start + n) + " rows");
+    fspace = Handle(H5Dget_space(d.get()), H5Sclose);
   }
-  Handle fspace(H5Dget_space(d.get()), H5Sclose);
   std::vector<hsize_t> off(dims.size(), 0), cnt(dims);
   off[0] = hsize_t(start);
   cnt[0] = hsize_t(n);

@@ -126,6 +126,11 @@ class File {
   void set_rows(const std::string& dset, int64_t n);  // grow or truncate
   // Writes `n` rows starting at row `start`, growing the dataset as needed.
   void write_rows(const std::string& dset, ElemType type, const void* data, int64_t start, int64_t n);
+  // The same through a dataset kept open (open_dataset), whose chunk cache then holds the
+  // partly filled last chunk between calls instead of rereading it from the file each time.
+  void write_rows(const Handle& d, const std::string& dset, ElemType type, const void* data, int64_t start,
+                  int64_t n);
+  Handle open_dataset(const std::string& dset) const;
 
   // ---- attributes on a group or dataset ----
   void set_attr(const std::string& obj, const std::string& name, const std::string& value);
@@ -147,7 +152,6 @@ class File {
 
  private:
   Handle open_object(const std::string& obj) const;
-  Handle open_dataset(const std::string& dset) const;
   Handle id_;
   std::string path_;
 };
