@@ -28,7 +28,9 @@ std::string shape_text(const std::vector<int64_t>& s) {
 std::string short_text(const std::string& s) {
   bool multiline = s.find('\n') != std::string::npos;
   if (s.size() <= 60 && !multiline) return "\"" + s + "\"";
-  return "<text, " + std::to_string(s.size()) + " bytes" + (multiline ? ", " + std::to_string(std::count(s.begin(), s.end(), '\n')) + " lines" : "") + ">";
+  std::string out = "<text, " + std::to_string(s.size()) + " bytes";
+  if (multiline) out += ", " + std::to_string(std::count(s.begin(), s.end(), '\n')) + " lines";
+  return out + ">";
 }
 
 void print_attrs(const h5::File& f, const std::string& obj, std::ostream& out, const std::string& indent) {

@@ -164,7 +164,8 @@ struct RoutingLog::Impl {
   void resume_evals(const std::string& group, const std::string& name, int64_t resume_step) {
     bool has_steps = false, has_values = false;
     for (const h5::Child& c : file.children(group)) {
-      if (c.kind == h5::ObjKind::group) resume_evals(group + "/" + c.name, name.empty() ? c.name : name + "/" + c.name, resume_step);
+      if (c.kind == h5::ObjKind::group)
+        resume_evals(group + "/" + c.name, name.empty() ? c.name : name + "/" + c.name, resume_step);
       if (c.kind == h5::ObjKind::dataset && c.name == "steps") has_steps = true;
       if (c.kind == h5::ObjKind::dataset && c.name == "values") has_values = true;
     }
@@ -261,8 +262,8 @@ bool RoutingLog::is_open() const { return impl_ != nullptr; }
 void RoutingLog::append(int64_t step, const std::vector<RoutingRecord>& records) {
   MOE_CHECK(impl_, "RoutingLog::append", "the log is not open");
   Impl& s = *impl_;
-  MOE_CHECK(records.size() == s.layers.size(), "RoutingLog::append", "got ", records.size(), " layer records, the log has ",
-            s.layers.size(), " MoE layers");
+  MOE_CHECK(records.size() == s.layers.size(), "RoutingLog::append", "got ", records.size(),
+            " layer records, the log has ", s.layers.size(), " MoE layers");
   MOE_CHECK(!s.last || step > *s.last, "RoutingLog::append", "step ", step, " after step ", *s.last,
             ": steps must increase");
   // Validate everything before buffering anything, so a bad record leaves the log consistent.
