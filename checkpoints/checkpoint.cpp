@@ -318,9 +318,11 @@ fs::path write_checkpoint(const fs::path& run_dir, int64_t step, const Checkpoin
   const fs::path final_dir = checkpoint_dir(run_dir, step);
   const fs::path tmp = fs::path(final_dir.string() + ".tmp");
   std::error_code ec;
+  const bool new_dir = !fs::is_directory(dir, ec);
   fs::create_directories(dir, ec);
   MOE_CHECK(!ec && fs::is_directory(dir), "write_checkpoint", "cannot create directory ", dir.string(), ": ",
             ec ? ec.message() : std::string("a file is in the way"));
+  if (new_dir) fsync_path(run_dir, true);  // the checkpoints/ entry itself must survive a crash
   fs::remove_all(tmp, ec);  // a killed earlier write of this step
   MOE_CHECK(!ec, "write_checkpoint", "cannot remove stale ", tmp.string(), ": ", ec.message());
   fs::create_directory(tmp, ec);

@@ -368,7 +368,7 @@ int64_t File::first_chunk_offset(const std::string& dset) const {
 // ---------------------------------------------------------------------------------- series
 
 void File::create_series(const std::string& dset, ElemType type, const std::vector<int64_t>& row_shape,
-                         int64_t chunk_rows) {
+                         int64_t chunk_rows, bool compress) {
   if (exists(dset)) fail(dset, "already exists");
   std::vector<hsize_t> dims{0}, maxdims{H5S_UNLIMITED}, chunk{hsize_t(std::max<int64_t>(1, chunk_rows))};
   for (int64_t d : row_shape) {
@@ -380,8 +380,11 @@ void File::create_series(const std::string& dset, ElemType type, const std::vect
   Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
   Handle lcpl(H5Pcreate(H5P_LINK_CREATE), H5Pclose);
   if (!space.valid() || H5Pset_create_intermediate_group(lcpl.get(), 1) < 0 ||
-      H5Pset_chunk(dcpl.get(), int(chunk.size()), chunk.data()) < 0 || H5Pset_fletcher32(dcpl.get()) < 0)
+      H5Pset_chunk(dcpl.get(), int(chunk.size()), chunk.data()) < 0)
     fail(dset, "cannot set up an extendible dataset");
+  if (compress && (H5Pset_shuffle(dcpl.get()) < 0 || H5Pset_deflate(dcpl.get(), 1) < 0))
+    fail(dset, "cannot set up compression");
+  if (H5Pset_fletcher32(dcpl.get()) < 0) fail(dset, "cannot set up Fletcher32");
   hid_t d = H5Dcreate2(id_.get(), dset.c_str(), file_type(type), space.get(), lcpl.get(), dcpl.get(), H5P_DEFAULT);
   if (d < 0) fail(dset, "cannot create the dataset");
   H5Dclose(d);
@@ -404,15 +407,23 @@ void File::set_rows(const std::string& dset, int64_t n) {
 
 void File::write_rows(const std::string& dset, ElemType type, const void* data, int64_t start, int64_t n) {
   if (n <= 0) return;
-  DatasetInfo di = info(dset);
-  if (di.shape.empty()) fail(dset, "is rank 0, not a row series");
   Handle d = open_dataset(dset);
-  std::vector<hsize_t> dims(di.shape.begin(), di.shape.end());
+  write_rows(d, dset, type, data, start, n);
+}
+
+void File::write_rows(const Handle& d, const std::string& dset, ElemType type, const void* data, int64_t start,
+                      int64_t n) {
+  if (n <= 0) return;
+  Handle fspace(H5Dget_space(d.get()), H5Sclose);
+  int nd = H5Sget_simple_extent_ndims(fspace.get());
+  if (nd < 1) fail(dset, "is rank 0, not a row series");
+  std::vector<hsize_t> dims(static_cast<size_t>(nd));
+  H5Sget_simple_extent_dims(fspace.get(), dims.data(), nullptr);
   if (hsize_t(start + n) > dims[0]) {
     dims[0] = hsize_t(start + n);
     if (H5Dset_extent(d.get(), dims.data()) < 0) fail(dset, "cannot grow to " + std::to_string(start + n) + " rows");
+    fspace = Handle(H5Dget_space(d.get()), H5Sclose);
   }
-  Handle fspace(H5Dget_space(d.get()), H5Sclose);
   std::vector<hsize_t> off(dims.size(), 0), cnt(dims);
   off[0] = hsize_t(start);
   cnt[0] = hsize_t(n);

@@ -118,13 +118,19 @@ class File {
   int64_t first_chunk_offset(const std::string& dset) const;
 
   // ---- row series: extendible along dim 0, chunked, Fletcher32 ----
-  // row_shape is the shape of one row ({} for a scalar series).
+  // row_shape is the shape of one row ({} for a scalar series). compress adds shuffle + gzip
+  // level 1 before the checksum (h5py reads it natively).
   void create_series(const std::string& dset, ElemType type, const std::vector<int64_t>& row_shape,
-                     int64_t chunk_rows);
+                     int64_t chunk_rows, bool compress = false);
   int64_t rows(const std::string& dset) const;
   void set_rows(const std::string& dset, int64_t n);  // grow or truncate
   // Writes `n` rows starting at row `start`, growing the dataset as needed.
   void write_rows(const std::string& dset, ElemType type, const void* data, int64_t start, int64_t n);
+  // The same through a dataset kept open (open_dataset), whose chunk cache then holds the
+  // partly filled last chunk between calls instead of rereading it from the file each time.
+  void write_rows(const Handle& d, const std::string& dset, ElemType type, const void* data, int64_t start,
+                  int64_t n);
+  Handle open_dataset(const std::string& dset) const;
 
   // ---- attributes on a group or dataset ----
   void set_attr(const std::string& obj, const std::string& name, const std::string& value);
@@ -146,7 +152,6 @@ class File {
 
  private:
   Handle open_object(const std::string& obj) const;
-  Handle open_dataset(const std::string& dset) const;
   Handle id_;
   std::string path_;
 };

@@ -32,6 +32,7 @@ struct Series {
   bool created = false;            // dataset exists in the file
   std::vector<double> pend;
   std::vector<int64_t> pend_i;
+  h5::Handle dset;  // kept open between flushes
 
   int64_t width() const { return row_shape.empty() ? 1 : row_shape[0]; }
   int64_t pending_rows() const { return int64_t(is_int ? pend_i.size() : pend.size()) / width(); }
@@ -42,18 +43,20 @@ struct Series {
 };
 
 int64_t chunk_rows_for(int64_t width) {
-  return std::clamp<int64_t>(int64_t(65536 / (8 * std::max<int64_t>(width, 1))), 16, 1024);
+  return std::clamp<int64_t>(int64_t(16384 / (8 * std::max<int64_t>(width, 1))), 16, 512);
 }
 
 void write_pending(h5::File& f, Series& s) {
   if (!s.created) {
-    f.create_series(s.path, s.is_int ? h5::ElemType::i64 : h5::ElemType::f64, s.row_shape, chunk_rows_for(s.width()));
+    f.create_series(s.path, s.is_int ? h5::ElemType::i64 : h5::ElemType::f64, s.row_shape, chunk_rows_for(s.width()),
+                    /*compress=*/false);
     s.created = true;
   }
   int64_t n = s.pending_rows();
   if (n == 0) return;
-  if (s.is_int) f.write_rows(s.path, h5::ElemType::i64, s.pend_i.data(), s.written, n);
-  else f.write_rows(s.path, h5::ElemType::f64, s.pend.data(), s.written, n);
+  if (!s.dset.valid()) s.dset = f.open_dataset(s.path);
+  if (s.is_int) f.write_rows(s.dset, s.path, h5::ElemType::i64, s.pend_i.data(), s.written, n);
+  else f.write_rows(s.dset, s.path, h5::ElemType::f64, s.pend.data(), s.written, n);
   s.written += n;
   s.pend.clear();
   s.pend_i.clear();
@@ -102,7 +105,8 @@ struct RoutingLog::Impl {
     file.set_attr("/", "format_version", kRoutingLogFormatVersion);
     file.set_attr("/", "num_experts", num_experts);
     steps = Series{"/steps", true, {}};
-    layer_series.assign(layers.size(), {});
+    layer_series.clear();
+    layer_series.resize(layers.size());
     for (size_t i = 0; i < layers.size(); ++i) {
       auto& m = layer_series[i];
       std::string g = layer_group(i);
@@ -126,7 +130,8 @@ struct RoutingLog::Impl {
       ++keep;
     }
     // After a crash between flushes some series may be shorter than /steps: keep what all hold.
-    layer_series.assign(layers.size(), {});
+    layer_series.clear();
+    layer_series.resize(layers.size());
     for (size_t i = 0; i < layers.size(); ++i) {
       std::string g = layer_group(i);
       if (!file.exists(g)) file.fail(g, "missing: the log was written for other MoE layers");
@@ -159,7 +164,8 @@ struct RoutingLog::Impl {
   void resume_evals(const std::string& group, const std::string& name, int64_t resume_step) {
     bool has_steps = false, has_values = false;
     for (const h5::Child& c : file.children(group)) {
-      if (c.kind == h5::ObjKind::group) resume_evals(group + "/" + c.name, name.empty() ? c.name : name + "/" + c.name, resume_step);
+      if (c.kind == h5::ObjKind::group)
+        resume_evals(group + "/" + c.name, name.empty() ? c.name : name + "/" + c.name, resume_step);
       if (c.kind == h5::ObjKind::dataset && c.name == "steps") has_steps = true;
       if (c.kind == h5::ObjKind::dataset && c.name == "values") has_values = true;
     }
@@ -175,6 +181,16 @@ struct RoutingLog::Impl {
     file.set_rows(group + "/values", keep);
     if (keep > 0) e.last = st[size_t(keep - 1)];
     evals[name] = std::move(e);
+  }
+
+  void release_datasets() {
+    steps.dset.reset();
+    for (auto& m : layer_series)
+      for (auto& [n, s] : m) s.dset.reset();
+    for (auto& [n, e] : evals) {
+      e.steps.dset.reset();
+      e.values.dset.reset();
+    }
   }
 
   void flush_all() {
@@ -226,6 +242,7 @@ void RoutingLog::open(const fs::path& path, const std::vector<int>& layers, int6
       impl->resume(*resume_step);
     } catch (const Error& e) {
       // A log is worth less than the run: keep the damaged file for inspection, start anew.
+      impl->release_datasets();
       impl->file = h5::File();
       fs::path aside = fs::path(path.string() + ".corrupt");
       fs::rename(path, aside, ec);
@@ -245,8 +262,8 @@ bool RoutingLog::is_open() const { return impl_ != nullptr; }
 void RoutingLog::append(int64_t step, const std::vector<RoutingRecord>& records) {
   MOE_CHECK(impl_, "RoutingLog::append", "the log is not open");
   Impl& s = *impl_;
-  MOE_CHECK(records.size() == s.layers.size(), "RoutingLog::append", "got ", records.size(), " layer records, the log has ",
-            s.layers.size(), " MoE layers");
+  MOE_CHECK(records.size() == s.layers.size(), "RoutingLog::append", "got ", records.size(),
+            " layer records, the log has ", s.layers.size(), " MoE layers");
   MOE_CHECK(!s.last || step > *s.last, "RoutingLog::append", "step ", step, " after step ", *s.last,
             ": steps must increase");
   // Validate everything before buffering anything, so a bad record leaves the log consistent.
@@ -347,6 +364,7 @@ void RoutingLog::close() {
   if (!impl_) return;
   std::unique_ptr<Impl> impl = std::move(impl_);
   impl->flush_all();
+  impl->release_datasets();
   impl->file.close();
 }
 

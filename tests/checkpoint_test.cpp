@@ -15,6 +15,7 @@
 
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/hdf5_util.h"
+#include "checkpoints/inspect.h"
 #include "core/rng.h"
 
 using namespace moe;
@@ -404,4 +405,28 @@ TEST(Checkpoint, RejectsBadInputsWithOneClearLine) {
   EXPECT_NE(msg.find("format version 99"), std::string::npos) << msg;
   EXPECT_NE(msg.find("1..1"), std::string::npos) << msg;
   EXPECT_NE(error_of([&] { read_checkpoint(tmp.path / "nope"); }).find("no such checkpoint"), std::string::npos);
+}
+
+TEST(Checkpoint, DescribeListsEveryDatasetAndFlagsCorruption) {
+  TempDir tmp("describe");
+  Checkpoint c = make_ckpt(9);
+  c.strings["data/rank_0/shard"] = "train_000.bin";
+  c.tensors["model/nan"] = Tensor::from_vector<float>({1.0f, NAN, 3.0f}, {3});
+  fs::path dir = write_checkpoint(tmp.path, 9, c, 1);
+  std::ostringstream out;
+  EXPECT_EQ(describe_h5(dir, out), 0);
+  std::string s = out.str();
+  EXPECT_NE(s.find("@step = 9"), std::string::npos) << s;
+  EXPECT_NE(s.find("layers.0.attn.wq  f32 [37, 11]  fletcher32  min "), std::string::npos) << s;
+  EXPECT_NE(s.find("bias  f64 [3]  fletcher32  min -1.5 mean 1.25 max 3"), std::string::npos) << s;
+  EXPECT_NE(s.find("nan  f32 [3]  fletcher32  min 1 mean 2 max 3  non-finite 1"), std::string::npos) << s;
+  EXPECT_NE(s.find("\"train_000.bin\""), std::string::npos) << s;
+  EXPECT_NE(s.find("every dataset read cleanly"), std::string::npos) << s;
+
+  fs::path file = dir / "ckpt.h5";
+  flip_byte(file, chunk_offset(file, "/balance/layer_1/bias") + 2);
+  std::ostringstream bad;
+  EXPECT_EQ(describe_h5(file, bad), 1);
+  EXPECT_NE(bad.str().find("bias  f64 [3]  fletcher32  CORRUPT: "), std::string::npos) << bad.str();
+  EXPECT_NE(bad.str().find("1 corrupt dataset(s)"), std::string::npos) << bad.str();
 }
