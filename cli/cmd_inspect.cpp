@@ -3,10 +3,10 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <functional>
+#include <iostream>
 
 #include "checkpoints/checkpoint.h"
-#include "checkpoints/hdf5_util.h"
+#include "checkpoints/inspect.h"
 #include "cli/commands.h"
 #include "core/error.h"
 
@@ -44,40 +44,6 @@ void inspect_checkpoint(const fs::path& path) {
   std::printf("  recipe: %zu bytes of resolved TOML (stored in /meta)\n", c.meta.recipe.size());
 }
 
-void inspect_h5(const fs::path& path) {
-  h5::File f = h5::File::open(path, h5::File::Mode::read, false);
-  std::printf("%s\n", path.string().c_str());
-  std::function<void(const std::string&, int)> walk = [&](const std::string& group, int depth) {
-    for (const auto& ch : f.children(group)) {
-      std::string p = (group == "/" ? "" : group) + "/" + ch.name;
-      if (ch.kind == h5::ObjKind::group) {
-        std::printf("%*s%s/\n", 2 * depth, "", ch.name.c_str());
-        walk(p, depth + 1);
-        continue;
-      }
-      h5::DatasetInfo info = f.info(p);
-      std::string shape = "[";
-      int64_t n = 1;
-      for (size_t i = 0; i < info.shape.size(); ++i) {
-        shape += (i ? ", " : "") + std::to_string(info.shape[i]);
-        n *= info.shape[i];
-      }
-      shape += "]";
-      std::printf("%*s%-22s %-4s %-12s", 2 * depth, "", ch.name.c_str(), h5::elem_type_name(info.type), shape.c_str());
-      if (n > 0 && n <= 50'000'000 && (info.type == h5::ElemType::f64 || info.type == h5::ElemType::i64)) {
-        std::vector<double> v = f.read<double>(p);
-        int64_t row = info.shape.size() == 2 ? info.shape[1] : 1;
-        std::vector<double> last(v.end() - row, v.end());
-        double lo = *std::min_element(last.begin(), last.end()), hi = *std::max_element(last.begin(), last.end());
-        if (row == 1) std::printf(" last %.6g", last[0]);
-        else std::printf(" last row min %.6g max %.6g", lo, hi);
-      }
-      std::printf("\n");
-    }
-  };
-  walk("/", 1);
-}
-
 }  // namespace
 
 int cmd_inspect(const std::vector<std::string>& args) {
@@ -88,9 +54,12 @@ int cmd_inspect(const std::vector<std::string>& args) {
   }
   fs::path p = args[0];
   if (!fs::exists(p)) throw Error(p.string() + ": no such file or directory");
-  if (fs::is_directory(p) || p.filename() == "ckpt.h5") inspect_checkpoint(p);
-  else inspect_h5(p);
-  return 0;
+  if (fs::is_directory(p) || p.filename() == "ckpt.h5") {
+    inspect_checkpoint(p);
+    return 0;
+  }
+  int corrupt = describe_h5(p, std::cout);  // routing.h5 or any HDF5 file, checksums verified
+  return corrupt == 0 ? 0 : 1;
 }
 
 }  // namespace moe::cli
