@@ -138,7 +138,6 @@ TEST(MoeLayer, GradcheckWholeLayerWithFixedRouting) {
   c.moe.capacity_factor = 0.75;
   c.moe.drop_policy = "position";
   c.moe.z_loss_coef = 0.1;
-  c.moe.gate_scale = 1.5;
   Philox rng(2, 1);
   MoeLayer layer(c, 1, rng, test_balancer(), DType::f64);
   Tensor x = randn_f64({2, 3, 6}, 11);
@@ -236,9 +235,9 @@ TEST(MoeLayer, BadSettingsThrowNamingTheKey) {
     MoeLayer layer(c, 0, rng, test_balancer());
   };
   ModelConfig c = small_config(4, 5, 8, 8);
-  expect_error_naming([&] { build(c); }, "moe.top_k");
+  expect_error_naming([&] { build(c); }, "router.top_k");
   c = small_config(4, 0, 8, 8);
-  expect_error_naming([&] { build(c); }, "moe.top_k");
+  expect_error_naming([&] { build(c); }, "router.top_k");
   c = small_config(0, 1, 8, 8);
   expect_error_naming([&] { build(c); }, "moe.num_experts");
   c = small_config(4, 2, 8, 8);
@@ -251,13 +250,13 @@ TEST(MoeLayer, BadSettingsThrowNamingTheKey) {
   expect_error_naming([&] { build(c); }, "moe.drop_policy");
   c = small_config(4, 2, 8, 8);
   c.moe.score_function = "tanh";
-  expect_error_naming([&] { build(c); }, "moe.score_function");
+  expect_error_naming([&] { build(c); }, "router.score");
   c = small_config(4, 2, 8, 8);
   c.moe.jitter = 1.0;
-  expect_error_naming([&] { build(c); }, "moe.jitter");
+  expect_error_naming([&] { build(c); }, "router.jitter");
   c = small_config(4, 2, 8, 8);
   c.moe.z_loss_coef = -1;
-  expect_error_naming([&] { build(c); }, "moe.z_loss_coef");
+  expect_error_naming([&] { build(c); }, "router.z_loss");
   c = small_config(4, 2, 8, 8);
   c.moe.moe_every = 0;
   expect_error_naming([&] { build(c); }, "moe.moe_every");
@@ -268,4 +267,65 @@ TEST(MoeLayer, BadSettingsThrowNamingTheKey) {
   Philox rng(1, 1);
   MoeLayer layer(small_config(4, 2, 8, 8), 0, rng, test_balancer());
   expect_error_naming([&] { layer.forward(Tensor::zeros({2, 3, 7})); }, "MoeLayer.forward");
+}
+
+TEST(MoeLayer, EveryStrategyRunsForwardBackwardThroughTheLayer) {
+  // The registry's strategies inside the layer: shapes, finite outputs and grads, loads that
+  // sum to the assignments, and null experts widening the router.
+  for (const char* name : {"none", "aux_loss", "loss_free", "sinkhorn", "ssr", "bip", "quantile", "expert_choice",
+                           "null_experts", "top_p"}) {
+    SCOPED_TRACE(name);
+    ModelConfig c = small_config(4, 2, 6, 5);
+    c.moe.balance.strategy = name;
+    if (std::string(name) == "null_experts") c.moe.balance.num_null_experts = 2;
+    c.moe.capacity_factor = 1.5;
+    c.moe.z_loss_coef = 1e-3;
+    Philox rng(6, 1);
+    MoeLayer layer(c, 0, rng);
+    EXPECT_EQ(layer.balancer().name(), name);
+    EXPECT_EQ(layer.router().weight().size(0), std::string(name) == "null_experts" ? 6 : 4);
+    Tensor x = test::randn_f32({2, 5, 6}, 41, 1.0, true);
+    Tensor y = layer.forward(x);
+    for (const ExtraLoss& l : layer.extra_losses()) y = add(y, l.scaled);
+    y.backward(Tensor::ones({2, 5, 6}));
+    for (double v : y.to_double_vector()) ASSERT_TRUE(std::isfinite(v));
+    for (double v : x.grad().to_double_vector()) ASSERT_TRUE(std::isfinite(v));
+    double sum = 0;
+    for (double l : layer.last_stats().load) sum += l;
+    EXPECT_EQ(int64_t(sum), layer.last_stats().assignments);
+    EXPECT_GT(sum, 0);
+    layer.balancer().update(layer.take_pending_loads());
+  }
+}
+
+TEST(MoeLayer, GradcheckWithAuxLossStrategyAndZLoss) {
+  // aux_loss routes by plain top-k, which tiny perturbations do not change on random inputs;
+  // its loss and the z-loss reach the router weight through the scores and logits.
+  ModelConfig c = small_config(3, 2, 5, 4);
+  c.moe.balance.strategy = "aux_loss";
+  c.moe.balance.aux_alpha = 0.3;
+  c.moe.z_loss_coef = 0.05;
+  Philox rng(8, 1);
+  MoeLayer layer(c, 0, rng, DType::f64);
+  std::vector<Tensor> inputs{randn_f64({1, 7, 5}, 51)};
+  for (auto& [n, t] : layer.named_parameters()) inputs.push_back(t);
+  auto f = [&](const std::vector<Tensor>&) {
+    Tensor y = layer.forward(inputs[0]);
+    for (const ExtraLoss& l : layer.extra_losses()) y = add(y, l.scaled);
+    return y;
+  };
+  EXPECT_GRADCHECK(f, inputs, 1e-6, 1e-8, 1e-6);
+  std::vector<std::string> names;
+  for (const ExtraLoss& l : layer.extra_losses()) names.push_back(l.name);
+  EXPECT_EQ(names.back(), "z");
+  EXPECT_GE(names.size(), 2u);
+}
+
+TEST(MoeLayer, UnknownStrategyIsRefusedNamingTheKey) {
+  ModelConfig c = small_config(4, 2, 6, 5);
+  c.moe.balance.strategy = "magic";
+  Philox rng(1, 1);
+  expect_error_naming([&] { MoeLayer layer(c, 0, rng); }, "router.balance");
+  c = small_config(4, 5, 6, 5);  // k > E is caught before the strategy is built
+  expect_error_naming([&] { MoeLayer layer(c, 0, rng); }, "router.top_k");
 }

@@ -87,6 +87,6 @@ TEST(MoeRouter, BadScoreFunctionNamesTheKey) {
     parse_score_function("tanh");
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("moe.score_function"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("router.score"), std::string::npos) << e.what();
   }
 }

@@ -25,7 +25,8 @@ bool is_moe_layer(const MoeConfig& cfg, int layer);
 // else 8/3 d_model rounded up to a multiple of 8 (ModelConfig's documented default).
 int64_t resolved_expert_hidden(const ModelConfig& cfg);
 
-// Checks every MoE setting this layer reads; throws moe::Error naming the key.
+// Checks every MoE setting this layer reads; throws moe::Error naming the recipe key
+// (recipes/README.md: moe.*, router.*).
 void validate_moe_config(const ModelConfig& cfg);
 
 class MoeLayer : public FeedForward {
@@ -70,7 +71,7 @@ class MoeLayer : public FeedForward {
   int64_t d_model_, num_experts_, top_k_;
   std::optional<double> capacity_factor_;
   DropPolicy drop_policy_;
-  double gate_scale_, z_loss_coef_;
+  double z_loss_coef_;
   std::unique_ptr<Balancer> balancer_;
   std::shared_ptr<Router> router_;
   std::shared_ptr<Experts> experts_, shared_;

@@ -14,7 +14,7 @@ namespace moe {
 ScoreFunction parse_score_function(const std::string& name) {
   if (name == "softmax") return ScoreFunction::softmax;
   if (name == "sigmoid") return ScoreFunction::sigmoid;
-  MOE_FAIL("moe.score_function", "unknown score function '", name, "' (expected softmax | sigmoid)");
+  MOE_FAIL("router.score", "unknown score function '", name, "' (expected softmax | sigmoid)");
 }
 
 namespace {
