@@ -1,5 +1,6 @@
-// MoE layer benchmarks: forward+backward of the whole layer at T = 4096, D = 256, E = 16, k = 2,
-// the routing (select) time alone, and the grouped expert GEMM against one dense sgemm.
+// MoE layer benchmarks: forward+backward of the whole layer at T = 4096, D = 256, E = 16, k = 2
+// per strategy, each strategy's routing (select + losses) alone, and the grouped expert GEMM
+// against one dense sgemm with the same FLOPs.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
@@ -34,21 +35,29 @@ class ReferenceTopK : public Balancer {
   }
 };
 
-ModelConfig bench_config() {
+const char* const kStrategies[] = {"none",     "aux_loss",      "loss_free",    "sinkhorn", "ssr",
+                                   "bip",      "quantile",      "expert_choice", "null_experts", "top_p"};
+
+ModelConfig bench_config(const std::string& strategy = "aux_loss") {
   ModelConfig c;
   c.d_model = kDim;  // expert hidden: the dense default 8/3 D -> 688
   c.moe.num_experts = kExperts;
   c.moe.top_k = kTopK;
+  c.moe.balance.strategy = strategy;
+  if (strategy == "null_experts") c.moe.balance.num_null_experts = kExperts / 4;
   return c;
 }
 
-void run_layer(benchmark::State& state, MoeLayer& layer) {
+Tensor bench_input() {
   Tensor x = Tensor::empty({kBatch, kSeq, kDim});
-  {
-    Philox rng(9, 1);
-    float* p = x.data<float>();
-    for (int64_t i = 0; i < x.numel(); ++i) p[i] = float(rng.normal());
-  }
+  Philox rng(9, 1);
+  float* p = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] = float(rng.normal());
+  return x;
+}
+
+void run_layer(benchmark::State& state, MoeLayer& layer) {
+  Tensor x = bench_input();
   x.set_requires_grad(true);
   Tensor seed = Tensor::full({kBatch, kSeq, kDim}, 1e-3);
   for (auto _ : state) {
@@ -58,11 +67,15 @@ void run_layer(benchmark::State& state, MoeLayer& layer) {
     for (const ExtraLoss& l : layer.extra_losses()) y = add(y, l.scaled);
     y.backward(seed);
     benchmark::DoNotOptimize(x.grad().data<float>());
-    layer.take_pending_loads();
+    layer.balancer().update(layer.take_pending_loads());
   }
   const int64_t H = layer.experts().hidden();
-  // Expert FLOPs of forward + backward (3 GEMMs forward, 6 backward, 2 flops per MAC).
-  double flops = 2.0 * 9.0 * double(kTokens * kTopK) * double(kDim) * double(H);
+  const RoutingStats& st = layer.last_stats();
+  // Expert FLOPs of forward + backward (3 GEMMs forward, 6 backward, 2 flops per MAC) over the
+  // assignments that reached a real expert (top_p / null_experts route a varying number).
+  const double kept = double(st.assignments - st.dropped);
+  double flops = 2.0 * 9.0 * kept * double(kDim) * double(H);
+  state.counters["assignments/token"] = kept / double(kTokens);
   state.counters["expert_GFLOP/s"] = benchmark::Counter(flops * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["tokens/s"] = benchmark::Counter(double(kTokens), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["maxvio"] = layer.last_stats().max_vio;
@@ -74,6 +87,42 @@ void BM_MoeLayerReferenceTopK(benchmark::State& state) {
   run_layer(state, layer);
 }
 BENCHMARK(BM_MoeLayerReferenceTopK)->Unit(benchmark::kMillisecond)->UseRealTime();
+
+void BM_MoeLayerStrategy(benchmark::State& state, std::string strategy) {
+  Philox rng(1, 1);
+  MoeLayer layer(bench_config(strategy), 0, rng);
+  run_layer(state, layer);
+}
+
+// The routing work of a strategy alone: select and its losses on fixed router output (training
+// mode, no backward), the part of the layer that differs between strategies.
+void BM_MoeRouting(benchmark::State& state, std::string strategy) {
+  ModelConfig c = bench_config(strategy);
+  std::unique_ptr<Balancer> b = make_balancer(c.moe);
+  Philox init(1, 1), jit(1, 2), sel(1, 3);
+  Router router(kDim, b->router_outputs(kExperts), parse_score_function(c.moe.score_function), 0.0, c.init_std, init,
+                DType::f32);
+  RouterOutput ro = router.forward(bench_input().reshape({kTokens, kDim}), kExperts, kTopK, kSeq, jit);
+  for (auto _ : state) {
+    Routing r = b->select(ro, sel);
+    auto losses = b->extra_losses(ro, r);
+    benchmark::DoNotOptimize(r.gate.raw_data());
+    clear_tape();
+  }
+}
+
+const bool kRegistered = [] {
+  for (const char* name : kStrategies) {
+    benchmark::RegisterBenchmark((std::string("BM_MoeLayerStrategy/") + name).c_str(), BM_MoeLayerStrategy,
+                                 std::string(name))
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark((std::string("BM_MoeRouting/") + name).c_str(), BM_MoeRouting, std::string(name))
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+  return true;
+}();
 
 // Grouped GEMM over E equal segments (rows T k / E each) vs one sgemm with the same FLOPs:
 // [T k, D] x [D, H]. Arg 0: balanced segments; arg 1: skewed (half the rows on 2 experts).
