@@ -220,13 +220,27 @@ TEST(MoeLayer, DroppedTokensGetZeroAndLoadsAccumulateInTrainingOnly) {
   EXPECT_LE(s.router_entropy, std::log(2.0) + 1e-12);
 
   std::vector<double> first = s.load;
-  layer.forward(x);
+  double first_entropy = s.router_entropy;
+  int64_t first_dropped = s.dropped;
+  Tensor x2 = randn_f64({2, 4, 4}, 32, 1.0, false);
+  layer.forward(x2);
+  std::vector<double> second = layer.last_stats().load;
+  double second_entropy = layer.last_stats().router_entropy;
+  int64_t dropped2 = layer.last_stats().dropped;
   layer.eval();
-  layer.forward(x);  // eval forwards do not count towards the update
+  layer.forward(x);  // eval forwards count neither towards the update nor the step's stats
   layer.train();
   std::vector<double> pending = layer.take_pending_loads();
-  EXPECT_EQ(pending, (std::vector<double>{2 * first[0], 2 * first[1]}));
+  EXPECT_EQ(pending, (std::vector<double>{first[0] + second[0], first[1] + second[1]}));
   EXPECT_EQ(layer.take_pending_loads(), (std::vector<double>{0, 0}));
+  RoutingStats step = layer.take_step_stats();
+  EXPECT_EQ(step.load, pending);
+  EXPECT_EQ(step.tokens, 16);
+  EXPECT_EQ(step.dropped, first_dropped + dropped2);
+  EXPECT_NEAR(step.router_entropy, (first_entropy + second_entropy) / 2, 1e-14);
+  RoutingStats none = layer.take_step_stats();
+  EXPECT_EQ(none.load, (std::vector<double>{0, 0}));
+  EXPECT_EQ(none.dead_experts, 2);
 }
 
 TEST(MoeLayer, BadSettingsThrowNamingTheKey) {

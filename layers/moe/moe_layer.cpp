@@ -84,6 +84,16 @@ std::vector<double> MoeLayer::take_pending_loads() {
   return out;
 }
 
+RoutingStats MoeLayer::take_step_stats() {
+  if (step_acc_.load.empty()) {  // no training forward since the last take: all-zero loads
+    step_acc_.load.assign(size_t(num_experts_), 0.0);
+    step_acc_.logit_sum.assign(size_t(num_experts_), 0.0);
+  }
+  RoutingStats s = step_acc_.finish(balancer_->state_vector());
+  step_acc_ = RoutingAccumulator{};
+  return s;
+}
+
 Tensor MoeLayer::forward(const Tensor& x) {
   MOE_CHECK(x.dim() == 3 && x.size(2) == d_model_, "MoeLayer.forward", "expected x [B, S, ", d_model_, "], got ",
             x.shape_str());
@@ -123,7 +133,13 @@ Tensor MoeLayer::forward(const Tensor& x) {
 
   {
     NoGradGuard ng;
-    stats_ = compute_routing_stats(load, cap.dropped, ro.scores, ro.logits, balancer_->state_vector());
+    RoutingAccumulator acc;
+    acc.add(load, cap.dropped, ro.scores, ro.logits);
+    stats_ = acc.finish(balancer_->state_vector());
+    if (training()) {
+      if (step_acc_.empty()) step_acc_ = acc;
+      else step_acc_.add(load, cap.dropped, ro.scores, ro.logits);
+    }
   }
   return out.reshape({B, S, d_model_});
 }

@@ -47,7 +47,13 @@ class MoeLayer : public FeedForward {
   // forwards since the last take; returns them and resets to zero. Eval forwards do not count.
   std::vector<double> take_pending_loads();
   Balancer& balancer() { return *balancer_; }
+  // Statistics of the last forward (training or eval).
   const RoutingStats& last_stats() const { return stats_; }
+  // Statistics of all training forwards since the last take (one optimizer step's micro-
+  // batches), then reset. The raw sums (routing_accumulator) can be all-reduced over
+  // data-parallel ranks first: RoutingAccumulator::unpack(allreduce(pack())).finish(state).
+  RoutingStats take_step_stats();
+  const RoutingAccumulator& routing_accumulator() const { return step_acc_; }
 
   // RNG streams of this layer (seed of init_rng; streams jitter and ssr keyed by the layer):
   // the trainer checkpoints their offsets.
@@ -80,6 +86,7 @@ class MoeLayer : public FeedForward {
   std::vector<ExtraLoss> extra_losses_;
   std::vector<double> pending_loads_;
   RoutingStats stats_;
+  RoutingAccumulator step_acc_;
 };
 
 }  // namespace moe

@@ -32,6 +32,23 @@ struct RoutingStats {
   bool temperature_valid = false;
 };
 
+// Sums over the forwards of one optimizer step (micro-batches, and data-parallel ranks after an
+// all-reduce of pack()), from which the step's statistics are computed: loads and drops add,
+// V_j and router entropy are token-weighted means over everything added.
+struct RoutingAccumulator {
+  std::vector<double> load;       // [E]
+  std::vector<double> logit_sum;  // [E] sum over tokens of the logit of expert j
+  double tokens = 0, dropped = 0, entropy_sum = 0;
+
+  // load [E] as selected; scores and logits [T, E_r] (E_r >= E; only E logit columns summed).
+  void add(const std::vector<double>& load, int64_t dropped, const Tensor& scores, const Tensor& logits);
+  RoutingStats finish(std::vector<double> balancer_state) const;
+  bool empty() const { return tokens == 0; }
+  // Flat [load (E), logit_sum (E), tokens, dropped, entropy_sum] for an element-wise all-reduce.
+  std::vector<double> pack() const;
+  static RoutingAccumulator unpack(const std::vector<double>& flat, int64_t num_experts);
+};
+
 // Load-only statistics (MaxVio, CV, entropy, dead) into s from s.load.
 void fill_load_stats(RoutingStats& s);
 
