@@ -13,6 +13,14 @@ using namespace moe;
 
 namespace {
 
+// scores[token[a], expert[a]] for every assignment, differentiable (index_select on the flat view).
+Tensor pick_scores(const Tensor& scores, const Tensor& token, const Tensor& expert) {
+  const int64_t C = scores.size(1);
+  std::vector<int64_t> idx = token.to_vector<int64_t>(), ex = expert.to_vector<int64_t>();
+  for (size_t a = 0; a < idx.size(); ++a) idx[a] = idx[a] * C + ex[a];
+  return index_select(scores.reshape({scores.numel()}), 0, Tensor::from_vector<int64_t>(idx, {int64_t(idx.size())}));
+}
+
 constexpr int64_t kTokens = 4096, kBatch = 4, kSeq = kTokens / kBatch, kDim = 256, kExperts = 16, kTopK = 2;
 
 // Plain top-k of the scores with renormalized gates: the routing every strategy is measured
@@ -28,7 +36,7 @@ class ReferenceTopK : public Balancer {
     int64_t* pt = r.token.data<int64_t>();
     for (int64_t a = 0; a < T * k; ++a) pt[a] = a / k;
     r.expert = tk.indices.reshape({T * k});
-    Tensor g = take_pairs(in.scores, r.token, r.expert).reshape({T, k});
+    Tensor g = pick_scores(in.scores, r.token, r.expert).reshape({T, k});
     r.gate = div(g, sum(g, {1}, true)).reshape({T * k});
     r.score = r.gate.detach();
     return r;

@@ -170,36 +170,4 @@ Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlan
   return out;
 }
 
-Tensor take_pairs(const Tensor& m, const Tensor& row, const Tensor& col) {
-  const char* op = "take_pairs";
-  MOE_CHECK(m.dim() == 2 && row.dim() == 1 && col.dim() == 1 && row.numel() == col.numel(), op,
-            "expected m [R, C], row [A], col [A], got ", m.shape_str(), ", ", row.shape_str(), ", ", col.shape_str());
-  const int64_t A = row.numel(), R = m.size(0), C = m.size(1);
-  std::vector<int64_t> r = row.to(DType::i64).to_vector<int64_t>(), c = col.to(DType::i64).to_vector<int64_t>();
-  for (int64_t a = 0; a < A; ++a)
-    MOE_CHECK(r[size_t(a)] >= 0 && r[size_t(a)] < R && c[size_t(a)] >= 0 && c[size_t(a)] < C, op, "pair (",
-              r[size_t(a)], ", ", c[size_t(a)], ") out of range for m ", m.shape_str());
-  Tensor mc = m.contiguous();
-  Tensor out = Tensor::empty({A}, m.dtype());
-  dispatch_float(m.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* pm = mc.data<T>();
-    T* po = out.data<T>();
-    for (int64_t a = 0; a < A; ++a) po[a] = pm[r[size_t(a)] * C + c[size_t(a)]];
-  });
-  if (needs_grad({m}))
-    record(op, {out}, [m, r, c, R, C](const std::vector<Tensor>& g) {
-      Tensor gm = Tensor::zeros({R, C}, m.dtype());
-      Tensor gc = g[0].contiguous();
-      dispatch_float(m.dtype(), "take_pairs backward", [&](auto tag) {
-        using T = decltype(tag);
-        const T* pg = gc.data<T>();
-        T* pm = gm.data<T>();
-        for (size_t a = 0; a < r.size(); ++a) pm[r[a] * C + c[a]] += pg[a];
-      });
-      accumulate_grad(m, gm);
-    });
-  return out;
-}
-
 }  // namespace moe

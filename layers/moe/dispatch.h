@@ -37,8 +37,4 @@ Tensor permute_tokens(const Tensor& x, const DispatchPlanPtr& plan);
 // kept assignment get zeros. Differentiable in y and gate (dropped gates get zero grad).
 Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan);
 
-// out[a] = m[row[a], col[a]] for a 2-d m and index lists row, col [A]; differentiable in m.
-// Lets a strategy (or a test) read gate values out of the score matrix.
-Tensor take_pairs(const Tensor& m, const Tensor& row, const Tensor& col);
-
 }  // namespace moe

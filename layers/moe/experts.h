@@ -16,9 +16,6 @@ namespace moe {
 // zero weight grads). Differentiable in x and w.
 Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_t>& offsets);
 
-// silu(a) * b element-wise (same shapes), differentiable in both: the SwiGLU product.
-Tensor swiglu_product(const Tensor& a, const Tensor& b);
-
 class Experts : public Module {
  public:
   // Weights ~ N(0, init_std^2) drawn from init_rng in the order w1, w3, w2.
