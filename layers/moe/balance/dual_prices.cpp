@@ -7,6 +7,26 @@
 #include "layers/moe/balance/topk_routing.h"
 
 namespace moe {
+namespace {
+
+// The m-th largest of v[0..n) for small m (a token's k+1 among E experts): a sorted m-slot
+// insertion list, much cheaper than nth_element's setup at n = 16.
+double small_nth_largest(const double* v, int64_t n, int64_t m, double* top) {
+  int64_t filled = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    double x = v[j];
+    if (filled == m && !(x > top[m - 1])) continue;
+    int64_t pos = filled < m ? filled++ : m - 1;
+    while (pos > 0 && x > top[pos - 1]) {
+      top[pos] = top[pos - 1];
+      --pos;
+    }
+    top[pos] = x;
+  }
+  return top[m - 1];
+}
+
+}  // namespace
 
 int64_t balanced_capacity(int64_t tokens, int64_t experts, int64_t k) { return (k * tokens + experts - 1) / experts; }
 
@@ -21,13 +41,14 @@ void dual_price_iterations(const Tensor& scores, int64_t k, int64_t cap, int ite
     for (int64_t j = 0; j < E; ++j) st[size_t(j * T + i)] = s[size_t(i * E + j)];
   const int64_t row_n = std::min(k + 1, E), col_n = std::min(cap + 1, T);
   for (int it = 0; it < iters; ++it) {
-#pragma omp parallel
+#pragma omp parallel if (T * E >= 65536)  // a team costs more than small batches take
     {
       std::vector<double> buf(static_cast<size_t>(std::max(T, E)));
+      double top[16];
 #pragma omp for
       for (int64_t i = 0; i < T; ++i) {
         for (int64_t j = 0; j < E; ++j) buf[size_t(j)] = s[size_t(i * E + j)] - qd[size_t(j)];
-        double v = nth_largest(buf.data(), E, row_n);
+        double v = row_n <= 16 ? small_nth_largest(buf.data(), E, row_n, top) : nth_largest(buf.data(), E, row_n);
         p[size_t(i)] = clip ? std::max(0.0, v) : v;
       }
 #pragma omp for

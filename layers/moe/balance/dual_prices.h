@@ -16,7 +16,8 @@ int64_t balanced_capacity(int64_t tokens, int64_t experts, int64_t k);
 //   p_i = (k+1)-th largest over j of (s_ij - q_j)        for each token i
 //   q_j = (cap+1)-th largest over i of (s_ij - p_i)      for each expert j
 // with max(0, .) applied to both when `clip` (BIP, arXiv 2502.15451). The orders are capped at
-// E and T (k = E or cap >= T leave the constraint slack). Math in double, q stored as fp32.
+// E and T (the smallest value is taken when k + 1 > E or cap + 1 > T). Math in double, q stored
+// as fp32 at the end.
 void dual_price_iterations(const Tensor& scores, int64_t k, int64_t cap, int iters, bool clip, std::vector<float>& q);
 
 }  // namespace moe

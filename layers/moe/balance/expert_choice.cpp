@@ -28,7 +28,7 @@ class ExpertChoiceBalancer final : public Balancer {
       MOE_CHECK(!std::isnan(s[i]), "balance.expert_choice", "router scores contain NaN (token ", int64_t(i) / E,
                 ", expert ", int64_t(i) % E, ")");
     std::vector<uint8_t> chosen(size_t(T * E), 0);
-#pragma omp parallel
+#pragma omp parallel if (T * E >= 65536)  // a team costs more than small batches take
     {
       std::vector<int64_t> order(static_cast<size_t>(T));
 #pragma omp for

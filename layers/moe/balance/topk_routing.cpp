@@ -16,22 +16,29 @@ namespace moe {
 
 template <class T>
 void topk_rows(const T* v, int64_t rows, int64_t cols, int64_t k, int64_t* idx) {
-  // Insertion into a sorted k-slot list: k is small (1..8) next to cols, so this beats a sort.
-  // A strictly-greater test keeps the earlier (lower) index ahead on ties.
-#pragma omp parallel for if (rows * cols > 65536)
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* row = v + r * cols;
-    int64_t* out = idx + r * k;
-    int64_t filled = 0;
-    for (int64_t j = 0; j < cols; ++j) {
-      T x = row[j];
-      if (filled == k && !(x > row[out[k - 1]])) continue;
-      int64_t pos = filled < k ? filled++ : k - 1;
-      while (pos > 0 && x > row[out[pos - 1]]) {
-        out[pos] = out[pos - 1];
-        --pos;
+  // Insertion into a sorted k-slot list whose values stay in a local buffer: k is small (1..8)
+  // next to cols, so this beats a sort. A strictly-greater test keeps the earlier (lower) index
+  // ahead on ties.
+#pragma omp parallel if (rows * cols > 65536)
+  {
+    std::vector<T> top(static_cast<size_t>(k));
+#pragma omp for
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* row = v + r * cols;
+      int64_t* out = idx + r * k;
+      int64_t filled = 0;
+      for (int64_t j = 0; j < cols; ++j) {
+        T x = row[j];
+        if (filled == k && !(x > top[size_t(k - 1)])) continue;
+        int64_t pos = filled < k ? filled++ : k - 1;
+        while (pos > 0 && x > top[size_t(pos - 1)]) {
+          top[size_t(pos)] = top[size_t(pos - 1)];
+          out[pos] = out[pos - 1];
+          --pos;
+        }
+        top[size_t(pos)] = x;
+        out[pos] = j;
       }
-      out[pos] = j;
     }
   }
 }
@@ -83,15 +90,23 @@ Routing build_routing(const Tensor& gate_source, const Selection& sel, const Gat
   Routing r;
   r.token = Tensor::from_vector<int64_t>(sel.token, {A});
   r.expert = Tensor::from_vector<int64_t>(sel.expert, {A});
-  r.score = Tensor::from_vector<double>(sel.score, {A}).to(gate_source.dtype());
+  r.score = Tensor::empty({A}, gate_source.dtype());
+  dispatch_float(gate_source.dtype(), "balance.build_routing", [&](auto tag) {
+    using S = decltype(tag);
+    S* p = r.score.data<S>();
+    for (int64_t a = 0; a < A; ++a) p[a] = S(sel.score[size_t(a)]);
+  });
   std::vector<int64_t> flat(static_cast<size_t>(A));
   for (int64_t a = 0; a < A; ++a) flat[size_t(a)] = sel.token[size_t(a)] * C + sel.expert[size_t(a)];
   Tensor src = gate_source.contiguous();
   Tensor gate = index_select(src.reshape({T * C}), 0, Tensor::from_vector<int64_t>(flat, {A}));
   if (opt.renormalize && A > 0) {
-    std::vector<double> mask(size_t(T * C), 0.0);
-    for (int64_t f : flat) mask[size_t(f)] = 1.0;
-    Tensor m = Tensor::from_vector<double>(mask, {T, C}).to(gate_source.dtype());
+    Tensor m = Tensor::zeros({T, C}, gate_source.dtype());
+    dispatch_float(m.dtype(), "balance.build_routing", [&](auto tag) {
+      using S = decltype(tag);
+      S* p = m.data<S>();
+      for (int64_t f : flat) p[f] = S(1);
+    });
     Tensor per_token = sum(mul(src, m), {1});  // [T]: sum of each token's chosen gates
     gate = div(gate, index_select(per_token, 0, r.token));
   }
