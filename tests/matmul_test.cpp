@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "core/allocator.h"
 #include "core/ops.h"
 #include "tests/gradcheck.h"
 
@@ -57,8 +58,10 @@ TEST(Matmul, ForwardMatchesNaiveLoopF32AndF64) {
   expect_matmul_matches(randn_f64({9, 17}, 9, 1.0, false), randn_f64({17, 5}, 10, 1.0, false), 1e-12);
   // Per-batch work above OpenBLAS's single-thread threshold: the sequential batch loop.
   expect_matmul_matches(randn_f32({2, 70, 65}, 11), randn_f32({2, 65, 67}, 12), 1e-4);
-  // Many tiny batches: the OpenMP batch loop.
-  expect_matmul_matches(randn_f32({37, 3, 5}, 13), randn_f32({37, 5, 2}, 14), 1e-5);
+  // Many small batches (each below OpenBLAS's threading threshold): the OpenMP batch loop.
+  expect_matmul_matches(randn_f32({40, 9, 17}, 13), randn_f32({40, 17, 13}, 14), 1e-5);
+  // Tiny batches, too little work for a parallel region.
+  expect_matmul_matches(randn_f32({37, 3, 5}, 15), randn_f32({37, 5, 2}, 16), 1e-5);
 }
 
 TEST(Matmul, TransposedAndStridedViewsMatchContiguous) {
@@ -81,6 +84,26 @@ TEST(Matmul, TransposedAndStridedViewsMatchContiguous) {
   Tensor b4 = randn_f32({2, 3, 4, 6}, 29);
   expect_matmul_matches(a4, b4, 1e-5);
   expect_matmul_matches(a4, randn_f32({4, 6}, 30), 1e-5);
+}
+
+TEST(Matmul, TransposedViewsReachBlasWithoutCopies) {
+  // The only allocation of a forward over transposed / strided views is the output.
+  Tensor at = randn_f32({11, 13}, 17).transpose(0, 1), bt = randn_f32({7, 11}, 18).transpose(0, 1);
+  Tensor ab = randn_f32({3, 7, 5}, 19).transpose(1, 2), bb = randn_f32({3, 4, 7}, 20).transpose(1, 2);
+  Tensor w = randn_f32({6, 11}, 21), xs = randn_f32({5, 20}, 22).slice(1, 2, 13);
+  auto allocations = [] { return host_pool_stats().allocations; };
+  size_t before = allocations();
+  Tensor y1 = matmul(at, bt);
+  EXPECT_EQ(allocations() - before, 1u);
+  before = allocations();
+  Tensor y2 = matmul(ab, bb);
+  EXPECT_EQ(allocations() - before, 1u);
+  before = allocations();
+  Tensor y3 = linear(at, w);
+  EXPECT_EQ(allocations() - before, 1u);
+  before = allocations();
+  Tensor y4 = linear(xs, w);
+  EXPECT_EQ(allocations() - before, 1u);
 }
 
 TEST(Matmul, EmptyInnerDimGivesZeros) {

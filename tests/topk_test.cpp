@@ -22,7 +22,8 @@ void naive_topk(const std::vector<float>& x, int64_t n, int64_t k, std::vector<f
   for (int64_t r = 0; r < rows; ++r) {
     std::vector<int64_t> o(static_cast<size_t>(n));
     std::iota(o.begin(), o.end(), int64_t(0));
-    std::stable_sort(o.begin(), o.end(), [&](int64_t a, int64_t b) { return x[size_t(r * n + a)] > x[size_t(r * n + b)]; });
+    std::stable_sort(o.begin(), o.end(),
+                     [&](int64_t a, int64_t b) { return x[size_t(r * n + a)] > x[size_t(r * n + b)]; });
     for (int64_t j = 0; j < k; ++j) {
       ix.push_back(o[size_t(j)]);
       v.push_back(x[size_t(r * n + o[size_t(j)])]);

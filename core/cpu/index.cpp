@@ -1,5 +1,5 @@
-// Indexing ops: gather / scatter_add along a dim and index_select / index_add of whole slices,
-// each the other's backward. Accumulation order is fixed (ascending source position), so results are bitwise deterministic.
+// Indexing ops: gather / scatter_add along a dim and index_select / index_add of whole slices, each
+// the other's backward. Sums run in a fixed order (ascending source position): bitwise deterministic.
 #include "core/cpu/index.h"
 
 #include <cstring>
@@ -18,11 +18,16 @@ constexpr int64_t kColumnBlock = 256;     // inner-dim chunk a thread owns when 
 template <class F>
 decltype(auto) dispatch_copy(DType dt, F&& f) {
   switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::bf16: return f(uint16_t{});
-    case DType::i32: return f(int32_t{});
-    case DType::i64: return f(int64_t{});
+    case DType::f32:
+      return f(float{});
+    case DType::f64:
+      return f(double{});
+    case DType::bf16:
+      return f(uint16_t{});
+    case DType::i32:
+      return f(int32_t{});
+    case DType::i64:
+      return f(int64_t{});
   }
   MOE_FAIL("dispatch_copy", "unknown dtype");
 }
@@ -30,11 +35,16 @@ decltype(auto) dispatch_copy(DType dt, F&& f) {
 template <class F>
 decltype(auto) dispatch_add(DType dt, const char* op, F&& f) {
   switch (dt) {
-    case DType::f32: return f(float{});
-    case DType::f64: return f(double{});
-    case DType::i32: return f(int32_t{});
-    case DType::i64: return f(int64_t{});
-    default: MOE_FAIL(op, "expected dtype f32, f64, i32 or i64, got ", dtype_name(dt));
+    case DType::f32:
+      return f(float{});
+    case DType::f64:
+      return f(double{});
+    case DType::i32:
+      return f(int32_t{});
+    case DType::i64:
+      return f(int64_t{});
+    default:
+      MOE_FAIL(op, "expected dtype f32, f64, i32 or i64, got ", dtype_name(dt));
   }
 }
 
@@ -69,8 +79,8 @@ void check_same_rank_index(const Tensor& t, const Tensor& index, int64_t dim, co
   MOE_CHECK(index.dim() == t.dim(), op, "index ", index.shape_str(), " must have the rank of ", what, " ",
             t.shape_str());
   for (int64_t d = 0; d < t.dim(); ++d)
-    MOE_CHECK(d == dim || index.shape()[d] <= t.shape()[d], op, "index ", index.shape_str(),
-              " is larger than ", what, " ", t.shape_str(), " in dim ", d);
+    MOE_CHECK(d == dim || index.shape()[d] <= t.shape()[d], op, "index ", index.shape_str(), " is larger than ", what,
+              " ", t.shape_str(), " in dim ", d);
 }
 
 // out[c with c[dim] = index[c]] += src[c] over index's coordinates c; out is contiguous and written in place.
@@ -249,8 +259,8 @@ Tensor index_add(const Tensor& base, int64_t dim_in, const Tensor& index, const 
             base.shape_str(), " vs src ", dtype_name(src.dtype()), " ", src.shape_str());
   Shape expect = base.shape();
   expect[dim] = index.numel();
-  MOE_CHECK(src.shape() == expect, "index_add", "src ", src.shape_str(), " must be ", shape_str(expect),
-            " (base ", base.shape_str(), " with dim ", dim, " replaced by the ", index.numel(), " indices)");
+  MOE_CHECK(src.shape() == expect, "index_add", "src ", src.shape_str(), " must be ", shape_str(expect), " (base ",
+            base.shape_str(), " with dim ", dim, " replaced by the ", index.numel(), " indices)");
   Tensor out = base.clone();
   index_add_into(out, dim, index, src);
   if (needs_grad({base, src})) {

@@ -99,7 +99,7 @@ void gemm_batched(const BlasMat& a, const BlasMat& b, T* out, T beta) {
   const T* pb = b.keep.data<T>();
   int64_t lda = a.ld, ldb = b.ld;
   // A shared B and row-major A whose batches sit back to back: one GEMM over all rows.
-  if (b.batch == 1 && (a.batch == 1 || (!a.trans && a.bstride == m * a.ld))) {
+  if (b.batch == 1 && (a.batch == 1 || (!a.trans && a.bstride == m * a.ld && a.batch * m < INT_MAX))) {
     gemm(a.trans, b.trans, a.batch * m, n, k, T(1), pa, lda, pb, ldb, beta, out, n);
     return;
   }
@@ -125,8 +125,10 @@ void check_blas_size(const char* op, const Tensor& a, const Tensor& b) {
 Tensor matmul_nograd(const Tensor& a, const Tensor& b) {
   Shape out_shape = a.shape();
   out_shape.back() = b.shape().back();
-  Tensor out = Tensor::zeros(out_shape, a.dtype());
-  if (out.numel() == 0 || a.shape().back() == 0) return out;
+  // K == 0 is an empty sum; otherwise GEMM with beta = 0 overwrites every element.
+  if (a.shape().back() == 0) return Tensor::zeros(out_shape, a.dtype());
+  Tensor out = Tensor::empty(out_shape, a.dtype());
+  if (out.numel() == 0) return out;
   BlasMat ma = blas_mat(a), mb = blas_mat(b);
   dispatch_float(a.dtype(), "matmul", [&](auto tag) {
     using T = decltype(tag);

@@ -54,7 +54,8 @@ Tensor rope(const Tensor& x, double theta, int64_t pos_offset) {
   MOE_CHECK(x.shape()[3] % 2 == 0, "rope", "head dim Dh must be even, got ", x.shape()[3], " in x ", x.shape_str());
   MOE_CHECK(theta > 0, "rope", "theta must be positive, got ", theta);
   MOE_CHECK(pos_offset >= 0, "rope", "pos_offset must be >= 0, got ", pos_offset);
-  Tensor out = dispatch_float(x.dtype(), "rope", [&](auto tag) { return rotate<decltype(tag)>(x, theta, pos_offset, 1.0); });
+  Tensor out =
+      dispatch_float(x.dtype(), "rope", [&](auto tag) { return rotate<decltype(tag)>(x, theta, pos_offset, 1.0); });
   if (needs_grad({x})) {
     Tensor xs = x;
     record("rope", {out}, [xs, theta, pos_offset](const std::vector<Tensor>& g) {

@@ -48,7 +48,8 @@ void forward_kernel(const T* x, T* out, const Layout& l, Mode mode) {
     for (int64_t r = 0; r < l.outer; ++r) {
       const T* xr = x + r * n;
       T m = kNegInf;
-      for (int64_t k = 0; k < n; ++k) m = std::max(m, xr[k]);
+#pragma omp simd reduction(max : m)
+      for (int64_t k = 0; k < n; ++k) m = xr[k] > m ? xr[k] : m;
       m = safe_shift(m);
       T s = 0;
       if (mode == Mode::softmax) {
@@ -111,6 +112,25 @@ void forward_kernel(const T* x, T* out, const Layout& l, Mode mode) {
 template <class T>
 void backward_kernel(const T* g, const T* saved, const T* x, T* dx, const Layout& l, Mode mode) {
   int64_t n = l.n, inner = l.inner;
+  if (inner == 1 && mode != Mode::logsumexp) {
+#pragma omp parallel for schedule(static) if (l.outer * n > kParallelElems)
+    for (int64_t r = 0; r < l.outer; ++r) {
+      const T *gr = g + r * n, *yr = saved + r * n;
+      T* dr = dx + r * n;
+      T acc = 0;
+      if (mode == Mode::softmax) {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t k = 0; k < n; ++k) acc += gr[k] * yr[k];
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) dr[k] = yr[k] * (gr[k] - acc);
+      } else {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t k = 0; k < n; ++k) acc += gr[k];
+        for (int64_t k = 0; k < n; ++k) dr[k] = gr[k] - std::exp(yr[k]) * acc;
+      }
+    }
+    return;
+  }
 #pragma omp parallel if (l.outer * n * inner > kParallelElems)
   {
     std::vector<T> acc(static_cast<size_t>(inner));

@@ -1,0 +1,20 @@
+// The table of subcommands.
+#include "cli/commands.h"
+
+#include <algorithm>
+
+namespace moe::cli {
+
+bool wants_help(const std::vector<std::string>& args) {
+  return std::find(args.begin(), args.end(), "--help") != args.end() ||
+         std::find(args.begin(), args.end(), "-h") != args.end();
+}
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> table = {
+      {"recipe-keys", cmd_recipe_keys},
+  };
+  return table;
+}
+
+}  // namespace moe::cli
