@@ -43,8 +43,8 @@ class ReferenceTopK : public Balancer {
   }
 };
 
-const char* const kStrategies[] = {"none",     "aux_loss",      "loss_free",    "sinkhorn", "ssr",
-                                   "bip",      "quantile",      "expert_choice", "null_experts", "top_p"};
+const char* const kStrategies[] = {"none", "aux_loss", "loss_free",     "sinkhorn",     "ssr",
+                                   "bip",  "quantile", "expert_choice", "null_experts", "top_p"};
 
 ModelConfig bench_config(const std::string& strategy = "aux_loss") {
   ModelConfig c;
@@ -145,8 +145,8 @@ void BM_GroupedExpertGemm(benchmark::State& state) {
   Tensor x = Tensor::full({N, kDim}, 0.01), w = Tensor::full({kExperts, H, kDim}, 0.02);
   NoGradGuard ng;
   for (auto _ : state) benchmark::DoNotOptimize(grouped_matmul(x, w, off).data<float>());
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * double(N) * double(kDim) * double(H) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(N) * double(kDim) * double(H) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_GroupedExpertGemm)->Arg(0)->Arg(1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
@@ -159,8 +159,8 @@ void BM_DenseSgemmSameFlops(benchmark::State& state) {
                 w.data<float>(), int(kDim), 0.0f, y.data<float>(), int(H));
     benchmark::DoNotOptimize(y.data<float>());
   }
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(2.0 * double(N) * double(kDim) * double(H) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(N) * double(kDim) * double(H) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_DenseSgemmSameFlops)->Unit(benchmark::kMicrosecond)->UseRealTime();
 

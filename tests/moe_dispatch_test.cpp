@@ -81,8 +81,9 @@ TEST(MoeDispatch, GradcheckPermuteAndCombine) {
   EXPECT_GRADCHECK([p](const std::vector<Tensor>& v) { return unpermute_combine(v[0], v[1], p); },
                    {randn_f64({12, 5}, 2), randn_f64({14}, 3)});
   // The composition (permute, a per-row nonlinearity, combine) as in the layer.
-  EXPECT_GRADCHECK([p](const std::vector<Tensor>& v) { return unpermute_combine(square(permute_tokens(v[0], p)), v[1], p); },
-                   {randn_f64({7, 5}, 4), randn_f64({14}, 5)});
+  EXPECT_GRADCHECK(
+      [p](const std::vector<Tensor>& v) { return unpermute_combine(square(permute_tokens(v[0], p)), v[1], p); },
+      {randn_f64({7, 5}, 4), randn_f64({14}, 5)});
   // Dropped gates get exactly zero gradient.
   Tensor g = randn_f64({14}, 6);
   unpermute_combine(randn_f64({12, 5}, 7, 1.0, false), g, p).backward(Tensor::ones({7, 5}, DType::f64));

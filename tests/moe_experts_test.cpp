@@ -45,7 +45,7 @@ TEST(MoeExperts, GradcheckGroupedMatmul) {
 
 TEST(MoeExperts, GradcheckExpertFfn) {
   Philox rng(3, 1);
-  Experts ex(3, 5, 7, 0.5, rng, DType::f64);
+  Experts ex(3, 5, 7, 0.5, 0.4, rng, DType::f64);
   std::vector<int64_t> off{0, 4, 4, 9};
   auto params = ex.named_parameters("experts");
   ASSERT_EQ(params.size(), 3u);

@@ -1,12 +1,13 @@
 // MoeLayer end to end: f64 gradient check of the whole layer with routing held fixed (router,
 // experts, shared experts, drops, z-loss), dense equivalence for E = 1, k = 1, loads and stats
 // bookkeeping, and settings refused at construction with the key named.
+#include "layers/moe/moe_layer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "core/ops.h"
-#include "layers/moe/moe_layer.h"
 #include "tests/gradcheck.h"
 
 using namespace moe;

@@ -24,12 +24,12 @@ DispatchPlanPtr make_dispatch_plan(const Tensor& token, const Tensor& expert, co
   off.assign(size_t(num_experts) + 1, 0);
   for (int64_t i = 0; i < K; ++i) {
     int64_t a = kept[size_t(i)];
-    MOE_CHECK(a >= 0 && a < A && (i == 0 || a > kept[size_t(i) - 1]), op, "kept indices must be ascending in [0, ",
-              A, "), got ", a, " at ", i);
-    MOE_CHECK(ex[size_t(a)] >= 0 && ex[size_t(a)] < num_experts, op, "expert id ", ex[size_t(a)],
-              " out of range [0, ", num_experts, ")");
-    MOE_CHECK(tok[size_t(a)] >= 0 && tok[size_t(a)] < num_tokens, op, "token id ", tok[size_t(a)],
-              " out of range [0, ", num_tokens, ")");
+    MOE_CHECK(a >= 0 && a < A && (i == 0 || a > kept[size_t(i) - 1]), op, "kept indices must be ascending in [0, ", A,
+              "), got ", a, " at ", i);
+    MOE_CHECK(ex[size_t(a)] >= 0 && ex[size_t(a)] < num_experts, op, "expert id ", ex[size_t(a)], " out of range [0, ",
+              num_experts, ")");
+    MOE_CHECK(tok[size_t(a)] >= 0 && tok[size_t(a)] < num_tokens, op, "token id ", tok[size_t(a)], " out of range [0, ",
+              num_tokens, ")");
     ++off[size_t(ex[size_t(a)]) + 1];
   }
   for (int64_t e = 0; e < num_experts; ++e) off[size_t(e) + 1] += off[size_t(e)];
@@ -51,7 +51,8 @@ DispatchPlanPtr make_dispatch_plan(const Tensor& token, const Tensor& expert, co
   for (int64_t t = 0; t < num_tokens; ++t) toff[size_t(t) + 1] += toff[size_t(t)];
   plan->token_slots.resize(size_t(K));
   std::vector<int64_t> tfill(toff.begin(), toff.end() - 1);
-  for (int64_t i = 0; i < K; ++i) plan->token_slots[size_t(tfill[size_t(tok[size_t(kept[size_t(i)])])]++)] = pos_of[size_t(i)];
+  for (int64_t i = 0; i < K; ++i)
+    plan->token_slots[size_t(tfill[size_t(tok[size_t(kept[size_t(i)])])]++)] = pos_of[size_t(i)];
   return plan;
 }
 
@@ -109,8 +110,8 @@ Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlan
   const char* op = "unpermute_combine";
   const int64_t K = plan->kept();
   MOE_CHECK(y.dim() == 2 && y.size(0) == K, op, "expected y [", K, ", D] (kept assignments), got ", y.shape_str());
-  MOE_CHECK(gate.dim() == 1 && gate.numel() == plan->num_assignments, op, "expected gate [",
-            plan->num_assignments, "], got ", gate.shape_str());
+  MOE_CHECK(gate.dim() == 1 && gate.numel() == plan->num_assignments, op, "expected gate [", plan->num_assignments,
+            "], got ", gate.shape_str());
   MOE_CHECK(gate.dtype() == y.dtype(), op, "dtype mismatch: y ", dtype_name(y.dtype()), " vs gate ",
             dtype_name(gate.dtype()));
   const int64_t D = y.size(1), T_ = plan->num_tokens;

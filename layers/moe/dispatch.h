@@ -15,11 +15,11 @@ namespace moe {
 // positions in list order, so the combine and the permute backward sum in a fixed order.
 struct DispatchPlan {
   int64_t num_tokens = 0, num_experts = 0, num_assignments = 0;  // A: all assignments, kept or not
-  std::vector<int64_t> offsets;        // [E + 1]
-  std::vector<int64_t> order;          // [A_kept] assignment index at each sorted position
-  std::vector<int64_t> token;          // [A_kept] token at each sorted position
-  std::vector<int64_t> token_offsets;  // [T + 1]
-  std::vector<int64_t> token_slots;    // [A_kept] sorted positions grouped by token
+  std::vector<int64_t> offsets;                                  // [E + 1]
+  std::vector<int64_t> order;                                    // [A_kept] assignment index at each sorted position
+  std::vector<int64_t> token;                                    // [A_kept] token at each sorted position
+  std::vector<int64_t> token_offsets;                            // [T + 1]
+  std::vector<int64_t> token_slots;                              // [A_kept] sorted positions grouped by token
   int64_t kept() const { return int64_t(order.size()); }
 };
 using DispatchPlanPtr = std::shared_ptr<const DispatchPlan>;

@@ -18,8 +18,8 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_
   MOE_CHECK(x.dtype() == w.dtype(), op, "dtype mismatch: x ", dtype_name(x.dtype()), " vs w ", dtype_name(w.dtype()));
   const int64_t N = x.size(0), K = x.size(1), E = w.size(0), M = w.size(1);
   MOE_CHECK(int64_t(offsets.size()) == E + 1 && offsets.front() == 0 && offsets.back() == N, op,
-            "offsets must be [E + 1] = [", E + 1, "] from 0 to N = ", N, ", got ", offsets.size(), " entries ending at ",
-            offsets.empty() ? -1 : offsets.back());
+            "offsets must be [E + 1] = [", E + 1, "] from 0 to N = ", N, ", got ", offsets.size(),
+            " entries ending at ", offsets.empty() ? -1 : offsets.back());
   for (int64_t e = 0; e < E; ++e)
     MOE_CHECK(offsets[size_t(e)] <= offsets[size_t(e) + 1], op, "offsets must be non-decreasing (expert ", e, ")");
   Tensor xc = x.contiguous(), wc = w.contiguous();
@@ -78,13 +78,13 @@ Tensor init_normal(const Shape& shape, double std, Philox& rng, DType dt) {
 }
 }  // namespace
 
-Experts::Experts(int64_t num_experts, int64_t d_model, int64_t hidden, double init_std, Philox& init_rng,
-                 DType dtype) {
-  MOE_CHECK(num_experts > 0 && d_model > 0 && hidden > 0, "Experts", "num_experts, d_model and hidden must be > 0, got ",
-            num_experts, ", ", d_model, ", ", hidden);
+Experts::Experts(int64_t num_experts, int64_t d_model, int64_t hidden, double init_std, double out_std,
+                 Philox& init_rng, DType dtype) {
+  MOE_CHECK(num_experts > 0 && d_model > 0 && hidden > 0, "Experts",
+            "num_experts, d_model and hidden must be > 0, got ", num_experts, ", ", d_model, ", ", hidden);
   w1_ = register_parameter("w1", init_normal({num_experts, hidden, d_model}, init_std, init_rng, dtype));
   w3_ = register_parameter("w3", init_normal({num_experts, hidden, d_model}, init_std, init_rng, dtype));
-  w2_ = register_parameter("w2", init_normal({num_experts, d_model, hidden}, init_std, init_rng, dtype));
+  w2_ = register_parameter("w2", init_normal({num_experts, d_model, hidden}, out_std, init_rng, dtype));
 }
 
 Tensor Experts::forward(const Tensor& xs, const std::vector<int64_t>& offsets) {

@@ -32,15 +32,14 @@ void validate_moe_config(const ModelConfig& cfg) {
   const bool null_experts = m.balance.strategy == "null_experts";
   const int64_t max_k = null_experts ? m.num_experts + std::max<int64_t>(m.balance.num_null_experts, 0) : m.num_experts;
   MOE_CHECK(m.top_k >= 1 && (m.balance.strategy == "expert_choice" || m.top_k <= max_k), "router.top_k",
-            "must be in [1, ", max_k, null_experts ? "] (moe.num_experts + balance.num_null_experts)" : "] (moe.num_experts)",
-            ", got ", m.top_k);
+            "must be in [1, ", max_k,
+            null_experts ? "] (moe.num_experts + balance.num_null_experts)" : "] (moe.num_experts)", ", got ", m.top_k);
   MOE_CHECK(m.expert_hidden >= 0, "moe.expert_hidden", "must be >= 0 (0: the dense d_ff), got ", m.expert_hidden);
   MOE_CHECK(m.num_shared_experts >= 0, "moe.num_shared_experts", "must be >= 0, got ", m.num_shared_experts);
   MOE_CHECK(m.moe_every >= 1, "moe.moe_every", "must be >= 1, got ", m.moe_every);
   MOE_CHECK(std::isfinite(m.jitter) && m.jitter >= 0 && m.jitter < 1, "router.jitter", "must be in [0, 1), got ",
             m.jitter);
-  MOE_CHECK(std::isfinite(m.z_loss_coef) && m.z_loss_coef >= 0, "router.z_loss", "must be >= 0, got ",
-            m.z_loss_coef);
+  MOE_CHECK(std::isfinite(m.z_loss_coef) && m.z_loss_coef >= 0, "router.z_loss", "must be >= 0, got ", m.z_loss_coef);
   MOE_CHECK(std::isfinite(m.gate_scale) && m.gate_scale > 0, "router.scale", "must be > 0, got ", m.gate_scale);
   MOE_CHECK(std::isfinite(cfg.init_std) && cfg.init_std >= 0, "model.init_std", "must be >= 0, got ", cfg.init_std);
   validate_capacity_factor(m.capacity_factor);
@@ -69,12 +68,16 @@ MoeLayer::MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, st
   MOE_CHECK(outputs >= num_experts_, "router.balance", "strategy '", balancer_->name(), "' asks for ", outputs,
             " router outputs, fewer than num_experts = ", num_experts_);
   const int64_t H = resolved_expert_hidden(cfg);
-  router_ = register_module("router", std::make_shared<Router>(d_model_, outputs, parse_score_function(m.score_function),
-                                                               m.jitter, cfg.init_std, init_rng, dtype));
-  experts_ = register_module("experts", std::make_shared<Experts>(num_experts_, d_model_, H, cfg.init_std, init_rng, dtype));
+  // Output projections (w2) at init_std / sqrt(2 n_layers), GPT-2's scaling, as the dense MLP.
+  const double out_std = cfg.init_std / std::sqrt(2.0 * double(std::max<int64_t>(cfg.n_layers, 1)));
+  router_ =
+      register_module("router", std::make_shared<Router>(d_model_, outputs, parse_score_function(m.score_function),
+                                                         m.jitter, cfg.init_std, init_rng, dtype));
+  experts_ = register_module(
+      "experts", std::make_shared<Experts>(num_experts_, d_model_, H, cfg.init_std, out_std, init_rng, dtype));
   if (m.num_shared_experts > 0)
     shared_ = register_module("shared_experts", std::make_shared<Experts>(1, d_model_, m.num_shared_experts * H,
-                                                                          cfg.init_std, init_rng, dtype));
+                                                                          cfg.init_std, out_std, init_rng, dtype));
   pending_loads_.assign(size_t(num_experts_), 0.0);
 }
 
@@ -137,8 +140,10 @@ Tensor MoeLayer::forward(const Tensor& x) {
     acc.add(load, cap.dropped, ro.scores, ro.logits);
     stats_ = acc.finish(balancer_->state_vector());
     if (training()) {
-      if (step_acc_.empty()) step_acc_ = acc;
-      else step_acc_.add(load, cap.dropped, ro.scores, ro.logits);
+      if (step_acc_.empty())
+        step_acc_ = acc;
+      else
+        step_acc_.add(load, cap.dropped, ro.scores, ro.logits);
     }
   }
   return out.reshape({B, S, d_model_});

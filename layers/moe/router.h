@@ -6,8 +6,8 @@
 
 #include "core/rng.h"
 #include "core/tensor.h"
-#include "layers/moe/balance/balancer.h"
 #include "layers/module.h"
+#include "layers/moe/balance/balancer.h"
 
 namespace moe {
 

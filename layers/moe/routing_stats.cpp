@@ -75,8 +75,7 @@ void RoutingAccumulator::add(const std::vector<double>& l, int64_t drop, const T
     logit_sum.assign(E, 0.0);
   }
   MOE_CHECK(load.size() == E, op, "load has ", E, " experts, the accumulator ", load.size());
-  MOE_CHECK(scores.dim() == 2 && logits.dim() == 2 && scores.size(0) == logits.size(0) &&
-                size_t(logits.size(1)) >= E,
+  MOE_CHECK(scores.dim() == 2 && logits.dim() == 2 && scores.size(0) == logits.size(0) && size_t(logits.size(1)) >= E,
             op, "expected scores and logits [T, >= ", E, "], got ", scores.shape_str(), " and ", logits.shape_str());
   for (size_t j = 0; j < E; ++j) load[j] += l[j];
   dropped += double(drop);

@@ -10,15 +10,15 @@
 namespace moe {
 
 struct RoutingStats {
-  std::vector<double> load;  // [E] assignments per expert as selected (before capacity drops)
-  int64_t tokens = 0;        // T of the batch the stats describe
-  int64_t assignments = 0;   // sum of load
-  int64_t dropped = 0;       // assignments removed by capacity
-  double max_vio = 0;        // max_i load_i / mean load - 1 (0 when there is no load)
-  double load_cv = 0;        // population std / mean of load (0 when there is no load)
-  double load_entropy = 0;   // -sum p log p of load shares, nats (max log E)
-  int64_t dead_experts = 0;  // experts with load 0
-  double router_entropy = 0; // mean over tokens of -sum_j s log s (scores renormalized per token)
+  std::vector<double> load;            // [E] assignments per expert as selected (before capacity drops)
+  int64_t tokens = 0;                  // T of the batch the stats describe
+  int64_t assignments = 0;             // sum of load
+  int64_t dropped = 0;                 // assignments removed by capacity
+  double max_vio = 0;                  // max_i load_i / mean load - 1 (0 when there is no load)
+  double load_cv = 0;                  // population std / mean of load (0 when there is no load)
+  double load_entropy = 0;             // -sum p log p of load shares, nats (max log E)
+  int64_t dead_experts = 0;            // experts with load 0
+  double router_entropy = 0;           // mean over tokens of -sum_j s log s (scores renormalized per token)
   std::vector<double> balancer_state;  // bias / q / beta; empty when the strategy has none
   // Congestion-temperature proxy: least squares log(share_j) = a + slope * V_j over experts
   // with load > 0, V_j = mean logit of expert j over the batch; T_eff = 1 / slope.
