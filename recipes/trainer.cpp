@@ -198,7 +198,6 @@ class Trainer {
   StepResult train_step(double lr) {
     StepResult sr;
     const double inv = 1.0 / double(r_.train.grad_accum);
-    std::vector<int64_t> dropped(moe_.size(), 0);
     for (int64_t micro = 0; micro < r_.train.grad_accum; ++micro) {
       Batch b = sampler_->next();
       LossOutput lo = model_->loss(b.inputs, b.targets);
@@ -217,7 +216,6 @@ class Trainer {
         sr.extra[key + "_unscaled"] += term.unscaled * inv;
       }
       mul_scalar(lo.total, inv).backward();
-      for (size_t i = 0; i < moe_.size(); ++i) dropped[i] += moe_[i].moe->last_stats().dropped;
     }
     auto params = model_->parameters();
     sr.grad_norm = clip_grad_norm(params, r_.optim.grad_clip);
@@ -231,28 +229,25 @@ class Trainer {
       optim_->step(lr);
     }
     optim_->zero_grad();
-    update_balancers(dropped);
+    update_balancers();
     return sr;
   }
 
   // Each MoE layer's loads of this step feed its balancer (after the optimizer step, in
   // training only) and the routing log.
-  void update_balancers(const std::vector<int64_t>& dropped) {
+  void update_balancers() {
     if (moe_.empty()) return;
     std::vector<RoutingRecord> records;
     for (size_t i = 0; i < moe_.size(); ++i) {
       MoeLayer& m = *moe_[i].moe;
       std::vector<double> loads = m.take_pending_loads();
-      RoutingStats s = m.last_stats();
-      s.load = loads;
-      fill_load_stats(s);
-      fill_temperature_proxy(s);
+      RoutingStats s = m.take_step_stats();  // over all micro-batches of the step
       RoutingRecord rec;
       rec.load = loads;
-      rec.dropped = double(dropped[i]);
+      rec.dropped = double(s.dropped);
       rec.maxvio = s.max_vio;
       rec.router_entropy = s.router_entropy;
-      rec.state = m.balancer().state_vector();  // the state this step was routed with
+      rec.state = s.balancer_state;  // the state this step was routed with
       rec.scalars = {{"load_cv", s.load_cv},           {"load_entropy", s.load_entropy},
                      {"dead_experts", double(s.dead_experts)}, {"t_eff", s.t_eff},
                      {"gamma_proxy", s.gamma_proxy},   {"temperature_fit_r2", s.fit_r2}};

@@ -1,5 +1,5 @@
 // Dispatch: counting-sort plan (offsets, stability, token CSR), permute / combine values and
-// f64 gradient checks including dropped assignments, and take_pairs.
+// f64 gradient checks including dropped assignments.
 #include <gtest/gtest.h>
 
 #include "core/ops.h"
@@ -69,7 +69,7 @@ TEST(MoeDispatch, PermuteAndCombineValues) {
   EXPECT_EQ(out.to_vector<double>(), (std::vector<double>{20, 30, 0, 0, 15, 20}));
 }
 
-TEST(MoeDispatch, GradcheckPermuteCombineAndTakePairs) {
+TEST(MoeDispatch, GradcheckPermuteAndCombine) {
   // T = 7, D = 5, E = 3, k = 2 with two assignments dropped.
   std::vector<int64_t> tok, ex;
   for (int64_t t = 0; t < 7; ++t) {
@@ -81,16 +81,15 @@ TEST(MoeDispatch, GradcheckPermuteCombineAndTakePairs) {
   EXPECT_GRADCHECK([p](const std::vector<Tensor>& v) { return unpermute_combine(v[0], v[1], p); },
                    {randn_f64({12, 5}, 2), randn_f64({14}, 3)});
   // The composition (permute, a per-row nonlinearity, combine) as in the layer.
-  EXPECT_GRADCHECK([p](const std::vector<Tensor>& v) { return unpermute_combine(square(permute_tokens(v[0], p)), v[1], p); },
-                   {randn_f64({7, 5}, 4), randn_f64({14}, 5)});
+  EXPECT_GRADCHECK(
+      [p](const std::vector<Tensor>& v) { return unpermute_combine(square(permute_tokens(v[0], p)), v[1], p); },
+      {randn_f64({7, 5}, 4), randn_f64({14}, 5)});
   // Dropped gates get exactly zero gradient.
   Tensor g = randn_f64({14}, 6);
   unpermute_combine(randn_f64({12, 5}, 7, 1.0, false), g, p).backward(Tensor::ones({7, 5}, DType::f64));
   EXPECT_EQ(g.grad().to_vector<double>()[3], 0.0);
   EXPECT_EQ(g.grad().to_vector<double>()[11], 0.0);
   EXPECT_NE(g.grad().to_vector<double>()[2], 0.0);
-  EXPECT_GRADCHECK([](const std::vector<Tensor>& v) { return take_pairs(v[0], i64({0, 2, 2, 1}), i64({1, 0, 0, 2})); },
-                   {randn_f64({3, 3}, 8)});
 }
 
 TEST(MoeDispatch, BadIndicesAreRefused) {

@@ -1,18 +1,27 @@
 // MoeLayer end to end: f64 gradient check of the whole layer with routing held fixed (router,
 // experts, shared experts, drops, z-loss), dense equivalence for E = 1, k = 1, loads and stats
 // bookkeeping, and settings refused at construction with the key named.
+#include "layers/moe/moe_layer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "core/ops.h"
-#include "layers/moe/moe_layer.h"
 #include "tests/gradcheck.h"
 
 using namespace moe;
 using test::randn_f64;
 
 namespace {
+
+// scores[token[a], expert[a]] for every assignment, differentiable (index_select on the flat view).
+Tensor pick_scores(const Tensor& scores, const Tensor& token, const Tensor& expert) {
+  const int64_t C = scores.size(1);
+  std::vector<int64_t> idx = token.to_vector<int64_t>(), ex = expert.to_vector<int64_t>();
+  for (size_t a = 0; a < idx.size(); ++a) idx[a] = idx[a] * C + ex[a];
+  return index_select(scores.reshape({scores.numel()}), 0, Tensor::from_vector<int64_t>(idx, {int64_t(idx.size())}));
+}
 
 // A minimal token-choice strategy for these tests (the real ones live in balance/): top-k of
 // the scores (ties to the lower index), gates = selected scores, renormalized when k > 1, and a
@@ -49,7 +58,7 @@ class TopKTestBalancer : public Balancer {
     Routing r;
     r.token = Tensor::from_vector<int64_t>(tok, {A});
     r.expert = Tensor::from_vector<int64_t>(ex, {A});
-    Tensor g = take_pairs(in.scores, r.token, r.expert);
+    Tensor g = pick_scores(in.scores, r.token, r.expert);
     if (k > 1) {
       Tensor g2 = g.reshape({A / k, k});
       g = div(g2, sum(g2, {1}, true)).reshape({A});
@@ -138,7 +147,6 @@ TEST(MoeLayer, GradcheckWholeLayerWithFixedRouting) {
   c.moe.capacity_factor = 0.75;
   c.moe.drop_policy = "position";
   c.moe.z_loss_coef = 0.1;
-  c.moe.gate_scale = 1.5;
   Philox rng(2, 1);
   MoeLayer layer(c, 1, rng, test_balancer(), DType::f64);
   Tensor x = randn_f64({2, 3, 6}, 11);
@@ -221,13 +229,27 @@ TEST(MoeLayer, DroppedTokensGetZeroAndLoadsAccumulateInTrainingOnly) {
   EXPECT_LE(s.router_entropy, std::log(2.0) + 1e-12);
 
   std::vector<double> first = s.load;
-  layer.forward(x);
+  double first_entropy = s.router_entropy;
+  int64_t first_dropped = s.dropped;
+  Tensor x2 = randn_f64({2, 4, 4}, 32, 1.0, false);
+  layer.forward(x2);
+  std::vector<double> second = layer.last_stats().load;
+  double second_entropy = layer.last_stats().router_entropy;
+  int64_t dropped2 = layer.last_stats().dropped;
   layer.eval();
-  layer.forward(x);  // eval forwards do not count towards the update
+  layer.forward(x);  // eval forwards count neither towards the update nor the step's stats
   layer.train();
   std::vector<double> pending = layer.take_pending_loads();
-  EXPECT_EQ(pending, (std::vector<double>{2 * first[0], 2 * first[1]}));
+  EXPECT_EQ(pending, (std::vector<double>{first[0] + second[0], first[1] + second[1]}));
   EXPECT_EQ(layer.take_pending_loads(), (std::vector<double>{0, 0}));
+  RoutingStats step = layer.take_step_stats();
+  EXPECT_EQ(step.load, pending);
+  EXPECT_EQ(step.tokens, 16);
+  EXPECT_EQ(step.dropped, first_dropped + dropped2);
+  EXPECT_NEAR(step.router_entropy, (first_entropy + second_entropy) / 2, 1e-14);
+  RoutingStats none = layer.take_step_stats();
+  EXPECT_EQ(none.load, (std::vector<double>{0, 0}));
+  EXPECT_EQ(none.dead_experts, 2);
 }
 
 TEST(MoeLayer, BadSettingsThrowNamingTheKey) {
@@ -236,9 +258,9 @@ TEST(MoeLayer, BadSettingsThrowNamingTheKey) {
     MoeLayer layer(c, 0, rng, test_balancer());
   };
   ModelConfig c = small_config(4, 5, 8, 8);
-  expect_error_naming([&] { build(c); }, "moe.top_k");
+  expect_error_naming([&] { build(c); }, "router.top_k");
   c = small_config(4, 0, 8, 8);
-  expect_error_naming([&] { build(c); }, "moe.top_k");
+  expect_error_naming([&] { build(c); }, "router.top_k");
   c = small_config(0, 1, 8, 8);
   expect_error_naming([&] { build(c); }, "moe.num_experts");
   c = small_config(4, 2, 8, 8);
@@ -251,13 +273,13 @@ TEST(MoeLayer, BadSettingsThrowNamingTheKey) {
   expect_error_naming([&] { build(c); }, "moe.drop_policy");
   c = small_config(4, 2, 8, 8);
   c.moe.score_function = "tanh";
-  expect_error_naming([&] { build(c); }, "moe.score_function");
+  expect_error_naming([&] { build(c); }, "router.score");
   c = small_config(4, 2, 8, 8);
   c.moe.jitter = 1.0;
-  expect_error_naming([&] { build(c); }, "moe.jitter");
+  expect_error_naming([&] { build(c); }, "router.jitter");
   c = small_config(4, 2, 8, 8);
   c.moe.z_loss_coef = -1;
-  expect_error_naming([&] { build(c); }, "moe.z_loss_coef");
+  expect_error_naming([&] { build(c); }, "router.z_loss");
   c = small_config(4, 2, 8, 8);
   c.moe.moe_every = 0;
   expect_error_naming([&] { build(c); }, "moe.moe_every");
@@ -268,4 +290,65 @@ TEST(MoeLayer, BadSettingsThrowNamingTheKey) {
   Philox rng(1, 1);
   MoeLayer layer(small_config(4, 2, 8, 8), 0, rng, test_balancer());
   expect_error_naming([&] { layer.forward(Tensor::zeros({2, 3, 7})); }, "MoeLayer.forward");
+}
+
+TEST(MoeLayer, EveryStrategyRunsForwardBackwardThroughTheLayer) {
+  // The registry's strategies inside the layer: shapes, finite outputs and grads, loads that
+  // sum to the assignments, and null experts widening the router.
+  for (const char* name : {"none", "aux_loss", "loss_free", "sinkhorn", "ssr", "bip", "quantile", "expert_choice",
+                           "null_experts", "top_p"}) {
+    SCOPED_TRACE(name);
+    ModelConfig c = small_config(4, 2, 6, 5);
+    c.moe.balance.strategy = name;
+    if (std::string(name) == "null_experts") c.moe.balance.num_null_experts = 2;
+    c.moe.capacity_factor = 1.5;
+    c.moe.z_loss_coef = 1e-3;
+    Philox rng(6, 1);
+    MoeLayer layer(c, 0, rng);
+    EXPECT_EQ(layer.balancer().name(), name);
+    EXPECT_EQ(layer.router().weight().size(0), std::string(name) == "null_experts" ? 6 : 4);
+    Tensor x = test::randn_f32({2, 5, 6}, 41, 1.0, true);
+    Tensor y = layer.forward(x);
+    for (const ExtraLoss& l : layer.extra_losses()) y = add(y, l.scaled);
+    y.backward(Tensor::ones({2, 5, 6}));
+    for (double v : y.to_double_vector()) ASSERT_TRUE(std::isfinite(v));
+    for (double v : x.grad().to_double_vector()) ASSERT_TRUE(std::isfinite(v));
+    double sum = 0;
+    for (double l : layer.last_stats().load) sum += l;
+    EXPECT_EQ(int64_t(sum), layer.last_stats().assignments);
+    EXPECT_GT(sum, 0);
+    layer.balancer().update(layer.take_pending_loads());
+  }
+}
+
+TEST(MoeLayer, GradcheckWithAuxLossStrategyAndZLoss) {
+  // aux_loss routes by plain top-k, which tiny perturbations do not change on random inputs;
+  // its loss and the z-loss reach the router weight through the scores and logits.
+  ModelConfig c = small_config(3, 2, 5, 4);
+  c.moe.balance.strategy = "aux_loss";
+  c.moe.balance.aux_alpha = 0.3;
+  c.moe.z_loss_coef = 0.05;
+  Philox rng(8, 1);
+  MoeLayer layer(c, 0, rng, DType::f64);
+  std::vector<Tensor> inputs{randn_f64({1, 7, 5}, 51)};
+  for (auto& [n, t] : layer.named_parameters()) inputs.push_back(t);
+  auto f = [&](const std::vector<Tensor>&) {
+    Tensor y = layer.forward(inputs[0]);
+    for (const ExtraLoss& l : layer.extra_losses()) y = add(y, l.scaled);
+    return y;
+  };
+  EXPECT_GRADCHECK(f, inputs, 1e-6, 1e-8, 1e-6);
+  std::vector<std::string> names;
+  for (const ExtraLoss& l : layer.extra_losses()) names.push_back(l.name);
+  EXPECT_EQ(names.back(), "z");
+  EXPECT_GE(names.size(), 2u);
+}
+
+TEST(MoeLayer, UnknownStrategyIsRefusedNamingTheKey) {
+  ModelConfig c = small_config(4, 2, 6, 5);
+  c.moe.balance.strategy = "magic";
+  Philox rng(1, 1);
+  expect_error_naming([&] { MoeLayer layer(c, 0, rng); }, "router.balance");
+  c = small_config(4, 5, 6, 5);  // k > E is caught before the strategy is built
+  expect_error_naming([&] { MoeLayer layer(c, 0, rng); }, "router.top_k");
 }

@@ -34,7 +34,9 @@ TEST(MoeRouter, GradcheckSoftmaxSigmoidAndJitter) {
       return add(mul_scalar(l, 0.3), s);
     };
     EXPECT_GRADCHECK(both, {x, w}, 1e-6, 1e-8, 1e-6);
-    auto jittered = [fn, jit](const std::vector<Tensor>& v) { return router_logits_scores(v[0], v[1], fn, jit).second; };
+    auto jittered = [fn, jit](const std::vector<Tensor>& v) {
+      return router_logits_scores(v[0], v[1], fn, jit).second;
+    };
     EXPECT_GRADCHECK(jittered, {x, w}, 1e-6, 1e-8, 1e-6);
   }
 }
@@ -48,8 +50,8 @@ TEST(MoeRouter, ZLossValueAndGradcheck) {
   Tensor big = Tensor::from_vector<double>({800, 799}, {1, 2});
   double lse = 800 + std::log1p(std::exp(-1.0));
   EXPECT_NEAR(router_z_loss(big).item<double>(), lse * lse, 1e-9);
-  EXPECT_GRADCHECK([](const std::vector<Tensor>& v) { return router_z_loss(v[0]); }, {randn_f64({9, 5}, 4, 2.0)},
-                   1e-6, 1e-8, 1e-6);
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& v) { return router_z_loss(v[0]); }, {randn_f64({9, 5}, 4, 2.0)}, 1e-6,
+                   1e-8, 1e-6);
   // Through the router: z-loss of the gate's logits, gradient to x and W_r.
   EXPECT_GRADCHECK(
       [](const std::vector<Tensor>& v) {
@@ -87,6 +89,6 @@ TEST(MoeRouter, BadScoreFunctionNamesTheKey) {
     parse_score_function("tanh");
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("moe.score_function"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("router.score"), std::string::npos) << e.what();
   }
 }

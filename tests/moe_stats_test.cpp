@@ -69,3 +69,34 @@ TEST(MoeStats, DegenerateTemperatureFitsAreFiniteAndInvalid) {
   check_invalid({0, 0, 0}, {1, 2, 3});        // no load at all
   check_invalid({4, 4, 4}, {1, 2, 3});        // slope 0: T_eff infinite
 }
+
+TEST(MoeStats, AccumulatorMergesMicroBatchesAndPacksForAllReduce) {
+  // Two micro-batches of 1 and 2 tokens over E = 2 experts (router with 3 outputs).
+  Tensor l1 = Tensor::from_vector<double>({1, 3, 9}, {1, 3});
+  Tensor s1 = Tensor::from_vector<double>({0.5, 0.5, 0}, {1, 3});
+  Tensor l2 = Tensor::from_vector<double>({2, 0, 9, 0, 0, 9}, {2, 3});
+  Tensor s2 = Tensor::from_vector<double>({1, 0, 0, 0.25, 0.25, 0.5}, {2, 3});
+  RoutingAccumulator a;
+  a.add({1, 1}, 0, s1, l1);
+  a.add({3, 1}, 2, s2, l2);
+  RoutingStats s = a.finish({});
+  EXPECT_EQ(s.load, (std::vector<double>{4, 2}));
+  EXPECT_EQ(s.dropped, 2);
+  EXPECT_EQ(s.tokens, 3);
+  EXPECT_EQ(s.mean_logit, (std::vector<double>{1, 1}));  // (1 + 2 + 0) / 3, (3 + 0 + 0) / 3
+  double h = (std::log(2.0) + 0 + (0.5 * std::log(4.0) + 0.5 * std::log(2.0))) / 3;
+  EXPECT_NEAR(s.router_entropy, h, 1e-15);
+  EXPECT_NEAR(s.max_vio, 4.0 / 3.0 - 1, 1e-15);
+  // Element-wise sums of packed accumulators (an all-reduce) equal adding everything to one.
+  RoutingAccumulator b1, b2;
+  b1.add({1, 1}, 0, s1, l1);
+  b2.add({3, 1}, 2, s2, l2);
+  std::vector<double> p1 = b1.pack(), p2 = b2.pack();
+  ASSERT_EQ(p1.size(), 7u);
+  for (size_t i = 0; i < p1.size(); ++i) p1[i] += p2[i];
+  RoutingStats m = RoutingAccumulator::unpack(p1, 2).finish({});
+  EXPECT_EQ(m.load, s.load);
+  EXPECT_EQ(m.mean_logit, s.mean_logit);
+  EXPECT_DOUBLE_EQ(m.router_entropy, s.router_entropy);
+  EXPECT_THROW(RoutingAccumulator::unpack(p1, 3), Error);
+}

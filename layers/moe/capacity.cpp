@@ -46,15 +46,15 @@ CapacityResult apply_capacity(const Routing& r, int64_t tokens, int64_t top_k, i
   std::vector<int64_t> tok = r.token.to(DType::i64).to_vector<int64_t>();
   std::vector<double> score;
   if (policy == DropPolicy::probs) {
-    MOE_CHECK(r.score.defined() && r.score.numel() == A, op, "drop policy 'probs' needs a score per assignment (",
-              A, "), got ", r.score.defined() ? r.score.shape_str() : "none");
+    MOE_CHECK(r.score.defined() && r.score.numel() == A, op, "drop policy 'probs' needs a score per assignment (", A,
+              "), got ", r.score.defined() ? r.score.shape_str() : "none");
     score = r.score.to_double_vector();
   }
   // Buckets per expert in list order (a counting pass: O(A + E)).
   std::vector<int64_t> start(size_t(num_experts) + 1, 0);
   for (int64_t a = 0; a < A; ++a) {
-    MOE_CHECK(ex[size_t(a)] >= 0 && ex[size_t(a)] < num_experts, op, "expert id ", ex[size_t(a)],
-              " out of range [0, ", num_experts, ")");
+    MOE_CHECK(ex[size_t(a)] >= 0 && ex[size_t(a)] < num_experts, op, "expert id ", ex[size_t(a)], " out of range [0, ",
+              num_experts, ")");
     ++start[size_t(ex[size_t(a)]) + 1];
   }
   for (int64_t e = 0; e < num_experts; ++e) start[size_t(e) + 1] += start[size_t(e)];

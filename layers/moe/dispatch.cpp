@@ -24,12 +24,12 @@ DispatchPlanPtr make_dispatch_plan(const Tensor& token, const Tensor& expert, co
   off.assign(size_t(num_experts) + 1, 0);
   for (int64_t i = 0; i < K; ++i) {
     int64_t a = kept[size_t(i)];
-    MOE_CHECK(a >= 0 && a < A && (i == 0 || a > kept[size_t(i) - 1]), op, "kept indices must be ascending in [0, ",
-              A, "), got ", a, " at ", i);
-    MOE_CHECK(ex[size_t(a)] >= 0 && ex[size_t(a)] < num_experts, op, "expert id ", ex[size_t(a)],
-              " out of range [0, ", num_experts, ")");
-    MOE_CHECK(tok[size_t(a)] >= 0 && tok[size_t(a)] < num_tokens, op, "token id ", tok[size_t(a)],
-              " out of range [0, ", num_tokens, ")");
+    MOE_CHECK(a >= 0 && a < A && (i == 0 || a > kept[size_t(i) - 1]), op, "kept indices must be ascending in [0, ", A,
+              "), got ", a, " at ", i);
+    MOE_CHECK(ex[size_t(a)] >= 0 && ex[size_t(a)] < num_experts, op, "expert id ", ex[size_t(a)], " out of range [0, ",
+              num_experts, ")");
+    MOE_CHECK(tok[size_t(a)] >= 0 && tok[size_t(a)] < num_tokens, op, "token id ", tok[size_t(a)], " out of range [0, ",
+              num_tokens, ")");
     ++off[size_t(ex[size_t(a)]) + 1];
   }
   for (int64_t e = 0; e < num_experts; ++e) off[size_t(e) + 1] += off[size_t(e)];
@@ -51,7 +51,8 @@ DispatchPlanPtr make_dispatch_plan(const Tensor& token, const Tensor& expert, co
   for (int64_t t = 0; t < num_tokens; ++t) toff[size_t(t) + 1] += toff[size_t(t)];
   plan->token_slots.resize(size_t(K));
   std::vector<int64_t> tfill(toff.begin(), toff.end() - 1);
-  for (int64_t i = 0; i < K; ++i) plan->token_slots[size_t(tfill[size_t(tok[size_t(kept[size_t(i)])])]++)] = pos_of[size_t(i)];
+  for (int64_t i = 0; i < K; ++i)
+    plan->token_slots[size_t(tfill[size_t(tok[size_t(kept[size_t(i)])])]++)] = pos_of[size_t(i)];
   return plan;
 }
 
@@ -109,8 +110,8 @@ Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlan
   const char* op = "unpermute_combine";
   const int64_t K = plan->kept();
   MOE_CHECK(y.dim() == 2 && y.size(0) == K, op, "expected y [", K, ", D] (kept assignments), got ", y.shape_str());
-  MOE_CHECK(gate.dim() == 1 && gate.numel() == plan->num_assignments, op, "expected gate [",
-            plan->num_assignments, "], got ", gate.shape_str());
+  MOE_CHECK(gate.dim() == 1 && gate.numel() == plan->num_assignments, op, "expected gate [", plan->num_assignments,
+            "], got ", gate.shape_str());
   MOE_CHECK(gate.dtype() == y.dtype(), op, "dtype mismatch: y ", dtype_name(y.dtype()), " vs gate ",
             dtype_name(gate.dtype()));
   const int64_t D = y.size(1), T_ = plan->num_tokens;
@@ -166,38 +167,6 @@ Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlan
           accumulate_grad(gate, gg);
         }
       });
-    });
-  return out;
-}
-
-Tensor take_pairs(const Tensor& m, const Tensor& row, const Tensor& col) {
-  const char* op = "take_pairs";
-  MOE_CHECK(m.dim() == 2 && row.dim() == 1 && col.dim() == 1 && row.numel() == col.numel(), op,
-            "expected m [R, C], row [A], col [A], got ", m.shape_str(), ", ", row.shape_str(), ", ", col.shape_str());
-  const int64_t A = row.numel(), R = m.size(0), C = m.size(1);
-  std::vector<int64_t> r = row.to(DType::i64).to_vector<int64_t>(), c = col.to(DType::i64).to_vector<int64_t>();
-  for (int64_t a = 0; a < A; ++a)
-    MOE_CHECK(r[size_t(a)] >= 0 && r[size_t(a)] < R && c[size_t(a)] >= 0 && c[size_t(a)] < C, op, "pair (",
-              r[size_t(a)], ", ", c[size_t(a)], ") out of range for m ", m.shape_str());
-  Tensor mc = m.contiguous();
-  Tensor out = Tensor::empty({A}, m.dtype());
-  dispatch_float(m.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* pm = mc.data<T>();
-    T* po = out.data<T>();
-    for (int64_t a = 0; a < A; ++a) po[a] = pm[r[size_t(a)] * C + c[size_t(a)]];
-  });
-  if (needs_grad({m}))
-    record(op, {out}, [m, r, c, R, C](const std::vector<Tensor>& g) {
-      Tensor gm = Tensor::zeros({R, C}, m.dtype());
-      Tensor gc = g[0].contiguous();
-      dispatch_float(m.dtype(), "take_pairs backward", [&](auto tag) {
-        using T = decltype(tag);
-        const T* pg = gc.data<T>();
-        T* pm = gm.data<T>();
-        for (size_t a = 0; a < r.size(); ++a) pm[r[a] * C + c[a]] += pg[a];
-      });
-      accumulate_grad(m, gm);
     });
   return out;
 }

@@ -15,11 +15,11 @@ namespace moe {
 // positions in list order, so the combine and the permute backward sum in a fixed order.
 struct DispatchPlan {
   int64_t num_tokens = 0, num_experts = 0, num_assignments = 0;  // A: all assignments, kept or not
-  std::vector<int64_t> offsets;        // [E + 1]
-  std::vector<int64_t> order;          // [A_kept] assignment index at each sorted position
-  std::vector<int64_t> token;          // [A_kept] token at each sorted position
-  std::vector<int64_t> token_offsets;  // [T + 1]
-  std::vector<int64_t> token_slots;    // [A_kept] sorted positions grouped by token
+  std::vector<int64_t> offsets;                                  // [E + 1]
+  std::vector<int64_t> order;                                    // [A_kept] assignment index at each sorted position
+  std::vector<int64_t> token;                                    // [A_kept] token at each sorted position
+  std::vector<int64_t> token_offsets;                            // [T + 1]
+  std::vector<int64_t> token_slots;                              // [A_kept] sorted positions grouped by token
   int64_t kept() const { return int64_t(order.size()); }
 };
 using DispatchPlanPtr = std::shared_ptr<const DispatchPlan>;
@@ -36,9 +36,5 @@ Tensor permute_tokens(const Tensor& x, const DispatchPlanPtr& plan);
 // out [T, D], out[t] = sum over t's kept assignments a of gate[a] * y[pos(a)]; tokens with no
 // kept assignment get zeros. Differentiable in y and gate (dropped gates get zero grad).
 Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan);
-
-// out[a] = m[row[a], col[a]] for a 2-d m and index lists row, col [A]; differentiable in m.
-// Lets a strategy (or a test) read gate values out of the score matrix.
-Tensor take_pairs(const Tensor& m, const Tensor& row, const Tensor& col);
 
 }  // namespace moe

@@ -1,10 +1,11 @@
-// Grouped GEMM (a BLAS call per expert segment), the SwiGLU product, and the Experts module.
+// Grouped GEMM (a BLAS call per expert segment) and the Experts module (SwiGLU from core/cpu).
 // Segments are contiguous, so every GEMM reads and writes plain row blocks without copies.
 #include "layers/moe/experts.h"
 
 #include <cmath>
 
 #include "core/autograd.h"
+#include "core/cpu/activation.h"
 #include "core/dispatch.h"
 #include "layers/moe/blas.h"
 
@@ -17,8 +18,8 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_
   MOE_CHECK(x.dtype() == w.dtype(), op, "dtype mismatch: x ", dtype_name(x.dtype()), " vs w ", dtype_name(w.dtype()));
   const int64_t N = x.size(0), K = x.size(1), E = w.size(0), M = w.size(1);
   MOE_CHECK(int64_t(offsets.size()) == E + 1 && offsets.front() == 0 && offsets.back() == N, op,
-            "offsets must be [E + 1] = [", E + 1, "] from 0 to N = ", N, ", got ", offsets.size(), " entries ending at ",
-            offsets.empty() ? -1 : offsets.back());
+            "offsets must be [E + 1] = [", E + 1, "] from 0 to N = ", N, ", got ", offsets.size(),
+            " entries ending at ", offsets.empty() ? -1 : offsets.back());
   for (int64_t e = 0; e < E; ++e)
     MOE_CHECK(offsets[size_t(e)] <= offsets[size_t(e) + 1], op, "offsets must be non-decreasing (expert ", e, ")");
   Tensor xc = x.contiguous(), wc = w.contiguous();
@@ -68,41 +69,6 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_
   return y;
 }
 
-Tensor swiglu_product(const Tensor& a, const Tensor& b) {
-  const char* op = "swiglu_product";
-  MOE_CHECK(a.shape() == b.shape() && a.dtype() == b.dtype(), op, "expected equal shapes and dtypes, got ",
-            a.shape_str(), " ", dtype_name(a.dtype()), " and ", b.shape_str(), " ", dtype_name(b.dtype()));
-  Tensor ac = a.contiguous(), bc = b.contiguous();
-  Tensor out = Tensor::empty(a.shape(), a.dtype());
-  const int64_t n = a.numel();
-  dispatch_float(a.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    const T *pa = ac.data<T>(), *pb = bc.data<T>();
-    T* po = out.data<T>();
-#pragma omp parallel for simd if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) po[i] = pa[i] / (T(1) + std::exp(-pa[i])) * pb[i];
-  });
-  if (needs_grad({a, b}))
-    record(op, {out}, [a, b, ac, bc, n](const std::vector<Tensor>& g) {
-      Tensor gc = g[0].contiguous();
-      Tensor ga = Tensor::empty(a.shape(), a.dtype()), gb = Tensor::empty(a.shape(), a.dtype());
-      dispatch_float(a.dtype(), "swiglu_product backward", [&](auto tag) {
-        using T = decltype(tag);
-        const T *pa = ac.data<T>(), *pb = bc.data<T>(), *pg = gc.data<T>();
-        T *oa = ga.data<T>(), *ob = gb.data<T>();
-#pragma omp parallel for simd if (n > 32768)
-        for (int64_t i = 0; i < n; ++i) {
-          T s = T(1) / (T(1) + std::exp(-pa[i]));
-          oa[i] = pg[i] * pb[i] * s * (T(1) + pa[i] * (T(1) - s));  // d silu = s (1 + a (1 - s))
-          ob[i] = pg[i] * pa[i] * s;
-        }
-      });
-      accumulate_grad(a, ga);
-      accumulate_grad(b, gb);
-    });
-  return out;
-}
-
 namespace {
 Tensor init_normal(const Shape& shape, double std, Philox& rng, DType dt) {
   Tensor t = Tensor::empty(shape, DType::f64);
@@ -112,18 +78,18 @@ Tensor init_normal(const Shape& shape, double std, Philox& rng, DType dt) {
 }
 }  // namespace
 
-Experts::Experts(int64_t num_experts, int64_t d_model, int64_t hidden, double init_std, Philox& init_rng,
-                 DType dtype) {
-  MOE_CHECK(num_experts > 0 && d_model > 0 && hidden > 0, "Experts", "num_experts, d_model and hidden must be > 0, got ",
-            num_experts, ", ", d_model, ", ", hidden);
+Experts::Experts(int64_t num_experts, int64_t d_model, int64_t hidden, double init_std, double out_std,
+                 Philox& init_rng, DType dtype) {
+  MOE_CHECK(num_experts > 0 && d_model > 0 && hidden > 0, "Experts",
+            "num_experts, d_model and hidden must be > 0, got ", num_experts, ", ", d_model, ", ", hidden);
   w1_ = register_parameter("w1", init_normal({num_experts, hidden, d_model}, init_std, init_rng, dtype));
   w3_ = register_parameter("w3", init_normal({num_experts, hidden, d_model}, init_std, init_rng, dtype));
-  w2_ = register_parameter("w2", init_normal({num_experts, d_model, hidden}, init_std, init_rng, dtype));
+  w2_ = register_parameter("w2", init_normal({num_experts, d_model, hidden}, out_std, init_rng, dtype));
 }
 
 Tensor Experts::forward(const Tensor& xs, const std::vector<int64_t>& offsets) {
   Tensor x = xs.dtype() == w1_.dtype() ? xs : xs.to(w1_.dtype());
-  Tensor h = swiglu_product(grouped_matmul(x, w1_, offsets), grouped_matmul(x, w3_, offsets));
+  Tensor h = swiglu(grouped_matmul(x, w1_, offsets), grouped_matmul(x, w3_, offsets));
   return grouped_matmul(h, w2_, offsets);
 }
 

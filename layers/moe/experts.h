@@ -16,13 +16,11 @@ namespace moe {
 // zero weight grads). Differentiable in x and w.
 Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_t>& offsets);
 
-// silu(a) * b element-wise (same shapes), differentiable in both: the SwiGLU product.
-Tensor swiglu_product(const Tensor& a, const Tensor& b);
-
 class Experts : public Module {
  public:
-  // Weights ~ N(0, init_std^2) drawn from init_rng in the order w1, w3, w2.
-  Experts(int64_t num_experts, int64_t d_model, int64_t hidden, double init_std, Philox& init_rng, DType dtype);
+  // w1, w3 ~ N(0, init_std^2), w2 ~ N(0, out_std^2), drawn from init_rng in that order.
+  Experts(int64_t num_experts, int64_t d_model, int64_t hidden, double init_std, double out_std, Philox& init_rng,
+          DType dtype);
 
   // xs [N, D] rows grouped by expert per offsets [E + 1] -> [N, D]:
   // y = (silu(x w1_e^T) * (x w3_e^T)) w2_e^T per segment.

@@ -2,6 +2,7 @@
 // and keeps what the trainer needs after it (loads for Balancer::update, routing statistics).
 #include "layers/moe/moe_layer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/autograd.h"
@@ -26,16 +27,20 @@ void validate_moe_config(const ModelConfig& cfg) {
   MOE_CHECK(cfg.d_model > 0, "model.d_model", "must be > 0, got ", cfg.d_model);
   MOE_CHECK(cfg.d_ff >= 0, "model.d_ff", "must be >= 0 (0: 8/3 d_model), got ", cfg.d_ff);
   MOE_CHECK(m.num_experts >= 1, "moe.num_experts", "must be >= 1, got ", m.num_experts);
-  MOE_CHECK(m.top_k >= 1 && m.top_k <= m.num_experts, "moe.top_k", "must be in [1, num_experts = ", m.num_experts,
-            "], got ", m.top_k);
+  // As recipes/README.md: k <= E, except expert_choice (experts pick tokens) and null_experts
+  // (k counts null experts too: k <= E + n_null).
+  const bool null_experts = m.balance.strategy == "null_experts";
+  const int64_t max_k = null_experts ? m.num_experts + std::max<int64_t>(m.balance.num_null_experts, 0) : m.num_experts;
+  MOE_CHECK(m.top_k >= 1 && (m.balance.strategy == "expert_choice" || m.top_k <= max_k), "router.top_k",
+            "must be in [1, ", max_k,
+            null_experts ? "] (moe.num_experts + balance.num_null_experts)" : "] (moe.num_experts)", ", got ", m.top_k);
   MOE_CHECK(m.expert_hidden >= 0, "moe.expert_hidden", "must be >= 0 (0: the dense d_ff), got ", m.expert_hidden);
   MOE_CHECK(m.num_shared_experts >= 0, "moe.num_shared_experts", "must be >= 0, got ", m.num_shared_experts);
   MOE_CHECK(m.moe_every >= 1, "moe.moe_every", "must be >= 1, got ", m.moe_every);
-  MOE_CHECK(std::isfinite(m.jitter) && m.jitter >= 0 && m.jitter < 1, "moe.jitter", "must be in [0, 1), got ",
+  MOE_CHECK(std::isfinite(m.jitter) && m.jitter >= 0 && m.jitter < 1, "router.jitter", "must be in [0, 1), got ",
             m.jitter);
-  MOE_CHECK(std::isfinite(m.z_loss_coef) && m.z_loss_coef >= 0, "moe.z_loss_coef", "must be >= 0, got ",
-            m.z_loss_coef);
-  MOE_CHECK(std::isfinite(m.gate_scale) && m.gate_scale > 0, "moe.gate_scale", "must be > 0, got ", m.gate_scale);
+  MOE_CHECK(std::isfinite(m.z_loss_coef) && m.z_loss_coef >= 0, "router.z_loss", "must be >= 0, got ", m.z_loss_coef);
+  MOE_CHECK(std::isfinite(m.gate_scale) && m.gate_scale > 0, "router.scale", "must be > 0, got ", m.gate_scale);
   MOE_CHECK(std::isfinite(cfg.init_std) && cfg.init_std >= 0, "model.init_std", "must be >= 0, got ", cfg.init_std);
   validate_capacity_factor(m.capacity_factor);
   parse_drop_policy(m.drop_policy);
@@ -57,19 +62,22 @@ MoeLayer::MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, st
   top_k_ = m.top_k;
   capacity_factor_ = m.capacity_factor;
   drop_policy_ = parse_drop_policy(m.drop_policy);
-  gate_scale_ = m.gate_scale;
   z_loss_coef_ = m.z_loss_coef;
   balancer_ = std::move(balancer);
   const int64_t outputs = balancer_->router_outputs(num_experts_);
-  MOE_CHECK(outputs >= num_experts_, "moe.balance", "strategy '", balancer_->name(), "' asks for ", outputs,
+  MOE_CHECK(outputs >= num_experts_, "router.balance", "strategy '", balancer_->name(), "' asks for ", outputs,
             " router outputs, fewer than num_experts = ", num_experts_);
   const int64_t H = resolved_expert_hidden(cfg);
-  router_ = register_module("router", std::make_shared<Router>(d_model_, outputs, parse_score_function(m.score_function),
-                                                               m.jitter, cfg.init_std, init_rng, dtype));
-  experts_ = register_module("experts", std::make_shared<Experts>(num_experts_, d_model_, H, cfg.init_std, init_rng, dtype));
+  // Output projections (w2) at init_std / sqrt(2 n_layers), GPT-2's scaling, as the dense MLP.
+  const double out_std = cfg.init_std / std::sqrt(2.0 * double(std::max<int64_t>(cfg.n_layers, 1)));
+  router_ =
+      register_module("router", std::make_shared<Router>(d_model_, outputs, parse_score_function(m.score_function),
+                                                         m.jitter, cfg.init_std, init_rng, dtype));
+  experts_ = register_module(
+      "experts", std::make_shared<Experts>(num_experts_, d_model_, H, cfg.init_std, out_std, init_rng, dtype));
   if (m.num_shared_experts > 0)
     shared_ = register_module("shared_experts", std::make_shared<Experts>(1, d_model_, m.num_shared_experts * H,
-                                                                          cfg.init_std, init_rng, dtype));
+                                                                          cfg.init_std, out_std, init_rng, dtype));
   pending_loads_.assign(size_t(num_experts_), 0.0);
 }
 
@@ -77,6 +85,16 @@ std::vector<double> MoeLayer::take_pending_loads() {
   std::vector<double> out(size_t(num_experts_), 0.0);
   out.swap(pending_loads_);
   return out;
+}
+
+RoutingStats MoeLayer::take_step_stats() {
+  if (step_acc_.load.empty()) {  // no training forward since the last take: all-zero loads
+    step_acc_.load.assign(size_t(num_experts_), 0.0);
+    step_acc_.logit_sum.assign(size_t(num_experts_), 0.0);
+  }
+  RoutingStats s = step_acc_.finish(balancer_->state_vector());
+  step_acc_ = RoutingAccumulator{};
+  return s;
 }
 
 Tensor MoeLayer::forward(const Tensor& x) {
@@ -111,14 +129,22 @@ Tensor MoeLayer::forward(const Tensor& x) {
   DispatchPlanPtr plan = make_dispatch_plan(r.token, r.expert, cap.kept, T, E);
   Tensor xs = permute_tokens(x2, plan);
   Tensor ys = experts_->forward(xs, plan->offsets);
+  // Gates arrive renormalized and scaled by router.scale (the Balancer contract).
   Tensor gate = r.gate.dtype() == ys.dtype() ? r.gate : r.gate.to(ys.dtype());
-  if (gate_scale_ != 1.0) gate = mul_scalar(gate, gate_scale_);
   Tensor out = unpermute_combine(ys, gate.reshape({A}), plan);
   if (shared_) out = add(out, shared_->forward_all(x2));
 
   {
     NoGradGuard ng;
-    stats_ = compute_routing_stats(load, cap.dropped, ro.scores, ro.logits, balancer_->state_vector());
+    RoutingAccumulator acc;
+    acc.add(load, cap.dropped, ro.scores, ro.logits);
+    stats_ = acc.finish(balancer_->state_vector());
+    if (training()) {
+      if (step_acc_.empty())
+        step_acc_ = acc;
+      else
+        step_acc_.add(load, cap.dropped, ro.scores, ro.logits);
+    }
     last_routing_ = Routing{r.token.detach(), r.expert.detach(), r.gate.detach(), r.score.defined() ? r.score.detach() : Tensor()};
   }
   return out.reshape({B, S, d_model_});

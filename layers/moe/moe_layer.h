@@ -25,7 +25,8 @@ bool is_moe_layer(const MoeConfig& cfg, int layer);
 // else 8/3 d_model rounded up to a multiple of 8 (ModelConfig's documented default).
 int64_t resolved_expert_hidden(const ModelConfig& cfg);
 
-// Checks every MoE setting this layer reads; throws moe::Error naming the key.
+// Checks every MoE setting this layer reads; throws moe::Error naming the recipe key
+// (recipes/README.md: moe.*, router.*).
 void validate_moe_config(const ModelConfig& cfg);
 
 class MoeLayer : public FeedForward {
@@ -46,9 +47,15 @@ class MoeLayer : public FeedForward {
   // forwards since the last take; returns them and resets to zero. Eval forwards do not count.
   std::vector<double> take_pending_loads();
   Balancer& balancer() { return *balancer_; }
+  // Statistics of the last forward (training or eval).
   const RoutingStats& last_stats() const { return stats_; }
   // The assignments of the last forward as selected (before capacity): per-genre loads in eval.
   const Routing& last_routing() const { return last_routing_; }
+  // Statistics of all training forwards since the last take (one optimizer step's micro-
+  // batches), then reset. The raw sums (routing_accumulator) can be all-reduced over
+  // data-parallel ranks first: RoutingAccumulator::unpack(allreduce(pack())).finish(state).
+  RoutingStats take_step_stats();
+  const RoutingAccumulator& routing_accumulator() const { return step_acc_; }
 
   // RNG streams of this layer (seed of init_rng; streams jitter and ssr keyed by the layer):
   // the trainer checkpoints their offsets.
@@ -72,7 +79,7 @@ class MoeLayer : public FeedForward {
   int64_t d_model_, num_experts_, top_k_;
   std::optional<double> capacity_factor_;
   DropPolicy drop_policy_;
-  double gate_scale_, z_loss_coef_;
+  double z_loss_coef_;
   std::unique_ptr<Balancer> balancer_;
   std::shared_ptr<Router> router_;
   std::shared_ptr<Experts> experts_, shared_;
@@ -82,6 +89,7 @@ class MoeLayer : public FeedForward {
   std::vector<double> pending_loads_;
   RoutingStats stats_;
   Routing last_routing_;
+  RoutingAccumulator step_acc_;
 };
 
 }  // namespace moe

@@ -14,7 +14,7 @@ namespace moe {
 ScoreFunction parse_score_function(const std::string& name) {
   if (name == "softmax") return ScoreFunction::softmax;
   if (name == "sigmoid") return ScoreFunction::sigmoid;
-  MOE_FAIL("moe.score_function", "unknown score function '", name, "' (expected softmax | sigmoid)");
+  MOE_FAIL("router.score", "unknown score function '", name, "' (expected softmax | sigmoid)");
 }
 
 namespace {
@@ -149,8 +149,7 @@ Router::Router(int64_t d_model, int64_t outputs, ScoreFunction fn, double jitter
   weight_ = register_parameter("weight", w.to(dt));
 }
 
-RouterOutput Router::forward(const Tensor& x, int64_t num_experts, int64_t top_k, int64_t seq_len,
-                             Philox& jitter_rng) {
+RouterOutput Router::forward(const Tensor& x, int64_t num_experts, int64_t top_k, int64_t seq_len, Philox& jitter_rng) {
   MOE_CHECK(x.dim() == 2 && x.size(1) == weight_.size(1), "Router.forward", "expected x [T, ", weight_.size(1),
             "], got ", x.shape_str());
   Tensor xr = x.dtype() == dtype() ? x : x.to(dtype());

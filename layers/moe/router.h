@@ -6,13 +6,13 @@
 
 #include "core/rng.h"
 #include "core/tensor.h"
-#include "layers/moe/balance/balancer.h"
 #include "layers/module.h"
+#include "layers/moe/balance/balancer.h"
 
 namespace moe {
 
 enum class ScoreFunction { softmax, sigmoid };
-// Parses MoeConfig::score_function; throws naming the key "moe.score_function".
+// Parses MoeConfig::score_function; throws naming the recipe key "router.score".
 ScoreFunction parse_score_function(const std::string& name);
 
 // Fused op: logits = (x * jitter) W^T and scores = softmax | sigmoid(logits), one tape node for

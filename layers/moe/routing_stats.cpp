@@ -67,43 +67,76 @@ void fill_temperature_proxy(RoutingStats& s) {
   s.temperature_valid = true;
 }
 
-RoutingStats compute_routing_stats(const std::vector<double>& load, int64_t dropped, const Tensor& scores,
-                                   const Tensor& logits, std::vector<double> balancer_state) {
+void RoutingAccumulator::add(const std::vector<double>& l, int64_t drop, const Tensor& scores, const Tensor& logits) {
+  const char* op = "RoutingAccumulator.add";
+  const size_t E = l.size();
+  if (load.empty()) {
+    load.assign(E, 0.0);
+    logit_sum.assign(E, 0.0);
+  }
+  MOE_CHECK(load.size() == E, op, "load has ", E, " experts, the accumulator ", load.size());
+  MOE_CHECK(scores.dim() == 2 && logits.dim() == 2 && scores.size(0) == logits.size(0) && size_t(logits.size(1)) >= E,
+            op, "expected scores and logits [T, >= ", E, "], got ", scores.shape_str(), " and ", logits.shape_str());
+  for (size_t j = 0; j < E; ++j) load[j] += l[j];
+  dropped += double(drop);
+  const int64_t T = logits.size(0), C = logits.size(1), Cs = scores.size(1);
+  std::vector<double> x = logits.to_double_vector(), p = scores.to_double_vector();
+  for (int64_t t = 0; t < T; ++t) {
+    for (size_t j = 0; j < E; ++j) logit_sum[j] += x[size_t(t * C) + j];
+    // Entropy of the scores renormalized per token (the same thing for softmax scores; for
+    // sigmoid scores the distribution they imply).
+    const double* r = p.data() + t * Cs;
+    double z = 0, h = 0;
+    for (int64_t j = 0; j < Cs; ++j) z += r[j];
+    if (z > 0)
+      for (int64_t j = 0; j < Cs; ++j)
+        if (r[j] > 0) h -= r[j] / z * std::log(r[j] / z);
+    entropy_sum += h;
+  }
+  tokens += double(T);
+}
+
+RoutingStats RoutingAccumulator::finish(std::vector<double> balancer_state) const {
   RoutingStats s;
   s.load = load;
-  s.dropped = dropped;
+  s.dropped = int64_t(std::llround(dropped));
+  s.tokens = int64_t(std::llround(tokens));
   s.balancer_state = std::move(balancer_state);
   fill_load_stats(s);
-  const size_t E = load.size();
-  s.mean_logit.assign(E, 0.0);
-  if (logits.defined() && logits.dim() == 2 && logits.size(0) > 0) {
-    MOE_CHECK(size_t(logits.size(1)) >= E, "compute_routing_stats", "logits ", logits.shape_str(), " have fewer than ",
-              E, " expert columns");
-    const int64_t T = logits.size(0), C = logits.size(1);
-    s.tokens = T;
-    std::vector<double> x = logits.to_double_vector();
-    for (int64_t t = 0; t < T; ++t)
-      for (size_t j = 0; j < E; ++j) s.mean_logit[j] += x[size_t(t * C) + j];
-    for (double& v : s.mean_logit) v /= double(T);
-  }
-  if (scores.defined() && scores.dim() == 2 && scores.size(0) > 0) {
-    const int64_t T = scores.size(0), C = scores.size(1);
-    std::vector<double> p = scores.to_double_vector();
-    double acc = 0;
-    for (int64_t t = 0; t < T; ++t) {
-      const double* r = p.data() + t * C;
-      double z = 0, h = 0;
-      for (int64_t j = 0; j < C; ++j) z += r[j];
-      if (z <= 0) continue;
-      for (int64_t j = 0; j < C; ++j)
-        if (r[j] > 0) h -= r[j] / z * std::log(r[j] / z);
-      acc += h;
-    }
-    s.router_entropy = acc / double(T);
-    s.tokens = T;
+  s.mean_logit.assign(load.size(), 0.0);
+  if (tokens > 0) {
+    for (size_t j = 0; j < load.size(); ++j) s.mean_logit[j] = logit_sum[j] / tokens;
+    s.router_entropy = entropy_sum / tokens;
   }
   fill_temperature_proxy(s);
   return s;
+}
+
+std::vector<double> RoutingAccumulator::pack() const {
+  std::vector<double> out(load);
+  out.insert(out.end(), logit_sum.begin(), logit_sum.end());
+  out.insert(out.end(), {tokens, dropped, entropy_sum});
+  return out;
+}
+
+RoutingAccumulator RoutingAccumulator::unpack(const std::vector<double>& flat, int64_t num_experts) {
+  const size_t E = size_t(num_experts);
+  MOE_CHECK(flat.size() == 2 * E + 3, "RoutingAccumulator.unpack", "expected ", 2 * E + 3, " values for ", E,
+            " experts, got ", flat.size());
+  RoutingAccumulator a;
+  a.load.assign(flat.begin(), flat.begin() + long(E));
+  a.logit_sum.assign(flat.begin() + long(E), flat.begin() + long(2 * E));
+  a.tokens = flat[2 * E];
+  a.dropped = flat[2 * E + 1];
+  a.entropy_sum = flat[2 * E + 2];
+  return a;
+}
+
+RoutingStats compute_routing_stats(const std::vector<double>& load, int64_t dropped, const Tensor& scores,
+                                   const Tensor& logits, std::vector<double> balancer_state) {
+  RoutingAccumulator a;
+  a.add(load, dropped, scores, logits);
+  return a.finish(std::move(balancer_state));
 }
 
 }  // namespace moe
