@@ -1,6 +1,7 @@
 // Parsing, validation, --set overrides and rendering of recipes, driven by recipe_schema().
 #include "recipes/recipe.h"
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -91,17 +92,36 @@ void apply_override(Recipe& r, const std::string& ov) {
 
 }  // namespace
 
-Recipe parse_recipe(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {
-  Recipe r;
-  r.path = source;
+namespace {
+
+std::string read_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path);
+  if (!in) fail(path, "cannot read the " + what + " (does it exist? recipes live in recipes/*.toml)");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// Applies the keys of one recipe text onto r. A top-level `extends = "base.toml"` (a path relative
+// to this file) applies the base first, so a family of recipes shares one base; depth is bounded
+// to catch cycles.
+void apply_text(Recipe& r, const std::string& text, const std::string& source, int depth) {
+  if (depth > 8) fail(source, "'extends' nests more than 8 levels (a cycle?)");
   toml::table root;
   try {
     root = toml::parse(text, source);
   } catch (const toml::parse_error& e) {
     fail(source + ":" + std::to_string(e.source().begin.line), "invalid TOML: " + std::string(e.description()));
   }
+  if (const toml::node* base = root.get("extends")) {
+    if (!base->is_string()) fail(location(source, *base), "'extends' must be a string (a recipe path relative to this file)");
+    std::string base_path = base->as_string()->get();
+    std::filesystem::path p = std::filesystem::path(source).parent_path() / base_path;
+    apply_text(r, read_file(p.string(), "base recipe named by 'extends' in " + source), p.string(), depth + 1);
+  }
   for (auto&& [sec_key, sec_node] : root) {
     std::string sec(sec_key.str());
+    if (sec == "extends") continue;
     const toml::table* tbl = sec_node.as_table();
     if (!tbl) fail(location(source, sec_node), "'" + sec + "' must be a [section] (sections: " + section_names() + ")");
     if (keys_of(sec).empty()) fail(location(source, sec_node), "unknown section [" + sec + "] (sections: " + section_names() + ")");
@@ -112,6 +132,14 @@ Recipe parse_recipe(const std::string& text, const std::string& source, const st
       apply(r, *key, v, location(source, v));
     }
   }
+}
+
+}  // namespace
+
+Recipe parse_recipe(const std::string& text, const std::string& source, const std::vector<std::string>& overrides) {
+  Recipe r;
+  r.path = source;
+  apply_text(r, text, source, 0);
   for (const auto& ov : overrides) apply_override(r, ov);
   validate(r, source);
   r.model.max_seq_len = r.train.seq_len;
@@ -119,11 +147,7 @@ Recipe parse_recipe(const std::string& text, const std::string& source, const st
 }
 
 Recipe load_recipe(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path);
-  if (!in) fail(path, "cannot read the recipe file (does it exist? recipes live in recipes/*.toml)");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_recipe(ss.str(), path, overrides);
+  return parse_recipe(read_file(path, "recipe file"), path, overrides);
 }
 
 std::string resolved_toml(const Recipe& r) {

@@ -2,6 +2,7 @@
 // resolved rendering reading back to the same recipe; recipes/README.md documents every key.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -104,8 +105,38 @@ TEST(Recipe, ReadmeDocumentsEveryKey) {
 }
 
 TEST(Recipe, ShippedRecipesParse) {
-  for (const char* name : {"quickstart.toml"}) {
-    std::string path = std::string(MOE_SOURCE_DIR) + "/recipes/" + name;
-    EXPECT_NO_THROW(load_recipe(path)) << path;
+  namespace fs = std::filesystem;
+  int n = 0;
+  for (const char* sub : {"recipes", "recipes/balance"})
+    for (const auto& entry : fs::directory_iterator(fs::path(MOE_SOURCE_DIR) / sub)) {
+      if (entry.path().extension() != ".toml") continue;
+      EXPECT_NO_THROW(load_recipe(entry.path().string())) << entry.path();
+      ++n;
+    }
+  EXPECT_GE(n, 15);
+  Recipe bip = load_recipe(std::string(MOE_SOURCE_DIR) + "/recipes/balance/bip_e64.toml");
+  EXPECT_EQ(bip.model.moe.num_experts, 64);
+  EXPECT_EQ(bip.model.moe.balance.strategy, "bip");
+  EXPECT_EQ(bip.train.name, "balance/bip_e64");
+}
+
+TEST(Recipe, ExtendsAppliesTheBaseFirst) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_data" / "recipe_extends";
+  fs::create_directories(dir);
+  std::ofstream(dir / "base.toml") << "[train]\nsteps = 40\nseed = 9\n[moe]\nenabled = true\n";
+  std::ofstream(dir / "child.toml") << "extends = \"base.toml\"\n[train]\nsteps = 50\n";
+  std::ofstream(dir / "loop.toml") << "extends = \"loop.toml\"\n";
+  Recipe r = load_recipe((dir / "child.toml").string(), {"train.seed=3"});
+  EXPECT_EQ(r.train.steps, 50);   // the child wins over the base
+  EXPECT_TRUE(r.model.use_moe);   // the base applies
+  EXPECT_EQ(r.train.seed, 3);     // --set wins over both
+  EXPECT_THROW(load_recipe((dir / "loop.toml").string()), Error);
+  std::ofstream(dir / "bad_child.toml") << "extends = \"missing.toml\"\n";
+  try {
+    load_recipe((dir / "bad_child.toml").string());
+    FAIL() << "missing base did not throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing.toml"), std::string::npos) << e.what();
   }
 }
