@@ -38,6 +38,12 @@ Bytes alloc_bytes(size_t n) {
   return Bytes(p);
 }
 
+// One lane's contribution to a warp op: the value and which of the lane's warp ops it was.
+struct Slot {
+  uint64_t bits = kPoisonBits;
+  uint64_t op = ~uint64_t(0);
+};
+
 struct SharedBuffer {
   const void* key;
   size_t bytes;
@@ -49,8 +55,7 @@ struct BlockState {
   unsigned nthreads = 0, nwarps = 0;
   std::unique_ptr<std::barrier<>> block_barrier;
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-  std::unique_ptr<std::atomic<unsigned>[]> live;  // per warp: lanes that exist and have not exited
-  std::vector<uint64_t> slots;                    // per warp 32 exchange slots
+  std::vector<Slot> slots;  // per warp 2 x 32 exchange slots (double-buffered by op parity)
   std::mutex shared_mutex;
   std::vector<SharedBuffer> statics;
   size_t static_bytes = 0;
@@ -65,9 +70,8 @@ struct BlockState {
     for (unsigned w = 0; w < nwarps; ++w) {
       unsigned lanes = std::min(32u, nthreads - w * 32);
       warp_barriers.push_back(std::make_unique<std::barrier<>>(lanes));
-      live[w].store(lanes == 32 ? ~0u : (1u << lanes) - 1u);
     }
-    slots.assign(size_t(nwarps) * 32, kPoisonBits);
+    slots.assign(size_t(nwarps) * 64, Slot{});
     statics.clear();
     static_bytes = 0;
     if (dynamic_bytes) std::memset(dynamic.get(), 0xFF, dynamic_bytes);
@@ -81,6 +85,7 @@ struct BlockState {
 struct ThreadContext {
   BlockState* block = nullptr;
   unsigned tid = 0, warp = 0, lane = 0;
+  uint64_t warp_ops = 0;  // warp ops this lane has done in this block
 };
 thread_local ThreadContext t_ctx;
 
@@ -90,11 +95,9 @@ BlockState& current_block() {
 }
 
 // A thread that leaves the kernel (return or failure) stops counting at every barrier, as an
-// exited GPU thread does; its exchange slot reads back as poison.
+// exited GPU thread does; it writes no more exchange slots, so later warp ops see it as absent.
 void leave_block() {
   BlockState& b = *t_ctx.block;
-  b.slots[size_t(t_ctx.warp) * 32 + t_ctx.lane] = kPoisonBits;
-  b.live[t_ctx.warp].fetch_and(~(1u << t_ctx.lane));
   b.warp_barriers[t_ctx.warp]->arrive_and_drop();
   b.block_barrier->arrive_and_drop();
 }
@@ -129,7 +132,6 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_byt
   BlockState state;
   state.nthreads = unsigned(nthreads);
   state.nwarps = unsigned((nthreads + 31) / 32);
-  state.live = std::make_unique<std::atomic<unsigned>[]>(state.nwarps);
   state.dynamic_bytes = dynamic_shared_bytes;
   state.dynamic = alloc_bytes(dynamic_shared_bytes);
   state.reset();
@@ -142,7 +144,7 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_byt
     gridDim = grid;
     for (uint64_t b = 0; b < nblocks; ++b) {
       blockIdx = dim3(unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y)));
-      t_ctx = ThreadContext{&state, tid, tid / 32, tid % 32};
+      t_ctx = ThreadContext{&state, tid, tid / 32, tid % 32, 0};
       try {
         body();
       } catch (const std::exception& e) {
@@ -172,18 +174,26 @@ unsigned lane_id() {
   return t_ctx.lane;
 }
 
+// One barrier per warp op. Op i uses slot buffer i % 2, so op i+1 cannot overwrite what a slow
+// lane still reads from op i, and no lane can write op i+2 before all have left op i (it must pass
+// op i+1's barrier first). A slot counts only if it was written by this same op (its op number
+// matches): lanes that exited or do not exist read back as poison and are not live.
 void warp_exchange(unsigned mask, uint64_t mine, uint64_t (&all)[32], unsigned& live_lanes) {
   BlockState& b = current_block();
-  uint64_t* slots = b.slots.data() + size_t(t_ctx.warp) * 32;
-  slots[t_ctx.lane] = mine;
+  const uint64_t op = t_ctx.warp_ops++;
+  Slot* slots = b.slots.data() + size_t(t_ctx.warp) * 64 + 32 * (op & 1);
+  slots[t_ctx.lane] = Slot{mine, op};
   b.warp_barriers[t_ctx.warp]->arrive_and_wait();
-  live_lanes = b.live[t_ctx.warp].load();
-  std::memcpy(all, slots, sizeof(all));
+  live_lanes = 0;
+  for (int l = 0; l < 32; ++l) {
+    const bool here = slots[l].op == op;
+    all[l] = here ? slots[l].bits : kPoisonBits;
+    live_lanes |= unsigned(here) << l;
+  }
   // Every lane checks the same condition, so either all lanes throw (and drop out) or none.
   if ((mask & live_lanes) != live_lanes)
     MOE_FAIL("cuda emulation", "warp op with mask 0x", std::hex, mask, " while lanes 0x", live_lanes,
              " are live: the emulation needs every live lane of the warp in the mask");
-  b.warp_barriers[t_ctx.warp]->arrive_and_wait();
 }
 
 void* static_shared(const void* key, size_t bytes, size_t align) {

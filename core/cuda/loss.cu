@@ -5,6 +5,7 @@
 #include "core/cuda/block_reduce.h"
 #include "core/cuda/launch.h"
 #include "core/cuda/loss.h"
+#include "core/cuda/caching_allocator.h"
 #include "core/cuda/memory.h"
 
 namespace moe::cuda {
@@ -65,12 +66,11 @@ template <class T>
 void cross_entropy_forward(const T* logits, const int64_t* targets, float* lse, float* stats, long rows, long vocab,
                            int64_t ignore_index, cudaStream_t stream) {
   MOE_CHECK(rows > 0 && vocab > 0, "cuda::cross_entropy_forward", "bad shape [", rows, ", ", vocab, "]");
-  DeviceBuffer<float> row_loss(rows);
+  Workspace<float> row_loss(rows);
   MOE_LAUNCH(cross_entropy_rows_kernel<device_t<T>>, unsigned(rows), row_block_threads(vocab, 512), 0, stream,
              dev(logits), targets, lse, row_loss.get(), vocab, ignore_index);
   MOE_LAUNCH(cross_entropy_mean_kernel, 1, row_block_threads(rows, 1024), 0, stream, row_loss.get(), targets, rows,
              ignore_index, stats);
-  device_synchronize();  // row_loss is freed on return (the caching allocator will lift this)
 }
 
 template <class T>

@@ -3,6 +3,7 @@
 // assignment among the earlier same-expert ones in its chunk. No atomics decide an order.
 #include "core/cuda/block_reduce.h"
 #include "core/cuda/launch.h"
+#include "core/cuda/caching_allocator.h"
 #include "core/cuda/memory.h"
 #include "core/cuda/permute.h"
 
@@ -125,14 +126,13 @@ void permute_plan(const int32_t* expert_ids, long n, int experts, int32_t* offse
     return;
   }
   const long chunks = ceil_div(n, kChunk);
-  DeviceBuffer<int32_t> chunk_counts(chunks * experts);
+  Workspace<int32_t> chunk_counts(chunks * experts);
   MOE_LAUNCH(chunk_count_kernel, unsigned(chunks), kChunk, sizeof(int32_t) * experts, stream, expert_ids, n, experts,
              chunk_counts.get());
   MOE_LAUNCH(plan_offsets_kernel, 1, row_block_threads(experts, kMaxExperts), 0, stream, chunk_counts.get(), chunks,
              experts, offsets);
   MOE_LAUNCH(plan_scatter_kernel, unsigned(chunks), kChunk, 0, stream, expert_ids, n, experts, chunk_counts.get(), dest,
              source);
-  device_synchronize();  // chunk_counts is freed on return (the caching allocator will lift this)
 }
 
 template <class T>
