@@ -53,7 +53,7 @@ void check_cross_entropy(long rows, long vocab) {
 }
 
 TEST(CudaLoss, CrossEntropyForwardBackwardF32) {
-  check_cross_entropy<float>(9, 517);  // vocab longer than the 512-thread block
+  check_cross_entropy<float>(4, 517);  // vocab longer than the 512-thread block
   check_cross_entropy<float>(7, 3);
 }
 TEST(CudaLoss, CrossEntropyForwardBackwardBf16) { check_cross_entropy<bf16>(5, 203); }
