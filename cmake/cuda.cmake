@@ -55,6 +55,10 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
     target_link_libraries(moetrain_cuda_gpu_tests PRIVATE moetrain_cuda moetrain_lib GTest::gtest)
     add_test(NAME cuda_kernels_gpu COMMAND moetrain_cuda_gpu_tests)
     set_tests_properties(cuda_kernels_gpu PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)
+    # Device detection on any machine: either a GPU is described or one "no CUDA device: ..." line.
+    add_test(NAME cuda_device_detection COMMAND moetrain_cuda_gpu_tests --gtest_list_tests)
+    set_tests_properties(cuda_device_detection PROPERTIES TIMEOUT 60
+      PASS_REGULAR_EXPRESSION "no CUDA device: [^\n]+; skipping|GPU kernel tests on .+ \\(sm_[0-9]+")
   endif()
 else()
   message(STATUS "moetrain: CUDA backend OFF (no toolkit or no kernels yet)")

@@ -19,7 +19,7 @@ constexpr int kReduceThreads = 256;
 
 // The textbook shared-memory tree reduction; one block per chunk of kReduceThreads inputs.
 __global__ void tree_sum_kernel(const float* in, float* out, int n) {
-  MOE_SHARED(float, partial, [kReduceThreads]);
+  MOE_SHARED(float, partial, [1024]);
   int tid = threadIdx.x, i = blockIdx.x * blockDim.x + threadIdx.x;
   partial[tid] = i < n ? in[i] : 0.0f;
   __syncthreads();
@@ -61,6 +61,37 @@ TEST(CudaEmulation, TreeReductionWithBarriersIsExact) {
   DeviceBuffer<float> in(host), out(ceil_div(n, kReduceThreads));
   MOE_LAUNCH(tree_sum_kernel, ceil_div(n, kReduceThreads), kReduceThreads, 0, nullptr, in.get(), out.get(), n);
   EXPECT_EQ(out.to_host(), block_sums(host, kReduceThreads));
+}
+
+TEST(CudaEmulation, FullSizeBlockOf1024Threads) {
+  const int n = 1024 + 333;
+  auto host = small_integers(n, 6);
+  DeviceBuffer<float> in(host), out(2);
+  MOE_LAUNCH(tree_sum_kernel, 2, 1024, 0, nullptr, in.get(), out.get(), n);
+  EXPECT_EQ(out.to_host(), block_sums(host, 1024));
+}
+
+__global__ void index_kernel(int* out) {
+  const int block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int thread = (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  const int per_block = blockDim.x * blockDim.y * blockDim.z;
+  out[block * per_block + thread] = ((((blockIdx.z * 10 + blockIdx.y) * 10 + blockIdx.x) * 10 + threadIdx.z) * 10 +
+                                     threadIdx.y) * 10 + threadIdx.x;
+}
+
+TEST(CudaEmulation, ThreeDimensionalGridAndBlockIndices) {
+  const dim3 grid(3, 2, 2), block(4, 3, 2);
+  DeviceBuffer<int> out(12 * 24);
+  MOE_LAUNCH(index_kernel, grid, block, 0, nullptr, out.get());
+  auto got = out.to_host();
+  int i = 0;
+  for (int bz = 0; bz < 2; ++bz)
+    for (int by = 0; by < 2; ++by)
+      for (int bx = 0; bx < 3; ++bx)
+        for (int tz = 0; tz < 2; ++tz)
+          for (int ty = 0; ty < 3; ++ty)
+            for (int tx = 0; tx < 4; ++tx)
+              EXPECT_EQ(got[i++], ((((bz * 10 + by) * 10 + bx) * 10 + tz) * 10 + ty) * 10 + tx);
 }
 
 TEST(CudaEmulation, PlantedBugMissingSyncthreadsIsCaught) {
