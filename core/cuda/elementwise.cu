@@ -38,6 +38,20 @@ __global__ void scale_kernel(const T* x, float alpha, T* out, size_t n) {
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 template <class T>
+__global__ void sigmoid_forward_kernel(const T* x, T* y, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    y[i] = from_float<T>(sigmoidf(to_float(x[i])));
+}
+
+template <class T>
+__global__ void sigmoid_backward_kernel(const T* y, const T* dy, T* dx, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const float s = to_float(y[i]);
+    dx[i] = from_float<T>(to_float(dy[i]) * s * (1.0f - s));
+  }
+}
+
+template <class T>
 __global__ void swiglu_forward_kernel(const T* gate, const T* up, T* out, size_t n) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
     float g = to_float(gate[i]);
@@ -77,6 +91,14 @@ void scale(const T* x, float alpha, T* out, size_t n, cudaStream_t stream) {
   if (n) MOE_LAUNCH(scale_kernel<device_t<T>>, grid_for(n), kThreads, 0, stream, dev(x), alpha, dev(out), n);
 }
 template <class T>
+void sigmoid_forward(const T* x, T* y, size_t n, cudaStream_t stream) {
+  if (n) MOE_LAUNCH(sigmoid_forward_kernel<device_t<T>>, grid_for(n), kThreads, 0, stream, dev(x), dev(y), n);
+}
+template <class T>
+void sigmoid_backward(const T* y, const T* dy, T* dx, size_t n, cudaStream_t stream) {
+  if (n) MOE_LAUNCH(sigmoid_backward_kernel<device_t<T>>, grid_for(n), kThreads, 0, stream, dev(y), dev(dy), dev(dx), n);
+}
+template <class T>
 void swiglu_forward(const T* gate, const T* up, T* out, size_t n, cudaStream_t stream) {
   if (n) MOE_LAUNCH(swiglu_forward_kernel<device_t<T>>, grid_for(n), kThreads, 0, stream, dev(gate), dev(up), dev(out), n);
 }
@@ -91,6 +113,8 @@ void swiglu_backward(const T* gate, const T* up, const T* dout, T* d_gate, T* d_
   template void add<T>(const T*, const T*, T*, size_t, cudaStream_t);                            \
   template void mul<T>(const T*, const T*, T*, size_t, cudaStream_t);                            \
   template void scale<T>(const T*, float, T*, size_t, cudaStream_t);                             \
+  template void sigmoid_forward<T>(const T*, T*, size_t, cudaStream_t);                           \
+  template void sigmoid_backward<T>(const T*, const T*, T*, size_t, cudaStream_t);                \
   template void swiglu_forward<T>(const T*, const T*, T*, size_t, cudaStream_t);                 \
   template void swiglu_backward<T>(const T*, const T*, const T*, T*, T*, size_t, cudaStream_t);
 MOE_INSTANTIATE(float)

@@ -18,6 +18,12 @@ void mul(const T* a, const T* b, T* out, size_t n, cudaStream_t stream = nullptr
 template <class T>
 void scale(const T* x, float alpha, T* out, size_t n, cudaStream_t stream = nullptr);
 
+// Sigmoid (router scores of sigmoid routing): y = 1 / (1 + exp(-x)); backward dx = dy * y * (1 - y).
+template <class T>
+void sigmoid_forward(const T* x, T* y, size_t n, cudaStream_t stream = nullptr);
+template <class T>
+void sigmoid_backward(const T* y, const T* dy, T* dx, size_t n, cudaStream_t stream = nullptr);
+
 // SwiGLU: out = silu(gate) * up. Backward: d_gate = dout * up * silu'(gate), d_up = dout * silu(gate).
 template <class T>
 void swiglu_forward(const T* gate, const T* up, T* out, size_t n, cudaStream_t stream = nullptr);

@@ -19,6 +19,7 @@ void device_free(void* p) noexcept { std::free(p); }
 void copy_to_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 void device_memset(void* p, int byte, size_t bytes) { std::memset(p, byte, bytes); }
+void device_memset_async(void* p, int byte, size_t bytes, cudaStream_t) { std::memset(p, byte, bytes); }
 void device_synchronize() {}
 #else
 #define MOE_CUDA_CALL(op, call)                                                  \
@@ -42,6 +43,9 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
   MOE_CUDA_CALL("cudaMemcpy (device to host)", cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 void device_memset(void* p, int byte, size_t bytes) { MOE_CUDA_CALL("cudaMemset", cudaMemset(p, byte, bytes)); }
+void device_memset_async(void* p, int byte, size_t bytes, cudaStream_t stream) {
+  MOE_CUDA_CALL("cudaMemsetAsync", cudaMemsetAsync(p, byte, bytes, stream));
+}
 void device_synchronize() { MOE_CUDA_CALL("cudaDeviceSynchronize", cudaDeviceSynchronize()); }
 #endif
 

@@ -13,6 +13,8 @@ void device_free(void* p) noexcept;
 void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void device_memset(void* p, int byte, size_t bytes);
+// Ordered on `stream` like a kernel (cudaMemsetAsync): for use inside kernel wrappers.
+void device_memset_async(void* p, int byte, size_t bytes, cudaStream_t stream);
 void device_synchronize();
 
 // A typed device array; from_host / to_host copy whole vectors.

@@ -122,7 +122,7 @@ void permute_plan(const int32_t* expert_ids, long n, int experts, int32_t* offse
             kMaxExperts);
   MOE_CHECK(n >= 0 && n < (long(1) << 31), "cuda::permute_plan", "n = ", n, " assignments do not fit int32 positions");
   if (n == 0) {
-    device_memset(offsets, 0, sizeof(int32_t) * (experts + 1));
+    device_memset_async(offsets, 0, sizeof(int32_t) * (experts + 1), stream);
     return;
   }
   const long chunks = ceil_div(n, kChunk);

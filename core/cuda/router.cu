@@ -55,7 +55,7 @@ void router_topk(const float* scores, float* values, int32_t* indices, long toke
 void load_histogram(const int32_t* ids, long n, int experts, int32_t* counts, cudaStream_t stream) {
   MOE_CHECK(experts > 0 && experts <= 16384, "cuda::load_histogram", "experts = ", experts,
             ", expected 1..16384 (the counters live in shared memory)");
-  device_memset(counts, 0, sizeof(int32_t) * experts);
+  device_memset_async(counts, 0, sizeof(int32_t) * experts, stream);
   if (n <= 0) return;
   unsigned blocks = ceil_div(n, 256);
   if (blocks > 256) blocks = 256;

@@ -72,3 +72,27 @@ TEST(CudaElementwise, SwigluForwardBackwardF32) { check_swiglu<float>(kF32Atol, 
 TEST(CudaElementwise, SwigluForwardBackwardBf16) { check_swiglu<bf16>(kBf16Atol, kBf16Rtol); }
 
 }  // namespace
+
+namespace {
+
+template <class T>
+void check_sigmoid() {
+  const size_t n = 1111;
+  auto x = round_bf16(random_normal(n, 7, 4.0f)), dy = round_bf16(random_normal(n, 8));
+  DeviceBuffer<T> dx_in = upload<T>(x), ddy = upload<T>(dy), y(n), dx(n);
+  sigmoid_forward(dx_in.get(), y.get(), n);
+  sigmoid_backward(y.get(), ddy.get(), dx.get(), n);
+  auto yh = to_f32(y.to_host());
+  std::vector<double> wy(n), wdx(n);
+  for (size_t i = 0; i < n; ++i) {
+    wy[i] = 1 / (1 + std::exp(-double(x[i])));
+    wdx[i] = dy[i] * double(yh[i]) * (1 - double(yh[i]));  // from the kernel's own y, as training uses it
+  }
+  EXPECT_TRUE(all_near(yh, wy, atol_for<T>(), rtol_for<T>())) << "forward";
+  EXPECT_TRUE(all_near(to_f32(dx.to_host()), wdx, atol_for<T>(), rtol_for<T>())) << "backward";
+}
+
+TEST(CudaElementwise, SigmoidForwardBackwardF32) { check_sigmoid<float>(); }
+TEST(CudaElementwise, SigmoidForwardBackwardBf16) { check_sigmoid<bf16>(); }
+
+}  // namespace
