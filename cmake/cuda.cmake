@@ -1,7 +1,10 @@
 # CUDA: real targets when nvcc is there; the emulation build (same .cu sources, host compiler,
 # MOE_CUDA_EMULATION) always, so every kernel is tested on machines without a GPU.
 file(GLOB MOE_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/core/cuda/*.cu ${CMAKE_SOURCE_DIR}/layers/moe/*.cu)
+# Host-side .cpp of the real build (device detection, ...); emulation.cpp is the emulation's own.
 file(GLOB MOE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/core/cuda/*.cpp)
+list(FILTER MOE_CUDA_HOST_SOURCES EXCLUDE REGEX "/emulation\\.cpp$")
+file(GLOB MOE_CUDA_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/cuda/*_test.cpp)
 
 set(MOE_HAVE_CUDA OFF)
 if(NOT MOE_CUDA STREQUAL "OFF")
@@ -17,21 +20,52 @@ if(NOT MOE_CUDA STREQUAL "OFF")
   endif()
 endif()
 
+include(GoogleTest)
+enable_testing()
+
 if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
   set(CMAKE_CUDA_ARCHITECTURES 80 90)
-  set(CMAKE_CUDA_STANDARD 20)
   enable_language(CUDA)
+  # CMake 3.25 does not know nvcc 13's C++20 flag; tell it, so CUDA_STANDARD 20 works.
+  set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+  set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_EXTENSIONS OFF)
   find_package(CUDAToolkit REQUIRED)
   add_library(moetrain_cuda STATIC ${MOE_CUDA_SOURCES} ${MOE_CUDA_HOST_SOURCES})
+  # The directory's flags (-Wall, -march=native, ...) are host-compiler flags: keep them off nvcc.
+  get_property(moe_dir_options DIRECTORY ${CMAKE_SOURCE_DIR} PROPERTY COMPILE_OPTIONS)
+  set(moe_cuda_options "")
+  foreach(opt ${moe_dir_options})
+    list(APPEND moe_cuda_options "$<$<COMPILE_LANGUAGE:CXX>:${opt}>")
+  endforeach()
+  list(APPEND moe_cuda_options "$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall>")
+  set_property(TARGET moetrain_cuda PROPERTY COMPILE_OPTIONS ${moe_cuda_options})
   target_include_directories(moetrain_cuda PUBLIC ${CMAKE_SOURCE_DIR})
-  target_link_libraries(moetrain_cuda PUBLIC moetrain_lib CUDA::cudart CUDA::cublas)
+  target_link_libraries(moetrain_cuda PUBLIC CUDA::cudart CUDA::cublas)
   message(STATUS "moetrain: CUDA backend ON (${CMAKE_CUDA_COMPILER}, sm_80 sm_90)")
+
+  # The kernel tests against the real build: one ctest entry, label gpu (ctest -L gpu); it
+  # reports "skipped" (exit 77) on a machine without a usable GPU.
+  set(moe_gpu_test_sources ${MOE_CUDA_TEST_SOURCES})
+  list(FILTER moe_gpu_test_sources EXCLUDE REGEX "/emulation_test\\.cpp$")
+  if(moe_gpu_test_sources)
+    add_executable(moetrain_cuda_gpu_tests ${moe_gpu_test_sources} ${CMAKE_SOURCE_DIR}/tests/cuda/gpu_main.cpp)
+    set_target_properties(moetrain_cuda_gpu_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+    target_link_libraries(moetrain_cuda_gpu_tests PRIVATE moetrain_cuda moetrain_lib GTest::gtest)
+    add_test(NAME cuda_kernels_gpu COMMAND moetrain_cuda_gpu_tests)
+    set_tests_properties(cuda_kernels_gpu PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)
+    # Device detection on any machine: either a GPU is described or one "no CUDA device: ..." line.
+    add_test(NAME cuda_device_detection COMMAND moetrain_cuda_gpu_tests --gtest_list_tests)
+    set_tests_properties(cuda_device_detection PROPERTIES TIMEOUT 60
+      PASS_REGULAR_EXPRESSION "no CUDA device: [^\n]+; skipping|GPU kernel tests on .+ \\(sm_[0-9]+")
+  endif()
 else()
   message(STATUS "moetrain: CUDA backend OFF (no toolkit or no kernels yet)")
 endif()
 
 if(MOE_CUDA_SOURCES)
-  add_library(moetrain_cuda_emu STATIC)
+  add_library(moetrain_cuda_emu STATIC ${CMAKE_SOURCE_DIR}/core/cuda/emulation.cpp)
   foreach(src ${MOE_CUDA_SOURCES})
     get_filename_component(name ${src} NAME_WE)
     set(wrapper ${CMAKE_BINARY_DIR}/cuda_emu/${name}_emu.cpp)
@@ -40,5 +74,13 @@ if(MOE_CUDA_SOURCES)
   endforeach()
   target_compile_definitions(moetrain_cuda_emu PUBLIC MOE_CUDA_EMULATION=1)
   target_include_directories(moetrain_cuda_emu PUBLIC ${CMAKE_SOURCE_DIR})
-  target_link_libraries(moetrain_cuda_emu PUBLIC moetrain_lib)
+  target_link_libraries(moetrain_cuda_emu PUBLIC Threads::Threads)
+
+  # Every kernel test, run under the emulation (no GPU needed): one ctest entry per TEST.
+  if(MOE_CUDA_TEST_SOURCES)
+    add_executable(moetrain_cuda_emu_tests ${MOE_CUDA_TEST_SOURCES})
+    set_target_properties(moetrain_cuda_emu_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+    target_link_libraries(moetrain_cuda_emu_tests PRIVATE moetrain_cuda_emu moetrain_lib GTest::gtest GTest::gtest_main)
+    gtest_discover_tests(moetrain_cuda_emu_tests DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600 LABELS cuda_emu)
+  endif()
 endif()

@@ -1,0 +1,214 @@
+// The emulation runtime: a grid runs block by block, each block's threads as real host threads
+// meeting at real barriers (block-wide for __syncthreads, per warp for shuffles and votes).
+#ifdef MOE_CUDA_EMULATION
+#include "core/cuda/emulation.h"
+
+#include <algorithm>
+#include <barrier>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/error.h"
+
+thread_local dim3 threadIdx;
+thread_local dim3 blockIdx;
+thread_local dim3 blockDim;
+thread_local dim3 gridDim;
+
+namespace moe::cuda::emu {
+namespace {
+
+constexpr unsigned kMaxThreadsPerBlock = 1024;
+constexpr size_t kMaxSharedBytes = 227 * 1024;  // the sm_90 per-block limit (opt-in)
+constexpr uint64_t kPoisonBits = ~uint64_t(0);
+
+struct AlignedFree {
+  void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(64)); }
+};
+using Bytes = std::unique_ptr<unsigned char[], AlignedFree>;
+Bytes alloc_bytes(size_t n) {
+  auto* p = static_cast<unsigned char*>(::operator new[](n ? n : 1, std::align_val_t(64)));
+  std::memset(p, 0xFF, n);
+  return Bytes(p);
+}
+
+// One lane's contribution to a warp op: the value and which of the lane's warp ops it was.
+struct Slot {
+  uint64_t bits = kPoisonBits;
+  uint64_t op = ~uint64_t(0);
+};
+
+struct SharedBuffer {
+  const void* key;
+  size_t bytes;
+  Bytes data;
+};
+
+// State of the block being run; rebuilt between blocks while every worker waits.
+struct BlockState {
+  unsigned nthreads = 0, nwarps = 0;
+  std::unique_ptr<std::barrier<>> block_barrier;
+  std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+  std::vector<Slot> slots;  // per warp 2 x 32 exchange slots (double-buffered by op parity)
+  std::mutex shared_mutex;
+  std::vector<SharedBuffer> statics;
+  size_t static_bytes = 0;
+  Bytes dynamic;
+  size_t dynamic_bytes = 0;
+  std::mutex error_mutex;
+  std::string error;  // first failure of any thread in the launch
+
+  void reset() {
+    block_barrier = std::make_unique<std::barrier<>>(nthreads);
+    warp_barriers.clear();
+    for (unsigned w = 0; w < nwarps; ++w) {
+      unsigned lanes = std::min(32u, nthreads - w * 32);
+      warp_barriers.push_back(std::make_unique<std::barrier<>>(lanes));
+    }
+    slots.assign(size_t(nwarps) * 64, Slot{});
+    statics.clear();
+    static_bytes = 0;
+    if (dynamic_bytes) std::memset(dynamic.get(), 0xFF, dynamic_bytes);
+  }
+  void fail(const std::string& what) {
+    std::lock_guard<std::mutex> lock(error_mutex);
+    if (error.empty()) error = what;
+  }
+};
+
+struct ThreadContext {
+  BlockState* block = nullptr;
+  unsigned tid = 0, warp = 0, lane = 0;
+  uint64_t warp_ops = 0;  // warp ops this lane has done in this block
+};
+thread_local ThreadContext t_ctx;
+
+BlockState& current_block() {
+  if (!t_ctx.block) MOE_FAIL("cuda emulation", "a device function was called outside a kernel launch");
+  return *t_ctx.block;
+}
+
+// A thread that leaves the kernel (return or failure) stops counting at every barrier, as an
+// exited GPU thread does; it writes no more exchange slots, so later warp ops see it as absent.
+void leave_block() {
+  BlockState& b = *t_ctx.block;
+  b.warp_barriers[t_ctx.warp]->arrive_and_drop();
+  b.block_barrier->arrive_and_drop();
+}
+
+struct NextBlock {
+  BlockState* state;
+  unsigned* next;
+  void operator()() noexcept {
+    try {
+      ++*next;
+      state->reset();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "cuda emulation: cannot set up the next block: %s\n", e.what());
+      std::abort();
+    }
+  }
+};
+
+}  // namespace
+
+void run_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, const std::function<void()>& body) {
+  const uint64_t nthreads = uint64_t(block.x) * block.y * block.z;
+  const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
+  MOE_CHECK(nthreads >= 1 && nthreads <= kMaxThreadsPerBlock && block.z <= 64, "cuda launch",
+            "kernel ", name, ": invalid block (", block.x, ", ", block.y, ", ", block.z,
+            "), expected 1..1024 threads with z <= 64");
+  MOE_CHECK(nblocks >= 1 && grid.y <= 65535 && grid.z <= 65535, "cuda launch", "kernel ", name, ": invalid grid (",
+            grid.x, ", ", grid.y, ", ", grid.z, ")");
+  MOE_CHECK(dynamic_shared_bytes <= kMaxSharedBytes, "cuda launch", "kernel ", name, ": ", dynamic_shared_bytes,
+            " bytes of dynamic shared memory exceed the ", kMaxSharedBytes, "-byte limit");
+
+  BlockState state;
+  state.nthreads = unsigned(nthreads);
+  state.nwarps = unsigned((nthreads + 31) / 32);
+  state.dynamic_bytes = dynamic_shared_bytes;
+  state.dynamic = alloc_bytes(dynamic_shared_bytes);
+  state.reset();
+  unsigned block_index = 0;
+  std::barrier<NextBlock> end_of_block(std::ptrdiff_t(nthreads), NextBlock{&state, &block_index});
+
+  auto worker = [&](unsigned tid) {
+    threadIdx = dim3(tid % block.x, tid / block.x % block.y, tid / (block.x * block.y));
+    blockDim = block;
+    gridDim = grid;
+    for (uint64_t b = 0; b < nblocks; ++b) {
+      blockIdx = dim3(unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (uint64_t(grid.x) * grid.y)));
+      t_ctx = ThreadContext{&state, tid, tid / 32, tid % 32, 0};
+      try {
+        body();
+      } catch (const std::exception& e) {
+        state.fail(e.what());
+      } catch (...) {
+        state.fail("unknown exception");
+      }
+      leave_block();
+      t_ctx = ThreadContext{};
+      end_of_block.arrive_and_wait();
+    }
+  };
+  {
+    std::vector<std::jthread> threads;
+    threads.reserve(nthreads);
+    for (unsigned t = 0; t < nthreads; ++t) threads.emplace_back(worker, t);
+  }
+  if (!state.error.empty()) MOE_FAIL("cuda kernel", name, ": ", state.error);
+}
+
+void syncthreads() { current_block().block_barrier->arrive_and_wait(); }
+
+void syncwarp(unsigned mask) { current_block().warp_barriers[t_ctx.warp]->arrive_and_wait(); }
+
+unsigned lane_id() {
+  current_block();
+  return t_ctx.lane;
+}
+
+// One barrier per warp op. Op i uses slot buffer i % 2, so op i+1 cannot overwrite what a slow
+// lane still reads from op i, and no lane can write op i+2 before all have left op i (it must pass
+// op i+1's barrier first). A slot counts only if it was written by this same op (its op number
+// matches): lanes that exited or do not exist read back as poison and are not live.
+void warp_exchange(unsigned mask, uint64_t mine, uint64_t (&all)[32], unsigned& live_lanes) {
+  BlockState& b = current_block();
+  const uint64_t op = t_ctx.warp_ops++;
+  Slot* slots = b.slots.data() + size_t(t_ctx.warp) * 64 + 32 * (op & 1);
+  slots[t_ctx.lane] = Slot{mine, op};
+  b.warp_barriers[t_ctx.warp]->arrive_and_wait();
+  live_lanes = 0;
+  for (int l = 0; l < 32; ++l) {
+    const bool here = slots[l].op == op;
+    all[l] = here ? slots[l].bits : kPoisonBits;
+    live_lanes |= unsigned(here) << l;
+  }
+  // Every lane checks the same condition, so either all lanes throw (and drop out) or none.
+  if ((mask & live_lanes) != live_lanes)
+    MOE_FAIL("cuda emulation", "warp op with mask 0x", std::hex, mask, " while lanes 0x", live_lanes,
+             " are live: the emulation needs every live lane of the warp in the mask");
+}
+
+void* static_shared(const void* key, size_t bytes, size_t align) {
+  BlockState& b = current_block();
+  std::lock_guard<std::mutex> lock(b.shared_mutex);
+  for (auto& s : b.statics)
+    if (s.key == key) return s.data.get();
+  MOE_CHECK(b.static_bytes + bytes + b.dynamic_bytes <= kMaxSharedBytes, "cuda emulation", "shared memory of ",
+            b.static_bytes + bytes + b.dynamic_bytes, " bytes exceeds the ", kMaxSharedBytes, "-byte limit");
+  b.statics.push_back(SharedBuffer{key, bytes, alloc_bytes(bytes)});
+  b.static_bytes += bytes;
+  return b.statics.back().data.get();
+}
+
+void* dynamic_shared() { return current_block().dynamic.get(); }
+
+}  // namespace moe::cuda::emu
+#endif  // MOE_CUDA_EMULATION

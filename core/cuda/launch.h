@@ -1,0 +1,52 @@
+// The one way kernels are launched: kernel<<<...>>> plus an error check naming the kernel on the
+// GPU; under MOE_CUDA_EMULATION the emulation runtime runs the grid block by block.
+#pragma once
+#include <cstddef>
+#include <cstdlib>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "core/cuda/kernel.h"
+#include "core/error.h"
+
+namespace moe::cuda {
+
+#ifndef MOE_CUDA_EMULATION
+// Launch errors (bad configuration, no device) surface at once; with MOE_CUDA_SYNC=1 in the
+// environment every launch is also synchronized, so a fault is blamed on the kernel that made it.
+inline void check_launch(const char* name, cudaStream_t stream) {
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) MOE_FAIL("cuda launch", "kernel ", name, ": ", cudaGetErrorString(err));
+  static const bool sync_each = [] {
+    const char* s = std::getenv("MOE_CUDA_SYNC");
+    return s && s[0] == '1';
+  }();
+  if (sync_each) {
+    err = cudaStreamSynchronize(stream);
+    if (err != cudaSuccess) MOE_FAIL("cuda kernel", name, ": ", cudaGetErrorString(err));
+  }
+}
+#endif
+
+// launch("name", kernel, grid, block, dynamic shared bytes, stream, args...). Use MOE_LAUNCH,
+// which passes the kernel's spelled name.
+template <class... Params, class... Args>
+void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
+            cudaStream_t stream, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "launch: argument count differs from the kernel's");
+#ifdef MOE_CUDA_EMULATION
+  std::tuple<std::decay_t<Params>...> params(static_cast<Params>(std::forward<Args>(args))...);
+  emu::run_grid(name, grid, block, shared_bytes, [&] { std::apply(kernel, params); });
+#else
+  kernel<<<grid, block, shared_bytes, stream>>>(static_cast<Params>(std::forward<Args>(args))...);
+  check_launch(name, stream);
+#endif
+}
+
+inline unsigned ceil_div(size_t n, size_t d) { return unsigned((n + d - 1) / d); }
+
+}  // namespace moe::cuda
+
+#define MOE_LAUNCH(kernel, grid, block, shared_bytes, stream, ...) \
+  ::moe::cuda::launch(#kernel, kernel, grid, block, shared_bytes, stream, __VA_ARGS__)

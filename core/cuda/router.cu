@@ -1,0 +1,65 @@
+// Top-k by repeated selection: step s picks the best entry that comes after step s-1's pick in the
+// order (value descending, index ascending), so no per-thread pick list is needed and ties are
+// deterministic. The histogram counts in shared memory first, then one atomic per expert per block.
+#include "core/cuda/launch.h"
+#include "core/cuda/memory.h"
+#include "core/cuda/router.h"
+
+namespace moe::cuda {
+namespace {
+
+__global__ void router_topk_kernel(const float* scores, float* values, int32_t* indices, long tokens, int experts,
+                                   int k) {
+  const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  const float* row = scores + t * experts;
+  float prev_v = INFINITY;
+  int prev_i = -1;
+  for (int s = 0; s < k; ++s) {
+    float best_v = -INFINITY;
+    int best_i = -1;
+    for (int e = 0; e < experts; ++e) {
+      const float v = row[e];
+      const bool after_prev = v < prev_v || (v == prev_v && e > prev_i);
+      if (after_prev && (best_i < 0 || v > best_v)) best_v = v, best_i = e;
+    }
+    values[t * k + s] = best_v;
+    indices[t * k + s] = best_i;
+    prev_v = best_v;
+    prev_i = best_i;
+  }
+}
+
+__global__ void load_histogram_kernel(const int32_t* ids, long n, int experts, int32_t* counts) {
+  MOE_DYNAMIC_SHARED(int32_t, local);
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) local[e] = 0;
+  __syncthreads();
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x) {
+    const int32_t id = ids[i];
+    if (id >= 0 && id < experts) atomicAdd(&local[id], 1);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x)
+    if (local[e]) atomicAdd(&counts[e], local[e]);
+}
+
+}  // namespace
+
+void router_topk(const float* scores, float* values, int32_t* indices, long tokens, int experts, int k,
+                 cudaStream_t stream) {
+  MOE_CHECK(experts > 0 && k >= 1 && k <= experts, "cuda::router_topk", "k = ", k, " must be in [1, ", experts, "]");
+  if (tokens > 0)
+    MOE_LAUNCH(router_topk_kernel, ceil_div(tokens, 128), 128, 0, stream, scores, values, indices, tokens, experts, k);
+}
+
+void load_histogram(const int32_t* ids, long n, int experts, int32_t* counts, cudaStream_t stream) {
+  MOE_CHECK(experts > 0 && experts <= 16384, "cuda::load_histogram", "experts = ", experts,
+            ", expected 1..16384 (the counters live in shared memory)");
+  device_memset_async(counts, 0, sizeof(int32_t) * experts, stream);
+  if (n <= 0) return;
+  unsigned blocks = ceil_div(n, 256);
+  if (blocks > 256) blocks = 256;
+  MOE_LAUNCH(load_histogram_kernel, blocks, 256, sizeof(int32_t) * experts, stream, ids, n, experts, counts);
+}
+
+}  // namespace moe::cuda
