@@ -235,6 +235,17 @@ void Tensor::copy_(const Tensor& src) {
       std::memmove(raw_data(), src.raw_data(), size_t(numel()) * es);
       return;
     }
+    // Rows that are contiguous in both views (e.g. the head dim of an attention transpose) go
+    // as one memcpy each; only the outer dims are walked element by element.
+    if (dim() >= 1 && strides().back() == 1 && src.strides().back() == 1 && shape().back() > 1) {
+      Shape outer(shape().begin(), shape().end() - 1);
+      Shape dst_outer(strides().begin(), strides().end() - 1), src_outer(src.strides().begin(), src.strides().end() - 1);
+      size_t row_bytes = size_t(shape().back()) * es;
+      for_each_pair(outer, dst_outer, src_outer, [&](int64_t doff, int64_t soff) {
+        std::memcpy(d + (impl_->offset + doff) * es, s + (src.offset() + soff) * es, row_bytes);
+      });
+      return;
+    }
     for_each_pair(shape(), strides(), src.strides(), [&](int64_t doff, int64_t soff) {
       std::memcpy(d + (impl_->offset + doff) * es, s + (src.offset() + soff) * es, es);
     });

@@ -24,6 +24,14 @@ TEST(Tensor, ViewsShareStorageAndIndexCorrectly) {
   EXPECT_EQ(s.to_vector<float>(), (std::vector<float>{1, 2, 5, 6, 9, 10, 13, 14, 17, 18, 21, 22}));
   EXPECT_EQ(t.select(1, 2).to_vector<float>(), (std::vector<float>{8, 9, 10, 11, 20, 21, 22, 23}));
   EXPECT_EQ(t.reshape({-1, 4}).shape(), (Shape{6, 4}));
+  // Transposing outer dims keeps rows contiguous (the row-copy path of copy_).
+  auto u = t.transpose(0, 1).contiguous().to_vector<float>();  // [3, 2, 4]
+  for (int64_t j = 0; j < 3; ++j)
+    for (int64_t i = 0; i < 2; ++i)
+      for (int64_t k = 0; k < 4; ++k) EXPECT_EQ(u[size_t((j * 2 + i) * 4 + k)], float(i * 12 + j * 4 + k));
+  Tensor dst = Tensor::zeros({3, 2, 4});
+  dst.transpose(0, 1).copy_(t);  // strided destination, contiguous rows
+  EXPECT_EQ(dst.to_vector<float>(), u);
 }
 
 TEST(Tensor, BadShapesNameTheOpAndShapes) {
