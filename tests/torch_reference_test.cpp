@@ -1,6 +1,6 @@
-// PyTorch reference test (the llm.c way): moetrain writes a small dense model's weights, a
-// batch, its logits, loss, every gradient and three AdamW-step losses to HDF5; tests/
-// torch_reference.py rebuilds the model in torch float32 and must agree to 1e-4 (relative).
+// PyTorch reference test (the llm.c way): moetrain writes a small dense or MoE model's weights, a
+// batch, its logits, losses, every gradient, routings and three AdamW-step losses to HDF5;
+// tests/torch_reference.py rebuilds the model in torch float32 and must agree to 1e-4 (relative).
 #include <gtest/gtest.h>
 #include <hdf5.h>
 #include <stdlib.h>
@@ -12,6 +12,7 @@
 
 #include "core/ops.h"
 #include "core/rng.h"
+#include "layers/moe/moe_layer.h"
 #include "layers/transformer.h"
 #include "optim/adamw.h"
 
@@ -97,7 +98,18 @@ int run_reference(const ModelConfig& cfg, DType id_dtype, const std::string& tag
   const int64_t B = 3, S = 11, kSteps = 3;
   const AdamWConfig adam{0.9, 0.95, 1e-8, 0.1};
   const double lr = 1e-2;
-  TransformerLM model(cfg, /*seed=*/1234);
+  // MoE layers as the trainer builds them (recipes/trainer.cpp build_model): their own init
+  // stream, strategy from cfg.moe through make_balancer.
+  Philox moe_init(1234, stream_id(RngStream::init, 0, 1));
+  std::vector<MoeLayer*> moe_layers;
+  FfnFactory factory = [&](int layer) -> std::shared_ptr<FeedForward> {
+    if (!cfg.use_moe || !is_moe_layer(cfg.moe, layer)) return nullptr;
+    auto m = std::make_shared<MoeLayer>(cfg, layer, moe_init);
+    moe_layers.push_back(m.get());
+    return m;
+  };
+  TransformerLM model(cfg, /*seed=*/1234, factory);
+  MOE_CHECK(!cfg.use_moe || !moe_layers.empty(), "torch_reference_test", "MoE config built no MoE layer");
 
   // A batch with a few ignored targets, so the ignore_index path is compared too.
   Philox rng(77, stream_id(RngStream::test));
@@ -128,6 +140,23 @@ int run_reference(const ModelConfig& cfg, DType id_dtype, const std::string& tag
     H5Writer::attr(c, "eps", adam.eps);
     H5Writer::attr(c, "weight_decay", adam.weight_decay);
     H5Writer::attr(c, "adamw_steps", double(kSteps));
+    H5Writer::attr(c, "moe", cfg.use_moe ? 1.0 : 0.0);
+    if (cfg.use_moe) {
+      const MoeConfig& m = cfg.moe;
+      MOE_CHECK(m.balance.strategy == "aux_loss" && m.balance.aux_variant == "micro_batch" && m.jitter == 0,
+                "torch_reference_test", "the torch reference implements aux_loss (micro_batch) without jitter only");
+      H5Writer::attr(c, "num_experts", double(m.num_experts));
+      H5Writer::attr(c, "top_k", double(m.top_k));
+      H5Writer::attr(c, "moe_every", double(m.moe_every));
+      H5Writer::attr(c, "num_shared_experts", double(m.num_shared_experts));
+      H5Writer::attr(c, "sigmoid", m.score_function == "sigmoid" ? 1.0 : 0.0);
+      H5Writer::attr(c, "renormalize_gates", m.renormalize_gates ? 1.0 : 0.0);
+      H5Writer::attr(c, "gate_scale", m.gate_scale);
+      H5Writer::attr(c, "z_loss_coef", m.z_loss_coef);
+      H5Writer::attr(c, "aux_alpha", m.balance.aux_alpha);
+      H5Writer::attr(c, "capacity_factor", m.capacity_factor ? *m.capacity_factor : 0.0);  // 0: dropless
+      H5Writer::attr(c, "drop_by_position", m.drop_policy == "position" ? 1.0 : 0.0);
+    }
 
     auto named = model.named_parameters();
     std::vector<std::string> names;
@@ -147,6 +176,37 @@ int run_reference(const ModelConfig& cfg, DType id_dtype, const std::string& tag
     clear_tape();
     LossOutput out = model.loss(tids, ttargets);
     H5Writer::dataset(w.root(), "loss", out.total.detach());
+    H5Writer::dataset(w.root(), "lm_loss", out.lm.detach());
+    // Every extra term, scaled and unscaled, as "layer<l>.<name>" (the trainer's log keys).
+    hid_t ge = w.group("extra");
+    hid_t geu = w.group("extra_unscaled");
+    std::vector<std::string> extra_names;
+    for (auto& [l, e] : out.extra) {
+      std::string key = "layer" + std::to_string(l) + "." + e.name;
+      extra_names.push_back(key);
+      H5Writer::dataset(ge, key, e.scaled.detach().reshape({}));
+      H5Writer::dataset(geu, key, Tensor::full({}, e.unscaled, DType::f64));
+    }
+    if (!extra_names.empty()) H5Writer::strings(w.root(), "extra_names", extra_names);
+    // The routing of every forward the script redoes (pass 0: this one; pass s: after step s),
+    // so a routing difference is reported as such rather than as a loss mismatch.
+    hid_t gr = w.group("routing");
+    auto write_routing = [&](int64_t pass) {
+      for (MoeLayer* m : moe_layers) {
+        std::string key = "pass" + std::to_string(pass) + ".layer" + std::to_string(m->layer_index());
+        H5Writer::dataset(gr, key + ".expert", m->last_routing().expert.to(DType::i64));
+        H5Writer::dataset(gr, key + ".dropped", Tensor::full({}, double(m->last_stats().dropped), DType::i64));
+        // Which assignments survived capacity: the layer does not keep its CapacityResult, so it
+        // is recomputed from the routing with the layer's own function (deterministic).
+        const Routing& r = m->last_routing();
+        CapacityResult cap = apply_capacity(r, B * S, cfg.moe.top_k, cfg.moe.num_experts, cfg.moe.capacity_factor,
+                                            parse_drop_policy(cfg.moe.drop_policy));
+        std::vector<int32_t> kept(size_t(r.expert.numel()), 0);
+        for (int64_t a : cap.kept) kept[size_t(a)] = 1;
+        H5Writer::dataset(gr, key + ".kept", Tensor::from_vector<int32_t>(kept, {int64_t(kept.size())}));
+      }
+    };
+    write_routing(0);
     out.total.backward();
     hid_t gg = w.group("grads");
     for (auto& [n, p] : named) {
@@ -160,8 +220,10 @@ int run_reference(const ModelConfig& cfg, DType id_dtype, const std::string& tag
     std::vector<float> step_losses;
     for (int64_t s = 0; s < kSteps; ++s) {
       opt.step(lr);
+      for (MoeLayer* m : moe_layers) m->balancer().update(m->take_pending_loads());  // as the trainer
       opt.zero_grad();
       LossOutput o = model.loss(tids, ttargets);
+      write_routing(s + 1);
       step_losses.push_back(o.total.item<float>());
       o.total.backward();
     }
@@ -209,4 +271,61 @@ TEST(TorchReference, TiedModelMatchesPyTorch) {
   ModelConfig cfg = small_config();
   cfg.tied_embeddings = true;  // d_ff = 0: 8/3 * 48 = 128
   EXPECT_EQ(run_reference(cfg, DType::i32, "tied"), 0) << "see the per-tensor table above";
+}
+
+namespace {
+
+// aux_loss (micro_batch), softmax, top-2 of 4 renormalized, z-loss on: the fixed case.
+ModelConfig moe_config() {
+  ModelConfig cfg = small_config();
+  cfg.d_ff = 100;
+  cfg.use_moe = true;
+  cfg.moe.num_experts = 4;
+  cfg.moe.top_k = 2;
+  cfg.moe.expert_hidden = 36;  // not a multiple of 8
+  cfg.moe.moe_every = 2;       // block 0 dense, block 1 MoE
+  cfg.moe.score_function = "softmax";
+  cfg.moe.renormalize_gates = true;
+  cfg.moe.z_loss_coef = 1e-3;
+  cfg.moe.balance.strategy = "aux_loss";
+  cfg.moe.balance.aux_variant = "micro_batch";
+  cfg.moe.balance.aux_alpha = 1e-2;
+  return cfg;
+}
+
+}  // namespace
+
+TEST(TorchReference, MoeAuxLossModelMatchesPyTorch) {
+  require_torch();
+  EXPECT_EQ(run_reference(moe_config(), DType::i64, "moe_aux"), 0) << "see the per-tensor table above";
+}
+
+TEST(TorchReference, MoeEveryBlockWithSharedExpertMatchesPyTorch) {
+  require_torch();
+  ModelConfig cfg = moe_config();
+  cfg.tied_embeddings = true;
+  cfg.moe.moe_every = 1;  // both blocks MoE
+  cfg.moe.num_shared_experts = 1;
+  EXPECT_EQ(run_reference(cfg, DType::i32, "moe_shared"), 0) << "see the per-tensor table above";
+}
+
+TEST(TorchReference, MoeWithCapacityDropByProbsMatchesPyTorch) {
+  require_torch();
+  ModelConfig cfg = moe_config();
+  cfg.moe.moe_every = 1;
+  cfg.moe.capacity_factor = 1.0;  // C = ceil(2 * 33 / 4) = 17 per expert: uneven loads drop
+  cfg.moe.drop_policy = "probs";
+  EXPECT_EQ(run_reference(cfg, DType::i64, "moe_capacity"), 0) << "see the per-tensor table above";
+}
+
+TEST(TorchReference, MoeSigmoidScaledGatesDropByPositionMatchesPyTorch) {
+  require_torch();
+  ModelConfig cfg = moe_config();
+  cfg.moe.moe_every = 1;
+  cfg.moe.score_function = "sigmoid";
+  cfg.moe.renormalize_gates = false;
+  cfg.moe.gate_scale = 2.5;
+  cfg.moe.capacity_factor = 0.75;
+  cfg.moe.drop_policy = "position";
+  EXPECT_EQ(run_reference(cfg, DType::i64, "moe_sigmoid_position"), 0) << "see the per-tensor table above";
 }
