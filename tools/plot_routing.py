@@ -7,8 +7,8 @@ Writes PNG files into DIR (docs/formats.md describes routing.h5):
   maxvio_layer<l>.png       MaxVio (max load / mean load - 1) per training step, one line per run
   load_<run>.png            expert x step heatmap of each expert's share of the step's assignments,
                             one panel per MoE layer
-  temperature.png           the congestion-temperature proxy t_eff per step (fits with R^2 = 0, i.e.
-                            degenerate ones, left out), one panel per layer, one line per run
+  temperature.png           the congestion-temperature proxy as its slope 1/t_eff per step (fits with
+                            R^2 = 0, i.e. degenerate ones, left out), one panel per layer, one line per run
   genre_<run>.png           last evaluation: per layer, the genre x expert share of each genre's
                             assignments, and the Jensen-Shannon divergence of each genre's expert
                             distribution from the overall validation distribution
@@ -124,7 +124,7 @@ def plot_maxvio(runs, out_dir, written):
         ax.set_xlabel("training step")
         ax.set_ylabel("MaxVio = max load / mean load - 1 (symlog)")
         ax.set_title("Layer %d: MaxVio of each step's expert loads, per strategy\n(0 = perfectly balanced; "
-                     "E - 1 = every assignment on one expert)" % l, fontsize=10)
+                     "E/k - 1 = one expert picked by every token)" % l, fontsize=10)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
         fig.tight_layout()
@@ -172,7 +172,10 @@ def plot_temperature(runs, out_dir, written):
                 continue
             t = np.asarray(s["t_eff"], dtype=float).copy()
             r2 = np.asarray(s.get("temperature_fit_r2", np.ones_like(t)), dtype=float)
-            t[(r2 == 0) | ~np.isfinite(t)] = np.nan  # degenerate fits are logged as 0
+            t[(r2 == 0) | ~np.isfinite(t) | (t == 0)] = np.nan  # degenerate fits are logged as 0
+            # Plotted as the slope 1/T_eff: when loads are balanced they no longer follow the logits,
+            # the slope goes to 0 and T_eff itself jumps between large +/- values.
+            t = 1.0 / t
             color = "C%d" % (i % 10)
             window = max(1, len(t) // 25)
             ax.plot(r.steps, t, color=color, alpha=0.25, linewidth=0.8)
@@ -184,13 +187,13 @@ def plot_temperature(runs, out_dir, written):
             pad = 0.1 * (hi - lo) + 1e-6
             ax.set_ylim(lo - pad, hi + pad)
         ax.axhline(0, color="k", linewidth=0.5)
-        ax.set_ylabel("layer %d\nT_eff" % l)
+        ax.set_ylabel("layer %d\n1 / T_eff" % l)
         ax.grid(True, alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=2)
     axes[-1, 0].set_xlabel("training step")
-    fig.suptitle("Congestion-temperature proxy T_eff per step (faint: raw; solid: moving average; y range: 2-98th pct)\n"
-                 "fit log(load share_j) = a + V_j / T_eff over loaded experts, V_j = mean router logit of expert j;\n"
-                 "large T_eff = loads insensitive to logits; gamma_proxy = T_eff - 1; degenerate fits omitted",
+    fig.suptitle("Congestion-temperature proxy, plotted as its slope 1/T_eff per step (faint: raw; solid: moving average;\n"
+                 "y range: 2-98th pct): fit log(load share_j) = a + V_j / T_eff over loaded experts, V_j = mean router logit\n"
+                 "of expert j. 0 = loads independent of the logits (balanced); gamma_proxy = T_eff - 1; degenerate fits omitted",
                  fontsize=8)
     fig.tight_layout()
     save(fig, out_dir, "temperature.png", written)
@@ -251,15 +254,15 @@ def plot_genres(runs, out_dir, written):
     if summary:
         labels = list(summary)
         layers = sorted({l for v in summary.values() for l in v})
-        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) + 2), 4.5))
+        fig, ax = plt.subplots(figsize=(max(7, 0.9 * len(labels) + 2), 5))
         w = 0.8 / max(1, len(layers))
         for i, l in enumerate(layers):
             ax.bar(np.arange(len(labels)) + i * w, [summary[k].get(l, np.nan) for k in labels], w, label="layer %d" % l)
         ax.set_xticks(np.arange(len(labels)) + 0.4 - w / 2)
         ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("mean JSD over genres (bits)")
-        ax.set_title("Genre specialization at the last evaluation: mean Jensen-Shannon divergence of each genre's\n"
-                     "expert distribution from the overall one (0 = experts ignore the genre)", fontsize=9)
+        ax.set_title("Genre specialization at the last evaluation:\nmean over genres of the Jensen-Shannon divergence of each\n"
+                     "genre's expert distribution from the overall one (0 = experts ignore the genre)", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         save(fig, out_dir, "genre_jsd.png", written)
