@@ -15,6 +15,7 @@ const std::vector<Command>& commands() {
       {"train", cmd_train},
       {"prepare", cmd_prepare},
       {"inspect", cmd_inspect},
+      {"compare", cmd_compare},
       {"recipe-keys", cmd_recipe_keys},
   };
   return table;
