@@ -16,6 +16,7 @@ void usage(FILE* out) {
                "  train RECIPE.toml [--set section.key=value]... [--run-dir DIR] [--resume latest|PATH]\n"
                "  prepare brown --out DIR | prepare text FILE... --out DIR\n"
                "  inspect PATH              a checkpoint or a routing.h5, human-readable\n"
+               "  compare RUN_DIR... [--markdown] [--csv FILE]   one table row per run (balance metrics)\n"
                "  recipe-keys [--markdown]  every recipe key with its type, default and meaning\n\n"
                "Run `moetrain <command> --help` for the options of a command.\n");
 }
