@@ -213,3 +213,50 @@ TEST(DataParallelStartup, GlobalBatchMustSplitOverRanks) {
     EXPECT_NE(std::string(e.what()).find("train.batch_size"), std::string::npos) << e.what();
   }
 }
+
+// The data cursor and RNG offsets are global, so a checkpoint written at DP = 2 resumes in one
+// process (and a 1-process checkpoint at DP = 2), continuing the uninterrupted run's losses.
+TEST(DataParallelResume, CheckpointsMoveBetweenWorldSizes) {
+  auto w = world_communicator();
+  Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "loss_free"), "resume.toml");
+  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  fs::path straight = base / "resume_straight", dp_to_1 = base / "resume_dp_to_1", one_to_dp = base / "resume_1_to_dp";
+  auto run = [&](const fs::path& dir, std::shared_ptr<Communicator> c, const std::string& resume, int64_t stop) {
+    std::ostringstream os;
+    TrainOptions o;
+    o.run_dir = dir.string();
+    o.out = &os;
+    o.comm = std::move(c);
+    o.resume = resume;
+    o.stop_after_step = stop;
+    return run_training(r, o);
+  };
+  if (w->rank() == 0) {
+    fs::remove_all(straight);
+    fs::remove_all(dp_to_1);
+    fs::remove_all(one_to_dp);
+    EXPECT_EQ(run(straight, make_self_communicator(), "", 0), kTrainOk);
+    EXPECT_EQ(run(one_to_dp, make_self_communicator(), "", 7), kTrainOk);  // first 7 steps alone
+  }
+  w->barrier();
+  EXPECT_EQ(run(dp_to_1, w, "", 9), kTrainOk);           // first 9 steps at DP = 2
+  EXPECT_EQ(run(one_to_dp, w, "latest", 0), kTrainOk);   // steps 8..20 at DP = 2
+  if (w->rank() != 0) return;
+  EXPECT_EQ(run(dp_to_1, make_self_communicator(), "latest", 0), kTrainOk);  // steps 10..20 alone
+  auto ref = metric(straight, "train", "loss");
+  ASSERT_EQ(ref.size(), size_t(kSteps));
+  for (const fs::path& d : {dp_to_1, one_to_dp}) {
+    auto l = metric(d, "train", "loss");  // rows of both parts (metrics.jsonl is appended on resume)
+    ASSERT_EQ(l.size(), size_t(kSteps)) << d;
+    for (size_t i = 0; i < l.size(); ++i) expect_rel(ref[i], l[i], 1e-5, d.filename().string() + " step " + std::to_string(i + 1));
+  }
+  Checkpoint a = read_checkpoint(checkpoint_dir(straight, kSteps)), b = read_checkpoint(checkpoint_dir(dp_to_1, kSteps));
+  size_t compared = 0;
+  for (auto& [k, v] : a.doubles) {
+    if (k.rfind("balance/", 0) != 0) continue;
+    for (size_t i = 0; i < v.size(); ++i, ++compared) {
+      EXPECT_NEAR(v[i], b.doubles.at(k)[i], 1e-5 * std::max(1.0, std::fabs(v[i]))) << k;
+    }
+  }
+  EXPECT_GT(compared, 0u);
+}
