@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "checkpoints/checkpoint.h"
@@ -562,11 +563,33 @@ class Trainer {
     return c;
   }
 
+  // Strategies that change their state inside select() from the local batch (BIP in paper
+  // order, ...) drift apart across ranks; the console says so once per layer (a collective).
+  void note_rank_local_balancers() {
+    if (comm_->size() == 1) return;
+    for (auto& m : moe_) {
+      std::string bytes;
+      for (auto& [k, v] : m.moe->balancer().state()) {
+        bytes += k;
+        bytes.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(double));
+      }
+      uint64_t h = fnv1a(bytes);
+      std::vector<uint64_t> all = comm_->all_gather(&h, 1);
+      bool same = std::all_of(all.begin(), all.end(), [&](uint64_t x) { return x == all[0]; });
+      if (!same && noted_local_.insert(m.layer).second)
+        out_ << "note: layer " << m.layer << ": the " << r_.model.moe.balance.strategy
+             << " balancer state differs across data-parallel ranks (it is computed from each rank's local batch, "
+                "see docs/parallel.md); checkpoints keep rank 0's"
+             << std::endl;
+    }
+  }
+
   // Rank 0 writes; with data parallelism the other ranks' state (parameters, optimizer,
   // balancers, RNG offsets, the global data cursor) is identical to rank 0's, so its files are
   // the whole run's. The barrier keeps every rank from going on (or exiting) before the
   // checkpoint, DONE marker included, is complete.
   void save_checkpoint() {
+    note_rank_local_balancers();
     if (root_) {
       routing_log_.flush();
       fs::path dir = write_checkpoint(run_dir_, step_, make_checkpoint(), int(r_.checkpoint.keep));
@@ -647,6 +670,7 @@ class Trainer {
   RoutingLog routing_log_;
   std::unique_ptr<MetricsLog> metrics_;
   std::map<int, double> last_maxvio_;
+  std::set<int> noted_local_;
   int64_t step_ = 0, tokens_seen_ = 0;
   bool resumed_ = false;
 };
