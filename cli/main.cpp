@@ -6,6 +6,7 @@
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "parallel/communicator.h"
 
 namespace {
 
@@ -21,6 +22,23 @@ void usage(FILE* out) {
                "Run `moetrain <command> --help` for the options of a command.\n");
 }
 
+// "moetrain train" or, under mpirun with several ranks, "moetrain train (rank 1 of 2)".
+std::string who(const std::string& cmd) {
+  if (!moe::mpi_active()) return "moetrain " + cmd;
+  auto w = moe::world_communicator();
+  if (w->size() == 1) return "moetrain " + cmd;
+  return "moetrain " + cmd + " (rank " + std::to_string(w->rank()) + " of " + std::to_string(w->size()) + ")";
+}
+
+// An error on one rank ends the whole job (MPI_Abort) so no peer waits in a collective.
+int fail(const std::string& cmd, const char* what) {
+  std::fprintf(stderr, "%s: error: %s\n", who(cmd).c_str(), what);
+  std::fflush(stderr);
+  moe::mpi_abort_job(1);
+  moe::mpi_finalize();
+  return 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -31,16 +49,20 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
   try {
+    // `train` runs under mpirun for data parallelism; without mpirun MPI makes a world of one.
+    if (cmd == "train") moe::mpi_init(&argc, &argv);
     for (const auto& c : moe::cli::commands())
-      if (c.name == cmd) return c.run(args);
+      if (c.name == cmd) {
+        int rc = c.run(args);
+        moe::mpi_finalize();
+        return rc;
+      }
     std::fprintf(stderr, "moetrain: unknown command '%s'\n", cmd.c_str());
     usage(stderr);
     return 2;
   } catch (const moe::Error& e) {
-    std::fprintf(stderr, "moetrain %s: error: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return fail(cmd, e.what());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "moetrain %s: error: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return fail(cmd, e.what());
   }
 }

@@ -1,8 +1,12 @@
 // The training loop. One optimizer step = grad_accum micro-batches (forward, backward), global
 // norm clipping, AdamW, then each MoE layer's balancer update from the step's loads. Every
 // piece of state that changes the future of the run goes into the checkpoint (DESIGN.md).
+// Data parallelism (docs/parallel.md): each rank runs this same loop on its slice of every
+// global batch; gradients, losses, loads and routing sums are all-reduced, so all ranks keep
+// identical parameters and balancer states, and rank 0 alone writes the run directory.
 #include "recipes/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cmath>
@@ -12,10 +16,12 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
 
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/routing_log.h"
+#include "core/dispatch.h"
 #include "core/ops.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
@@ -24,6 +30,8 @@
 #include "optim/adamw.h"
 #include "optim/clip.h"
 #include "optim/schedule.h"
+#include "parallel/communicator.h"
+#include "parallel/process_groups.h"
 #include "recipes/console.h"
 #include "recipes/metrics_log.h"
 #include "recipes/stop_signal.h"
@@ -42,6 +50,25 @@ std::string resolve_run_dir(const Recipe& recipe, const TrainOptions& options) {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// Where the console output of ranks other than 0 goes.
+std::ostream& null_stream() {
+  static std::ostream s(nullptr);
+  return s;
+}
+
+uint64_t fnv1a(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// Gradient all-reduce buckets: parameters in model order (identical on every rank) packed into
+// buffers of at most this many elements (a larger parameter gets a bucket of its own).
+constexpr size_t kGradBucket = size_t(1) << 22;
 
 struct MoeRef {
   int layer;
@@ -75,14 +102,25 @@ LrScheduleConfig schedule_of(const Recipe& r) {
 class Trainer {
  public:
   Trainer(const Recipe& recipe, const TrainOptions& opt)
-      : r_(recipe), opt_(opt), out_(opt.out ? *opt.out : std::cout), run_dir_(resolve_run_dir(recipe, opt)) {
+      : r_(recipe),
+        opt_(opt),
+        comm_(opt.comm ? opt.comm : world_communicator()),
+        root_(comm_->rank() == 0),
+        out_(root_ ? (opt.out ? *opt.out : std::cout) : null_stream()),
+        run_dir_(resolve_run_dir(recipe, opt)) {
+    check_same_recipe();
     if (r_.train.device == "cuda")
       throw Error("train.device = \"cuda\": this build trains on the CPU only (no CUDA training backend yet); set "
                   "train.device = \"cpu\"");
+    layout_ = make_layout(comm_->size(), comm_->rank(), r_.parallel.ep, r_.model.moe.num_experts, r_.model.use_moe);
     if (r_.parallel.ep != 1)
       throw Error("parallel.ep = " + std::to_string(r_.parallel.ep) +
-                  ": expert parallelism needs mpirun and is not available in this build; set parallel.ep = 1");
-    check_run_dir_writable(run_dir_);
+                  ": expert parallelism is not implemented yet (data parallelism is: set parallel.ep = 1 and start "
+                  "the ranks with mpirun)");
+    MOE_CHECK(r_.train.batch_size % (r_.train.grad_accum * comm_->size()) == 0, "train.batch_size",
+              r_.train.batch_size, " (the global batch) must split into grad_accum ", r_.train.grad_accum, " x ",
+              comm_->size(), " data-parallel ranks");
+    if (root_) check_run_dir_writable(run_dir_);
 
     train_data_ = TokenDataset::open_prepared(r_.data.dir, Split::train);
     val_data_ = TokenDataset::open_prepared(r_.data.dir, Split::val);
@@ -105,6 +143,8 @@ class Trainer {
     sc.global_batch = r_.train.batch_size;
     sc.grad_accum = r_.train.grad_accum;
     sc.seed = uint64_t(r_.train.seed);
+    sc.rank = comm_->rank();
+    sc.world = comm_->size();
     sampler_ = std::make_unique<Sampler>(train_data_, sc);
 
     if (!opt.resume.empty()) resume_from(opt.resume);
@@ -113,14 +153,17 @@ class Trainer {
     if (resumed_) resume_step = step_;
     std::vector<int> layers;
     for (auto& m : moe_) layers.push_back(m.layer);
-    if (!layers.empty()) {
+    if (!layers.empty() && root_) {
       RoutingLogOptions lo;
       lo.flush_every = r_.log.flush_every;
       lo.log = &out_;
       routing_log_.open(fs::path(run_dir_) / "routing.h5", layers, r_.model.moe.num_experts, resume_step, lo);
     }
-    metrics_ = std::make_unique<MetricsLog>((fs::path(run_dir_) / "metrics.jsonl").string(), resumed_ ? step_ : -1);
-    std::ofstream(fs::path(run_dir_) / "recipe.toml") << resolved_toml(r_);
+    if (root_) {
+      metrics_ = std::make_unique<MetricsLog>((fs::path(run_dir_) / "metrics.jsonl").string(), resumed_ ? step_ : -1);
+      std::ofstream(fs::path(run_dir_) / "recipe.toml") << resolved_toml(r_);
+    }
+    comm_->barrier();  // a failure above on rank 0 ends the job before any rank starts training
   }
 
   int run() {
@@ -161,7 +204,7 @@ class Trainer {
         out_ << "stopping after step " << step_ << " as asked; continue with --resume latest\n";
         return kTrainOk;
       }
-      if (stop_requested()) {
+      if (stop_agreed()) {
         if (!checkpointed_now) save_checkpoint();
         out_ << "received " << (stop_signal_number() == SIGINT ? "SIGINT" : "SIGTERM") << ": checkpoint written at step "
              << step_ << " in " << run_dir_ << "; continue with --resume latest\n";
@@ -193,15 +236,127 @@ class Trainer {
     };
     model_ = std::make_unique<TransformerLM>(cfg, uint64_t(r_.train.seed), factory);
     model_->train();
+    if (comm_->size() > 1) {
+      for (auto& m : moe_)
+        m.moe->balancer().set_load_reducer([c = comm_](const std::vector<double>& v) {
+          std::vector<double> out = v;
+          c->all_reduce_sum(out);
+          return out;
+        });
+    }
+  }
+
+  // Refuses ranks whose resolved recipes differ (a collective: every rank throws the same error).
+  void check_same_recipe() {
+    if (comm_->size() == 1) return;
+    uint64_t h = fnv1a(resolved_toml(r_));
+    std::vector<uint64_t> all = comm_->all_gather(&h, 1);
+    for (size_t q = 1; q < all.size(); ++q)
+      if (all[q] != all[0])
+        throw Error("rank " + std::to_string(q) + " runs a different recipe than rank 0 (hash of the resolved recipe " +
+                    std::to_string(all[q]) + " vs " + std::to_string(all[0]) +
+                    "); every rank must get the same recipe file and --set overrides");
+  }
+
+  // A stop (SIGINT / SIGTERM, delivered to each rank at its own moment) counts once any rank saw
+  // it, so that all ranks checkpoint and leave at the same step.
+  bool stop_agreed() {
+    double f = stop_requested() ? 1.0 : 0.0;
+    if (comm_->size() > 1) comm_->all_reduce_max(&f, 1);
+    return f > 0;
+  }
+
+  // Router jitter draws T x D uniforms per forward from the layer's stream. For data
+  // parallelism to reproduce one process, rank r takes the r-th block of the draws the single
+  // process would make for the micro-batch, and every rank moves past all of them.
+  int64_t jitter_draws_per_rank() const {
+    if (comm_->size() == 1 || r_.model.moe.jitter <= 0) return 0;
+    Philox probe(0, 0, 0);
+    probe.uniform();
+    return int64_t(probe.offset()) * sampler_->local_batch() * r_.train.seq_len * r_.model.d_model;
+  }
+  void jitter_before(std::vector<uint64_t>& base) {
+    const int64_t L = jitter_draws_per_rank();
+    base.clear();
+    for (auto& m : moe_) base.push_back(m.moe->jitter_rng().offset());
+    if (L == 0) return;
+    for (size_t i = 0; i < moe_.size(); ++i) moe_[i].moe->jitter_rng().set_offset(base[i] + uint64_t(comm_->rank() * L));
+  }
+  void jitter_after(const std::vector<uint64_t>& base) {
+    const int64_t L = jitter_draws_per_rank();
+    if (L == 0) return;
+    for (size_t i = 0; i < moe_.size(); ++i) {
+      Philox& g = moe_[i].moe->jitter_rng();
+      MOE_CHECK(g.offset() == base[i] + uint64_t((comm_->rank() + 1) * L), "router.jitter",
+                "layer ", moe_[i].layer, " drew ", g.offset() - base[i] - uint64_t(comm_->rank() * L),
+                " random numbers in a forward, the data-parallel trainer expected ", L);
+      g.set_offset(base[i] + uint64_t(comm_->size() * L));
+    }
+  }
+
+  // Averages the gradients over the data-parallel world in buckets (parameters in model
+  // order). A parameter whose grad is undefined on every rank keeps it undefined (as in one
+  // process); defined on some rank, the missing ones count as zeros.
+  void average_gradients() {
+    if (comm_->size() == 1) return;
+    std::vector<Tensor> params = model_->parameters();
+    if (params.empty()) return;
+    const DType dt = params[0].dtype();
+    for (auto& p : params)
+      MOE_CHECK(p.dtype() == dt, "data-parallel gradient all-reduce", "parameters of mixed dtypes");
+    std::vector<double> defined(params.size());
+    for (size_t i = 0; i < params.size(); ++i) defined[i] = params[i].grad().defined() ? 1.0 : 0.0;
+    comm_->all_reduce_sum(defined);
+    dispatch_float(dt, "data-parallel gradient all-reduce", [&](auto tag) {
+      using T = decltype(tag);
+      std::vector<T> buf;
+      for (size_t i = 0; i < params.size();) {
+        size_t j = i, n = 0;
+        while (j < params.size() && (j == i || n + size_t(params[j].numel()) <= kGradBucket)) n += size_t(params[j++].numel());
+        buf.assign(n, T(0));
+        size_t off = 0;
+        for (size_t k = i; k < j; ++k) {
+          Tensor g = params[k].grad();
+          if (g.defined()) {
+            Tensor gc = g.contiguous();
+            std::copy(gc.data<T>(), gc.data<T>() + gc.numel(), buf.data() + off);
+          }
+          off += size_t(params[k].numel());
+        }
+        comm_->all_reduce_avg(buf.data(), n);
+        off = 0;
+        for (size_t k = i; k < j; ++k) {
+          if (defined[k] > 0) {
+            Tensor g = Tensor::empty(params[k].shape(), dt);
+            std::copy(buf.data() + off, buf.data() + off + size_t(params[k].numel()), g.data<T>());
+            params[k].set_grad(g);
+          }
+          off += size_t(params[k].numel());
+        }
+        i = j;
+      }
+      return 0;
+    });
   }
 
   StepResult train_step(double lr) {
     StepResult sr;
     const double inv = 1.0 / double(r_.train.grad_accum);
+    std::vector<uint64_t> jitter_base;
     for (int64_t micro = 0; micro < r_.train.grad_accum; ++micro) {
       Batch b = sampler_->next();
+      jitter_before(jitter_base);
       LossOutput lo = model_->loss(b.inputs, b.targets);
-      double lm = lo.lm.item_double(), total = lo.total.item_double();
+      jitter_after(jitter_base);
+      // Reported values are means over ranks (each rank's loss is a mean over the same number
+      // of local tokens, so this is the mean over the global micro-batch).
+      std::vector<double> vals = {lo.lm.item_double(), lo.total.item_double()};
+      for (auto& [layer, term] : lo.extra) {
+        vals.push_back(term.scaled.item_double());
+        vals.push_back(term.unscaled);
+      }
+      if (comm_->size() > 1) comm_->all_reduce_avg(vals);
+      double lm = vals[0], total = vals[1];
       if (!std::isfinite(lm) || !std::isfinite(total)) {
         clear_tape();
         sr.finite = false;
@@ -210,13 +365,15 @@ class Trainer {
         return sr;
       }
       sr.loss += lm * inv;
+      size_t v = 2;
       for (auto& [layer, term] : lo.extra) {
         std::string key = "layer_" + std::to_string(layer) + "." + term.name;
-        sr.extra[key] += term.scaled.item_double() * inv;
-        sr.extra[key + "_unscaled"] += term.unscaled * inv;
+        sr.extra[key] += vals[v++] * inv;
+        sr.extra[key + "_unscaled"] += vals[v++] * inv;
       }
       mul_scalar(lo.total, inv).backward();
     }
+    average_gradients();  // every rank now holds the same global-batch gradient
     auto params = model_->parameters();
     sr.grad_norm = clip_grad_norm(params, r_.optim.grad_clip);
     if (!std::isfinite(sr.grad_norm)) {
@@ -241,7 +398,22 @@ class Trainer {
     for (size_t i = 0; i < moe_.size(); ++i) {
       MoeLayer& m = *moe_[i].moe;
       std::vector<double> loads = m.take_pending_loads();
-      RoutingStats s = m.take_step_stats();  // over all micro-batches of the step
+      RoutingStats s;
+      if (comm_->size() == 1) {
+        s = m.take_step_stats();  // over all micro-batches of the step
+      } else {
+        // Loads and routing sums of the global batch: identical balancer updates on every rank.
+        comm_->all_reduce_sum(loads);
+        RoutingAccumulator acc = m.routing_accumulator();
+        if (acc.load.empty()) {
+          acc.load.assign(size_t(r_.model.moe.num_experts), 0.0);
+          acc.logit_sum.assign(size_t(r_.model.moe.num_experts), 0.0);
+        }
+        std::vector<double> flat = acc.pack();
+        comm_->all_reduce_sum(flat);
+        m.take_step_stats();  // resets the layer's sums
+        s = RoutingAccumulator::unpack(flat, r_.model.moe.num_experts).finish(m.balancer().state_vector());
+      }
       RoutingRecord rec;
       rec.load = loads;
       rec.dropped = double(s.dropped);
@@ -255,7 +427,7 @@ class Trainer {
       m.balancer().update(loads);
       records.push_back(std::move(rec));
     }
-    routing_log_.append(step_ + 1, records);
+    if (root_) routing_log_.append(step_ + 1, records);
   }
 
   int diverged(const StepResult& sr) {
@@ -265,7 +437,7 @@ class Trainer {
          << (latest ? "The last good checkpoint is " + latest->string() + "; lower optim.lr and continue with --resume latest."
                     : std::string("No checkpoint was written yet; lower optim.lr and start again."))
          << "\n";
-    routing_log_.flush();
+    if (root_) routing_log_.flush();
     return kTrainDiverged;
   }
 
@@ -284,7 +456,7 @@ class Trainer {
       row.add("layer_" + std::to_string(layer) + ".maxvio", v);
       worst = std::max(worst, v);
     }
-    metrics_->write(row);
+    if (root_) metrics_->write(row);
     out_ << format_progress(step_, r_.train.steps, sr.loss, lr, sr.grad_norm, tps, eta,
                             moe_.empty() ? -1.0 : worst)
          << std::endl;
@@ -296,6 +468,8 @@ class Trainer {
     EvalConfig ec;
     ec.seq_len = r_.train.seq_len;
     ec.global_batch = micro_batch_;
+    ec.rank = comm_->rank();
+    ec.world = comm_->size();
     ec.max_windows = uint64_t(r_.eval.batches * micro_batch_);
     EvalIterator it(val_data_, ec);
     const size_t G = val_data_->genre_names().size();
@@ -324,13 +498,26 @@ class Trainer {
     }
     clear_tape();
     model_->train();
+    if (comm_->size() > 1) {  // one buffer: [loss_sum, count, loads..., genre_loads...]
+      std::vector<double> flat = {loss_sum, double(count)};
+      for (auto& l : loads) flat.insert(flat.end(), l.begin(), l.end());
+      for (auto& l : genre_loads) flat.insert(flat.end(), l.begin(), l.end());
+      comm_->all_reduce_sum(flat);
+      loss_sum = flat[0];
+      count = int64_t(std::llround(flat[1]));
+      size_t o = 2;
+      for (auto& l : loads)
+        for (auto& x : l) x = flat[o++];
+      for (auto& l : genre_loads)
+        for (auto& x : l) x = flat[o++];
+    }
     if (count == 0) return;
     double val_loss = loss_sum / double(count);
     MetricsRow row;
     row.add("kind", std::string("eval")).add("step", step_).add("val_loss", val_loss).add("val_ppl", std::exp(val_loss));
     std::ostringstream console;
     console << "eval step " << step_ << ": val loss " << format_fixed(val_loss, 4) << ", ppl " << format_fixed(std::exp(val_loss), 2);
-    if (!moe_.empty()) {
+    if (!moe_.empty() && root_) {
       routing_log_.append_eval(step_, "val_loss", val_loss);
       double worst = 0;
       for (size_t i = 0; i < moe_.size(); ++i) {
@@ -347,7 +534,7 @@ class Trainer {
       row.add("maxvio_global", worst);
       console << ", MaxVio_global " << format_fixed(worst, 3);
     }
-    metrics_->write(row);
+    if (root_) metrics_->write(row);
     out_ << console.str() << std::endl;
   }
 
@@ -359,6 +546,7 @@ class Trainer {
     c.meta.tokens_seen = tokens_seen_;
     c.meta.recipe = resolved_toml(r_);
     c.meta.strings["backend"] = "cpu";
+    c.meta.world_size = c.meta.dp_size = comm_->size();
     for (auto& [name, p] : model_->named_parameters()) c.tensors["model/" + name] = p.clone();
     for (auto& [name, t] : optim_->exp_avg()) c.tensors["optim/exp_avg/" + name] = t;
     for (auto& [name, t] : optim_->exp_avg_sq()) c.tensors["optim/exp_avg_sq/" + name] = t;
@@ -375,10 +563,39 @@ class Trainer {
     return c;
   }
 
+  // Strategies that change their state inside select() from the local batch (BIP in paper
+  // order, ...) drift apart across ranks; the console says so once per layer (a collective).
+  void note_rank_local_balancers() {
+    if (comm_->size() == 1) return;
+    for (auto& m : moe_) {
+      std::string bytes;
+      for (auto& [k, v] : m.moe->balancer().state()) {
+        bytes += k;
+        bytes.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(double));
+      }
+      uint64_t h = fnv1a(bytes);
+      std::vector<uint64_t> all = comm_->all_gather(&h, 1);
+      bool same = std::all_of(all.begin(), all.end(), [&](uint64_t x) { return x == all[0]; });
+      if (!same && noted_local_.insert(m.layer).second)
+        out_ << "note: layer " << m.layer << ": the " << r_.model.moe.balance.strategy
+             << " balancer state differs across data-parallel ranks (it is computed from each rank's local batch, "
+                "see docs/parallel.md); checkpoints keep rank 0's"
+             << std::endl;
+    }
+  }
+
+  // Rank 0 writes; with data parallelism the other ranks' state (parameters, optimizer,
+  // balancers, RNG offsets, the global data cursor) is identical to rank 0's, so its files are
+  // the whole run's. The barrier keeps every rank from going on (or exiting) before the
+  // checkpoint, DONE marker included, is complete.
   void save_checkpoint() {
-    routing_log_.flush();
-    fs::path dir = write_checkpoint(run_dir_, step_, make_checkpoint(), int(r_.checkpoint.keep));
-    out_ << "checkpoint: " << dir.string() << std::endl;
+    note_rank_local_balancers();
+    if (root_) {
+      routing_log_.flush();
+      fs::path dir = write_checkpoint(run_dir_, step_, make_checkpoint(), int(r_.checkpoint.keep));
+      out_ << "checkpoint: " << dir.string() << std::endl;
+    }
+    comm_->barrier();
   }
 
   void resume_from(const std::string& what) {
@@ -431,12 +648,15 @@ class Trainer {
            << ", balance = " << r_.model.moe.balance.strategy;
     }
     out_ << " | data " << train_data_->description() << " (" << train_data_->size() << " tokens)"
-         << " | " << r_.train.steps << " steps of " << r_.train.batch_size << " x " << r_.train.seq_len << " tokens"
-         << std::endl;
+         << " | " << r_.train.steps << " steps of " << r_.train.batch_size << " x " << r_.train.seq_len << " tokens";
+    if (comm_->size() > 1) out_ << " | data parallel over " << comm_->size() << " ranks (" << comm_->backend() << ")";
+    out_ << std::endl;
   }
 
   Recipe r_;
   TrainOptions opt_;
+  std::shared_ptr<Communicator> comm_;
+  bool root_ = true;
   std::ostream& out_;
   std::string run_dir_;
   std::shared_ptr<const TokenDataset> train_data_, val_data_;
@@ -446,9 +666,11 @@ class Trainer {
   LrScheduleConfig schedule_;
   std::unique_ptr<Sampler> sampler_;
   int64_t micro_batch_ = 0;
+  ParallelLayout layout_;
   RoutingLog routing_log_;
   std::unique_ptr<MetricsLog> metrics_;
   std::map<int, double> last_maxvio_;
+  std::set<int> noted_local_;
   int64_t step_ = 0, tokens_seen_ = 0;
   bool resumed_ = false;
 };

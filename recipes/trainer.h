@@ -3,11 +3,14 @@
 #pragma once
 #include <cstdint>
 #include <iosfwd>
+#include <memory>
 #include <string>
 
 #include "recipes/recipe.h"
 
 namespace moe {
+
+class Communicator;
 
 struct TrainOptions {
   std::string run_dir;      // "" -> runs/<train.name or the recipe's file stem>
@@ -16,6 +19,9 @@ struct TrainOptions {
   // Stop after this step as a preemption would (checkpoint, clean exit); 0 = run to the end.
   // Lets tests interrupt a run at an exact step without signals.
   int64_t stop_after_step = 0;
+  // The data-parallel world; null = world_communicator() (MPI_COMM_WORLD under mpirun, else a
+  // single process). Every rank must run the same recipe; rank 0 alone writes the run directory.
+  std::shared_ptr<Communicator> comm;
 };
 
 // Exit codes of `moetrain train`.

@@ -1,0 +1,64 @@
+// Collectives between training processes: the Communicator interface, its MPI backend (host
+// buffers) and a single-process backend, and the MPI start-up / shut-down of build/moetrain.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+// Every collective must be called by every rank of the communicator, in the same order, with
+// the same element counts (alltoallv: matching send / receive counts). Sums are computed by the
+// backend in a fixed order, so every rank gets bit-identical results.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string backend() const = 0;
+
+  virtual void all_reduce_sum(double* data, size_t n) = 0;
+  virtual void all_reduce_sum(float* data, size_t n) = 0;
+  virtual void all_reduce_max(double* data, size_t n) = 0;
+  void all_reduce_avg(double* data, size_t n);
+  void all_reduce_avg(float* data, size_t n);
+  void all_reduce_sum(std::vector<double>& v) { all_reduce_sum(v.data(), v.size()); }
+  void all_reduce_avg(std::vector<double>& v) { all_reduce_avg(v.data(), v.size()); }
+
+  // Concatenation in rank order of every rank's `count` values.
+  virtual std::vector<double> all_gather(const double* data, size_t count) = 0;
+  virtual std::vector<uint64_t> all_gather(const uint64_t* data, size_t count) = 0;
+  // root's n values to every rank.
+  virtual void broadcast(double* data, size_t n, int root) = 0;
+  virtual void broadcast(uint64_t* data, size_t n, int root) = 0;
+  // Sends send_counts[p] consecutive values of `send` to peer p (in peer order) and receives
+  // recv_counts[p] values from peer p into `recv` (in peer order). recv must hold their sum.
+  virtual void alltoallv(const float* send, const std::vector<int64_t>& send_counts, float* recv,
+                         const std::vector<int64_t>& recv_counts) = 0;
+  virtual void alltoallv(const double* send, const std::vector<int64_t>& send_counts, double* recv,
+                         const std::vector<int64_t>& recv_counts) = 0;
+  virtual void barrier() = 0;
+  // Ranks with the same color form a sub-communicator, ordered by key (then by rank here).
+  virtual std::shared_ptr<Communicator> split(int color, int key) = 0;
+};
+
+// A world of one process: every collective is the identity (no MPI involved).
+std::shared_ptr<Communicator> make_self_communicator();
+
+// MPI_COMM_WORLD as a Communicator when MPI is initialized (mpi_init below), else the
+// single-process communicator.
+std::shared_ptr<Communicator> world_communicator();
+
+// MPI start-up for `moetrain train`: MPI_Init_thread (MPI_THREAD_FUNNELED: only the main thread
+// calls MPI; OpenMP threads never do). Without mpirun OpenMPI starts a singleton world of one
+// rank, so the same binary serves both. mpi_finalize is a no-op unless mpi_init initialized MPI.
+bool mpi_init(int* argc, char*** argv);
+void mpi_finalize();
+bool mpi_active();
+// Ends every rank of the job (MPI_Abort) after an error on this rank, so that no peer waits
+// forever in a collective; no-op without MPI or with one rank.
+void mpi_abort_job(int code);
+
+}  // namespace moe

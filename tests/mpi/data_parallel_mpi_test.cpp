@@ -1,0 +1,327 @@
+// Data parallelism end to end under mpirun: DP over the world reproduces the single-process run
+// of the same recipe (losses over 20 steps to 1e-5 relative, balancer states, parameters), and
+// ranks whose recipes differ are refused at start-up with a message naming the rank.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "checkpoints/checkpoint.h"
+#include "core/error.h"
+#include "core/rng.h"
+#include "data/text_corpus.h"
+#include "parallel/communicator.h"
+#include "recipes/recipe.h"
+#include "recipes/trainer.h"
+
+namespace fs = std::filesystem;
+using namespace moe;
+
+namespace {
+
+constexpr int64_t kSteps = 20;
+
+// A deterministic English-like corpus (as tests/trainer_test.cpp), prepared once by rank 0.
+std::string corpus_dir(Communicator& w) {
+  fs::path d = fs::path(MOE_BINARY_DIR) / "test_data" / "mpi_corpus";
+  if (w.rank() == 0) {
+    fs::remove_all(d);
+    fs::create_directories(d);
+    fs::path txt = d / "corpus.txt";
+    const char* words[] = {"the", "expert", "router", "sends", "each", "token", "to", "a", "few", "experts",
+                           "and", "balance", "keeps", "loads", "even", "while", "training", "goes", "on", "model"};
+    Philox rng(7, 1);
+    std::ofstream f(txt);
+    for (int s = 0; s < 1500; ++s) {
+      int n = 4 + int(rng.below(8));
+      for (int k = 0; k < n; ++k) f << (k ? " " : "") << words[rng.below(20)];
+      f << ".\n";
+    }
+    f.close();
+    PrepareOptions po;
+    po.quiet = true;
+    prepare_text({txt.string()}, (d / "prepared").string(), po);
+  }
+  w.barrier();
+  return (d / "prepared").string();
+}
+
+// tests/trainer_test.cpp's tiny model (jitter on: the DP trainer must reproduce its draws), with
+// a global batch of 4 in 2 micro-batches (one sequence per rank and micro-batch at DP = 2).
+std::string tiny_recipe(const std::string& data, const std::string& balance, const std::string& extra = "") {
+  return "[model]\nvocab_size = 256\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
+         "[moe]\nenabled = true\nnum_experts = 4\nexpert_hidden = 32\n"
+         "[router]\ntop_k = 2\nbalance = \"" + balance + "\"\nz_loss = 1e-3\njitter = 0.01\n" + extra +
+         "[data]\ndir = \"" + data + "\"\n"
+         "[schedule]\nwarmup_steps = 2\n"
+         "[train]\nsteps = " + std::to_string(kSteps) + "\nbatch_size = 4\nseq_len = 16\ngrad_accum = 2\nseed = 5\n"
+         "[eval]\nevery = 10\nbatches = 2\n[log]\nevery = 1\n[checkpoint]\nevery = 0\nkeep = 1\n";
+}
+
+int train(const Recipe& r, const fs::path& dir, std::shared_ptr<Communicator> comm) {
+  std::ostringstream os;
+  TrainOptions o;
+  o.run_dir = dir.string();
+  o.out = &os;
+  o.comm = std::move(comm);
+  return run_training(r, o);
+}
+
+// Values of `key` in the rows of metrics.jsonl whose kind is `kind`.
+std::vector<double> metric(const fs::path& dir, const std::string& kind, const std::string& key) {
+  std::ifstream in(dir / "metrics.jsonl");
+  std::vector<double> out;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find("\"kind\":\"" + kind + "\"") == std::string::npos &&
+        line.find("\"kind\": \"" + kind + "\"") == std::string::npos)
+      continue;
+    auto p = line.find("\"" + key + "\":");
+    if (p == std::string::npos) continue;
+    out.push_back(std::strtod(line.c_str() + p + key.size() + 3, nullptr));
+  }
+  return out;
+}
+
+void expect_rel(double a, double b, double rel, const std::string& what) {
+  EXPECT_LE(std::fabs(a - b), rel * std::max(std::fabs(a), std::fabs(b)) + 1e-9) << what << ": " << a << " vs " << b;
+}
+
+}  // namespace
+
+class DataParallel : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(DataParallel, ReproducesTheSingleProcessRun) {
+  auto w = world_communicator();
+  ASSERT_GE(w->size(), 2);
+  const auto& [balance, extra] = GetParam();
+  const std::string name = balance + (extra.empty() ? "" : "_global");
+  Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance, extra), name + ".toml");
+  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  fs::path ref = base / ("single_" + name), dp = base / ("dp_" + name);
+  int ref_rc = 0;
+  if (w->rank() == 0) {
+    fs::remove_all(ref);
+    fs::remove_all(dp);
+    ref_rc = train(r, ref, make_self_communicator());  // the 1-process reference, on rank 0 alone
+  }
+  w->barrier();
+  ASSERT_EQ(train(r, dp, w), kTrainOk);
+  if (w->rank() != 0) return;  // rank 0 compares the two run directories
+  ASSERT_EQ(ref_rc, kTrainOk);
+
+  auto la = metric(ref, "train", "loss"), lb = metric(dp, "train", "loss");
+  ASSERT_EQ(la.size(), size_t(kSteps));
+  ASSERT_EQ(lb.size(), size_t(kSteps));
+  for (size_t i = 0; i < la.size(); ++i) expect_rel(la[i], lb[i], 1e-5, "train loss at step " + std::to_string(i + 1));
+  // The losses must actually move (the comparison is not between two constants).
+  EXPECT_LT(la.back(), la.front() - 0.1);
+  auto ga = metric(ref, "train", "grad_norm"), gb = metric(dp, "train", "grad_norm");
+  ASSERT_EQ(ga.size(), gb.size());
+  for (size_t i = 0; i < ga.size(); ++i) expect_rel(ga[i], gb[i], 1e-4, "grad_norm at step " + std::to_string(i + 1));
+  auto va = metric(ref, "eval", "val_loss"), vb = metric(dp, "eval", "val_loss");
+  ASSERT_EQ(va.size(), 2u);
+  ASSERT_EQ(vb.size(), 2u);
+  for (size_t i = 0; i < va.size(); ++i) expect_rel(va[i], vb[i], 1e-5, "val_loss " + std::to_string(i));
+  auto ma = metric(ref, "train", "layer_1.maxvio"), mb = metric(dp, "train", "layer_1.maxvio");
+  ASSERT_EQ(ma.size(), size_t(kSteps));
+  ASSERT_EQ(mb.size(), size_t(kSteps));
+  for (size_t i = 0; i < ma.size(); ++i) expect_rel(ma[i], mb[i], 1e-9, "layer_1.maxvio (all-reduced loads)");
+
+  if (balance == "aux_loss") {  // the global-variant term, with f_i from the loads of both ranks
+    auto xa = metric(ref, "train", "layer_1.aux_unscaled"), xb = metric(dp, "train", "layer_1.aux_unscaled");
+    ASSERT_EQ(xa.size(), size_t(kSteps));
+    ASSERT_EQ(xb.size(), size_t(kSteps));
+    for (size_t i = 0; i < xa.size(); ++i) expect_rel(xa[i], xb[i], 1e-5, "aux loss at step " + std::to_string(i + 1));
+  }
+
+  Checkpoint a = read_checkpoint(checkpoint_dir(ref, kSteps)), b = read_checkpoint(checkpoint_dir(dp, kSteps));
+  EXPECT_EQ(b.meta.world_size, w->size());
+  size_t states = 0;
+  for (auto& [k, v] : a.doubles) {
+    if (k.rfind("balance/", 0) != 0) continue;
+    ASSERT_TRUE(b.doubles.count(k)) << k;
+    const auto& u = b.doubles.at(k);
+    ASSERT_EQ(v.size(), u.size()) << k;
+    for (size_t i = 0; i < v.size(); ++i) {
+      EXPECT_NEAR(v[i], u[i], 1e-5 * std::max(1.0, std::fabs(v[i]))) << k << "[" << i << "]";
+      states += v[i] != 0;
+    }
+  }
+  if (balance == "loss_free") {
+    EXPECT_GT(states, 0u) << "the loss-free bias must have moved";
+  }
+  for (auto& [k, t] : a.tensors) {
+    if (k.rfind("model/", 0) != 0) continue;
+    Tensor x = t.to(DType::f64).contiguous(), y = b.tensor(k).to(DType::f64).contiguous();
+    ASSERT_EQ(x.numel(), y.numel()) << k;
+    double worst = 0;
+    for (int64_t i = 0; i < x.numel(); ++i)
+      worst = std::max(worst, std::fabs(x.data<double>()[i] - y.data<double>()[i]));
+    EXPECT_LT(worst, 1e-4) << k;
+  }
+  EXPECT_EQ(a.ints.at("data/rank_0/cursor"), b.ints.at("data/rank_0/cursor"));
+  EXPECT_EQ(a.ints.at("rng/rank_0/moe_offsets"), b.ints.at("rng/rank_0/moe_offsets"));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    TokenLocal, DataParallel,
+    ::testing::Values(std::make_pair(std::string("none"), std::string()),
+                      std::make_pair(std::string("loss_free"), std::string()),
+                      std::make_pair(std::string("aux_loss"), std::string("[balance]\naux_variant = \"global\"\n"))),
+    [](const auto& info) { return info.param.first + (info.param.second.empty() ? "" : "_global"); });
+
+TEST(DataParallelStartup, RanksWithDifferentRecipesAreRefused) {
+  auto w = world_communicator();
+  Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
+  r.train.seed = 5 + (w->rank() == 1 ? 1 : 0);
+  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / "mismatch";
+  try {
+    train(r, dir, w);
+    ADD_FAILURE() << "differing recipes accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("rank 1 runs a different recipe"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DataParallelStartup, ExpertParallelSizeMustDivideTheWorld) {
+  auto w = world_communicator();
+  Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
+  r.parallel.ep = w->size() + 1;
+  r.model.moe.num_experts = 4 * (w->size() + 1);
+  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / "bad_ep";
+  try {
+    train(r, dir, w);
+    ADD_FAILURE() << "parallel.ep not dividing the world accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("parallel.ep"), std::string::npos) << e.what();
+  }
+}
+
+TEST(DataParallelStartup, GlobalBatchMustSplitOverRanks) {
+  auto w = world_communicator();
+  Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
+  r.train.batch_size = 2;  // 2 micro-batches x 2 ranks do not divide 2
+  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / "bad_batch";
+  try {
+    train(r, dir, w);
+    ADD_FAILURE() << "batch 2 at grad_accum 2 over 2 ranks accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.batch_size"), std::string::npos) << e.what();
+  }
+}
+
+// The data cursor and RNG offsets are global, so a checkpoint written at DP = 2 resumes in one
+// process (and a 1-process checkpoint at DP = 2), continuing the uninterrupted run's losses.
+TEST(DataParallelResume, CheckpointsMoveBetweenWorldSizes) {
+  auto w = world_communicator();
+  Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "loss_free"), "resume.toml");
+  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  fs::path straight = base / "resume_straight", dp_to_1 = base / "resume_dp_to_1", one_to_dp = base / "resume_1_to_dp";
+  auto run = [&](const fs::path& dir, std::shared_ptr<Communicator> c, const std::string& resume, int64_t stop) {
+    std::ostringstream os;
+    TrainOptions o;
+    o.run_dir = dir.string();
+    o.out = &os;
+    o.comm = std::move(c);
+    o.resume = resume;
+    o.stop_after_step = stop;
+    return run_training(r, o);
+  };
+  if (w->rank() == 0) {
+    fs::remove_all(straight);
+    fs::remove_all(dp_to_1);
+    fs::remove_all(one_to_dp);
+    EXPECT_EQ(run(straight, make_self_communicator(), "", 0), kTrainOk);
+    EXPECT_EQ(run(one_to_dp, make_self_communicator(), "", 7), kTrainOk);  // first 7 steps alone
+  }
+  w->barrier();
+  EXPECT_EQ(run(dp_to_1, w, "", 9), kTrainOk);           // first 9 steps at DP = 2
+  EXPECT_EQ(run(one_to_dp, w, "latest", 0), kTrainOk);   // steps 8..20 at DP = 2
+  if (w->rank() != 0) return;
+  EXPECT_EQ(run(dp_to_1, make_self_communicator(), "latest", 0), kTrainOk);  // steps 10..20 alone
+  auto ref = metric(straight, "train", "loss");
+  ASSERT_EQ(ref.size(), size_t(kSteps));
+  for (const fs::path& d : {dp_to_1, one_to_dp}) {
+    auto l = metric(d, "train", "loss");  // rows of both parts (metrics.jsonl is appended on resume)
+    ASSERT_EQ(l.size(), size_t(kSteps)) << d;
+    for (size_t i = 0; i < l.size(); ++i) expect_rel(ref[i], l[i], 1e-5, d.filename().string() + " step " + std::to_string(i + 1));
+  }
+  Checkpoint a = read_checkpoint(checkpoint_dir(straight, kSteps)), b = read_checkpoint(checkpoint_dir(dp_to_1, kSteps));
+  size_t compared = 0;
+  for (auto& [k, v] : a.doubles) {
+    if (k.rfind("balance/", 0) != 0) continue;
+    for (size_t i = 0; i < v.size(); ++i, ++compared) {
+      EXPECT_NEAR(v[i], b.doubles.at(k)[i], 1e-5 * std::max(1.0, std::fabs(v[i]))) << k;
+    }
+  }
+  EXPECT_GT(compared, 0u);
+}
+
+// Strategies coupled across the batch route each rank's local micro-batch on its own. What that
+// computes, exactly: DP = W with grad_accum A is the single process with grad_accum A x W (the
+// same windows, one local micro-batch each, in the same order of jitter draws), for every
+// strategy without state changed inside select().
+class DataParallelRankLocal : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(DataParallelRankLocal, EqualsOneProcessWithWTimesTheMicroBatches) {
+  auto w = world_communicator();
+  const auto& [balance, extra] = GetParam();
+  const std::string name = "local_" + balance;
+  Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance, extra), name + ".toml");
+  r.train.steps = 10;
+  r.eval.every = 0;
+  Recipe single = r;
+  single.train.grad_accum = r.train.grad_accum * w->size();
+  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  fs::path ref = base / ("single_" + name), dp = base / ("dp_" + name);
+  int ref_rc = 0;
+  if (w->rank() == 0) {
+    fs::remove_all(ref);
+    fs::remove_all(dp);
+    ref_rc = train(single, ref, make_self_communicator());
+  }
+  w->barrier();
+  ASSERT_EQ(train(r, dp, w), kTrainOk);
+  if (w->rank() != 0) return;
+  ASSERT_EQ(ref_rc, kTrainOk);
+  auto la = metric(ref, "train", "loss"), lb = metric(dp, "train", "loss");
+  ASSERT_EQ(la.size(), 10u);
+  ASSERT_EQ(lb.size(), 10u);
+  for (size_t i = 0; i < la.size(); ++i) expect_rel(la[i], lb[i], 1e-5, balance + " loss at step " + std::to_string(i + 1));
+  EXPECT_LT(la.back(), la.front());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Coupled, DataParallelRankLocal,
+    ::testing::Values(std::make_pair(std::string("aux_loss"), std::string("[balance]\naux_variant = \"micro_batch\"\n")),
+                      std::make_pair(std::string("sinkhorn"), std::string()),
+                      std::make_pair(std::string("expert_choice"), std::string())),
+    [](const auto& info) { return info.param.first; });
+
+// BIP in paper order updates its dual prices q inside select() from the batch it routes, so at
+// DP = 2 each rank's q follows its own local batches: the ranks' states drift apart, and the
+// trainer says so on the console (checkpoints keep rank 0's q). Token-local strategies do not.
+TEST(DataParallelRankLocalState, BipStateDriftsAndIsReported) {
+  auto w = world_communicator();
+  for (std::string balance : {"bip", "loss_free"}) {
+    Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance), "drift.toml");
+    r.train.steps = 4;
+    r.eval.every = 0;
+    fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / ("drift_" + balance);
+    if (w->rank() == 0) fs::remove_all(dir);
+    w->barrier();
+    std::ostringstream os;
+    TrainOptions o;
+    o.run_dir = dir.string();
+    o.out = &os;
+    o.comm = w;
+    ASSERT_EQ(run_training(r, o), kTrainOk);
+    if (w->rank() != 0) continue;
+    bool noted = os.str().find("balancer state differs across data-parallel ranks") != std::string::npos;
+    EXPECT_EQ(noted, balance == "bip") << balance << ":\n" << os.str();
+  }
+}

@@ -1,0 +1,29 @@
+// main() of build/tests/moetrain_mpi_tests (run by ctest as `mpirun -np 2`): MPI start-up,
+// GoogleTest on every rank, and one exit code agreed by all ranks (any failure fails the job).
+#include <gtest/gtest.h>
+// C API only: the deprecated C++ bindings need libmpi_cxx, which nothing links.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <mpi.h>
+
+#include <cstdio>
+
+#include "parallel/communicator.h"
+
+int main(int argc, char** argv) {
+  moe::mpi_init(&argc, &argv);
+  ::testing::InitGoogleTest(&argc, argv);
+  int rank = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  if (rank != 0) {
+    // Other ranks report only failures (their assertion messages still print) to keep the log short.
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  int rc = RUN_ALL_TESTS();
+  int any = 0;
+  MPI_Allreduce(&rc, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (any != 0 && rc == 0 && rank == 0) std::fprintf(stderr, "moetrain_mpi_tests: a test failed on another rank\n");
+  moe::mpi_finalize();
+  return any;
+}
