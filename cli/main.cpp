@@ -1,8 +1,11 @@
 // build/moetrain: the command-line entry point. Each subcommand lives in its own cli/cmd_*.cpp.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include <unistd.h>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -41,7 +44,17 @@ int fail(const std::string& cmd, const char* what) {
 
 }  // namespace
 
+// libgomp reads OMP_WAIT_POLICY when it is loaded, before main. Its default (threads spin
+// while waiting) steals the cores OpenBLAS's threads need: training ran 2-2.8x slower on 2 cores
+// (docs/benchmarks.md). So when the user did not choose, restart once with "passive".
+static void ensure_passive_omp_wait(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY")) return;
+  setenv("OMP_WAIT_POLICY", "passive", 1);
+  execv("/proc/self/exe", argv);  // returns only on failure: then go on with the default policy
+}
+
 int main(int argc, char** argv) {
+  ensure_passive_omp_wait(argv);
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;
