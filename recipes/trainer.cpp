@@ -117,6 +117,9 @@ class Trainer {
       throw Error("parallel.ep = " + std::to_string(r_.parallel.ep) +
                   ": expert parallelism is not implemented yet (data parallelism is: set parallel.ep = 1 and start "
                   "the ranks with mpirun)");
+    if (r_.parallel.llep)
+      throw Error("parallel.llep = true: LLEP moves expert work between expert-parallel ranks, and expert "
+                  "parallelism is not implemented yet; set parallel.llep = false");
     MOE_CHECK(r_.train.batch_size % (r_.train.grad_accum * comm_->size()) == 0, "train.batch_size",
               r_.train.batch_size, " (the global batch) must split into grad_accum ", r_.train.grad_accum, " x ",
               comm_->size(), " data-parallel ranks");

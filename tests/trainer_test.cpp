@@ -216,6 +216,9 @@ TEST(Trainer, BadInputGivesOneClearError) {
   e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"train.device=cuda"}), fresh_dir("cuda"));
   EXPECT_NE(e.find("train.device"), std::string::npos) << e;
 
+  e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"parallel.llep=true"}), fresh_dir("llep"));
+  EXPECT_NE(e.find("parallel.llep"), std::string::npos) << e;
+
   e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"model.vocab_size=100"}), fresh_dir("vocab"));
   EXPECT_NE(e.find("model.vocab_size"), std::string::npos) << e;
 
