@@ -33,7 +33,9 @@ TEST(BalanceExpertChoice, EveryExpertTakesExactlyCTokensOnHardMatrices) {
     }
     for (size_t a = 0; a < tok.size(); ++a) {
       EXPECT_EQ(g[a], s[size_t(tok[a] * E + ex[a])]);
-      if (a) EXPECT_TRUE(tok[a - 1] < tok[a] || (tok[a - 1] == tok[a] && ex[a - 1] < ex[a]));  // token-major
+      if (a) {
+        EXPECT_TRUE(tok[a - 1] < tok[a] || (tok[a - 1] == tok[a] && ex[a - 1] < ex[a]));  // token-major
+      }
     }
   }
 }

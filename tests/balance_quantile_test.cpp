@@ -58,8 +58,12 @@ TEST(BalanceQuantile, BetaStaysCentredAndBalancesFollowingBatches) {
     for (int step = 0; step < 6; ++step) {
       Tensor x = kind == 0 ? favoured_logits(T, E, 100 + step) : collapsed_logits(T, E, 200 + step);
       double v = maxvio(loads_of(b->select(router_output(x, E, k), rng), E));
-      if (step == 0) EXPECT_GT(v, 1.0);
-      if (step >= 1 + kind) EXPECT_LT(v, 0.6) << "kind " << kind << " step " << step;
+      if (step == 0) {
+        EXPECT_GT(v, 1.0);
+      }
+      if (step >= 1 + kind) {
+        EXPECT_LT(v, 0.6) << "kind " << kind << " step " << step;
+      }
       std::vector<double> beta = b->state_vector();
       EXPECT_NEAR(std::accumulate(beta.begin(), beta.end(), 0.0), 0.0, 1e-6);
     }

@@ -117,7 +117,9 @@ TEST(BalanceRegistry, StateRoundTripsBitExactlyForEveryStrategy) {
     };
     for (uint64_t seed = 1; seed <= 3; ++seed) step(*a, rng, seed);
     step(*a, rng, 4, /*end_of_step=*/false);  // saved mid-step: aux global holds a partial sum
-    if (s == "aux_loss") EXPECT_NE(a->state().at("global_load_accumulator"), std::vector<double>(size_t(E), 0.0));
+    if (s == "aux_loss") {
+      EXPECT_NE(a->state().at("global_load_accumulator"), std::vector<double>(size_t(E), 0.0));
+    }
     auto b = make_balancer(cfg);
     b->load_state(a->state());
     EXPECT_EQ(b->state(), a->state()) << s;

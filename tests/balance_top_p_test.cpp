@@ -68,7 +68,9 @@ TEST(BalanceTopP, SmallestPrefixPropertyOnRandomScores) {
     EXPECT_GE(cum, 0.4 - 1e-6);
     EXPECT_LT(cum - last, 0.4);  // dropping the last kept expert falls short: the prefix is minimal
     for (int64_t e = 0; e < E; ++e)
-      if (!kept[size_t(e)]) EXPECT_LE(s[size_t(t * E + e)], min_kept);  // a prefix of the sorted scores
+      if (!kept[size_t(e)]) {
+        EXPECT_LE(s[size_t(t * E + e)], min_kept);  // a prefix of the sorted scores
+      }
   }
   EXPECT_EQ(a, tok.size());
 }
