@@ -16,6 +16,7 @@
 #include "recipes/compare.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
+#include "tests/tiny_corpus.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
@@ -25,25 +26,7 @@ namespace {
 constexpr const char* kPython = "/usr/bin/python3";
 
 const std::string& corpus_dir() {
-  static const std::string dir = [] {
-    fs::path d = fs::path(MOE_BINARY_DIR) / "test_data" / "compare_corpus";
-    fs::create_directories(d);
-    fs::path txt = d / "corpus.txt";
-    const char* words[] = {"the", "expert", "router", "sends", "each", "token", "to", "a", "few", "experts",
-                           "and", "balance", "keeps", "loads", "even", "while", "training", "goes", "on", "model"};
-    Philox rng(11, 1);
-    std::ofstream f(txt);
-    for (int s = 0; s < 1500; ++s) {
-      int n = 4 + int(rng.below(8));
-      for (int w = 0; w < n; ++w) f << (w ? " " : "") << words[rng.below(20)];
-      f << ".\n";
-    }
-    f.close();
-    PrepareOptions po;
-    po.quiet = true;
-    prepare_text({txt.string()}, (d / "prepared").string(), po);
-    return (d / "prepared").string();
-  }();
+  static const std::string dir = test::prepare_tiny_corpus("compare_corpus", 11);
   return dir;
 }
 

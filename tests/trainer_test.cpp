@@ -16,33 +16,15 @@
 #include "data/text_corpus.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
+#include "tests/tiny_corpus.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
 
 namespace {
 
-// A deterministic English-like corpus: sentences from a small vocabulary.
 const std::string& corpus_dir() {
-  static const std::string dir = [] {
-    fs::path d = fs::path(MOE_BINARY_DIR) / "test_data" / "trainer_corpus";
-    fs::create_directories(d);
-    fs::path txt = d / "corpus.txt";
-    const char* words[] = {"the", "expert", "router", "sends", "each", "token", "to", "a", "few", "experts",
-                           "and", "balance", "keeps", "loads", "even", "while", "training", "goes", "on", "model"};
-    Philox rng(7, 1);
-    std::ofstream f(txt);
-    for (int s = 0; s < 1500; ++s) {
-      int n = 4 + int(rng.below(8));
-      for (int w = 0; w < n; ++w) f << (w ? " " : "") << words[rng.below(20)];
-      f << ".\n";
-    }
-    f.close();
-    PrepareOptions po;
-    po.quiet = true;
-    prepare_text({txt.string()}, (d / "prepared").string(), po);
-    return (d / "prepared").string();
-  }();
+  static const std::string dir = test::prepare_tiny_corpus("trainer_corpus", 7);
   return dir;
 }
 

@@ -16,6 +16,7 @@
 #include "parallel/communicator.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
+#include "tests/tiny_corpus.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
@@ -24,29 +25,12 @@ namespace {
 
 constexpr int64_t kSteps = 20;
 
-// A deterministic English-like corpus (as tests/trainer_test.cpp), prepared once by rank 0.
+// The tiny corpus of tests/tiny_corpus.h, prepared once by rank 0.
 std::string corpus_dir(Communicator& w) {
-  fs::path d = fs::path(MOE_BINARY_DIR) / "test_data" / "mpi_corpus";
-  if (w.rank() == 0) {
-    fs::remove_all(d);
-    fs::create_directories(d);
-    fs::path txt = d / "corpus.txt";
-    const char* words[] = {"the", "expert", "router", "sends", "each", "token", "to", "a", "few", "experts",
-                           "and", "balance", "keeps", "loads", "even", "while", "training", "goes", "on", "model"};
-    Philox rng(7, 1);
-    std::ofstream f(txt);
-    for (int s = 0; s < 1500; ++s) {
-      int n = 4 + int(rng.below(8));
-      for (int k = 0; k < n; ++k) f << (k ? " " : "") << words[rng.below(20)];
-      f << ".\n";
-    }
-    f.close();
-    PrepareOptions po;
-    po.quiet = true;
-    prepare_text({txt.string()}, (d / "prepared").string(), po);
-  }
+  std::string dir = (std::filesystem::path(MOE_BINARY_DIR) / "test_data" / "mpi_corpus" / "prepared").string();
+  if (w.rank() == 0) dir = test::prepare_tiny_corpus("mpi_corpus", 7);
   w.barrier();
-  return (d / "prepared").string();
+  return dir;
 }
 
 // tests/trainer_test.cpp's tiny model (jitter on: the DP trainer must reproduce its draws), with
