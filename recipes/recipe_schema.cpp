@@ -53,34 +53,40 @@ Check between(double lo, double hi) {
   return [lo, hi](double v) { return v >= lo && v <= hi ? "" : "in [" + bound(lo) + ", " + bound(hi) + "]"; };
 }
 
-RecipeKey int_key(std::string sec, std::string name, std::string doc, std::function<int64_t&(Recipe&)> ref,
-                  Check check) {
+// Integer settings, stored as int64_t (sizes, steps) or int (iteration counts).
+template <class Int>
+RecipeKey integer_key(std::string sec, std::string name, std::string doc, std::function<Int&(Recipe&)> ref,
+                      Check check) {
   RecipeKey k{sec, name, "integer", doc, nullptr, nullptr};
   k.set = [ref, check](Recipe& r, const toml::node& n) -> std::string {
     if (!n.is_integer()) return "an integer";
     int64_t v = n.as_integer()->get();
     std::string err = check(double(v));
     if (!err.empty()) return "an integer " + err;
-    ref(r) = v;
+    ref(r) = Int(v);
     return "";
   };
   k.get = [ref](const Recipe& r) { return std::to_string(ref(const_cast<Recipe&>(r))); };
   return k;
 }
 
-// Integer-valued settings stored as int (iteration counts).
+RecipeKey int_key(std::string sec, std::string name, std::string doc, std::function<int64_t&(Recipe&)> ref,
+                  Check check) {
+  return integer_key<int64_t>(std::move(sec), std::move(name), std::move(doc), std::move(ref), std::move(check));
+}
+
 RecipeKey int32_key(std::string sec, std::string name, std::string doc, std::function<int&(Recipe&)> ref, Check check) {
-  RecipeKey k{sec, name, "integer", doc, nullptr, nullptr};
-  k.set = [ref, check](Recipe& r, const toml::node& n) -> std::string {
-    if (!n.is_integer()) return "an integer";
-    int64_t v = n.as_integer()->get();
-    std::string err = check(double(v));
-    if (!err.empty()) return "an integer " + err;
-    ref(r) = int(v);
-    return "";
-  };
-  k.get = [ref](const Recipe& r) { return std::to_string(ref(const_cast<Recipe&>(r))); };
-  return k;
+  return integer_key<int>(std::move(sec), std::move(name), std::move(doc), std::move(ref), std::move(check));
+}
+
+// A finite TOML number (an integer is accepted) allowed by check into v; else what was expected.
+std::string read_number(const toml::node& n, const Check& check, double& v) {
+  if (n.is_floating_point()) v = n.as_floating_point()->get();
+  else if (n.is_integer()) v = double(n.as_integer()->get());
+  else return "a number";
+  if (!std::isfinite(v)) return "a finite number";
+  std::string err = check(v);
+  return err.empty() ? "" : "a number " + err;
 }
 
 RecipeKey float_key(std::string sec, std::string name, std::string doc, std::function<double&(Recipe&)> ref,
@@ -88,14 +94,9 @@ RecipeKey float_key(std::string sec, std::string name, std::string doc, std::fun
   RecipeKey k{sec, name, "float", doc, nullptr, nullptr};
   k.set = [ref, check](Recipe& r, const toml::node& n) -> std::string {
     double v;
-    if (n.is_floating_point()) v = n.as_floating_point()->get();
-    else if (n.is_integer()) v = double(n.as_integer()->get());
-    else return "a number";
-    if (!std::isfinite(v)) return "a finite number";
-    std::string err = check(v);
-    if (!err.empty()) return "a number " + err;
-    ref(r) = v;
-    return "";
+    std::string expected = read_number(n, check, v);
+    if (expected.empty()) ref(r) = v;
+    return expected;
   };
   k.get = [ref](const Recipe& r) { return render_double(ref(const_cast<Recipe&>(r))); };
   return k;
@@ -106,14 +107,9 @@ RecipeKey optional_float_key(std::string sec, std::string name, std::string doc,
   RecipeKey k{sec, name, "float (optional)", doc, nullptr, nullptr};
   k.set = [ref, check](Recipe& r, const toml::node& n) -> std::string {
     double v;
-    if (n.is_floating_point()) v = n.as_floating_point()->get();
-    else if (n.is_integer()) v = double(n.as_integer()->get());
-    else return "a number";
-    if (!std::isfinite(v)) return "a finite number";
-    std::string err = check(v);
-    if (!err.empty()) return "a number " + err;
-    ref(r) = v;
-    return "";
+    std::string expected = read_number(n, check, v);
+    if (expected.empty()) ref(r) = v;
+    return expected;
   };
   k.get = [ref](const Recipe& r) {
     auto& v = ref(const_cast<Recipe&>(r));
