@@ -3,6 +3,7 @@
 #include "layers/moe/moe_layer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "core/autograd.h"
@@ -87,6 +88,12 @@ std::vector<double> MoeLayer::take_pending_loads() {
   return out;
 }
 
+double MoeLayer::take_routing_seconds() {
+  double s = routing_seconds_;
+  routing_seconds_ = 0;
+  return s;
+}
+
 RoutingStats MoeLayer::take_step_stats() {
   if (step_acc_.load.empty()) {  // no training forward since the last take: all-zero loads
     step_acc_.load.assign(size_t(num_experts_), 0.0);
@@ -103,6 +110,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   const int64_t B = x.size(0), S = x.size(1), T = B * S, E = num_experts_;
   Tensor x2 = x.reshape({T, d_model_});
 
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point routing_start = Clock::now();
   RouterOutput ro = router_->forward(x2, E, top_k_, S, jitter_rng_);
   Routing r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
   const int64_t A = r.expert.numel();
@@ -127,6 +136,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
 
   CapacityResult cap = apply_capacity(r, T, top_k_, E, capacity_factor_, drop_policy_);
   DispatchPlanPtr plan = make_dispatch_plan(r.token, r.expert, cap.kept, T, E);
+  if (training()) routing_seconds_ += std::chrono::duration<double>(Clock::now() - routing_start).count();
   Tensor xs = permute_tokens(x2, plan);
   Tensor ys = experts_->forward(xs, plan->offsets);
   // Gates arrive renormalized and scaled by router.scale (the Balancer contract).
