@@ -15,6 +15,8 @@
 
 namespace moe {
 
+class Communicator;  // parallel/communicator.h
+
 // What the router hands to the strategy for one micro-batch of T tokens.
 struct RouterOutput {
   Tensor logits;        // [T, E_r] router logits (f32, or f64 in gradient checks), differentiable
@@ -61,6 +63,22 @@ class Balancer {
   // Default (single process): the identity.
   using LoadReducer = std::function<std::vector<double>(const std::vector<double>&)>;
   virtual void set_load_reducer(LoadReducer reducer) {}
+
+  // The data-parallel group whose ranks' micro-batches together form the batch that select()
+  // balances when balance.scope = "global" (bip, quantile, sinkhorn, ssr, expert_choice: the
+  // strategies whose routing of a token depends on the other tokens of its batch). select()
+  // then calls collectives of this communicator, so every rank must call it for every
+  // micro-batch in the same order (training and eval forwards alike). Default: none, which is
+  // the single-process computation; so is a communicator of one rank, or scope = "local".
+  void set_communicator(std::shared_ptr<Communicator> comm) { comm_ = std::move(comm); }
+
+ protected:
+  // The communicator select() must use for the batch of scope `scope`, or nullptr when the
+  // batch is this process's own (scope "local", no communicator, or a world of one).
+  Communicator* batch_communicator(const std::string& scope) const;
+
+ private:
+  std::shared_ptr<Communicator> comm_;
 };
 
 // Builds the strategy named cfg.balance.strategy; unknown names and invalid settings throw

@@ -33,8 +33,14 @@ int64_t balanced_capacity(int64_t tokens, int64_t experts, int64_t k) { return (
 void dual_price_iterations(const Tensor& scores, int64_t k, int64_t cap, int iters, bool clip, std::vector<float>& q) {
   MOE_CHECK(scores.dim() == 2 && int64_t(q.size()) == scores.size(1), "balance.dual_prices", "scores ",
             scores.shape_str(), " and ", q.size(), " prices");
-  const int64_t T = scores.size(0), E = scores.size(1);
-  const std::vector<double> s = scores.detach().contiguous().to_double_vector();
+  dual_price_iterations(scores.detach().contiguous().to_double_vector(), scores.size(0), scores.size(1), k, cap, iters,
+                        clip, q);
+}
+
+void dual_price_iterations(const std::vector<double>& s, int64_t T, int64_t E, int64_t k, int64_t cap, int iters,
+                           bool clip, std::vector<float>& q) {
+  MOE_CHECK(int64_t(s.size()) == T * E && int64_t(q.size()) == E, "balance.dual_prices", s.size(), " scores for [",
+            T, ", ", E, "] and ", q.size(), " prices");
   std::vector<double> qd(q.begin(), q.end()), p(static_cast<size_t>(T));
   std::vector<double> st(size_t(T * E));  // s transposed: a column per expert, contiguous
   for (int64_t i = 0; i < T; ++i)

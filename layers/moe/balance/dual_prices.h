@@ -19,5 +19,8 @@ int64_t balanced_capacity(int64_t tokens, int64_t experts, int64_t k);
 // E and T (the smallest value is taken when k + 1 > E or cap + 1 > T). Math in double, q stored
 // as fp32 at the end.
 void dual_price_iterations(const Tensor& scores, int64_t k, int64_t cap, int iters, bool clip, std::vector<float>& q);
+// The same on scores already in double, [T, E] row-major (the global batch of gather_rows).
+void dual_price_iterations(const std::vector<double>& scores, int64_t T, int64_t E, int64_t k, int64_t cap, int iters,
+                           bool clip, std::vector<float>& q);
 
 }  // namespace moe

@@ -2,6 +2,7 @@
 // dual quantiles, select-then-update, beta re-centred to mean 0.
 #include "core/autograd.h"
 #include "layers/moe/balance/dual_prices.h"
+#include "layers/moe/balance/global_batch.h"
 #include "layers/moe/balance/strategies.h"
 
 namespace moe {
@@ -15,6 +16,9 @@ namespace {
 //   beta   <- beta + r * (beta* - beta);  beta <- beta - mean(beta)    r = router.quantile_rate
 // r = 1 jumps to this batch's equilibrium prices; small r averages them over batches.
 // Re-centring leaves top-k of (s - beta) unchanged and keeps beta from drifting.
+// Data parallelism, balance.scope = "global" (default): beta* comes from the global micro-batch
+// (every rank's scores gathered in rank order, C from the global token count), so every rank
+// keeps the single process's beta; scope = "local": each rank's beta follows its own batches.
 class QuantileBalancer final : public Balancer {
  public:
   explicit QuantileBalancer(const MoeConfig& cfg) : cfg_(cfg), beta_(size_t(cfg.num_experts), 0.0f) {}
@@ -22,12 +26,15 @@ class QuantileBalancer final : public Balancer {
 
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.quantile");
-    const int64_t T = in.scores.size(0), k = cfg_.top_k, E = cfg_.num_experts;
+    const int64_t k = cfg_.top_k, E = cfg_.num_experts;
     Selection sel = select_topk(shifted_scores(in.scores, beta_, -1.0), k, "balance.quantile");
     if (in.training) {
       NoGradGuard ng;
       std::vector<float> target = beta_;
-      dual_price_iterations(in.scores, k, balanced_capacity(T, E, k), 1, /*clip=*/false, target);
+      GlobalRows g = gather_rows(batch_communicator(cfg_.balance.scope),
+                                 in.scores.detach().contiguous().to_double_vector(), in.scores.size(0), E,
+                                 "balance.quantile");
+      dual_price_iterations(g.values, g.total, E, k, balanced_capacity(g.total, E, k), 1, /*clip=*/false, target);
       const double r = cfg_.balance.quantile_rate;
       std::vector<double> next(static_cast<size_t>(E));
       double mean = 0;
