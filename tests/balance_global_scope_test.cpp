@@ -52,7 +52,10 @@ class ThreadCommunicator final : public Communicator {
   void alltoallv(const double* s, const std::vector<int64_t>& sc, double* r, const std::vector<int64_t>& rc) override {
     a2av(s, sc, r, rc);
   }
-  void barrier() override { g_->sync.arrive_and_wait(); }
+  void barrier() override {
+    ++collectives;
+    g_->sync.arrive_and_wait();
+  }
   std::shared_ptr<Communicator> split(int, int) override {
     MOE_FAIL("ThreadCommunicator.split", "sub-communicators are not simulated by the balancing tests");
   }
@@ -63,7 +66,6 @@ class ThreadCommunicator final : public Communicator {
   // Every rank's n values of type T, in rank order.
   template <class T>
   std::vector<T> exchange(const T* d, size_t n) {
-    ++collectives;
     auto& mine = g_->slots[size_t(rank_)];
     mine.resize(n * sizeof(T));
     if (n) std::memcpy(mine.data(), d, n * sizeof(T));
@@ -79,6 +81,7 @@ class ThreadCommunicator final : public Communicator {
   }
   template <class T, class Op>
   void reduce(T* d, size_t n, Op op) {
+    ++collectives;
     std::vector<T> all = exchange(d, n);
     for (size_t i = 0; i < n; ++i) {
       T acc = all[i];
@@ -87,14 +90,19 @@ class ThreadCommunicator final : public Communicator {
     }
   }
   template <class T>
-  std::vector<T> gather(const T* d, size_t n) { return exchange(d, n); }
+  std::vector<T> gather(const T* d, size_t n) {
+    ++collectives;
+    return exchange(d, n);
+  }
   template <class T>
   void bcast(T* d, size_t n, int root) {
+    ++collectives;
     std::vector<T> all = exchange(d, n);
     std::copy(all.begin() + ptrdiff_t(size_t(root) * n), all.begin() + ptrdiff_t(size_t(root + 1) * n), d);
   }
   template <class T>
   void a2av(const T* s, const std::vector<int64_t>& sc, T* r, const std::vector<int64_t>& rc) {
+    ++collectives;
     const int W = g_->world;
     int64_t total = 0;
     for (int64_t c : sc) total += c;
@@ -102,7 +110,7 @@ class ThreadCommunicator final : public Communicator {
     std::vector<T> all_send;
     {
       // Send buffers differ in length: publish each padded to the longest.
-      std::vector<int64_t> lens = gather(&total, 1);
+      std::vector<int64_t> lens = exchange(&total, 1);
       int64_t widest = *std::max_element(lens.begin(), lens.end());
       std::vector<T> padded(s, s + total);
       padded.resize(size_t(widest));
@@ -210,33 +218,72 @@ Tensor batch_logits(int b) { return favoured_logits(kTokens, kExperts, 500 + uin
 
 }  // namespace
 
-TEST(BalanceGlobalScope, GatherRowsConcatenatesUnequalRanksInRankOrder) {
+TEST(BalanceGlobalScope, ColumnSharesTransposeUnequalRanksAndReturn) {
+  // 3 ranks with 2, 0 and 3 tokens; 4 experts (blocks [0,1), [1,2), [2,4)) and 2 experts (one
+  // rank owns none). Value of (rank r, token i, expert j) = 100 r + 10 i + j.
   const int64_t rows[3] = {2, 0, 3};
-  run_ranks(3, [&](int r, std::shared_ptr<ThreadCommunicator> c) {
-    std::vector<double> mine;
-    for (int64_t i = 0; i < rows[r]; ++i)
-      for (int64_t j = 0; j < 2; ++j) mine.push_back(100.0 * r + 10.0 * double(i) + double(j));
-    GlobalRows g = gather_rows(c.get(), mine, rows[r], 2, "test");
-    EXPECT_EQ(g.total, 5);
-    EXPECT_EQ(g.offset, r == 0 ? 0 : 2);
-    EXPECT_EQ(g.values, (std::vector<double>{0, 1, 10, 11, 200, 201, 210, 211, 220, 221}));
-    EXPECT_EQ(c->collectives, 2);  // the row counts, then the rows
-  });
-  GlobalRows self = gather_rows(nullptr, {1, 2, 3, 4}, 2, 2, "test");
-  EXPECT_EQ(self.total, 2);
-  EXPECT_EQ(self.offset, 0);
-  EXPECT_EQ(self.values, (std::vector<double>{1, 2, 3, 4}));
-  EXPECT_THROW(gather_rows(nullptr, {1, 2, 3}, 2, 2, "test"), Error);
+  for (int64_t E : {4, 2}) {
+    SCOPED_TRACE(E);
+    run_ranks(3, [&](int r, std::shared_ptr<ThreadCommunicator> c) {
+      std::vector<double> mine;
+      for (int64_t i = 0; i < rows[r]; ++i)
+        for (int64_t j = 0; j < E; ++j) mine.push_back(100.0 * r + 10.0 * double(i) + double(j));
+      ColumnShare sh = share_columns(*c, mine, rows[r], E, "test");
+      EXPECT_EQ(c->collectives, 2);  // the shapes, then one alltoallv
+      EXPECT_EQ(sh.total, 5);
+      EXPECT_EQ(sh.offset, r == 0 ? 0 : 2);
+      EXPECT_EQ(sh.rows, (std::vector<int64_t>{2, 0, 3}));
+      auto [b, e] = owned_columns(E, r, 3);
+      EXPECT_EQ(sh.col_begin, b);
+      EXPECT_EQ(sh.col_end, e);
+      std::vector<double> want;
+      for (int64_t j = b; j < e; ++j)
+        for (double base : {0.0, 10.0, 200.0, 210.0, 220.0}) want.push_back(base + double(j));
+      EXPECT_EQ(sh.columns, want);
+      // Back to the token holders: the owners' values, negated to tell them from the input.
+      std::vector<double> owned = sh.columns;
+      for (double& v : owned) v = -v;
+      std::vector<double> back = return_columns(*c, sh, owned, E);
+      ASSERT_EQ(back.size(), mine.size());
+      for (size_t i = 0; i < mine.size(); ++i) EXPECT_EQ(back[i], -mine[i]);
+      std::vector<double> gathered = all_gather_varying(*c, mine.data(), std::vector<int64_t>{2 * E, 0, 3 * E});
+      EXPECT_EQ(gathered.size(), size_t(5 * E));
+      EXPECT_EQ(gathered[size_t(2 * E)], 200.0);
+    });
+  }
+  EXPECT_EQ(owned_columns(16, 0, 3), (std::pair<int64_t, int64_t>{0, 5}));
+  EXPECT_EQ(owned_columns(16, 2, 3), (std::pair<int64_t, int64_t>{10, 16}));
 }
 
 TEST(BalanceGlobalScope, RanksWithDifferentExpertCountsAreRefused) {
   try {
     run_ranks(2, [&](int r, std::shared_ptr<ThreadCommunicator> c) {
-      gather_rows(c.get(), std::vector<double>(size_t(3 + r), 0.0), 1, 3 + r, "balance.bip");
+      share_columns(*c, std::vector<double>(size_t(3 + r), 0.0), 1, 3 + r, "balance.bip");
     });
     ADD_FAILURE() << "different expert counts accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("balance.scope = global needs the same router"), std::string::npos) << e.what();
+  }
+}
+
+TEST(BalanceGlobalScope, NaNOnOneRankStopsEveryRankWithTheSameError) {
+  std::vector<std::string> errors(3);
+  run_ranks(3, [&](int r, std::shared_ptr<ThreadCommunicator> c) {
+    MoeConfig cfg = balance_config("expert_choice", kExperts, 2);
+    auto b = make_balancer(cfg);
+    b->set_communicator(c);
+    std::vector<double> v = randn_f64({4, kExperts}, 40 + uint64_t(r), 1.0, false).to_double_vector();
+    if (r == 2) v[size_t(1 * kExperts + 3)] = std::nan("");
+    Philox rng;
+    try {
+      b->select(router_output(Tensor::from_vector<double>(v, {4, kExperts}), kExperts, 2), rng);
+    } catch (const Error& e) {
+      errors[size_t(r)] = e.what();
+    }
+  });
+  for (const auto& e : errors) {
+    EXPECT_NE(e.find("NaN on rank 2 (token 1, expert "), std::string::npos) << e;
+    EXPECT_EQ(e, errors[0]);
   }
 }
 
@@ -279,6 +326,71 @@ TEST(BalanceGlobalScope, EveryCoupledStrategyReproducesTheSingleProcess) {
       EXPECT_EQ(states[size_t(r)], single->state_vector()) << "rank " << r;
       lo += kRows[r];
     }
+  }
+}
+
+TEST(BalanceGlobalScope, MicroBatchAuxLossesAveragedOverRanksAreTheSingleProcessLoss) {
+  // aux_loss micro_batch and null_experts: f_i from the all-reduced loads, P_i local. The trainer
+  // averages the ranks' values and gradients (equal token counts per rank): the mean of the
+  // ranks' losses is the single process's, and each rank's gradient / W is the single process's
+  // gradient on its rows. 3 ranks x 12 tokens.
+  const int64_t rows = 12, T = 3 * rows;
+  for (const std::string strategy : {"aux_loss", "null_experts"}) {
+    SCOPED_TRACE(strategy);
+    MoeConfig cfg = balance_config(strategy, kExperts, 2);
+    cfg.balance.num_null_experts = strategy == "null_experts" ? 2 : 0;
+    const int64_t outputs = kExperts + cfg.balance.num_null_experts;
+    Tensor x = favoured_logits(T, outputs, 77, 1.0, DType::f64);
+    auto run = [&](const Tensor& logits, Balancer& b, std::vector<double>& grad) {
+      Tensor leaf = logits.detach().clone();
+      leaf.set_requires_grad(true);
+      RouterOutput in = router_output(leaf, kExperts, 2);
+      Philox rng;
+      Routing r = b.select(in, rng);
+      ExtraLoss aux = b.extra_losses(in, r)[0];
+      aux.scaled.backward();
+      grad = values(leaf.grad());
+      return aux.unscaled;
+    };
+    auto single = make_balancer(cfg);
+    std::vector<double> grad_one;
+    const double loss_one = run(x, *single, grad_one);
+    std::vector<double> losses(3);
+    std::vector<std::vector<double>> grads(3);
+    run_ranks(3, [&](int r, std::shared_ptr<ThreadCommunicator> c) {
+      auto b = make_balancer(cfg);
+      b->set_communicator(c);
+      losses[size_t(r)] = run(rows_of(x, r * rows, rows), *b, grads[size_t(r)]);
+      EXPECT_EQ(c->collectives, 1);  // one all-reduce of the loads
+    });
+    EXPECT_NEAR((losses[0] + losses[1] + losses[2]) / 3, loss_one, 1e-12);
+    EXPECT_GT(std::fabs(losses[0] - loss_one), 1e-6) << "a rank's own value is not the global one";
+    for (int r = 0; r < 3; ++r)
+      for (int64_t i = 0; i < rows * outputs; ++i)
+        EXPECT_NEAR(grads[size_t(r)][size_t(i)] / 3, grad_one[size_t(r * rows * outputs + i)], 1e-15);
+  }
+}
+
+TEST(BalanceGlobalScope, CollectivesPerTrainingSelect) {
+  // The cost model of docs/parallel.md: bip = the column share (2) + 2 all-gathers per dual
+  // iteration; quantile the same with one iteration; expert_choice = the share + the picks' way
+  // back; eval: bip / quantile none, expert_choice the same 3.
+  struct Want {
+    std::string strategy;
+    int train, eval;
+  };
+  for (const Want& w : {Want{"bip", 2 + 2 * 4, 0}, Want{"quantile", 2 + 2, 0}, Want{"expert_choice", 3, 3}}) {
+    SCOPED_TRACE(w.strategy);
+    run_ranks(kRanks, [&](int r, std::shared_ptr<ThreadCommunicator> c) {
+      auto b = make_balancer(balance_config(w.strategy, kExperts, 2));
+      b->set_communicator(c);
+      Philox rng;
+      Tensor x = rows_of(batch_logits(0), 0, kRows[r]);
+      b->select(router_output(x, kExperts, 2), rng);
+      EXPECT_EQ(c->collectives, w.train);
+      b->select(router_output(x, kExperts, 2, /*training=*/false), rng);
+      EXPECT_EQ(c->collectives, w.train + w.eval);
+    });
   }
 }
 

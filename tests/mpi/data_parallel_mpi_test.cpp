@@ -282,7 +282,8 @@ TEST_P(DataParallelRankLocal, EqualsOneProcessWithWTimesTheMicroBatches) {
 
 INSTANTIATE_TEST_SUITE_P(
     Coupled, DataParallelRankLocal,
-    ::testing::Values(std::make_pair(std::string("aux_loss"), std::string("[balance]\naux_variant = \"micro_batch\"\n")),
+    ::testing::Values(std::make_pair(std::string("aux_loss"),
+                                     std::string("[balance]\naux_variant = \"micro_batch\"\nscope = \"local\"\n")),
                       std::make_pair(std::string("sinkhorn"), std::string("[balance]\nscope = \"local\"\n")),
                       std::make_pair(std::string("expert_choice"), std::string("[balance]\nscope = \"local\"\n"))),
     [](const auto& info) { return info.param.first; });

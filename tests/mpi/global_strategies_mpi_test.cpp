@@ -1,6 +1,5 @@
-// The strategies coupled across the batch with balance.scope = "global" under mpirun: DP = 2
-// reproduces the single-process run of the same recipe (losses over 20 steps to 1e-5 relative,
-// balancer states equal on every rank and to the single process's, parameters).
+// balance.scope = "global" under mpirun: DP = 2 reproduces the single-process run for the strategies
+// coupled across the batch and the micro-batch aux losses (losses, states, parameters).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -116,6 +115,10 @@ TEST_P(GlobalScope, DataParallelReproducesTheSingleProcessRun) {
   ASSERT_EQ(mb.size(), size_t(kSteps));
   for (size_t i = 0; i < ma.size(); ++i) expect_rel(ma[i], mb[i], 1e-9, "layer_1.maxvio at step " + std::to_string(i + 1));
 
+  auto xa = metric(ref, "train", "layer_1.aux_unscaled"), xb = metric(dp, "train", "layer_1.aux_unscaled");
+  ASSERT_EQ(xa.size(), xb.size());  // the strategies with an aux term: its logged value (mean over ranks)
+  for (size_t i = 0; i < xa.size(); ++i) expect_rel(xa[i], xb[i], 1e-5, "aux loss at step " + std::to_string(i + 1));
+
   Checkpoint a = read_checkpoint(checkpoint_dir(ref, kSteps)), b = read_checkpoint(checkpoint_dir(dp, kSteps));
   size_t moved = 0;
   for (auto& [k, v] : a.doubles) {
@@ -128,7 +131,9 @@ TEST_P(GlobalScope, DataParallelReproducesTheSingleProcessRun) {
       moved += v[i] != 0;
     }
   }
-  if (st.has_state) EXPECT_GT(moved, 0u) << "the balancer state must have moved";
+  if (st.has_state) {
+    EXPECT_GT(moved, 0u) << "the balancer state must have moved";
+  }
   for (auto& [k, t] : a.tensors) {
     if (k.rfind("model/", 0) != 0) continue;
     Tensor x = t.to(DType::f64).contiguous(), y = b.tensor(k).to(DType::f64).contiguous();
@@ -146,7 +151,9 @@ INSTANTIATE_TEST_SUITE_P(
                       Strategy{"quantile", "quantile", "quantile_rate = 0.2\n", true},
                       Strategy{"sinkhorn", "sinkhorn", "", false},
                       Strategy{"ssr", "ssr", "ssr_probability = 0.5\n", false},
-                      Strategy{"expert_choice", "expert_choice", "", false}),
+                      Strategy{"expert_choice", "expert_choice", "", false},
+                      Strategy{"aux_loss_micro_batch", "aux_loss", "aux_variant = \"micro_batch\"\n", false},
+                      Strategy{"null_experts", "null_experts", "num_null_experts = 2\nnull_aux_alpha = 0.1\n", false}),
     [](const auto& info) { return info.param.name; });
 
 // The rank-local scope of the same strategy does not reproduce it (so the test above is not
@@ -162,5 +169,7 @@ TEST(GlobalScopeContrast, LocalScopeOfBipDiffersAcrossRanks) {
   w->barrier();
   std::ostringstream os;
   ASSERT_EQ(train(r, dir, w, os), kTrainOk);
-  if (w->rank() == 0) EXPECT_NE(os.str().find("differs across data-parallel ranks"), std::string::npos) << os.str();
+  if (w->rank() == 0) {
+    EXPECT_NE(os.str().find("differs across data-parallel ranks"), std::string::npos) << os.str();
+  }
 }

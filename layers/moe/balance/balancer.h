@@ -64,12 +64,13 @@ class Balancer {
   using LoadReducer = std::function<std::vector<double>(const std::vector<double>&)>;
   virtual void set_load_reducer(LoadReducer reducer) {}
 
-  // The data-parallel group whose ranks' micro-batches together form the batch that select()
-  // balances when balance.scope = "global" (bip, quantile, sinkhorn, ssr, expert_choice: the
-  // strategies whose routing of a token depends on the other tokens of its batch). select()
-  // then calls collectives of this communicator, so every rank must call it for every
-  // micro-batch in the same order (training and eval forwards alike). Default: none, which is
-  // the single-process computation; so is a communicator of one rank, or scope = "local".
+  // The data-parallel group whose ranks' micro-batches together form the batch that is balanced
+  // when balance.scope = "global": select() of bip, quantile, sinkhorn, ssr, expert_choice (the
+  // strategies whose routing of a token depends on the other tokens of its batch) and
+  // extra_losses() of aux_loss micro_batch and null_experts (f_i from the batch's loads) then
+  // call collectives of this communicator, so every rank must run every forward, training and
+  // eval, in the same order. Default: none, which is the single-process computation; so is a
+  // communicator of one rank, or scope = "local".
   void set_communicator(std::shared_ptr<Communicator> comm) { comm_ = std::move(comm); }
 
  protected:

@@ -2,7 +2,6 @@
 // balanced assignment problem; selection is top-k of (s - q), gates the unbiased s.
 #include "core/autograd.h"
 #include "layers/moe/balance/dual_prices.h"
-#include "layers/moe/balance/global_batch.h"
 #include "layers/moe/balance/strategies.h"
 
 namespace moe {
@@ -15,9 +14,10 @@ namespace {
 //          this batch to get the q the next batch uses. A batch never influences its own routing.
 // q changes inside select(), not in update(): the dual iterations need the scores, and
 // update() only sees loads. Data parallelism, balance.scope = "global" (default): the iterations
-// run on the global micro-batch (every rank's scores, gathered in rank order, capacity from the
-// global token count), so every rank computes the q of the single process on the concatenated
-// batch and the ranks' q never differ. scope = "local": each rank's q follows its own batches.
+// run on the global micro-batch (every rank's tokens, capacity from the global token count, the
+// experts' columns split over the ranks), so every rank computes the q of the single process on
+// the concatenated batch and the ranks' q never differ. scope = "local": each rank's q follows
+// its own batches.
 class BipBalancer final : public Balancer {
  public:
   explicit BipBalancer(const MoeConfig& cfg) : cfg_(cfg), q_(size_t(cfg.num_experts), 0.0f) {}
@@ -42,11 +42,8 @@ class BipBalancer final : public Balancer {
  private:
   void iterate(const Tensor& scores) {
     NoGradGuard ng;
-    const int64_t E = cfg_.num_experts, k = cfg_.top_k;
-    GlobalRows g = gather_rows(batch_communicator(cfg_.balance.scope), scores.detach().contiguous().to_double_vector(),
-                               scores.size(0), E, "balance.bip");
-    dual_price_iterations(g.values, g.total, E, k, balanced_capacity(g.total, E, k), cfg_.balance.bip_iters,
-                          /*clip=*/true, q_);
+    batch_dual_price_iterations(batch_communicator(cfg_.balance.scope), scores, cfg_.top_k, cfg_.balance.bip_iters,
+                                /*clip=*/true, q_, "balance.bip");
   }
 
   MoeConfig cfg_;

@@ -2,7 +2,6 @@
 // dual quantiles, select-then-update, beta re-centred to mean 0.
 #include "core/autograd.h"
 #include "layers/moe/balance/dual_prices.h"
-#include "layers/moe/balance/global_batch.h"
 #include "layers/moe/balance/strategies.h"
 
 namespace moe {
@@ -17,7 +16,7 @@ namespace {
 // r = 1 jumps to this batch's equilibrium prices; small r averages them over batches.
 // Re-centring leaves top-k of (s - beta) unchanged and keeps beta from drifting.
 // Data parallelism, balance.scope = "global" (default): beta* comes from the global micro-batch
-// (every rank's scores gathered in rank order, C from the global token count), so every rank
+// (every rank's tokens, C from the global token count; see batch_dual_price_iterations), so every rank
 // keeps the single process's beta; scope = "local": each rank's beta follows its own batches.
 class QuantileBalancer final : public Balancer {
  public:
@@ -31,10 +30,8 @@ class QuantileBalancer final : public Balancer {
     if (in.training) {
       NoGradGuard ng;
       std::vector<float> target = beta_;
-      GlobalRows g = gather_rows(batch_communicator(cfg_.balance.scope),
-                                 in.scores.detach().contiguous().to_double_vector(), in.scores.size(0), E,
-                                 "balance.quantile");
-      dual_price_iterations(g.values, g.total, E, k, balanced_capacity(g.total, E, k), 1, /*clip=*/false, target);
+      batch_dual_price_iterations(batch_communicator(cfg_.balance.scope), in.scores, k, 1, /*clip=*/false, target,
+                                  "balance.quantile");
       const double r = cfg_.balance.quantile_rate;
       std::vector<double> next(static_cast<size_t>(E));
       double mean = 0;
