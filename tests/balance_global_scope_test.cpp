@@ -262,7 +262,8 @@ TEST(BalanceGlobalScope, RanksWithDifferentExpertCountsAreRefused) {
     });
     ADD_FAILURE() << "different expert counts accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("balance.scope = global needs the same router"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("balance.scope = global needs the same router"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -294,7 +295,8 @@ TEST(BalanceGlobalScope, EveryCoupledStrategyReproducesTheSingleProcess) {
     auto single = make_balancer(c.cfg);
     Philox rng0(9, 1, 0);
     std::vector<Picked> ref;
-    for (int b = 0; b < 4; ++b) ref.push_back(picked(single->select(router_output(batch_logits(b), kExperts, c.cfg.top_k, b < 3), rng0)));
+    for (int b = 0; b < 4; ++b)
+      ref.push_back(picked(single->select(router_output(batch_logits(b), kExperts, c.cfg.top_k, b < 3), rng0)));
     std::vector<std::vector<Picked>> got(kRanks);
     std::vector<std::vector<double>> states(kRanks);
     run_ranks(kRanks, [&](int r, std::shared_ptr<ThreadCommunicator> comm) {
@@ -321,7 +323,8 @@ TEST(BalanceGlobalScope, EveryCoupledStrategyReproducesTheSingleProcess) {
             want.gate.push_back(all.gate[a]);
             want.score.push_back(all.score[a]);
           }
-        expect_same(got[size_t(r)][size_t(b)], want, 1e-12, "rank " + std::to_string(r) + " batch " + std::to_string(b));
+        expect_same(got[size_t(r)][size_t(b)], want, 1e-12,
+                    "rank " + std::to_string(r) + " batch " + std::to_string(b));
       }
       EXPECT_EQ(states[size_t(r)], single->state_vector()) << "rank " << r;
       lo += kRows[r];

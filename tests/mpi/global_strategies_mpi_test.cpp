@@ -113,7 +113,8 @@ TEST_P(GlobalScope, DataParallelReproducesTheSingleProcessRun) {
   auto ma = metric(ref, "train", "layer_1.maxvio"), mb = metric(dp, "train", "layer_1.maxvio");
   ASSERT_EQ(ma.size(), size_t(kSteps));
   ASSERT_EQ(mb.size(), size_t(kSteps));
-  for (size_t i = 0; i < ma.size(); ++i) expect_rel(ma[i], mb[i], 1e-9, "layer_1.maxvio at step " + std::to_string(i + 1));
+  for (size_t i = 0; i < ma.size(); ++i)
+    expect_rel(ma[i], mb[i], 1e-9, "layer_1.maxvio at step " + std::to_string(i + 1));
 
   auto xa = metric(ref, "train", "layer_1.aux_unscaled"), xb = metric(dp, "train", "layer_1.aux_unscaled");
   ASSERT_EQ(xa.size(), xb.size());  // the strategies with an aux term: its logged value (mean over ranks)
@@ -139,7 +140,8 @@ TEST_P(GlobalScope, DataParallelReproducesTheSingleProcessRun) {
     Tensor x = t.to(DType::f64).contiguous(), y = b.tensor(k).to(DType::f64).contiguous();
     ASSERT_EQ(x.numel(), y.numel()) << k;
     double worst = 0;
-    for (int64_t i = 0; i < x.numel(); ++i) worst = std::max(worst, std::fabs(x.data<double>()[i] - y.data<double>()[i]));
+    for (int64_t i = 0; i < x.numel(); ++i)
+      worst = std::max(worst, std::fabs(x.data<double>()[i] - y.data<double>()[i]));
     EXPECT_LT(worst, 1e-4) << k;
   }
 }

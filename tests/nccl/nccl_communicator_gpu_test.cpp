@@ -182,7 +182,8 @@ int main(int argc, char** argv) {
   int skip = why.empty() ? 0 : 1, any_skip = 0;
   MPI_Allreduce(&skip, &any_skip, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
   if (any_skip) {
-    if (rank == 0) std::printf("no CUDA device: %s; skipping the NCCL tests\n", why.empty() ? "on another rank" : why.c_str());
+    if (rank == 0)
+      std::printf("no CUDA device: %s; skipping the NCCL tests\n", why.empty() ? "on another rank" : why.c_str());
     MPI_Finalize();
     return 77;
   }

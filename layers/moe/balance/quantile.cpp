@@ -16,8 +16,9 @@ namespace {
 // r = 1 jumps to this batch's equilibrium prices; small r averages them over batches.
 // Re-centring leaves top-k of (s - beta) unchanged and keeps beta from drifting.
 // Data parallelism, balance.scope = "global" (default): beta* comes from the global micro-batch
-// (every rank's tokens, C from the global token count; see batch_dual_price_iterations), so every rank
-// keeps the single process's beta; scope = "local": each rank's beta follows its own batches.
+// (every rank's tokens, C from the global token count; see batch_dual_price_iterations), so
+// every rank keeps the single process's beta; scope = "local": each rank's beta follows its own
+// batches.
 class QuantileBalancer final : public Balancer {
  public:
   explicit QuantileBalancer(const MoeConfig& cfg) : cfg_(cfg), beta_(size_t(cfg.num_experts), 0.0f) {}

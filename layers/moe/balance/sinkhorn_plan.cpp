@@ -70,7 +70,8 @@ bool linear_pass(const std::vector<double>& logk, int64_t T, int64_t E, int max_
 
 // log sum_i exp(v[i, j]) over the rows of every rank, for each column j of v [T, E]: each rank's
 // (max, shifted sum) per column, merged in rank order from one all-gather.
-void column_log_sum_exp(const std::vector<double>& v, int64_t T, int64_t E, Communicator* comm, std::vector<double>& out) {
+void column_log_sum_exp(const std::vector<double>& v, int64_t T, int64_t E, Communicator* comm,
+                        std::vector<double>& out) {
   std::vector<double> ms(size_t(2 * E));
   for (int64_t j = 0; j < E; ++j) {
     double m = -std::numeric_limits<double>::infinity();
@@ -157,7 +158,8 @@ SinkhornPlan sinkhorn_plan(const Tensor& logits, double temperature, int max_ite
     p.row_max[size_t(i)] = m;
     for (int64_t j = 0; j < E; ++j) logk[size_t(i * E + j)] = (x[size_t(i * E + j)] - m) / temperature;
   }
-  if (force_log_domain || !linear_pass(logk, T, E, max_iters, tol, comm, p)) log_pass(logk, T, E, max_iters, tol, comm, p);
+  if (force_log_domain || !linear_pass(logk, T, E, max_iters, tol, comm, p))
+    log_pass(logk, T, E, max_iters, tol, comm, p);
   return p;
 }
 
