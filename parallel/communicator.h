@@ -22,8 +22,9 @@ class Communicator {
   virtual void all_reduce_sum(double* data, size_t n) = 0;
   virtual void all_reduce_sum(float* data, size_t n) = 0;
   virtual void all_reduce_max(double* data, size_t n) = 0;
-  void all_reduce_avg(double* data, size_t n);
-  void all_reduce_avg(float* data, size_t n);
+  // Sum, then divide by size() on the host; backends on device memory (NCCL) override.
+  virtual void all_reduce_avg(double* data, size_t n);
+  virtual void all_reduce_avg(float* data, size_t n);
   void all_reduce_sum(std::vector<double>& v) { all_reduce_sum(v.data(), v.size()); }
   void all_reduce_avg(std::vector<double>& v) { all_reduce_avg(v.data(), v.size()); }
 

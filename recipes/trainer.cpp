@@ -247,6 +247,8 @@ class Trainer {
           return out;
         });
     }
+    // balance.scope = "global": coupled strategies route over every rank's micro-batch (collectives in select()).
+    for (auto& m : moe_) m.moe->balancer().set_communicator(comm_);
   }
 
   // Refuses ranks whose resolved recipes differ (a collective: every rank throws the same error).
