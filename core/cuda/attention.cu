@@ -22,12 +22,22 @@ constexpr int kDqAcc = kBrBwd * kFlashMaxHeadDim / kThreads;
 
 __device__ __forceinline__ long min_long(long a, long b) { return a < b ? a : b; }
 
+// Where a head's rows live: [B, H, S, Dh] (rows D apart, heads S * D apart) or [B, S, H, Dh]
+// (rows H * D apart, heads D apart); a batch always spans S * H * D elements.
+struct HeadStrides {
+  long heads, head, row;
+  __device__ long base(long head_index, long S, int D) const {
+    return head_index / heads * S * heads * D + head_index % heads * head;
+  }
+};
+
 // rows x D of a [S, D] head starting at row r0 into dst (row stride ld), zero past the end.
 template <class T>
-__device__ void load_tile(const T* src, long r0, long valid, int rows, int D, float* dst, int ld, float mul = 1.0f) {
+__device__ void load_tile(const T* src, long rs, long r0, long valid, int rows, int D, float* dst, int ld,
+                          float mul = 1.0f) {
   for (int i = threadIdx.x; i < rows * D; i += blockDim.x) {
     const int r = i / D, d = i % D;
-    dst[r * ld + d] = r < valid ? to_float(src[(r0 + r) * D + d]) * mul : 0.0f;
+    dst[r * ld + d] = r < valid ? to_float(src[(r0 + r) * rs + d]) * mul : 0.0f;
   }
 }
 
@@ -39,7 +49,7 @@ __device__ __forceinline__ float dot_row(const float* a, const float* b, int D) 
 
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    flash_forward_kernel(const T* q, const T* k, const T* v, T* o, float* lse, long S, int D, float scale) {
+    flash_forward_kernel(const T* q, const T* k, const T* v, T* o, float* lse, HeadStrides hs, long S, int D, float scale) {
   MOE_DYNAMIC_SHARED(float, smem);
   float* sQ = smem;               // [kBrFwd][D], pre-scaled
   float* sK = sQ + kBrFwd * D;    // [kBc][D + 1]: lanes read different rows, same column
@@ -49,10 +59,10 @@ __global__ void __launch_bounds__(kThreads)
   float* sL = sM + kBrFwd;        // running sum per row
   float* sA = sL + kBrFwd;        // this tile's rescale factor per row
   const long head = blockIdx.y, r0 = long(blockIdx.x) * kBrFwd, rows = min_long(kBrFwd, S - r0);
-  const long base = head * S * D;
+  const long base = hs.base(head, S, D), rs = hs.row;
   const int tid = threadIdx.x;
 
-  load_tile(q + base, r0, rows, kBrFwd, D, sQ, D, scale);
+  load_tile(q + base, rs, r0, rows, kBrFwd, D, sQ, D, scale);
   if (tid < kBrFwd) sM[tid] = -INFINITY, sL[tid] = 0.0f;
   float acc[kFwdAcc];
   MOE_UNROLL
@@ -62,8 +72,8 @@ __global__ void __launch_bounds__(kThreads)
   for (long c0 = 0; c0 <= last_row; c0 += kBc) {
     const long cols = min_long(kBc, S - c0);
     __syncthreads();  // the previous tile's readers of sK / sV / sP are done
-    load_tile(k + base, c0, cols, kBc, D, sK, D + 1);
-    load_tile(v + base, c0, cols, kBc, D, sV, D);
+    load_tile(k + base, rs, c0, cols, kBc, D, sK, D + 1);
+    load_tile(v + base, rs, c0, cols, kBc, D, sV, D);
     __syncthreads();
     for (int i = tid; i < kBrFwd * kBc; i += kThreads) {
       const int r = i / kBc, j = i % kBc;
@@ -106,18 +116,19 @@ __global__ void __launch_bounds__(kThreads)
   MOE_UNROLL
   for (int e = 0; e < kFwdAcc; ++e) {
     const int i = tid + e * kThreads;
-    if (i < kBrFwd * D && i / D < rows) o[base + (r0 + i / D) * D + i % D] = from_float<T>(acc[e] / sL[i / D]);
+    if (i < kBrFwd * D && i / D < rows) o[base + (r0 + i / D) * rs + i % D] = from_float<T>(acc[e] / sL[i / D]);
   }
   if (tid < rows) lse[head * S + r0 + tid] = sM[tid] + logf(sL[tid]);
 }
 
 // delta[row] = sum_d dout[row, d] * out[row, d] (= sum_j P dP of the row): one warp per row.
 template <class T>
-__global__ void __launch_bounds__(kThreads) flash_delta_kernel(const T* out, const T* dout, float* delta, long rows, int D) {
+__global__ void __launch_bounds__(kThreads) flash_delta_kernel(const T* out, const T* dout, float* delta, HeadStrides hs, long rows, long S, int D) {
   const long row = long(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (row >= rows) return;  // whole warps leave together
+  const long at = hs.base(row / S, S, D) + row % S * hs.row;
   float s = 0.0f;
-  for (int d = threadIdx.x % 32; d < D; d += 32) s += to_float(out[row * D + d]) * to_float(dout[row * D + d]);
+  for (int d = threadIdx.x % 32; d < D; d += 32) s += to_float(out[at + d]) * to_float(dout[at + d]);
   s = warp_sum(s);
   if (threadIdx.x % 32 == 0) delta[row] = s;
 }
@@ -143,9 +154,9 @@ constexpr size_t bwd_shared_floats(int D) {
 
 template <class T>
 __device__ void load_query_tile(const BwdTiles& t, const T* q, const T* dout, const float* lse, const float* delta,
-                                long base, long row_base, long r0, long rows, int D) {
-  load_tile(q + base, r0, rows, kBrBwd, D, t.sQ, D);
-  load_tile(dout + base, r0, rows, kBrBwd, D, t.sdO, D);
+                                long base, long rs, long row_base, long r0, long rows, int D) {
+  load_tile(q + base, rs, r0, rows, kBrBwd, D, t.sQ, D);
+  load_tile(dout + base, rs, r0, rows, kBrBwd, D, t.sdO, D);
   if (threadIdx.x < kBrBwd) {
     const bool ok = long(threadIdx.x) < rows;
     t.sLse[threadIdx.x] = ok ? lse[row_base + r0 + threadIdx.x] : 0.0f;
@@ -171,21 +182,21 @@ __device__ void probabilities_and_ds(const BwdTiles& t, long r0, long rows, long
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     flash_dkdv_kernel(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dk,
-                      T* dv, long S, int D, float scale) {
+                      T* dv, HeadStrides hs, long S, int D, float scale) {
   MOE_DYNAMIC_SHARED(float, smem);
   const BwdTiles t(smem, D);
   const long head = blockIdx.y, c0 = long(blockIdx.x) * kBc, cols = min_long(kBc, S - c0);
-  const long base = head * S * D, row_base = head * S;
+  const long base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
   const int tid = threadIdx.x;
-  load_tile(k + base, c0, cols, kBc, D, t.sK, D + 1);
-  load_tile(v + base, c0, cols, kBc, D, t.sV, D + 1);
+  load_tile(k + base, rs, c0, cols, kBc, D, t.sK, D + 1);
+  load_tile(v + base, rs, c0, cols, kBc, D, t.sV, D + 1);
   float acc_k[kKvAcc], acc_v[kKvAcc];
   MOE_UNROLL
   for (int e = 0; e < kKvAcc; ++e) acc_k[e] = acc_v[e] = 0.0f;
   for (long r0 = c0; r0 < S; r0 += kBrBwd) {  // rows before c0 see none of these keys
     const long rows = min_long(kBrBwd, S - r0);
     __syncthreads();
-    load_query_tile(t, q, dout, lse, delta, base, row_base, r0, rows, D);
+    load_query_tile(t, q, dout, lse, delta, base, rs, row_base, r0, rows, D);
     __syncthreads();
     probabilities_and_ds(t, r0, rows, c0, cols, D, scale);
     __syncthreads();
@@ -207,7 +218,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int e = 0; e < kKvAcc; ++e) {
     const int i = tid + e * kThreads;
     if (i < kBc * D && i / D < cols) {
-      const long at = base + (c0 + i / D) * D + i % D;
+      const long at = base + (c0 + i / D) * rs + i % D;
       dk[at] = from_float<T>(acc_k[e] * scale);
       dv[at] = from_float<T>(acc_v[e]);
     }
@@ -218,21 +229,21 @@ __global__ void __launch_bounds__(kThreads)
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     flash_dq_kernel(const T* q, const T* k, const T* v, const T* dout, const float* lse, const float* delta, T* dq,
-                    long S, int D, float scale) {
+                    HeadStrides hs, long S, int D, float scale) {
   MOE_DYNAMIC_SHARED(float, smem);
   const BwdTiles t(smem, D);
   const long head = blockIdx.y, r0 = long(blockIdx.x) * kBrBwd, rows = min_long(kBrBwd, S - r0);
-  const long base = head * S * D, row_base = head * S;
+  const long base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
   const int tid = threadIdx.x;
-  load_query_tile(t, q, dout, lse, delta, base, row_base, r0, rows, D);
+  load_query_tile(t, q, dout, lse, delta, base, rs, row_base, r0, rows, D);
   float acc[kDqAcc];
   MOE_UNROLL
   for (int e = 0; e < kDqAcc; ++e) acc[e] = 0.0f;
   for (long c0 = 0; c0 < r0 + rows; c0 += kBc) {
     const long cols = min_long(kBc, S - c0);
     __syncthreads();
-    load_tile(k + base, c0, cols, kBc, D, t.sK, D + 1);
-    load_tile(v + base, c0, cols, kBc, D, t.sV, D + 1);
+    load_tile(k + base, rs, c0, cols, kBc, D, t.sK, D + 1);
+    load_tile(v + base, rs, c0, cols, kBc, D, t.sV, D + 1);
     __syncthreads();
     probabilities_and_ds(t, r0, rows, c0, cols, D, scale);
     __syncthreads();
@@ -250,56 +261,64 @@ __global__ void __launch_bounds__(kThreads)
   MOE_UNROLL
   for (int e = 0; e < kDqAcc; ++e) {
     const int i = tid + e * kThreads;
-    if (i < kBrBwd * D && i / D < rows) dq[base + (r0 + i / D) * D + i % D] = from_float<T>(acc[e] * scale);
+    if (i < kBrBwd * D && i / D < rows) dq[base + (r0 + i / D) * rs + i % D] = from_float<T>(acc[e] * scale);
   }
 }
 
-void check_shape(const char* op, long batch_heads, long seq, int head_dim) {
-  MOE_CHECK(batch_heads >= 0 && seq >= 0 && head_dim >= 1 && head_dim <= kFlashMaxHeadDim, op, "bad shape [",
-            batch_heads, ", ", seq, ", ", head_dim, "]: expected head_dim in [1, ", kFlashMaxHeadDim, "]");
-  MOE_CHECK(batch_heads <= 65535, op, "batch * heads = ", batch_heads, " exceeds the grid's 65535 (grid.y)");
+void check_shape(const char* op, long batch, long heads, long seq, int head_dim) {
+  MOE_CHECK(batch >= 0 && heads >= 1 && seq >= 0 && head_dim >= 1 && head_dim <= kFlashMaxHeadDim, op, "bad shape: batch ",
+            batch, ", heads ", heads, ", seq ", seq, ", head_dim ", head_dim, " (expected heads >= 1, head_dim in [1, ",
+            kFlashMaxHeadDim, "])");
+  MOE_CHECK(batch * heads <= 65535, op, "batch * heads = ", batch * heads, " exceeds the grid's 65535 (grid.y)");
+}
+
+HeadStrides strides_of(AttentionLayout layout, long heads, long seq, int D) {
+  return layout == AttentionLayout::kBHSD ? HeadStrides{heads, seq * D, D} : HeadStrides{heads, D, heads * D};
 }
 
 }  // namespace
 
 template <class T>
-void flash_attention_forward(const T* q, const T* k, const T* v, T* out, float* lse, long batch_heads, long seq,
-                             int head_dim, cudaStream_t stream) {
-  check_shape("cuda::flash_attention_forward", batch_heads, seq, head_dim);
-  if (batch_heads == 0 || seq == 0) return;
+void flash_attention_forward(const T* q, const T* k, const T* v, T* out, float* lse, long batch, long heads, long seq,
+                             int head_dim, AttentionLayout layout, cudaStream_t stream) {
+  check_shape("cuda::flash_attention_forward", batch, heads, seq, head_dim);
+  if (batch == 0 || seq == 0) return;
   const int D = head_dim;
   const size_t shared = sizeof(float) * size_t(kBrFwd * D + kBc * (D + 1) + kBc * D + kBrFwd * kLdp + 3 * kBrFwd);
   const float scale = float(1.0 / std::sqrt(double(D)));
-  MOE_LAUNCH(flash_forward_kernel<device_t<T>>, dim3(ceil_div(seq, kBrFwd), unsigned(batch_heads)), kThreads, shared,
-             stream, dev(q), dev(k), dev(v), dev(out), lse, seq, D, scale);
+  MOE_LAUNCH(flash_forward_kernel<device_t<T>>, dim3(ceil_div(seq, kBrFwd), unsigned(batch * heads)), kThreads, shared,
+             stream, dev(q), dev(k), dev(v), dev(out), lse, strides_of(layout, heads, seq, D), seq, D, scale);
 }
 
 template <class T>
 void flash_attention_backward(const T* q, const T* k, const T* v, const T* out, const float* lse, const T* dout, T* dq,
-                              T* dk, T* dv, long batch_heads, long seq, int head_dim, cudaStream_t stream) {
-  check_shape("cuda::flash_attention_backward", batch_heads, seq, head_dim);
-  if (batch_heads == 0 || seq == 0) return;
+                              T* dk, T* dv, long batch, long heads, long seq, int head_dim, AttentionLayout layout,
+                              cudaStream_t stream) {
+  check_shape("cuda::flash_attention_backward", batch, heads, seq, head_dim);
+  if (batch == 0 || seq == 0) return;
   const int D = head_dim;
-  const long rows = batch_heads * seq;
+  const long rows = batch * heads * seq;
   const float scale = float(1.0 / std::sqrt(double(D)));
+  const HeadStrides hs = strides_of(layout, heads, seq, D);
   Workspace<float> delta{size_t(rows)};
   MOE_LAUNCH(flash_delta_kernel<device_t<T>>, ceil_div(rows, kThreads / 32), kThreads, 0, stream, dev(out), dev(dout),
-             delta.get(), rows, D);
+             delta.get(), hs, rows, seq, D);
   const size_t shared = sizeof(float) * bwd_shared_floats(D);
   const float* dl = delta.get();
-  MOE_LAUNCH(flash_dkdv_kernel<device_t<T>>, dim3(ceil_div(seq, kBc), unsigned(batch_heads)), kThreads, shared, stream,
-             dev(q), dev(k), dev(v), dev(dout), lse, dl, dev(dk), dev(dv), seq, D, scale);
-  MOE_LAUNCH(flash_dq_kernel<device_t<T>>, dim3(ceil_div(seq, kBrBwd), unsigned(batch_heads)), kThreads, shared, stream,
-             dev(q), dev(k), dev(v), dev(dout), lse, dl, dev(dq), seq, D, scale);
+  const unsigned bh = unsigned(batch * heads);
+  MOE_LAUNCH(flash_dkdv_kernel<device_t<T>>, dim3(ceil_div(seq, kBc), bh), kThreads, shared, stream, dev(q), dev(k),
+             dev(v), dev(dout), lse, dl, dev(dk), dev(dv), hs, seq, D, scale);
+  MOE_LAUNCH(flash_dq_kernel<device_t<T>>, dim3(ceil_div(seq, kBrBwd), bh), kThreads, shared, stream, dev(q), dev(k),
+             dev(v), dev(dout), lse, dl, dev(dq), hs, seq, D, scale);
 }
 
-template void flash_attention_forward<float>(const float*, const float*, const float*, float*, float*, long, long, int,
-                                             cudaStream_t);
-template void flash_attention_forward<bf16>(const bf16*, const bf16*, const bf16*, bf16*, float*, long, long, int,
-                                            cudaStream_t);
-template void flash_attention_backward<float>(const float*, const float*, const float*, const float*, const float*,
-                                              const float*, float*, float*, float*, long, long, int, cudaStream_t);
-template void flash_attention_backward<bf16>(const bf16*, const bf16*, const bf16*, const bf16*, const float*,
-                                             const bf16*, bf16*, bf16*, bf16*, long, long, int, cudaStream_t);
+#define MOE_INSTANTIATE(T)                                                                                          \
+  template void flash_attention_forward<T>(const T*, const T*, const T*, T*, float*, long, long, long, int,         \
+                                           AttentionLayout, cudaStream_t);                                          \
+  template void flash_attention_backward<T>(const T*, const T*, const T*, const T*, const float*, const T*, T*, T*, \
+                                            T*, long, long, long, int, AttentionLayout, cudaStream_t);
+MOE_INSTANTIATE(float)
+MOE_INSTANTIATE(bf16)
+#undef MOE_INSTANTIATE
 
 }  // namespace moe::cuda

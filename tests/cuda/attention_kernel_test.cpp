@@ -50,28 +50,42 @@ Reference cpu_reference(const std::vector<float>& q, const std::vector<float>& k
   return r;
 }
 
+// [B, H, S, D] <-> [B, S, H, D] (an involution up to swapping H and S in the arguments).
+std::vector<float> swap_heads_and_seq(const std::vector<float>& x, long B, long H, long S, long D) {
+  std::vector<float> y(x.size());
+  for (long b = 0; b < B; ++b)
+    for (long h = 0; h < H; ++h)
+      for (long s = 0; s < S; ++s)
+        for (long d = 0; d < D; ++d) y[static_cast<size_t>(((b * S + s) * H + h) * D + d)] = x[static_cast<size_t>(((b * H + h) * S + s) * D + d)];
+  return y;
+}
+
 // Tolerances: fp32 storage against the double reference (sums of S terms of size ~1 in fp32);
 // bf16 storage: outputs rounded to 8 mantissa bits, and the backward reads the bf16 out.
 template <class T>
-void check_attention(long B, long H, long S, int D, unsigned seed, double atol, double rtol) {
+void check_attention(long B, long H, long S, int D, unsigned seed, double atol, double rtol,
+                     AttentionLayout layout = AttentionLayout::kBHSD) {
   const size_t n = static_cast<size_t>(B * H * S * D);
   auto q = round_bf16(random_normal(n, seed, 1.5f)), k = round_bf16(random_normal(n, seed + 1, 1.5f));
   auto v = round_bf16(random_normal(n, seed + 2)), dout = round_bf16(random_normal(n, seed + 3));
   Reference want = cpu_reference(q, k, v, dout, B, H, S, D);
 
-  DeviceBuffer<T> dq_in = upload<T>(q), dk_in = upload<T>(k), dv_in = upload<T>(v), ddout = upload<T>(dout), out(n),
-                  dq(n), dk(n), dv(n);
+  const bool bshd = layout == AttentionLayout::kBSHD;
+  auto to_layout = [&](const std::vector<float>& x) { return bshd ? swap_heads_and_seq(x, B, H, S, D) : x; };
+  auto from_layout = [&](const std::vector<float>& x) { return bshd ? swap_heads_and_seq(x, B, S, H, D) : x; };
+  DeviceBuffer<T> dq_in = upload<T>(to_layout(q)), dk_in = upload<T>(to_layout(k)), dv_in = upload<T>(to_layout(v)),
+                  ddout = upload<T>(to_layout(dout)), out(n), dq(n), dk(n), dv(n);
   DeviceBuffer<float> lse(static_cast<size_t>(B * H * S));
-  flash_attention_forward(dq_in.get(), dk_in.get(), dv_in.get(), out.get(), lse.get(), B * H, S, D);
+  flash_attention_forward(dq_in.get(), dk_in.get(), dv_in.get(), out.get(), lse.get(), B, H, S, D, layout);
   flash_attention_backward(dq_in.get(), dk_in.get(), dv_in.get(), out.get(), lse.get(), ddout.get(), dq.get(),
-                           dk.get(), dv.get(), B * H, S, D);
+                           dk.get(), dv.get(), B, H, S, D, layout);
   const std::string where = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " S=" + std::to_string(S) +
-                            " D=" + std::to_string(D);
-  EXPECT_TRUE(all_near(to_f32(out.to_host()), want.out, atol, rtol)) << "out " << where;
+                            " D=" + std::to_string(D) + (bshd ? " [B, S, H, D]" : " [B, H, S, D]");
+  EXPECT_TRUE(all_near(from_layout(to_f32(out.to_host())), want.out, atol, rtol)) << "out " << where;
   EXPECT_TRUE(all_near(lse.to_host(), want.lse, 1e-5, 1e-5)) << "lse (fp32 always) " << where;
-  EXPECT_TRUE(all_near(to_f32(dq.to_host()), want.dq, atol, rtol)) << "dq " << where;
-  EXPECT_TRUE(all_near(to_f32(dk.to_host()), want.dk, atol, rtol)) << "dk " << where;
-  EXPECT_TRUE(all_near(to_f32(dv.to_host()), want.dv, atol, rtol)) << "dv " << where;
+  EXPECT_TRUE(all_near(from_layout(to_f32(dq.to_host())), want.dq, atol, rtol)) << "dq " << where;
+  EXPECT_TRUE(all_near(from_layout(to_f32(dk.to_host())), want.dk, atol, rtol)) << "dk " << where;
+  EXPECT_TRUE(all_near(from_layout(to_f32(dv.to_host())), want.dv, atol, rtol)) << "dv " << where;
 }
 
 TEST(CudaFlashAttention, MatchesCpuOpF32) {
@@ -82,6 +96,10 @@ TEST(CudaFlashAttention, MatchesCpuOpF32) {
   check_attention<float>(1, 1, 7, 128, 104, 2e-5, 1e-4);
 }
 
+TEST(CudaFlashAttention, SequenceMajorLayoutF32) {
+  check_attention<float>(2, 3, 21, 24, 107, 2e-5, 1e-4, AttentionLayout::kBSHD);
+}
+
 TEST(CudaFlashAttention, MatchesCpuOpBf16) {
   check_attention<bf16>(1, 2, 45, 24, 105, 2e-2, 2e-2);
   check_attention<bf16>(1, 1, 51, 64, 106, 2e-2, 2e-2);
@@ -89,7 +107,7 @@ TEST(CudaFlashAttention, MatchesCpuOpBf16) {
 
 TEST(CudaFlashAttention, RejectsHeadDimAboveTheLimit) {
   DeviceBuffer<float> x(4 * (kFlashMaxHeadDim + 1)), lse(4);
-  EXPECT_THROW(flash_attention_forward(x.get(), x.get(), x.get(), x.get(), lse.get(), 1, 4, kFlashMaxHeadDim + 1),
+  EXPECT_THROW(flash_attention_forward(x.get(), x.get(), x.get(), x.get(), lse.get(), 1, 1, 4, kFlashMaxHeadDim + 1),
                Error);
 }
 
