@@ -1,4 +1,4 @@
-// Causal flash attention on device pointers (layout [B, H, S, Dh] as core/cpu causal_attention):
+// Causal flash attention on device pointers ([B, H, S, Dh] as core/cpu causal_attention, or [B, S, H, Dh]):
 // forward with an online softmax that saves the per-row logsumexp, backward recomputing P from it.
 #pragma once
 #include "core/cuda/runtime.h"
