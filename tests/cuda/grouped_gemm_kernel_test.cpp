@@ -81,10 +81,10 @@ TEST(CudaGroupedGemm, SwigluExpertsMatchCpuForwardAndBackward) {
 
 // The three forms with fp32 output on bf16 operands: only the summation order differs from the
 // double loops, so fp32 tolerances apply; accumulate adds onto what is there.
-TEST(CudaGroupedGemm, NtNnTnFormsWithFp32OutputAndAccumulation) {
+void check_forms(long M, long K) {
   const std::vector<int64_t> sizes = {0, 65, 17};  // an expert of 65 rows: two row tiles, the second of one row
   const int E = 3;
-  const long M = 67, K = 33, N = 82;  // M > one 64-column tile, K not a multiple of 16
+  const long N = 82;
   const auto off = offsets_of(sizes);
   auto a = round_bf16(random_normal(static_cast<size_t>(N * K), 96)), w = round_bf16(random_normal(static_cast<size_t>(E * M * K), 97));
   auto g = round_bf16(random_normal(static_cast<size_t>(N * M), 98));
@@ -112,6 +112,11 @@ TEST(CudaGroupedGemm, NtNnTnFormsWithFp32OutputAndAccumulation) {
   EXPECT_TRUE(all_near(dx.to_host(), wdx, 1e-4, 1e-5)) << "nn";
   EXPECT_TRUE(all_near(gw.to_host(), wgw, 1e-4, 1e-5)) << "tn";
   EXPECT_THROW(grouped_gemm_nt(da.get(), dw.get(), doff.get(), 0, N, M, K, y.get()), Error);
+}
+
+TEST(CudaGroupedGemm, NtNnTnFormsWithFp32OutputAndAccumulation) {
+  check_forms(131, 33);  // M > one 128-column tile; K not a multiple of 8: element-wise loads
+  check_forms(136, 48);  // multiples of 8: the 16-byte chunk loads
 }
 
 }  // namespace
