@@ -100,7 +100,26 @@ __global__ void subtract_prices_kernel(const float* scores, const float* q, floa
     out[i] = scores[i] - q[i % experts];
 }
 
+// One block: thread 0 sums next in expert order (a fixed order: the same double as the CPU's).
+__global__ void quantile_beta_kernel(float* beta, const float* target, int experts, double rate) {
+  MOE_SHARED(double, mean, [1]);
+  if (threadIdx.x == 0) {
+    double m = 0;
+    for (int j = 0; j < experts; ++j) m += double(beta[j]) + rate * (double(target[j]) - double(beta[j]));
+    mean[0] = m / double(experts);
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < experts; j += blockDim.x)
+    beta[j] = float(double(beta[j]) + rate * (double(target[j]) - double(beta[j])) - mean[0]);
+}
+
 }  // namespace
+
+void quantile_beta_update(float* beta, const float* target, int experts, double rate, cudaStream_t stream) {
+  MOE_CHECK(experts >= 1 && experts <= kMaxExperts, "cuda::quantile_beta_update", "experts = ", experts,
+            ", expected 1..", kMaxExperts);
+  MOE_LAUNCH(quantile_beta_kernel, 1, row_block_threads(experts, 1024), 0, stream, beta, target, experts, rate);
+}
 
 void dual_price_iterations(const float* scores, long tokens, int experts, int k, long cap, int iters, bool clip,
                            float* q, cudaStream_t stream) {

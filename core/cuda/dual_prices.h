@@ -21,4 +21,9 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
 void price_shifted_topk(const float* scores, const float* q, long tokens, int experts, int k, float* values,
                         int32_t* indices, cudaStream_t stream = nullptr);
 
+// The quantile balancer's step toward the dual prices (layers/moe/balance/quantile.cpp), beta and
+// target [experts] on the device: next = beta + rate (target - beta) in double, then beta = next
+// - mean(next) (rounded to fp32), so the prices stay centred; the CPU's arithmetic, step for step.
+void quantile_beta_update(float* beta, const float* target, int experts, double rate, cudaStream_t stream = nullptr);
+
 }  // namespace moe::cuda

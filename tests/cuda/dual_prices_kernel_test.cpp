@@ -110,4 +110,29 @@ TEST(CudaDualPrices, UnclippedQuantileFormMatchesCpu) {
   }
 }
 
+TEST(CudaDualPrices, QuantileBalancerStateMatchesOverBatches) {
+  // The quantile strategy in training: route with beta, one unclipped dual round from beta gives
+  // the target, beta moves toward it by the rate and is re-centred.
+  const long T = 96;
+  const int E = 7, k = 2;
+  MoeConfig cfg = balance_config("quantile", E, k);
+  cfg.balance.quantile_rate = 0.3;
+  auto quantile = make_balancer(cfg);
+  Philox rng;
+  DeviceBuffer<float> beta(std::vector<float>(static_cast<size_t>(E), 0.0f));
+  for (unsigned seed : {310u, 311u, 312u}) {
+    RouterOutput in = router_output(favoured(T, E, seed), E, k);
+    quantile->select(in, rng);
+    DeviceBuffer<float> ds(in.scores.detach().contiguous().to_vector<float>());
+    DeviceBuffer<float> target(beta.to_host());  // the dual round starts from beta
+    dual_price_iterations(ds.get(), T, E, k, balanced_capacity(T, E, k), 1, false, target.get());
+    quantile_beta_update(beta.get(), target.get(), E, cfg.balance.quantile_rate);
+    auto want = quantile->state_vector();
+    auto got = beta.to_host();
+    // The targets agree to fp32 rounding (float vs double differences), so beta does too.
+    EXPECT_TRUE(all_near(got, want, 1e-6, 1e-5)) << "batch " << seed;
+    EXPECT_GT(*std::max_element(got.begin(), got.end()), 0.01f) << "expert 0 is priced up";
+  }
+}
+
 }  // namespace
