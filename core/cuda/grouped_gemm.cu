@@ -1,4 +1,4 @@
-// Tensor-core grouped GEMM: 64 x 128 output tiles, 8 warps each owning 32 x 32 (2 x 2 wmma
+// Tensor-core grouped GEMM: 64 x 128 output tiles, 4 warps each owning 32 x 64 (2 x 4 wmma
 // 16x16x16 bf16 fragments, fp32 accumulators). Operands go through shared memory in 32-deep
 // slices: each thread fetches its 8-element chunks of the next slice into registers (16-byte
 // loads where the leading dimension allows) while the warps multiply the current one, and
@@ -16,15 +16,16 @@ namespace {
 
 namespace wmma = nvcuda::wmma;
 
-constexpr int kBM = 64, kBN = 128, kBK = 32, kThreads = 256;
-constexpr int kWarpCols = kBN / 32;  // warps per tile row: 4 x 2 warps of 32 x 32
+constexpr int kBM = 64, kBN = 128, kBK = 32, kThreads = 128;
+constexpr int kWarpRows = 32, kWarpCols = 64;  // a warp's part of the tile: 2 x 2 warps
+constexpr int kFragRows = kWarpRows / 16, kFragCols = kWarpCols / 16;
 constexpr int kLdAB = kBK + 8;       // bf16 row of a staged slice: 80 bytes, keeps fragments 32-byte aligned
 constexpr int kLdC = kBN + 4;        // fp32 row of the output tile
 constexpr int kChunk = 8;            // elements per fetch: 16 bytes of bf16
 constexpr int kABytes = kBM * kLdAB * 2, kBBytes = kBN * kLdAB * 2, kCBytes = kBM * kLdC * 4;
 constexpr int kSmemBytes = kABytes + kBBytes > kCBytes ? kABytes + kBBytes : kCBytes;
-constexpr int kAChunks = kBM * kBK / kChunk / kThreads;  // chunks per thread: 1
-constexpr int kBChunks = kBN * kBK / kChunk / kThreads;  // 2
+constexpr int kAChunks = kBM * kBK / kChunk / kThreads;  // chunks per thread: 2
+constexpr int kBChunks = kBN * kBK / kChunk / kThreads;  // 4
 
 struct alignas(128) Smem {
   unsigned char raw[kSmemBytes];
@@ -94,25 +95,33 @@ using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, dbf16, wmma::row_major>
 using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// The warp multiplies its 32 x 32 part of the staged slices.
-__device__ void mma_slice(const Tiles& t, FragC (&acc)[2][2]) {
-  const int warp = threadIdx.x / 32, wr = (warp / kWarpCols) * 32, wc = (warp % kWarpCols) * 32;
+// The warp's origin in the tile (2 x 2 warps of kWarpRows x kWarpCols).
+__device__ __forceinline__ void warp_origin(int& wr, int& wc) {
+  const int warp = threadIdx.x / 32;
+  wr = (warp / (kBN / kWarpCols)) * kWarpRows;
+  wc = (warp % (kBN / kWarpCols)) * kWarpCols;
+}
+
+// The warp multiplies its part of the staged slices.
+__device__ void mma_slice(const Tiles& t, FragC (&acc)[kFragRows][kFragCols]) {
+  int wr, wc;
+  warp_origin(wr, wc);
   for (int ks = 0; ks < kBK; ks += 16) {
-    FragA fa[2];
-    FragB fb[2];
-    for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], &t.a[wr + 16 * i][ks], kLdAB);
-    for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], &t.b[wc + 16 * j][ks], kLdAB);
-    for (int i = 0; i < 2; ++i)
-      for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    FragA fa[kFragRows];
+    FragB fb[kFragCols];
+    for (int i = 0; i < kFragRows; ++i) wmma::load_matrix_sync(fa[i], &t.a[wr + 16 * i][ks], kLdAB);
+    for (int j = 0; j < kFragCols; ++j) wmma::load_matrix_sync(fb[j], &t.b[wc + 16 * j][ks], kLdAB);
+    for (int i = 0; i < kFragRows; ++i)
+      for (int j = 0; j < kFragCols; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
   }
 }
 
 // acc += sum over the slices of op(A) op(B); `next(s)` gives the operands of slice s (both
 // operands advance by kBK along the reduction), `slices` of them.
 template <class NextA, class NextB>
-__device__ void mainloop(const Tiles& t, FragC (&acc)[2][2], int slices, NextA next_a, NextB next_b) {
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+__device__ void mainloop(const Tiles& t, FragC (&acc)[kFragRows][kFragCols], int slices, NextA next_a, NextB next_b) {
+  for (int i = 0; i < kFragRows; ++i)
+    for (int j = 0; j < kFragCols; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   Pack pa[kAChunks], pb[kBChunks];
   if (slices > 0) {
     const Operand a = next_a(0), b = next_b(0);
@@ -138,11 +147,12 @@ __device__ void mainloop(const Tiles& t, FragC (&acc)[2][2], int slices, NextA n
 
 // Writes the accumulators of rows [0, nrows) x cols [0, ncols) of the tile to out (row stride ld).
 template <class Tout>
-__device__ void store_tile(const Tiles& t, FragC (&acc)[2][2], Tout* out, long ld, int nrows, int ncols,
+__device__ void store_tile(const Tiles& t, FragC (&acc)[kFragRows][kFragCols], Tout* out, long ld, int nrows, int ncols,
                            bool accumulate) {
-  const int warp = threadIdx.x / 32, wr = (warp / kWarpCols) * 32, wc = (warp % kWarpCols) * 32;
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 2; ++j)
+  int wr, wc;
+  warp_origin(wr, wc);
+  for (int i = 0; i < kFragRows; ++i)
+    for (int j = 0; j < kFragCols; ++j)
       wmma::store_matrix_sync(&t.c[wr + 16 * i][wc + 16 * j], acc[i][j], kLdC, wmma::mem_row_major);
   __syncthreads();
   for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreads) {
@@ -189,7 +199,7 @@ __global__ void __launch_bounds__(kThreads)
   const long n0 = long(blockIdx.y) * kBN;
   const dbf16* Be = B + long(e) * n_out * k_red;
   const int rows = clamp_extent(row_end - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
-  FragC acc[2][2];
+  FragC acc[kFragRows][kFragCols];
   mainloop(
       t, acc, int((k_red + kBK - 1) / kBK),
       [&](int s) {
@@ -216,7 +226,7 @@ __global__ void __launch_bounds__(kThreads)
   const long m0 = long(blockIdx.x / tiles_n) * kBM, n0 = long(blockIdx.x % tiles_n) * kBN;
   const long r_begin = offsets[e], r_end = offsets[e + 1];
   const int rows = clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
-  FragC acc[2][2];
+  FragC acc[kFragRows][kFragCols];
   mainloop(
       t, acc, int((r_end - r_begin + kBK - 1) / kBK),
       [&](int s) {
