@@ -45,26 +45,31 @@ __global__ void z_loss_backward_kernel(const float* logits, const float* lse, fl
   }
 }
 
-// One block: thread e sums its column in token order, then a block sum of f_e P_e.
-__global__ void switch_aux_kernel(const float* probs, const int32_t* loads, double total, long tokens, int experts,
-                                  float* loss) {
+// One block: thread e sums its column of each sequence in token order, then a block sum of
+// f_be P_be over sequences and experts.
+__global__ void sequence_aux_kernel(const float* probs, const int32_t* loads, double total, long tokens, long seq_len,
+                                    int experts, float* loss) {
+  const long sequences = tokens / seq_len;
   float term = 0.0f;
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
-    float col = 0.0f;
-    for (long t = 0; t < tokens; ++t) col += probs[t * experts + e];
-    const float f = total > 0 ? float(double(loads[e]) / total) : 0.0f;
-    term += f * (col / float(tokens));
-  }
+  for (int e = threadIdx.x; e < experts; e += blockDim.x)
+    for (long b = 0; b < sequences; ++b) {
+      float col = 0.0f;
+      for (long t = b * seq_len; t < (b + 1) * seq_len; ++t) col += probs[t * experts + e];
+      const float f = total > 0 ? float(double(loads[b * experts + e]) / total) : 0.0f;
+      term += f * (col / float(seq_len));
+    }
   term = block_sum(term);
-  if (threadIdx.x == 0) *loss = float(experts) * term;
+  if (threadIdx.x == 0) *loss = float(experts) / float(sequences) * term;
 }
 
-__global__ void switch_aux_backward_kernel(const int32_t* loads, double total, float dloss, long tokens, int experts,
-                                           float* dprobs) {
+__global__ void sequence_aux_backward_kernel(const int32_t* loads, double total, float dloss, long tokens,
+                                             long seq_len, int experts, float* dprobs) {
   const long n = tokens * experts;
+  const float scale = dloss * float(experts) / float(tokens / seq_len) / float(seq_len);
   for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x) {
-    const float f = total > 0 ? float(double(loads[i % experts]) / total) : 0.0f;
-    dprobs[i] = dloss * float(experts) * f / float(tokens);
+    const long t = i / experts, e = i % experts;
+    const float f = total > 0 ? float(double(loads[t / seq_len * experts + e]) / total) : 0.0f;
+    dprobs[i] = scale * f;
   }
 }
 
@@ -107,18 +112,32 @@ void router_z_loss_backward(const float* logits, const float* lse, float dloss, 
              experts, dlogits);
 }
 
+void sequence_aux_forward(const float* probs, const int32_t* seq_loads, double per_sequence_total, long tokens,
+                          long seq_len, int experts, float* loss, cudaStream_t stream) {
+  check_shape("cuda::sequence_aux_forward", tokens, experts);
+  MOE_CHECK(seq_len >= 1 && tokens % seq_len == 0, "cuda::sequence_aux_forward", "tokens (", tokens,
+            ") must be a multiple of seq_len (", seq_len, ")");
+  MOE_LAUNCH(sequence_aux_kernel, 1, row_block_threads(experts, 1024), 0, stream, probs, seq_loads,
+             per_sequence_total, tokens, seq_len, experts, loss);
+}
+
+void sequence_aux_backward(const int32_t* seq_loads, double per_sequence_total, float dloss, long tokens, long seq_len,
+                           int experts, float* dprobs, cudaStream_t stream) {
+  check_shape("cuda::sequence_aux_backward", tokens, experts);
+  MOE_CHECK(seq_len >= 1 && tokens % seq_len == 0, "cuda::sequence_aux_backward", "tokens (", tokens,
+            ") must be a multiple of seq_len (", seq_len, ")");
+  MOE_LAUNCH(sequence_aux_backward_kernel, flat_blocks(tokens * experts), kThreads, 0, stream, seq_loads,
+             per_sequence_total, dloss, tokens, seq_len, experts, dprobs);
+}
+
 void switch_aux_forward(const float* probs, const int32_t* loads, double total, long tokens, int experts, float* loss,
                         cudaStream_t stream) {
-  check_shape("cuda::switch_aux_forward", tokens, experts);
-  MOE_LAUNCH(switch_aux_kernel, 1, row_block_threads(experts, 1024), 0, stream, probs, loads, total, tokens, experts,
-             loss);
+  sequence_aux_forward(probs, loads, total, tokens, tokens, experts, loss, stream);
 }
 
 void switch_aux_backward(const int32_t* loads, double total, float dloss, long tokens, int experts, float* dprobs,
                          cudaStream_t stream) {
-  check_shape("cuda::switch_aux_backward", tokens, experts);
-  MOE_LAUNCH(switch_aux_backward_kernel, flat_blocks(tokens * experts), kThreads, 0, stream, loads, total, dloss,
-             tokens, experts, dprobs);
+  sequence_aux_backward(loads, total, dloss, tokens, tokens, experts, dprobs, stream);
 }
 
 void loss_free_bias_update(const float* loads, int experts, float rate, bool sign, float* bias, cudaStream_t stream) {

@@ -23,6 +23,14 @@ void switch_aux_forward(const float* probs, const int32_t* loads, double total, 
 void switch_aux_backward(const int32_t* loads, double total, float dloss, long tokens, int experts, float* dprobs,
                          cudaStream_t stream = nullptr);
 
+// DeepSeek's sequence-wise form (per_sequence_aux of aux_math.h): the Switch product per sequence
+// of seq_len rows, f from that sequence's loads [B, experts] over per_sequence_total assignments,
+// averaged over the B = tokens / seq_len sequences. seq_len = tokens is switch_aux.
+void sequence_aux_forward(const float* probs, const int32_t* seq_loads, double per_sequence_total, long tokens,
+                          long seq_len, int experts, float* loss, cudaStream_t stream = nullptr);
+void sequence_aux_backward(const int32_t* seq_loads, double per_sequence_total, float dloss, long tokens, long seq_len,
+                           int experts, float* dprobs, cudaStream_t stream = nullptr);
+
 // The loss-free balancer's update of bias [experts] (fp32, in place) from the global batch's loads
 // (exact integers as fp32), as LossFreeBalancer::update: m = mean load (double), then
 //   sign:         b_e += u * sign(m - load_e)

@@ -1,11 +1,12 @@
-// Router loss kernels against the CPU: router_z_loss and switch_aux (layers/moe) in double with
-// their autograd backward, and the loss-free balancer's bias updates bit for bit.
+// Router loss kernels against the CPU: router_z_loss, switch_aux and per_sequence_aux (layers/moe)
+// in double with their autograd backward, and the loss-free balancer's bias updates bit for bit.
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "core/cuda/memory.h"
 #include "core/cuda/router_losses.h"
+#include "core/error.h"
 #include "core/ops.h"
 #include "layers/moe/balance/aux_math.h"
 #include "layers/moe/balance/balancer.h"
@@ -58,6 +59,28 @@ TEST(CudaRouterLosses, SwitchAuxMatchesCpuForwardAndBackward) {
   EXPECT_GT(aux.item_double(), 1.5) << "loads and probabilities skewed the same way";
   EXPECT_NEAR(loss.to_host()[0], aux.item_double(), 1e-5 * aux.item_double());
   EXPECT_TRUE(all_near(grad.to_host(), probs.grad().to_double_vector(), 1e-7, 1e-5));
+}
+
+TEST(CudaRouterLosses, PerSequenceAuxMatchesCpuForwardAndBackward) {
+  const long B = 3, S = 29, T = B * S;
+  const int E = 9, k = 2;
+  Tensor probs = softmax(f64(random_normal(static_cast<size_t>(T * E), 125, 2.0f), {T, E}), -1).detach();
+  probs.set_requires_grad(true);
+  std::mt19937 gen(126);
+  std::vector<int32_t> loads(static_cast<size_t>(B * E), 0);
+  for (long b = 0; b < B; ++b)
+    for (long a = 0; a < S * k; ++a) loads[static_cast<size_t>(b * E + gen() % unsigned(E - b))]++;  // differ per sequence
+  const double total = double(S * k);
+  Tensor aux = per_sequence_aux(probs, S, std::vector<double>(loads.begin(), loads.end()), total);
+  aux.backward(Tensor::scalar(0.9, DType::f64));
+  auto p = probs.detach().to_double_vector();
+  DeviceBuffer<float> dp(std::vector<float>(p.begin(), p.end())), loss(1), grad(static_cast<size_t>(T * E));
+  DeviceBuffer<int32_t> dl(loads);
+  sequence_aux_forward(dp.get(), dl.get(), total, T, S, E, loss.get());
+  sequence_aux_backward(dl.get(), total, 0.9f, T, S, E, grad.get());
+  EXPECT_NEAR(loss.to_host()[0], aux.item_double(), 1e-5 * aux.item_double());
+  EXPECT_TRUE(all_near(grad.to_host(), probs.grad().to_double_vector(), 1e-7, 1e-5));
+  EXPECT_THROW(sequence_aux_forward(dp.get(), dl.get(), total, T, 28, E, loss.get()), Error);
 }
 
 TEST(CudaRouterLosses, LossFreeBiasUpdateIsBitExactWithTheBalancer) {
