@@ -1,7 +1,6 @@
 // Dual price kernels: the token pass finds each row's (k+1)-th largest by counting (a value is the
-// m-th largest iff fewer than m values exceed it and at least m reach it); the expert pass runs a
-// most-significant-digit radix select over order-preserving integer keys of the column, 8 bits
-// per pass, with a shared histogram. Both are exact and deterministic (integer counts only).
+// m-th largest iff fewer than m values exceed it and at least m reach it); the expert pass runs
+// the block radix select of radix_select.h over the column. Both exact, integer counts only.
 #include <algorithm>
 #include <cmath>
 
@@ -9,6 +8,7 @@
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/dual_prices.h"
 #include "core/cuda/launch.h"
+#include "core/cuda/radix_select.h"
 #include "core/cuda/router.h"
 
 namespace moe::cuda {
@@ -16,15 +16,6 @@ namespace {
 
 constexpr int kRowWarps = 4;
 constexpr int kMaxExperts = 2048;  // a token's E shifted scores per warp in shared memory
-
-// Unsigned keys in the order of the floats (negatives flipped entirely, positives get the sign bit).
-__device__ __forceinline__ unsigned order_key(float f) {
-  const unsigned u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ __forceinline__ float key_value(unsigned key) {
-  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
-}
 
 // p_i for one token per warp; the warp stages s_i - q in shared memory, each lane tests its
 // candidates j = lane, lane + 32, ...; every qualifying candidate has the same value, so the
@@ -61,37 +52,11 @@ __global__ void transpose_kernel(const float* in, float* out, long rows, int col
     if (c0 + i < cols && r0 + threadIdx.x < rows) out[long(c0 + i) * rows + r0 + threadIdx.x] = tile[threadIdx.x][i];
 }
 
-// q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i: four 8-bit digit passes from
-// the top, each narrowing to the digit whose bucket holds the m-th largest of those still in play.
+// q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i.
 __global__ void expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
-  MOE_SHARED(unsigned, hist, [256]);
-  MOE_SHARED(unsigned, chosen, [2]);  // the digit and the rank left within it
   const float* col = scores_t + long(blockIdx.x) * tokens;
-  unsigned prefix = 0, mask = 0, remaining = unsigned(m);
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
-    __syncthreads();
-    for (long i = threadIdx.x; i < tokens; i += blockDim.x) {
-      const unsigned key = order_key(col[i] - p[i]);
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      unsigned above = 0;
-      int b = 255;
-      for (; b > 0 && above + hist[b] < remaining; --b) above += hist[b];
-      chosen[0] = unsigned(b);
-      chosen[1] = remaining - above;
-    }
-    __syncthreads();
-    prefix |= chosen[0] << shift;
-    mask |= 255u << shift;
-    remaining = chosen[1];  // thread 0 rewrites chosen only after the next pass's two barriers
-  }
-  if (threadIdx.x == 0) {
-    const float v = key_value(prefix);
-    q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
-  }
+  const float v = block_nth_largest([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
+  if (threadIdx.x == 0) q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
 }
 
 __global__ void subtract_prices_kernel(const float* scores, const float* q, float* out, long tokens, int experts) {
