@@ -48,16 +48,16 @@ __device__ __forceinline__ float dot_row(const float* a, const float* b, int D) 
 }
 
 template <class T>
-__global__ void __launch_bounds__(kThreads)
-    flash_forward_kernel(const T* q, const T* k, const T* v, T* o, float* lse, HeadStrides hs, long S, int D, float scale) {
+__global__ void __launch_bounds__(kThreads) flash_forward_kernel(const T* q, const T* k, const T* v, T* o, float* lse,
+                                                                 HeadStrides hs, long S, int D, float scale) {
   MOE_DYNAMIC_SHARED(float, smem);
-  float* sQ = smem;               // [kBrFwd][D], pre-scaled
-  float* sK = sQ + kBrFwd * D;    // [kBc][D + 1]: lanes read different rows, same column
-  float* sV = sK + kBc * (D + 1); // [kBc][D]
-  float* sP = sV + kBc * D;       // [kBrFwd][kLdp]: scores, then probabilities
-  float* sM = sP + kBrFwd * kLdp; // running max per row
-  float* sL = sM + kBrFwd;        // running sum per row
-  float* sA = sL + kBrFwd;        // this tile's rescale factor per row
+  float* sQ = smem;                // [kBrFwd][D], pre-scaled
+  float* sK = sQ + kBrFwd * D;     // [kBc][D + 1]: lanes read different rows, same column
+  float* sV = sK + kBc * (D + 1);  // [kBc][D]
+  float* sP = sV + kBc * D;        // [kBrFwd][kLdp]: scores, then probabilities
+  float* sM = sP + kBrFwd * kLdp;  // running max per row
+  float* sL = sM + kBrFwd;         // running sum per row
+  float* sA = sL + kBrFwd;         // this tile's rescale factor per row
   const long head = blockIdx.y, r0 = long(blockIdx.x) * kBrFwd, rows = min_long(kBrFwd, S - r0);
   const long base = hs.base(head, S, D), rs = hs.row;
   const int tid = threadIdx.x;
@@ -123,7 +123,8 @@ __global__ void __launch_bounds__(kThreads)
 
 // delta[row] = sum_d dout[row, d] * out[row, d] (= sum_j P dP of the row): one warp per row.
 template <class T>
-__global__ void __launch_bounds__(kThreads) flash_delta_kernel(const T* out, const T* dout, float* delta, HeadStrides hs, long rows, long S, int D) {
+__global__ void __launch_bounds__(kThreads)
+    flash_delta_kernel(const T* out, const T* dout, float* delta, HeadStrides hs, long rows, long S, int D) {
   const long row = long(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
   if (row >= rows) return;  // whole warps leave together
   const long at = hs.base(row / S, S, D) + row % S * hs.row;
@@ -266,9 +267,9 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 void check_shape(const char* op, long batch, long heads, long seq, int head_dim) {
-  MOE_CHECK(batch >= 0 && heads >= 1 && seq >= 0 && head_dim >= 1 && head_dim <= kFlashMaxHeadDim, op, "bad shape: batch ",
-            batch, ", heads ", heads, ", seq ", seq, ", head_dim ", head_dim, " (expected heads >= 1, head_dim in [1, ",
-            kFlashMaxHeadDim, "])");
+  MOE_CHECK(batch >= 0 && heads >= 1 && seq >= 0 && head_dim >= 1 && head_dim <= kFlashMaxHeadDim, op,
+            "bad shape: batch ", batch, ", heads ", heads, ", seq ", seq, ", head_dim ", head_dim,
+            " (expected heads >= 1, head_dim in [1, ", kFlashMaxHeadDim, "])");
   MOE_CHECK(batch * heads <= 65535, op, "batch * heads = ", batch * heads, " exceeds the grid's 65535 (grid.y)");
 }
 

@@ -45,10 +45,11 @@ BlasHandle& default_blas_handle() {
 template <class Tin, class Tout>
 void gemm(BlasHandle& handle, bool trans_a, bool trans_b, long m, long n, long k, float alpha, const Tin* a, long lda,
           const Tin* b, long ldb, float beta, Tout* c, long ldc) {
-  MOE_CHECK(m >= 0 && n >= 0 && k >= 0 && ldc >= (n > 0 ? n : 1) && lda >= ((trans_a ? m : k) > 0 ? (trans_a ? m : k) : 1) &&
+  MOE_CHECK(m >= 0 && n >= 0 && k >= 0 && ldc >= (n > 0 ? n : 1) &&
+                lda >= ((trans_a ? m : k) > 0 ? (trans_a ? m : k) : 1) &&
                 ldb >= ((trans_b ? k : n) > 0 ? (trans_b ? k : n) : 1),
-            "cuda::gemm", "bad shape: m = ", m, ", n = ", n, ", k = ", k, ", lda = ", lda, ", ldb = ", ldb, ", ldc = ",
-            ldc, " (trans_a ", trans_a, ", trans_b ", trans_b, ")");
+            "cuda::gemm", "bad shape: m = ", m, ", n = ", n, ", k = ", k, ", lda = ", lda, ", ldb = ", ldb,
+            ", ldc = ", ldc, " (trans_a ", trans_a, ", trans_b ", trans_b, ")");
   if (m == 0 || n == 0) return;
   const cublasStatus_t status =
       cublasGemmEx(native(handle), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(n),

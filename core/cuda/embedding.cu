@@ -78,8 +78,7 @@ __global__ void embedding_backward_kernel(const T* dout, const int32_t* keys, co
 }  // namespace
 
 template <class T>
-void embedding_forward(const T* weight, const int64_t* ids, T* out, long n, long vocab, long dim,
-                       cudaStream_t stream) {
+void embedding_forward(const T* weight, const int64_t* ids, T* out, long n, long vocab, long dim, cudaStream_t stream) {
   MOE_CHECK(n >= 0 && vocab > 0 && dim > 0 && n < (long(1) << 31), "cuda::embedding_forward", "bad shape: ", n,
             " ids, weight [", vocab, ", ", dim, "]");
   if (n == 0) return;
@@ -93,8 +92,8 @@ void embedding_forward(const T* weight, const int64_t* ids, T* out, long n, long
   if (bad < n) {
     int64_t id = 0;
     copy_to_host(&id, ids + bad, sizeof(int64_t));
-    MOE_FAIL("cuda::embedding_forward", "id ", id, " at position ", bad, " of ", n, " ids is outside the vocabulary [0, ",
-             vocab, ") of weight [", vocab, ", ", dim, "]");
+    MOE_FAIL("cuda::embedding_forward", "id ", id, " at position ", bad, " of ", n,
+             " ids is outside the vocabulary [0, ", vocab, ") of weight [", vocab, ", ", dim, "]");
   }
 }
 

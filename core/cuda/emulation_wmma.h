@@ -86,8 +86,10 @@ void store_matrix_sync(T* p, const fragment<accumulator, m, n, k, T>& a, unsigne
 template <class Use, int m, int n, int k, class T, class Layout, class V>
 void fill_fragment(fragment<Use, m, n, k, T, Layout>& a, const V& v) {
   for (auto& e : a.x) {
-    if constexpr (std::is_same_v<T, ::moe::bf16>) e = ::moe::float_to_bf16(float(v));
-    else e = T(v);
+    if constexpr (std::is_same_v<T, ::moe::bf16>)
+      e = ::moe::float_to_bf16(float(v));
+    else
+      e = T(v);
   }
 }
 

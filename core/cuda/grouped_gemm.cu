@@ -19,9 +19,9 @@ namespace wmma = nvcuda::wmma;
 constexpr int kBM = 64, kBN = 128, kBK = 32, kThreads = 128;
 constexpr int kWarpRows = 32, kWarpCols = 64;  // a warp's part of the tile: 2 x 2 warps
 constexpr int kFragRows = kWarpRows / 16, kFragCols = kWarpCols / 16;
-constexpr int kLdAB = kBK + 8;       // bf16 row of a staged slice: 80 bytes, keeps fragments 32-byte aligned
-constexpr int kLdC = kBN + 4;        // fp32 row of the output tile
-constexpr int kChunk = 8;            // elements per fetch: 16 bytes of bf16
+constexpr int kLdAB = kBK + 8;  // bf16 row of a staged slice: 80 bytes, keeps fragments 32-byte aligned
+constexpr int kLdC = kBN + 4;   // fp32 row of the output tile
+constexpr int kChunk = 8;       // elements per fetch: 16 bytes of bf16
 constexpr int kABytes = kBM * kLdAB * 2, kBBytes = kBN * kLdAB * 2, kCBytes = kBM * kLdC * 4;
 constexpr int kSmemBytes = kABytes + kBBytes > kCBytes ? kABytes + kBBytes : kCBytes;
 constexpr int kAChunks = kBM * kBK / kChunk / kThreads;  // chunks per thread: 2
@@ -41,9 +41,9 @@ struct Tiles {
   dbf16 (*b)[kLdAB];
   float (*c)[kLdC];
   __device__ explicit Tiles(Smem& s)
-      : a(reinterpret_cast<dbf16(*)[kLdAB]>(s.raw)),
-        b(reinterpret_cast<dbf16(*)[kLdAB]>(s.raw + kABytes)),
-        c(reinterpret_cast<float(*)[kLdC]>(s.raw)) {}
+      : a(reinterpret_cast<dbf16 (*)[kLdAB]>(s.raw)),
+        b(reinterpret_cast<dbf16 (*)[kLdAB]>(s.raw + kABytes)),
+        c(reinterpret_cast<float (*)[kLdC]>(s.raw)) {}
 };
 
 // One operand slice as seen from global memory: element (o, kk) of the tile (o = row or column of
@@ -60,8 +60,10 @@ struct Operand {
 // Chunk c of an O-wide tile: 8 consecutive elements along the contiguous dimension.
 template <int O>
 __device__ __forceinline__ void chunk_origin(const Operand& op, int c, int& o, int& kk) {
-  if (op.k_contiguous) o = c / (kBK / kChunk), kk = c % (kBK / kChunk) * kChunk;
-  else kk = c / (O / kChunk), o = c % (O / kChunk) * kChunk;
+  if (op.k_contiguous)
+    o = c / (kBK / kChunk), kk = c % (kBK / kChunk) * kChunk;
+  else
+    kk = c / (O / kChunk), o = c % (O / kChunk) * kChunk;
 }
 
 template <int O>
@@ -86,8 +88,10 @@ __device__ void stage(const Operand& op, int c, const Pack& p, dbf16 (*tile)[kLd
   int o, kk;
   chunk_origin<O>(op, c, o, kk);
   for (int e = 0; e < kChunk; ++e) {
-    if (op.k_contiguous) tile[o][kk + e] = p.v[e];
-    else tile[o + e][kk] = p.v[e];
+    if (op.k_contiguous)
+      tile[o][kk + e] = p.v[e];
+    else
+      tile[o + e][kk] = p.v[e];
   }
 }
 
@@ -182,17 +186,19 @@ __device__ __forceinline__ int clamp_extent(long n, int cap) { return n < 0 ? 0 
 // (the forward's w), else [k_red, n_out] (the input gradient's w). vec_a / vec_b: see Operand.
 template <bool kTransB, class Tout>
 __global__ void __launch_bounds__(kThreads)
-    grouped_rows_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, const int32_t* tile_starts,
-                        int experts, long n_out, long k_red, Tout* C, bool accumulate, bool vec_a, bool vec_b) {
+    grouped_rows_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, const int32_t* tile_starts, int experts,
+                        long n_out, long k_red, Tout* C, bool accumulate, bool vec_a, bool vec_b) {
   MOE_SHARED(Smem, smem, );
   const Tiles t(smem);
   const int tile = blockIdx.x;
   if (tile >= tile_starts[experts]) return;  // the grid is an upper bound on the tiles
-  int lo = 0, hi = experts - 1;               // the last expert whose first tile is <= tile
+  int lo = 0, hi = experts - 1;              // the last expert whose first tile is <= tile
   while (lo < hi) {
     const int mid = (lo + hi + 1) / 2;
-    if (tile_starts[mid] <= tile) lo = mid;
-    else hi = mid - 1;
+    if (tile_starts[mid] <= tile)
+      lo = mid;
+    else
+      hi = mid - 1;
   }
   const int e = lo;
   const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, row_end = offsets[e + 1];
@@ -244,13 +250,13 @@ __global__ void __launch_bounds__(kThreads)
 bool vectorizable(const bf16* p, long ld) { return ld % kChunk == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 void check_args(const char* op, int experts, long rows, long M, long K) {
-  MOE_CHECK(experts >= 1 && experts <= 65535 && rows >= 0 && M >= 1 && K >= 1, op, "experts = ", experts, ", rows = ",
-            rows, ", M = ", M, ", K = ", K, ": expected 1 <= experts <= 65535, rows >= 0, M, K >= 1");
+  MOE_CHECK(experts >= 1 && experts <= 65535 && rows >= 0 && M >= 1 && K >= 1, op, "experts = ", experts,
+            ", rows = ", rows, ", M = ", M, ", K = ", K, ": expected 1 <= experts <= 65535, rows >= 0, M, K >= 1");
 }
 
 template <bool kTransB, class Tout>
-void launch_rows(const bf16* A, const bf16* B, const int32_t* offsets, int experts, long rows,
-                 long n_out, long k_red, Tout* C, bool accumulate, cudaStream_t stream) {
+void launch_rows(const bf16* A, const bf16* B, const int32_t* offsets, int experts, long rows, long n_out, long k_red,
+                 Tout* C, bool accumulate, cudaStream_t stream) {
   if (rows == 0) return;
   Workspace<int32_t> tile_starts{size_t(experts) + 1};
   MOE_LAUNCH(tile_starts_kernel, 1, 32, 0, stream, offsets, experts, tile_starts.get());
@@ -286,9 +292,8 @@ void grouped_gemm_tn(const bf16* dy, const bf16* x, const int32_t* offsets, int 
              accumulate, vectorizable(dy, M), vectorizable(x, K));
 }
 
-void experts_forward(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2, const int32_t* offsets,
-                     int experts, long rows, long d_model, long hidden, bf16* h1, bf16* h3, bf16* h, bf16* y,
-                     cudaStream_t stream) {
+void experts_forward(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2, const int32_t* offsets, int experts,
+                     long rows, long d_model, long hidden, bf16* h1, bf16* h3, bf16* h, bf16* y, cudaStream_t stream) {
   grouped_gemm_nt(x, w1, offsets, experts, rows, hidden, d_model, h1, false, stream);
   grouped_gemm_nt(x, w3, offsets, experts, rows, hidden, d_model, h3, false, stream);
   swiglu_forward(h1, h3, h, size_t(rows * hidden), stream);
@@ -312,12 +317,12 @@ void experts_backward(const bf16* x, const bf16* w1, const bf16* w3, const bf16*
   grouped_gemm_tn(static_cast<const bf16*>(dh3.get()), x, offsets, experts, rows, hidden, d_model, dw3, false, stream);
 }
 
-#define MOE_INSTANTIATE(T)                                                                                       \
-  template void grouped_gemm_nt<T>(const bf16*, const bf16*, const int32_t*, int, long, long, long, T*, bool,    \
-                                   cudaStream_t);                                                                \
-  template void grouped_gemm_nn<T>(const bf16*, const bf16*, const int32_t*, int, long, long, long, T*, bool,    \
-                                   cudaStream_t);                                                                \
-  template void grouped_gemm_tn<T>(const bf16*, const bf16*, const int32_t*, int, long, long, long, T*, bool,    \
+#define MOE_INSTANTIATE(T)                                                                                    \
+  template void grouped_gemm_nt<T>(const bf16*, const bf16*, const int32_t*, int, long, long, long, T*, bool, \
+                                   cudaStream_t);                                                             \
+  template void grouped_gemm_nn<T>(const bf16*, const bf16*, const int32_t*, int, long, long, long, T*, bool, \
+                                   cudaStream_t);                                                             \
+  template void grouped_gemm_tn<T>(const bf16*, const bf16*, const int32_t*, int, long, long, long, T*, bool, \
                                    cudaStream_t);
 MOE_INSTANTIATE(float)
 MOE_INSTANTIATE(bf16)

@@ -27,8 +27,8 @@ void grouped_gemm_tn(const bf16* dy, const bf16* x, const int32_t* offsets, int 
 
 // SwiGLU experts, w1, w3 [E, H, D] and w2 [E, D, H] (bf16): h1 = x w1^T, h3 = x w3^T,
 // h = silu(h1) * h3, y = h w2^T. h1, h3, h [rows, H] (bf16) are kept for the backward.
-void experts_forward(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2, const int32_t* offsets,
-                     int experts, long rows, long d_model, long hidden, bf16* h1, bf16* h3, bf16* h, bf16* y,
+void experts_forward(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2, const int32_t* offsets, int experts,
+                     long rows, long d_model, long hidden, bf16* h1, bf16* h3, bf16* h, bf16* y,
                      cudaStream_t stream = nullptr);
 // From dy [rows, D]: dx [rows, D] (bf16, summed in fp32 over the w1 and w3 paths) and the weight
 // gradients dw1, dw3 [E, H, D], dw2 [E, D, H] in fp32 (overwritten).

@@ -62,8 +62,8 @@ __global__ void sequence_aux_kernel(const float* probs, const int32_t* loads, do
   if (threadIdx.x == 0) *loss = float(experts) / float(sequences) * term;
 }
 
-__global__ void sequence_aux_backward_kernel(const int32_t* loads, double total, float dloss, long tokens,
-                                             long seq_len, int experts, float* dprobs) {
+__global__ void sequence_aux_backward_kernel(const int32_t* loads, double total, float dloss, long tokens, long seq_len,
+                                             int experts, float* dprobs) {
   const long n = tokens * experts;
   const float scale = dloss * float(experts) / float(tokens / seq_len) / float(seq_len);
   for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x) {
@@ -85,8 +85,10 @@ __global__ void loss_free_update_kernel(const float* loads, int experts, float r
   for (int e = threadIdx.x; e < experts; e += blockDim.x) {
     const double l = double(loads[e]);
     float step;
-    if (sign) step = l < m ? rate : (l > m ? -rate : 0.0f);
-    else step = m > 0 ? rate * float((m - l) / m) : 0.0f;
+    if (sign)
+      step = l < m ? rate : (l > m ? -rate : 0.0f);
+    else
+      step = m > 0 ? rate * float((m - l) / m) : 0.0f;
     bias[e] += step;
   }
 }
@@ -117,8 +119,8 @@ void sequence_aux_forward(const float* probs, const int32_t* seq_loads, double p
   check_shape("cuda::sequence_aux_forward", tokens, experts);
   MOE_CHECK(seq_len >= 1 && tokens % seq_len == 0, "cuda::sequence_aux_forward", "tokens (", tokens,
             ") must be a multiple of seq_len (", seq_len, ")");
-  MOE_LAUNCH(sequence_aux_kernel, 1, row_block_threads(experts, 1024), 0, stream, probs, seq_loads,
-             per_sequence_total, tokens, seq_len, experts, loss);
+  MOE_LAUNCH(sequence_aux_kernel, 1, row_block_threads(experts, 1024), 0, stream, probs, seq_loads, per_sequence_total,
+             tokens, seq_len, experts, loss);
 }
 
 void sequence_aux_backward(const int32_t* seq_loads, double per_sequence_total, float dloss, long tokens, long seq_len,

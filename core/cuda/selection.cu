@@ -24,8 +24,10 @@ __global__ void expert_choice_kernel(const float* scores, long tokens, int exper
   __syncthreads();
   for (long t = threadIdx.x; t < tokens; t += blockDim.x) {
     const float s = value(t);
-    if (s > v) atomicAdd(&counts[0], 1u);
-    else if (s == v) atomicAdd(&counts[1], 1u);
+    if (s > v)
+      atomicAdd(&counts[0], 1u);
+    else if (s == v)
+      atomicAdd(&counts[1], 1u);
   }
   __syncthreads();
   const unsigned ties_taken = unsigned(capacity) - counts[0];
@@ -34,7 +36,7 @@ __global__ void expert_choice_kernel(const float* scores, long tokens, int exper
     const float s = value(t);
     chosen[t * experts + e] = s > v || (all_ties && s == v);
   }
-  __syncthreads();  // the pass above has written every tie as 0
+  __syncthreads();                      // the pass above has written every tie as 0
   if (!all_ties && threadIdx.x == 0) {  // more tokens tie at the threshold than fit: lowest first
     unsigned taken = 0;
     for (long t = 0; t < tokens && taken < ties_taken; ++t)
@@ -45,7 +47,8 @@ __global__ void expert_choice_kernel(const float* scores, long tokens, int exper
 // (a, ia) comes before (b, ib) in the ranking: higher score, then lower index.
 __device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
 
-__global__ void top_p_kernel(const float* scores, long tokens, int experts, double p, int32_t* ranked, int32_t* counts) {
+__global__ void top_p_kernel(const float* scores, long tokens, int experts, double p, int32_t* ranked,
+                             int32_t* counts) {
   const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
   if (t >= tokens) return;
   const float* s = scores + t * experts;

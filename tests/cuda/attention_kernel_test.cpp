@@ -31,7 +31,10 @@ Reference cpu_reference(const std::vector<float>& q, const std::vector<float>& k
   tq.set_requires_grad(true), tk.set_requires_grad(true), tv.set_requires_grad(true);
   Tensor out = causal_attention(tq, tk, tv);
   out.backward(tensor(dout));
-  Reference r{out.to_double_vector(), {}, tq.grad().to_double_vector(), tk.grad().to_double_vector(),
+  Reference r{out.to_double_vector(),
+              {},
+              tq.grad().to_double_vector(),
+              tk.grad().to_double_vector(),
               tv.grad().to_double_vector()};
   const double scale = 1.0 / std::sqrt(double(D));
   for (long h = 0; h < B * H; ++h)
@@ -56,7 +59,8 @@ std::vector<float> swap_heads_and_seq(const std::vector<float>& x, long B, long 
   for (long b = 0; b < B; ++b)
     for (long h = 0; h < H; ++h)
       for (long s = 0; s < S; ++s)
-        for (long d = 0; d < D; ++d) y[static_cast<size_t>(((b * S + s) * H + h) * D + d)] = x[static_cast<size_t>(((b * H + h) * S + s) * D + d)];
+        for (long d = 0; d < D; ++d)
+          y[static_cast<size_t>(((b * S + s) * H + h) * D + d)] = x[static_cast<size_t>(((b * H + h) * S + s) * D + d)];
   return y;
 }
 
@@ -77,8 +81,8 @@ void check_attention(long B, long H, long S, int D, unsigned seed, double atol, 
                   ddout = upload<T>(to_layout(dout)), out(n), dq(n), dk(n), dv(n);
   DeviceBuffer<float> lse(static_cast<size_t>(B * H * S));
   flash_attention_forward(dq_in.get(), dk_in.get(), dv_in.get(), out.get(), lse.get(), B, H, S, D, layout);
-  flash_attention_backward(dq_in.get(), dk_in.get(), dv_in.get(), out.get(), lse.get(), ddout.get(), dq.get(),
-                           dk.get(), dv.get(), B, H, S, D, layout);
+  flash_attention_backward(dq_in.get(), dk_in.get(), dv_in.get(), out.get(), lse.get(), ddout.get(), dq.get(), dk.get(),
+                           dv.get(), B, H, S, D, layout);
   const std::string where = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " S=" + std::to_string(S) +
                             " D=" + std::to_string(D) + (bshd ? " [B, S, H, D]" : " [B, H, S, D]");
   EXPECT_TRUE(all_near(from_layout(to_f32(out.to_host())), want.out, atol, rtol)) << "out " << where;

@@ -15,7 +15,8 @@ namespace {
 
 template <class Tin, class Tout>
 void check_gemm(bool ta, bool tb, long m, long n, long k, double atol, double rtol) {
-  auto a = round_bf16(random_normal(static_cast<size_t>(m * k), 201)), b = round_bf16(random_normal(static_cast<size_t>(k * n), 202));
+  auto a = round_bf16(random_normal(static_cast<size_t>(m * k), 201)),
+       b = round_bf16(random_normal(static_cast<size_t>(k * n), 202));
   auto c0 = round_bf16(random_normal(static_cast<size_t>(m * n), 203));
   const long lda = ta ? m : k, ldb = tb ? k : n;
   DeviceBuffer<Tin> da = upload<Tin>(a), db = upload<Tin>(b);
@@ -25,7 +26,8 @@ void check_gemm(bool ta, bool tb, long m, long n, long k, double atol, double rt
   for (long i = 0; i < m; ++i)
     for (long j = 0; j < n; ++j) {
       double s = 0;
-      for (long p = 0; p < k; ++p) s += double(ta ? a[p * lda + i] : a[i * lda + p]) * (tb ? b[j * ldb + p] : b[p * ldb + j]);
+      for (long p = 0; p < k; ++p)
+        s += double(ta ? a[p * lda + i] : a[i * lda + p]) * (tb ? b[j * ldb + p] : b[p * ldb + j]);
       want[static_cast<size_t>(i * n + j)] = 0.5 * s + 2.0 * c0[static_cast<size_t>(i * n + j)];
     }
   EXPECT_TRUE(all_near(to_f32(dc.to_host()), want, atol, rtol)) << "ta " << ta << " tb " << tb;

@@ -46,7 +46,8 @@ void expect_same_selection(const std::vector<float>& s, const std::vector<float>
   for (long t = 0; t < T; ++t) {
     std::vector<float> v(static_cast<size_t>(E));
     std::vector<int> order(static_cast<size_t>(E));
-    for (int e = 0; e < E; ++e) v[static_cast<size_t>(e)] = s[static_cast<size_t>(t * E + e)] - q_gpu[static_cast<size_t>(e)];
+    for (int e = 0; e < E; ++e)
+      v[static_cast<size_t>(e)] = s[static_cast<size_t>(t * E + e)] - q_gpu[static_cast<size_t>(e)];
     std::iota(order.begin(), order.end(), 0);
     std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return v[size_t(a)] > v[size_t(b)]; });
     bool same = true;

@@ -65,7 +65,8 @@ TEST(CudaEmbedding, Bf16StorageFp32Gradient) {
 
 TEST(CudaEmbedding, OutOfRangeIdIsAnErrorNamingThePosition) {
   const long vocab = 10, dim = 3;
-  DeviceBuffer<float> w(random_normal(static_cast<size_t>(vocab * dim), 67)), out(static_cast<size_t>(5 * dim)), grad(static_cast<size_t>(vocab * dim));
+  DeviceBuffer<float> w(random_normal(static_cast<size_t>(vocab * dim), 67)), out(static_cast<size_t>(5 * dim)),
+      grad(static_cast<size_t>(vocab * dim));
   DeviceBuffer<int64_t> ids(std::vector<int64_t>{1, 2, 10, 3, -4});
   try {
     embedding_forward(w.get(), ids.get(), out.get(), 5, vocab, dim);

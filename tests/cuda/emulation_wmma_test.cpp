@@ -57,7 +57,9 @@ void check_tile(unsigned seed) {
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       double s = c[static_cast<size_t>(j) * M + i];  // c is column-major
-      for (int k = 0; k < K; ++k) s += double(a[static_cast<size_t>(i) * K + k]) * (b_col ? b[static_cast<size_t>(j) * K + k] : b[static_cast<size_t>(k) * N + j]);
+      for (int k = 0; k < K; ++k)
+        s += double(a[static_cast<size_t>(i) * K + k]) *
+             (b_col ? b[static_cast<size_t>(j) * K + k] : b[static_cast<size_t>(k) * N + j]);
       want[static_cast<size_t>(i) * N + j] = s;
     }
   EXPECT_TRUE(all_near(dd.to_host(), want, 1e-5, 1e-5)) << M << "x" << N << "x" << K << (b_col ? " col" : " row");
@@ -130,7 +132,8 @@ TEST(CudaEmulationWmma, TileReadBeforeTheBarrierIsCaught) {
   std::vector<double> want(static_cast<size_t>(blocks) * 16, 0.0);
   for (int b = 0; b < blocks; ++b)
     for (int i = 0; i < 16; ++i)
-      for (int j = 0; j < 16; ++j) want[static_cast<size_t>(b) * 16 + i] += a[static_cast<size_t>(b) * 256 + i * 16 + j];
+      for (int j = 0; j < 16; ++j)
+        want[static_cast<size_t>(b) * 16 + i] += a[static_cast<size_t>(b) * 256 + i * 16 + j];
   DeviceBuffer<bf16> da = upload<bf16>(a);
   DeviceBuffer<float> out(static_cast<size_t>(blocks) * 16);
   MOE_LAUNCH(staged_by_other_warp_kernel, blocks, 64, 0, nullptr, dev(static_cast<const bf16*>(da.get())), out.get(),
@@ -138,8 +141,8 @@ TEST(CudaEmulationWmma, TileReadBeforeTheBarrierIsCaught) {
   EXPECT_TRUE(all_near(out.to_host(), want, 1e-5, 1e-5)) << "with the barrier";
   int wrong = 0;
   for (int attempt = 0; attempt < 3; ++attempt) {
-    MOE_LAUNCH(staged_by_other_warp_kernel, blocks, 64, 0, nullptr, dev(static_cast<const bf16*>(da.get())),
-               out.get(), false);
+    MOE_LAUNCH(staged_by_other_warp_kernel, blocks, 64, 0, nullptr, dev(static_cast<const bf16*>(da.get())), out.get(),
+               false);
     wrong += !all_near(out.to_host(), want, 1e-5, 1e-5);
   }
   EXPECT_GT(wrong, 0) << "the missing barrier went unnoticed in every attempt";

@@ -18,7 +18,8 @@ namespace {
 // T tokens over C router outputs, of which the first E are real experts (the rest null).
 void check_gates(long T, int C, int E, int k, bool renormalize, double scale) {
   auto logits = random_normal(static_cast<size_t>(T * C), 151);
-  Tensor s = softmax(Tensor::from_vector<double>(std::vector<double>(logits.begin(), logits.end()), {T, C}), -1).detach();
+  Tensor s =
+      softmax(Tensor::from_vector<double>(std::vector<double>(logits.begin(), logits.end()), {T, C}), -1).detach();
   s.set_requires_grad(true);
   Selection all = select_topk(s, k, "test"), real;
   for (size_t a = 0; a < all.size(); ++a)
@@ -48,8 +49,10 @@ void check_gates(long T, int C, int E, int k, bool renormalize, double scale) {
   std::vector<float> g_real;
   for (size_t a = 0; a < ids.size(); ++a) {
     ASSERT_EQ(ids[a], all.expert[a]) << "slot " << a;
-    if (ids[a] >= E) EXPECT_EQ(g[a], 0.0f) << "a null slot's gate";
-    else g_real.push_back(g[a]);
+    if (ids[a] >= E)
+      EXPECT_EQ(g[a], 0.0f) << "a null slot's gate";
+    else
+      g_real.push_back(g[a]);
   }
   const std::string what = std::string(renormalize ? "renormalized" : "plain") + " scale " + std::to_string(scale);
   EXPECT_TRUE(all_near(g_real, r.gate.to_double_vector(), 1e-6, 1e-5)) << what;

@@ -44,7 +44,8 @@ TEST(CudaGroupedGemm, SwigluExpertsMatchCpuForwardAndBackward) {
   const long D = 40, H = 24, N = 103;
   const auto off = offsets_of(sizes);
   auto x = round_bf16(random_normal(static_cast<size_t>(N * D), 91));
-  auto w1 = round_bf16(random_normal(static_cast<size_t>(E * H * D), 92, 0.15f)), w3 = round_bf16(random_normal(static_cast<size_t>(E * H * D), 93, 0.15f));
+  auto w1 = round_bf16(random_normal(static_cast<size_t>(E * H * D), 92, 0.15f)),
+       w3 = round_bf16(random_normal(static_cast<size_t>(E * H * D), 93, 0.15f));
   auto w2 = round_bf16(random_normal(static_cast<size_t>(E * D * H), 94, 0.2f));
   auto dy = round_bf16(random_normal(static_cast<size_t>(N * D), 95));
 
@@ -62,10 +63,11 @@ TEST(CudaGroupedGemm, SwigluExpertsMatchCpuForwardAndBackward) {
   y.backward(f64(dy, {N, D}));
 
   DeviceBuffer<bf16> dx_in = upload<bf16>(x), dw1 = upload<bf16>(w1), dw3 = upload<bf16>(w3), dw2 = upload<bf16>(w2),
-                     ddy = upload<bf16>(dy), h1(static_cast<size_t>(N * H)), h3(static_cast<size_t>(N * H)), h(static_cast<size_t>(N * H)), dy_out(static_cast<size_t>(N * D)),
-                     dx(static_cast<size_t>(N * D));
+                     ddy = upload<bf16>(dy), h1(static_cast<size_t>(N * H)), h3(static_cast<size_t>(N * H)),
+                     h(static_cast<size_t>(N * H)), dy_out(static_cast<size_t>(N * D)), dx(static_cast<size_t>(N * D));
   DeviceBuffer<int32_t> doff(to_i32(off));
-  DeviceBuffer<float> g1(static_cast<size_t>(E * H * D)), g3(static_cast<size_t>(E * H * D)), g2(static_cast<size_t>(E * D * H));
+  DeviceBuffer<float> g1(static_cast<size_t>(E * H * D)), g3(static_cast<size_t>(E * H * D)),
+      g2(static_cast<size_t>(E * D * H));
   experts_forward(dx_in.get(), dw1.get(), dw3.get(), dw2.get(), doff.get(), E, N, D, H, h1.get(), h3.get(), h.get(),
                   dy_out.get());
   experts_backward(dx_in.get(), dw1.get(), dw3.get(), dw2.get(), doff.get(), E, N, D, H, h1.get(), h3.get(), h.get(),
@@ -86,7 +88,8 @@ void check_forms(long M, long K) {
   const int E = 3;
   const long N = 82;
   const auto off = offsets_of(sizes);
-  auto a = round_bf16(random_normal(static_cast<size_t>(N * K), 96)), w = round_bf16(random_normal(static_cast<size_t>(E * M * K), 97));
+  auto a = round_bf16(random_normal(static_cast<size_t>(N * K), 96)),
+       w = round_bf16(random_normal(static_cast<size_t>(E * M * K), 97));
   auto g = round_bf16(random_normal(static_cast<size_t>(N * M), 98));
   auto base = random_normal(static_cast<size_t>(N * M), 99);
   DeviceBuffer<bf16> da = upload<bf16>(a), dw = upload<bf16>(w), dg = upload<bf16>(g);
@@ -95,16 +98,20 @@ void check_forms(long M, long K) {
   grouped_gemm_nt(da.get(), dw.get(), doff.get(), E, N, M, K, y.get(), /*accumulate=*/true);
   grouped_gemm_nn(dg.get(), dw.get(), doff.get(), E, N, M, K, dx.get());
   grouped_gemm_tn(dg.get(), da.get(), doff.get(), E, N, M, K, gw.get());
-  std::vector<double> wy(static_cast<size_t>(N * M)), wdx(static_cast<size_t>(N * K), 0.0), wgw(static_cast<size_t>(E * M * K), 0.0);
+  std::vector<double> wy(static_cast<size_t>(N * M)), wdx(static_cast<size_t>(N * K), 0.0),
+      wgw(static_cast<size_t>(E * M * K), 0.0);
   for (int e = 0; e < E; ++e)
     for (long r = off[static_cast<size_t>(e)]; r < off[static_cast<size_t>(e) + 1]; ++r) {
       for (long m = 0; m < M; ++m) {
         double s = base[static_cast<size_t>(r * M + m)];
-        for (long k = 0; k < K; ++k) s += double(a[static_cast<size_t>(r * K + k)]) * w[static_cast<size_t>((e * M + m) * K + k)];
+        for (long k = 0; k < K; ++k)
+          s += double(a[static_cast<size_t>(r * K + k)]) * w[static_cast<size_t>((e * M + m) * K + k)];
         wy[static_cast<size_t>(r * M + m)] = s;
         for (long k = 0; k < K; ++k) {
-          wdx[static_cast<size_t>(r * K + k)] += double(g[static_cast<size_t>(r * M + m)]) * w[static_cast<size_t>((e * M + m) * K + k)];
-          wgw[static_cast<size_t>((e * M + m) * K + k)] += double(g[static_cast<size_t>(r * M + m)]) * a[static_cast<size_t>(r * K + k)];
+          wdx[static_cast<size_t>(r * K + k)] +=
+              double(g[static_cast<size_t>(r * M + m)]) * w[static_cast<size_t>((e * M + m) * K + k)];
+          wgw[static_cast<size_t>((e * M + m) * K + k)] +=
+              double(g[static_cast<size_t>(r * M + m)]) * a[static_cast<size_t>(r * K + k)];
         }
       }
     }

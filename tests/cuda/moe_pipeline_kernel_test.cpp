@@ -78,7 +78,8 @@ TEST(CudaMoePipeline, TopkPermuteExpertsCombineForwardAndBackward) {
         double f = 0;
         for (long i = 0; i < H; ++i) {
           f += double(w2[static_cast<size_t>((e * D + d) * H + i)]) * silu(a1[size_t(i)]) * a3[size_t(i)];
-          dh[size_t(i)] += double(w2[static_cast<size_t>((e * D + d) * H + i)]) * g[size_t(a)] * dy[static_cast<size_t>(t * D + d)];
+          dh[size_t(i)] +=
+              double(w2[static_cast<size_t>((e * D + d) * H + i)]) * g[size_t(a)] * dy[static_cast<size_t>(t * D + d)];
         }
         wy[static_cast<size_t>(t * D + d)] += g[size_t(a)] * f;
         wdg[size_t(a)] += double(dy[static_cast<size_t>(t * D + d)]) * f;
@@ -88,7 +89,8 @@ TEST(CudaMoePipeline, TopkPermuteExpertsCombineForwardAndBackward) {
         const double d1 = dh[size_t(i)] * a3[size_t(i)] * sg * (1 + a1[size_t(i)] * (1 - sg));
         const double d3 = dh[size_t(i)] * silu(a1[size_t(i)]);
         for (long d = 0; d < D; ++d) {
-          wdx[static_cast<size_t>(t * D + d)] += d1 * w1[static_cast<size_t>((e * H + i) * D + d)] + d3 * w3[static_cast<size_t>((e * H + i) * D + d)];
+          wdx[static_cast<size_t>(t * D + d)] +=
+              d1 * w1[static_cast<size_t>((e * H + i) * D + d)] + d3 * w3[static_cast<size_t>((e * H + i) * D + d)];
           wg1[static_cast<size_t>((e * H + i) * D + d)] += d1 * x[static_cast<size_t>(t * D + d)];
         }
       }

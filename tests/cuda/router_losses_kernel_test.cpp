@@ -42,7 +42,8 @@ TEST(CudaRouterLosses, SwitchAuxMatchesCpuForwardAndBackward) {
   const long T = 91;
   const int E = 11, k = 2;
   auto logits = random_normal(static_cast<size_t>(T * E), 122);
-  for (long t = 0; t < T; ++t) logits[static_cast<size_t>(t * E)] += 2.0f, logits[static_cast<size_t>(t * E + 1)] += 2.0f;
+  for (long t = 0; t < T; ++t)
+    logits[static_cast<size_t>(t * E)] += 2.0f, logits[static_cast<size_t>(t * E + 1)] += 2.0f;
   Tensor probs = softmax(f64(logits, {T, E}), -1).detach();  // experts 0 and 1 favoured, as the loads
   probs.set_requires_grad(true);
   std::mt19937 gen(123);
@@ -69,7 +70,8 @@ TEST(CudaRouterLosses, PerSequenceAuxMatchesCpuForwardAndBackward) {
   std::mt19937 gen(126);
   std::vector<int32_t> loads(static_cast<size_t>(B * E), 0);
   for (long b = 0; b < B; ++b)
-    for (long a = 0; a < S * k; ++a) loads[static_cast<size_t>(b * E + gen() % unsigned(E - b))]++;  // differ per sequence
+    for (long a = 0; a < S * k; ++a)
+      loads[static_cast<size_t>(b * E + gen() % unsigned(E - b))]++;  // differ per sequence
   const double total = double(S * k);
   Tensor aux = per_sequence_aux(probs, S, std::vector<double>(loads.begin(), loads.end()), total);
   aux.backward(Tensor::scalar(0.9, DType::f64));
@@ -105,7 +107,8 @@ TEST(CudaRouterLosses, LossFreeBiasUpdateIsBitExactWithTheBalancer) {
     }
     auto want = balancer->state_vector();
     auto got = bias.to_host();
-    for (int e = 0; e < E; ++e) ASSERT_EQ(got[static_cast<size_t>(e)], float(want[static_cast<size_t>(e)])) << rule << " expert " << e;
+    for (int e = 0; e < E; ++e)
+      ASSERT_EQ(got[static_cast<size_t>(e)], float(want[static_cast<size_t>(e)])) << rule << " expert " << e;
     EXPECT_NE(got[0], 0.0f) << rule;
   }
 }

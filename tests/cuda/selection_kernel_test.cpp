@@ -88,7 +88,8 @@ TEST(CudaSelection, RoutingEntropyMatchesCpuForwardAndBackward) {
   const long T = 61;
   const int E = 11;
   auto logits = random_normal(static_cast<size_t>(T * E), 143, 4.0f);  // sharp rows: tiny scores too
-  Tensor s = softmax(Tensor::from_vector<double>(std::vector<double>(logits.begin(), logits.end()), {T, E}), -1).detach();
+  Tensor s =
+      softmax(Tensor::from_vector<double>(std::vector<double>(logits.begin(), logits.end()), {T, E}), -1).detach();
   s.set_requires_grad(true);
   Tensor ent = neg(mean_all(sum(mul(s, log(add_scalar(s, 1e-30))), {1})));
   ent.backward(Tensor::scalar(0.3, DType::f64));
