@@ -1,14 +1,19 @@
 // Flash attention kernels: tiles of query rows against tiles of keys staged in shared memory (fp32),
 // the forward's online softmax (running max and sum per row), and a backward in three launches.
 #include <cmath>
+#include <type_traits>
 
 #include "core/cuda/attention.h"
+#include "core/cuda/attention_internal.h"
 #include "core/cuda/block_reduce.h"
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/launch.h"
 
 namespace moe::cuda {
 namespace {
+
+using attention_detail::HeadStrides;
+using attention_detail::strides_of;
 
 constexpr int kThreads = 128;
 constexpr int kBc = 32;        // keys per tile: one per lane in the score phase
@@ -21,15 +26,6 @@ constexpr int kKvAcc = kBc * kFlashMaxHeadDim / kThreads;
 constexpr int kDqAcc = kBrBwd * kFlashMaxHeadDim / kThreads;
 
 __device__ __forceinline__ long min_long(long a, long b) { return a < b ? a : b; }
-
-// Where a head's rows live: [B, H, S, Dh] (rows D apart, heads S * D apart) or [B, S, H, Dh]
-// (rows H * D apart, heads D apart); a batch always spans S * H * D elements.
-struct HeadStrides {
-  long heads, head, row;
-  __device__ long base(long head_index, long S, int D) const {
-    return head_index / heads * S * heads * D + head_index % heads * head;
-  }
-};
 
 // rows x D of a [S, D] head starting at row r0 into dst (row stride ld), zero past the end.
 template <class T>
@@ -273,10 +269,6 @@ void check_shape(const char* op, long batch, long heads, long seq, int head_dim)
   MOE_CHECK(batch * heads <= 65535, op, "batch * heads = ", batch * heads, " exceeds the grid's 65535 (grid.y)");
 }
 
-HeadStrides strides_of(AttentionLayout layout, long heads, long seq, int D) {
-  return layout == AttentionLayout::kBHSD ? HeadStrides{heads, seq * D, D} : HeadStrides{heads, D, heads * D};
-}
-
 }  // namespace
 
 template <class T>
@@ -285,6 +277,11 @@ void flash_attention_forward(const T* q, const T* k, const T* v, T* out, float* 
   check_shape("cuda::flash_attention_forward", batch, heads, seq, head_dim);
   if (batch == 0 || seq == 0) return;
   const int D = head_dim;
+  if constexpr (std::is_same_v<T, bf16>) {  // tensor cores for bf16 storage
+    attention_detail::flash_forward_tensor_cores(q, k, v, out, lse, batch * heads, seq, D,
+                                                 strides_of(layout, heads, seq, D), stream);
+    return;
+  }
   const size_t shared = sizeof(float) * size_t(kBrFwd * D + kBc * (D + 1) + kBc * D + kBrFwd * kLdp + 3 * kBrFwd);
   const float scale = float(1.0 / std::sqrt(double(D)));
   MOE_LAUNCH(flash_forward_kernel<device_t<T>>, dim3(ceil_div(seq, kBrFwd), unsigned(batch * heads)), kThreads, shared,
