@@ -301,8 +301,13 @@ void flash_attention_backward(const T* q, const T* k, const T* v, const T* out, 
   Workspace<float> delta{size_t(rows)};
   MOE_LAUNCH(flash_delta_kernel<device_t<T>>, ceil_div(rows, kThreads / 32), kThreads, 0, stream, dev(out), dev(dout),
              delta.get(), hs, rows, seq, D);
-  const size_t shared = sizeof(float) * bwd_shared_floats(D);
   const float* dl = delta.get();
+  if constexpr (std::is_same_v<T, bf16>) {  // tensor cores for bf16 storage
+    attention_detail::flash_backward_tensor_cores(q, k, v, dout, lse, dl, dq, dk, dv, batch * heads, seq, D, hs,
+                                                  stream);
+    return;
+  }
+  const size_t shared = sizeof(float) * bwd_shared_floats(D);
   const unsigned bh = unsigned(batch * heads);
   MOE_LAUNCH(flash_dkdv_kernel<device_t<T>>, dim3(ceil_div(seq, kBc), bh), kThreads, shared, stream, dev(q), dev(k),
              dev(v), dev(dout), lse, dl, dev(dk), dev(dv), hs, seq, D, scale);

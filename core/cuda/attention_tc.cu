@@ -40,15 +40,6 @@ struct Layout {
   }
 };
 
-// rows x dp bf16 of a head from row r0 into dst (row stride ld), zero past `valid` rows or D.
-__device__ void load_rows(const dbf16* src, long rs, long r0, long valid, int rows, int D, int dp, dbf16* dst, int ld) {
-  const dbf16 zero = from_float<dbf16>(0.0f);
-  for (int i = threadIdx.x; i < rows * dp; i += blockDim.x) {
-    const int r = i / dp, d = i % dp;
-    dst[r * ld + d] = r < valid && d < D ? src[(r0 + r) * rs + d] : zero;
-  }
-}
-
 __global__ void __launch_bounds__(kThreads)
     flash_forward_tc_kernel(const dbf16* q, const dbf16* k, const dbf16* v, dbf16* o, float* lse, HeadStrides hs,
                             long S, int D, int dp, float scale) {

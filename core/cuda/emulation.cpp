@@ -25,7 +25,7 @@ namespace moe::cuda::emu {
 namespace {
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr size_t kMaxSharedBytes = 227 * 1024;  // the sm_90 per-block limit (opt-in)
+constexpr size_t kMaxSharedBytes = 163 * 1024;  // sm_80's per-block opt-in limit, the smaller of our targets
 constexpr uint64_t kPoisonBits = ~uint64_t(0);
 constexpr unsigned kFullWarp = 0xffffffffu;
 
