@@ -1,5 +1,5 @@
-// Flash attention kernels: tiles of query rows against tiles of keys staged in shared memory (fp32),
-// the forward's online softmax (running max and sum per row), and a backward in three launches.
+// Flash attention: the fp32 kernels (tiles of query rows against tiles of keys staged in shared
+// memory as fp32, online softmax, a three-launch backward) and the dispatch of bf16 to tensor cores.
 #include <cmath>
 #include <type_traits>
 
@@ -280,12 +280,12 @@ void flash_attention_forward(const T* q, const T* k, const T* v, T* out, float* 
   if constexpr (std::is_same_v<T, bf16>) {  // tensor cores for bf16 storage
     attention_detail::flash_forward_tensor_cores(q, k, v, out, lse, batch * heads, seq, D,
                                                  strides_of(layout, heads, seq, D), stream);
-    return;
+  } else {
+    const size_t shared = sizeof(float) * size_t(kBrFwd * D + kBc * (D + 1) + kBc * D + kBrFwd * kLdp + 3 * kBrFwd);
+    const float scale = float(1.0 / std::sqrt(double(D)));
+    MOE_LAUNCH(flash_forward_kernel<device_t<T>>, dim3(ceil_div(seq, kBrFwd), unsigned(batch * heads)), kThreads,
+               shared, stream, dev(q), dev(k), dev(v), dev(out), lse, strides_of(layout, heads, seq, D), seq, D, scale);
   }
-  const size_t shared = sizeof(float) * size_t(kBrFwd * D + kBc * (D + 1) + kBc * D + kBrFwd * kLdp + 3 * kBrFwd);
-  const float scale = float(1.0 / std::sqrt(double(D)));
-  MOE_LAUNCH(flash_forward_kernel<device_t<T>>, dim3(ceil_div(seq, kBrFwd), unsigned(batch * heads)), kThreads, shared,
-             stream, dev(q), dev(k), dev(v), dev(out), lse, strides_of(layout, heads, seq, D), seq, D, scale);
 }
 
 template <class T>
@@ -296,7 +296,6 @@ void flash_attention_backward(const T* q, const T* k, const T* v, const T* out, 
   if (batch == 0 || seq == 0) return;
   const int D = head_dim;
   const long rows = batch * heads * seq;
-  const float scale = float(1.0 / std::sqrt(double(D)));
   const HeadStrides hs = strides_of(layout, heads, seq, D);
   Workspace<float> delta{size_t(rows)};
   MOE_LAUNCH(flash_delta_kernel<device_t<T>>, ceil_div(rows, kThreads / 32), kThreads, 0, stream, dev(out), dev(dout),
@@ -305,14 +304,15 @@ void flash_attention_backward(const T* q, const T* k, const T* v, const T* out, 
   if constexpr (std::is_same_v<T, bf16>) {  // tensor cores for bf16 storage
     attention_detail::flash_backward_tensor_cores(q, k, v, dout, lse, dl, dq, dk, dv, batch * heads, seq, D, hs,
                                                   stream);
-    return;
+  } else {
+    const size_t shared = sizeof(float) * bwd_shared_floats(D);
+    const unsigned bh = unsigned(batch * heads);
+    const float scale = float(1.0 / std::sqrt(double(D)));
+    MOE_LAUNCH(flash_dkdv_kernel<device_t<T>>, dim3(ceil_div(seq, kBc), bh), kThreads, shared, stream, dev(q), dev(k),
+               dev(v), dev(dout), lse, dl, dev(dk), dev(dv), hs, seq, D, scale);
+    MOE_LAUNCH(flash_dq_kernel<device_t<T>>, dim3(ceil_div(seq, kBrBwd), bh), kThreads, shared, stream, dev(q), dev(k),
+               dev(v), dev(dout), lse, dl, dev(dq), hs, seq, D, scale);
   }
-  const size_t shared = sizeof(float) * bwd_shared_floats(D);
-  const unsigned bh = unsigned(batch * heads);
-  MOE_LAUNCH(flash_dkdv_kernel<device_t<T>>, dim3(ceil_div(seq, kBc), bh), kThreads, shared, stream, dev(q), dev(k),
-             dev(v), dev(dout), lse, dl, dev(dk), dev(dv), hs, seq, D, scale);
-  MOE_LAUNCH(flash_dq_kernel<device_t<T>>, dim3(ceil_div(seq, kBrBwd), bh), kThreads, shared, stream, dev(q), dev(k),
-             dev(v), dev(dout), lse, dl, dev(dq), hs, seq, D, scale);
 }
 
 #define MOE_INSTANTIATE(T)                                                                                          \
