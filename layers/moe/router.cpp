@@ -79,12 +79,13 @@ std::pair<Tensor, Tensor> router_logits_scores(const Tensor& x, const Tensor& w,
           }
         }
         if (w.requires_grad()) {
-          Tensor gw = Tensor::zeros({E, D}, x.dtype());
+          // GEMM with beta = 0 overwrites the buffer; only an empty batch needs the zeros.
+          Tensor gw = T_ > 0 ? Tensor::empty({E, D}, x.dtype()) : Tensor::zeros({E, D}, x.dtype());
           if (T_ > 0) blas::gemm(true, false, E, D, T_, T(1), pgl, E, xj.data<T>(), D, T(0), gw.data<T>(), D);
           accumulate_grad(w, gw);
         }
         if (x.requires_grad()) {
-          Tensor gx = Tensor::zeros({T_, D}, x.dtype());
+          Tensor gx = Tensor::empty({T_, D}, x.dtype());
           if (T_ > 0) blas::gemm(false, false, T_, D, E, T(1), pgl, E, wc.data<T>(), D, T(0), gx.data<T>(), D);
           if (jit.defined()) gx = mul(gx, jit);
           accumulate_grad(x, gx);
