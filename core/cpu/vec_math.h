@@ -51,6 +51,32 @@ inline V8f load8(const float* p) {
 }
 inline void store8(float* p, V8f v) { std::memcpy(p, &v, sizeof v); }
 
+// sum_j exp(x[j] - shift) over n elements, x unchanged.
+inline float sum_exp_shift(const float* x, int64_t n, float shift) {
+  V8f acc{};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) acc += exp8(load8(x + j) - shift);
+  float sum = 0;
+  for (int l = 0; l < 8; ++l) sum += acc[l];
+  for (; j < n; ++j) sum += exp1(x[j] - shift);
+  return sum;
+}
+inline double sum_exp_shift(const double* x, int64_t n, double shift) {
+  double sum = 0;
+  for (int64_t j = 0; j < n; ++j) sum += std::exp(x[j] - shift);
+  return sum;
+}
+
+// out[j] = exp(x[j] - shift) * scale over n elements (out may alias x).
+inline void exp_shift_scale(const float* x, float* out, int64_t n, float shift, float scale) {
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) store8(out + j, exp8(load8(x + j) - shift) * scale);
+  for (; j < n; ++j) out[j] = exp1(x[j] - shift) * scale;
+}
+inline void exp_shift_scale(const double* x, double* out, int64_t n, double shift, double scale) {
+  for (int64_t j = 0; j < n; ++j) out[j] = std::exp(x[j] - shift) * scale;
+}
+
 // h = silu(a) * u = a sigmoid(a) u over n elements. f32 uses exp8; f64 (the gradient-check
 // reference) uses libm.
 inline void swiglu_forward(const float* a, const float* u, float* h, int64_t n) {
