@@ -2,6 +2,7 @@
 #include "layers/attention_layer.h"
 
 #include "core/cpu/attention.h"
+#include "core/cpu/matmul.h"
 #include "core/cpu/rope.h"
 #include "layers/init.h"
 
@@ -25,10 +26,12 @@ Tensor Attention::forward(const Tensor& x, int64_t pos_offset) const {
             x.shape_str());
   const int64_t B = x.size(0), S = x.size(1);
   const Shape heads{B, S, n_heads_, head_dim_};
-  // Everything stays in the projections' [B, S, H, Dh] layout: no transposes, no copies.
-  Tensor q = rope(wq_->forward(x).reshape(heads), rope_theta_, pos_offset);
-  Tensor k = rope(wk_->forward(x).reshape(heads), rope_theta_, pos_offset);
-  Tensor v = wv_->forward(x).reshape(heads);
+  // q, k, v as one op (their input grads summed in one buffer); everything stays in the
+  // projections' [B, S, H, Dh] layout: no transposes, no copies.
+  std::vector<Tensor> qkv = linear_shared_input(x, {wq_->weight(), wk_->weight(), wv_->weight()});
+  Tensor q = rope(qkv[0].reshape(heads), rope_theta_, pos_offset);
+  Tensor k = rope(qkv[1].reshape(heads), rope_theta_, pos_offset);
+  Tensor v = qkv[2].reshape(heads);
   Tensor o = causal_attention_bshd(q, k, v);  // [B, S, H, Dh]
   return wo_->forward(o.reshape({B, S, d_model_}));
 }

@@ -299,4 +299,96 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   return out;
 }
 
+std::vector<Tensor> linear_shared_input(const Tensor& x, const std::vector<Tensor>& weights) {
+  const char* op = "linear_shared_input";
+  MOE_CHECK(x.defined() && x.dim() >= 1 && !weights.empty(), op, "expected x [..., in] and at least one weight");
+  const int64_t in = x.shape().back();
+  for (const Tensor& w : weights) {
+    MOE_CHECK(w.defined() && w.dim() == 2 && w.shape()[1] == in, op, "cannot apply weight ",
+              w.defined() ? w.shape_str() : "undefined", " (expected [out, ", in, "]) to input ", x.shape_str());
+    MOE_CHECK(w.dtype() == x.dtype(), op, "dtype mismatch: input ", dtype_name(x.dtype()), " vs weight ",
+              dtype_name(w.dtype()), " ", w.shape_str());
+    check_blas_size(op, x, w);
+  }
+  const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+  Tensor xd = x.detach();
+  Tensor x2 = x.dim() == 2 ? xd : xd.reshape({rows, in});
+  std::vector<Tensor> outs;
+  for (const Tensor& w : weights) {
+    Tensor y = Tensor::empty({rows, w.shape()[0]}, x.dtype());
+    const int64_t out_f = w.shape()[0];
+    dispatch_float(x.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      if (in == 0) std::fill(y.data<T>(), y.data<T>() + rows * out_f, T(0));
+      if (rows == 0 || out_f == 0 || in == 0) return;
+      gemm_batched<T>(blas_mat(x2), blas_mat(w.detach().transpose(0, 1)), y.data<T>(), T(0));
+    });
+    Shape shape = x.shape();
+    shape.back() = out_f;
+    outs.push_back(y.reshape(shape));
+  }
+  std::vector<Tensor> inputs = weights;
+  inputs.push_back(x);
+  if (needs_grad(inputs))
+    record(op, outs, [x, weights, x2, rows, in](const std::vector<Tensor>& g) {
+      const size_t n = weights.size();
+      std::vector<Tensor> g2(n), dw(n);
+      bool want_w = false;
+      for (size_t i = 0; i < n; ++i) {
+        g2[i] = g[i].reshape({rows, weights[i].shape()[0]}).contiguous();
+        want_w = want_w || weights[i].requires_grad();
+      }
+      const bool want_x = x.requires_grad();
+      Tensor dx = want_x ? Tensor::empty({rows, in}, x.dtype()) : Tensor();
+      for (size_t i = 0; i < n; ++i)
+        if (weights[i].requires_grad()) dw[i] = Tensor::empty(weights[i].shape(), x.dtype());
+      dispatch_float(x.dtype(), "linear_shared_input backward", [&](auto tag) {
+        using T = decltype(tag);
+        // Task 0: dx = sum_i g_i w_i in weight order; task 1: every dW_i = g_i^T x.
+        auto input_grad = [&] {
+          if (in == 0 || rows == 0) return;
+          for (size_t i = 0; i < n; ++i) {
+            if (weights[i].shape()[0] == 0) {
+              if (i == 0) std::fill(dx.data<T>(), dx.data<T>() + rows * in, T(0));
+              continue;
+            }
+            gemm_batched<T>(blas_mat(g2[i]), blas_mat(weights[i].detach()), dx.data<T>(), T(i == 0 ? 0 : 1));
+          }
+        };
+        auto weight_grads = [&] {
+          for (size_t i = 0; i < n; ++i) {
+            if (!dw[i].defined() || dw[i].numel() == 0) continue;
+            if (rows == 0) {
+              dw[i].zero_();
+              continue;
+            }
+            gemm_batched<T>(blas_mat(g2[i].transpose(0, 1)), blas_mat(x2), dw[i].data<T>(), T(0));
+          }
+        };
+        double work = 0;
+        for (const Tensor& w : weights) work += double(rows) * double(in) * double(w.shape()[0]);
+        if (want_x && want_w && omp_get_max_threads() > 1 && !omp_in_parallel() && work >= kSplitGemmWork) {
+          SingleThreadedBlas single(true);
+#pragma omp parallel for schedule(static) num_threads(2)
+          for (int task = 0; task < 2; ++task) {
+            if (task == 0)
+              input_grad();
+            else
+              weight_grads();
+          }
+        } else {
+          if (want_x) input_grad();
+          weight_grads();
+        }
+      });
+      if (want_x) {
+        if (in == 0 || rows == 0) dx.zero_();
+        accumulate_grad(x, dx.reshape(x.shape()));
+      }
+      for (size_t i = 0; i < n; ++i)
+        if (dw[i].defined()) accumulate_grad(weights[i], dw[i]);
+    });
+  return outs;
+}
+
 }  // namespace moe
