@@ -91,6 +91,45 @@ inline void swiglu_forward(const double* a, const double* u, double* h, int64_t 
   for (int64_t i = 0; i < n; ++i) h[i] = a[i] / (1.0 + std::exp(-a[i])) * u[i];
 }
 
+// The fused expert FFN keeps s = sigmoid(a) from its forward, so its backward needs no exp:
+// s[i] = sigmoid(a[i]) and h[i] = a[i] s[i] u[i].
+inline void sigmoid_swiglu(const float* a, const float* u, float* s, float* h, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    V8f x = load8(a + i), si = 1.0f / (1.0f + exp8(-x));
+    store8(s + i, si);
+    store8(h + i, x * si * load8(u + i));
+  }
+  for (; i < n; ++i) {
+    s[i] = 1.0f / (1.0f + exp1(-a[i]));
+    h[i] = a[i] * s[i] * u[i];
+  }
+}
+inline void sigmoid_swiglu(const double* a, const double* u, double* s, double* h, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    s[i] = 1.0 / (1.0 + std::exp(-a[i]));
+    h[i] = a[i] * s[i] * u[i];
+  }
+}
+
+// h = a s u from a kept s (bit-identical to sigmoid_swiglu's h).
+template <class T>
+inline void swiglu_from_sigmoid(const T* a, const T* u, const T* s, T* h, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) h[i] = a[i] * s[i] * u[i];
+}
+
+// From g = dL/dh and a kept s = sigmoid(a): da = g u s (1 + a (1 - s)), du = g a s. da may alias g.
+template <class T>
+inline void swiglu_backward_from_sigmoid(const T* g, const T* a, const T* u, const T* s, T* da, T* du, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    T gi = g[i], x = a[i], si = s[i];
+    da[i] = gi * u[i] * si * (T(1) + x * (T(1) - si));
+    du[i] = gi * x * si;
+  }
+}
+
 // From g = dL/dh: da = g u s (1 + a (1 - s)), du = g a s, s = sigmoid(a). da or du may alias g.
 inline void swiglu_backward(const float* g, const float* a, const float* u, float* da, float* du, int64_t n) {
   int64_t i = 0;

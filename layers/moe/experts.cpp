@@ -124,14 +124,16 @@ Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, co
     MOE_CHECK(offsets[size_t(e)] <= offsets[size_t(e) + 1], op, "offsets must be non-decreasing (expert ", e, ")");
   Tensor xc = x.detach().contiguous(), c1 = w1.detach().contiguous(), c3 = w3.detach().contiguous(),
          c2 = w2.detach().contiguous();
-  // a = x w1^T and u = x w3^T are kept for the backward (h is recomputed there from them).
-  Tensor a = Tensor::empty({N, H}, x.dtype()), u = Tensor::empty({N, H}, x.dtype());
+  // a = x w1^T, u = x w3^T and s = sigmoid(a) are kept for the backward (which then needs no
+  // exp; h = a s u is recomputed there).
+  Tensor a = Tensor::empty({N, H}, x.dtype()), u = Tensor::empty({N, H}, x.dtype()),
+         sg = Tensor::empty({N, H}, x.dtype());
   Tensor y = Tensor::empty({N, D}, x.dtype());
   const double work_per_row = 3.0 * double(H) * double(D);
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
     const T *px = xc.data<T>(), *p1 = c1.data<T>(), *p3 = c3.data<T>(), *p2 = c2.data<T>();
-    T *pa = a.data<T>(), *pu = u.data<T>(), *py = y.data<T>();
+    T *pa = a.data<T>(), *pu = u.data<T>(), *ps = sg.data<T>(), *py = y.data<T>();
     for_each_segment(offsets, work_per_row, [&](int64_t e, int64_t r0, int64_t n) {
       if (n == 0) return;
       const T* xe = px + r0 * D;
@@ -139,12 +141,12 @@ Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, co
       blas::gemm(false, true, n, H, D, T(1), xe, D, p1 + e * H * D, D, T(0), ae, H);
       blas::gemm(false, true, n, H, D, T(1), xe, D, p3 + e * H * D, D, T(0), ue, H);
       std::unique_ptr<T[]> h(new T[size_t(n * H)]);  // uninitialized: fully overwritten
-      vec::swiglu_forward(ae, ue, h.get(), n * H);
+      vec::sigmoid_swiglu(ae, ue, ps + r0 * H, h.get(), n * H);
       blas::gemm(false, true, n, D, H, T(1), h.get(), H, p2 + e * D * H, H, T(0), py + r0 * D, D);
     });
   });
   if (needs_grad({x, w1, w3, w2}))
-    record(op, {y}, [x, w1, w3, w2, xc, c1, c3, c2, a, u, offsets, N, D, E, H,
+    record(op, {y}, [x, w1, w3, w2, xc, c1, c3, c2, a, u, sg, offsets, N, D, E, H,
                      work_per_row](const std::vector<Tensor>& g) {
       Tensor gy = g[0].contiguous();
       const bool want_x = x.requires_grad(), want_w = w1.requires_grad() || w3.requires_grad() || w2.requires_grad();
@@ -158,7 +160,7 @@ Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, co
       dispatch_float(x.dtype(), "expert_swiglu_ffn backward", [&](auto tag) {
         using T = decltype(tag);
         const T *pg = gy.data<T>(), *px = xc.data<T>(), *p1 = c1.data<T>(), *p3 = c3.data<T>(),
-                *p2 = c2.data<T>(), *pa = a.data<T>(), *pu = u.data<T>();
+                *p2 = c2.data<T>(), *pa = a.data<T>(), *pu = u.data<T>(), *ps = sg.data<T>();
         T* ox = want_x ? gx.data<T>() : nullptr;
         T *o1 = want_w ? g1.data<T>() : nullptr, *o3 = want_w ? g3.data<T>() : nullptr,
           *o2 = want_w ? g2.data<T>() : nullptr;
@@ -172,15 +174,15 @@ Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, co
             }
             return;
           }
-          const T *xe = px + r0 * D, *ge = pg + r0 * D, *ae = pa + r0 * H, *ue = pu + r0 * H;
+          const T *xe = px + r0 * D, *ge = pg + r0 * D, *ae = pa + r0 * H, *ue = pu + r0 * H, *se = ps + r0 * H;
           std::unique_ptr<T[]> buf(new T[size_t(2 * n * H)]);  // uninitialized: fully overwritten
           T *gh = buf.get(), *du = buf.get() + n * H;
-          if (want_w) {  // dW2 = dY^T h, with h recomputed from a and u
-            vec::swiglu_forward(ae, ue, du, n * H);
+          if (want_w) {  // dW2 = dY^T h, with h = a s u recomputed
+            vec::swiglu_from_sigmoid(ae, ue, se, du, n * H);
             blas::gemm(true, false, D, H, n, T(1), ge, D, du, H, T(0), o2 + e * D * H, H);
           }
           blas::gemm(false, false, n, H, D, T(1), ge, D, p2 + e * D * H, H, T(0), gh, H);  // dh = dY W2
-          vec::swiglu_backward(gh, ae, ue, gh, du, n * H);                               // gh becomes da
+          vec::swiglu_backward_from_sigmoid(gh, ae, ue, se, gh, du, n * H);  // gh becomes da
           if (want_x) {  // dX = da W1 + du W3
             blas::gemm(false, false, n, D, H, T(1), gh, H, p1 + e * H * D, D, T(0), ox + r0 * D, D);
             blas::gemm(false, false, n, D, H, T(1), du, H, p3 + e * H * D, D, T(1), ox + r0 * D, D);

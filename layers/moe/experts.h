@@ -18,8 +18,9 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_
 
 // The whole SwiGLU expert FFN as one op: y[rows of e] = (silu(x w1[e]^T) * (x w3[e]^T)) w2[e]^T,
 // x [N, D], w1 and w3 [E, H, D], w2 [E, D, H], offsets as grouped_matmul -> y [N, D]. Each
-// expert's forward (and backward) runs as one task, experts in parallel; only x w1^T and x w3^T
-// are kept for the backward. Differentiable in x, w1, w3 and w2; empty experts get zero grads.
+// expert's forward (and backward) runs as one task, experts in parallel; x w1^T, x w3^T and
+// sigmoid(x w1^T) are kept for the backward ([N, H] each; h is recomputed). Differentiable in x,
+// w1, w3 and w2; empty experts get zero grads.
 Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                          const std::vector<int64_t>& offsets);
 
