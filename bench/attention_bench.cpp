@@ -111,8 +111,38 @@ void BM_SgemmScoresRate(benchmark::State& state) {
       benchmark::Counter(2.0 * double(S * S * D * BH), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The attention layer's core at the quickstart shapes (B = 16, S = 128, H = 4, Dh = 32), from
+// q, k, v in the projections' [B, S, H, Dh] layout: arg 1 = causal_attention_bshd reading them in
+// place; arg 0 = the previous path: transposes to [B, H, S, Dh] copied contiguous (as
+// causal_attention used to copy them), and the output transposed back and copied by reshape.
+void BM_AttentionLayoutFwdBwd(benchmark::State& state) {
+  const int64_t B = 16, S = 128, H = 4, D = 32;
+  const Shape sh{B, S, H, D};
+  const size_t n = size_t(shape_numel(sh));
+  Tensor q = Tensor::from_vector(random_vector(n, 1), sh).set_requires_grad(true);
+  Tensor k = Tensor::from_vector(random_vector(n, 2), sh).set_requires_grad(true);
+  Tensor v = Tensor::from_vector(random_vector(n, 3), sh).set_requires_grad(true);
+  Tensor seed = Tensor::from_vector(random_vector(n, 4), {B, S, H * D});
+  for (auto _ : state) {
+    Tensor out = state.range(0) == 1
+                     ? causal_attention_bshd(q, k, v).reshape({B, S, H * D})
+                     : causal_attention(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
+                                        v.transpose(1, 2).contiguous())
+                           .transpose(1, 2)
+                           .reshape({B, S, H * D});
+    out.backward(seed);
+    benchmark::DoNotOptimize(q.grad().data<float>());
+    q.zero_grad();
+    k.zero_grad();
+    v.zero_grad();
+  }
+  state.counters["useful_FLOPs"] = benchmark::Counter(6.0 * double(S) * double(S) * double(D) * double(B * H),
+                                                      benchmark::Counter::kIsIterationInvariantRate);
+}
+
 }  // namespace
 
+BENCHMARK(BM_AttentionLayoutFwdBwd)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_CausalAttentionFwdBwd)->Arg(128)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_ReferenceAttentionFwdBwd)->Arg(128)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_SgemmScoresRate)->Arg(128)->Arg(256)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -2,6 +2,7 @@
 #include "layers/attention_layer.h"
 
 #include "core/cpu/attention.h"
+#include "core/cpu/matmul.h"
 #include "core/cpu/rope.h"
 #include "layers/init.h"
 
@@ -25,12 +26,14 @@ Tensor Attention::forward(const Tensor& x, int64_t pos_offset) const {
             x.shape_str());
   const int64_t B = x.size(0), S = x.size(1);
   const Shape heads{B, S, n_heads_, head_dim_};
-  // RoPE works on [B, S, H, Dh]; attention wants [B, H, S, Dh] (the transposes are views).
-  Tensor q = rope(wq_->forward(x).reshape(heads), rope_theta_, pos_offset).transpose(1, 2);
-  Tensor k = rope(wk_->forward(x).reshape(heads), rope_theta_, pos_offset).transpose(1, 2);
-  Tensor v = wv_->forward(x).reshape(heads).transpose(1, 2);
-  Tensor o = causal_attention(q, k, v);               // [B, H, S, Dh]
-  return wo_->forward(o.transpose(1, 2).reshape({B, S, d_model_}));
+  // q, k, v as one op (their input grads summed in one buffer); everything stays in the
+  // projections' [B, S, H, Dh] layout: no transposes, no copies.
+  std::vector<Tensor> qkv = linear_shared_input(x, {wq_->weight(), wk_->weight(), wv_->weight()});
+  Tensor q = rope(qkv[0].reshape(heads), rope_theta_, pos_offset);
+  Tensor k = rope(qkv[1].reshape(heads), rope_theta_, pos_offset);
+  Tensor v = qkv[2].reshape(heads);
+  Tensor o = causal_attention_bshd(q, k, v);  // [B, S, H, Dh]
+  return wo_->forward(o.reshape({B, S, d_model_}));
 }
 
 }  // namespace moe

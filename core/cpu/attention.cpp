@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/cpu/blas_threads.h"
+#include "core/cpu/vec_math.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -33,71 +35,18 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
               alpha, a, int(lda), b, int(ldb), beta, c, int(ldc));
 }
 
-// When heads run in parallel, each GEMM must stay on its calling thread: OpenBLAS (pthreads build)
-// would otherwise fan every call out to its own pool and oversubscribe the cores. The setting is
-// process-wide, so it is restored on scope exit; the trainer calls ops from one thread.
-class SingleThreadedBlas {
- public:
-  explicit SingleThreadedBlas(bool active) : active_(active), prev_(active ? openblas_get_num_threads() : 1) {
-    if (active_) openblas_set_num_threads(1);
-  }
-  ~SingleThreadedBlas() {
-    if (active_) openblas_set_num_threads(prev_);
-  }
-  SingleThreadedBlas(const SingleThreadedBlas&) = delete;
-  SingleThreadedBlas& operator=(const SingleThreadedBlas&) = delete;
-
- private:
-  bool active_;
-  int prev_;
-};
-
 // Parallel over heads when there are enough of them to feed every thread and enough work to pay
 // for waking the team (tiny calls, such as a gradient check's thousands, stay serial); otherwise
 // heads run in sequence and BLAS threads each GEMM as it sees fit.
 constexpr double kParallelWork = double(1 << 20);  // heads * S^2 * Dh multiply-adds
 bool heads_in_parallel(int64_t heads, int64_t S, int64_t D) {
-  int threads = omp_get_max_threads();
-  return threads > 1 && !omp_in_parallel() && heads >= threads &&
-         double(heads) * double(S) * double(S) * double(D) >= kParallelWork;
+  return tasks_in_parallel(long(heads), double(heads) * double(S) * double(S) * double(D), kParallelWork);
 }
 
-// exp(row[j] - shift) in place over row[0, n), returning the sum. The f32 path is written with GCC
-// vector extensions because, under the default -ftrapping-math, GCC will not vectorize any exp
-// (glibc's expf vectorizes only under -ffast-math, a polynomial one not at all: its clamp and
-// float->int conversion may trap). Cephes' range reduction x = n ln2 + r and degree-7 polynomial:
-// max relative error 8e-8 against exp in double over [-87, 1]. Inputs are scores minus their row
-// max or logsumexp, so x <= 0; the clamp keeps 2^n a normal float.
-using V8f = float __attribute__((vector_size(32)));
-using V8i = int32_t __attribute__((vector_size(32)));
-constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-
-template <class F>
-inline F exp_polynomial(F x, F n) {
-  F r = x - n * kLn2Hi - n * kLn2Lo;
-  F p = r * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  return p * r * r + r + 1.0f;
-}
-
-inline V8f exp8(V8f x) {
-  x = x < -87.0f ? V8f{} - 87.0f : x;
-  x = x > 88.0f ? V8f{} + 88.0f : x;
-  V8f t = x * kLog2e + 0.5f;
-  V8i n = __builtin_convertvector(t, V8i);
-  n += (__builtin_convertvector(n, V8f) > t);  // truncation to floor: the mask is -1 where it rounded up
-  return exp_polynomial(x, __builtin_convertvector(n, V8f)) * (V8f)((n + 127) << 23);
-}
-
-inline float exp1(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  float n = std::floor(x * kLog2e + 0.5f);
-  return exp_polynomial(x, n) * std::bit_cast<float>((int32_t(n) + 127) << 23);
-}
+// exp(row[j] - shift) in place over row[0, n), returning the sum (f32: vec::exp8, see vec_math.h).
+using vec::exp1;
+using vec::exp8;
+using vec::V8f;
 
 float exp_shift_sum(float* row, int64_t n, float shift) {
   V8f acc{};
@@ -123,17 +72,39 @@ double exp_shift_sum(double* row, int64_t n, double shift) {
 }
 
 struct Dims {
-  int64_t heads, S, D;
+  int64_t B, H, S, D;
   double scale;
 };
 
+// Where head (b, h) of a logical [B, H, S, Dh] tensor lives: element (b, h, s, i) is at
+// b * batch + h * head + s * row + i. Row-major [B, H, S, Dh] has (H S Dh, S Dh, Dh); the
+// [B, S, H, Dh] layout of a projection's output has (S H Dh, Dh, H Dh): each head is then a
+// matrix with leading dimension H Dh, which BLAS reads in place.
+struct Layout {
+  int64_t batch, head, row;
+  int64_t at(int64_t b, int64_t h) const { return b * batch + h * head; }
+};
+
+// The layout of a [B, H, S, Dh] view whose last dim is unit-stride and whose rows do not overlap
+// (row stride >= Dh, as BLAS needs lda >= Dh); false for anything else (the caller copies).
+bool strided_layout(const Tensor& t, Layout& l) {
+  const Shape& st = t.strides();
+  const int64_t D = t.shape()[3];
+  if (st[3] != 1 && D != 1) return false;
+  l = Layout{st[0], st[1], st[2]};
+  if (t.shape()[2] == 1) l.row = std::max<int64_t>(l.row, D);  // one row: BLAS ignores its stride
+  return l.row >= D;
+}
+
 // One head's forward: o = softmax(scale q k^T + mask) v, lse[r] = log sum_j exp(scale q_r k_j), j <= r.
+// q, k, v, o are [S, D] matrices with leading dimensions lq, lk, lv, lo.
 template <class T>
-void head_forward(const Dims& d, const T* q, const T* k, const T* v, T* o, T* lse, T* scores) {
+void head_forward(const Dims& d, const T* q, int64_t lq, const T* k, int64_t lk, const T* v, int64_t lv, T* o,
+                  int64_t lo, T* lse, T* scores) {
   const int64_t S = d.S, D = d.D;
   for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
     int64_t r1 = std::min(S, r0 + kRowBlock), m = r1 - r0, n = r1;  // keys [0, r1) cover the block
-    gemm(false, true, m, n, D, T(d.scale), q + r0 * D, D, k, D, T(0), scores, n);
+    gemm(false, true, m, n, D, T(d.scale), q + r0 * lq, lq, k, lk, T(0), scores, n);
     for (int64_t i = 0; i < m; ++i) {
       T* row = scores + i * n;
       int64_t valid = r0 + i + 1;
@@ -147,30 +118,33 @@ void head_forward(const Dims& d, const T* q, const T* k, const T* v, T* o, T* ls
       std::fill(row + valid, row + n, T(0));
       lse[r0 + i] = mx + std::log(sum);
     }
-    gemm(false, false, m, D, n, T(1), scores, n, v, D, T(0), o + r0 * D, D);
+    gemm(false, false, m, D, n, T(1), scores, n, v, lv, T(0), o + r0 * lo, lo);
   }
 }
 
-// One head's backward from dO, recomputing P from lse. dq, dk, dv are overwritten.
+// One head's backward from dO, recomputing P from lse. dq, dk, dv are overwritten. q, k, v have
+// leading dimensions lq, lk, lv; dO and the three grads share lg.
 template <class T>
-void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* lse, const T* dout, T* dq, T* dk, T* dv,
-                   T* p, T* dp) {
+void head_backward(const Dims& d, const T* q, int64_t lq, const T* k, int64_t lk, const T* v, int64_t lv, const T* lse,
+                   const T* dout, T* dq, T* dk, T* dv, int64_t lg, T* p, T* dp) {
   const int64_t S = d.S, D = d.D;
   const T scale = T(d.scale);
-  std::fill(dk, dk + S * D, T(0));
-  std::fill(dv, dv + S * D, T(0));
+  for (int64_t r = 0; r < S; ++r) {
+    std::fill(dk + r * lg, dk + r * lg + D, T(0));
+    std::fill(dv + r * lg, dv + r * lg + D, T(0));
+  }
   for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
     int64_t r1 = std::min(S, r0 + kRowBlock), m = r1 - r0, n = r1;
-    gemm(false, true, m, n, D, scale, q + r0 * D, D, k, D, T(0), p, n);
+    gemm(false, true, m, n, D, scale, q + r0 * lq, lq, k, lk, T(0), p, n);
     for (int64_t i = 0; i < m; ++i) {
       T* row = p + i * n;
       int64_t valid = r0 + i + 1;
       exp_shift_sum(row, valid, lse[r0 + i]);
       std::fill(row + valid, row + n, T(0));
     }
-    gemm(true, false, n, D, m, T(1), p, n, dout + r0 * D, D, T(1), dv, D);  // dV += P^T dO
-    gemm(false, true, m, n, D, T(1), dout + r0 * D, D, v, D, T(0), dp, n);  // dP = dO V^T
-    for (int64_t i = 0; i < m; ++i) {                                       // dS = P (dP - rowsum(dP P))
+    gemm(true, false, n, D, m, T(1), p, n, dout + r0 * lg, lg, T(1), dv, lg);  // dV += P^T dO
+    gemm(false, true, m, n, D, T(1), dout + r0 * lg, lg, v, lv, T(0), dp, n);  // dP = dO V^T
+    for (int64_t i = 0; i < m; ++i) {                                          // dS = P (dP - rowsum(dP P))
       T* pr = p + i * n;
       T* dpr = dp + i * n;
       int64_t valid = r0 + i + 1;
@@ -181,71 +155,98 @@ void head_backward(const Dims& d, const T* q, const T* k, const T* v, const T* l
       for (int64_t j = 0; j < valid; ++j) dpr[j] = pr[j] * (dpr[j] - dot);
       std::fill(dpr + valid, dpr + n, T(0));
     }
-    gemm(false, false, m, D, n, scale, dp, n, k, D, T(0), dq + r0 * D, D);  // dQ = scale dS K
-    gemm(true, false, n, D, m, scale, dp, n, q + r0 * D, D, T(1), dk, D);   // dK += scale dS^T Q
+    gemm(false, false, m, D, n, scale, dp, n, k, lk, T(0), dq + r0 * lg, lg);  // dQ = scale dS K
+    gemm(true, false, n, D, m, scale, dp, n, q + r0 * lq, lq, T(1), dk, lg);   // dK += scale dS^T Q
   }
 }
 
+// q, k, v and the output o in their layouts; lse is contiguous [B, H, S].
+struct Operands {
+  Layout q, k, v, o;
+};
+
 template <class T>
-void attention_forward(const Dims& d, const T* q, const T* k, const T* v, T* o, T* lse) {
-  const int64_t HS = d.S * d.D;
-  bool par = heads_in_parallel(d.heads, d.S, d.D);
+void attention_forward(const Dims& d, const Operands& l, const T* q, const T* k, const T* v, T* o, T* lse) {
+  const int64_t heads = d.B * d.H;
+  bool par = heads_in_parallel(heads, d.S, d.D);
   SingleThreadedBlas blas_guard(par);
 #pragma omp parallel if (par)
   {
     std::vector<T> scores(size_t(std::min(kRowBlock, d.S) * d.S));  // per-thread scratch
 #pragma omp for schedule(static)
-    for (int64_t h = 0; h < d.heads; ++h)
-      head_forward(d, q + h * HS, k + h * HS, v + h * HS, o + h * HS, lse + h * d.S, scores.data());
+    for (int64_t bh = 0; bh < heads; ++bh) {
+      int64_t b = bh / d.H, h = bh % d.H;
+      head_forward(d, q + l.q.at(b, h), l.q.row, k + l.k.at(b, h), l.k.row, v + l.v.at(b, h), l.v.row,
+                   o + l.o.at(b, h), l.o.row, lse + bh * d.S, scores.data());
+    }
   }
 }
 
+// dO and the gradients dq, dk, dv share the layout g; q, k, v have theirs (l.o is unused).
 template <class T>
-void attention_backward(const Dims& d, const T* q, const T* k, const T* v, const T* lse, const T* dout, T* dq, T* dk,
-                        T* dv) {
-  const int64_t HS = d.S * d.D;
-  bool par = heads_in_parallel(d.heads, d.S, d.D);
+void attention_backward(const Dims& d, const Operands& l, const Layout& g, const T* q, const T* k, const T* v,
+                        const T* lse, const T* dout, T* dq, T* dk, T* dv) {
+  const int64_t heads = d.B * d.H;
+  bool par = heads_in_parallel(heads, d.S, d.D);
   SingleThreadedBlas blas_guard(par);
 #pragma omp parallel if (par)
   {
     size_t n = size_t(std::min(kRowBlock, d.S) * d.S);
     std::vector<T> p(n), dp(n);
 #pragma omp for schedule(static)
-    for (int64_t h = 0; h < d.heads; ++h)
-      head_backward(d, q + h * HS, k + h * HS, v + h * HS, lse + h * d.S, dout + h * HS, dq + h * HS, dk + h * HS,
-                    dv + h * HS, p.data(), dp.data());
+    for (int64_t bh = 0; bh < heads; ++bh) {
+      int64_t b = bh / d.H, h = bh % d.H, at = g.at(b, h);
+      head_backward(d, q + l.q.at(b, h), l.q.row, k + l.k.at(b, h), l.k.row, v + l.v.at(b, h), l.v.row,
+                    lse + bh * d.S, dout + at, dq + at, dk + at, dv + at, g.row, p.data(), dp.data());
+    }
   }
 }
 
-}  // namespace
+// The layout of a fresh contiguous tensor holding a logical [B, H, S, Dh] operand: bshd says the
+// memory is [B, S, H, Dh].
+Layout fresh_layout(const Dims& d, bool bshd) {
+  return bshd ? Layout{d.S * d.H * d.D, d.D, d.H * d.D} : Layout{d.H * d.S * d.D, d.S * d.D, d.D};
+}
 
-Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v) {
-  MOE_CHECK(q.dim() == 4, "causal_attention", "q must be [B, H, S, Dh], got ", q.shape_str());
-  MOE_CHECK(k.shape() == q.shape() && v.shape() == q.shape(), "causal_attention", "q ", q.shape_str(), ", k ",
-            k.shape_str(), " and v ", v.shape_str(), " must have the same shape");
-  MOE_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), "causal_attention", "dtypes differ: q ",
-            dtype_name(q.dtype()), ", k ", dtype_name(k.dtype()), ", v ", dtype_name(v.dtype()));
-  MOE_CHECK(q.shape()[3] >= 1, "causal_attention", "head dim must be >= 1, got q ", q.shape_str());
-  Dims d{q.shape()[0] * q.shape()[1], q.shape()[2], q.shape()[3], 1.0 / std::sqrt(double(q.shape()[3]))};
-  Tensor qc = q.contiguous().detach(), kc = k.contiguous().detach(), vc = v.contiguous().detach();
-  Tensor out = Tensor::empty(q.shape(), q.dtype());
-  Tensor lse = Tensor::empty({q.shape()[0], q.shape()[1], q.shape()[2]}, q.dtype());
+// Both entry points. q, k, v are the caller's tensors; bshd says they are [B, S, H, Dh] (else
+// [B, H, S, Dh]). The kernels see detached logical [B, H, S, Dh] views; out and the input grads
+// are fresh tensors in the caller's layout, so no transpose node or copy sits on the tape.
+Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool bshd, const char* op) {
+  auto logical = [bshd](const Tensor& t) { return bshd ? t.detach().transpose(1, 2) : t.detach(); };
+  const Shape lshape = logical(q).shape();
+  Dims d{lshape[0], lshape[1], lshape[2], lshape[3], 1.0 / std::sqrt(double(lshape[3]))};
+  const Shape caller = q.shape();
+  // Inputs BLAS can read in place are used as they are; others are copied once into the
+  // caller's layout.
+  Operands l;
+  auto operand = [&](const Tensor& t, Layout& lay) {
+    Tensor x = logical(t);
+    if (strided_layout(x, lay)) return x;
+    Tensor c = Tensor::empty(caller, t.dtype());
+    logical(c).copy_(x);
+    lay = fresh_layout(d, bshd);
+    return logical(c);
+  };
+  Tensor qc = operand(q, l.q), kc = operand(k, l.k), vc = operand(v, l.v);
+  l.o = fresh_layout(d, bshd);
+  Tensor out = Tensor::empty(caller, q.dtype());
+  Tensor lse = Tensor::empty({d.B, d.H, d.S}, q.dtype());
   if (out.numel() > 0)
-    dispatch_float(q.dtype(), "causal_attention", [&](auto tag) {
+    dispatch_float(q.dtype(), op, [&](auto tag) {
       using T = decltype(tag);
-      attention_forward<T>(d, qc.data<T>(), kc.data<T>(), vc.data<T>(), out.data<T>(), lse.data<T>());
+      attention_forward<T>(d, l, qc.data<T>(), kc.data<T>(), vc.data<T>(), out.data<T>(), lse.data<T>());
     });
   if (needs_grad({q, k, v})) {
     Tensor qs = q, ks = k, vs = v;
-    record("causal_attention", {out}, [qs, ks, vs, qc, kc, vc, lse, d](const std::vector<Tensor>& g) {
+    record(op, {out}, [qs, ks, vs, qc, kc, vc, l, lse, d, bshd, op](const std::vector<Tensor>& g) {
       Tensor go = g[0].contiguous();
-      Tensor dq = Tensor::empty(qc.shape(), qc.dtype()), dk = Tensor::empty(qc.shape(), qc.dtype()),
-             dv = Tensor::empty(qc.shape(), qc.dtype());
+      Tensor dq = Tensor::empty(go.shape(), go.dtype()), dk = Tensor::empty(go.shape(), go.dtype()),
+             dv = Tensor::empty(go.shape(), go.dtype());
       if (go.numel() > 0)
-        dispatch_float(qc.dtype(), "causal_attention backward", [&](auto tag) {
+        dispatch_float(go.dtype(), op, [&](auto tag) {
           using T = decltype(tag);
-          attention_backward<T>(d, qc.data<T>(), kc.data<T>(), vc.data<T>(), lse.data<T>(), go.data<T>(), dq.data<T>(),
-                                dk.data<T>(), dv.data<T>());
+          attention_backward<T>(d, l, fresh_layout(d, bshd), qc.data<T>(), kc.data<T>(), vc.data<T>(), lse.data<T>(),
+                                go.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
         });
       accumulate_grad(qs, dq);
       accumulate_grad(ks, dk);
@@ -253,6 +254,27 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v) {
     });
   }
   return out;
+}
+
+void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const char* op, const char* layout) {
+  MOE_CHECK(q.dim() == 4, op, "q must be ", layout, ", got ", q.shape_str());
+  MOE_CHECK(k.shape() == q.shape() && v.shape() == q.shape(), op, "q ", q.shape_str(), ", k ", k.shape_str(),
+            " and v ", v.shape_str(), " must have the same shape");
+  MOE_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op, "dtypes differ: q ", dtype_name(q.dtype()), ", k ",
+            dtype_name(k.dtype()), ", v ", dtype_name(v.dtype()));
+  MOE_CHECK(q.shape()[3] >= 1, op, "head dim must be >= 1, got q ", q.shape_str());
+}
+
+}  // namespace
+
+Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_inputs(q, k, v, "causal_attention", "[B, H, S, Dh]");
+  return attention_impl(q, k, v, false, "causal_attention");
+}
+
+Tensor causal_attention_bshd(const Tensor& q, const Tensor& k, const Tensor& v) {
+  check_inputs(q, k, v, "causal_attention_bshd", "[B, S, H, Dh]");
+  return attention_impl(q, k, v, true, "causal_attention_bshd");
 }
 
 }  // namespace moe

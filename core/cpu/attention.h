@@ -5,6 +5,12 @@
 namespace moe {
 
 // q, k, v [B, H, S, Dh] -> [B, H, S, Dh]; softmax(q k^T / sqrt(Dh) + causal mask) v.
+// Any view whose last dim is unit-stride is read in place; other layouts are copied once.
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v);
+
+// The same on the [B, S, H, Dh] layout a projection's reshaped output has: q, k, v [B, S, H, Dh]
+// -> [B, S, H, Dh], and the input grads come back in that layout. Each head is read in place as
+// a matrix with leading dimension H Dh, so the layer needs no transposes or copies around it.
+Tensor causal_attention_bshd(const Tensor& q, const Tensor& k, const Tensor& v);
 
 }  // namespace moe

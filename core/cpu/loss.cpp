@@ -1,5 +1,5 @@
-// Fused cross-entropy: each row's logsumexp and target term in one pass, the mean over kept
-// rows summed in row order; the backward writes (softmax - onehot) / count in one pass per row.
+// Fused cross-entropy: per-row logsumexp and target term in one pass (f32 exp: vec_math.h), the mean
+// summed in row order; the backward writes (softmax - onehot) / count in one pass per row.
 #include "core/cpu/loss.h"
 
 #include <cmath>
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/cpu/vec_math.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -60,9 +61,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
       T m = -std::numeric_limits<T>::infinity();
 #pragma omp simd reduction(max : m)
       for (int64_t k = 0; k < v; ++k) m = xr[k] > m ? xr[k] : m;
-      T s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t k = 0; k < v; ++k) s += std::exp(xr[k] - m);
+      T s = vec::sum_exp_shift(xr, v, m);
       double l = double(m) + std::log(double(s));
       (*lse)[size_t(r)] = l;
       row_loss[size_t(r)] = l - double(xr[y]);
@@ -90,8 +89,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                  }
                  const T* xr = x + r * v;
                  T l = T((*lse)[size_t(r)]);
-#pragma omp simd
-                 for (int64_t k = 0; k < v; ++k) dr[k] = std::exp(xr[k] - l) * scale;
+                 vec::exp_shift_scale(xr, dr, v, l, scale);
                  dr[y] -= scale;
                }
              });

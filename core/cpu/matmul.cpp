@@ -3,11 +3,14 @@
 #include "core/cpu/matmul.h"
 
 #include <cblas.h>
+#include <omp.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
 #include "core/autograd.h"
+#include "core/cpu/blas_threads.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -29,6 +32,39 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const
           const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
   cblas_dgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, blasint(m),
               blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc));
+}
+
+// Above this many multiply-adds one GEMM is split over the OpenMP threads by rows of C (each
+// piece a single-threaded BLAS call) instead of being handed to OpenBLAS's own thread pool: the
+// OpenMP team is already awake for the other ops, while OpenBLAS's workers would spin
+// (sched_yield) between calls on the cores the OpenMP threads need.
+constexpr double kSplitGemmWork = double(1 << 21);
+constexpr int64_t kSplitRowAlign = 16;  // row pieces in multiples of OpenBLAS's micro-tile height
+
+// C = alpha op(A) op(B) + beta C with C's rows split evenly over the OpenMP threads (a fixed
+// partition: every element is computed by one single-threaded GEMM over the full K, so results
+// do not depend on scheduling). Small or short GEMMs run as one call.
+template <class T>
+void gemm_split_rows(bool ta, bool tb, int64_t m, int64_t n, int64_t k, T alpha, const T* a, int64_t lda, const T* b,
+                     int64_t ldb, T beta, T* c, int64_t ldc) {
+  const int threads = omp_get_max_threads();
+  const bool split = threads > 1 && !omp_in_parallel() && m >= 2 * kSplitRowAlign &&
+                     double(m) * double(n) * double(k) >= kSplitGemmWork;
+  if (!split) {
+    gemm(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  const int64_t pieces = std::min<int64_t>(threads, m / kSplitRowAlign);
+  const int64_t step = (m / pieces + kSplitRowAlign - 1) / kSplitRowAlign * kSplitRowAlign;
+  SingleThreadedBlas single(true);
+#pragma omp parallel for schedule(static) num_threads(int(pieces))
+  for (int64_t p = 0; p < pieces; ++p) {
+    int64_t r0 = p * step, r1 = std::min(m, r0 + step);
+    if (r0 >= r1) continue;
+    // Row r of op(A) is row r of A, or column r when A is transposed.
+    const T* ap = ta ? a + r0 : a + r0 * lda;
+    gemm(ta, tb, r1 - r0, n, k, alpha, ap, lda, b, ldb, beta, c + r0 * ldc, ldc);
+  }
 }
 
 // A tensor [batch..., rows, cols] as BLAS sees it: `batch` matrices `bstride` elements apart,
@@ -100,7 +136,7 @@ void gemm_batched(const BlasMat& a, const BlasMat& b, T* out, T beta) {
   int64_t lda = a.ld, ldb = b.ld;
   // A shared B and row-major A whose batches sit back to back: one GEMM over all rows.
   if (b.batch == 1 && (a.batch == 1 || (!a.trans && a.bstride == m * a.ld && a.batch * m < INT_MAX))) {
-    gemm(a.trans, b.trans, a.batch * m, n, k, T(1), pa, lda, pb, ldb, beta, out, n);
+    gemm_split_rows(a.trans, b.trans, a.batch * m, n, k, T(1), pa, lda, pb, ldb, beta, out, n);
     return;
   }
   int64_t batch = a.batch, sb = b.batch == 1 ? 0 : b.bstride;
@@ -233,11 +269,126 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   if (needs_grad({x, w, bias}))
     record("linear", {out}, [x, w, bias, x2, rows, in, out_f](const std::vector<Tensor>& g) {
       Tensor g2 = g[0].reshape({rows, out_f});
-      if (x.requires_grad()) accumulate_grad(x, matmul_nograd(g2, w.detach()).reshape(x.shape()));
-      if (w.requires_grad()) accumulate_grad(w, matmul_nograd(g2.transpose(0, 1), x2));
+      const bool want_x = x.requires_grad(), want_w = w.requires_grad();
+      if (want_x && want_w && omp_get_max_threads() > 1 && !omp_in_parallel() && rows > 0 && in > 0 && out_f > 0 &&
+          double(rows) * double(in) * double(out_f) >= kSplitGemmWork) {
+        // dx = g W and dW = g^T x cost the same: one thread each, single-threaded BLAS, so
+        // neither product is split (splitting dW would pack x once per piece).
+        Tensor dx = Tensor::empty({rows, in}, x.dtype()), dw = Tensor::empty({out_f, in}, x.dtype());
+        BlasMat mg = blas_mat(g2), mgt = blas_mat(g2.transpose(0, 1)), mw = blas_mat(w.detach()),
+                mx = blas_mat(x2);
+        dispatch_float(x.dtype(), "linear backward", [&](auto tag) {
+          using T = decltype(tag);
+          SingleThreadedBlas single(true);
+#pragma omp parallel for schedule(static) num_threads(2)
+          for (int i = 0; i < 2; ++i) {
+            if (i == 0)
+              gemm_batched<T>(mg, mw, dx.data<T>(), T(0));
+            else
+              gemm_batched<T>(mgt, mx, dw.data<T>(), T(0));
+          }
+        });
+        accumulate_grad(x, dx.reshape(x.shape()));
+        accumulate_grad(w, dw);
+      } else {
+        if (want_x) accumulate_grad(x, matmul_nograd(g2, w.detach()).reshape(x.shape()));
+        if (want_w) accumulate_grad(w, matmul_nograd(g2.transpose(0, 1), x2));
+      }
       if (bias.defined() && bias.requires_grad()) accumulate_grad(bias, column_sums(g2.contiguous()));
     });
   return out;
+}
+
+std::vector<Tensor> linear_shared_input(const Tensor& x, const std::vector<Tensor>& weights) {
+  const char* op = "linear_shared_input";
+  MOE_CHECK(x.defined() && x.dim() >= 1 && !weights.empty(), op, "expected x [..., in] and at least one weight");
+  const int64_t in = x.shape().back();
+  for (const Tensor& w : weights) {
+    MOE_CHECK(w.defined() && w.dim() == 2 && w.shape()[1] == in, op, "cannot apply weight ",
+              w.defined() ? w.shape_str() : "undefined", " (expected [out, ", in, "]) to input ", x.shape_str());
+    MOE_CHECK(w.dtype() == x.dtype(), op, "dtype mismatch: input ", dtype_name(x.dtype()), " vs weight ",
+              dtype_name(w.dtype()), " ", w.shape_str());
+    check_blas_size(op, x, w);
+  }
+  const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
+  Tensor xd = x.detach();
+  Tensor x2 = x.dim() == 2 ? xd : xd.reshape({rows, in});
+  std::vector<Tensor> outs;
+  for (const Tensor& w : weights) {
+    Tensor y = Tensor::empty({rows, w.shape()[0]}, x.dtype());
+    const int64_t out_f = w.shape()[0];
+    dispatch_float(x.dtype(), op, [&](auto tag) {
+      using T = decltype(tag);
+      if (in == 0) std::fill(y.data<T>(), y.data<T>() + rows * out_f, T(0));
+      if (rows == 0 || out_f == 0 || in == 0) return;
+      gemm_batched<T>(blas_mat(x2), blas_mat(w.detach().transpose(0, 1)), y.data<T>(), T(0));
+    });
+    Shape shape = x.shape();
+    shape.back() = out_f;
+    outs.push_back(y.reshape(shape));
+  }
+  std::vector<Tensor> inputs = weights;
+  inputs.push_back(x);
+  if (needs_grad(inputs))
+    record(op, outs, [x, weights, x2, rows, in](const std::vector<Tensor>& g) {
+      const size_t n = weights.size();
+      std::vector<Tensor> g2(n), dw(n);
+      bool want_w = false;
+      for (size_t i = 0; i < n; ++i) {
+        g2[i] = g[i].reshape({rows, weights[i].shape()[0]}).contiguous();
+        want_w = want_w || weights[i].requires_grad();
+      }
+      const bool want_x = x.requires_grad();
+      Tensor dx = want_x ? Tensor::empty({rows, in}, x.dtype()) : Tensor();
+      for (size_t i = 0; i < n; ++i)
+        if (weights[i].requires_grad()) dw[i] = Tensor::empty(weights[i].shape(), x.dtype());
+      dispatch_float(x.dtype(), "linear_shared_input backward", [&](auto tag) {
+        using T = decltype(tag);
+        // Task 0: dx = sum_i g_i w_i in weight order; task 1: every dW_i = g_i^T x.
+        auto input_grad = [&] {
+          if (in == 0 || rows == 0) return;
+          for (size_t i = 0; i < n; ++i) {
+            if (weights[i].shape()[0] == 0) {
+              if (i == 0) std::fill(dx.data<T>(), dx.data<T>() + rows * in, T(0));
+              continue;
+            }
+            gemm_batched<T>(blas_mat(g2[i]), blas_mat(weights[i].detach()), dx.data<T>(), T(i == 0 ? 0 : 1));
+          }
+        };
+        auto weight_grads = [&] {
+          for (size_t i = 0; i < n; ++i) {
+            if (!dw[i].defined() || dw[i].numel() == 0) continue;
+            if (rows == 0) {
+              dw[i].zero_();
+              continue;
+            }
+            gemm_batched<T>(blas_mat(g2[i].transpose(0, 1)), blas_mat(x2), dw[i].data<T>(), T(0));
+          }
+        };
+        double work = 0;
+        for (const Tensor& w : weights) work += double(rows) * double(in) * double(w.shape()[0]);
+        if (want_x && want_w && omp_get_max_threads() > 1 && !omp_in_parallel() && work >= kSplitGemmWork) {
+          SingleThreadedBlas single(true);
+#pragma omp parallel for schedule(static) num_threads(2)
+          for (int task = 0; task < 2; ++task) {
+            if (task == 0)
+              input_grad();
+            else
+              weight_grads();
+          }
+        } else {
+          if (want_x) input_grad();
+          weight_grads();
+        }
+      });
+      if (want_x) {
+        if (in == 0 || rows == 0) dx.zero_();
+        accumulate_grad(x, dx.reshape(x.shape()));
+      }
+      for (size_t i = 0; i < n; ++i)
+        if (dw[i].defined()) accumulate_grad(weights[i], dw[i]);
+    });
+  return outs;
 }
 
 }  // namespace moe

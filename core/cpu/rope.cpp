@@ -11,21 +11,48 @@
 namespace moe {
 namespace {
 
+// The cos/sin tables of one (S, Dh, theta, pos_offset), kept per thread and dtype: every
+// attention layer's q and k, forward and backward, use the same ones within a step.
+template <class T>
+struct RopeTables {
+  int64_t S = -1, Dh = -1, pos_offset = -1;
+  double theta = 0;
+  std::vector<T> cos_t, sin_t, neg_sin_t;  // [S, Dh / 2]
+};
+
+template <class T>
+const RopeTables<T>& rope_tables(int64_t S, int64_t Dh, double theta, int64_t pos_offset) {
+  thread_local RopeTables<T> t;
+  if (t.S == S && t.Dh == Dh && t.theta == theta && t.pos_offset == pos_offset) return t;
+  const int64_t half = Dh / 2;
+  t.cos_t.assign(size_t(S * half), T(0));
+  t.sin_t.assign(size_t(S * half), T(0));
+  t.neg_sin_t.assign(size_t(S * half), T(0));
+  for (int64_t i = 0; i < half; ++i) {
+    double inv_freq = std::pow(theta, -2.0 * double(i) / double(Dh));
+    for (int64_t s = 0; s < S; ++s) {
+      double angle = double(pos_offset + s) * inv_freq;
+      t.cos_t[size_t(s * half + i)] = T(std::cos(angle));
+      t.sin_t[size_t(s * half + i)] = T(std::sin(angle));
+      t.neg_sin_t[size_t(s * half + i)] = T(-std::sin(angle));
+    }
+  }
+  t.S = S;
+  t.Dh = Dh;
+  t.theta = theta;
+  t.pos_offset = pos_offset;
+  return t;
+}
+
 // Rotates every [Dh] vector of x [B, S, H, Dh] by its position's angles; sign = -1 rotates back
 // (the backward: the transpose of a rotation is its inverse).
 template <class T>
 Tensor rotate(const Tensor& x, double theta, int64_t pos_offset, double sign) {
   Tensor xc = x.contiguous().detach();
   int64_t B = x.shape()[0], S = x.shape()[1], H = x.shape()[2], Dh = x.shape()[3], half = Dh / 2;
-  std::vector<T> cos_t(size_t(S * half)), sin_t(size_t(S * half));
-  for (int64_t i = 0; i < half; ++i) {
-    double inv_freq = std::pow(theta, -2.0 * double(i) / double(Dh));
-    for (int64_t s = 0; s < S; ++s) {
-      double angle = double(pos_offset + s) * inv_freq;
-      cos_t[size_t(s * half + i)] = T(std::cos(angle));
-      sin_t[size_t(s * half + i)] = T(sign * std::sin(angle));
-    }
-  }
+  const RopeTables<T>& tables = rope_tables<T>(S, Dh, theta, pos_offset);
+  const std::vector<T>& cos_t = tables.cos_t;
+  const std::vector<T>& sin_t = sign > 0 ? tables.sin_t : tables.neg_sin_t;
   Tensor out = Tensor::empty(x.shape(), x.dtype());
   const T* xp = xc.data<T>();
   T* op = out.data<T>();

@@ -16,6 +16,14 @@ namespace moe {
 // zero weight grads). Differentiable in x and w.
 Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_t>& offsets);
 
+// The whole SwiGLU expert FFN as one op: y[rows of e] = (silu(x w1[e]^T) * (x w3[e]^T)) w2[e]^T,
+// x [N, D], w1 and w3 [E, H, D], w2 [E, D, H], offsets as grouped_matmul -> y [N, D]. Each
+// expert's forward (and backward) runs as one task, experts in parallel; x w1^T, x w3^T and
+// sigmoid(x w1^T) are kept for the backward ([N, H] each; h is recomputed). Differentiable in x,
+// w1, w3 and w2; empty experts get zero grads.
+Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                         const std::vector<int64_t>& offsets);
+
 class Experts : public Module {
  public:
   // w1, w3 ~ N(0, init_std^2), w2 ~ N(0, out_std^2), drawn from init_rng in that order.
@@ -23,7 +31,7 @@ class Experts : public Module {
           DType dtype);
 
   // xs [N, D] rows grouped by expert per offsets [E + 1] -> [N, D]:
-  // y = (silu(x w1_e^T) * (x w3_e^T)) w2_e^T per segment.
+  // y = (silu(x w1_e^T) * (x w3_e^T)) w2_e^T per segment (expert_swiglu_ffn).
   Tensor forward(const Tensor& xs, const std::vector<int64_t>& offsets);
   // Every row through expert 0 (the shared-expert path: one segment of all rows).
   Tensor forward_all(const Tensor& x);

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/autograd.h"
+#include "core/cpu/blas_threads.h"
 #include "core/cpu/elementwise.h"
 #include "core/dispatch.h"
 #include "layers/moe/blas.h"
@@ -54,6 +55,9 @@ std::pair<Tensor, Tensor> router_logits_scores(const Tensor& x, const Tensor& w,
   Tensor logits = Tensor::empty({T_, E}, x.dtype()), scores = Tensor::empty({T_, E}, x.dtype());
   dispatch_float(x.dtype(), op, [&](auto tag) {
     using T = decltype(tag);
+    // The router's GEMMs are small (T x E x D with E ~ 8-64): on the calling thread, without
+    // waking OpenBLAS's pool, whose workers would then spin on the cores OpenMP needs next.
+    SingleThreadedBlas single(true);
     if (T_ > 0) blas::gemm(false, true, T_, E, D, T(1), xj.data<T>(), D, wc.data<T>(), D, T(0), logits.data<T>(), E);
     scores_from_logits(logits.data<T>(), scores.data<T>(), T_, E, fn);
   });
@@ -78,13 +82,15 @@ std::pair<Tensor, Tensor> router_logits_scores(const Tensor& x, const Tensor& w,
             for (int64_t j = 0; j < E; ++j) o[j] = a[j] + s[j] * (b[j] - dot);
           }
         }
+        SingleThreadedBlas single(true);
         if (w.requires_grad()) {
-          Tensor gw = Tensor::zeros({E, D}, x.dtype());
+          // GEMM with beta = 0 overwrites the buffer; only an empty batch needs the zeros.
+          Tensor gw = T_ > 0 ? Tensor::empty({E, D}, x.dtype()) : Tensor::zeros({E, D}, x.dtype());
           if (T_ > 0) blas::gemm(true, false, E, D, T_, T(1), pgl, E, xj.data<T>(), D, T(0), gw.data<T>(), D);
           accumulate_grad(w, gw);
         }
         if (x.requires_grad()) {
-          Tensor gx = Tensor::zeros({T_, D}, x.dtype());
+          Tensor gx = Tensor::empty({T_, D}, x.dtype());
           if (T_ > 0) blas::gemm(false, false, T_, D, E, T(1), pgl, E, wc.data<T>(), D, T(0), gx.data<T>(), D);
           if (jit.defined()) gx = mul(gx, jit);
           accumulate_grad(x, gx);
