@@ -72,6 +72,30 @@ TEST(MpiCommunicator, AllGatherInRankOrder) {
   for (int q = 0; q < n; ++q) EXPECT_EQ(gu[size_t(q)], 1000u + uint64_t(q));
 }
 
+TEST(MpiCommunicator, GatherToTheLastRankOnly) {
+  auto w = world();
+  const int r = w->rank(), n = w->size(), root = n - 1;
+  float f[2] = {float(r) + 0.5f, -float(r)};
+  double d[3] = {double(r), 7.0 * r, 0.25};
+  std::vector<float> gf = w->gather(f, 2, root);
+  std::vector<double> gd = w->gather(d, 3, root);
+  if (r != root) {
+    EXPECT_TRUE(gf.empty());
+    EXPECT_TRUE(gd.empty());
+  } else {
+    ASSERT_EQ(gf.size(), size_t(2 * n));
+    ASSERT_EQ(gd.size(), size_t(3 * n));
+    for (int q = 0; q < n; ++q) {
+      EXPECT_EQ(gf[size_t(2 * q)], float(q) + 0.5f);
+      EXPECT_EQ(gf[size_t(2 * q + 1)], -float(q));
+      EXPECT_EQ(gd[size_t(3 * q)], q);
+      EXPECT_EQ(gd[size_t(3 * q + 1)], 7.0 * q);
+      EXPECT_EQ(gd[size_t(3 * q + 2)], 0.25);
+    }
+  }
+  EXPECT_THROW(w->gather(d, 3, n), Error);
+}
+
 TEST(MpiCommunicator, BroadcastFromLastRank) {
   auto w = world();
   const int root = w->size() - 1;
