@@ -113,9 +113,9 @@ class Trainer {
                   "train.device = \"cpu\"");
     groups_ = make_process_groups(comm_, r_.parallel.ep, r_.model.moe.num_experts, r_.model.use_moe);
     layout_ = groups_.layout;
-    if (r_.parallel.llep)
-      throw Error("parallel.llep = true: LLEP (moving expert work between expert-parallel ranks) is not implemented "
-                  "yet; set parallel.llep = false");
+    if (r_.parallel.llep && layout_.ep == 1)
+      throw Error("parallel.llep = true needs expert parallelism (parallel.ep > 1, with at least that many ranks): "
+                  "LLEP moves expert work between the ranks of an expert-parallel group; set parallel.llep = false");
     MOE_CHECK(r_.train.batch_size % (r_.train.grad_accum * comm_->size()) == 0, "train.batch_size",
               r_.train.batch_size, " (the global batch) must split into grad_accum ", r_.train.grad_accum, " x ",
               comm_->size(), " data-parallel ranks");
@@ -171,6 +171,7 @@ class Trainer {
     Clock::time_point interval_start = Clock::now(), run_start = interval_start;
     int64_t interval_tokens = 0, steps_this_run = 0, interval_steps = 0;
     MoePhaseTimes interval_phases;
+    MoeLayer::LlepStats interval_llep;
     const int64_t tokens_per_step = r_.train.batch_size * r_.train.seq_len;
     bool checkpointed_now = false;
 
@@ -181,6 +182,11 @@ class Trainer {
       ++step_;
       ++steps_this_run;
       interval_phases += sr.phases;
+      interval_llep.forwards += sr.ep.forwards;
+      interval_llep.rebalanced += sr.ep.rebalanced;
+      interval_llep.moved_rows += sr.ep.moved_rows;
+      interval_llep.owner_imbalance += sr.ep.owner_imbalance;
+      interval_llep.compute_imbalance += sr.ep.compute_imbalance;
       ++interval_steps;
       tokens_seen_ += tokens_per_step;
       interval_tokens += tokens_per_step;
@@ -191,10 +197,11 @@ class Trainer {
         double tps = secs > 0 ? double(interval_tokens) / secs : 0;
         double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
         double eta = double(r_.train.steps - step_) * elapsed / double(steps_this_run);
-        log_step(sr, lr, tps, eta, interval_phases, interval_steps);
+        log_step(sr, lr, tps, eta, interval_phases, interval_llep, interval_steps);
         interval_start = Clock::now();
         interval_tokens = 0;
         interval_phases = MoePhaseTimes{};
+        interval_llep = MoeLayer::LlepStats{};
         interval_steps = 0;
       }
       bool last = step_ == r_.train.steps;
@@ -228,6 +235,7 @@ class Trainer {
     std::string what;  // which value was not finite
     std::map<std::string, double> extra;  // "layer_<l>.<name>" (scaled) and "..._unscaled"
     MoePhaseTimes phases;                 // this rank's MoE phases, summed over layers
+    MoeLayer::LlepStats ep;               // EP work balance, summed over layers and micro-batches
   };
 
   void build_model() {
@@ -236,6 +244,7 @@ class Trainer {
     FfnFactory factory = [this, &cfg, moe_init](int layer) -> std::shared_ptr<FeedForward> {
       if (!cfg.use_moe || !is_moe_layer(cfg.moe, layer)) return nullptr;
       auto m = std::make_shared<MoeLayer>(cfg, layer, *moe_init, DType::f32, layout_.ep > 1 ? groups_.ep : nullptr);
+      m->set_llep(LlepConfig{r_.parallel.llep, r_.parallel.llep_threshold});
       moe_.push_back({layer, m.get()});
       return m;
     };
@@ -374,7 +383,15 @@ class Trainer {
     }
     optim_->zero_grad();
     update_balancers();
-    for (auto& m : moe_) sr.phases += m.moe->take_phase_times();
+    for (auto& m : moe_) {
+      sr.phases += m.moe->take_phase_times();
+      MoeLayer::LlepStats ls = m.moe->take_llep_stats();
+      sr.ep.forwards += ls.forwards;
+      sr.ep.rebalanced += ls.rebalanced;
+      sr.ep.moved_rows += ls.moved_rows;
+      sr.ep.owner_imbalance += ls.owner_imbalance;
+      sr.ep.compute_imbalance += ls.compute_imbalance;
+    }
     return sr;
   }
 
@@ -429,9 +446,10 @@ class Trainer {
     return kTrainDiverged;
   }
 
-  // phases: rank 0's MoE phase seconds over the `steps` steps since the last logged row; the
-  // row holds their means per step.
-  void log_step(const StepResult& sr, double lr, double tps, double eta, const MoePhaseTimes& phases, int64_t steps) {
+  // phases, llep: rank 0's MoE phase seconds and LLEP's moves over the `steps` steps since the
+  // last logged row; the row holds their means per step.
+  void log_step(const StepResult& sr, double lr, double tps, double eta, const MoePhaseTimes& phases,
+                const MoeLayer::LlepStats& llep, int64_t steps) {
     MetricsRow row;
     row.add("kind", std::string("train"))
         .add("step", step_)
@@ -445,6 +463,13 @@ class Trainer {
       row.add("ep_dispatch_s", phases.dispatch / double(steps))
           .add("ep_expert_s", phases.expert / double(steps))
           .add("ep_combine_s", phases.combine / double(steps));
+      if (llep.forwards > 0) {  // expert parallelism: max / mean rank load, means over layer forwards
+        row.add("ep_load_imbalance", llep.owner_imbalance / double(llep.forwards));
+        if (r_.parallel.llep)
+          row.add("ep_compute_imbalance", llep.compute_imbalance / double(llep.forwards))
+              .add("llep_rebalanced", double(llep.rebalanced) / double(steps))
+              .add("llep_moved_rows", double(llep.moved_rows) / double(steps));
+      }
     }
     double worst = 0;
     for (auto& [layer, v] : last_maxvio_) {

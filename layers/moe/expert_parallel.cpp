@@ -1,5 +1,5 @@
-// The EP exchange: per-expert counts, then token rows with Communicator::alltoallv, regrouped
-// by local expert; its inverse; both autograd ops whose backward is the other direction.
+// The EP exchanges as autograd ops: token rows to the ranks computing them (Communicator::
+// alltoallv), regrouped by compute slot, and back; LLEP's lent weights out and their grads back.
 #include "layers/moe/expert_parallel.h"
 
 #include <algorithm>
@@ -11,53 +11,6 @@
 
 namespace moe {
 
-int64_t EpExchangePlan::sent() const {
-  int64_t n = 0;
-  for (int64_t r : send_rows) n += r;
-  return n;
-}
-
-EpExchangePlanPtr make_ep_exchange_plan(const std::vector<int64_t>& offsets, Communicator& ep_group) {
-  const char* op = "make_ep_exchange_plan";
-  const int P = ep_group.size();
-  const int64_t E = int64_t(offsets.size()) - 1;
-  MOE_CHECK(E >= 1 && offsets.front() == 0, op, "expected offsets [E + 1] starting at 0, got ", offsets.size(),
-            " entries");
-  MOE_CHECK(E % P == 0, op, "num_experts ", E, " is not a multiple of the expert-parallel group size ", P);
-  for (int64_t e = 0; e < E; ++e)
-    MOE_CHECK(offsets[size_t(e)] <= offsets[size_t(e) + 1], op, "offsets must be non-decreasing (expert ", e, ")");
-  const int64_t El = E / P;
-  auto plan = std::make_shared<EpExchangePlan>();
-  plan->peers = P;
-  plan->local_experts = El;
-  // Counts travel as doubles (exact below 2^53): El per peer, in both directions.
-  std::vector<double> send_counts(static_cast<size_t>(E)), recv_counts(static_cast<size_t>(E));
-  for (int64_t e = 0; e < E; ++e) send_counts[size_t(e)] = double(offsets[size_t(e) + 1] - offsets[size_t(e)]);
-  std::vector<int64_t> per_peer(size_t(P), El);
-  ep_group.alltoallv(send_counts.data(), per_peer, recv_counts.data(), per_peer);
-
-  plan->send_rows.resize(size_t(P));
-  plan->recv_rows.assign(size_t(P), 0);
-  plan->local_offsets.assign(size_t(El) + 1, 0);
-  for (int p = 0; p < P; ++p) {
-    plan->send_rows[size_t(p)] = offsets[size_t((p + 1) * El)] - offsets[size_t(p * El)];
-    for (int64_t j = 0; j < El; ++j) {
-      const int64_t c = int64_t(recv_counts[size_t(p * El + j)]);
-      MOE_CHECK(c >= 0, op, "peer ", p, " announced ", c, " rows for local expert ", j);
-      plan->recv_rows[size_t(p)] += c;
-      plan->local_offsets[size_t(j) + 1] += c;
-    }
-  }
-  for (int64_t j = 0; j < El; ++j) plan->local_offsets[size_t(j) + 1] += plan->local_offsets[size_t(j)];
-  plan->grouped_pos.resize(size_t(plan->received()));
-  std::vector<int64_t> fill(plan->local_offsets.begin(), plan->local_offsets.end() - 1);
-  size_t i = 0;
-  for (int p = 0; p < P; ++p)
-    for (int64_t j = 0; j < El; ++j)
-      for (int64_t c = int64_t(recv_counts[size_t(p * El + j)]); c > 0; --c) plan->grouped_pos[i++] = fill[size_t(j)]++;
-  return plan;
-}
-
 namespace {
 
 std::vector<int64_t> times_width(const std::vector<int64_t>& rows, int64_t D) {
@@ -66,14 +19,23 @@ std::vector<int64_t> times_width(const std::vector<int64_t>& rows, int64_t D) {
   return out;
 }
 
-// Senders' sorted rows -> owners' expert-major rows.
+// Senders' sorted rows -> the computing ranks' slot-major rows.
 Tensor exchange_forward(const Tensor& x, const EpExchangePlan& pl, Communicator& comm) {
-  const int64_t D = x.size(1), R = pl.received();
+  const int64_t D = x.size(1), R = pl.received(), N = pl.sent();
   Tensor xc = x.contiguous();
   Tensor recv = Tensor::empty({R, D}, x.dtype()), out = Tensor::empty({R, D}, x.dtype());
   dispatch_float(x.dtype(), "ep_dispatch", [&](auto tag) {
     using T = decltype(tag);
-    comm.alltoallv(xc.data<T>(), times_width(pl.send_rows, D), recv.data<T>(), times_width(pl.recv_rows, D));
+    const T* send = xc.data<T>();
+    std::vector<T> packed;
+    if (!pl.identity_pack) {  // LLEP: an expert's rows may go to several ranks
+      packed.resize(size_t(N * D));
+      T* o = packed.data();
+      for (const auto& segs : pl.send_segments)
+        for (const auto& sg : segs) o = std::copy(send + sg.begin * D, send + (sg.begin + sg.rows) * D, o);
+      send = packed.data();
+    }
+    comm.alltoallv(send, times_width(pl.send_rows, D), recv.data<T>(), times_width(pl.recv_rows, D));
     const T* src = recv.data<T>();
     T* dst = out.data<T>();
 #pragma omp parallel for if (R * D > 32768)
@@ -82,18 +44,30 @@ Tensor exchange_forward(const Tensor& x, const EpExchangePlan& pl, Communicator&
   return out;
 }
 
-// Owners' expert-major rows -> the senders' sorted rows.
+// The computing ranks' slot-major rows -> the senders' sorted rows.
 Tensor exchange_backward(const Tensor& y, const EpExchangePlan& pl, Communicator& comm) {
-  const int64_t D = y.size(1), R = pl.received();
+  const int64_t D = y.size(1), R = pl.received(), N = pl.sent();
   Tensor yc = y.contiguous();
-  Tensor send = Tensor::empty({R, D}, y.dtype()), out = Tensor::empty({pl.sent(), D}, y.dtype());
+  Tensor send = Tensor::empty({R, D}, y.dtype()), out = Tensor::empty({N, D}, y.dtype());
   dispatch_float(y.dtype(), "ep_return", [&](auto tag) {
     using T = decltype(tag);
     const T* src = yc.data<T>();
     T* buf = send.data<T>();
 #pragma omp parallel for if (R * D > 32768)
     for (int64_t i = 0; i < R; ++i) std::memcpy(buf + i * D, src + pl.grouped_pos[size_t(i)] * D, size_t(D) * sizeof(T));
-    comm.alltoallv(buf, times_width(pl.recv_rows, D), out.data<T>(), times_width(pl.send_rows, D));
+    if (pl.identity_pack) {
+      comm.alltoallv(buf, times_width(pl.recv_rows, D), out.data<T>(), times_width(pl.send_rows, D));
+    } else {
+      std::vector<T> packed(size_t(N * D));
+      comm.alltoallv(buf, times_width(pl.recv_rows, D), packed.data(), times_width(pl.send_rows, D));
+      const T* in = packed.data();
+      T* o = out.data<T>();
+      for (const auto& segs : pl.send_segments)
+        for (const auto& sg : segs) {
+          std::copy(in, in + sg.rows * D, o + sg.begin * D);
+          in += sg.rows * D;
+        }
+    }
   });
   return out;
 }
@@ -122,6 +96,56 @@ Tensor ep_return(const Tensor& yr, const EpExchangePlanPtr& plan, const std::sha
   if (needs_grad({yr}))
     record("ep_return", {out}, [yr, plan, ep_group](const std::vector<Tensor>& g) {
       accumulate_grad(yr, exchange_forward(g[0], *plan, *ep_group));
+    });
+  return out;
+}
+
+Tensor ep_slot_weights(const Tensor& w, const EpExchangePlanPtr& plan, const std::shared_ptr<Communicator>& ep_group) {
+  const char* op = "ep_slot_weights";
+  MOE_CHECK(w.dim() == 3 && w.size(0) == plan->local_experts, op, "expected w [", plan->local_experts,
+            ", M, K] (this rank's experts), got ", w.shape_str());
+  const int64_t El = plan->local_experts, MK = w.size(1) * w.size(2), C = int64_t(plan->slot_experts.size());
+  const size_t P = size_t(plan->peers);
+  std::vector<int64_t> lend_counts(P), borrow_counts(P);
+  for (size_t p = 0; p < P; ++p) {
+    lend_counts[p] = int64_t(plan->lend[p].size()) * MK;
+    borrow_counts[p] = plan->borrow_count[p] * MK;
+  }
+  Tensor wc = w.contiguous();
+  Tensor out = Tensor::empty({C, w.size(1), w.size(2)}, w.dtype());
+  dispatch_float(w.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    const T* src = wc.data<T>();
+    T* dst = out.data<T>();
+    std::copy(src, src + El * MK, dst);
+    std::vector<T> send;
+    for (size_t p = 0; p < P; ++p)
+      for (int64_t li : plan->lend[p]) send.insert(send.end(), src + li * MK, src + (li + 1) * MK);
+    ep_group->alltoallv(send.data(), lend_counts, dst + El * MK, borrow_counts);
+  });
+  if (needs_grad({w}))
+    record(op, {out}, [w, plan, ep_group, lend_counts, borrow_counts, El, MK, P](const std::vector<Tensor>& g) {
+      Tensor gc = g[0].contiguous();
+      Tensor gw = Tensor::empty(w.shape(), w.dtype());
+      dispatch_float(w.dtype(), "ep_slot_weights backward", [&](auto tag) {
+        using T = decltype(tag);
+        const T* src = gc.data<T>();
+        T* o = gw.data<T>();
+        std::copy(src, src + El * MK, o);
+        int64_t lent = 0;
+        for (int64_t c : lend_counts) lent += c;
+        std::vector<T> back(static_cast<size_t>(lent));
+        ep_group->alltoallv(src + El * MK, borrow_counts, back.data(), lend_counts);
+        // The borrowers' gradients, added in peer order (a fixed order on every run).
+        const T* b = back.data();
+        for (size_t p = 0; p < P; ++p)
+          for (int64_t li : plan->lend[p]) {
+            T* t = o + li * MK;
+            for (int64_t k = 0; k < MK; ++k) t[k] += b[k];
+            b += MK;
+          }
+      });
+      accumulate_grad(w, gw);
     });
   return out;
 }

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/autograd.h"
+#include "core/cpu/activation.h"
 #include "core/cpu/elementwise.h"
 #include "parallel/communicator.h"
 
@@ -130,16 +131,42 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
   Tensor xs = permute_tokens(xin, plan);
   EpExchangePlanPtr ep_plan;
   std::vector<int64_t> offsets = plan->offsets;
+  Tensor w1, w3, w2;  // LLEP: the weights of every compute slot, borrowed experts included
   if (ep_group_) {
-    ep_plan = make_ep_exchange_plan(plan->offsets, *ep_group_);
+    ep_plan = make_ep_exchange_plan(plan->offsets, *ep_group_, llep_);
+    last_ep_plan_ = ep_plan;
     xs = ep_dispatch(xs, ep_plan, ep_group_);
     offsets = ep_plan->local_offsets;
+    if (ep_plan->work.rebalanced) {  // identical on every rank: all take part in the lending
+      w1 = ep_slot_weights(experts_->w1(), ep_plan, ep_group_);
+      w3 = ep_slot_weights(experts_->w3(), ep_plan, ep_group_);
+      w2 = ep_slot_weights(experts_->w2(), ep_plan, ep_group_);
+    }
+    if (training()) {
+      const ExpertWork& wk = ep_plan->work;
+      auto max_over_mean = [](const std::vector<int64_t>& l) {
+        int64_t sum = 0, top = 0;
+        for (int64_t v : l) sum += v, top = std::max(top, v);
+        return sum > 0 ? double(top) * double(l.size()) / double(sum) : 1.0;
+      };
+      llep_stats_.forwards += 1;
+      llep_stats_.rebalanced += wk.rebalanced ? 1 : 0;
+      llep_stats_.moved_rows += wk.moved_rows;
+      llep_stats_.owner_imbalance += max_over_mean(wk.owner_load);
+      llep_stats_.compute_imbalance += max_over_mean(wk.compute_load);
+    }
   }
   xs = mark(xs, [clock] { clock->close_backward(MoePhaseClock::expert); });
   if (timed) clock->add(MoePhaseClock::dispatch, since(t0));
 
   t0 = Clock::now();
-  Tensor ys = experts_->forward(xs, offsets);
+  Tensor ys;
+  if (w1.defined()) {  // Experts::forward with the slot weights
+    Tensor xw = xs.dtype() == w1.dtype() ? xs : xs.to(w1.dtype());
+    ys = grouped_matmul(swiglu(grouped_matmul(xw, w1, offsets), grouped_matmul(xw, w3, offsets)), w2, offsets);
+  } else {
+    ys = experts_->forward(xs, offsets);
+  }
   ys = mark(ys, [clock] { clock->close_backward(MoePhaseClock::combine); });
   if (timed) clock->add(MoePhaseClock::expert, since(t0));
 

@@ -4,6 +4,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "core/rng.h"
@@ -87,6 +88,20 @@ class MoeLayer : public FeedForward {
   // Seconds of the dispatch / expert / combine phases of the training forwards and backwards
   // since the last take (eval forwards are not timed), then reset.
   MoePhaseTimes take_phase_times() { return clock_->take(); }
+  // LLEP (expert parallelism only; docs/parallel.md): rows of overloaded ranks' experts are
+  // computed by the least loaded ranks of the EP group. Same results, other ranks do the work.
+  void set_llep(const LlepConfig& c) { llep_ = c; }
+  // The EP work balance of the training forwards since the last take (identical on every rank
+  // of the group), then reset: forwards, LLEP's moves (forwards that moved work, rows computed
+  // away from their expert's owner) and the sums over forwards of max / mean rank load, by
+  // owner (the router's skew) and as computed (after LLEP).
+  struct LlepStats {
+    int64_t forwards = 0, rebalanced = 0, moved_rows = 0;
+    double owner_imbalance = 0, compute_imbalance = 0;
+  };
+  LlepStats take_llep_stats() { return std::exchange(llep_stats_, LlepStats{}); }
+  // The work plan of the last expert-parallel forward (null before the first).
+  const EpExchangePlanPtr& last_ep_plan() const { return last_ep_plan_; }
   const Experts* shared_experts() const { return shared_.get(); }
 
  private:
@@ -103,6 +118,9 @@ class MoeLayer : public FeedForward {
   std::shared_ptr<Communicator> ep_group_;  // null without expert parallelism
   int64_t first_expert_ = 0;
   std::shared_ptr<MoePhaseClock> clock_ = std::make_shared<MoePhaseClock>();
+  LlepConfig llep_;
+  LlepStats llep_stats_;
+  EpExchangePlanPtr last_ep_plan_;
   Philox jitter_rng_, select_rng_;
   SelectOverride select_override_;
   std::vector<ExtraLoss> extra_losses_;

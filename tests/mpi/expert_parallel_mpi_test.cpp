@@ -3,6 +3,7 @@
 // the single-process run, and checkpoints move between (dp, ep) layouts and world sizes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -74,7 +75,8 @@ double max_abs_diff(const Tensor& a, const Tensor& b) {
 // through a replicated layer of the same seed. Outputs, input grads and replicated parameters'
 // grads must agree per rank; the EP rank's expert grads must be the sum over its EP group of
 // the replicated layer's grads of those experts (their tokens were computed here).
-void expect_ep_layer_matches(const ProcessGroups& g, ModelConfig c, const MoeLayer::SelectOverride& route = nullptr) {
+void expect_ep_layer_matches(const ProcessGroups& g, ModelConfig c, const MoeLayer::SelectOverride& route = nullptr,
+                             const LlepConfig& llep = {}) {
   const int r = g.world->rank();
   const int64_t B = 2, S = 3, D = c.d_model;
   Philox rng_a(17, 1), rng_b(17, 1);
@@ -87,6 +89,7 @@ void expect_ep_layer_matches(const ProcessGroups& g, ModelConfig c, const MoeLay
     ref.set_select_override(route);
     ep.set_select_override(route);
   }
+  ep.set_llep(llep);
   Tensor x = randn({B, S, D}, 100 + uint64_t(r));
   Tensor proj = randn({B, S, D}, 200 + uint64_t(r));
   LayerRun a = run_layer(ref, x, proj), b = run_layer(ep, x, proj);
@@ -106,7 +109,7 @@ void expect_ep_layer_matches(const ProcessGroups& g, ModelConfig c, const MoeLay
       EXPECT_LT(max_abs_diff(summed, gb), 1e-12) << name << " on rank " << r;
       double norm = 0;
       for (double v : gb.to_double_vector()) norm += v * v;
-      if (!route) {
+      if (!route) {  // a forced routing may leave a rank's own experts without rows
         EXPECT_GT(norm, 0) << name << ": the local experts got no gradient on rank " << r;
       }
     } else {
@@ -120,6 +123,21 @@ void expect_ep_layer_matches(const ProcessGroups& g, ModelConfig c, const MoeLay
   EXPECT_GT(t.combine, 0);
   MoePhaseTimes none = ep.take_phase_times();
   EXPECT_EQ(none.dispatch + none.expert + none.combine, 0.0);
+}
+
+// Every token to experts 0 and 1 (k = 2), gates from the scores: rank 0 of each EP group owns
+// both at EP 2 (at EP 4 ranks 0 and 1 own one each), so the work is as skewed as it gets.
+Routing to_experts_0_and_1(const RouterOutput& in) {
+  const int64_t T = in.scores.size(0);
+  std::vector<int64_t> tok, ex;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e : {0, 1}) tok.push_back(t), ex.push_back(e);
+  Routing rt;
+  rt.token = Tensor::from_vector<int64_t>(tok, {2 * T});
+  rt.expert = Tensor::from_vector<int64_t>(ex, {2 * T});
+  rt.gate = in.scores.slice(1, 0, 2).reshape({2 * T});
+  rt.score = rt.gate.detach();
+  return rt;
 }
 
 std::vector<int> ep_sizes(int world) {
@@ -372,5 +390,126 @@ TEST(ExpertParallelResume, CheckpointsMoveBetweenLayouts) {
     EXPECT_GT(compared, 0u);
     EXPECT_LT(max_abs_diff(a.tensor("model/blocks.0.ffn.experts.w2"), b.tensor("model/blocks.0.ffn.experts.w2")), 1e-4)
         << what;
+  }
+}
+
+// ---------------------------------------------------------------- LLEP
+
+TEST(LlepPlan, MovesTheExcessToTheLeastLoadedWithinTheCap) {
+  // 4 ranks, 8 experts; rank 0's experts get almost everything.
+  const int P = 4;
+  const int64_t E = 8;
+  std::vector<int64_t> counts(size_t(P * E), 1);
+  for (int s = 0; s < P; ++s) counts[size_t(s * E)] = 40 + s, counts[size_t(s * E + 1)] = 13;
+  LlepConfig on{true, 1.3, 1.1};
+  ExpertWork w = plan_expert_work(counts, P, E, on);
+  ASSERT_TRUE(w.rebalanced);
+  int64_t total = 0;
+  for (int64_t l : w.owner_load) total += l;
+  const int64_t cap = int64_t(std::ceil(1.1 * double(total) / P));
+  int64_t computed = 0, away = 0;
+  for (int q = 0; q < P; ++q) {
+    EXPECT_LE(w.compute_load[size_t(q)], cap) << "rank " << q;
+    computed += w.compute_load[size_t(q)];
+  }
+  EXPECT_EQ(computed, total);
+  for (int64_t e = 0; e < E; ++e) {
+    int64_t n = 0, at = 0;
+    for (int s = 0; s < P; ++s) n += counts[size_t(s * E + e)];
+    std::vector<int> ranks;
+    for (const ExpertChunk& c : w.chunks[size_t(e)]) {
+      EXPECT_EQ(c.begin, at) << "expert " << e << ": chunks must tile its rows in order";
+      EXPECT_LT(c.begin, c.end + (n == 0)) << "expert " << e;
+      at = c.end;
+      if (c.rank != e / (E / P)) away += c.end - c.begin;
+      EXPECT_EQ(std::count(ranks.begin(), ranks.end(), c.rank), 0) << "expert " << e << " twice on rank " << c.rank;
+      ranks.push_back(c.rank);
+    }
+    EXPECT_EQ(at, n) << "expert " << e;
+    EXPECT_EQ(w.chunks[size_t(e)].front().rank, e / (E / P)) << "the owner keeps the head of expert " << e;
+  }
+  EXPECT_EQ(away, w.moved_rows);
+  EXPECT_GT(w.moved_rows, 0);
+  // The owner of the hot experts only gives (never above the cap afterwards), the others only take.
+  EXPECT_LT(w.compute_load[0], w.owner_load[0]);
+  for (int q = 1; q < P; ++q) EXPECT_GE(w.compute_load[size_t(q)], w.owner_load[size_t(q)]);
+
+  // Below the threshold, or with LLEP off, every row stays with its owner.
+  ExpertWork off = plan_expert_work(counts, P, E, LlepConfig{});
+  EXPECT_FALSE(off.rebalanced);
+  EXPECT_EQ(off.compute_load, off.owner_load);
+  std::vector<int64_t> even(size_t(P * E), 5);
+  even[0] = 6;
+  EXPECT_FALSE(plan_expert_work(even, P, E, on).rebalanced);
+  EXPECT_THROW(plan_expert_work(counts, P, E + 1, on), Error);
+}
+
+TEST(ExpertParallelLayer, LlepOnASkewedRouterEqualsTheReplicatedLayerWhileMovingWork) {
+  auto w = world_communicator();
+  for (int ep : ep_sizes(w->size())) {
+    SCOPED_TRACE("ep = " + std::to_string(ep));
+    ProcessGroups g = make_process_groups(w, ep, 4, true);
+    ModelConfig c = layer_config(4, 2, 5, 7);
+    c.moe.num_shared_experts = 1;
+    expect_ep_layer_matches(g, c, to_experts_0_and_1, LlepConfig{true, 1.3, 1.1});
+    // The same layer shows that work moved: rank 0 computes at most cap rows of its experts.
+    Philox rng(17, 1);
+    MoeLayer layer(c, 1, rng, DType::f64, g.ep);
+    layer.set_llep(LlepConfig{true, 1.3, 1.1});
+    layer.set_select_override(to_experts_0_and_1);
+    NoGradGuard ng;
+    layer.forward(randn({2, 3, 5}, 300 + uint64_t(w->rank())));
+    ASSERT_TRUE(layer.last_ep_plan());
+    const ExpertWork& work = layer.last_ep_plan()->work;
+    EXPECT_TRUE(work.rebalanced);
+    int64_t total = 0, busiest = 0;
+    for (int64_t l : work.owner_load) total += l;
+    for (int64_t l : work.compute_load) busiest = std::max(busiest, l);
+    EXPECT_EQ(total, 2 * 6 * ep);  // 6 tokens x k = 2 per rank of the group
+    EXPECT_LE(busiest, int64_t(std::ceil(1.1 * double(total) / ep)));
+    EXPECT_GE(work.moved_rows, total / 4);
+  }
+}
+
+// LLEP at threshold 1 (it moves work whenever the ranks' loads differ) over EP 2 reproduces one
+// process, as ExpertParallel does without it.
+TEST(ExpertParallelLlep, ReproducesTheSingleProcessRun) {
+  auto w = world_communicator();
+  Recipe r = parse_recipe(test::tiny_recipe(test::corpus_dir(*w), "none", "", 2 * w->size()), "llep.toml");
+  r.train.steps = 10;
+  r.eval.every = 5;
+  Recipe rl = r;
+  rl.parallel.ep = 2;
+  rl.parallel.llep = true;
+  rl.parallel.llep_threshold = 1.0;
+  fs::path base = test::runs_dir(*w);
+  fs::path ref = base / "llep_single", par = base / "llep_par";
+  int ref_rc = 0;
+  if (w->rank() == 0) {
+    fs::remove_all(ref);
+    fs::remove_all(par);
+    ref_rc = test::train(r, ref, make_self_communicator());
+  }
+  w->barrier();
+  ASSERT_EQ(test::train(rl, par, w), kTrainOk);
+  if (w->rank() != 0) return;
+  ASSERT_EQ(ref_rc, kTrainOk);
+  auto la = metric(ref, "train", "loss"), lb = metric(par, "train", "loss");
+  ASSERT_EQ(la.size(), 10u);
+  ASSERT_EQ(lb.size(), 10u);
+  for (size_t i = 0; i < la.size(); ++i) expect_rel(la[i], lb[i], 1e-5, "train loss at step " + std::to_string(i + 1));
+  auto va = metric(ref, "eval", "val_loss"), vb = metric(par, "eval", "val_loss");
+  ASSERT_EQ(va.size(), vb.size());
+  for (size_t i = 0; i < va.size(); ++i) expect_rel(va[i], vb[i], 1e-5, "val_loss " + std::to_string(i));
+  auto moved = metric(par, "train", "llep_moved_rows");
+  ASSERT_EQ(moved.size(), 10u);
+  double sum = 0;
+  for (double m : moved) sum += m;
+  EXPECT_GT(sum, 0) << "LLEP never moved work";
+  Checkpoint a = read_checkpoint(checkpoint_dir(ref, 10)), b = read_checkpoint(checkpoint_dir(par, 10));
+  for (auto& [k, t] : a.tensors) {
+    if (k.rfind("model/", 0) == 0) {
+      EXPECT_LT(max_abs_diff(t, b.tensor(k)), 1e-4) << k;
+    }
   }
 }
