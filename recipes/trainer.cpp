@@ -182,11 +182,7 @@ class Trainer {
       ++step_;
       ++steps_this_run;
       interval_phases += sr.phases;
-      interval_llep.forwards += sr.ep.forwards;
-      interval_llep.rebalanced += sr.ep.rebalanced;
-      interval_llep.moved_rows += sr.ep.moved_rows;
-      interval_llep.owner_imbalance += sr.ep.owner_imbalance;
-      interval_llep.compute_imbalance += sr.ep.compute_imbalance;
+      interval_llep += sr.ep;
       ++interval_steps;
       tokens_seen_ += tokens_per_step;
       interval_tokens += tokens_per_step;
@@ -385,12 +381,7 @@ class Trainer {
     update_balancers();
     for (auto& m : moe_) {
       sr.phases += m.moe->take_phase_times();
-      MoeLayer::LlepStats ls = m.moe->take_llep_stats();
-      sr.ep.forwards += ls.forwards;
-      sr.ep.rebalanced += ls.rebalanced;
-      sr.ep.moved_rows += ls.moved_rows;
-      sr.ep.owner_imbalance += ls.owner_imbalance;
-      sr.ep.compute_imbalance += ls.compute_imbalance;
+      sr.ep += m.moe->take_llep_stats();
     }
     return sr;
   }

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Parallel training step time on the CPU, interleaved runs of the quickstart model: np 1
-# (2 threads), np 2 data parallel and np 2 expert parallel (1 thread per rank), then np 2 EP
-# with an unbalanced router (router.balance = "none") with LLEP off and on. Prints a markdown
-# table: tokens/s, the MoE phases (rank 0's seconds per step: dispatch / expert / combine) and
-# under EP the max / mean rank load by owner and as computed.
+# (2 threads), np 2 data parallel, np 2 expert parallel, and np 2 EP with LLEP (1 thread per
+# rank). Prints a markdown table: tokens/s, the MoE phases (rank 0's seconds per step: dispatch /
+# expert / combine) and under EP the max / mean rank load by owner and as computed.
 #
 # Usage: bash scripts/bench_parallel.sh [--quick]
 # Env:   MOETRAIN (default build/moetrain), RECIPE (recipes/quickstart.toml), STEPS (30), WARMUP (5:
@@ -47,16 +46,15 @@ run() {  # name, then the launcher words; the recipe overrides of this layout ar
   echo "$dir" >>"$OUT/$name.dirs"
 }
 
-names=(np1 np2_dp2 np2_ep2 np2_ep2_none np2_ep2_none_llep)
+names=(np1 np2_dp2 np2_ep2 np2_ep2_llep)
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round" >&2
   mpi=(mpirun --oversubscribe -x OMP_NUM_THREADS=1 -x OMP_WAIT_POLICY -np 2)
   extra=(); run np1 env OMP_NUM_THREADS=2
   extra=(--set parallel.ep=1); run np2_dp2 "${mpi[@]}"
   extra=(--set parallel.ep=2); run np2_ep2 "${mpi[@]}"
-  extra=(--set parallel.ep=2 --set 'router.balance="none"'); run np2_ep2_none "${mpi[@]}"
-  extra=(--set parallel.ep=2 --set 'router.balance="none"' --set parallel.llep=true
-         --set "parallel.llep_threshold=$LLEP_THRESHOLD"); run np2_ep2_none_llep "${mpi[@]}"
+  extra=(--set parallel.ep=2 --set parallel.llep=true --set "parallel.llep_threshold=$LLEP_THRESHOLD")
+  run np2_ep2_llep "${mpi[@]}"
 done
 
 echo "| layout | tokens/s | step s | dispatch s | expert s | combine s | rank load max/mean | computed max/mean | rows moved / step |"
@@ -73,7 +71,7 @@ fmt = lambda v, f: "-" if v is None else format(v, f)
 tps = med("tokens_per_s")
 tokens = rows[0]["tokens_seen"] / rows[0]["step"]
 label = {"np1": "np 1 (2 threads)", "np2_dp2": "np 2, dp 2", "np2_ep2": "np 2, ep 2",
-         "np2_ep2_none": "np 2, ep 2, balance none", "np2_ep2_none_llep": "np 2, ep 2, balance none, LLEP"}[name]
+         "np2_ep2_llep": "np 2, ep 2, LLEP"}[name]
 cols = [fmt(tps, ".0f"), fmt(tokens / tps, ".3f")] + [fmt(med(k), ".4f") for k in ("ep_dispatch_s", "ep_expert_s", "ep_combine_s")]
 cols += [fmt(med("ep_load_imbalance"), ".3f"), fmt(med("ep_compute_imbalance"), ".3f"), fmt(med("llep_moved_rows"), ".0f")]
 print(f"| {label} | " + " | ".join(cols) + " |")
@@ -81,4 +79,4 @@ EOF
 done
 echo
 echo "recipe $RECIPE, $STEPS steps ($WARMUP left out), $ROUNDS rounds, medians over steps; np 2 runs: 1 thread per rank;" \
-     "LLEP threshold $LLEP_THRESHOLD; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
+     "LLEP threshold $LLEP_THRESHOLD; load average before: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg); $(getconf _NPROCESSORS_ONLN) cores"

@@ -114,6 +114,19 @@ RoutingStats MoeLayer::take_step_stats() {
   return s;
 }
 
+void MoeLayer::note_ep_work(const ExpertWork& wk) {
+  auto max_over_mean = [](const std::vector<int64_t>& l) {
+    int64_t sum = 0, top = 0;
+    for (int64_t v : l) sum += v, top = std::max(top, v);
+    return sum > 0 ? double(top) * double(l.size()) / double(sum) : 1.0;
+  };
+  llep_stats_.forwards += 1;
+  llep_stats_.rebalanced += wk.rebalanced ? 1 : 0;
+  llep_stats_.moved_rows += wk.moved_rows;
+  llep_stats_.owner_imbalance += max_over_mean(wk.owner_load);
+  llep_stats_.compute_imbalance += max_over_mean(wk.compute_load);
+}
+
 // Dispatch, experts, combine; in training each phase is timed forward and backward (markers at
 // the phase boundaries: see MoePhaseClock). Under expert parallelism the rows of other ranks'
 // experts travel to them and back (ep_dispatch / ep_return), a collective of the EP group.
@@ -142,19 +155,7 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
       w3 = ep_slot_weights(experts_->w3(), ep_plan, ep_group_);
       w2 = ep_slot_weights(experts_->w2(), ep_plan, ep_group_);
     }
-    if (training()) {
-      const ExpertWork& wk = ep_plan->work;
-      auto max_over_mean = [](const std::vector<int64_t>& l) {
-        int64_t sum = 0, top = 0;
-        for (int64_t v : l) sum += v, top = std::max(top, v);
-        return sum > 0 ? double(top) * double(l.size()) / double(sum) : 1.0;
-      };
-      llep_stats_.forwards += 1;
-      llep_stats_.rebalanced += wk.rebalanced ? 1 : 0;
-      llep_stats_.moved_rows += wk.moved_rows;
-      llep_stats_.owner_imbalance += max_over_mean(wk.owner_load);
-      llep_stats_.compute_imbalance += max_over_mean(wk.compute_load);
-    }
+    if (training()) note_ep_work(ep_plan->work);
   }
   xs = mark(xs, [clock] { clock->close_backward(MoePhaseClock::expert); });
   if (timed) clock->add(MoePhaseClock::dispatch, since(t0));

@@ -98,6 +98,14 @@ class MoeLayer : public FeedForward {
   struct LlepStats {
     int64_t forwards = 0, rebalanced = 0, moved_rows = 0;
     double owner_imbalance = 0, compute_imbalance = 0;
+    LlepStats& operator+=(const LlepStats& o) {
+      forwards += o.forwards;
+      rebalanced += o.rebalanced;
+      moved_rows += o.moved_rows;
+      owner_imbalance += o.owner_imbalance;
+      compute_imbalance += o.compute_imbalance;
+      return *this;
+    }
   };
   LlepStats take_llep_stats() { return std::exchange(llep_stats_, LlepStats{}); }
   // The work plan of the last expert-parallel forward (null before the first).
@@ -106,6 +114,7 @@ class MoeLayer : public FeedForward {
 
  private:
   Tensor dispatch_experts_combine(const Tensor& x2, const Routing& r, const std::vector<int64_t>& kept);
+  void note_ep_work(const ExpertWork& work);  // into llep_stats_
 
   int layer_;
   int64_t d_model_, num_experts_, top_k_;
