@@ -5,6 +5,9 @@ file(GLOB MOE_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/core/cuda/*.cu 
 file(GLOB MOE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/core/cuda/*.cpp)
 list(FILTER MOE_CUDA_HOST_SOURCES EXCLUDE REGEX "/emulation\\.cpp$")
 file(GLOB MOE_CUDA_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/cuda/*_test.cpp)
+# *_gpu_test.cpp test what the emulation does not emulate (cuBLAS): the GPU test binary only.
+set(MOE_CUDA_EMU_TEST_SOURCES ${MOE_CUDA_TEST_SOURCES})
+list(FILTER MOE_CUDA_EMU_TEST_SOURCES EXCLUDE REGEX "_gpu_test\\.cpp$")
 
 set(MOE_HAVE_CUDA OFF)
 if(NOT MOE_CUDA STREQUAL "OFF")
@@ -48,7 +51,7 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
   # The kernel tests against the real build: one ctest entry, label gpu (ctest -L gpu); it
   # reports "skipped" (exit 77) on a machine without a usable GPU.
   set(moe_gpu_test_sources ${MOE_CUDA_TEST_SOURCES})
-  list(FILTER moe_gpu_test_sources EXCLUDE REGEX "/emulation_test\\.cpp$")
+  list(FILTER moe_gpu_test_sources EXCLUDE REGEX "/emulation(_[a-z]+)?_test\\.cpp$")
   if(moe_gpu_test_sources)
     add_executable(moetrain_cuda_gpu_tests ${moe_gpu_test_sources} ${CMAKE_SOURCE_DIR}/tests/cuda/gpu_main.cpp)
     set_target_properties(moetrain_cuda_gpu_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
@@ -77,10 +80,11 @@ if(MOE_CUDA_SOURCES)
   target_link_libraries(moetrain_cuda_emu PUBLIC Threads::Threads)
 
   # Every kernel test, run under the emulation (no GPU needed): one ctest entry per TEST.
-  if(MOE_CUDA_TEST_SOURCES)
-    add_executable(moetrain_cuda_emu_tests ${MOE_CUDA_TEST_SOURCES})
+  if(MOE_CUDA_EMU_TEST_SOURCES)
+    add_executable(moetrain_cuda_emu_tests ${MOE_CUDA_EMU_TEST_SOURCES})
     set_target_properties(moetrain_cuda_emu_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
     target_link_libraries(moetrain_cuda_emu_tests PRIVATE moetrain_cuda_emu moetrain_lib GTest::gtest GTest::gtest_main)
     gtest_discover_tests(moetrain_cuda_emu_tests DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600 LABELS cuda_emu)
   endif()
 endif()
+include(${CMAKE_SOURCE_DIR}/cmake/nccl.cmake)

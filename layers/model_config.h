@@ -12,6 +12,9 @@ namespace moe {
 struct BalanceConfig {
   std::string strategy = "aux_loss";  // none | aux_loss | loss_free | sinkhorn | ssr | bip | quantile |
                                       // expert_choice | null_experts | top_p
+  // Batch the strategies coupled across tokens (bip, quantile, sinkhorn, ssr, expert_choice)
+  // balance under data parallelism: global (all ranks' micro-batches, exact) | local (each rank's own)
+  std::string scope = "global";
   // aux_loss (also used by null_experts / top_p)
   double aux_alpha = 1e-2;
   std::string aux_variant = "micro_batch";  // micro_batch | per_sequence | global

@@ -27,6 +27,19 @@ void Communicator::all_reduce_avg(float* data, size_t n) {
   for (size_t i = 0; i < n; ++i) data[i] *= inv;
 }
 
+std::vector<double> Communicator::gather(const double* data, size_t count, int root) {
+  MOE_CHECK(root >= 0 && root < size(), "Communicator.gather", "root ", root, " outside a world of ", size(), " ranks");
+  std::vector<double> all = all_gather(data, count);
+  if (rank() != root) all.clear();
+  return all;
+}
+
+std::vector<float> Communicator::gather(const float* data, size_t count, int root) {
+  std::vector<double> in(data, data + count);
+  std::vector<double> all = gather(in.data(), count, root);
+  return {all.begin(), all.end()};
+}
+
 namespace {
 
 class SelfCommunicator final : public Communicator {

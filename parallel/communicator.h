@@ -22,8 +22,9 @@ class Communicator {
   virtual void all_reduce_sum(double* data, size_t n) = 0;
   virtual void all_reduce_sum(float* data, size_t n) = 0;
   virtual void all_reduce_max(double* data, size_t n) = 0;
-  void all_reduce_avg(double* data, size_t n);
-  void all_reduce_avg(float* data, size_t n);
+  // Sum, then divide by size() on the host; backends on device memory (NCCL) override.
+  virtual void all_reduce_avg(double* data, size_t n);
+  virtual void all_reduce_avg(float* data, size_t n);
   void all_reduce_sum(std::vector<double>& v) { all_reduce_sum(v.data(), v.size()); }
   void all_reduce_avg(std::vector<double>& v) { all_reduce_avg(v.data(), v.size()); }
 
@@ -31,9 +32,10 @@ class Communicator {
   virtual std::vector<double> all_gather(const double* data, size_t count) = 0;
   virtual std::vector<uint64_t> all_gather(const uint64_t* data, size_t count) = 0;
   // Concatenation in rank order of every rank's `count` values, on `root` only (the other
-  // ranks get an empty vector): checkpoints collect expert slices without copying them to all.
-  virtual std::vector<float> gather(const float* data, size_t count, int root) = 0;
-  virtual std::vector<double> gather(const double* data, size_t count, int root) = 0;
+  // ranks get an empty vector): checkpoints collect expert slices. The default is an all_gather
+  // of doubles that only root keeps; MPI overrides it with MPI_Gather.
+  virtual std::vector<float> gather(const float* data, size_t count, int root);
+  virtual std::vector<double> gather(const double* data, size_t count, int root);
   // root's n values to every rank.
   virtual void broadcast(double* data, size_t n, int root) = 0;
   virtual void broadcast(uint64_t* data, size_t n, int root) = 0;

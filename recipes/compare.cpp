@@ -152,6 +152,10 @@ void read_routing(const fs::path& dir, RunSummary& s) {
   double dropped = 0, load = 0;
   int64_t dead = 0;
   double global = kNaN;
+  // Routing time over step time, summed over the steps after the first (warm-up, as for
+  // tokens_per_s) where both are logged; step_time_s is the same in every layer group.
+  double routing_time = 0, step_time = 0;
+  bool timed = false;
   for (int l : layers) {
     std::string g = "/layer_" + std::to_string(l);
     for (const char* d : {"/maxvio", "/load", "/dropped", "/dead_experts"}) need(g + d);
@@ -168,6 +172,15 @@ void read_routing(const fs::path& dir, RunSummary& s) {
       if (std::isfinite(x)) dropped += x;
     std::vector<double> de = f.read<double>(g + "/dead_experts");
     if (de.size() >= T && std::isfinite(de[T - 1])) dead += int64_t(std::llround(de[T - 1]));
+    if (f.exists(g + "/routing_time_s") && f.exists(g + "/step_time_s")) {
+      std::vector<double> rt = f.read<double>(g + "/routing_time_s"), st = f.read<double>(g + "/step_time_s");
+      for (size_t t = 1; t < std::min({T, rt.size(), st.size()}); ++t) {
+        if (!std::isfinite(rt[t]) || !std::isfinite(st[t])) continue;
+        routing_time += rt[t];
+        if (l == layers.front()) step_time += st[t];
+        timed = true;
+      }
+    }
     std::string ge = "/eval" + g + "/maxvio_global/values";
     if (f.exists(ge)) {
       std::vector<double> v = f.read<double>(ge);
@@ -181,6 +194,7 @@ void read_routing(const fs::path& dir, RunSummary& s) {
   s.maxvio_global = global;
   s.dead_experts = dead;
   s.dropped_share = load > 0 ? dropped / load : kNaN;
+  s.routing_time_share = timed && step_time > 0 ? routing_time / step_time : kNaN;
 }
 
 std::string fmt(double v, const char* f = "%.4g") {
@@ -259,7 +273,6 @@ RunSummary summarize_run(const fs::path& dir) {
   s.strategy = strategy_of(dir);
   read_metrics(dir, s);
   read_routing(dir, s);
-  s.routing_time_share = kNaN;  // not logged by the trainer (docs/results.md)
   return s;
 }
 

@@ -28,7 +28,7 @@ struct RunSummary {
   double maxvio_global = 0;   // last eval, worst layer (/eval/layer_<l>/maxvio_global)
   int64_t dead_experts = 0;   // at the last step, summed over layers
   double dropped_share = 0;   // sum of dropped / sum of load over all steps and layers
-  double routing_time_share = 0;  // NaN: the trainer does not log routing time yet
+  double routing_time_share = 0;  // sum of /layer_<l>/routing_time_s / sum of step_time_s (steps > first)
   double tokens_per_s = 0;    // mean tokens_per_s of the train rows after the first
   double wall_s = 0;          // estimated: sum over train rows of new tokens / tokens_per_s
 };

@@ -232,6 +232,10 @@ std::vector<RecipeKey> build_schema() {
                          [](Recipe& r) -> std::string& { return r.model.moe.balance.bip_order; }, {"paper", "causal"}));
   B.push_back(float_key("balance", "quantile_rate", "quantile: step size of the beta update.",
                         [](Recipe& r) -> double& { return r.model.moe.balance.quantile_rate; }, at_least(0)));
+  B.push_back(string_key("balance", "scope",
+                         "Under data parallelism, what bip / quantile / sinkhorn / ssr / expert_choice and the "
+                         "micro-batch aux losses balance: the global batch (exact) or each rank's local batch.",
+                         [](Recipe& r) -> std::string& { return r.model.moe.balance.scope; }, {"global", "local"}));
   B.push_back(float_key("balance", "expert_choice_capacity", "expert_choice: c in C = T c / E.",
                         [](Recipe& r) -> double& { return r.model.moe.balance.expert_choice_capacity; }, above(0)));
   B.push_back(int32_key("balance", "num_null_experts", "null_experts: number of null (zero-output) experts.",

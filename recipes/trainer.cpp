@@ -269,6 +269,8 @@ class Trainer {
           return out;
         });
     }
+    // balance.scope = "global": coupled strategies route over every rank's micro-batch (collectives in select()).
+    for (auto& m : moe_) m.moe->balancer().set_communicator(comm_);
   }
 
   // Refuses ranks whose resolved recipes differ (a collective: every rank throws the same error).
@@ -330,6 +332,7 @@ class Trainer {
   }
 
   StepResult train_step(double lr) {
+    step_start_ = Clock::now();
     StepResult sr;
     const double inv = 1.0 / double(r_.train.grad_accum);
     std::vector<uint64_t> jitter_base;
@@ -420,9 +423,18 @@ class Trainer {
                      {"dead_experts", double(s.dead_experts)}, {"t_eff", s.t_eff},
                      {"gamma_proxy", s.gamma_proxy},   {"temperature_fit_r2", s.fit_r2}};
       last_maxvio_[moe_[i].layer] = s.max_vio;
+      Clock::time_point update_start = Clock::now();
       m.balancer().update(loads);
+      // This rank's routing time (ranks route their own slices in parallel, so rank 0's time is
+      // the step's); compare divides the sums by the sum of step_time_s (docs/results.md).
+      rec.scalars["routing_time_s"] =
+          m.take_routing_seconds() + std::chrono::duration<double>(Clock::now() - update_start).count();
       records.push_back(std::move(rec));
     }
+    // The step's wall time so far (everything but the routing log append), repeated per layer so
+    // each layer group is self-contained.
+    const double step_time = std::chrono::duration<double>(Clock::now() - step_start_).count();
+    for (RoutingRecord& rec : records) rec.scalars["step_time_s"] = step_time;
     if (root_) routing_log_.append(step_ + 1, records);
   }
 
@@ -728,6 +740,7 @@ class Trainer {
   RoutingLog routing_log_;
   std::unique_ptr<MetricsLog> metrics_;
   std::map<int, double> last_maxvio_;
+  Clock::time_point step_start_{};  // start of the current train_step (step_time_s)
   std::set<int> noted_local_;
   int64_t step_ = 0, tokens_seen_ = 0;
   bool resumed_ = false;

@@ -97,10 +97,21 @@ TEST(Compare, NumbersComeFromRoutingH5AndMetrics) {
     // Recomputed here as the mean of per-layer means (equal to the pooled mean: every layer has
     // one row per step) and the max of per-layer maxima.
     double mean_of_means = 0, sup = 0, first = 0, last = 0, load = 0, dropped = 0, global = 0;
-    double dead = 0;
+    double dead = 0, routing_time = 0, step_time = 0;
     for (int l : layers) {
       std::string g = "/layer_" + std::to_string(l);
       std::vector<double> mv = f.read<double>(g + "/maxvio");
+      // Routing time: every step logged, each below its step's wall time; the share skips step 1.
+      std::vector<double> rt = f.read<double>(g + "/routing_time_s"), st = f.read<double>(g + "/step_time_s");
+      ASSERT_EQ(rt.size(), steps.size());
+      ASSERT_EQ(st.size(), steps.size());
+      for (size_t t = 0; t < rt.size(); ++t) {
+        EXPECT_GT(rt[t], 0.0) << g << " step " << steps[t];
+        EXPECT_LT(rt[t], st[t]) << g << " step " << steps[t];
+        if (t == 0) continue;
+        routing_time += rt[t];
+        if (l == layers.front()) step_time += st[t];
+      }
       ASSERT_EQ(mv.size(), steps.size());
       double m = 0;
       for (double x : mv) m += x;
@@ -166,7 +177,10 @@ TEST(Compare, NumbersComeFromRoutingH5AndMetrics) {
     EXPECT_NEAR(s.tokens_per_s, tps_sum / 4, 1e-9 * tps_sum);
     EXPECT_NEAR(s.wall_s, wall, 1e-9 * wall);
     EXPECT_GT(s.wall_s, 0.0);
-    EXPECT_TRUE(std::isnan(s.routing_time_share));  // not logged by the trainer: never invented
+    ASSERT_GT(step_time, 0.0);
+    EXPECT_NEAR(s.routing_time_share, routing_time / step_time, 1e-12);
+    EXPECT_GT(s.routing_time_share, 0.0);
+    EXPECT_LT(s.routing_time_share, 1.0);
   }
 }
 
@@ -187,7 +201,6 @@ TEST(Compare, CliCsvAgreesWithAnIndependentH5pyRecomputation) {
   std::string table = slurp(md);
   EXPECT_NE(table.find("| run | strategy |"), std::string::npos) << table;
   EXPECT_NE(table.find("| loss_free | loss_free |"), std::string::npos) << table;
-  EXPECT_NE(table.find("n/a"), std::string::npos) << table;  // routing_time_share
   std::string text = slurp(csv);
   EXPECT_EQ(std::count(text.begin(), text.end(), '\n'), 3) << text;
   // The CSV holds 10 significant digits of the same numbers summarize_run computes.
@@ -210,7 +223,7 @@ TEST(Compare, CliCsvAgreesWithAnIndependentH5pyRecomputation) {
   };
   EXPECT_NEAR(std::stod(col("AvgMaxVio")), s.avg_maxvio, 1e-9 * std::max(1.0, s.avg_maxvio));
   EXPECT_NEAR(std::stod(col("SupMaxVio")), s.sup_maxvio, 1e-9 * std::max(1.0, s.sup_maxvio));
-  EXPECT_EQ(col("routing_time_share"), "n/a");
+  EXPECT_NEAR(std::stod(col("routing_time_share")), s.routing_time_share, 1e-9);
 
   std::string check = std::string(kPython) + " " + MOE_SOURCE_DIR + "/tools/check_compare.py " + csv.string() + " " +
                       dirs[0].string() + " " + dirs[1].string();

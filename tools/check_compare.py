@@ -20,6 +20,10 @@ def expected(run_dir):
         dead = sum(int(round(f[l]["dead_experts"][()][-1])) for l in layers)
         glob = [f["eval"][l]["maxvio_global"]["values"][()][-1] for l in layers
                 if "eval" in f and l in f["eval"] and "maxvio_global" in f["eval"][l]]
+        # Routing time over step time, steps after the first (step_time_s repeats per layer).
+        timed = all("routing_time_s" in f[l] and "step_time_s" in f[l] for l in layers)
+        share = (sum(float(np.nansum(f[l]["routing_time_s"][1:])) for l in layers)
+                 / float(np.nansum(f[layers[0]]["step_time_s"][1:]))) if timed else float("nan")
         return {
             "AvgMaxVio": float(np.nanmean(mv)),
             "SupMaxVio": float(np.nanmax(mv)),
@@ -28,6 +32,7 @@ def expected(run_dir):
             "MaxVio_global": float(max(glob)) if glob else float("nan"),
             "dead_experts": float(dead),
             "dropped_share": dropped / load if load > 0 else float("nan"),
+            "routing_time_share": share,
             "steps": float(f["/steps"][()][-1]),
         }
 

@@ -25,8 +25,9 @@ namespace moe::cuda::emu {
 namespace {
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr size_t kMaxSharedBytes = 227 * 1024;  // the sm_90 per-block limit (opt-in)
+constexpr size_t kMaxSharedBytes = 163 * 1024;  // sm_80's per-block opt-in limit, the smaller of our targets
 constexpr uint64_t kPoisonBits = ~uint64_t(0);
+constexpr unsigned kFullWarp = 0xffffffffu;
 
 struct AlignedFree {
   void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(64)); }
@@ -194,6 +195,28 @@ void warp_exchange(unsigned mask, uint64_t mine, uint64_t (&all)[32], unsigned& 
   if ((mask & live_lanes) != live_lanes)
     MOE_FAIL("cuda emulation", "warp op with mask 0x", std::hex, mask, " while lanes 0x", live_lanes,
              " are live: the emulation needs every live lane of the warp in the mask");
+}
+
+// A wmma call is collective over the full warp: every lane checks the same exchanged values, so
+// either all throw or none does.
+void warp_collective(const char* what, uint64_t uniform) {
+  uint64_t all[32];
+  unsigned live = 0;
+  warp_exchange(kFullWarp, uniform, all, live);
+  if (live != kFullWarp)
+    MOE_FAIL("cuda emulation", what, " needs all 32 lanes of the warp, but only lanes 0x", std::hex, live,
+             " took part (a partial warp, an exited lane, or a divergent call)");
+  for (int l = 0; l < 32; ++l)
+    if (all[l] != all[0])
+      MOE_FAIL("cuda emulation", what, ": lanes 0 and ", l,
+               " passed different arguments (pointer, ldm, layout) or reached different warp-collective calls");
+}
+
+void check_wmma_operand(const char* what, const void* ptr, unsigned ldm, size_t element_bytes) {
+  MOE_CHECK(reinterpret_cast<uintptr_t>(ptr) % 32 == 0, "cuda emulation", what, ": pointer ", ptr,
+            " is not 256-bit aligned");
+  MOE_CHECK(ldm > 0 && (size_t(ldm) * element_bytes) % 16 == 0, "cuda emulation", what, ": ldm ", ldm,
+            " is not a multiple of 16 bytes of ", element_bytes, "-byte elements");
 }
 
 void* static_shared(const void* key, size_t bytes, size_t align) {

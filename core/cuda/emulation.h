@@ -181,9 +181,13 @@ inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __int_as_float(int v) { return std::bit_cast<float>(v); }
 inline int __float_as_int(float v) { return std::bit_cast<int>(v); }
+inline float __uint_as_float(unsigned v) { return std::bit_cast<float>(v); }
+inline unsigned __float_as_uint(float v) { return std::bit_cast<unsigned>(v); }
 template <class T>
 T __ldg(const T* p) {
   return *p;
 }
+
+#include "core/cuda/emulation_wmma.h"
 
 #endif  // MOE_CUDA_EMULATION

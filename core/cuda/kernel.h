@@ -4,6 +4,13 @@
 #include "core/cuda/runtime.h"
 #include "core/dtype.h"
 
+// Full unrolling where a loop indexes a register array: without it the array lives in local memory.
+#ifdef MOE_CUDA_EMULATION
+#define MOE_UNROLL
+#else
+#define MOE_UNROLL _Pragma("unroll")
+#endif
+
 #ifndef MOE_CUDA_EMULATION
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>

@@ -3,6 +3,7 @@
 #include "layers/moe/moe_layer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "core/autograd.h"
@@ -104,6 +105,12 @@ std::vector<double> MoeLayer::take_pending_loads() {
   return out;
 }
 
+double MoeLayer::take_routing_seconds() {
+  double s = routing_seconds_;
+  routing_seconds_ = 0;
+  return s;
+}
+
 RoutingStats MoeLayer::take_step_stats() {
   if (step_acc_.load.empty()) {  // no training forward since the last take: all-zero loads
     step_acc_.load.assign(size_t(num_experts_), 0.0);
@@ -141,6 +148,7 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
   Clock::time_point t0 = Clock::now();
   Tensor xin = mark(x2, [clock] { clock->close_backward(MoePhaseClock::dispatch); });
   DispatchPlanPtr plan = make_dispatch_plan(r.token, r.expert, kept, x2.size(0), num_experts_);
+  if (training()) routing_seconds_ += since(t0);  // routing_time_s includes the dispatch plan
   Tensor xs = permute_tokens(xin, plan);
   EpExchangePlanPtr ep_plan;
   std::vector<int64_t> offsets = plan->offsets;
@@ -187,6 +195,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   const int64_t B = x.size(0), S = x.size(1), T = B * S, E = num_experts_;
   Tensor x2 = x.reshape({T, d_model_});
 
+  using Clock = std::chrono::steady_clock;
+  const Clock::time_point routing_start = Clock::now();
   RouterOutput ro = router_->forward(x2, E, top_k_, S, jitter_rng_);
   Routing r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
   const int64_t A = r.expert.numel();
@@ -210,7 +220,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   }
 
   CapacityResult cap = apply_capacity(r, T, top_k_, E, capacity_factor_, drop_policy_);
-  Tensor out = dispatch_experts_combine(x2, r, cap.kept);
+  if (training()) routing_seconds_ += std::chrono::duration<double>(Clock::now() - routing_start).count();
+  Tensor out = dispatch_experts_combine(x2, r, cap.kept);  // adds the dispatch plan's time to routing_seconds_
   if (shared_) out = add(out, shared_->forward_all(x2));
 
   {

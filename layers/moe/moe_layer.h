@@ -65,6 +65,10 @@ class MoeLayer : public FeedForward {
   // batches), then reset. The raw sums (routing_accumulator) can be all-reduced over
   // data-parallel ranks first: RoutingAccumulator::unpack(allreduce(pack())).finish(state).
   RoutingStats take_step_stats();
+  // Wall seconds this layer spent routing in the training forwards since the last take (router
+  // scores, the strategy's select and losses, load count, capacity, dispatch plan), then reset.
+  // The trainer adds the balancer update and logs it as routing_time_s (docs/results.md).
+  double take_routing_seconds();
   const RoutingAccumulator& routing_accumulator() const { return step_acc_; }
 
   // RNG streams of this layer (seed of init_rng; streams jitter and ssr keyed by the layer):
@@ -137,6 +141,7 @@ class MoeLayer : public FeedForward {
   RoutingStats stats_;
   Routing last_routing_;
   RoutingAccumulator step_acc_;
+  double routing_seconds_ = 0;
 };
 
 }  // namespace moe

@@ -199,7 +199,8 @@ TEST(DataParallelResume, CheckpointsMoveBetweenWorldSizes) {
   EXPECT_GT(compared, 0u);
 }
 
-// Strategies coupled across the batch route each rank's local micro-batch on its own. What that
+// Strategies coupled across the batch, with balance.scope = "local" (the global scope is tested in
+// global_strategies_mpi_test.cpp), route each rank's local micro-batch on its own. What that
 // computes, exactly: DP = W with grad_accum A is the single process with grad_accum A x W (the
 // same windows, one local micro-batch each, in the same order of jitter draws), for every
 // strategy without state changed inside select().
@@ -235,18 +236,19 @@ TEST_P(DataParallelRankLocal, EqualsOneProcessWithWTimesTheMicroBatches) {
 
 INSTANTIATE_TEST_SUITE_P(
     Coupled, DataParallelRankLocal,
-    ::testing::Values(std::make_pair(std::string("aux_loss"), std::string("[balance]\naux_variant = \"micro_batch\"\n")),
-                      std::make_pair(std::string("sinkhorn"), std::string()),
-                      std::make_pair(std::string("expert_choice"), std::string())),
+    ::testing::Values(std::make_pair(std::string("aux_loss"),
+                                     std::string("[balance]\naux_variant = \"micro_batch\"\nscope = \"local\"\n")),
+                      std::make_pair(std::string("sinkhorn"), std::string("[balance]\nscope = \"local\"\n")),
+                      std::make_pair(std::string("expert_choice"), std::string("[balance]\nscope = \"local\"\n"))),
     [](const auto& info) { return info.param.first; });
 
-// BIP in paper order updates its dual prices q inside select() from the batch it routes, so at
-// DP = 2 each rank's q follows its own local batches: the ranks' states drift apart, and the
+// BIP in paper order with balance.scope = "local" updates its dual prices q inside select() from
+// the batch it routes, so at DP = 2 each rank's q follows its own local batches: the ranks' states drift apart, and the
 // trainer says so on the console (checkpoints keep rank 0's q). Token-local strategies do not.
 TEST(DataParallelRankLocalState, BipStateDriftsAndIsReported) {
   auto w = world_communicator();
   for (std::string balance : {"bip", "loss_free"}) {
-    Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance), "drift.toml");
+    Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance, "[balance]\nscope = \"local\"\n"), "drift.toml");
     r.train.steps = 4;
     r.eval.every = 0;
     fs::path dir = test::runs_dir(*w) / ("drift_" + balance);

@@ -5,6 +5,7 @@
 #include "core/cpu/elementwise.h"
 #include "layers/moe/balance/aux_math.h"
 #include "layers/moe/balance/strategies.h"
+#include "parallel/communicator.h"
 
 namespace moe {
 namespace {
@@ -16,6 +17,11 @@ namespace {
 // micro-batch mean (it carries the gradient). A single process with one micro-batch per step
 // therefore computes exactly the micro_batch loss; with g accumulation micro-batches, micro-batch
 // m uses the loads of micro-batches 1..m. update() (once per optimizer step) clears the sums.
+// Variant "micro_batch" with balance.scope = "global" (default) under data parallelism: f_i from
+// the loads of the global micro-batch (an all-reduce of E values), P_i the local mean. The
+// trainer averages the ranks' gradients and logged values, and the mean over ranks of
+// f_i P_i(rank) is f_i P_i(global batch): exactly the single process's loss on the concatenated
+// micro-batch. scope = "local": f_i and P_i of the rank's own tokens.
 class AuxLossBalancer final : public Balancer {
  public:
   explicit AuxLossBalancer(const MoeConfig& cfg)
@@ -45,6 +51,8 @@ class AuxLossBalancer final : public Balancer {
       loss = per_sequence_aux(probs, S, seq_loads, double(cfg_.top_k * S));
     } else {
       std::vector<double> loads = routing_loads(r, E);
+      if (variant == "micro_batch")
+        if (Communicator* comm = batch_communicator(cfg_.balance.scope)) comm->all_reduce_sum(loads);
       if (variant == "global" && in.training) {
         for (int64_t i = 0; i < E; ++i) accumulated_[size_t(i)] += loads[size_t(i)];
         loads = reducer_(accumulated_);

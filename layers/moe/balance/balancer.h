@@ -15,6 +15,8 @@
 
 namespace moe {
 
+class Communicator;  // parallel/communicator.h
+
 // What the router hands to the strategy for one micro-batch of T tokens.
 struct RouterOutput {
   Tensor logits;        // [T, E_r] router logits (f32, or f64 in gradient checks), differentiable
@@ -61,6 +63,23 @@ class Balancer {
   // Default (single process): the identity.
   using LoadReducer = std::function<std::vector<double>(const std::vector<double>&)>;
   virtual void set_load_reducer(LoadReducer reducer) {}
+
+  // The data-parallel group whose ranks' micro-batches together form the batch that is balanced
+  // when balance.scope = "global": select() of bip, quantile, sinkhorn, ssr, expert_choice (the
+  // strategies whose routing of a token depends on the other tokens of its batch) and
+  // extra_losses() of aux_loss micro_batch and null_experts (f_i from the batch's loads) then
+  // call collectives of this communicator, so every rank must run every forward, training and
+  // eval, in the same order. Default: none, which is the single-process computation; so is a
+  // communicator of one rank, or scope = "local".
+  void set_communicator(std::shared_ptr<Communicator> comm) { comm_ = std::move(comm); }
+
+ protected:
+  // The communicator select() must use for the batch of scope `scope`, or nullptr when the
+  // batch is this process's own (scope "local", no communicator, or a world of one).
+  Communicator* batch_communicator(const std::string& scope) const;
+
+ private:
+  std::shared_ptr<Communicator> comm_;
 };
 
 // Builds the strategy named cfg.balance.strategy; unknown names and invalid settings throw

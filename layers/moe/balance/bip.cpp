@@ -13,7 +13,11 @@ namespace {
 //  causal: select with the q left by the previous batches, then run the T_bip iterations on
 //          this batch to get the q the next batch uses. A batch never influences its own routing.
 // q changes inside select(), not in update(): the dual iterations need the scores, and
-// update() only sees loads. In data-parallel training each rank's q follows its own batches.
+// update() only sees loads. Data parallelism, balance.scope = "global" (default): the iterations
+// run on the global micro-batch (every rank's tokens, capacity from the global token count, the
+// experts' columns split over the ranks), so every rank computes the q of the single process on
+// the concatenated batch and the ranks' q never differ. scope = "local": each rank's q follows
+// its own batches.
 class BipBalancer final : public Balancer {
  public:
   explicit BipBalancer(const MoeConfig& cfg) : cfg_(cfg), q_(size_t(cfg.num_experts), 0.0f) {}
@@ -22,11 +26,9 @@ class BipBalancer final : public Balancer {
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.bip");
     const bool paper = cfg_.balance.bip_order == "paper";
-    const int64_t T = in.scores.size(0), k = cfg_.top_k;
-    const int64_t cap = balanced_capacity(T, cfg_.num_experts, k);
-    if (in.training && paper) iterate(in.scores, k, cap);
-    Selection sel = select_topk(shifted_scores(in.scores, q_, -1.0), k, "balance.bip");
-    if (in.training && !paper) iterate(in.scores, k, cap);
+    if (in.training && paper) iterate(in.scores);
+    Selection sel = select_topk(shifted_scores(in.scores, q_, -1.0), cfg_.top_k, "balance.bip");
+    if (in.training && !paper) iterate(in.scores);
     return build_routing(in.scores, sel, token_choice_gates(cfg_));
   }
 
@@ -38,9 +40,10 @@ class BipBalancer final : public Balancer {
   }
 
  private:
-  void iterate(const Tensor& scores, int64_t k, int64_t cap) {
+  void iterate(const Tensor& scores) {
     NoGradGuard ng;
-    dual_price_iterations(scores, k, cap, cfg_.balance.bip_iters, /*clip=*/true, q_);
+    batch_dual_price_iterations(batch_communicator(cfg_.balance.scope), scores, cfg_.top_k, cfg_.balance.bip_iters,
+                                /*clip=*/true, q_, "balance.bip");
   }
 
   MoeConfig cfg_;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "parallel/communicator.h"
 
 namespace moe {
 
@@ -19,5 +20,18 @@ int64_t balanced_capacity(int64_t tokens, int64_t experts, int64_t k);
 // E and T (the smallest value is taken when k + 1 > E or cap + 1 > T). Math in double, q stored
 // as fp32 at the end.
 void dual_price_iterations(const Tensor& scores, int64_t k, int64_t cap, int iters, bool clip, std::vector<float>& q);
+// The same on scores already in double, [T, E] row-major.
+void dual_price_iterations(const std::vector<double>& scores, int64_t T, int64_t E, int64_t k, int64_t cap, int iters,
+                           bool clip, std::vector<float>& q);
+
+// The iterations on the global batch of balance.scope = "global", capacity ceil(k T_global / E):
+// comm == nullptr (or one rank) is dual_price_iterations on `scores` alone. Otherwise the
+// experts' columns of every rank's scores are split over the ranks (share_columns); per
+// iteration each rank computes p for its own tokens and q for its own experts, and two
+// all-gathers (p: T_global values, q: E values) give every rank the same q, bit for bit the q
+// of one process on the concatenated batch (every value is computed by the same arithmetic).
+// Work and memory per rank: T_local x E for the token pass, T_global x E / W for the expert pass.
+void batch_dual_price_iterations(Communicator* comm, const Tensor& scores, int64_t k, int iters, bool clip,
+                                 std::vector<float>& q, const char* where);
 
 }  // namespace moe

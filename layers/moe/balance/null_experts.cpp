@@ -5,6 +5,7 @@
 #include "core/cpu/elementwise.h"
 #include "layers/moe/balance/aux_math.h"
 #include "layers/moe/balance/strategies.h"
+#include "parallel/communicator.h"
 
 namespace moe {
 namespace {
@@ -13,6 +14,9 @@ namespace {
 // the remaining real gates are renormalized to sum 1 per token (cfg.renormalize_gates, k > 1).
 // The Switch aux loss (coefficient router.null_aux_alpha) runs over all E + n_null experts with
 // the loads of the full top-k, nulls included, which select() keeps for extra_losses().
+// Data parallelism, balance.scope = "global" (default): those loads are all-reduced over the
+// ranks (the global micro-batch's f_i; P_i stays local and the trainer averages over ranks), as
+// aux_loss micro_batch: the single process's loss. scope = "local": the rank's own loads.
 class NullExpertsBalancer final : public Balancer {
  public:
   explicit NullExpertsBalancer(const MoeConfig& cfg) : cfg_(cfg) {}
@@ -37,8 +41,10 @@ class NullExpertsBalancer final : public Balancer {
   std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing&) override {
     MOE_CHECK(loads_tokens_ == in.scores.size(0), "balance.null_experts", "extra_losses needs the select() of the same ",
               in.scores.size(0), " tokens first");
-    double total = std::accumulate(full_loads_.begin(), full_loads_.end(), 0.0);
-    Tensor loss = switch_aux(in.scores, full_loads_, total);
+    std::vector<double> loads = full_loads_;
+    if (Communicator* comm = batch_communicator(cfg_.balance.scope)) comm->all_reduce_sum(loads);
+    double total = std::accumulate(loads.begin(), loads.end(), 0.0);
+    Tensor loss = switch_aux(in.scores, loads, total);
     return {ExtraLoss{"aux", mul_scalar(loss, cfg_.balance.null_aux_alpha), loss.item_double()}};
   }
 

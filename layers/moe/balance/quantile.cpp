@@ -15,6 +15,10 @@ namespace {
 //   beta   <- beta + r * (beta* - beta);  beta <- beta - mean(beta)    r = router.quantile_rate
 // r = 1 jumps to this batch's equilibrium prices; small r averages them over batches.
 // Re-centring leaves top-k of (s - beta) unchanged and keeps beta from drifting.
+// Data parallelism, balance.scope = "global" (default): beta* comes from the global micro-batch
+// (every rank's tokens, C from the global token count; see batch_dual_price_iterations), so
+// every rank keeps the single process's beta; scope = "local": each rank's beta follows its own
+// batches.
 class QuantileBalancer final : public Balancer {
  public:
   explicit QuantileBalancer(const MoeConfig& cfg) : cfg_(cfg), beta_(size_t(cfg.num_experts), 0.0f) {}
@@ -22,12 +26,13 @@ class QuantileBalancer final : public Balancer {
 
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.quantile");
-    const int64_t T = in.scores.size(0), k = cfg_.top_k, E = cfg_.num_experts;
+    const int64_t k = cfg_.top_k, E = cfg_.num_experts;
     Selection sel = select_topk(shifted_scores(in.scores, beta_, -1.0), k, "balance.quantile");
     if (in.training) {
       NoGradGuard ng;
       std::vector<float> target = beta_;
-      dual_price_iterations(in.scores, k, balanced_capacity(T, E, k), 1, /*clip=*/false, target);
+      batch_dual_price_iterations(batch_communicator(cfg_.balance.scope), in.scores, k, 1, /*clip=*/false, target,
+                                  "balance.quantile");
       const double r = cfg_.balance.quantile_rate;
       std::vector<double> next(static_cast<size_t>(E));
       double mean = 0;

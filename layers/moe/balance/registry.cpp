@@ -44,6 +44,7 @@ void validate(const MoeConfig& cfg) {
   const double inf = INFINITY;
   MOE_CHECK(cfg.num_experts >= 1, "router.num_experts", "must be >= 1, got ", cfg.num_experts);
   check_one_of("router.score_function", cfg.score_function, {"softmax", "sigmoid"});
+  check_one_of("balance.scope", b.scope, {"global", "local"});
   check_range("router.gate_scale", cfg.gate_scale, 0, inf, true, "> 0");
   const int64_t outputs = cfg.num_experts + (b.strategy == "null_experts" ? b.num_null_experts : 0);
   MOE_CHECK(cfg.top_k >= 1 && cfg.top_k <= outputs, "router.top_k", "must be in [1, ", outputs,

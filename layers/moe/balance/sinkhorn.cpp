@@ -14,6 +14,9 @@ namespace {
 // As in Megatron: gates are sigmoid(x) of the selected experts when k = 1 and softmax(x) when
 // k > 1, not renormalized over the k choices (cfg.renormalize_gates does not apply here).
 // An assignment's score is T * Pi_ij, the share of the token's plan mass on that expert.
+// Data parallelism, balance.scope = "global" (default): the plan is the global micro-batch's
+// (column sums all-reduced inside each iteration, T = every rank's tokens), which is the single
+// process's plan on the concatenated batch; scope = "local": each rank's tokens alone.
 class SinkhornBalancer final : public Balancer {
  public:
   explicit SinkhornBalancer(const MoeConfig& cfg) : cfg_(cfg) {}
@@ -31,15 +34,17 @@ class SinkhornBalancer final : public Balancer {
     {
       NoGradGuard ng;
       const auto& b = cfg_.balance;
-      SinkhornPlan plan = sinkhorn_plan(in.logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol);
+      SinkhornPlan plan = sinkhorn_plan(in.logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol,
+                                        /*force_log_domain=*/false, batch_communicator(b.scope));
       const int64_t T = plan.tokens, E = plan.experts;
+      const double Tg = double(plan.global_tokens);
       std::vector<int64_t> idx(size_t(T * k));
       topk_rows<double>(plan.log_plan.data(), T, E, k, idx.data());
       sel.reserve(size_t(T * k));
       for (int64_t t = 0; t < T; ++t)
         for (int64_t r = 0; r < k; ++r) {
           int64_t e = idx[size_t(t * k + r)];
-          sel.push(t, e, double(T) * std::exp(plan.log_plan[size_t(t * E + e)]));
+          sel.push(t, e, Tg * std::exp(plan.log_plan[size_t(t * E + e)]));
         }
     }
     return build_routing(source, sel, gates);

@@ -16,6 +16,10 @@ namespace {
 // The coin: one uniform draw from the layer's RNG stream per training select() (so the run's
 // Philox offset, saved in checkpoints, reproduces every flip on resume); eval draws nothing.
 // With gradient accumulation each micro-batch flips its own coin.
+// Data parallelism, balance.scope = "global" (default): every rank's stream sits at the same
+// offset, so the ranks flip the same coin (an all-reduce max makes sure, as the plan's
+// collectives need every rank), and the plan is the global micro-batch's (see sinkhorn_plan):
+// the single process's routing. scope = "local": the plan of each rank's tokens alone.
 // Plan gates: Pi_ij renormalized over the token's k selected experts. With d0, d1 held constant
 // (they are normalizers, as in S-BASE), Pi_ij / sum_sel Pi_il = softmax over the selected of
 // (x_ij / xi + log d1_j): that is what is built, so the router gets a gradient on plan steps too.
@@ -26,7 +30,10 @@ class SsrBalancer final : public Balancer {
 
   Routing select(const RouterOutput& in, Philox& rng) override {
     check_router_output(in, cfg_.num_experts, "balance.ssr");
-    const bool use_plan = in.training && rng.uniform() < cfg_.balance.ssr_probability;
+    Communicator* comm = in.training ? batch_communicator(cfg_.balance.scope) : nullptr;
+    double coin = in.training && rng.uniform() < cfg_.balance.ssr_probability ? 1.0 : 0.0;
+    if (comm) comm->all_reduce_max(&coin, 1);
+    const bool use_plan = coin > 0;
     if (!use_plan) return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.ssr"), token_choice_gates(cfg_));
     MOE_CHECK(in.logits.defined(), "balance.ssr", "needs the router logits");
     const auto& b = cfg_.balance;
@@ -36,7 +43,8 @@ class SsrBalancer final : public Balancer {
     std::vector<double> offset(size_t(T * k)), row_shift(size_t(T * k));
     {
       NoGradGuard ng;
-      SinkhornPlan plan = sinkhorn_plan(in.logits, xi, b.sinkhorn_max_iters, b.sinkhorn_tol);
+      SinkhornPlan plan = sinkhorn_plan(in.logits, xi, b.sinkhorn_max_iters, b.sinkhorn_tol, false, comm);
+      const double Tg = double(plan.global_tokens);
       std::vector<int64_t> idx(size_t(T * k));
       topk_rows<double>(plan.log_plan.data(), T, E, k, idx.data());
       std::vector<double> x = in.logits.detach().contiguous().to_double_vector();
@@ -45,7 +53,7 @@ class SsrBalancer final : public Balancer {
         double zmax = -INFINITY;
         for (int64_t r = 0; r < k; ++r) {
           int64_t e = idx[size_t(t * k + r)];
-          sel.push(t, e, double(T) * std::exp(plan.log_plan[size_t(t * E + e)]));
+          sel.push(t, e, Tg * std::exp(plan.log_plan[size_t(t * E + e)]));
           offset[size_t(t * k + r)] = plan.log_d1[size_t(e)];
           zmax = std::max(zmax, x[size_t(t * E + e)] / xi + plan.log_d1[size_t(e)]);
         }

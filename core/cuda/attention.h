@@ -1,0 +1,31 @@
+// Causal flash attention on device pointers ([B, H, S, Dh] as core/cpu causal_attention, or [B, S, H, Dh]):
+// forward with an online softmax that saves the per-row logsumexp, backward recomputing P from it.
+#pragma once
+#include "core/cuda/runtime.h"
+#include "core/dtype.h"
+
+namespace moe::cuda {
+
+// The largest head dimension the kernels keep in shared memory (fits the default 48 KiB).
+constexpr int kFlashMaxHeadDim = 128;
+
+// Where heads live: [B, H, S, Dh] as core/cpu causal_attention, or [B, S, H, Dh] as the rope
+// kernels and a fused QKV projection produce it (no transposes needed).
+enum class AttentionLayout { kBHSD, kBSHD };
+
+// q, k, v, out in `layout` (T = float or bf16 storage, fp32 math);
+// out = softmax(q k^T / sqrt(Dh) + causal mask) v and lse [batch, heads, seq] (fp32, whatever the
+// layout) the natural log of each row's softmax denominator of the scaled scores.
+template <class T>
+void flash_attention_forward(const T* q, const T* k, const T* v, T* out, float* lse, long batch, long heads, long seq,
+                             int head_dim, AttentionLayout layout = AttentionLayout::kBHSD,
+                             cudaStream_t stream = nullptr);
+
+// dq, dk, dv (overwritten, same layout) from dout, the forward's out and lse. Deterministic: dK /
+// dV are summed by one block per key tile and dQ by one block per query tile (no float atomics).
+template <class T>
+void flash_attention_backward(const T* q, const T* k, const T* v, const T* out, const float* lse, const T* dout, T* dq,
+                              T* dk, T* dv, long batch, long heads, long seq, int head_dim,
+                              AttentionLayout layout = AttentionLayout::kBHSD, cudaStream_t stream = nullptr);
+
+}  // namespace moe::cuda

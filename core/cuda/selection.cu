@@ -1,0 +1,134 @@
+// Selection kernels: expert choice by one block per expert (the block radix select finds the C-th
+// largest score, then ties at that value go to the lowest tokens), top-p by one thread per token
+// walking its experts in (score desc, index asc) order, and the entropy loss with a one-block mean.
+#include <cmath>
+
+#include "core/cuda/block_reduce.h"
+#include "core/cuda/caching_allocator.h"
+#include "core/cuda/launch.h"
+#include "core/cuda/radix_select.h"
+#include "core/cuda/selection.h"
+
+namespace moe::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr float kLogEps = 1e-30f;
+
+__global__ void expert_choice_kernel(const float* scores, long tokens, int experts, long capacity, uint8_t* chosen) {
+  MOE_SHARED(unsigned, counts, [2]);  // values above the threshold, values equal to it
+  const int e = blockIdx.x;
+  auto value = [&](long t) { return scores[t * experts + e]; };
+  const float v = block_nth_largest(value, tokens, unsigned(capacity));
+  if (threadIdx.x < 2) counts[threadIdx.x] = 0;
+  __syncthreads();
+  for (long t = threadIdx.x; t < tokens; t += blockDim.x) {
+    const float s = value(t);
+    if (s > v)
+      atomicAdd(&counts[0], 1u);
+    else if (s == v)
+      atomicAdd(&counts[1], 1u);
+  }
+  __syncthreads();
+  const unsigned ties_taken = unsigned(capacity) - counts[0];
+  const bool all_ties = counts[1] == ties_taken;
+  for (long t = threadIdx.x; t < tokens; t += blockDim.x) {
+    const float s = value(t);
+    chosen[t * experts + e] = s > v || (all_ties && s == v);
+  }
+  __syncthreads();                      // the pass above has written every tie as 0
+  if (!all_ties && threadIdx.x == 0) {  // more tokens tie at the threshold than fit: lowest first
+    unsigned taken = 0;
+    for (long t = 0; t < tokens && taken < ties_taken; ++t)
+      if (value(t) == v) chosen[t * experts + e] = 1, ++taken;
+  }
+}
+
+// (a, ia) comes before (b, ib) in the ranking: higher score, then lower index.
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) { return a > b || (a == b && ia < ib); }
+
+__global__ void top_p_kernel(const float* scores, long tokens, int experts, double p, int32_t* ranked,
+                             int32_t* counts) {
+  const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  const float* s = scores + t * experts;
+  float last = INFINITY;
+  int last_index = -1, taken = 0;
+  double cum = 0;
+  while (taken < experts && (taken == 0 || cum < p)) {
+    int best = -1;
+    for (int j = 0; j < experts; ++j)  // the best expert ranked after the last one taken
+      if (ranks_before(last, last_index, s[j], j) && (best < 0 || ranks_before(s[j], j, s[best], best))) best = j;
+    ranked[t * experts + taken++] = best;
+    last = s[best], last_index = best;
+    cum += double(last);
+  }
+  for (int r = taken; r < experts; ++r) ranked[t * experts + r] = -1;
+  counts[t] = taken;
+}
+
+__global__ void row_entropy_kernel(const float* scores, long tokens, int experts, float* entropy) {
+  const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  float h = 0.0f;
+  for (int j = 0; j < experts; ++j) {
+    const float s = scores[t * experts + j];
+    h -= s * logf(s + kLogEps);
+  }
+  entropy[t] = h;
+}
+
+__global__ void mean_kernel(const float* v, long n, float* out) {
+  float s = 0.0f;
+  for (long i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) *out = s / float(n);
+}
+
+__global__ void entropy_backward_kernel(const float* scores, float dloss, long tokens, int experts, float* dscores) {
+  const long n = tokens * experts;
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x) {
+    const float s = scores[i];
+    dscores[i] = -dloss * (logf(s + kLogEps) + s / (s + kLogEps)) / float(tokens);
+  }
+}
+
+void check_shape(const char* op, long tokens, int experts) {
+  MOE_CHECK(tokens > 0 && experts > 0, op, "bad shape [", tokens, ", ", experts, "]: expected tokens, experts >= 1");
+}
+
+}  // namespace
+
+void expert_choice_select(const float* scores, long tokens, int experts, long capacity, uint8_t* chosen,
+                          cudaStream_t stream) {
+  check_shape("cuda::expert_choice_select", tokens, experts);
+  MOE_CHECK(capacity >= 1 && capacity <= tokens, "cuda::expert_choice_select", "capacity ", capacity,
+            " must be in [1, tokens = ", tokens, "]");
+  MOE_LAUNCH(expert_choice_kernel, unsigned(experts), row_block_threads(tokens / 8, 256), 0, stream, scores, tokens,
+             experts, capacity, chosen);
+}
+
+void top_p_select(const float* scores, long tokens, int experts, double p, int32_t* ranked, int32_t* counts,
+                  cudaStream_t stream) {
+  check_shape("cuda::top_p_select", tokens, experts);
+  MOE_LAUNCH(top_p_kernel, ceil_div(tokens, kThreads), kThreads, 0, stream, scores, tokens, experts, p, ranked, counts);
+}
+
+void routing_entropy_forward(const float* scores, long tokens, int experts, float* loss, cudaStream_t stream) {
+  check_shape("cuda::routing_entropy_forward", tokens, experts);
+  Workspace<float> entropy{size_t(tokens)};
+  MOE_LAUNCH(row_entropy_kernel, ceil_div(tokens, kThreads), kThreads, 0, stream, scores, tokens, experts,
+             entropy.get());
+  MOE_LAUNCH(mean_kernel, 1, row_block_threads(tokens, 1024), 0, stream, static_cast<const float*>(entropy.get()),
+             tokens, loss);
+}
+
+void routing_entropy_backward(const float* scores, float dloss, long tokens, int experts, float* dscores,
+                              cudaStream_t stream) {
+  check_shape("cuda::routing_entropy_backward", tokens, experts);
+  unsigned blocks = ceil_div(size_t(tokens) * experts, 256);
+  MOE_LAUNCH(entropy_backward_kernel, blocks > 4096 ? 4096 : blocks, 256, 0, stream, scores, dloss, tokens, experts,
+             dscores);
+}
+
+}  // namespace moe::cuda
