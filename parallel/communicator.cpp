@@ -27,6 +27,19 @@ void Communicator::all_reduce_avg(float* data, size_t n) {
   for (size_t i = 0; i < n; ++i) data[i] *= inv;
 }
 
+std::vector<double> Communicator::gather(const double* data, size_t count, int root) {
+  MOE_CHECK(root >= 0 && root < size(), "Communicator.gather", "root ", root, " outside a world of ", size(), " ranks");
+  std::vector<double> all = all_gather(data, count);
+  if (rank() != root) all.clear();
+  return all;
+}
+
+std::vector<float> Communicator::gather(const float* data, size_t count, int root) {
+  std::vector<double> in(data, data + count);
+  std::vector<double> all = gather(in.data(), count, root);
+  return {all.begin(), all.end()};
+}
+
 namespace {
 
 class SelfCommunicator final : public Communicator {
@@ -39,6 +52,14 @@ class SelfCommunicator final : public Communicator {
   void all_reduce_max(double*, size_t) override {}
   std::vector<double> all_gather(const double* d, size_t n) override { return {d, d + n}; }
   std::vector<uint64_t> all_gather(const uint64_t* d, size_t n) override { return {d, d + n}; }
+  std::vector<float> gather(const float* d, size_t n, int root) override {
+    check_root(root);
+    return {d, d + n};
+  }
+  std::vector<double> gather(const double* d, size_t n, int root) override {
+    check_root(root);
+    return {d, d + n};
+  }
   void broadcast(double*, size_t, int root) override { check_root(root); }
   void broadcast(uint64_t*, size_t, int root) override { check_root(root); }
   void alltoallv(const float* s, const std::vector<int64_t>& sc, float* r, const std::vector<int64_t>& rc) override {
@@ -52,7 +73,7 @@ class SelfCommunicator final : public Communicator {
 
  private:
   static void check_root(int root) {
-    MOE_CHECK(root == 0, "Communicator.broadcast", "root ", root, " outside a world of 1 rank");
+    MOE_CHECK(root == 0, "Communicator", "root ", root, " outside a world of 1 rank");
   }
   template <class T>
   static void copy_self(const T* s, const std::vector<int64_t>& sc, T* r, const std::vector<int64_t>& rc) {
@@ -104,6 +125,8 @@ class MpiCommunicator final : public Communicator {
   void all_reduce_max(double* d, size_t n) override { reduce(d, n, MPI_MAX); }
   std::vector<double> all_gather(const double* d, size_t n) override { return gather(d, n); }
   std::vector<uint64_t> all_gather(const uint64_t* d, size_t n) override { return gather(d, n); }
+  std::vector<float> gather(const float* d, size_t n, int root) override { return gather_to(d, n, root); }
+  std::vector<double> gather(const double* d, size_t n, int root) override { return gather_to(d, n, root); }
   void broadcast(double* d, size_t n, int root) override { bcast(d, n, root); }
   void broadcast(uint64_t* d, size_t n, int root) override { bcast(d, n, root); }
   void alltoallv(const float* s, const std::vector<int64_t>& sc, float* r, const std::vector<int64_t>& rc) override {
@@ -136,6 +159,14 @@ class MpiCommunicator final : public Communicator {
     MOE_CHECK(n < kMaxChunk, "Communicator.all_gather", "count ", n, " too large for one call");
     std::vector<T> out(n * size_t(size_));
     check_mpi(MPI_Allgather(d, int(n), mpi_type<T>(), out.data(), int(n), mpi_type<T>(), comm_), "MPI_Allgather");
+    return out;
+  }
+  template <class T>
+  std::vector<T> gather_to(const T* d, size_t n, int root) {
+    MOE_CHECK(root >= 0 && root < size_, "Communicator.gather", "root ", root, " outside a world of ", size_, " ranks");
+    MOE_CHECK(n < kMaxChunk, "Communicator.gather", "count ", n, " too large for one call");
+    std::vector<T> out(rank_ == root ? n * size_t(size_) : 0);
+    check_mpi(MPI_Gather(d, int(n), mpi_type<T>(), out.data(), int(n), mpi_type<T>(), root, comm_), "MPI_Gather");
     return out;
   }
   template <class T>

@@ -31,6 +31,11 @@ class Communicator {
   // Concatenation in rank order of every rank's `count` values.
   virtual std::vector<double> all_gather(const double* data, size_t count) = 0;
   virtual std::vector<uint64_t> all_gather(const uint64_t* data, size_t count) = 0;
+  // Concatenation in rank order of every rank's `count` values, on `root` only (the other
+  // ranks get an empty vector): checkpoints collect expert slices. The default is an all_gather
+  // of doubles that only root keeps; MPI overrides it with MPI_Gather.
+  virtual std::vector<float> gather(const float* data, size_t count, int root);
+  virtual std::vector<double> gather(const double* data, size_t count, int root);
   // root's n values to every rank.
   virtual void broadcast(double* data, size_t n, int root) = 0;
   virtual void broadcast(uint64_t* data, size_t n, int root) = 0;

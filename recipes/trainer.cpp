@@ -1,9 +1,11 @@
 // The training loop. One optimizer step = grad_accum micro-batches (forward, backward), global
 // norm clipping, AdamW, then each MoE layer's balancer update from the step's loads. Every
 // piece of state that changes the future of the run goes into the checkpoint (DESIGN.md).
-// Data parallelism (docs/parallel.md): each rank runs this same loop on its slice of every
-// global batch; gradients, losses, loads and routing sums are all-reduced, so all ranks keep
-// identical parameters and balancer states, and rank 0 alone writes the run directory.
+// Data and expert parallelism (docs/parallel.md): each rank runs this same loop on its slice of
+// every global batch; gradients, losses, loads and routing sums are all-reduced, so all ranks
+// keep identical replicated parameters and balancer states. Under expert parallelism each rank
+// holds E / ep experts (the MoE layers exchange token rows within the EP group); checkpoints
+// gather them to rank 0, which alone writes the run directory.
 #include "recipes/trainer.h"
 
 #include <algorithm>
@@ -34,6 +36,7 @@
 #include "parallel/process_groups.h"
 #include "recipes/console.h"
 #include "recipes/metrics_log.h"
+#include "recipes/parallel_grads.h"
 #include "recipes/stop_signal.h"
 
 namespace fs = std::filesystem;
@@ -65,10 +68,6 @@ uint64_t fnv1a(const std::string& text) {
   }
   return h;
 }
-
-// Gradient all-reduce buckets: parameters in model order (identical on every rank) packed into
-// buffers of at most this many elements (a larger parameter gets a bucket of its own).
-constexpr size_t kGradBucket = size_t(1) << 22;
 
 struct MoeRef {
   int layer;
@@ -112,14 +111,11 @@ class Trainer {
     if (r_.train.device == "cuda")
       throw Error("train.device = \"cuda\": this build trains on the CPU only (no CUDA training backend yet); set "
                   "train.device = \"cpu\"");
-    layout_ = make_layout(comm_->size(), comm_->rank(), r_.parallel.ep, r_.model.moe.num_experts, r_.model.use_moe);
-    if (r_.parallel.ep != 1)
-      throw Error("parallel.ep = " + std::to_string(r_.parallel.ep) +
-                  ": expert parallelism is not implemented yet (data parallelism is: set parallel.ep = 1 and start "
-                  "the ranks with mpirun)");
-    if (r_.parallel.llep)
-      throw Error("parallel.llep = true: LLEP moves expert work between expert-parallel ranks, and expert "
-                  "parallelism is not implemented yet; set parallel.llep = false");
+    groups_ = make_process_groups(comm_, r_.parallel.ep, r_.model.moe.num_experts, r_.model.use_moe);
+    layout_ = groups_.layout;
+    if (r_.parallel.llep && layout_.ep == 1)
+      throw Error("parallel.llep = true needs expert parallelism (parallel.ep > 1, with at least that many ranks): "
+                  "LLEP moves expert work between the ranks of an expert-parallel group; set parallel.llep = false");
     MOE_CHECK(r_.train.batch_size % (r_.train.grad_accum * comm_->size()) == 0, "train.batch_size",
               r_.train.batch_size, " (the global batch) must split into grad_accum ", r_.train.grad_accum, " x ",
               comm_->size(), " data-parallel ranks");
@@ -173,7 +169,9 @@ class Trainer {
     install_stop_handlers();
     print_header();
     Clock::time_point interval_start = Clock::now(), run_start = interval_start;
-    int64_t interval_tokens = 0, steps_this_run = 0;
+    int64_t interval_tokens = 0, steps_this_run = 0, interval_steps = 0;
+    MoePhaseTimes interval_phases;
+    MoeLayer::LlepStats interval_llep;
     const int64_t tokens_per_step = r_.train.batch_size * r_.train.seq_len;
     bool checkpointed_now = false;
 
@@ -183,6 +181,9 @@ class Trainer {
       if (!sr.finite) return diverged(sr);
       ++step_;
       ++steps_this_run;
+      interval_phases += sr.phases;
+      interval_llep += sr.ep;
+      ++interval_steps;
       tokens_seen_ += tokens_per_step;
       interval_tokens += tokens_per_step;
       checkpointed_now = false;
@@ -192,9 +193,12 @@ class Trainer {
         double tps = secs > 0 ? double(interval_tokens) / secs : 0;
         double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
         double eta = double(r_.train.steps - step_) * elapsed / double(steps_this_run);
-        log_step(sr, lr, tps, eta);
+        log_step(sr, lr, tps, eta, interval_phases, interval_llep, interval_steps);
         interval_start = Clock::now();
         interval_tokens = 0;
+        interval_phases = MoePhaseTimes{};
+        interval_llep = MoeLayer::LlepStats{};
+        interval_steps = 0;
       }
       bool last = step_ == r_.train.steps;
       if ((r_.eval.every > 0 && step_ % r_.eval.every == 0) || last) evaluate();
@@ -226,6 +230,8 @@ class Trainer {
     bool finite = true;
     std::string what;  // which value was not finite
     std::map<std::string, double> extra;  // "layer_<l>.<name>" (scaled) and "..._unscaled"
+    MoePhaseTimes phases;                 // this rank's MoE phases, summed over layers
+    MoeLayer::LlepStats ep;               // EP work balance, summed over layers and micro-batches
   };
 
   void build_model() {
@@ -233,12 +239,28 @@ class Trainer {
     auto moe_init = std::make_shared<Philox>(uint64_t(r_.train.seed), stream_id(RngStream::init, 0, 1));
     FfnFactory factory = [this, &cfg, moe_init](int layer) -> std::shared_ptr<FeedForward> {
       if (!cfg.use_moe || !is_moe_layer(cfg.moe, layer)) return nullptr;
-      auto m = std::make_shared<MoeLayer>(cfg, layer, *moe_init);
+      auto m = std::make_shared<MoeLayer>(cfg, layer, *moe_init, DType::f32, layout_.ep > 1 ? groups_.ep : nullptr);
+      m->set_llep(LlepConfig{r_.parallel.llep, r_.parallel.llep_threshold});
       moe_.push_back({layer, m.get()});
       return m;
     };
     model_ = std::make_unique<TransformerLM>(cfg, uint64_t(r_.train.seed), factory);
     model_->train();
+    // Expert-parallel parameters (this rank's slices of the routed experts) apart from the
+    // replicated ones: their grads, norms and checkpoint entries are handled per EP group.
+    std::set<const TensorImpl*> sharded;
+    for (auto& m : moe_)
+      if (m.moe->expert_parallel())
+        for (const Tensor* t : {&m.moe->experts().w1(), &m.moe->experts().w3(), &m.moe->experts().w2()})
+          sharded.insert(t->impl());
+    for (auto& [name, p] : model_->named_parameters()) {
+      if (sharded.count(p.impl())) {
+        expert_params_.push_back(p);
+        expert_names_.insert(name);
+      } else {
+        dense_params_.push_back(p);
+      }
+    }
     if (comm_->size() > 1) {
       for (auto& m : moe_)
         m.moe->balancer().set_load_reducer([c = comm_](const std::vector<double>& v) {
@@ -299,49 +321,14 @@ class Trainer {
     }
   }
 
-  // Averages the gradients over the data-parallel world in buckets (parameters in model
-  // order). A parameter whose grad is undefined on every rank keeps it undefined (as in one
-  // process); defined on some rank, the missing ones count as zeros.
+  // The gradient of the single-process loss (the mean over ranks of each rank's mean loss):
+  // replicated parameters average their grads over the world. An expert slice's grad already
+  // sums the contributions of the EP group's tokens (their rows came to this rank), so it is
+  // summed over the DP group (the ranks holding the same experts) and divided by the world size.
   void average_gradients() {
     if (comm_->size() == 1) return;
-    std::vector<Tensor> params = model_->parameters();
-    if (params.empty()) return;
-    const DType dt = params[0].dtype();
-    for (auto& p : params)
-      MOE_CHECK(p.dtype() == dt, "data-parallel gradient all-reduce", "parameters of mixed dtypes");
-    std::vector<double> defined(params.size());
-    for (size_t i = 0; i < params.size(); ++i) defined[i] = params[i].grad().defined() ? 1.0 : 0.0;
-    comm_->all_reduce_sum(defined);
-    dispatch_float(dt, "data-parallel gradient all-reduce", [&](auto tag) {
-      using T = decltype(tag);
-      std::vector<T> buf;
-      for (size_t i = 0; i < params.size();) {
-        size_t j = i, n = 0;
-        while (j < params.size() && (j == i || n + size_t(params[j].numel()) <= kGradBucket)) n += size_t(params[j++].numel());
-        buf.assign(n, T(0));
-        size_t off = 0;
-        for (size_t k = i; k < j; ++k) {
-          Tensor g = params[k].grad();
-          if (g.defined()) {
-            Tensor gc = g.contiguous();
-            std::copy(gc.data<T>(), gc.data<T>() + gc.numel(), buf.data() + off);
-          }
-          off += size_t(params[k].numel());
-        }
-        comm_->all_reduce_avg(buf.data(), n);
-        off = 0;
-        for (size_t k = i; k < j; ++k) {
-          if (defined[k] > 0) {
-            Tensor g = Tensor::empty(params[k].shape(), dt);
-            std::copy(buf.data() + off, buf.data() + off + size_t(params[k].numel()), g.data<T>());
-            params[k].set_grad(g);
-          }
-          off += size_t(params[k].numel());
-        }
-        i = j;
-      }
-      return 0;
-    });
+    all_reduce_grads(dense_params_, *comm_, 1.0 / double(comm_->size()));
+    all_reduce_grads(expert_params_, *groups_.dp, 1.0 / double(comm_->size()));
   }
 
   StepResult train_step(double lr) {
@@ -380,8 +367,10 @@ class Trainer {
       mul_scalar(lo.total, inv).backward();
     }
     average_gradients();  // every rank now holds the same global-batch gradient
-    auto params = model_->parameters();
-    sr.grad_norm = clip_grad_norm(params, r_.optim.grad_clip);
+    if (layout_.ep > 1)
+      sr.grad_norm = clip_grad_norm_expert_parallel(dense_params_, expert_params_, *groups_.ep, r_.optim.grad_clip);
+    else
+      sr.grad_norm = clip_grad_norm(model_->parameters(), r_.optim.grad_clip);
     if (!std::isfinite(sr.grad_norm)) {
       sr.finite = false;
       sr.what = "gradient norm";
@@ -393,6 +382,10 @@ class Trainer {
     }
     optim_->zero_grad();
     update_balancers();
+    for (auto& m : moe_) {
+      sr.phases += m.moe->take_phase_times();
+      sr.ep += m.moe->take_llep_stats();
+    }
     return sr;
   }
 
@@ -456,7 +449,10 @@ class Trainer {
     return kTrainDiverged;
   }
 
-  void log_step(const StepResult& sr, double lr, double tps, double eta) {
+  // phases, llep: rank 0's MoE phase seconds and LLEP's moves over the `steps` steps since the
+  // last logged row; the row holds their means per step.
+  void log_step(const StepResult& sr, double lr, double tps, double eta, const MoePhaseTimes& phases,
+                const MoeLayer::LlepStats& llep, int64_t steps) {
     MetricsRow row;
     row.add("kind", std::string("train"))
         .add("step", step_)
@@ -466,6 +462,18 @@ class Trainer {
         .add("tokens_per_s", tps)
         .add("tokens_seen", tokens_seen_);
     for (auto& [k, v] : sr.extra) row.add(k, v);
+    if (!moe_.empty() && steps > 0) {
+      row.add("ep_dispatch_s", phases.dispatch / double(steps))
+          .add("ep_expert_s", phases.expert / double(steps))
+          .add("ep_combine_s", phases.combine / double(steps));
+      if (llep.forwards > 0) {  // expert parallelism: max / mean rank load, means over layer forwards
+        row.add("ep_load_imbalance", llep.owner_imbalance / double(llep.forwards));
+        if (r_.parallel.llep)
+          row.add("ep_compute_imbalance", llep.compute_imbalance / double(llep.forwards))
+              .add("llep_rebalanced", double(llep.rebalanced) / double(steps))
+              .add("llep_moved_rows", double(llep.moved_rows) / double(steps));
+      }
+    }
     double worst = 0;
     for (auto& [layer, v] : last_maxvio_) {
       row.add("layer_" + std::to_string(layer) + ".maxvio", v);
@@ -555,17 +563,22 @@ class Trainer {
 
   // ---------------------------------------------------------------- checkpoints
 
-  Checkpoint make_checkpoint() const {
+  // The whole run's checkpoint from rank 0's state; `experts` (gather_experts) replaces its
+  // expert slices by the full tensors under their global expert index.
+  Checkpoint make_checkpoint(const std::map<std::string, Tensor>& experts) const {
     Checkpoint c;
     c.meta.step = step_;
     c.meta.tokens_seen = tokens_seen_;
     c.meta.recipe = resolved_toml(r_);
     c.meta.strings["backend"] = "cpu";
-    c.meta.world_size = c.meta.dp_size = comm_->size();
+    c.meta.world_size = comm_->size();
+    c.meta.dp_size = layout_.dp;
+    c.meta.ep_size = layout_.ep;
     for (auto& [name, p] : model_->named_parameters()) c.tensors["model/" + name] = p.clone();
     for (auto& [name, t] : optim_->exp_avg()) c.tensors["optim/exp_avg/" + name] = t;
     for (auto& [name, t] : optim_->exp_avg_sq()) c.tensors["optim/exp_avg_sq/" + name] = t;
     for (auto& [name, t] : optim_->steps()) c.tensors["optim/step/" + name] = t;
+    for (auto& [key, t] : experts) c.tensors.at(key) = t;
     std::vector<int64_t> rng;
     for (auto& m : moe_) {
       std::string g = "balance/layer_" + std::to_string(m.layer) + "/";
@@ -599,15 +612,42 @@ class Trainer {
     }
   }
 
-  // Rank 0 writes; with data parallelism the other ranks' state (parameters, optimizer,
-  // balancers, RNG offsets, the global data cursor) is identical to rank 0's, so its files are
-  // the whole run's. The barrier keeps every rank from going on (or exiting) before the
-  // checkpoint, DONE marker included, is complete.
+  // Rank 0 of the first EP group receives the expert slices (parameters and AdamW moments) of
+  // its group, in rank order = expert order: {checkpoint key: full [E, ...] tensor}. A
+  // collective of that group (the other groups hold the same experts); empty on other ranks.
+  std::map<std::string, Tensor> gather_experts() const {
+    std::map<std::string, Tensor> out;
+    if (expert_names_.empty() || layout_.dp_rank != 0) return out;
+    const auto m = optim_->exp_avg(), v = optim_->exp_avg_sq();
+    for (auto& [name, p] : model_->named_parameters()) {
+      if (!expert_names_.count(name)) continue;
+      for (auto& [key, t] : {std::pair{"model/" + name, p}, std::pair{"optim/exp_avg/" + name, m.at(name)},
+                             std::pair{"optim/exp_avg_sq/" + name, v.at(name)}}) {
+        Tensor tc = t.contiguous();
+        Shape shape = tc.shape();
+        shape[0] *= layout_.ep;
+        dispatch_float(tc.dtype(), "checkpoint expert gather", [&](auto tag) {
+          using T = decltype(tag);
+          std::vector<T> all = groups_.ep->gather(tc.data<T>(), size_t(tc.numel()), 0);
+          if (!all.empty()) out[key] = Tensor::from_vector<T>(all, shape);
+          return 0;
+        });
+      }
+    }
+    return out;
+  }
+
+  // Rank 0 writes; the other ranks' replicated state (parameters, optimizer, balancers, RNG
+  // offsets, the global data cursor) is identical to rank 0's, and the experts held elsewhere
+  // reach rank 0 first (gather_experts), so its file is the whole run's. The barrier keeps
+  // every rank from going on (or exiting) before the checkpoint, DONE marker included, is
+  // complete.
   void save_checkpoint() {
     note_rank_local_balancers();
+    const std::map<std::string, Tensor> experts = gather_experts();
     if (root_) {
       routing_log_.flush();
-      fs::path dir = write_checkpoint(run_dir_, step_, make_checkpoint(), int(r_.checkpoint.keep));
+      fs::path dir = write_checkpoint(run_dir_, step_, make_checkpoint(experts), int(r_.checkpoint.keep));
       out_ << "checkpoint: " << dir.string() << std::endl;
     }
     comm_->barrier();
@@ -623,16 +663,23 @@ class Trainer {
     }
     const Checkpoint& c = *ck;
     NoGradGuard ng;
+    // Experts are stored under their global index whatever the layout that wrote them: an
+    // expert-parallel rank takes its slice of rows [first, first + E/ep) along dim 0.
+    auto slice_of = [&](const std::string& name, const Tensor& t, const Tensor& p) {
+      if (!expert_names_.count(name)) return t;
+      const int64_t El = p.size(0), first = El * layout_.ep_rank;
+      MOE_CHECK(t.dim() == p.dim() && t.size(0) == El * layout_.ep, c.source.string().c_str(), "expert tensor '", name,
+                "' has shape ", t.shape_str(), " in the checkpoint, expected ", El * layout_.ep, " experts");
+      return t.slice(0, first, first + El).contiguous();
+    };
+    std::map<std::string, Tensor> m, v, s;
     for (auto& [name, p] : model_->named_parameters()) {
-      const Tensor& t = c.tensor("model/" + name);
+      const Tensor t = slice_of(name, c.tensor("model/" + name), p);
       MOE_CHECK(t.shape() == p.shape(), c.source.string().c_str(), "parameter '", name, "' has shape ", t.shape_str(),
                 " in the checkpoint but ", p.shape_str(), " in the recipe's model");
       p.copy_(t);
-    }
-    std::map<std::string, Tensor> m, v, s;
-    for (auto& [name, p] : model_->named_parameters()) {
-      m[name] = c.tensor("optim/exp_avg/" + name);
-      v[name] = c.tensor("optim/exp_avg_sq/" + name);
+      m[name] = slice_of(name, c.tensor("optim/exp_avg/" + name), p);
+      v[name] = slice_of(name, c.tensor("optim/exp_avg_sq/" + name), p);
       s[name] = c.tensor("optim/step/" + name);
     }
     optim_->load_state(m, v, s);
@@ -657,6 +704,7 @@ class Trainer {
 
   void print_header() {
     int64_t total = model_->num_parameters();
+    for (const Tensor& p : expert_params_) total += p.numel() * (layout_.ep - 1);  // the other ranks' experts
     out_ << "moetrain: run " << run_dir_ << " | " << total << " parameters";
     if (!moe_.empty()) {
       out_ << " | " << moe_.size() << " MoE layers, E = " << r_.model.moe.num_experts << ", k = " << r_.model.moe.top_k
@@ -664,7 +712,11 @@ class Trainer {
     }
     out_ << " | data " << train_data_->description() << " (" << train_data_->size() << " tokens)"
          << " | " << r_.train.steps << " steps of " << r_.train.batch_size << " x " << r_.train.seq_len << " tokens";
-    if (comm_->size() > 1) out_ << " | data parallel over " << comm_->size() << " ranks (" << comm_->backend() << ")";
+    if (comm_->size() > 1 && layout_.ep == 1)
+      out_ << " | data parallel over " << comm_->size() << " ranks (" << comm_->backend() << ")";
+    else if (comm_->size() > 1)
+      out_ << " | " << comm_->size() << " ranks: data parallel " << layout_.dp << " x expert parallel " << layout_.ep
+           << ", " << layout_.experts_per_rank << " experts per rank (" << comm_->backend() << ")";
     out_ << std::endl;
   }
 
@@ -681,7 +733,10 @@ class Trainer {
   LrScheduleConfig schedule_;
   std::unique_ptr<Sampler> sampler_;
   int64_t micro_batch_ = 0;
+  ProcessGroups groups_;
   ParallelLayout layout_;
+  std::vector<Tensor> dense_params_, expert_params_;  // model order; expert_params_: this rank's slices
+  std::set<std::string> expert_names_;
   RoutingLog routing_log_;
   std::unique_ptr<MetricsLog> metrics_;
   std::map<int, double> last_maxvio_;

@@ -68,7 +68,8 @@ std::vector<std::string> loss_rows(const fs::path& dir) {
     std::stringstream ss(line);
     std::string field;
     while (std::getline(ss, field, ','))
-      if (field.find("tokens_per_s") == std::string::npos) out += field + ",";
+      if (field.find("tokens_per_s") == std::string::npos && field.find("_s\":") == std::string::npos)
+        out += field + ",";  // tokens_per_s and the seconds of the MoE phases (ep_*_s)
     rows.push_back(out);
   }
   return rows;

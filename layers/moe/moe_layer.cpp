@@ -7,7 +7,9 @@
 #include <cmath>
 
 #include "core/autograd.h"
+#include "core/cpu/activation.h"
 #include "core/cpu/elementwise.h"
+#include "parallel/communicator.h"
 
 namespace moe {
 
@@ -49,7 +51,7 @@ void validate_moe_config(const ModelConfig& cfg) {
 }
 
 MoeLayer::MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, std::unique_ptr<Balancer> balancer,
-                   DType dtype)
+                   DType dtype, std::shared_ptr<Communicator> ep_group)
     : layer_(layer_index),
       jitter_rng_(init_rng.seed(), stream_id(RngStream::jitter, 0, uint64_t(layer_index))),
       select_rng_(init_rng.seed(), stream_id(RngStream::ssr, 0, uint64_t(layer_index))) {
@@ -74,8 +76,23 @@ MoeLayer::MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, st
   router_ =
       register_module("router", std::make_shared<Router>(d_model_, outputs, parse_score_function(m.score_function),
                                                          m.jitter, cfg.init_std, init_rng, dtype));
-  experts_ = register_module(
-      "experts", std::make_shared<Experts>(num_experts_, d_model_, H, cfg.init_std, out_std, init_rng, dtype));
+  auto all_experts = std::make_shared<Experts>(num_experts_, d_model_, H, cfg.init_std, out_std, init_rng, dtype);
+  if (ep_group && ep_group->size() > 1) {
+    // Every rank draws all experts (init_rng stays in step with one process) and keeps its slice.
+    const int64_t P = ep_group->size();
+    MOE_CHECK(num_experts_ % P == 0, "parallel.ep", "value ", P, " does not divide moe.num_experts = ", num_experts_);
+    const int64_t El = num_experts_ / P;
+    first_expert_ = El * ep_group->rank();
+    Philox unused(0, 0, 0);
+    auto local = std::make_shared<Experts>(El, d_model_, H, cfg.init_std, out_std, unused, dtype);
+    NoGradGuard ng;
+    for (auto [dst, src] : {std::pair{local->w1(), all_experts->w1()}, std::pair{local->w3(), all_experts->w3()},
+                            std::pair{local->w2(), all_experts->w2()}})
+      dst.copy_(src.slice(0, first_expert_, first_expert_ + El));
+    all_experts = local;
+    ep_group_ = std::move(ep_group);
+  }
+  experts_ = register_module("experts", all_experts);
   if (m.num_shared_experts > 0)
     shared_ = register_module("shared_experts", std::make_shared<Experts>(1, d_model_, m.num_shared_experts * H,
                                                                           cfg.init_std, out_std, init_rng, dtype));
@@ -102,6 +119,74 @@ RoutingStats MoeLayer::take_step_stats() {
   RoutingStats s = step_acc_.finish(balancer_->state_vector());
   step_acc_ = RoutingAccumulator{};
   return s;
+}
+
+void MoeLayer::note_ep_work(const ExpertWork& wk) {
+  auto max_over_mean = [](const std::vector<int64_t>& l) {
+    int64_t sum = 0, top = 0;
+    for (int64_t v : l) sum += v, top = std::max(top, v);
+    return sum > 0 ? double(top) * double(l.size()) / double(sum) : 1.0;
+  };
+  llep_stats_.forwards += 1;
+  llep_stats_.rebalanced += wk.rebalanced ? 1 : 0;
+  llep_stats_.moved_rows += wk.moved_rows;
+  llep_stats_.owner_imbalance += max_over_mean(wk.owner_load);
+  llep_stats_.compute_imbalance += max_over_mean(wk.compute_load);
+}
+
+// Dispatch, experts, combine; in training each phase is timed forward and backward (markers at
+// the phase boundaries: see MoePhaseClock). Under expert parallelism the rows of other ranks'
+// experts travel to them and back (ep_dispatch / ep_return), a collective of the EP group.
+Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, const std::vector<int64_t>& kept) {
+  using Clock = MoePhaseClock::Clock;
+  const bool timed = training() && grad_enabled();
+  std::shared_ptr<MoePhaseClock> clock = clock_;
+  auto mark = [&](const Tensor& t, std::function<void()> f) { return timed ? backward_marker(t, std::move(f)) : t; };
+  auto since = [](Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); };
+  const int64_t A = r.expert.numel();
+
+  Clock::time_point t0 = Clock::now();
+  Tensor xin = mark(x2, [clock] { clock->close_backward(MoePhaseClock::dispatch); });
+  DispatchPlanPtr plan = make_dispatch_plan(r.token, r.expert, kept, x2.size(0), num_experts_);
+  if (training()) routing_seconds_ += since(t0);  // routing_time_s includes the dispatch plan
+  Tensor xs = permute_tokens(xin, plan);
+  EpExchangePlanPtr ep_plan;
+  std::vector<int64_t> offsets = plan->offsets;
+  Tensor w1, w3, w2;  // LLEP: the weights of every compute slot, borrowed experts included
+  if (ep_group_) {
+    ep_plan = make_ep_exchange_plan(plan->offsets, *ep_group_, llep_);
+    last_ep_plan_ = ep_plan;
+    xs = ep_dispatch(xs, ep_plan, ep_group_);
+    offsets = ep_plan->local_offsets;
+    if (ep_plan->work.rebalanced) {  // identical on every rank: all take part in the lending
+      w1 = ep_slot_weights(experts_->w1(), ep_plan, ep_group_);
+      w3 = ep_slot_weights(experts_->w3(), ep_plan, ep_group_);
+      w2 = ep_slot_weights(experts_->w2(), ep_plan, ep_group_);
+    }
+    if (training()) note_ep_work(ep_plan->work);
+  }
+  xs = mark(xs, [clock] { clock->close_backward(MoePhaseClock::expert); });
+  if (timed) clock->add(MoePhaseClock::dispatch, since(t0));
+
+  t0 = Clock::now();
+  Tensor ys;
+  if (w1.defined()) {  // Experts::forward with the slot weights
+    Tensor xw = xs.dtype() == w1.dtype() ? xs : xs.to(w1.dtype());
+    ys = grouped_matmul(swiglu(grouped_matmul(xw, w1, offsets), grouped_matmul(xw, w3, offsets)), w2, offsets);
+  } else {
+    ys = experts_->forward(xs, offsets);
+  }
+  ys = mark(ys, [clock] { clock->close_backward(MoePhaseClock::combine); });
+  if (timed) clock->add(MoePhaseClock::expert, since(t0));
+
+  t0 = Clock::now();
+  if (ep_group_) ys = ep_return(ys, ep_plan, ep_group_);
+  // Gates arrive renormalized and scaled by router.scale (the Balancer contract).
+  Tensor gate = r.gate.dtype() == ys.dtype() ? r.gate : r.gate.to(ys.dtype());
+  Tensor out = unpermute_combine(ys, gate.reshape({A}), plan);
+  out = mark(out, [clock] { clock->start_backward(); });
+  if (timed) clock->add(MoePhaseClock::combine, since(t0));
+  return out;
 }
 
 Tensor MoeLayer::forward(const Tensor& x) {
@@ -135,13 +220,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   }
 
   CapacityResult cap = apply_capacity(r, T, top_k_, E, capacity_factor_, drop_policy_);
-  DispatchPlanPtr plan = make_dispatch_plan(r.token, r.expert, cap.kept, T, E);
   if (training()) routing_seconds_ += std::chrono::duration<double>(Clock::now() - routing_start).count();
-  Tensor xs = permute_tokens(x2, plan);
-  Tensor ys = experts_->forward(xs, plan->offsets);
-  // Gates arrive renormalized and scaled by router.scale (the Balancer contract).
-  Tensor gate = r.gate.dtype() == ys.dtype() ? r.gate : r.gate.to(ys.dtype());
-  Tensor out = unpermute_combine(ys, gate.reshape({A}), plan);
+  Tensor out = dispatch_experts_combine(x2, r, cap.kept);  // adds the dispatch plan's time to routing_seconds_
   if (shared_) out = add(out, shared_->forward_all(x2));
 
   {

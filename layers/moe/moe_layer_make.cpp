@@ -4,7 +4,9 @@
 
 namespace moe {
 
-MoeLayer::MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, DType dtype)
-    : MoeLayer(cfg, layer_index, init_rng, (validate_moe_config(cfg), make_balancer(cfg.moe)), dtype) {}
+MoeLayer::MoeLayer(const ModelConfig& cfg, int layer_index, Philox& init_rng, DType dtype,
+                   std::shared_ptr<Communicator> ep_group)
+    : MoeLayer(cfg, layer_index, init_rng, (validate_moe_config(cfg), make_balancer(cfg.moe)), dtype,
+               std::move(ep_group)) {}
 
 }  // namespace moe

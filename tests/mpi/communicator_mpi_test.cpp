@@ -72,6 +72,74 @@ TEST(MpiCommunicator, AllGatherInRankOrder) {
   for (int q = 0; q < n; ++q) EXPECT_EQ(gu[size_t(q)], 1000u + uint64_t(q));
 }
 
+TEST(MpiCommunicator, GatherToTheLastRankOnly) {
+  auto w = world();
+  const int r = w->rank(), n = w->size(), root = n - 1;
+  float f[2] = {float(r) + 0.5f, -float(r)};
+  double d[3] = {double(r), 7.0 * r, 0.25};
+  std::vector<float> gf = w->gather(f, 2, root);
+  std::vector<double> gd = w->gather(d, 3, root);
+  if (r != root) {
+    EXPECT_TRUE(gf.empty());
+    EXPECT_TRUE(gd.empty());
+  } else {
+    ASSERT_EQ(gf.size(), size_t(2 * n));
+    ASSERT_EQ(gd.size(), size_t(3 * n));
+    for (int q = 0; q < n; ++q) {
+      EXPECT_EQ(gf[size_t(2 * q)], float(q) + 0.5f);
+      EXPECT_EQ(gf[size_t(2 * q + 1)], -float(q));
+      EXPECT_EQ(gd[size_t(3 * q)], q);
+      EXPECT_EQ(gd[size_t(3 * q + 1)], 7.0 * q);
+      EXPECT_EQ(gd[size_t(3 * q + 2)], 0.25);
+    }
+  }
+  EXPECT_THROW(w->gather(d, 3, n), Error);
+}
+
+// A backend without its own gather (as NCCL): Communicator's default, an all_gather kept on root.
+class GatherlessComm final : public Communicator {
+ public:
+  explicit GatherlessComm(std::shared_ptr<Communicator> w) : w_(std::move(w)) {}
+  int rank() const override { return w_->rank(); }
+  int size() const override { return w_->size(); }
+  std::string backend() const override { return "test"; }
+  void all_reduce_sum(double* d, size_t n) override { w_->all_reduce_sum(d, n); }
+  void all_reduce_sum(float* d, size_t n) override { w_->all_reduce_sum(d, n); }
+  void all_reduce_max(double* d, size_t n) override { w_->all_reduce_max(d, n); }
+  std::vector<double> all_gather(const double* d, size_t n) override { return w_->all_gather(d, n); }
+  std::vector<uint64_t> all_gather(const uint64_t* d, size_t n) override { return w_->all_gather(d, n); }
+  void broadcast(double* d, size_t n, int root) override { w_->broadcast(d, n, root); }
+  void broadcast(uint64_t* d, size_t n, int root) override { w_->broadcast(d, n, root); }
+  void alltoallv(const float* s, const std::vector<int64_t>& sc, float* r, const std::vector<int64_t>& rc) override {
+    w_->alltoallv(s, sc, r, rc);
+  }
+  void alltoallv(const double* s, const std::vector<int64_t>& sc, double* r, const std::vector<int64_t>& rc) override {
+    w_->alltoallv(s, sc, r, rc);
+  }
+  void barrier() override { w_->barrier(); }
+  std::shared_ptr<Communicator> split(int color, int key) override { return w_->split(color, key); }
+
+ private:
+  std::shared_ptr<Communicator> w_;
+};
+
+TEST(MpiCommunicator, DefaultGatherOfABackendWithoutOne) {
+  GatherlessComm c(world());
+  const int r = c.rank(), n = c.size();
+  float f[2] = {float(r) - 0.25f, 3.0f * float(r)};
+  std::vector<float> g = c.gather(f, 2, 0);
+  if (r != 0) {
+    EXPECT_TRUE(g.empty());
+  } else {
+    ASSERT_EQ(g.size(), size_t(2 * n));
+    for (int q = 0; q < n; ++q) {
+      EXPECT_EQ(g[size_t(2 * q)], float(q) - 0.25f);
+      EXPECT_EQ(g[size_t(2 * q + 1)], 3.0f * float(q));
+    }
+  }
+  EXPECT_THROW(c.gather(f, 2, -1), Error);
+}
+
 TEST(MpiCommunicator, BroadcastFromLastRank) {
   auto w = world();
   const int root = w->size() - 1;

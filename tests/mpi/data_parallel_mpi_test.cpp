@@ -16,64 +16,18 @@
 #include "parallel/communicator.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
-#include "tests/tiny_corpus.h"
+#include "tests/mpi/mpi_train_helpers.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
 
 namespace {
-
-constexpr int64_t kSteps = 20;
-
-// The tiny corpus of tests/tiny_corpus.h, prepared once by rank 0.
-std::string corpus_dir(Communicator& w) {
-  std::string dir = (std::filesystem::path(MOE_BINARY_DIR) / "test_data" / "mpi_corpus" / "prepared").string();
-  if (w.rank() == 0) dir = test::prepare_tiny_corpus("mpi_corpus", 7);
-  w.barrier();
-  return dir;
-}
-
-// tests/trainer_test.cpp's tiny model (jitter on: the DP trainer must reproduce its draws), with
-// a global batch of 4 in 2 micro-batches (one sequence per rank and micro-batch at DP = 2).
-std::string tiny_recipe(const std::string& data, const std::string& balance, const std::string& extra = "") {
-  return "[model]\nvocab_size = 256\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
-         "[moe]\nenabled = true\nnum_experts = 4\nexpert_hidden = 32\n"
-         "[router]\ntop_k = 2\nbalance = \"" + balance + "\"\nz_loss = 1e-3\njitter = 0.01\n" + extra +
-         "[data]\ndir = \"" + data + "\"\n"
-         "[schedule]\nwarmup_steps = 2\n"
-         "[train]\nsteps = " + std::to_string(kSteps) + "\nbatch_size = 4\nseq_len = 16\ngrad_accum = 2\nseed = 5\n"
-         "[eval]\nevery = 10\nbatches = 2\n[log]\nevery = 1\n[checkpoint]\nevery = 0\nkeep = 1\n";
-}
-
-int train(const Recipe& r, const fs::path& dir, std::shared_ptr<Communicator> comm) {
-  std::ostringstream os;
-  TrainOptions o;
-  o.run_dir = dir.string();
-  o.out = &os;
-  o.comm = std::move(comm);
-  return run_training(r, o);
-}
-
-// Values of `key` in the rows of metrics.jsonl whose kind is `kind`.
-std::vector<double> metric(const fs::path& dir, const std::string& kind, const std::string& key) {
-  std::ifstream in(dir / "metrics.jsonl");
-  std::vector<double> out;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.find("\"kind\":\"" + kind + "\"") == std::string::npos &&
-        line.find("\"kind\": \"" + kind + "\"") == std::string::npos)
-      continue;
-    auto p = line.find("\"" + key + "\":");
-    if (p == std::string::npos) continue;
-    out.push_back(std::strtod(line.c_str() + p + key.size() + 3, nullptr));
-  }
-  return out;
-}
-
-void expect_rel(double a, double b, double rel, const std::string& what) {
-  EXPECT_LE(std::fabs(a - b), rel * std::max(std::fabs(a), std::fabs(b)) + 1e-9) << what << ": " << a << " vs " << b;
-}
-
+using test::corpus_dir;
+using test::expect_rel;
+using test::metric;
+using test::tiny_recipe;
+using test::train;
+constexpr int64_t kSteps = test::kMpiSteps;
 }  // namespace
 
 class DataParallel : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
@@ -84,7 +38,7 @@ TEST_P(DataParallel, ReproducesTheSingleProcessRun) {
   const auto& [balance, extra] = GetParam();
   const std::string name = balance + (extra.empty() ? "" : "_global");
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance, extra), name + ".toml");
-  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  fs::path base = test::runs_dir(*w);
   fs::path ref = base / ("single_" + name), dp = base / ("dp_" + name);
   int ref_rc = 0;
   if (w->rank() == 0) {
@@ -162,7 +116,7 @@ TEST(DataParallelStartup, RanksWithDifferentRecipesAreRefused) {
   auto w = world_communicator();
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
   r.train.seed = 5 + (w->rank() == 1 ? 1 : 0);
-  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / "mismatch";
+  fs::path dir = test::runs_dir(*w) / "mismatch";
   try {
     train(r, dir, w);
     ADD_FAILURE() << "differing recipes accepted";
@@ -176,7 +130,7 @@ TEST(DataParallelStartup, ExpertParallelSizeMustDivideTheWorld) {
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
   r.parallel.ep = w->size() + 1;
   r.model.moe.num_experts = 4 * (w->size() + 1);
-  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / "bad_ep";
+  fs::path dir = test::runs_dir(*w) / "bad_ep";
   try {
     train(r, dir, w);
     ADD_FAILURE() << "parallel.ep not dividing the world accepted";
@@ -189,7 +143,7 @@ TEST(DataParallelStartup, GlobalBatchMustSplitOverRanks) {
   auto w = world_communicator();
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
   r.train.batch_size = 2;  // 2 micro-batches x 2 ranks do not divide 2
-  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / "bad_batch";
+  fs::path dir = test::runs_dir(*w) / "bad_batch";
   try {
     train(r, dir, w);
     ADD_FAILURE() << "batch 2 at grad_accum 2 over 2 ranks accepted";
@@ -203,7 +157,7 @@ TEST(DataParallelStartup, GlobalBatchMustSplitOverRanks) {
 TEST(DataParallelResume, CheckpointsMoveBetweenWorldSizes) {
   auto w = world_communicator();
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "loss_free"), "resume.toml");
-  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  fs::path base = test::runs_dir(*w);
   fs::path straight = base / "resume_straight", dp_to_1 = base / "resume_dp_to_1", one_to_dp = base / "resume_1_to_dp";
   auto run = [&](const fs::path& dir, std::shared_ptr<Communicator> c, const std::string& resume, int64_t stop) {
     std::ostringstream os;
@@ -261,7 +215,7 @@ TEST_P(DataParallelRankLocal, EqualsOneProcessWithWTimesTheMicroBatches) {
   r.eval.every = 0;
   Recipe single = r;
   single.train.grad_accum = r.train.grad_accum * w->size();
-  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  fs::path base = test::runs_dir(*w);
   fs::path ref = base / ("single_" + name), dp = base / ("dp_" + name);
   int ref_rc = 0;
   if (w->rank() == 0) {
@@ -297,7 +251,7 @@ TEST(DataParallelRankLocalState, BipStateDriftsAndIsReported) {
     Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance, "[balance]\nscope = \"local\"\n"), "drift.toml");
     r.train.steps = 4;
     r.eval.every = 0;
-    fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / ("drift_" + balance);
+    fs::path dir = test::runs_dir(*w) / ("drift_" + balance);
     if (w->rank() == 0) fs::remove_all(dir);
     w->barrier();
     std::ostringstream os;
