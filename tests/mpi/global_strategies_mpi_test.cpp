@@ -12,60 +12,25 @@
 #include "parallel/communicator.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
-#include "tests/tiny_corpus.h"
+#include "tests/mpi/mpi_train_helpers.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
 
 namespace {
 
-constexpr int64_t kSteps = 20;
+using test::expect_rel;
+using test::metric;
+constexpr int64_t kSteps = test::kMpiSteps;
 
-std::string corpus(Communicator& w) {
-  std::string dir = (fs::path(MOE_BINARY_DIR) / "test_data" / "mpi_corpus" / "prepared").string();
-  if (w.rank() == 0) dir = test::prepare_tiny_corpus("mpi_corpus", 7);
-  w.barrier();
-  return dir;
-}
-
-// The tiny model of the data-parallel tests (jitter on), global batch 4 in 2 micro-batches:
-// one sequence per rank and micro-batch at DP = 2, two in the single process.
+// The data-parallel tests' tiny model with balance.scope = "global": global batch 4 in 2
+// micro-batches, one sequence per rank and micro-batch at DP = 2, two in the single process.
 std::string recipe_text(const std::string& data, const std::string& balance, const std::string& extra) {
-  return "[model]\nvocab_size = 256\nd_model = 32\nn_layers = 2\nn_heads = 2\n"
-         "[moe]\nenabled = true\nnum_experts = 4\nexpert_hidden = 32\n"
-         "[router]\ntop_k = 2\nbalance = \"" + balance + "\"\nz_loss = 1e-3\njitter = 0.01\n"
-         "[balance]\nscope = \"global\"\n" + extra +
-         "[data]\ndir = \"" + data + "\"\n"
-         "[schedule]\nwarmup_steps = 2\n"
-         "[train]\nsteps = " + std::to_string(kSteps) + "\nbatch_size = 4\nseq_len = 16\ngrad_accum = 2\nseed = 5\n"
-         "[eval]\nevery = 10\nbatches = 2\n[log]\nevery = 1\n[checkpoint]\nevery = 0\nkeep = 1\n";
+  return test::tiny_recipe(data, balance, "[balance]\nscope = \"global\"\n" + extra);
 }
 
 int train(const Recipe& r, const fs::path& dir, std::shared_ptr<Communicator> comm, std::ostream& os) {
-  TrainOptions o;
-  o.run_dir = dir.string();
-  o.out = &os;
-  o.comm = std::move(comm);
-  return run_training(r, o);
-}
-
-std::vector<double> metric(const fs::path& dir, const std::string& kind, const std::string& key) {
-  std::ifstream in(dir / "metrics.jsonl");
-  std::vector<double> out;
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.find("\"kind\":\"" + kind + "\"") == std::string::npos &&
-        line.find("\"kind\": \"" + kind + "\"") == std::string::npos)
-      continue;
-    auto p = line.find("\"" + key + "\":");
-    if (p == std::string::npos) continue;
-    out.push_back(std::strtod(line.c_str() + p + key.size() + 3, nullptr));
-  }
-  return out;
-}
-
-void expect_rel(double a, double b, double rel, const std::string& what) {
-  EXPECT_LE(std::fabs(a - b), rel * std::max(std::fabs(a), std::fabs(b)) + 1e-9) << what << ": " << a << " vs " << b;
+  return test::train(r, dir, std::move(comm), "", 0, &os);
 }
 
 struct Strategy {
@@ -81,8 +46,8 @@ TEST_P(GlobalScope, DataParallelReproducesTheSingleProcessRun) {
   auto w = world_communicator();
   ASSERT_GE(w->size(), 2);
   const Strategy& st = GetParam();
-  Recipe r = parse_recipe(recipe_text(corpus(*w), st.balance, st.extra), "global_" + st.name + ".toml");
-  fs::path base = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi";
+  Recipe r = parse_recipe(recipe_text(test::corpus_dir(*w), st.balance, st.extra), "global_" + st.name + ".toml");
+  fs::path base = test::runs_dir(*w);
   fs::path ref = base / ("single_global_" + st.name), dp = base / ("dp_global_" + st.name);
   int ref_rc = 0;
   std::ostringstream ref_out, dp_out;
@@ -162,11 +127,11 @@ INSTANTIATE_TEST_SUITE_P(
 // passing because the batch coupling has no effect on this model): BIP's q differs across ranks.
 TEST(GlobalScopeContrast, LocalScopeOfBipDiffersAcrossRanks) {
   auto w = world_communicator();
-  Recipe r = parse_recipe(recipe_text(corpus(*w), "bip", ""), "local_bip.toml");
+  Recipe r = parse_recipe(recipe_text(test::corpus_dir(*w), "bip", ""), "local_bip.toml");
   r.model.moe.balance.scope = "local";
   r.train.steps = 4;
   r.eval.every = 0;
-  fs::path dir = fs::path(MOE_BINARY_DIR) / "test_runs" / "mpi" / "contrast_local_bip";
+  fs::path dir = test::runs_dir(*w) / "contrast_local_bip";
   if (w->rank() == 0) fs::remove_all(dir);
   w->barrier();
   std::ostringstream os;
