@@ -63,23 +63,7 @@ TEST_P(GlobalScope, DataParallelReproducesTheSingleProcessRun) {
   // At the final checkpoint the trainer compares the ranks' balancer states (a hash): equal.
   EXPECT_EQ(dp_out.str().find("differs across data-parallel ranks"), std::string::npos) << dp_out.str();
 
-  auto la = metric(ref, "train", "loss"), lb = metric(dp, "train", "loss");
-  ASSERT_EQ(la.size(), size_t(kSteps));
-  ASSERT_EQ(lb.size(), size_t(kSteps));
-  for (size_t i = 0; i < la.size(); ++i) expect_rel(la[i], lb[i], 1e-5, "train loss at step " + std::to_string(i + 1));
-  EXPECT_LT(la.back(), la.front() - 0.1);
-  auto ga = metric(ref, "train", "grad_norm"), gb = metric(dp, "train", "grad_norm");
-  ASSERT_EQ(ga.size(), gb.size());
-  for (size_t i = 0; i < ga.size(); ++i) expect_rel(ga[i], gb[i], 1e-4, "grad_norm at step " + std::to_string(i + 1));
-  auto va = metric(ref, "eval", "val_loss"), vb = metric(dp, "eval", "val_loss");
-  ASSERT_EQ(va.size(), 2u);
-  ASSERT_EQ(vb.size(), 2u);
-  for (size_t i = 0; i < va.size(); ++i) expect_rel(va[i], vb[i], 1e-5, "val_loss " + std::to_string(i));
-  auto ma = metric(ref, "train", "layer_1.maxvio"), mb = metric(dp, "train", "layer_1.maxvio");
-  ASSERT_EQ(ma.size(), size_t(kSteps));
-  ASSERT_EQ(mb.size(), size_t(kSteps));
-  for (size_t i = 0; i < ma.size(); ++i)
-    expect_rel(ma[i], mb[i], 1e-9, "layer_1.maxvio at step " + std::to_string(i + 1));
+  test::expect_runs_match(ref, dp);
 
   auto xa = metric(ref, "train", "layer_1.aux_unscaled"), xb = metric(dp, "train", "layer_1.aux_unscaled");
   ASSERT_EQ(xa.size(), xb.size());  // the strategies with an aux term: its logged value (mean over ranks)

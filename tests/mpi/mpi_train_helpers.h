@@ -83,4 +83,28 @@ inline void expect_rel(double a, double b, double rel, const std::string& what) 
   EXPECT_LE(std::fabs(a - b), rel * std::max(std::fabs(a), std::fabs(b)) + 1e-9) << what << ": " << a << " vs " << b;
 }
 
+// A parallel run `other` against the single-process run `ref` of the same recipe (kMpiSteps
+// steps, log every step, evals at 10 and 20): train losses to 1e-5 relative (and they must fall,
+// so two constants cannot pass), grad norms to 1e-4, eval losses to 1e-5, and layer 1's MaxVio of
+// the all-reduced loads to 1e-9.
+inline void expect_runs_match(const std::filesystem::path& ref, const std::filesystem::path& other) {
+  const size_t steps = size_t(kMpiSteps);
+  auto la = metric(ref, "train", "loss"), lb = metric(other, "train", "loss");
+  ASSERT_EQ(la.size(), steps);
+  ASSERT_EQ(lb.size(), steps);
+  for (size_t i = 0; i < steps; ++i) expect_rel(la[i], lb[i], 1e-5, "train loss at step " + std::to_string(i + 1));
+  EXPECT_LT(la.back(), la.front() - 0.1);
+  auto ga = metric(ref, "train", "grad_norm"), gb = metric(other, "train", "grad_norm");
+  ASSERT_EQ(ga.size(), gb.size());
+  for (size_t i = 0; i < ga.size(); ++i) expect_rel(ga[i], gb[i], 1e-4, "grad_norm at step " + std::to_string(i + 1));
+  auto va = metric(ref, "eval", "val_loss"), vb = metric(other, "eval", "val_loss");
+  ASSERT_EQ(va.size(), 2u);
+  ASSERT_EQ(vb.size(), 2u);
+  for (size_t i = 0; i < va.size(); ++i) expect_rel(va[i], vb[i], 1e-5, "val_loss " + std::to_string(i));
+  auto ma = metric(ref, "train", "layer_1.maxvio"), mb = metric(other, "train", "layer_1.maxvio");
+  ASSERT_EQ(ma.size(), steps);
+  ASSERT_EQ(mb.size(), steps);
+  for (size_t i = 0; i < steps; ++i) expect_rel(ma[i], mb[i], 1e-9, "layer_1.maxvio (all-reduced loads)");
+}
+
 }  // namespace moe::test
