@@ -82,3 +82,25 @@ TEST(AttentionBshd, ShapeErrorsNameOpAndShapes) {
         << e.what();
   }
 }
+
+TEST(AttentionBshd, SavedAndRecomputedProbabilitiesAgree) {
+  // The backward reads the forward's P when it fits the budget and recomputes it from the
+  // logsumexp otherwise: both give the same grads (to rounding), and both pass a gradient check.
+  const Shape s{2, 70, 3, 5};
+  Tensor q = randn_f64(s, 51), k = randn_f64(s, 52), v = randn_f64(s, 53), seed = randn_f64(s, 54, 1.0, false);
+  auto grads = [&](int64_t budget) {
+    const int64_t prev = set_attention_saved_probs_budget(budget);
+    std::vector<Tensor> in{q.detach().clone().set_requires_grad(true), k.detach().clone().set_requires_grad(true),
+                           v.detach().clone().set_requires_grad(true)};
+    causal_attention_bshd(in[0], in[1], in[2]).backward(seed);
+    set_attention_saved_probs_budget(prev);
+    return std::vector<Tensor>{in[0].grad(), in[1].grad(), in[2].grad()};
+  };
+  std::vector<Tensor> kept = grads(int64_t(1) << 30), recomputed = grads(0);
+  for (int i = 0; i < 3; ++i) expect_close(kept[i].to_double_vector(), recomputed[i].to_double_vector(), 1e-12, "grad");
+  const int64_t prev = set_attention_saved_probs_budget(0);
+  EXPECT_GRADCHECK([](const std::vector<Tensor>& x) { return causal_attention_bshd(x[0], x[1], x[2]); },
+                   {randn_f64({1, 67, 2, 3}, 55), randn_f64({1, 67, 2, 3}, 56), randn_f64({1, 67, 2, 3}, 57)}, 1e-6,
+                   1e-7, 1e-5);
+  set_attention_saved_probs_budget(prev);
+}

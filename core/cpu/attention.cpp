@@ -1,12 +1,13 @@
 // Causal scaled dot-product attention on the CPU: per (batch, head), row blocks of queries see only
 // the keys up to the block's last row, so the masked upper triangle is (mostly) never computed.
-// Forward saves the per-row logsumexp, not P; backward recomputes P block by block from it.
+// Training keeps P when it is small (else the per-row logsumexp, and backward recomputes P).
 #include "core/cpu/attention.h"
 
 #include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -98,12 +99,16 @@ bool strided_layout(const Tensor& t, Layout& l) {
 
 // One head's forward: o = softmax(scale q k^T + mask) v, lse[r] = log sum_j exp(scale q_r k_j), j <= r.
 // q, k, v, o are [S, D] matrices with leading dimensions lq, lk, lv, lo.
+// When `saved` is given, each block's P [m, n] is written there, blocks back to back
+// (saved_probs_per_head elements), for the backward to reuse instead of recomputing it.
 template <class T>
 void head_forward(const Dims& d, const T* q, int64_t lq, const T* k, int64_t lk, const T* v, int64_t lv, T* o,
-                  int64_t lo, T* lse, T* scores) {
+                  int64_t lo, T* lse, T* scratch, T* saved) {
   const int64_t S = d.S, D = d.D;
   for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
     int64_t r1 = std::min(S, r0 + kRowBlock), m = r1 - r0, n = r1;  // keys [0, r1) cover the block
+    T* scores = saved ? saved : scratch;
+    if (saved) saved += m * n;
     gemm(false, true, m, n, D, T(d.scale), q + r0 * lq, lq, k, lk, T(0), scores, n);
     for (int64_t i = 0; i < m; ++i) {
       T* row = scores + i * n;
@@ -124,9 +129,10 @@ void head_forward(const Dims& d, const T* q, int64_t lq, const T* k, int64_t lk,
 
 // One head's backward from dO, recomputing P from lse. dq, dk, dv are overwritten. q, k, v have
 // leading dimensions lq, lk, lv; dO and the three grads share lg.
+// With `saved` (the forward's P blocks), P is read from there instead of recomputed.
 template <class T>
 void head_backward(const Dims& d, const T* q, int64_t lq, const T* k, int64_t lk, const T* v, int64_t lv, const T* lse,
-                   const T* dout, T* dq, T* dk, T* dv, int64_t lg, T* p, T* dp) {
+                   const T* dout, T* dq, T* dk, T* dv, int64_t lg, T* scratch, T* dp, const T* saved) {
   const int64_t S = d.S, D = d.D;
   const T scale = T(d.scale);
   for (int64_t r = 0; r < S; ++r) {
@@ -135,17 +141,23 @@ void head_backward(const Dims& d, const T* q, int64_t lq, const T* k, int64_t lk
   }
   for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) {
     int64_t r1 = std::min(S, r0 + kRowBlock), m = r1 - r0, n = r1;
-    gemm(false, true, m, n, D, scale, q + r0 * lq, lq, k, lk, T(0), p, n);
-    for (int64_t i = 0; i < m; ++i) {
-      T* row = p + i * n;
-      int64_t valid = r0 + i + 1;
-      exp_shift_sum(row, valid, lse[r0 + i]);
-      std::fill(row + valid, row + n, T(0));
+    const T* p = saved;
+    if (saved) {
+      saved += m * n;
+    } else {
+      gemm(false, true, m, n, D, scale, q + r0 * lq, lq, k, lk, T(0), scratch, n);
+      for (int64_t i = 0; i < m; ++i) {
+        T* row = scratch + i * n;
+        int64_t valid = r0 + i + 1;
+        exp_shift_sum(row, valid, lse[r0 + i]);
+        std::fill(row + valid, row + n, T(0));
+      }
+      p = scratch;
     }
     gemm(true, false, n, D, m, T(1), p, n, dout + r0 * lg, lg, T(1), dv, lg);  // dV += P^T dO
     gemm(false, true, m, n, D, T(1), dout + r0 * lg, lg, v, lv, T(0), dp, n);  // dP = dO V^T
     for (int64_t i = 0; i < m; ++i) {                                          // dS = P (dP - rowsum(dP P))
-      T* pr = p + i * n;
+      const T* pr = p + i * n;
       T* dpr = dp + i * n;
       int64_t valid = r0 + i + 1;
       T dot = 0;
@@ -165,8 +177,17 @@ struct Operands {
   Layout q, k, v, o;
 };
 
+// Elements of one head's saved P: its row blocks [m, n] back to back.
+int64_t saved_probs_per_head(int64_t S) {
+  int64_t total = 0;
+  for (int64_t r0 = 0; r0 < S; r0 += kRowBlock) total += (std::min(S, r0 + kRowBlock) - r0) * std::min(S, r0 + kRowBlock);
+  return total;
+}
+
+std::atomic<int64_t> g_saved_probs_budget{int64_t(64) << 20};
+
 template <class T>
-void attention_forward(const Dims& d, const Operands& l, const T* q, const T* k, const T* v, T* o, T* lse) {
+void attention_forward(const Dims& d, const Operands& l, const T* q, const T* k, const T* v, T* o, T* lse, T* saved) {
   const int64_t heads = d.B * d.H;
   bool par = heads_in_parallel(heads, d.S, d.D);
   SingleThreadedBlas blas_guard(par);
@@ -177,7 +198,8 @@ void attention_forward(const Dims& d, const Operands& l, const T* q, const T* k,
     for (int64_t bh = 0; bh < heads; ++bh) {
       int64_t b = bh / d.H, h = bh % d.H;
       head_forward(d, q + l.q.at(b, h), l.q.row, k + l.k.at(b, h), l.k.row, v + l.v.at(b, h), l.v.row,
-                   o + l.o.at(b, h), l.o.row, lse + bh * d.S, scores.data());
+                   o + l.o.at(b, h), l.o.row, lse + bh * d.S, scores.data(),
+                   saved ? saved + bh * saved_probs_per_head(d.S) : nullptr);
     }
   }
 }
@@ -185,7 +207,7 @@ void attention_forward(const Dims& d, const Operands& l, const T* q, const T* k,
 // dO and the gradients dq, dk, dv share the layout g; q, k, v have theirs (l.o is unused).
 template <class T>
 void attention_backward(const Dims& d, const Operands& l, const Layout& g, const T* q, const T* k, const T* v,
-                        const T* lse, const T* dout, T* dq, T* dk, T* dv) {
+                        const T* lse, const T* dout, T* dq, T* dk, T* dv, const T* saved) {
   const int64_t heads = d.B * d.H;
   bool par = heads_in_parallel(heads, d.S, d.D);
   SingleThreadedBlas blas_guard(par);
@@ -197,7 +219,8 @@ void attention_backward(const Dims& d, const Operands& l, const Layout& g, const
     for (int64_t bh = 0; bh < heads; ++bh) {
       int64_t b = bh / d.H, h = bh % d.H, at = g.at(b, h);
       head_backward(d, q + l.q.at(b, h), l.q.row, k + l.k.at(b, h), l.k.row, v + l.v.at(b, h), l.v.row,
-                    lse + bh * d.S, dout + at, dq + at, dk + at, dv + at, g.row, p.data(), dp.data());
+                    lse + bh * d.S, dout + at, dq + at, dk + at, dv + at, g.row, p.data(), dp.data(),
+                    saved ? saved + bh * saved_probs_per_head(d.S) : nullptr);
     }
   }
 }
@@ -231,14 +254,23 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool bs
   l.o = fresh_layout(d, bshd);
   Tensor out = Tensor::empty(caller, q.dtype());
   Tensor lse = Tensor::empty({d.B, d.H, d.S}, q.dtype());
+  // For training, P is kept when it fits the budget (short sequences: 3 MiB per quickstart layer),
+  // which saves the backward one of its five GEMMs per block and the exp pass.
+  const bool grad = needs_grad({q, k, v});
+  const int64_t saved_elems = d.B * d.H * saved_probs_per_head(d.S);
+  Tensor saved;
+  if (grad && out.numel() > 0 &&
+      double(saved_elems) * double(dtype_size(q.dtype())) <= double(g_saved_probs_budget.load()))
+    saved = Tensor::empty({saved_elems}, q.dtype());
   if (out.numel() > 0)
     dispatch_float(q.dtype(), op, [&](auto tag) {
       using T = decltype(tag);
-      attention_forward<T>(d, l, qc.data<T>(), kc.data<T>(), vc.data<T>(), out.data<T>(), lse.data<T>());
+      attention_forward<T>(d, l, qc.data<T>(), kc.data<T>(), vc.data<T>(), out.data<T>(), lse.data<T>(),
+                           saved.defined() ? saved.data<T>() : nullptr);
     });
-  if (needs_grad({q, k, v})) {
+  if (grad) {
     Tensor qs = q, ks = k, vs = v;
-    record(op, {out}, [qs, ks, vs, qc, kc, vc, l, lse, d, bshd, op](const std::vector<Tensor>& g) {
+    record(op, {out}, [qs, ks, vs, qc, kc, vc, l, lse, saved, d, bshd, op](const std::vector<Tensor>& g) {
       Tensor go = g[0].contiguous();
       Tensor dq = Tensor::empty(go.shape(), go.dtype()), dk = Tensor::empty(go.shape(), go.dtype()),
              dv = Tensor::empty(go.shape(), go.dtype());
@@ -246,7 +278,8 @@ Tensor attention_impl(const Tensor& q, const Tensor& k, const Tensor& v, bool bs
         dispatch_float(go.dtype(), op, [&](auto tag) {
           using T = decltype(tag);
           attention_backward<T>(d, l, fresh_layout(d, bshd), qc.data<T>(), kc.data<T>(), vc.data<T>(), lse.data<T>(),
-                                go.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>());
+                                go.data<T>(), dq.data<T>(), dk.data<T>(), dv.data<T>(),
+                                saved.defined() ? saved.data<T>() : nullptr);
         });
       accumulate_grad(qs, dq);
       accumulate_grad(ks, dk);
@@ -276,5 +309,7 @@ Tensor causal_attention_bshd(const Tensor& q, const Tensor& k, const Tensor& v) 
   check_inputs(q, k, v, "causal_attention_bshd", "[B, S, H, Dh]");
   return attention_impl(q, k, v, true, "causal_attention_bshd");
 }
+
+int64_t set_attention_saved_probs_budget(int64_t bytes) { return g_saved_probs_budget.exchange(bytes); }
 
 }  // namespace moe

@@ -13,4 +13,9 @@ Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v);
 // a matrix with leading dimension H Dh, so the layer needs no transposes or copies around it.
 Tensor causal_attention_bshd(const Tensor& q, const Tensor& k, const Tensor& v);
 
+// Training keeps the softmax probabilities P for the backward when all heads' P together take at
+// most this many bytes (default 64 MiB), else the backward recomputes P from the saved
+// logsumexp. Returns the previous budget; tests and benchmarks set 0 to force recomputation.
+int64_t set_attention_saved_probs_budget(int64_t bytes);
+
 }  // namespace moe
