@@ -172,7 +172,7 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
   Tensor ys;
   if (w1.defined()) {  // Experts::forward with the slot weights
     Tensor xw = xs.dtype() == w1.dtype() ? xs : xs.to(w1.dtype());
-    ys = grouped_matmul(swiglu(grouped_matmul(xw, w1, offsets), grouped_matmul(xw, w3, offsets)), w2, offsets);
+    ys = expert_swiglu_ffn(xw, w1, w3, w2, offsets);
   } else {
     ys = experts_->forward(xs, offsets);
   }
