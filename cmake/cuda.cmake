@@ -63,6 +63,15 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
     set_tests_properties(cuda_device_detection PROPERTIES TIMEOUT 60
       PASS_REGULAR_EXPRESSION "no CUDA device: [^\n]+; skipping|GPU kernel tests on .+ \\(sm_[0-9]+")
   endif()
+
+  # GPU benchmarks (Google Benchmark, cudaEvent timing): build/bench/moetrain_cuda_bench, run by
+  # scripts/bench_gpu.sh; exits 77 with one line without a device. Not a ctest entry.
+  file(GLOB moe_cuda_bench_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/bench/cuda/*.cpp)
+  if(moe_cuda_bench_sources)
+    add_executable(moetrain_cuda_bench ${moe_cuda_bench_sources})
+    set_target_properties(moetrain_cuda_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+    target_link_libraries(moetrain_cuda_bench PRIVATE moetrain_cuda moetrain_lib benchmark::benchmark)
+  endif()
 else()
   message(STATUS "moetrain: CUDA backend OFF (no toolkit or no kernels yet)")
 endif()

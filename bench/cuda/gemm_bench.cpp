@@ -1,0 +1,89 @@
+// Dense cuBLAS bf16 GEMM (the measured peak MFU is computed against) and the tensor-core grouped
+// expert GEMM against one dense cuBLAS GEMM of the same FLOPs, timed in the same run.
+#include <benchmark/benchmark.h>
+
+#include "bench/cuda/bench_util.h"
+#include "core/cuda/cublas_gemm.h"
+#include "core/cuda/grouped_gemm.h"
+
+namespace moe::bench {
+namespace {
+
+// Times fn in the benchmark loop (one event-timed batch of reps calls per iteration) and returns
+// the median milliseconds per call.
+double timed_loop(benchmark::State& state, const std::function<void()>& fn, int reps) {
+  std::vector<double> ms;
+  for (int i = 0; i < 3; ++i) fn();
+  for (auto _ : state) {
+    double t = time_ms(fn, reps, 1, 0);
+    ms.push_back(t);
+    state.SetIterationTime(t * 1e-3);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms.empty() ? 0.0 : ms[ms.size() / 2];
+}
+
+// C [n, n] = A [n, n] B^T, bf16 operands and output, fp32 accumulation (cublasGemmEx).
+void BM_CublasBf16Gemm(benchmark::State& state) {
+  const long n = state.range(0);
+  auto a = random_bf16(n * n, 1.0f, 1), b = random_bf16(n * n, 1.0f, 2);
+  cuda::DeviceBuffer<bf16> c(n * n);
+  auto& h = cuda::default_blas_handle();
+  double ms = timed_loop(state, [&] { cuda::gemm<bf16, bf16>(h, false, true, n, n, n, 1.0f, a.get(), n, b.get(), n,
+                                                              0.0f, c.get(), n); }, n >= 8192 ? 5 : 20);
+  state.counters["ms"] = ms;
+  state.counters["TFLOP/s"] = 2.0 * n * n * n / (ms * 1e9);
+}
+BENCHMARK(BM_CublasBf16Gemm)->Arg(4096)->Arg(8192)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(20);
+
+enum Form { kNt = 0, kNn = 1, kTn = 2 };
+
+// Grouped GEMM over E experts of rows R total (balanced or Zipf-skewed groups), weights [E, M, K],
+// in one form; the reference is one cuBLAS GEMM of the same shape (R x M x K, same FLOPs).
+// Args: experts, skewed (0/1), form (0 nt forward, 1 nn input grad, 2 tn weight grad), R, M, K.
+void BM_GroupedGemmVsCublas(benchmark::State& state) {
+  const int experts = int(state.range(0));
+  const bool skewed = state.range(1) != 0;
+  const int form = int(state.range(2));
+  const long rows = state.range(3), M = state.range(4), K = state.range(5);
+  auto off_host = group_offsets(rows, experts, skewed);
+  cuda::DeviceBuffer<int32_t> off(off_host);
+  auto w = random_bf16(size_t(experts) * M * K, 0.05f, 3);
+  auto x = random_bf16(size_t(rows) * K, 1.0f, 4);   // nt / tn input
+  auto dy = random_bf16(size_t(rows) * M, 1.0f, 5);  // nn / tn upstream gradient
+  cuda::DeviceBuffer<bf16> out_bf16(size_t(rows) * std::max(M, K));
+  cuda::DeviceBuffer<float> out_f32(size_t(experts) * M * K);
+  auto& h = cuda::default_blas_handle();
+  std::function<void()> grouped, dense;
+  if (form == kNt) {
+    grouped = [&] { cuda::grouped_gemm_nt<bf16>(x.get(), w.get(), off.get(), experts, rows, M, K, out_bf16.get()); };
+    dense = [&] { cuda::gemm<bf16, bf16>(h, false, true, rows, M, K, 1.0f, x.get(), K, w.get(), K, 0.0f,
+                                         out_bf16.get(), M); };
+  } else if (form == kNn) {
+    grouped = [&] { cuda::grouped_gemm_nn<bf16>(dy.get(), w.get(), off.get(), experts, rows, M, K, out_bf16.get()); };
+    dense = [&] { cuda::gemm<bf16, bf16>(h, false, false, rows, K, M, 1.0f, dy.get(), M, w.get(), K, 0.0f,
+                                         out_bf16.get(), K); };
+  } else {
+    grouped = [&] { cuda::grouped_gemm_tn<float>(dy.get(), x.get(), off.get(), experts, rows, M, K, out_f32.get()); };
+    dense = [&] { cuda::gemm<bf16, float>(h, true, false, M, K, rows, 1.0f, dy.get(), M, x.get(), K, 0.0f,
+                                          out_f32.get(), K); };
+  }
+  const double flops = 2.0 * rows * M * K;
+  const double dense_ms = time_ms(dense, 10, 7);
+  const double grouped_ms = timed_loop(state, grouped, 10);
+  state.counters["dense_TFLOP/s"] = flops / (dense_ms * 1e9);
+  state.counters["grouped_TFLOP/s"] = flops / (grouped_ms * 1e9);
+  state.counters["ratio"] = dense_ms / grouped_ms;  // grouped rate / dense rate; target >= 0.70
+  state.counters["largest_group"] = off_host[1] - off_host[0];
+}
+void grouped_args(benchmark::internal::Benchmark* b) {
+  // R = T k = 16384 * 2 rows, D = 1024, H = 2048: the forward h = x w1^T is R x H x D.
+  for (int form : {kNt, kNn, kTn})
+    for (int experts : {16, 64})
+      for (int skewed : {0, 1}) b->Args({experts, skewed, form, 32768, 2048, 1024});
+  b->ArgNames({"E", "skewed", "form", "R", "M", "K"});
+}
+BENCHMARK(BM_GroupedGemmVsCublas)->Apply(grouped_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+
+}  // namespace
+}  // namespace moe::bench

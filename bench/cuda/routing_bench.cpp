@@ -1,0 +1,99 @@
+// The routing kernels of one MoE layer (router scores + top-k + gates, BIP dual iterations,
+// Sinkhorn) against the layer's expert FFN (SwiGLU grouped GEMMs, forward): their time share.
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+
+#include "bench/cuda/bench_util.h"
+#include "core/cuda/cublas_gemm.h"
+#include "core/cuda/dual_prices.h"
+#include "core/cuda/gates.h"
+#include "core/cuda/grouped_gemm.h"
+#include "core/cuda/router.h"
+#include "core/cuda/sinkhorn.h"
+#include "core/cuda/softmax.h"
+
+namespace moe::bench {
+namespace {
+
+enum Routing { kTopk = 0, kBip = 1, kSinkhorn = 2 };
+
+// Args: T tokens, D model width, E experts, k, H expert hidden, routing variant. Every variant
+// starts from x [T, D] (bf16): logits = x Wr^T (cuBLAS, fp32 out), then
+//   topk:     softmax -> router_topk -> gates_forward (renormalized);
+//   bip:      softmax -> 4 dual iterations (cap = k T / E, clipped) -> price_shifted_topk -> gates;
+//   sinkhorn: sinkhorn_plan (xi = 1, <= 100 iterations, tol 1e-4; S-BASE) -> top-k of the plan ->
+//             gates from the softmax scores.
+// The FFN: experts_forward over T k rows in E balanced groups (three grouped GEMMs + SwiGLU).
+void BM_RoutingShare(benchmark::State& state) {
+  const long T = state.range(0), D = state.range(1);
+  const int E = int(state.range(2)), k = int(state.range(3));
+  const long H = state.range(4);
+  const int variant = int(state.range(5));
+  const long rows = T * k;
+  auto x = random_bf16(size_t(T) * D, 1.0f, 11);
+  auto wr = random_bf16(size_t(E) * D, 1.0f / std::sqrt(float(D)), 12);
+  cuda::DeviceBuffer<float> logits(size_t(T) * E), probs(size_t(T) * E), plan(size_t(T) * E);
+  cuda::DeviceBuffer<float> values(size_t(T) * k), gates(size_t(T) * k), q(E);
+  cuda::DeviceBuffer<int32_t> ids(size_t(T) * k);
+  q.zero();
+  auto& h = cuda::default_blas_handle();
+  const long cap = (long(k) * T + E - 1) / E;
+  int sinkhorn_iters = 0;
+  std::function<void()> route = [&] {
+    cuda::gemm<bf16, float>(h, false, true, T, E, D, 1.0f, x.get(), D, wr.get(), D, 0.0f, logits.get(), E);
+    if (variant == kSinkhorn) {
+      sinkhorn_iters = cuda::sinkhorn_plan(logits.get(), T, E, 1.0f, 100, 1e-4f, plan.get());
+      cuda::softmax_forward<float>(logits.get(), probs.get(), T, E);
+      cuda::router_topk(plan.get(), values.get(), ids.get(), T, E, k);
+    } else {
+      cuda::softmax_forward<float>(logits.get(), probs.get(), T, E);
+      if (variant == kBip) {
+        cuda::dual_price_iterations(probs.get(), T, E, k, cap, 4, true, q.get());
+        cuda::price_shifted_topk(probs.get(), q.get(), T, E, k, values.get(), ids.get());
+      } else {
+        cuda::router_topk(probs.get(), values.get(), ids.get(), T, E, k);
+      }
+    }
+    cuda::gates_forward(probs.get(), ids.get(), T, E, k, E, true, 1.0f, gates.get());
+  };
+
+  // The expert FFN forward: SwiGLU weights and T k rows in balanced groups.
+  auto xr = random_bf16(size_t(rows) * D, 1.0f, 13);
+  auto w1 = random_bf16(size_t(E) * H * D, 1.0f / std::sqrt(float(D)), 14);
+  auto w3 = random_bf16(size_t(E) * H * D, 1.0f / std::sqrt(float(D)), 15);
+  auto w2 = random_bf16(size_t(E) * D * H, 1.0f / std::sqrt(float(H)), 16);
+  cuda::DeviceBuffer<int32_t> off(group_offsets(rows, E, false));
+  cuda::DeviceBuffer<bf16> h1(size_t(rows) * H), h3(size_t(rows) * H), hh(size_t(rows) * H), y(size_t(rows) * D);
+  std::function<void()> ffn = [&] {
+    cuda::experts_forward(xr.get(), w1.get(), w3.get(), w2.get(), off.get(), E, rows, D, H, h1.get(), h3.get(),
+                          hh.get(), y.get());
+  };
+  const double ffn_ms = time_ms(ffn, 20, 7);
+
+  std::vector<double> ms;
+  for (int i = 0; i < 3; ++i) route();
+  for (auto _ : state) {
+    double t = time_ms(route, 20, 1, 0);
+    ms.push_back(t);
+    state.SetIterationTime(t * 1e-3);
+  }
+  std::sort(ms.begin(), ms.end());
+  const double route_ms = ms[ms.size() / 2];
+  state.counters["routing_ms"] = route_ms;
+  state.counters["ffn_fwd_ms"] = ffn_ms;
+  state.counters["share"] = route_ms / (route_ms + ffn_ms);  // of routing + FFN forward; target < 0.05
+  state.counters["ffn_TFLOP/s"] = 6.0 * rows * D * H / (ffn_ms * 1e9);
+  if (variant == kSinkhorn) state.counters["sinkhorn_iters"] = sinkhorn_iters;
+}
+void routing_args(benchmark::internal::Benchmark* b) {
+  for (int variant : {kTopk, kBip, kSinkhorn}) {
+    b->Args({2048, 128, 16, 2, 128, variant});      // the balance model: batch 16 x seq 128, recipes/balance
+    b->Args({16384, 1024, 64, 2, 2048, variant});  // a bigger layer
+  }
+  b->ArgNames({"T", "D", "E", "k", "H", "routing"});
+}
+BENCHMARK(BM_RoutingShare)->Apply(routing_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+
+}  // namespace
+}  // namespace moe::bench
