@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# GPU benchmarks of the CUDA kernels: the GPU kernel tests (ctest -L gpu), then
+# build/bench/moetrain_cuda_bench, and a markdown summary of its counters (for docs/benchmarks.md).
+#
+#   scripts/bench_gpu.sh [build_dir]        build (when cmake is there) and run; exit 77 without a GPU
+#   scripts/bench_gpu.sh --pack [build_dir] on the build machine: build both binaries and copy their
+#                                           non-CUDA shared libraries into build_dir/gpu_libs, so that
+#                                           the two binaries and build_dir/gpu_libs can be carried to a GPU
+#                                           machine that lacks them (Google Benchmark, OpenBLAS, ...)
+# Environment: MOE_BENCH_FILTER (a --benchmark_filter regex), OUT (a folder for the raw JSON and logs;
+# default build_dir/gpu_bench).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pack=0
+if [[ "${1:-}" == "--pack" ]]; then pack=1; shift; fi
+B="${1:-build}"
+bench="$B/bench/moetrain_cuda_bench"
+tests="$B/tests/moetrain_cuda_gpu_tests"
+
+if command -v cmake >/dev/null && { [[ $pack == 1 ]] || [[ ! -x "$bench" ]]; }; then
+  cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON >/dev/null
+  cmake --build "$B" -j"$(nproc)" --target moetrain_cuda_bench moetrain_cuda_gpu_tests
+fi
+[[ -x "$bench" ]] || { echo "bench_gpu.sh: $bench not built (needs the CUDA toolkit: cmake -DMOE_CUDA=ON)"; exit 1; }
+
+if [[ $pack == 1 ]]; then
+  mkdir -p "$B/gpu_libs"
+  # Everything but glibc, the C++ runtime and CUDA's own libraries (the GPU machine has those).
+  ldd "$bench" "$tests" 2>/dev/null | awk '/=> \// {print $3}' | sort -u |
+    grep -Ev '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libcublasLt)\.so' |
+    while read -r lib; do cp -L "$lib" "$B/gpu_libs/"; done
+  du -sh "$B/gpu_libs" "$bench" "$tests" 2>/dev/null
+  echo "carry: $bench $tests $B/gpu_libs (ignored paths); run there: scripts/bench_gpu.sh $B"
+  exit 0
+fi
+
+export LD_LIBRARY_PATH="$(cd "$B" && pwd)/gpu_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+out="${OUT:-$B/gpu_bench}"
+mkdir -p "$out"
+
+# Without a device the benchmark prints one "no CUDA device: ..." line and exits 77: pass it on.
+set +e
+"$bench" --benchmark_list_tests >/dev/null 2>"$out/probe.err"
+rc=$?
+set -e
+if [[ $rc == 77 ]]; then "$bench" | head -1 || true; exit 77; fi
+[[ $rc == 0 ]] || { cat "$out/probe.err"; exit $rc; }
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv | tee "$out/nvidia_smi.csv"
+
+# The GPU kernel tests: through ctest where the build dir was configured here, else the binary itself.
+tests_rc=0
+if [[ -f "$B/CTestTestfile.cmake" ]] && grep -q "$PWD" "$B/CTestTestfile.cmake"; then
+  ctest --test-dir "$B" -L gpu --output-on-failure 2>&1 | tee "$out/ctest_gpu.log" || tests_rc=$?
+elif [[ -x "$tests" ]]; then
+  "$tests" 2>&1 | tee "$out/ctest_gpu.log" || tests_rc=$?
+else
+  echo "bench_gpu.sh: $tests not built: GPU kernel tests not run" | tee "$out/ctest_gpu.log"; tests_rc=1
+fi
+
+"$bench" --benchmark_out="$out/cuda_bench.json" --benchmark_out_format=json \
+  ${MOE_BENCH_FILTER:+--benchmark_filter="$MOE_BENCH_FILTER"} 2>&1 | tee "$out/cuda_bench.log"
+
+# The markdown summary (plain python3: json only).
+python3 - "$out/cuda_bench.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+ctx = d.get("context", {})
+print(f"\n### CUDA benchmarks ({ctx.get('date', '')}, host {ctx.get('host_name', '')})\n")
+rows = {}
+for b in d["benchmarks"]:
+    if b.get("run_type") == "aggregate": continue
+    rows.setdefault(b["name"].split("/")[0], []).append(b)
+def f(x, n=1): return f"{x:.{n}f}"
+def args(b): return b["name"].split("/", 1)[1].rsplit("/iterations", 1)[0].replace("/manual_time", "")
+if "BM_CublasBf16Gemm" in rows:
+    print("| cuBLAS bf16 GEMM (n = m = k) | ms | TFLOP/s |\n|---|---|---|")
+    for b in rows["BM_CublasBf16Gemm"]: print(f"| {args(b)} | {f(b['ms'], 3)} | {f(b['TFLOP/s'])} |")
+    peak = max(b["TFLOP/s"] for b in rows["BM_CublasBf16Gemm"])
+    print(f"\nMeasured bf16 peak (MFU denominator): **{f(peak)} TFLOP/s**\n")
+if "BM_GroupedGemmVsCublas" in rows:
+    print("| grouped GEMM (form 0 nt fwd, 1 nn dgrad, 2 tn wgrad) | dense TFLOP/s | grouped TFLOP/s | ratio (>= 0.70) |\n|---|---|---|---|")
+    for b in rows["BM_GroupedGemmVsCublas"]:
+        ok = "ok" if b["ratio"] >= 0.70 else "BELOW"
+        print(f"| {args(b)} | {f(b['dense_TFLOP/s'])} | {f(b['grouped_TFLOP/s'])} | {f(b['ratio'], 2)} {ok} |")
+    print()
+if "BM_RoutingShare" in rows:
+    print("| routing (0 topk, 1 bip, 2 sinkhorn) | routing ms | FFN fwd ms | share (< 0.05) |\n|---|---|---|---|")
+    for b in rows["BM_RoutingShare"]:
+        ok = "ok" if b["share"] < 0.05 else "ABOVE"
+        extra = f" ({int(b['sinkhorn_iters'])} iters)" if "sinkhorn_iters" in b else ""
+        print(f"| {args(b)}{extra} | {f(b['routing_ms'], 3)} | {f(b['ffn_fwd_ms'], 3)} | {f(b['share'], 3)} {ok} |")
+    print()
+if "BM_FlashAttentionBf16" in rows:
+    print("| flash attention bf16, B 8, S 1024, width 1024 | fwd ms | bwd ms | fwd+bwd tokens/s | fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|")
+    for b in rows["BM_FlashAttentionBf16"]:
+        print(f"| {args(b)} | {f(b['fwd_ms'], 3)} | {f(b['bwd_ms'], 3)} | {b['fwd+bwd_tokens/s']:.3g} | {f(b['fwd_TFLOP/s'])} | {f(b['bwd_TFLOP/s'])} |")
+PY
+echo "GPU kernel tests: $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"); raw results in $out"
+exit $tests_rc
