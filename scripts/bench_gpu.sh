@@ -57,8 +57,10 @@ else
   echo "bench_gpu.sh: $tests not built: GPU kernel tests not run" | tee "$out/ctest_gpu.log"; tests_rc=1
 fi
 
+rm -f "$out/cuda_bench.json"
 "$bench" --benchmark_out="$out/cuda_bench.json" --benchmark_out_format=json \
-  ${MOE_BENCH_FILTER:+--benchmark_filter="$MOE_BENCH_FILTER"} 2>&1 | tee "$out/cuda_bench.log"
+  ${MOE_BENCH_FILTER:+--benchmark_filter="$MOE_BENCH_FILTER"} 2>&1 | tee "$out/cuda_bench.log" || tests_rc=$?
+[[ -s "$out/cuda_bench.json" ]] || { echo "bench_gpu.sh: no $out/cuda_bench.json (the benchmark run failed)"; exit 1; }
 
 # The markdown summary (plain python3: json only).
 python3 - "$out/cuda_bench.json" <<'PY'
@@ -66,9 +68,11 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 ctx = d.get("context", {})
 print(f"\n### CUDA benchmarks ({ctx.get('date', '')}, host {ctx.get('host_name', '')})\n")
-rows = {}
+rows, errors = {}, []
 for b in d["benchmarks"]:
     if b.get("run_type") == "aggregate": continue
+    if b.get("error_occurred"):
+        errors.append(f"- {b['name']}: ERROR {b.get('error_message', '')}"); continue
     rows.setdefault(b["name"].split("/")[0], []).append(b)
 def f(x, n=1): return f"{x:.{n}f}"
 def args(b): return b["name"].split("/", 1)[1].rsplit("/iterations", 1)[0].replace("/manual_time", "")
@@ -94,6 +98,7 @@ if "BM_FlashAttentionBf16" in rows:
     print("| flash attention bf16, B 8, S 1024, width 1024 | fwd ms | bwd ms | fwd+bwd tokens/s | fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|")
     for b in rows["BM_FlashAttentionBf16"]:
         print(f"| {args(b)} | {f(b['fwd_ms'], 3)} | {f(b['bwd_ms'], 3)} | {b['fwd+bwd_tokens/s']:.3g} | {f(b['fwd_TFLOP/s'])} | {f(b['bwd_TFLOP/s'])} |")
+if errors: print("\nBenchmarks that failed:\n" + "\n".join(errors))
 PY
-echo "GPU kernel tests: $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"); raw results in $out"
+echo "GPU kernel tests and benchmark run: $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"); raw results in $out"
 exit $tests_rc

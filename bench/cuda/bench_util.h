@@ -1,6 +1,7 @@
 // Helpers of the GPU benchmarks: CUDA error checks, seeded random device arrays, and event
 // timing of a batch of calls (after warm-up, the median over several batches).
 #pragma once
+#include <benchmark/benchmark.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -64,6 +65,17 @@ inline double time_ms(const std::function<void()>& fn, int reps, int batches = 5
   cudaEventDestroy(stop);
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+// A benchmark body whose error (a failed check, a CUDA fault) skips that benchmark with the message
+// instead of terminating the whole run: BENCHMARK(guarded<BM_x>)->Name("BM_x").
+template <void (*Body)(benchmark::State&)>
+void guarded(benchmark::State& state) {
+  try {
+    Body(state);
+  } catch (const std::exception& e) {
+    state.SkipWithError(e.what());
+  }
 }
 
 // Expert row offsets [E + 1] for `rows` rows: equal groups, or skewed (Zipf, size of expert e

@@ -34,7 +34,7 @@ void BM_CublasBf16Gemm(benchmark::State& state) {
   state.counters["ms"] = ms;
   state.counters["TFLOP/s"] = 2.0 * n * n * n / (ms * 1e9);
 }
-BENCHMARK(BM_CublasBf16Gemm)->Arg(4096)->Arg(8192)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(20);
+BENCHMARK(guarded<BM_CublasBf16Gemm>)->Name("BM_CublasBf16Gemm")->Arg(4096)->Arg(8192)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(20);
 
 enum Form { kNt = 0, kNn = 1, kTn = 2 };
 
@@ -83,7 +83,7 @@ void grouped_args(benchmark::internal::Benchmark* b) {
       for (int skewed : {0, 1}) b->Args({experts, skewed, form, 32768, 2048, 1024});
   b->ArgNames({"E", "skewed", "form", "R", "M", "K"});
 }
-BENCHMARK(BM_GroupedGemmVsCublas)->Apply(grouped_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+BENCHMARK(guarded<BM_GroupedGemmVsCublas>)->Name("BM_GroupedGemmVsCublas")->Apply(grouped_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
 
 }  // namespace
 }  // namespace moe::bench

@@ -93,7 +93,7 @@ void routing_args(benchmark::internal::Benchmark* b) {
   }
   b->ArgNames({"T", "D", "E", "k", "H", "routing"});
 }
-BENCHMARK(BM_RoutingShare)->Apply(routing_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+BENCHMARK(guarded<BM_RoutingShare>)->Name("BM_RoutingShare")->Apply(routing_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
 
 }  // namespace
 }  // namespace moe::bench
