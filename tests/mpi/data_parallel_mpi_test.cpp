@@ -40,51 +40,24 @@ TEST_P(DataParallel, ReproducesTheSingleProcessRun) {
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), balance, extra), name + ".toml");
   fs::path base = test::runs_dir(*w);
   fs::path ref = base / ("single_" + name), dp = base / ("dp_" + name);
-  int ref_rc = 0;
-  if (w->rank() == 0) {
-    fs::remove_all(ref);
-    fs::remove_all(dp);
-    ref_rc = train(r, ref, make_self_communicator());  // the 1-process reference, on rank 0 alone
-  }
-  w->barrier();
-  ASSERT_EQ(train(r, dp, w), kTrainOk);
+  test::PairedRuns rc = test::train_reference_then_parallel(r, r, ref, dp, w);
+  ASSERT_EQ(rc.par_rc, kTrainOk);
   if (w->rank() != 0) return;  // rank 0 compares the two run directories
-  ASSERT_EQ(ref_rc, kTrainOk);
+  ASSERT_EQ(rc.ref_rc, kTrainOk);
 
   test::expect_runs_match(ref, dp);
 
   if (balance == "aux_loss") {  // the global-variant term, with f_i from the loads of both ranks
-    auto xa = metric(ref, "train", "layer_1.aux_unscaled"), xb = metric(dp, "train", "layer_1.aux_unscaled");
-    ASSERT_EQ(xa.size(), size_t(kSteps));
-    ASSERT_EQ(xb.size(), size_t(kSteps));
-    for (size_t i = 0; i < xa.size(); ++i) expect_rel(xa[i], xb[i], 1e-5, "aux loss at step " + std::to_string(i + 1));
+    EXPECT_EQ(test::expect_metric_match(ref, dp, "train", "layer_1.aux_unscaled", 1e-5), size_t(kSteps));
   }
 
   Checkpoint a = read_checkpoint(checkpoint_dir(ref, kSteps)), b = read_checkpoint(checkpoint_dir(dp, kSteps));
   EXPECT_EQ(b.meta.world_size, w->size());
-  size_t states = 0;
-  for (auto& [k, v] : a.doubles) {
-    if (k.rfind("balance/", 0) != 0) continue;
-    ASSERT_TRUE(b.doubles.count(k)) << k;
-    const auto& u = b.doubles.at(k);
-    ASSERT_EQ(v.size(), u.size()) << k;
-    for (size_t i = 0; i < v.size(); ++i) {
-      EXPECT_NEAR(v[i], u[i], 1e-5 * std::max(1.0, std::fabs(v[i]))) << k << "[" << i << "]";
-      states += v[i] != 0;
-    }
-  }
+  const size_t states = test::expect_balancer_states_match(a, b);
   if (balance == "loss_free") {
     EXPECT_GT(states, 0u) << "the loss-free bias must have moved";
   }
-  for (auto& [k, t] : a.tensors) {
-    if (k.rfind("model/", 0) != 0) continue;
-    Tensor x = t.to(DType::f64).contiguous(), y = b.tensor(k).to(DType::f64).contiguous();
-    ASSERT_EQ(x.numel(), y.numel()) << k;
-    double worst = 0;
-    for (int64_t i = 0; i < x.numel(); ++i)
-      worst = std::max(worst, std::fabs(x.data<double>()[i] - y.data<double>()[i]));
-    EXPECT_LT(worst, 1e-4) << k;
-  }
+  test::expect_model_tensors_match(a, b, 1e-4);
   EXPECT_EQ(a.ints.at("data/rank_0/cursor"), b.ints.at("data/rank_0/cursor"));
   EXPECT_EQ(a.ints.at("rng/rank_0/moe_offsets"), b.ints.at("rng/rank_0/moe_offsets"));
 }
@@ -101,12 +74,7 @@ TEST(DataParallelStartup, RanksWithDifferentRecipesAreRefused) {
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
   r.train.seed = 5 + (w->rank() == 1 ? 1 : 0);
   fs::path dir = test::runs_dir(*w) / "mismatch";
-  try {
-    train(r, dir, w);
-    ADD_FAILURE() << "differing recipes accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("rank 1 runs a different recipe"), std::string::npos) << e.what();
-  }
+  test::expect_training_refused(r, dir, w, "rank 1 runs a different recipe");
 }
 
 TEST(DataParallelStartup, ExpertParallelSizeMustDivideTheWorld) {
@@ -115,12 +83,7 @@ TEST(DataParallelStartup, ExpertParallelSizeMustDivideTheWorld) {
   r.parallel.ep = w->size() + 1;
   r.model.moe.num_experts = 4 * (w->size() + 1);
   fs::path dir = test::runs_dir(*w) / "bad_ep";
-  try {
-    train(r, dir, w);
-    ADD_FAILURE() << "parallel.ep not dividing the world accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("parallel.ep"), std::string::npos) << e.what();
-  }
+  test::expect_training_refused(r, dir, w, "parallel.ep");
 }
 
 TEST(DataParallelStartup, GlobalBatchMustSplitOverRanks) {
@@ -128,12 +91,7 @@ TEST(DataParallelStartup, GlobalBatchMustSplitOverRanks) {
   Recipe r = parse_recipe(tiny_recipe(corpus_dir(*w), "none"), "tiny.toml");
   r.train.batch_size = 2;  // 2 micro-batches x 2 ranks do not divide 2
   fs::path dir = test::runs_dir(*w) / "bad_batch";
-  try {
-    train(r, dir, w);
-    ADD_FAILURE() << "batch 2 at grad_accum 2 over 2 ranks accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("train.batch_size"), std::string::npos) << e.what();
-  }
+  test::expect_training_refused(r, dir, w, "train.batch_size");
 }
 
 // The data cursor and RNG offsets are global, so a checkpoint written at DP = 2 resumes in one

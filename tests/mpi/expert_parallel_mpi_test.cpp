@@ -20,6 +20,7 @@
 namespace fs = std::filesystem;
 using namespace moe;
 using test::expect_rel;
+using test::max_abs_diff;
 using test::metric;
 
 namespace {
@@ -61,14 +62,6 @@ LayerRun run_layer(MoeLayer& layer, const Tensor& x0, const Tensor& proj) {
   out.gx = x.grad();
   for (auto& [n, p] : layer.named_parameters()) out.grads.emplace_back(n, p.grad());
   return out;
-}
-
-double max_abs_diff(const Tensor& a, const Tensor& b) {
-  std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
-  EXPECT_EQ(x.size(), y.size());
-  double worst = 0;
-  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) worst = std::max(worst, std::fabs(x[i] - y[i]));
-  return worst;
 }
 
 // Each rank routes its own tokens [B, S, D] (different on every rank) through the EP layer and
@@ -249,23 +242,14 @@ TEST_P(ExpertParallel, ReproducesTheSingleProcessRun) {
   rep.parallel.ep = 2;
   fs::path base = test::runs_dir(*w);
   fs::path ref = base / ("single_" + name), par = base / ("par_" + name);
-  int ref_rc = 0;
-  if (w->rank() == 0) {
-    fs::remove_all(ref);
-    fs::remove_all(par);
-    ref_rc = test::train(r, ref, make_self_communicator());
-  }
-  w->barrier();
-  ASSERT_EQ(test::train(rep, par, w), kTrainOk);
+  test::PairedRuns rc = test::train_reference_then_parallel(r, rep, ref, par, w);
+  ASSERT_EQ(rc.par_rc, kTrainOk);
   if (w->rank() != 0) return;
-  ASSERT_EQ(ref_rc, kTrainOk);
+  ASSERT_EQ(rc.ref_rc, kTrainOk);
   const size_t steps = size_t(test::kMpiSteps);
   test::expect_runs_match(ref, par);
   if (balance == "aux_loss") {
-    auto xa = metric(ref, "train", "layer_1.aux_unscaled"), xb = metric(par, "train", "layer_1.aux_unscaled");
-    ASSERT_EQ(xa.size(), steps);
-    ASSERT_EQ(xb.size(), steps);
-    for (size_t i = 0; i < steps; ++i) expect_rel(xa[i], xb[i], 1e-5, "aux loss at step " + std::to_string(i + 1));
+    EXPECT_EQ(test::expect_metric_match(ref, par, "train", "layer_1.aux_unscaled", 1e-5), steps);
   }
   // The phase timers are logged, and the exchange makes dispatch and combine take time.
   for (const char* key : {"ep_dispatch_s", "ep_expert_s", "ep_combine_s"}) {
@@ -281,17 +265,7 @@ TEST_P(ExpertParallel, ReproducesTheSingleProcessRun) {
   EXPECT_EQ(b.meta.ep_size, 2);
   EXPECT_EQ(b.meta.dp_size, w->size() / 2);
   EXPECT_EQ(b.tensor("model/blocks.1.ffn.experts.w1").shape(), (Shape{4, 32, 32}));
-  size_t states = 0;
-  for (auto& [k, v] : a.doubles) {
-    if (k.rfind("balance/", 0) != 0) continue;
-    ASSERT_TRUE(b.doubles.count(k)) << k;
-    const auto& u = b.doubles.at(k);
-    ASSERT_EQ(v.size(), u.size()) << k;
-    for (size_t i = 0; i < v.size(); ++i) {
-      EXPECT_NEAR(v[i], u[i], 1e-5 * std::max(1.0, std::fabs(v[i]))) << k << "[" << i << "]";
-      states += v[i] != 0;
-    }
-  }
+  const size_t states = test::expect_balancer_states_match(a, b);
   if (balance == "loss_free") {
     EXPECT_GT(states, 0u) << "the loss-free bias must have moved";
   }
@@ -468,32 +442,17 @@ TEST(ExpertParallelLlep, ReproducesTheSingleProcessRun) {
   rl.parallel.llep_threshold = 1.0;
   fs::path base = test::runs_dir(*w);
   fs::path ref = base / "llep_single", par = base / "llep_par";
-  int ref_rc = 0;
-  if (w->rank() == 0) {
-    fs::remove_all(ref);
-    fs::remove_all(par);
-    ref_rc = test::train(r, ref, make_self_communicator());
-  }
-  w->barrier();
-  ASSERT_EQ(test::train(rl, par, w), kTrainOk);
+  test::PairedRuns rc = test::train_reference_then_parallel(r, rl, ref, par, w);
+  ASSERT_EQ(rc.par_rc, kTrainOk);
   if (w->rank() != 0) return;
-  ASSERT_EQ(ref_rc, kTrainOk);
-  auto la = metric(ref, "train", "loss"), lb = metric(par, "train", "loss");
-  ASSERT_EQ(la.size(), 10u);
-  ASSERT_EQ(lb.size(), 10u);
-  for (size_t i = 0; i < la.size(); ++i) expect_rel(la[i], lb[i], 1e-5, "train loss at step " + std::to_string(i + 1));
-  auto va = metric(ref, "eval", "val_loss"), vb = metric(par, "eval", "val_loss");
-  ASSERT_EQ(va.size(), vb.size());
-  for (size_t i = 0; i < va.size(); ++i) expect_rel(va[i], vb[i], 1e-5, "val_loss " + std::to_string(i));
+  ASSERT_EQ(rc.ref_rc, kTrainOk);
+  EXPECT_EQ(test::expect_metric_match(ref, par, "train", "loss", 1e-5), 10u);
+  test::expect_metric_match(ref, par, "eval", "val_loss", 1e-5);
   auto moved = metric(par, "train", "llep_moved_rows");
   ASSERT_EQ(moved.size(), 10u);
   double sum = 0;
   for (double m : moved) sum += m;
   EXPECT_GT(sum, 0) << "LLEP never moved work";
   Checkpoint a = read_checkpoint(checkpoint_dir(ref, 10)), b = read_checkpoint(checkpoint_dir(par, 10));
-  for (auto& [k, t] : a.tensors) {
-    if (k.rfind("model/", 0) == 0) {
-      EXPECT_LT(max_abs_diff(t, b.tensor(k)), 1e-4) << k;
-    }
-  }
+  test::expect_model_tensors_match(a, b, 1e-4);
 }

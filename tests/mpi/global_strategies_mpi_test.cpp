@@ -49,50 +49,25 @@ TEST_P(GlobalScope, DataParallelReproducesTheSingleProcessRun) {
   Recipe r = parse_recipe(recipe_text(test::corpus_dir(*w), st.balance, st.extra), "global_" + st.name + ".toml");
   fs::path base = test::runs_dir(*w);
   fs::path ref = base / ("single_global_" + st.name), dp = base / ("dp_global_" + st.name);
-  int ref_rc = 0;
-  std::ostringstream ref_out, dp_out;
-  if (w->rank() == 0) {
-    fs::remove_all(ref);
-    fs::remove_all(dp);
-    ref_rc = train(r, ref, make_self_communicator(), ref_out);  // the 1-process reference, rank 0 alone
-  }
-  w->barrier();
-  ASSERT_EQ(train(r, dp, w, dp_out), kTrainOk);
+  std::ostringstream dp_out;
+  test::PairedRuns rc = test::train_reference_then_parallel(r, r, ref, dp, w, &dp_out);
+  ASSERT_EQ(rc.par_rc, kTrainOk);
   if (w->rank() != 0) return;
-  ASSERT_EQ(ref_rc, kTrainOk);
+  ASSERT_EQ(rc.ref_rc, kTrainOk);
   // At the final checkpoint the trainer compares the ranks' balancer states (a hash): equal.
   EXPECT_EQ(dp_out.str().find("differs across data-parallel ranks"), std::string::npos) << dp_out.str();
 
   test::expect_runs_match(ref, dp);
 
-  auto xa = metric(ref, "train", "layer_1.aux_unscaled"), xb = metric(dp, "train", "layer_1.aux_unscaled");
-  ASSERT_EQ(xa.size(), xb.size());  // the strategies with an aux term: its logged value (mean over ranks)
-  for (size_t i = 0; i < xa.size(); ++i) expect_rel(xa[i], xb[i], 1e-5, "aux loss at step " + std::to_string(i + 1));
+  // The strategies with an aux term: its logged value (mean over ranks).
+  test::expect_metric_match(ref, dp, "train", "layer_1.aux_unscaled", 1e-5);
 
   Checkpoint a = read_checkpoint(checkpoint_dir(ref, kSteps)), b = read_checkpoint(checkpoint_dir(dp, kSteps));
-  size_t moved = 0;
-  for (auto& [k, v] : a.doubles) {
-    if (k.rfind("balance/", 0) != 0) continue;
-    ASSERT_TRUE(b.doubles.count(k)) << k;
-    const auto& u = b.doubles.at(k);
-    ASSERT_EQ(v.size(), u.size()) << k;
-    for (size_t i = 0; i < v.size(); ++i) {
-      EXPECT_NEAR(v[i], u[i], 1e-5 * std::max(1.0, std::fabs(v[i]))) << k << "[" << i << "]";
-      moved += v[i] != 0;
-    }
-  }
+  const size_t moved = test::expect_balancer_states_match(a, b);
   if (st.has_state) {
     EXPECT_GT(moved, 0u) << "the balancer state must have moved";
   }
-  for (auto& [k, t] : a.tensors) {
-    if (k.rfind("model/", 0) != 0) continue;
-    Tensor x = t.to(DType::f64).contiguous(), y = b.tensor(k).to(DType::f64).contiguous();
-    ASSERT_EQ(x.numel(), y.numel()) << k;
-    double worst = 0;
-    for (int64_t i = 0; i < x.numel(); ++i)
-      worst = std::max(worst, std::fabs(x.data<double>()[i] - y.data<double>()[i]));
-    EXPECT_LT(worst, 1e-4) << k;
-  }
+  test::expect_model_tensors_match(a, b, 1e-4);
 }
 
 INSTANTIATE_TEST_SUITE_P(

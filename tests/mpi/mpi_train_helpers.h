@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "checkpoints/checkpoint.h"
+#include "core/error.h"
 #include "parallel/communicator.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
@@ -83,28 +85,95 @@ inline void expect_rel(double a, double b, double rel, const std::string& what) 
   EXPECT_LE(std::fabs(a - b), rel * std::max(std::fabs(a), std::fabs(b)) + 1e-9) << what << ": " << a << " vs " << b;
 }
 
+// The values of `key` in the `kind` rows of two runs, equal to `rel`; returns the row count.
+inline size_t expect_metric_match(const std::filesystem::path& ref, const std::filesystem::path& other,
+                                  const std::string& kind, const std::string& key, double rel) {
+  auto a = metric(ref, kind, key), b = metric(other, kind, key);
+  EXPECT_EQ(a.size(), b.size()) << key;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) expect_rel(a[i], b[i], rel, key + " row " + std::to_string(i + 1));
+  return a.size();
+}
+
 // A parallel run `other` against the single-process run `ref` of the same recipe (kMpiSteps
 // steps, log every step, evals at 10 and 20): train losses to 1e-5 relative (and they must fall,
 // so two constants cannot pass), grad norms to 1e-4, eval losses to 1e-5, and layer 1's MaxVio of
 // the all-reduced loads to 1e-9.
 inline void expect_runs_match(const std::filesystem::path& ref, const std::filesystem::path& other) {
   const size_t steps = size_t(kMpiSteps);
-  auto la = metric(ref, "train", "loss"), lb = metric(other, "train", "loss");
-  ASSERT_EQ(la.size(), steps);
-  ASSERT_EQ(lb.size(), steps);
-  for (size_t i = 0; i < steps; ++i) expect_rel(la[i], lb[i], 1e-5, "train loss at step " + std::to_string(i + 1));
+  EXPECT_EQ(expect_metric_match(ref, other, "train", "loss", 1e-5), steps);
+  auto la = metric(ref, "train", "loss");
+  ASSERT_FALSE(la.empty());
   EXPECT_LT(la.back(), la.front() - 0.1);
-  auto ga = metric(ref, "train", "grad_norm"), gb = metric(other, "train", "grad_norm");
-  ASSERT_EQ(ga.size(), gb.size());
-  for (size_t i = 0; i < ga.size(); ++i) expect_rel(ga[i], gb[i], 1e-4, "grad_norm at step " + std::to_string(i + 1));
-  auto va = metric(ref, "eval", "val_loss"), vb = metric(other, "eval", "val_loss");
-  ASSERT_EQ(va.size(), 2u);
-  ASSERT_EQ(vb.size(), 2u);
-  for (size_t i = 0; i < va.size(); ++i) expect_rel(va[i], vb[i], 1e-5, "val_loss " + std::to_string(i));
-  auto ma = metric(ref, "train", "layer_1.maxvio"), mb = metric(other, "train", "layer_1.maxvio");
-  ASSERT_EQ(ma.size(), steps);
-  ASSERT_EQ(mb.size(), steps);
-  for (size_t i = 0; i < steps; ++i) expect_rel(ma[i], mb[i], 1e-9, "layer_1.maxvio (all-reduced loads)");
+  expect_metric_match(ref, other, "train", "grad_norm", 1e-4);
+  EXPECT_EQ(expect_metric_match(ref, other, "eval", "val_loss", 1e-5), 2u);
+  EXPECT_EQ(expect_metric_match(ref, other, "train", "layer_1.maxvio", 1e-9), steps);
+}
+
+// Return codes of train_reference_then_parallel (ref_rc is 0 on ranks other than 0).
+struct PairedRuns {
+  int ref_rc = 0, par_rc = 0;
+};
+
+// Rank 0 trains `single` alone into `ref` (the one-process reference, a self communicator), then
+// every rank of `w` trains `parallel` into `par`. Both directories start empty.
+inline PairedRuns train_reference_then_parallel(const Recipe& single, const Recipe& parallel,
+                                                const std::filesystem::path& ref, const std::filesystem::path& par,
+                                                std::shared_ptr<Communicator> w, std::ostream* par_out = nullptr) {
+  PairedRuns rc;
+  if (w->rank() == 0) {
+    std::filesystem::remove_all(ref);
+    std::filesystem::remove_all(par);
+    rc.ref_rc = train(single, ref, make_self_communicator());
+  }
+  w->barrier();
+  rc.par_rc = train(parallel, par, w, "", 0, par_out);
+  return rc;
+}
+
+// Every balance/* state of checkpoint `a` is in `b` with the same values (1e-5 relative to
+// max(1, |value|)); returns how many of a's entries are non-zero (a state that never moved is 0).
+inline size_t expect_balancer_states_match(const Checkpoint& a, const Checkpoint& b) {
+  size_t nonzero = 0;
+  for (auto& [k, v] : a.doubles) {
+    if (k.rfind("balance/", 0) != 0) continue;
+    EXPECT_TRUE(b.doubles.count(k)) << k;
+    if (!b.doubles.count(k)) continue;
+    const auto& u = b.doubles.at(k);
+    EXPECT_EQ(v.size(), u.size()) << k;
+    for (size_t i = 0; i < std::min(v.size(), u.size()); ++i) {
+      EXPECT_NEAR(v[i], u[i], 1e-5 * std::max(1.0, std::fabs(v[i]))) << k << "[" << i << "]";
+      nonzero += v[i] != 0;
+    }
+  }
+  return nonzero;
+}
+
+inline double max_abs_diff(const Tensor& a, const Tensor& b) {
+  std::vector<double> x = a.to_double_vector(), y = b.to_double_vector();
+  EXPECT_EQ(x.size(), y.size());
+  double worst = 0;
+  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) worst = std::max(worst, std::fabs(x[i] - y[i]));
+  return worst;
+}
+
+// Every model/* tensor of checkpoint `a` equals b's to `tol` absolute.
+inline void expect_model_tensors_match(const Checkpoint& a, const Checkpoint& b, double tol) {
+  for (auto& [k, t] : a.tensors) {
+    if (k.rfind("model/", 0) == 0) {
+      EXPECT_LT(max_abs_diff(t, b.tensor(k)), tol) << k;
+    }
+  }
+}
+
+// Training `r` over `w` must stop with a moe::Error whose message contains `needle`.
+inline void expect_training_refused(const Recipe& r, const std::filesystem::path& dir, std::shared_ptr<Communicator> w,
+                                    const std::string& needle) {
+  try {
+    train(r, dir, std::move(w));
+    ADD_FAILURE() << "accepted; expected an error naming " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace moe::test
