@@ -4,6 +4,8 @@ file(GLOB MOE_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/core/cuda/*.cu 
 # Host-side .cpp of the real build (device detection, ...); emulation.cpp is the emulation's own.
 file(GLOB MOE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/core/cuda/*.cpp)
 list(FILTER MOE_CUDA_HOST_SOURCES EXCLUDE REGEX "/emulation\\.cpp$")
+# The Tensor-level backend over the kernels (core/cuda/ops: host code): into both builds.
+file(GLOB MOE_CUDA_OPS_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/core/cuda/ops/*.cpp)
 file(GLOB MOE_CUDA_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/cuda/*_test.cpp)
 # *_gpu_test.cpp test what the emulation does not emulate (cuBLAS): the GPU test binary only.
 set(MOE_CUDA_EMU_TEST_SOURCES ${MOE_CUDA_TEST_SOURCES})
@@ -35,7 +37,7 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
   set(CMAKE_CUDA_STANDARD 20)
   set(CMAKE_CUDA_EXTENSIONS OFF)
   find_package(CUDAToolkit REQUIRED)
-  add_library(moetrain_cuda STATIC ${MOE_CUDA_SOURCES} ${MOE_CUDA_HOST_SOURCES})
+  add_library(moetrain_cuda STATIC ${MOE_CUDA_SOURCES} ${MOE_CUDA_HOST_SOURCES} ${MOE_CUDA_OPS_SOURCES})
   # The directory's flags (-Wall, -march=native, ...) are host-compiler flags: keep them off nvcc.
   get_property(moe_dir_options DIRECTORY ${CMAKE_SOURCE_DIR} PROPERTY COMPILE_OPTIONS)
   set(moe_cuda_options "")
@@ -45,7 +47,7 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
   list(APPEND moe_cuda_options "$<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wall>")
   set_property(TARGET moetrain_cuda PROPERTY COMPILE_OPTIONS ${moe_cuda_options})
   target_include_directories(moetrain_cuda PUBLIC ${CMAKE_SOURCE_DIR})
-  target_link_libraries(moetrain_cuda PUBLIC CUDA::cudart CUDA::cublas)
+  target_link_libraries(moetrain_cuda PUBLIC moetrain_lib CUDA::cudart CUDA::cublas)
   message(STATUS "moetrain: CUDA backend ON (${CMAKE_CUDA_COMPILER}, sm_80 sm_90)")
 
   # The kernel tests against the real build: one ctest entry, label gpu (ctest -L gpu); it
@@ -77,7 +79,7 @@ else()
 endif()
 
 if(MOE_CUDA_SOURCES)
-  add_library(moetrain_cuda_emu STATIC ${CMAKE_SOURCE_DIR}/core/cuda/emulation.cpp)
+  add_library(moetrain_cuda_emu STATIC ${CMAKE_SOURCE_DIR}/core/cuda/emulation.cpp ${MOE_CUDA_OPS_SOURCES})
   foreach(src ${MOE_CUDA_SOURCES})
     get_filename_component(name ${src} NAME_WE)
     set(wrapper ${CMAKE_BINARY_DIR}/cuda_emu/${name}_emu.cpp)
@@ -86,7 +88,7 @@ if(MOE_CUDA_SOURCES)
   endforeach()
   target_compile_definitions(moetrain_cuda_emu PUBLIC MOE_CUDA_EMULATION=1)
   target_include_directories(moetrain_cuda_emu PUBLIC ${CMAKE_SOURCE_DIR})
-  target_link_libraries(moetrain_cuda_emu PUBLIC Threads::Threads)
+  target_link_libraries(moetrain_cuda_emu PUBLIC moetrain_lib Threads::Threads)
 
   # Every kernel test, run under the emulation (no GPU needed): one ctest entry per TEST.
   if(MOE_CUDA_EMU_TEST_SOURCES)

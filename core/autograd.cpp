@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "core/device.h"
+
 namespace moe {
 namespace {
 
@@ -19,6 +21,7 @@ thread_local std::vector<Node> g_tape;
 Tensor add_same_shape(const Tensor& a, const Tensor& b) {
   MOE_CHECK(a.shape() == b.shape(), "accumulate_grad", "grad shape ", b.shape_str(), " does not match ",
             a.shape_str());
+  if (a.device() == Device::cuda) return cuda_backend("accumulate_grad").add(a, b.to(a.dtype()));
   Tensor ac = a.contiguous(), bc = b.contiguous().to(a.dtype());
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   int64_t n = a.numel();
@@ -66,6 +69,8 @@ void accumulate_grad(const Tensor& t, const Tensor& g) {
   if (!t.defined() || !t.requires_grad()) return;
   MOE_CHECK(g.shape() == t.shape(), "accumulate_grad", "grad of shape ", g.shape_str(), " for tensor '", t.name(),
             "' of shape ", t.shape_str());
+  MOE_CHECK(g.device() == t.device(), "accumulate_grad", "grad on ", device_name(g.device()), " for tensor '",
+            t.name(), "' ", t.shape_str(), " on ", device_name(t.device()));
   NoGradGuard no_grad;
   TensorImpl* impl = t.impl();
   if (!impl->grad) {
@@ -82,7 +87,7 @@ void clear_tape() { g_tape.clear(); }
 void Tensor::backward() const {
   MOE_CHECK(numel() == 1, "backward", "called on a tensor of shape ", shape_str(),
             "; pass a seed gradient for non-scalar outputs");
-  backward(Tensor::full(shape(), 1.0, dtype()));
+  backward(Tensor::full(shape(), 1.0, dtype(), device()));
 }
 
 void Tensor::backward(const Tensor& seed) const {

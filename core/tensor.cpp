@@ -6,6 +6,7 @@
 
 #include "core/allocator.h"
 #include "core/autograd.h"
+#include "core/device.h"
 
 namespace moe {
 
@@ -42,34 +43,39 @@ int64_t wrap_dim(int64_t d, int64_t ndim, const char* op) {
 }
 
 Storage::Storage(size_t b, Device dev) : bytes(b), device(dev) {
-  MOE_CHECK(dev == Device::cpu, "Storage", "CUDA storage is created by core/cuda, not here");
-  data = host_alloc(bytes);
+  data = dev == Device::cpu ? host_alloc(bytes) : cuda_backend("Tensor storage").allocate(bytes);
 }
 
 Storage::~Storage() {
-  if (device == Device::cpu) host_free(data, bytes);
+  if (device == Device::cpu)
+    host_free(data, bytes);
+  else if (cuda_backend_installed())  // else the backend is gone at exit, and so is its memory
+    cuda_backend("Tensor storage").release(data, bytes);
 }
 
 // ---------------------------------------------------------------- creation
 
-Tensor Tensor::empty(const Shape& shape, DType dtype) {
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) MOE_CHECK(d >= 0, "Tensor::empty", "negative size in shape ", moe::shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(size_t(shape_numel(shape)) * dtype_size(dtype), Device::cpu);
+  impl->storage = std::make_shared<Storage>(size_t(shape_numel(shape)) * dtype_size(dtype), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
   return Tensor(std::move(impl));
 }
 
-Tensor Tensor::zeros(const Shape& shape, DType dtype) {
-  Tensor t = empty(shape, dtype);
-  std::memset(t.raw_data(), 0, size_t(t.numel()) * dtype_size(dtype));
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  if (device == Device::cpu)
+    std::memset(t.raw_data(), 0, size_t(t.numel()) * dtype_size(dtype));
+  else
+    t.fill_(0.0);
   return t;
 }
 
-Tensor Tensor::full(const Shape& shape, double value, DType dtype) {
-  Tensor t = empty(shape, dtype);
+Tensor Tensor::full(const Shape& shape, double value, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
   t.fill_(value);
   return t;
 }
@@ -117,8 +123,22 @@ bool Tensor::is_contiguous() const {
 
 // ---------------------------------------------------------------- data access
 
+namespace {
+void check_on_host(const Tensor& t, const char* op) {
+  MOE_CHECK(t.device() == Device::cpu, op, "tensor '", t.name(), "' ", t.shape_str(),
+            " is on the cuda device: host code cannot read it (copy it with .to(Device::cpu))");
+}
+}  // namespace
+
 template <class T>
 T* Tensor::data() {
+  MOE_CHECK(defined(), "Tensor::data", "undefined tensor");
+  check_on_host(*this, "Tensor::data");
+  return device_data<T>();
+}
+
+template <class T>
+T* Tensor::device_data() const {
   MOE_CHECK(defined(), "Tensor::data", "undefined tensor");
   MOE_CHECK(dtype_of<T>() == dtype(), "Tensor::data", "tensor '", name(), "' ", shape_str(), " has dtype ",
             dtype_name(dtype()), ", accessed as ", dtype_name(dtype_of<T>()));
@@ -130,7 +150,8 @@ const T* Tensor::data() const {
 }
 #define MOE_INST_DATA(T)                  \
   template T* Tensor::data<T>();          \
-  template const T* Tensor::data<T>() const;
+  template const T* Tensor::data<T>() const; \
+  template T* Tensor::device_data<T>() const;
 MOE_INST_DATA(float)
 MOE_INST_DATA(double)
 MOE_INST_DATA(bf16)
@@ -139,6 +160,11 @@ MOE_INST_DATA(int64_t)
 #undef MOE_INST_DATA
 
 void* Tensor::raw_data() const {
+  check_on_host(*this, "Tensor::raw_data");
+  return raw_device_data();
+}
+
+void* Tensor::raw_device_data() const {
   return static_cast<char*>(impl_->storage->data) + impl_->offset * int64_t(dtype_size(dtype()));
 }
 
@@ -190,6 +216,7 @@ void for_each_pair(const Shape& shape, const Shape& dst_strides, const Shape& sr
 template <class T>
 T Tensor::item() const {
   MOE_CHECK(numel() == 1, "Tensor::item", "expected one element, got shape ", shape_str());
+  if (device() != Device::cpu) return to(Device::cpu).item<T>();
   return *data<T>();
 }
 template float Tensor::item<float>() const;
@@ -199,11 +226,13 @@ template int64_t Tensor::item<int64_t>() const;
 
 double Tensor::item_double() const {
   MOE_CHECK(numel() == 1, "Tensor::item", "expected one element, got shape ", shape_str());
+  if (device() != Device::cpu) return to(Device::cpu).item_double();
   return load_double(raw_data(), dtype());
 }
 
 template <class T>
 std::vector<T> Tensor::to_vector() const {
+  if (device() != Device::cpu) return to(Device::cpu).to_vector<T>();
   Tensor c = contiguous();
   const T* p = c.data<T>();
   return std::vector<T>(p, p + c.numel());
@@ -214,6 +243,7 @@ template std::vector<int32_t> Tensor::to_vector<int32_t>() const;
 template std::vector<int64_t> Tensor::to_vector<int64_t>() const;
 
 std::vector<double> Tensor::to_double_vector() const {
+  if (device() != Device::cpu) return to(Device::cpu).to_double_vector();
   Tensor c = contiguous();
   std::vector<double> out(size_t(c.numel()));
   const char* base = static_cast<const char*>(c.raw_data());
@@ -224,9 +254,51 @@ std::vector<double> Tensor::to_double_vector() const {
 
 // ---------------------------------------------------------------- copies
 
+namespace {
+// A copy with the device on either side. The backend copies and converts within the device;
+// between host and device only contiguous bytes of one dtype travel, so a view or a dtype
+// change is first made contiguous on the side that has it.
+void copy_across_devices(Tensor& dst, const Tensor& src) {
+  CudaBackend& be = cuda_backend("copy_");
+  if (dst.device() == Device::cuda && src.device() == Device::cuda) {
+    be.copy(dst, src);
+    return;
+  }
+  const size_t bytes = size_t(dst.numel()) * dtype_size(dst.dtype());
+  if (src.device() == Device::cpu) {  // host -> device
+    Tensor s = src.dtype() == dst.dtype() ? src.detach().contiguous() : src.detach().to(dst.dtype());
+    if (dst.is_contiguous()) {
+      be.copy_bytes(dst.raw_device_data(), s.raw_device_data(), bytes, CopyKind::host_to_device);
+    } else {
+      Tensor staged = Tensor::empty(dst.shape(), dst.dtype(), Device::cuda);
+      be.copy_bytes(staged.raw_device_data(), s.raw_device_data(), bytes, CopyKind::host_to_device);
+      be.copy(dst, staged);
+    }
+    return;
+  }
+  // device -> host
+  Tensor s = src;
+  if (!src.is_contiguous() || src.dtype() != dst.dtype()) {
+    s = Tensor::empty(src.shape(), dst.dtype(), Device::cuda);
+    be.copy(s, src);
+  }
+  if (dst.is_contiguous()) {
+    be.copy_bytes(dst.raw_device_data(), s.raw_device_data(), bytes, CopyKind::device_to_host);
+  } else {
+    Tensor staged = Tensor::empty(dst.shape(), dst.dtype());
+    be.copy_bytes(staged.raw_device_data(), s.raw_device_data(), bytes, CopyKind::device_to_host);
+    dst.copy_(staged);
+  }
+}
+}  // namespace
+
 void Tensor::copy_(const Tensor& src) {
   MOE_CHECK(src.shape() == shape(), "copy_", "shape mismatch: destination ", shape_str(), " vs source ",
             src.shape_str());
+  if (device() != Device::cpu || src.device() != Device::cpu) {
+    copy_across_devices(*this, src);
+    return;
+  }
   size_t es = dtype_size(dtype());
   char* d = static_cast<char*>(impl_->storage->data);
   const char* s = static_cast<const char*>(src.impl_->storage->data);
@@ -258,6 +330,10 @@ void Tensor::copy_(const Tensor& src) {
 }
 
 void Tensor::fill_(double value) {
+  if (device() != Device::cpu) {
+    cuda_backend("Tensor::fill_").fill(*this, value);
+    return;
+  }
   size_t es = dtype_size(dtype());
   if (is_contiguous()) {
     char* p = static_cast<char*>(raw_data());
@@ -277,7 +353,7 @@ void Tensor::fill_(double value) {
 }
 
 Tensor Tensor::clone() const {
-  Tensor out = empty(shape(), dtype());
+  Tensor out = empty(shape(), dtype(), device());
   out.copy_(*this);
   return out;
 }
@@ -301,11 +377,22 @@ Tensor Tensor::contiguous() const {
 
 Tensor Tensor::to(DType dt) const {
   if (dt == dtype()) return *this;
-  Tensor out = empty(shape(), dt);
+  Tensor out = empty(shape(), dt, device());
   out.copy_(*this);
   if (is_floating(dt) && is_floating(dtype()) && needs_grad({*this})) {
     Tensor self = *this;
     record("to", {out}, [self](const std::vector<Tensor>& g) { accumulate_grad(self, g[0].to(self.dtype())); });
+  }
+  return out;
+}
+
+Tensor Tensor::to(Device dev) const {
+  if (dev == device()) return *this;
+  Tensor out = empty(shape(), dtype(), dev);
+  out.copy_(*this);
+  if (is_floating(dtype()) && needs_grad({*this})) {
+    Tensor self = *this;
+    record("to_device", {out}, [self](const std::vector<Tensor>& g) { accumulate_grad(self, g[0].to(self.device())); });
   }
   return out;
 }
@@ -384,7 +471,7 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
   if (needs_grad({*this})) {
     Tensor self = *this;
     record("slice", {out}, [self, d, start, end](const std::vector<Tensor>& g) {
-      Tensor full_grad = Tensor::zeros(self.shape(), g[0].dtype());
+      Tensor full_grad = Tensor::zeros(self.shape(), g[0].dtype(), self.device());
       full_grad.slice(d, start, end).copy_(g[0]);
       accumulate_grad(self, full_grad);
     });

@@ -44,11 +44,13 @@ class Tensor {
   Tensor() = default;
   explicit Tensor(std::shared_ptr<TensorImpl> impl) : impl_(std::move(impl)) {}
 
-  // ---- creation (contiguous, CPU) ----
-  static Tensor empty(const Shape& shape, DType dtype = DType::f32);
-  static Tensor zeros(const Shape& shape, DType dtype = DType::f32);
-  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32);
-  static Tensor ones(const Shape& shape, DType dtype = DType::f32) { return full(shape, 1.0, dtype); }
+  // ---- creation (contiguous; Device::cuda allocates through the installed CUDA backend) ----
+  static Tensor empty(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu);
+  static Tensor full(const Shape& shape, double value, DType dtype = DType::f32, Device device = Device::cpu);
+  static Tensor ones(const Shape& shape, DType dtype = DType::f32, Device device = Device::cpu) {
+    return full(shape, 1.0, dtype, device);
+  }
   static Tensor scalar(double value, DType dtype = DType::f32) { return full({}, value, dtype); }
   template <class T>
   static Tensor from_vector(const std::vector<T>& values, const Shape& shape);
@@ -73,9 +75,15 @@ class Tensor {
   bool same_storage(const Tensor& o) const { return impl_->storage == o.impl_->storage; }
 
   // ---- data access (checks the dtype; pointer is at the view's offset) ----
+  // Host code reads and writes through data(): it throws for a tensor on the device, so a host
+  // loop over device memory fails loudly (also under the emulation, where device memory is
+  // host memory). Kernels' host wrappers take device_data().
   template <class T> T* data();
   template <class T> const T* data() const;
   void* raw_data() const;
+  template <class T> T* device_data() const;  // any device; the backend's access
+  void* raw_device_data() const;
+  // These copy a device tensor to the host first.
   template <class T> T item() const;
   double item_double() const;              // any dtype, one element
   template <class T> std::vector<T> to_vector() const;  // contiguous copy, dtype must match
@@ -86,7 +94,8 @@ class Tensor {
   Tensor clone() const;              // detached contiguous copy
   Tensor detach() const;             // same storage, no grad history
   Tensor to(DType dtype) const;      // differentiable between floating types
-  void copy_(const Tensor& src);     // element-wise copy into this view; shapes must match
+  Tensor to(Device device) const;    // differentiable; returns *this when already there
+  void copy_(const Tensor& src);     // element-wise copy into this view; shapes must match; any devices
   void fill_(double value);
   void zero_() { fill_(0.0); }
 

@@ -1,0 +1,54 @@
+// The CUDA backend: CudaBackend (core/device.h) over the kernels of core/cuda. The same sources
+// build into the real CUDA library and into the emulation, so every op here also runs, kernel
+// by kernel, in the emulation tests. One file per part:
+//   backend.cpp    device, memory (caching allocator), copies, fill
+//   dense_ops.cpp  embedding, RMSNorm, linear, RoPE, attention, element-wise, cross-entropy
+//   moe_ops.cpp    permute / combine and the SwiGLU experts
+//   optim_ops.cpp  AdamW, sums of squares, scaling
+#pragma once
+#include <memory>
+
+#include "core/device.h"
+
+namespace moe::cuda {
+
+class Backend final : public CudaBackend {
+ public:
+  std::string unavailable_reason() override;
+  std::string describe() override;
+  void synchronize() override;
+
+  void* allocate(size_t bytes) override;
+  void release(void* p, size_t bytes) noexcept override;
+  void copy_bytes(void* dst, const void* src, size_t bytes, CopyKind kind) override;
+  void copy(const Tensor& dst, const Tensor& src) override;
+  void fill(const Tensor& dst, double value) override;
+
+  Tensor embedding(const Tensor& weight, const Tensor& ids) override;
+  Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) override;
+  Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) override;
+  std::vector<Tensor> linear_shared_input(const Tensor& x, const std::vector<Tensor>& weights) override;
+  Tensor rope(const Tensor& x, double theta, int64_t pos_offset) override;
+  Tensor causal_attention_bshd(const Tensor& q, const Tensor& k, const Tensor& v) override;
+  Tensor add(const Tensor& a, const Tensor& b) override;
+  Tensor mul_scalar(const Tensor& a, double s) override;
+  Tensor swiglu(const Tensor& gate, const Tensor& up) override;
+  Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) override;
+
+  Tensor permute_tokens(const Tensor& x, const DispatchPlanPtr& plan) override;
+  Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan) override;
+  Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                           const std::vector<int64_t>& offsets) override;
+
+  void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                    const AdamWUpdate& u) override;
+  double sum_of_squares(const Tensor& x) override;
+  void scale_(const Tensor& x, double s) override;
+};
+
+// Installs a Backend as the process's CUDA backend after checking that a device is usable;
+// throws "<what>: no CUDA device: <reason>" otherwise. Under the emulation the "device" is
+// always there.
+void install_backend(const char* what);
+
+}  // namespace moe::cuda

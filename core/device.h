@@ -1,0 +1,102 @@
+// The CUDA backend as the core sees it. core/, layers/ and optim/ never include a CUDA header:
+// a program that can run on a GPU links a backend (core/cuda/ops: the real CUDA build, or the
+// CPU emulation of the same kernel sources in the emulation tests) and installs it once with
+// install_cuda_backend() (core/cuda/ops/backend.h). Storage on Device::cuda allocates through it,
+// Tensor's copies and fills go through it, and each op that a model step needs hands tensors on
+// the device to it, at the top of the op, so layers call the same functions on either device:
+//
+//   if (x.device() == Device::cuda) return cuda_backend("rms_norm").rms_norm(x, weight, eps);
+//
+// Mixed precision, which every op below follows: parameters and their grads are fp32 (the
+// master weights; AdamW moments too); activations are bf16 or fp32, the dtype of the input
+// activation decides; an op converts a weight to the activation dtype where it multiplies,
+// accumulates in fp32 and returns the activation dtype. Weight grads come back in fp32.
+// Router and balancing math stay fp32 (DESIGN.md rule 3).
+#pragma once
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace moe {
+
+struct DispatchPlan;  // layers/moe/dispatch.h
+using DispatchPlanPtr = std::shared_ptr<const DispatchPlan>;
+
+enum class CopyKind { host_to_device, device_to_host, device_to_device };
+
+// One AdamW update of one parameter (optim/adamw.h has the formula).
+struct AdamWUpdate {
+  double lr = 0;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0;  // already 0 for parameters outside the decay group
+  int64_t step = 1;         // this parameter's step count t (bias corrections 1 - b^t)
+};
+
+class CudaBackend {
+ public:
+  virtual ~CudaBackend() = default;
+
+  // ---- the device ----
+  // Empty when a device is usable; otherwise one line saying why ("no CUDA device: ...").
+  virtual std::string unavailable_reason() = 0;
+  virtual std::string describe() = 0;  // e.g. "NVIDIA H100 80GB HBM3 (sm_90)" or "CUDA emulation"
+  virtual void synchronize() = 0;
+
+  // ---- memory (through the caching allocator) and raw copies ----
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void release(void* p, size_t bytes) noexcept = 0;
+  virtual void copy_bytes(void* dst, const void* src, size_t bytes, CopyKind kind) = 0;
+
+  // ---- Tensor primitives, no autograd: both tensors on the device, any strides ----
+  // dst = src element-wise (same shape); converts between dtypes (floating <-> floating,
+  // index <-> index).
+  virtual void copy(const Tensor& dst, const Tensor& src) = 0;
+  virtual void fill(const Tensor& dst, double value) = 0;
+
+  // ---- ops of a dense transformer step: same contracts as core/cpu, autograd recorded ----
+  virtual Tensor embedding(const Tensor& weight, const Tensor& ids) = 0;  // output in activation_dtype()
+  virtual Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) = 0;
+  virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) = 0;
+  virtual std::vector<Tensor> linear_shared_input(const Tensor& x, const std::vector<Tensor>& weights) = 0;
+  virtual Tensor rope(const Tensor& x, double theta, int64_t pos_offset) = 0;
+  virtual Tensor causal_attention_bshd(const Tensor& q, const Tensor& k, const Tensor& v) = 0;
+  virtual Tensor add(const Tensor& a, const Tensor& b) = 0;  // same shapes (no broadcasting)
+  virtual Tensor mul_scalar(const Tensor& a, double s) = 0;
+  virtual Tensor swiglu(const Tensor& gate, const Tensor& up) = 0;
+  // logits [N, V] (bf16 or fp32), targets [N] (on the device): mean loss, fp32, one element.
+  virtual Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) = 0;
+
+  // ---- the MoE layer's data path (routing decisions are made in fp32 on the host) ----
+  virtual Tensor permute_tokens(const Tensor& x, const DispatchPlanPtr& plan) = 0;
+  virtual Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan) = 0;
+  virtual Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                                   const std::vector<int64_t>& offsets) = 0;
+
+  // ---- optimizer ----
+  virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                            const AdamWUpdate& u) = 0;
+  virtual double sum_of_squares(const Tensor& x) = 0;  // fp32 / bf16 in, accumulated in double on the host
+  virtual void scale_(const Tensor& x, double s) = 0;  // x *= s in place
+
+  // The activation dtype of this run (bf16 for training on a GPU, fp32 for exact checks).
+  DType activation_dtype() const { return activation_dtype_; }
+  void set_activation_dtype(DType dt) { activation_dtype_ = dt; }
+
+ private:
+  DType activation_dtype_ = DType::bf16;
+};
+
+// Installs the backend for the whole process (the last call wins); nullptr uninstalls.
+void install_cuda_backend(std::shared_ptr<CudaBackend> backend);
+bool cuda_backend_installed();
+// The installed backend; throws naming `what` when this program has none ("built without the
+// CUDA backend"). Whether a device is usable is the installer's check (unavailable_reason()).
+CudaBackend& cuda_backend(const char* what);
+
+// Throws naming `op` unless every defined tensor is on the same device; returns that device.
+Device common_device(const char* op, std::initializer_list<Tensor> tensors);
+
+}  // namespace moe
