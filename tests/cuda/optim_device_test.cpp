@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -14,6 +15,8 @@
 #include "core/rng.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
+#include "parallel/communicator.h"
+#include "recipes/parallel_grads.h"
 
 namespace moe {
 namespace {
@@ -289,6 +292,25 @@ TEST_F(OptimDevice, BackendSumOfSquaresAndScale) {
   for (float& x : hbv) x *= 0.5f;
   EXPECT_EQ(db.to(DType::f32).to_vector<float>(), hbv);
   EXPECT_THROW(be.scale_(d.transpose(0, 1), 2.0), Error);  // in place needs one flat array
+}
+
+// The multi-process grad reductions pack grads through host memory: device parameters are
+// refused with one line naming the parameter (not a data() throw from deep inside).
+TEST_F(OptimDevice, ParallelGradReductionsRefuseDeviceParameters) {
+  Tensor p = Tensor::zeros({4}, DType::f32, Device::cuda).set_requires_grad(true);
+  p.set_name("blocks.0.attn.wq.weight");
+  p.set_grad(Tensor::ones({4}, DType::f32, Device::cuda));
+  auto self = make_self_communicator();
+  for (auto call : {std::function<void()>([&] { all_reduce_grads({p}, *self, 0.5); }),
+                    std::function<void()>([&] { clip_grad_norm_expert_parallel({p}, {}, *self, 1.0); })}) {
+    try {
+      call();
+      FAIL() << "expected a throw";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("'blocks.0.attn.wq.weight' is on the cuda device"), std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 }  // namespace
