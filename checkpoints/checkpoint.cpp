@@ -79,11 +79,7 @@ void validate_keys(const Checkpoint& c) {
     for (size_t pos = p.find('/', 1); pos != std::string::npos; pos = p.find('/', pos + 1))
       MOE_CHECK(!all.count(p.substr(0, pos)), "write_checkpoint", "entry '", p.substr(1, pos - 1),
                 "' is a dataset and also the group of '", p.substr(1), "'");
-  for (auto& [k, t] : c.tensors) {
-    MOE_CHECK(t.defined(), "write_checkpoint", "tensor '", k, "' is undefined");
-    MOE_CHECK(t.device() == Device::cpu, "write_checkpoint", "tensor '", k,
-              "' lives on the GPU; copy it to the host first");
-  }
+  for (auto& [k, t] : c.tensors) MOE_CHECK(t.defined(), "write_checkpoint", "tensor '", k, "' is undefined");
   for (const char* key : kMetaKeys) {
     MOE_CHECK(!c.meta.strings.count(key) && !c.meta.ints.count(key) && !c.meta.doubles.count(key),
               "write_checkpoint", "extra meta key '", key, "' collides with a standard /meta attribute");
@@ -129,7 +125,9 @@ void write_h5(const fs::path& file, const Checkpoint& c) {
 
   for (auto& [k, t] : c.tensors) {
     std::string p = h5_path(k);
-    Tensor ct = t.contiguous();
+    // A tensor on the cuda device is copied to the host here (HDF5 reads host memory); the
+    // file is the same whichever device wrote it.
+    Tensor ct = t.device() == Device::cpu ? t.contiguous() : t.detach().to(Device::cpu);
     Shape shape = ct.shape();
     bool scalar = shape.empty();
     if (scalar) shape = {1};

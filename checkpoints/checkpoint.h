@@ -35,7 +35,10 @@ struct CheckpointMeta {
 // and may not start with "meta".
 struct Checkpoint {
   CheckpointMeta meta;
-  std::map<std::string, Tensor> tensors;  // any dtype; CPU; stored bit-exact (bf16 as u16)
+  // Any dtype, stored bit-exact (bf16 as u16). Written from either device (a tensor on the cuda
+  // device is copied to the host while writing); read_checkpoint returns host tensors, which
+  // Tensor::copy_ / AdamW::load_state copy into tensors on either device.
+  std::map<std::string, Tensor> tensors;
   std::map<std::string, std::vector<double>> doubles;
   std::map<std::string, std::vector<int64_t>> ints;
   std::map<std::string, std::string> strings;  // stored as checksummed u8 datasets

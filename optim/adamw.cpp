@@ -5,6 +5,7 @@
 #include <set>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -23,9 +24,12 @@ AdamW::AdamW(std::vector<std::pair<std::string, Tensor>> named_params, AdamWConf
     MOE_CHECK(p.dtype() == DType::f32 || p.dtype() == DType::f64, "AdamW", "parameter '", name,
               "' must be f32 or f64, got ", dtype_name(p.dtype()));
     MOE_CHECK(p.is_contiguous(), "AdamW", "parameter '", name, "' ", p.shape_str(), " must be contiguous");
+    MOE_CHECK(p.device() == Device::cpu || p.dtype() == DType::f32, "AdamW", "parameter '", name,
+              "' on the cuda device must be f32 (the master weights), got ", dtype_name(p.dtype()));
     Slot s;
-    s.m = Tensor::zeros(p.shape(), p.dtype());
-    s.v = Tensor::zeros(p.shape(), p.dtype());
+    // Moments live with their parameter: a parameter on the device is updated there.
+    s.m = Tensor::zeros(p.shape(), p.dtype(), p.device());
+    s.v = Tensor::zeros(p.shape(), p.dtype(), p.device());
     s.decay = decay_rule(name, p);
     slots_.push_back(std::move(s));
   }
@@ -47,6 +51,22 @@ void AdamW::step(double lr) {
     if (!g.defined()) continue;
     MOE_CHECK(g.shape() == p.shape(), "AdamW", "grad of '", params_[i].first, "' has shape ", g.shape_str(),
               ", parameter ", p.shape_str());
+    MOE_CHECK(g.device() == p.device(), "AdamW", "grad of '", params_[i].first, "' is on the ",
+              device_name(g.device()), ", its parameter on the ", device_name(p.device()));
+    if (p.device() == Device::cuda) {
+      // The fused kernel reads an f32 or bf16 grad as it is; the formula is the loop's below.
+      if (g.dtype() != DType::f32 && g.dtype() != DType::bf16) g = g.to(DType::f32);
+      ++s.step;
+      AdamWUpdate u;
+      u.lr = lr;
+      u.beta1 = cfg_.beta1;
+      u.beta2 = cfg_.beta2;
+      u.eps = cfg_.eps;
+      u.weight_decay = s.decay ? cfg_.weight_decay : 0.0;
+      u.step = s.step;
+      cuda_backend("AdamW").adamw_update(p, g.contiguous(), s.m, s.v, u);
+      continue;
+    }
     g = g.to(p.dtype()).contiguous();
     ++s.step;
     const double bc1 = 1.0 - std::pow(cfg_.beta1, double(s.step));
@@ -76,15 +96,20 @@ void AdamW::zero_grad() {
   for (auto& [name, p] : params_) p.zero_grad();
 }
 
+namespace {
+// A detached host copy (moments on the device come back to the host).
+Tensor host_copy(const Tensor& t) { return t.device() == Device::cpu ? t.clone() : t.to(Device::cpu); }
+}  // namespace
+
 std::map<std::string, Tensor> AdamW::exp_avg() const {
   std::map<std::string, Tensor> out;
-  for (size_t i = 0; i < params_.size(); ++i) out[params_[i].first] = slots_[i].m.clone();
+  for (size_t i = 0; i < params_.size(); ++i) out[params_[i].first] = host_copy(slots_[i].m);
   return out;
 }
 
 std::map<std::string, Tensor> AdamW::exp_avg_sq() const {
   std::map<std::string, Tensor> out;
-  for (size_t i = 0; i < params_.size(); ++i) out[params_[i].first] = slots_[i].v.clone();
+  for (size_t i = 0; i < params_.size(); ++i) out[params_[i].first] = host_copy(slots_[i].v);
   return out;
 }
 
@@ -116,8 +141,15 @@ void AdamW::load_state(const std::map<std::string, Tensor>& exp_avg, const std::
     const double step = t.item_double();
     MOE_CHECK(step >= 0 && step == std::floor(step), "AdamW::load_state", "step of '", name,
               "' must be a non-negative integer, got ", step);
-    next[i].m = m.to(p.dtype()).clone();
-    next[i].v = v.to(p.dtype()).clone();
+    if (p.device() == Device::cpu && m.device() == Device::cpu && v.device() == Device::cpu) {
+      next[i].m = m.to(p.dtype()).clone();
+      next[i].v = v.to(p.dtype()).clone();
+    } else {  // into fresh tensors on the parameter's device (copy_ converts dtype and device)
+      next[i].m = Tensor::empty(p.shape(), p.dtype(), p.device());
+      next[i].v = Tensor::empty(p.shape(), p.dtype(), p.device());
+      next[i].m.copy_(m.detach());
+      next[i].v.copy_(v.detach());
+    }
     next[i].step = int64_t(step);
   }
   slots_ = std::move(next);

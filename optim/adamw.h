@@ -36,6 +36,8 @@ class AdamW {
   //   p -= lr * wd * p   (decay groups only)
   //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
   //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+  // Parameters on the cuda device (f32, moments there too) are updated by the backend's fused
+  // kernel with the same fp32 coefficients and order of operations.
   void step(double lr);
   // Drops every parameter's grad.
   void zero_grad();
@@ -45,13 +47,15 @@ class AdamW {
   const std::vector<std::pair<std::string, Tensor>>& params() const { return params_; }
 
   // ---- state, by parameter name (for checkpoints) ----
-  // Moments are copies, same dtype and shape as the parameter; a parameter never updated yet
+  // Moments are copies on the host, same dtype and shape as the parameter (a parameter on the
+  // cuda device keeps its moments there; they are copied back); a parameter never updated yet
   // has zero moments and step 0. steps() holds one 0-dim i64 tensor per parameter.
   std::map<std::string, Tensor> exp_avg() const;
   std::map<std::string, Tensor> exp_avg_sq() const;
   std::map<std::string, Tensor> steps() const;
   // Restores the state; every parameter must be present in each map with its shape (the
-  // error names the parameter and both shapes). Values are copied.
+  // error names the parameter and both shapes). Values are copied, from either device, onto the
+  // parameter's device.
   void load_state(const std::map<std::string, Tensor>& exp_avg, const std::map<std::string, Tensor>& exp_avg_sq,
                   const std::map<std::string, Tensor>& steps);
 

@@ -2,8 +2,10 @@
 #include "optim/clip.h"
 
 #include <cmath>
+#include <set>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/elementwise.h"
 #include "core/dispatch.h"
 
@@ -14,6 +16,10 @@ double global_grad_norm(const std::vector<Tensor>& params) {
   for (const Tensor& p : params) {
     Tensor g = p.grad();
     if (!g.defined()) continue;
+    if (g.device() == Device::cuda) {  // one reduction on the device per grad, summed here in order
+      total += cuda_backend("clip_grad_norm").sum_of_squares(g);
+      continue;
+    }
     Tensor gc = g.contiguous();
     total += dispatch_float(gc.dtype(), "clip_grad_norm", [&](auto tag) {
       using T = decltype(tag);
@@ -31,10 +37,22 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   if (max_norm <= 0 || !std::isfinite(norm) || norm <= max_norm) return norm;
   const double scale = max_norm / (norm + 1e-6);
   NoGradGuard no_grad;
-  // Grads are replaced rather than scaled in place: two parameters may share one grad buffer.
+  // Host grads are replaced rather than scaled in place: two parameters may share one grad
+  // buffer. Device grads are scaled in place (no allocation in the step loop), each buffer once.
+  std::set<const void*> scaled;
   for (Tensor p : params) {
     Tensor g = p.grad();
-    if (g.defined()) p.set_grad(mul_scalar(g, scale));
+    if (!g.defined()) continue;
+    if (g.device() == Device::cuda) {
+      if (!g.is_contiguous()) {
+        p.set_grad(g = g.contiguous());
+      } else if (!scaled.insert(g.raw_device_data()).second) {
+        continue;
+      }
+      cuda_backend("clip_grad_norm").scale_(g, scale);
+      continue;
+    }
+    p.set_grad(mul_scalar(g, scale));
   }
   return norm;
 }

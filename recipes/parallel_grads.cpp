@@ -15,10 +15,20 @@ namespace moe {
 namespace {
 // Parameters packed per bucket (a larger parameter gets a bucket of its own).
 constexpr size_t kGradBucket = size_t(1) << 22;
+
+// These reductions pack grads through host memory (MPI); grads on the cuda device would go
+// over NCCL, which is not wired here: refuse them with one line instead of a data() throw.
+void require_host(const std::vector<Tensor>& params, const char* op) {
+  for (const Tensor& p : params)
+    MOE_CHECK(p.device() == Device::cpu, op, "parameter '", p.name(),
+              "' is on the cuda device: multi-process training reduces grads on the host only (run one process "
+              "with train.device = \"cuda\", or several on the CPU)");
+}
 }  // namespace
 
 void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, double scale) {
   if (params.empty() || (comm.size() == 1 && scale == 1.0)) return;
+  require_host(params, "gradient all-reduce");
   const DType dt = params[0].dtype();
   for (auto& p : params) MOE_CHECK(p.dtype() == dt, "gradient all-reduce", "parameters of mixed dtypes");
   std::vector<double> defined(params.size());
@@ -61,6 +71,8 @@ void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, dou
 
 double clip_grad_norm_expert_parallel(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
                                       Communicator& ep_group, double max_norm) {
+  require_host(dense, "expert-parallel clipping");
+  require_host(experts, "expert-parallel clipping");
   const double d = global_grad_norm(dense);
   double e = global_grad_norm(experts);
   e *= e;

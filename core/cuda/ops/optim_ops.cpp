@@ -1,11 +1,78 @@
-// PENDING (optim helper): every method below still fails; replaced file-wide.
+// The optimizer's part of the CUDA backend: the fused AdamW update of one parameter (fp32 master,
+// fp32 moments, the coefficients rounded as optim/adamw.cpp rounds them), the sum of squares of
+// a gradient for global-norm clipping, and in-place scaling.
+#include "core/cuda/adamw.h"
+#include "core/cuda/caching_allocator.h"
+#include "core/cuda/clip.h"
+#include "core/cuda/elementwise.h"
+#include "core/cuda/memory.h"
 #include "core/cuda/ops/cuda_backend.h"
 
 namespace moe::cuda {
-#define MOE_PENDING(op) MOE_FAIL(op, "not yet available on the cuda device")
-void Backend::adamw_update(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const AdamWUpdate&) {
-  MOE_PENDING("adamw_update");
+namespace {
+
+// A tensor the optimizer kernels read or write as one flat array.
+void require_flat(const Tensor& t, const char* op, const char* role) {
+  MOE_CHECK(t.defined(), op, role, " is undefined");
+  MOE_CHECK(t.device() == Device::cuda, op, role, " '", t.name(), "' ", t.shape_str(), " is not on the cuda device");
+  MOE_CHECK(t.is_contiguous(), op, role, " '", t.name(), "' ", t.shape_str(), " must be contiguous");
 }
-double Backend::sum_of_squares(const Tensor&) { MOE_PENDING("sum_of_squares"); }
-void Backend::scale_(const Tensor&, double) { MOE_PENDING("scale_"); }
+
+}  // namespace
+
+void Backend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                           const AdamWUpdate& u) {
+  const char* op = "adamw_update";
+  require_flat(param, op, "parameter");
+  require_flat(grad, op, "grad");
+  require_flat(m, op, "exp_avg");
+  require_flat(v, op, "exp_avg_sq");
+  MOE_CHECK(param.dtype() == DType::f32 && m.dtype() == DType::f32 && v.dtype() == DType::f32, op, "parameter '",
+            param.name(), "' and its moments must be f32 (master weights), got ", dtype_name(param.dtype()), ", ",
+            dtype_name(m.dtype()), ", ", dtype_name(v.dtype()));
+  MOE_CHECK(grad.shape() == param.shape() && m.shape() == param.shape() && v.shape() == param.shape(), op,
+            "parameter '", param.name(), "' ", param.shape_str(), ": grad ", grad.shape_str(), ", moments ",
+            m.shape_str(), " and ", v.shape_str());
+  const AdamwCoefficients c = AdamwCoefficients::from(u.lr, u.beta1, u.beta2, u.eps, u.weight_decay, long(u.step));
+  const size_t n = size_t(param.numel());
+  float* p = param.device_data<float>();
+  float* mp = m.device_data<float>();
+  float* vp = v.device_data<float>();
+  switch (grad.dtype()) {
+    case DType::f32: adamw_step(p, grad.device_data<float>(), mp, vp, n, c); return;
+    case DType::bf16: adamw_step(p, grad.device_data<bf16>(), mp, vp, n, c); return;
+    default:
+      MOE_FAIL(op, "grad of '", param.name(), "' must be f32 or bf16, got ", dtype_name(grad.dtype()));
+  }
+}
+
+double Backend::sum_of_squares(const Tensor& x) {
+  const char* op = "sum_of_squares";
+  MOE_CHECK(x.defined() && x.device() == Device::cuda, op, "tensor is not on the cuda device");
+  const Tensor xc = x.contiguous();
+  const size_t n = size_t(xc.numel());
+  if (n == 0) return 0.0;
+  Workspace<float> sum(1);
+  device_memset_async(sum.get(), 0, sizeof(float), nullptr);
+  switch (xc.dtype()) {
+    case DType::f32: accumulate_sum_squares(xc.device_data<float>(), n, sum.get()); break;
+    case DType::bf16: accumulate_sum_squares(xc.device_data<bf16>(), n, sum.get()); break;
+    default: MOE_FAIL(op, "tensor '", x.name(), "' must be f32 or bf16, got ", dtype_name(xc.dtype()));
+  }
+  float host = 0;
+  copy_to_host(&host, sum.get(), sizeof(float));  // synchronizes with the kernels before it
+  return double(host);
+}
+
+void Backend::scale_(const Tensor& x, double s) {
+  const char* op = "scale_";
+  require_flat(x, op, "tensor");
+  const size_t n = size_t(x.numel());
+  switch (x.dtype()) {
+    case DType::f32: scale(x.device_data<float>(), float(s), x.device_data<float>(), n); return;
+    case DType::bf16: scale(x.device_data<bf16>(), float(s), x.device_data<bf16>(), n); return;
+    default: MOE_FAIL(op, "tensor '", x.name(), "' must be f32 or bf16, got ", dtype_name(x.dtype()));
+  }
+}
+
 }  // namespace moe::cuda
