@@ -579,7 +579,8 @@ class Trainer {
     c.meta.step = step_;
     c.meta.tokens_seen = tokens_seen_;
     c.meta.recipe = resolved_toml(r_);
-    c.meta.strings["backend"] = "cpu";
+    // Where it was written (the file is the same either way: fp32 masters, resumable on both).
+    c.meta.strings["backend"] = device_ == Device::cuda ? "cuda, " + r_.train.cuda_activations + " activations" : "cpu";
     c.meta.world_size = comm_->size();
     c.meta.dp_size = layout_.dp;
     c.meta.ep_size = layout_.ep;
