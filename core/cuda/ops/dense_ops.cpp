@@ -13,8 +13,5 @@ Tensor Backend::rope(const Tensor&, double, int64_t) { MOE_PENDING("rope"); }
 Tensor Backend::causal_attention_bshd(const Tensor&, const Tensor&, const Tensor&) {
   MOE_PENDING("causal_attention_bshd");
 }
-Tensor Backend::add(const Tensor&, const Tensor&) { MOE_PENDING("add"); }
-Tensor Backend::mul_scalar(const Tensor&, double) { MOE_PENDING("mul_scalar"); }
-Tensor Backend::swiglu(const Tensor&, const Tensor&) { MOE_PENDING("swiglu"); }
 Tensor Backend::cross_entropy(const Tensor&, const Tensor&, int64_t) { MOE_PENDING("cross_entropy"); }
 }  // namespace moe::cuda
