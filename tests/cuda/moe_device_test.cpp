@@ -17,6 +17,7 @@
 #include "layers/moe/dispatch.h"
 #include "layers/moe/experts.h"
 #include "layers/moe/moe_layer.h"
+#include "parallel/communicator.h"
 
 namespace moe {
 namespace {
@@ -201,17 +202,6 @@ ModelConfig layer_config(const LayerCase& c) {
   return m;
 }
 
-// Until Module::to(Device) exists: each parameter's storage replaced by a device copy, in place
-// (the module keeps the same Tensor handles).
-void move_parameters_to_device(const Module& m) {
-  for (const Tensor& p : m.parameters()) {
-    Tensor d = p.detach().contiguous().to(Device::cuda);
-    p.impl()->storage = d.impl()->storage;
-    p.impl()->strides = d.impl()->strides;
-    p.impl()->offset = d.impl()->offset;
-  }
-}
-
 // loss = sum(out * R) + the layer's extra losses (host scalars), so that every grad path (the
 // data path on the device, the router and its losses on the host) is exercised by one backward.
 Tensor layer_loss(MoeLayer& layer, const Tensor& out, const Tensor& R) {
@@ -226,10 +216,16 @@ void run_layer_case(const LayerCase& c) {
   const ModelConfig cfg = layer_config(c);
   Philox rng_cpu(1234, 0), rng_dev(1234, 0);
   MoeLayer cpu(cfg, 0, rng_cpu), dev(cfg, 0, rng_dev);
-  move_parameters_to_device(dev);
+  // The experts multiply in bf16 on the device: fp32 masters and input that are bf16-exact make
+  // that conversion exact, so the CPU reference sees the values the tensor cores see and the
+  // comparison measures the kernels' own bf16 rounding (intermediates, outputs), not the inputs'.
+  for (const Module* m : {static_cast<const Module*>(&cpu), static_cast<const Module*>(&dev)}) {
+    NoGradGuard ng;
+    for (Tensor p : m->parameters()) p.copy_(p.to(DType::bf16));
+  }
+  dev.to(Device::cuda);
 
-  // The CPU layer sees the values the device layer sees (bf16-rounded input when bf16).
-  Tensor x = random_host({2, 9, 40}, 31).to(c.act).to(DType::f32), R = random_host({2, 9, 40}, 32);
+  Tensor x = random_host({2, 9, 40}, 31).to(DType::bf16).to(DType::f32), R = random_host({2, 9, 40}, 32);
   Tensor xh = host_leaf(x), xd = device_leaf(x, c.act);
   // Each layer's forward and backward in turn: a backward runs (and clears) the whole tape.
   Tensor out_h = cpu.forward(xh);
@@ -284,6 +280,47 @@ TEST_F(MoeDevice, LayerExpertChoiceMatchesCpu) { run_layer_case({"expert_choice"
 TEST_F(MoeDevice, LayerNullExpertsMatchesCpu) { run_layer_case({"null_experts", "null_experts"}); }
 TEST_F(MoeDevice, LayerSharedExpertsBf16MatchesCpu) {
   run_layer_case({"aux_loss shared bf16", "aux_loss", std::nullopt, 1, DType::bf16});
+}
+
+// Rank 0 of a two-rank group whose collectives must never be reached: the layer refuses the
+// device before any exchange.
+class TwoRankNoCollectives final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::string backend() const override { return "test"; }
+  void all_reduce_sum(double*, size_t) override { fail(); }
+  void all_reduce_sum(float*, size_t) override { fail(); }
+  void all_reduce_max(double*, size_t) override { fail(); }
+  std::vector<double> all_gather(const double*, size_t) override { fail(); }
+  std::vector<uint64_t> all_gather(const uint64_t*, size_t) override { fail(); }
+  void broadcast(double*, size_t, int) override { fail(); }
+  void broadcast(uint64_t*, size_t, int) override { fail(); }
+  void alltoallv(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override { fail(); }
+  void alltoallv(const double*, const std::vector<int64_t>&, double*, const std::vector<int64_t>&) override {
+    fail();
+  }
+  void barrier() override { fail(); }
+  std::shared_ptr<Communicator> split(int, int) override { fail(); }
+
+ private:
+  [[noreturn]] static void fail() { MOE_FAIL("TwoRankNoCollectives", "a collective was called"); }
+};
+
+TEST_F(MoeDevice, ExpertParallelOnTheDeviceIsRefused) {
+  ModelConfig cfg = layer_config({"ep", "aux_loss"});
+  cfg.moe.num_experts = 4;  // divisible by the two ranks
+  Philox rng(5, 0);
+  MoeLayer layer(cfg, 0, rng, DType::f32, std::make_shared<TwoRankNoCollectives>());
+  layer.to(Device::cuda);
+  Tensor x = random_host({2, 9, 40}, 33).to(Device::cuda);
+  try {
+    (void)layer.forward(x);
+    FAIL() << "expected a throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expert parallelism"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cuda device"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
