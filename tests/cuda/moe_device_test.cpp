@@ -134,6 +134,27 @@ TEST_F(MoeDevice, PermuteAndCombineMatchTheCpuOps) {
   }
 }
 
+// Every assignment dropped: zero rows through permute, experts and combine, zero grads back.
+TEST_F(MoeDevice, AllDroppedGivesZerosAndZeroGrads) {
+  const int64_t T = 3, E = 2, D = 8, H = 16;
+  DispatchPlanPtr plan = make_dispatch_plan(Tensor::from_vector(std::vector<int64_t>{0, 1, 2}, {3}),
+                                            Tensor::from_vector(std::vector<int64_t>{1, 0, 1}, {3}), {}, T, E);
+  ASSERT_EQ(plan->kept(), 0);
+  Tensor x = device_leaf(random_host({T, D}, 41), DType::bf16), gate = device_leaf(random_host({3}, 42), DType::f32);
+  Tensor w1 = device_leaf(random_host({E, H, D}, 43), DType::f32), w3 = device_leaf(random_host({E, H, D}, 44), DType::f32),
+         w2 = device_leaf(random_host({E, D, H}, 45), DType::f32);
+  Tensor xs = permute_tokens(x, plan);
+  EXPECT_EQ(xs.shape(), (Shape{0, D}));
+  Tensor ys = expert_swiglu_ffn(xs, w1, w3, w2, plan->offsets);
+  Tensor out = unpermute_combine(ys, gate, plan);
+  out.backward(random_host({T, D}, 46).to(DType::bf16).to(Device::cuda));
+  for (double v : out.to_double_vector()) ASSERT_EQ(v, 0.0);
+  for (const Tensor& t : {x, gate, w1, w3, w2}) {
+    ASSERT_TRUE(t.grad().defined());
+    for (double v : t.grad().to_double_vector()) ASSERT_EQ(v, 0.0);
+  }
+}
+
 TEST_F(MoeDevice, CombineRefusesMixedDevices) {
   DispatchPlanPtr plan = ragged_plan(5, 3, 2);
   Tensor y = Tensor::zeros({plan->kept(), 8}, DType::f32, Device::cuda), g = Tensor::zeros({10});
@@ -280,6 +301,27 @@ TEST_F(MoeDevice, LayerExpertChoiceMatchesCpu) { run_layer_case({"expert_choice"
 TEST_F(MoeDevice, LayerNullExpertsMatchesCpu) { run_layer_case({"null_experts", "null_experts"}); }
 TEST_F(MoeDevice, LayerSharedExpertsBf16MatchesCpu) {
   run_layer_case({"aux_loss shared bf16", "aux_loss", std::nullopt, 1, DType::bf16});
+}
+
+// Eval (no tape): the device layer's output matches, nothing is recorded, loads are not counted.
+TEST_F(MoeDevice, LayerEvalWithoutGradMatchesCpu) {
+  const ModelConfig cfg = layer_config({"eval", "aux_loss"});
+  Philox rng_cpu(99, 0), rng_dev(99, 0);
+  MoeLayer cpu(cfg, 0, rng_cpu), dev(cfg, 0, rng_dev);
+  dev.to(Device::cuda);
+  cpu.eval();
+  dev.eval();
+  NoGradGuard ng;
+  clear_tape();
+  Tensor x = random_host({2, 9, 40}, 51).to(DType::bf16).to(DType::f32);  // same router input
+  Tensor out_h = cpu.forward(x), out_d = dev.forward(x.to(DType::bf16).to(Device::cuda));
+  EXPECT_EQ(dev.last_routing().expert.to_vector<int64_t>(), cpu.last_routing().expert.to_vector<int64_t>());
+  EXPECT_EQ(tape_size(), 0u);
+  EXPECT_FALSE(out_d.requires_grad());
+  EXPECT_EQ(out_d.dtype(), DType::bf16);
+  // Unlike the training cases the fp32 weights are not bf16-exact: their rounding counts too.
+  EXPECT_TRUE(near_rel_max(out_d, out_h, 2e-2, "eval output"));
+  for (double l : dev.take_pending_loads()) EXPECT_EQ(l, 0.0);
 }
 
 // Rank 0 of a two-rank group whose collectives must never be reached: the layer refuses the
