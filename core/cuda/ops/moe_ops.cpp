@@ -40,8 +40,10 @@ Tensor upload_i32(const std::vector<int64_t>& v, const char* op) {
 }
 
 // The plan's index vectors on the device. Permute and combine of one forward (and their
-// backwards) use the same plan: the last plan's upload is reused (matched by owner, so a new
-// plan at a recycled address is never mistaken for it).
+// backwards) use the same plan: the last plan's upload is reused while something (a backward
+// closure, in training) still holds it. Both are held weakly here, so no device memory outlives
+// its users in a static; plans are matched by owner, so a new plan at a recycled address is
+// never mistaken for the last one.
 struct PlanArrays {
   Tensor token, order, token_offsets, token_slots;  // i32, as DispatchPlan
 };
@@ -50,10 +52,10 @@ std::shared_ptr<const PlanArrays> plan_arrays(const DispatchPlanPtr& plan, const
   MOE_CHECK(plan != nullptr, op, "no dispatch plan");
   static std::mutex mu;
   static std::weak_ptr<const DispatchPlan> last_plan;
-  static std::shared_ptr<const PlanArrays> last_arrays;
+  static std::weak_ptr<const PlanArrays> last_arrays;
   std::lock_guard<std::mutex> lock(mu);
-  const bool same = last_arrays && !last_plan.owner_before(plan) && !plan.owner_before(last_plan);
-  if (same) return last_arrays;
+  if (!last_plan.owner_before(plan) && !plan.owner_before(last_plan))
+    if (auto held = last_arrays.lock()) return held;
   auto a = std::make_shared<PlanArrays>();
   a->token = upload_i32(plan->token, op);
   a->order = upload_i32(plan->order, op);
