@@ -10,6 +10,9 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "parallel/communicator.h"
+#ifdef MOE_WITH_CUDA
+#include "core/cuda/ops/cuda_backend.h"
+#endif
 
 namespace {
 
@@ -55,6 +58,9 @@ static void ensure_passive_omp_wait(char** argv) {
 
 int main(int argc, char** argv) {
   ensure_passive_omp_wait(argv);
+#ifdef MOE_WITH_CUDA
+  moe::cuda::register_backend();  // used only by a run with train.device = "cuda"
+#endif
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage(argc < 2 ? stderr : stdout);
     return argc < 2 ? 2 : 0;

@@ -58,6 +58,8 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
     add_executable(moetrain_cuda_gpu_tests ${moe_gpu_test_sources} ${CMAKE_SOURCE_DIR}/tests/cuda/gpu_main.cpp)
     set_target_properties(moetrain_cuda_gpu_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
     target_link_libraries(moetrain_cuda_gpu_tests PRIVATE moetrain_cuda moetrain_lib GTest::gtest)
+    target_compile_definitions(moetrain_cuda_gpu_tests PRIVATE MOE_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+      MOE_BINARY_DIR="${CMAKE_BINARY_DIR}")
     add_test(NAME cuda_kernels_gpu COMMAND moetrain_cuda_gpu_tests)
     set_tests_properties(cuda_kernels_gpu PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 600)
     # Device detection on any machine: either a GPU is described or one "no CUDA device: ..." line.
@@ -95,6 +97,8 @@ if(MOE_CUDA_SOURCES)
     add_executable(moetrain_cuda_emu_tests ${MOE_CUDA_EMU_TEST_SOURCES})
     set_target_properties(moetrain_cuda_emu_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
     target_link_libraries(moetrain_cuda_emu_tests PRIVATE moetrain_cuda_emu moetrain_lib GTest::gtest GTest::gtest_main)
+    target_compile_definitions(moetrain_cuda_emu_tests PRIVATE MOE_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+      MOE_BINARY_DIR="${CMAKE_BINARY_DIR}")
     gtest_discover_tests(moetrain_cuda_emu_tests DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600 LABELS cuda_emu)
   endif()
 endif()

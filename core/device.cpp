@@ -6,7 +6,23 @@ std::shared_ptr<CudaBackend>& installed() {
   static std::shared_ptr<CudaBackend> backend;
   return backend;
 }
+std::function<std::shared_ptr<CudaBackend>()>& factory() {
+  static std::function<std::shared_ptr<CudaBackend>()> make;
+  return make;
+}
 }  // namespace
+
+void register_cuda_backend_factory(std::function<std::shared_ptr<CudaBackend>()> make) {
+  factory() = std::move(make);
+}
+
+CudaBackend& require_cuda_device(const char* what) {
+  if (!installed() && factory()) installed() = factory()();
+  CudaBackend& b = cuda_backend(what);
+  const std::string reason = b.unavailable_reason();
+  MOE_CHECK(reason.empty(), what, "no CUDA device: ", reason, "; set train.device = \"cpu\" on this machine");
+  return b;
+}
 
 void install_cuda_backend(std::shared_ptr<CudaBackend> backend) { installed() = std::move(backend); }
 

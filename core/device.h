@@ -14,6 +14,7 @@
 // Router and balancing math stay fp32 (DESIGN.md rule 3).
 #pragma once
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -95,6 +96,14 @@ bool cuda_backend_installed();
 // The installed backend; throws naming `what` when this program has none ("built without the
 // CUDA backend"). Whether a device is usable is the installer's check (unavailable_reason()).
 CudaBackend& cuda_backend(const char* what);
+
+// A program that links a backend (the moetrain CLI built with the CUDA toolkit) registers how to
+// make one; nothing touches the device until a run asks for it.
+void register_cuda_backend_factory(std::function<std::shared_ptr<CudaBackend>()> make);
+// For a run on the device: installs the registered backend if none is installed yet and checks
+// that it has a usable device. Throws one line naming `what` otherwise ("... built without the
+// CUDA backend ..." or "no CUDA device: <reason>").
+CudaBackend& require_cuda_device(const char* what);
 
 // Throws naming `op` unless every defined tensor is on the same device; returns that device.
 Device common_device(const char* op, std::initializer_list<Tensor> tensors);

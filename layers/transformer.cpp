@@ -67,6 +67,9 @@ LossOutput TransformerLM::loss(const Tensor& ids, const Tensor& targets, int64_t
   const int64_t n = ids.numel();
   LossOutput out;
   out.lm = cross_entropy(logits.reshape({n, cfg_.vocab_size}), targets.reshape({n}), ignore_index);
+  // On the device the loss comes to the host (one element, differentiable): the routers' extra
+  // losses are host scalars (balancing math runs on the host) and the trainer reads it anyway.
+  out.lm = out.lm.to(Device::cpu);
   out.total = out.lm;
   for (size_t l = 0; l < blocks_.size(); ++l) {
     for (ExtraLoss& e : blocks_[l]->ffn().extra_losses()) {

@@ -35,6 +35,7 @@ struct TrainSection {
   int64_t grad_accum = 1;   // micro-batches per optimizer step (each of batch_size / grad_accum / world)
   int64_t seed = 1234;
   std::string device = "cpu";  // cpu | cuda
+  std::string cuda_activations = "bf16";  // bf16 | fp32 (device = "cuda" only)
   std::string name = "";       // run name: runs/<name> unless --run-dir is given
 };
 

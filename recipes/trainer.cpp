@@ -23,6 +23,7 @@
 
 #include "checkpoints/checkpoint.h"
 #include "checkpoints/routing_log.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 #include "core/ops.h"
 #include "data/dataset.h"
@@ -108,9 +109,16 @@ class Trainer {
         out_(root_ ? (opt.out ? *opt.out : std::cout) : null_stream()),
         run_dir_(resolve_run_dir(recipe, opt)) {
     check_same_recipe();
-    if (r_.train.device == "cuda")
-      throw Error("train.device = \"cuda\": this build trains on the CPU only (no CUDA training backend yet); set "
-                  "train.device = \"cpu\"");
+    if (r_.train.device == "cuda") {
+      if (comm_->size() > 1)
+        throw Error("train.device = \"cuda\" with " + std::to_string(comm_->size()) +
+                    " ranks: parallel training on the device is not wired yet (grads would need NCCL); run one "
+                    "process, or train.device = \"cpu\" under mpirun");
+      CudaBackend& be = require_cuda_device("train.device = \"cuda\"");
+      be.set_activation_dtype(r_.train.cuda_activations == "fp32" ? DType::f32 : DType::bf16);
+      device_ = Device::cuda;
+      device_text_ = be.describe() + ", " + r_.train.cuda_activations + " activations, fp32 master weights";
+    }
     groups_ = make_process_groups(comm_, r_.parallel.ep, r_.model.moe.num_experts, r_.model.use_moe);
     layout_ = groups_.layout;
     if (r_.parallel.llep && layout_.ep == 1)
@@ -128,6 +136,7 @@ class Trainer {
                   std::to_string(train_data_->vocab_size()) + " in " + r_.data.dir + ")");
 
     build_model();
+    model_->to(device_);  // before the optimizer: its moments follow the parameters' device
     AdamWConfig ac;
     ac.beta1 = r_.optim.beta1;
     ac.beta2 = r_.optim.beta2;
@@ -339,7 +348,7 @@ class Trainer {
     for (int64_t micro = 0; micro < r_.train.grad_accum; ++micro) {
       Batch b = sampler_->next();
       jitter_before(jitter_base);
-      LossOutput lo = model_->loss(b.inputs, b.targets);
+      LossOutput lo = model_->loss(b.inputs.to(device_), b.targets.to(device_));
       jitter_after(jitter_base);
       // Reported values are means over ranks (each rank's loss is a mean over the same number
       // of local tokens, so this is the mean over the global micro-batch).
@@ -503,7 +512,7 @@ class Trainer {
     int64_t count = 0;
     EvalBatch b;
     while (it.next(b)) {
-      LossOutput lo = model_->loss(b.inputs, b.targets);
+      LossOutput lo = model_->loss(b.inputs.to(device_), b.targets.to(device_));
       int64_t n = b.targets.numel();
       loss_sum += lo.lm.item_double() * double(n);
       count += n;
@@ -717,6 +726,7 @@ class Trainer {
     else if (comm_->size() > 1)
       out_ << " | " << comm_->size() << " ranks: data parallel " << layout_.dp << " x expert parallel " << layout_.ep
            << ", " << layout_.experts_per_rank << " experts per rank (" << comm_->backend() << ")";
+    if (device_ == Device::cuda) out_ << " | on " << device_text_;
     out_ << std::endl;
   }
 
@@ -727,6 +737,8 @@ class Trainer {
   std::ostream& out_;
   std::string run_dir_;
   std::shared_ptr<const TokenDataset> train_data_, val_data_;
+  Device device_ = Device::cpu;  // where the model, its grads, the optimizer state and the batches live
+  std::string device_text_;
   std::unique_ptr<TransformerLM> model_;
   std::vector<MoeRef> moe_;
   std::unique_ptr<AdamW> optim_;

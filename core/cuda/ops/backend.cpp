@@ -76,10 +76,13 @@ void Backend::fill(const Tensor& dst, double value) {
 }
 
 void install_backend(const char* what) {
-  auto b = std::make_shared<Backend>();
-  const std::string reason = b->unavailable_reason();
-  MOE_CHECK(reason.empty(), what, "no CUDA device: ", reason);
-  install_cuda_backend(std::move(b));
+  register_backend();
+  install_cuda_backend(nullptr);
+  require_cuda_device(what);
+}
+
+void register_backend() {
+  register_cuda_backend_factory([] { return std::make_shared<Backend>(); });
 }
 
 }  // namespace moe::cuda

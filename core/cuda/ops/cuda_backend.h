@@ -48,7 +48,9 @@ class Backend final : public CudaBackend {
 
 // Installs a Backend as the process's CUDA backend after checking that a device is usable;
 // throws "<what>: no CUDA device: <reason>" otherwise. Under the emulation the "device" is
-// always there.
+// always there. (Tests call this.)
 void install_backend(const char* what);
+// Registers Backend as the factory require_cuda_device() uses (the CLI calls this at start).
+void register_backend();
 
 }  // namespace moe::cuda
