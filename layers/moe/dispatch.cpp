@@ -3,6 +3,7 @@
 #include "layers/moe/dispatch.h"
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -76,6 +77,7 @@ void sum_rows_per_token(const DispatchPlan& pl, const T* src, T* dst, int64_t D)
 
 Tensor permute_tokens(const Tensor& x, const DispatchPlanPtr& plan) {
   const char* op = "permute_tokens";
+  if (x.device() == Device::cuda) return cuda_backend(op).permute_tokens(x, plan);
   MOE_CHECK(x.dim() == 2 && x.size(0) == plan->num_tokens, op, "expected x [", plan->num_tokens, ", D], got ",
             x.shape_str());
   const int64_t D = x.size(1), K = plan->kept();
@@ -108,6 +110,8 @@ Tensor permute_tokens(const Tensor& x, const DispatchPlanPtr& plan) {
 
 Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan) {
   const char* op = "unpermute_combine";
+  // On the device the gate stays fp32 whatever y's dtype (the backend converts other dtypes).
+  if (common_device(op, {y, gate}) == Device::cuda) return cuda_backend(op).unpermute_combine(y, gate, plan);
   const int64_t K = plan->kept();
   MOE_CHECK(y.dim() == 2 && y.size(0) == K, op, "expected y [", K, ", D] (kept assignments), got ", y.shape_str());
   MOE_CHECK(gate.dim() == 1 && gate.numel() == plan->num_assignments, op, "expected gate [", plan->num_assignments,

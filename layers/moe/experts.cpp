@@ -10,6 +10,7 @@
 #include "core/autograd.h"
 #include "core/cpu/blas_threads.h"
 #include "core/cpu/vec_math.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 #include "layers/moe/blas.h"
 
@@ -107,6 +108,9 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_
 Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                          const std::vector<int64_t>& offsets) {
   const char* op = "expert_swiglu_ffn";
+  // On the device: bf16 tensor-core products whatever x's dtype, fp32 master weights converted
+  // per call (core/cuda/ops/moe_ops.cpp).
+  if (common_device(op, {x, w1, w3, w2}) == Device::cuda) return cuda_backend(op).expert_swiglu_ffn(x, w1, w3, w2, offsets);
   MOE_CHECK(x.dim() == 2 && w1.dim() == 3 && w1.shape() == w3.shape() && w2.dim() == 3, op,
             "expected x [N, D], w1 and w3 [E, H, D], w2 [E, D, H], got x ", x.shape_str(), ", w1 ", w1.shape_str(),
             ", w3 ", w3.shape_str(), ", w2 ", w2.shape_str());
@@ -222,6 +226,9 @@ Experts::Experts(int64_t num_experts, int64_t d_model, int64_t hidden, double in
 }
 
 Tensor Experts::forward(const Tensor& xs, const std::vector<int64_t>& offsets) {
+  // On the device the activations keep their dtype (bf16 or fp32) and the fp32 masters are
+  // converted where they multiply; on the host x takes the weights' dtype.
+  if (xs.device() == Device::cuda) return expert_swiglu_ffn(xs, w1_, w3_, w2_, offsets);
   Tensor x = xs.dtype() == w1_.dtype() ? xs : xs.to(w1_.dtype());
   return expert_swiglu_ffn(x, w1_, w3_, w2_, offsets);
 }

@@ -181,8 +181,11 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
 
   t0 = Clock::now();
   if (ep_group_) ys = ep_return(ys, ep_plan, ep_group_);
-  // Gates arrive renormalized and scaled by router.scale (the Balancer contract).
-  Tensor gate = r.gate.dtype() == ys.dtype() ? r.gate : r.gate.to(ys.dtype());
+  // Gates arrive renormalized and scaled by router.scale (the Balancer contract). On the device
+  // they stay fp32 (router math), copied there differentiably: their grads return to the host.
+  Tensor gate = ys.device() == Device::cuda ? r.gate.to(Device::cuda)
+                : r.gate.dtype() == ys.dtype() ? r.gate
+                                               : r.gate.to(ys.dtype());
   Tensor out = unpermute_combine(ys, gate.reshape({A}), plan);
   out = mark(out, [clock] { clock->start_backward(); });
   if (timed) clock->add(MoePhaseClock::combine, since(t0));
@@ -192,7 +195,11 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
 Tensor MoeLayer::forward(const Tensor& x) {
   MOE_CHECK(x.dim() == 3 && x.size(2) == d_model_, "MoeLayer.forward", "expected x [B, S, ", d_model_, "], got ",
             x.shape_str());
+  MOE_CHECK(!(ep_group_ && x.device() == Device::cuda), "MoeLayer.forward",
+            "expert parallelism (parallel.ep > 1) is not available on the cuda device yet");
   const int64_t B = x.size(0), S = x.size(1), T = B * S, E = num_experts_;
+  // On the device: routing on the host in fp32 (Router::forward copies x2 and its weight there),
+  // permute, experts and combine on the device.
   Tensor x2 = x.reshape({T, d_model_});
 
   using Clock = std::chrono::steady_clock;

@@ -158,14 +158,18 @@ Router::Router(int64_t d_model, int64_t outputs, ScoreFunction fn, double jitter
 RouterOutput Router::forward(const Tensor& x, int64_t num_experts, int64_t top_k, int64_t seq_len, Philox& jitter_rng) {
   MOE_CHECK(x.dim() == 2 && x.size(1) == weight_.size(1), "Router.forward", "expected x [T, ", weight_.size(1),
             "], got ", x.shape_str());
-  Tensor xr = x.dtype() == dtype() ? x : x.to(dtype());
+  // The router runs on the host in fp32 also when the layer is on the device (DESIGN.md rule 3):
+  // input and weight come to the host differentiably, so their grads return to the device.
+  Tensor xh = x.device() == Device::cpu ? x : x.to(Device::cpu);
+  Tensor wh = weight_.device() == Device::cpu ? weight_ : weight_.to(Device::cpu);
+  Tensor xr = xh.dtype() == dtype() ? xh : xh.to(dtype());
   Tensor jit;
   if (training() && jitter_ > 0) {
     jit = Tensor::empty(x.shape(), DType::f64);
     double* p = jit.data<double>();
     for (int64_t i = 0; i < jit.numel(); ++i) p[i] = 1.0 - jitter_ + 2.0 * jitter_ * jitter_rng.uniform();
   }
-  auto [logits, scores] = router_logits_scores(xr, weight_, fn_, jit);
+  auto [logits, scores] = router_logits_scores(xr, wh, fn_, jit);
   return RouterOutput{logits, scores, num_experts, top_k, seq_len, training()};
 }
 

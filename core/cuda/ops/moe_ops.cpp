@@ -1,14 +1,198 @@
-// PENDING (moe-ops helper): every method below still fails; replaced file-wide.
+// The MoE layer's data path on the device: permute by the host-made dispatch plan, the SwiGLU
+// experts on the tensor-core grouped GEMM, the gate-weighted CSR combine; forward and backward.
+#include <algorithm>
+#include <memory>
+#include <mutex>
+
+#include "core/autograd.h"
+#include "core/cuda/grouped_gemm.h"
+#include "core/cuda/moe_gather.h"
 #include "core/cuda/ops/cuda_backend.h"
+#include "layers/moe/dispatch.h"
 
 namespace moe::cuda {
-#define MOE_PENDING(op) MOE_FAIL(op, "not yet available on the cuda device")
-Tensor Backend::permute_tokens(const Tensor&, const DispatchPlanPtr&) { MOE_PENDING("permute_tokens"); }
-Tensor Backend::unpermute_combine(const Tensor&, const Tensor&, const DispatchPlanPtr&) {
-  MOE_PENDING("unpermute_combine");
+namespace {
+
+void check_on_device(const Tensor& t, const char* op, const char* what) {
+  MOE_CHECK(t.defined() && t.device() == Device::cuda, op, what, " ", t.defined() ? t.shape_str() : "(undefined)",
+            " is not on the cuda device");
 }
-Tensor Backend::expert_swiglu_ffn(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
-                                  const std::vector<int64_t>&) {
-  MOE_PENDING("expert_swiglu_ffn");
+
+// f(float{}) or f(bf16{}) for the activation dtype; anything else is refused naming the op.
+template <class F>
+void float_or_bf16(DType dt, const char* op, F&& f) {
+  if (dt == DType::f32)
+    f(float{});
+  else if (dt == DType::bf16)
+    f(bf16{});
+  else
+    MOE_FAIL(op, "activations on the cuda device must be f32 or bf16, got ", dtype_name(dt));
 }
+
+// An int32 copy of host indices on the device (at least one element, so the pointer is real).
+Tensor upload_i32(const std::vector<int64_t>& v, const char* op) {
+  std::vector<int32_t> w(std::max<size_t>(v.size(), 1), 0);
+  for (size_t i = 0; i < v.size(); ++i) {
+    MOE_CHECK(v[i] >= INT32_MIN && v[i] <= INT32_MAX, op, "index ", v[i], " does not fit int32");
+    w[i] = int32_t(v[i]);
+  }
+  return Tensor::from_vector(w, {int64_t(w.size())}).to(Device::cuda);
+}
+
+// The plan's index vectors on the device. Permute and combine of one forward (and their
+// backwards) use the same plan: the last plan's upload is reused while something (a backward
+// closure, in training) still holds it. Both are held weakly here, so no device memory outlives
+// its users in a static; plans are matched by owner, so a new plan at a recycled address is
+// never mistaken for the last one.
+struct PlanArrays {
+  Tensor token, order, token_offsets, token_slots;  // i32, as DispatchPlan
+};
+
+std::shared_ptr<const PlanArrays> plan_arrays(const DispatchPlanPtr& plan, const char* op) {
+  MOE_CHECK(plan != nullptr, op, "no dispatch plan");
+  static std::mutex mu;
+  static std::weak_ptr<const DispatchPlan> last_plan;
+  static std::weak_ptr<const PlanArrays> last_arrays;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!last_plan.owner_before(plan) && !plan.owner_before(last_plan))
+    if (auto held = last_arrays.lock()) return held;
+  auto a = std::make_shared<PlanArrays>();
+  a->token = upload_i32(plan->token, op);
+  a->order = upload_i32(plan->order, op);
+  a->token_offsets = upload_i32(plan->token_offsets, op);
+  a->token_slots = upload_i32(plan->token_slots, op);
+  last_plan = plan;
+  last_arrays = a;
+  return a;
+}
+
+const int32_t* i32(const Tensor& t) { return t.device_data<int32_t>(); }
+
+// g converted to dtype dt and made contiguous (a grad arriving in another dtype is accepted).
+Tensor grad_as(const Tensor& g, DType dt) { return (g.dtype() == dt ? g : g.to(dt)).contiguous(); }
+
+}  // namespace
+
+Tensor Backend::permute_tokens(const Tensor& x, const DispatchPlanPtr& plan) {
+  const char* op = "permute_tokens";
+  check_on_device(x, op, "x");
+  auto pa = plan_arrays(plan, op);
+  MOE_CHECK(x.dim() == 2 && x.size(0) == plan->num_tokens, op, "expected x [", plan->num_tokens, ", D], got ",
+            x.shape_str());
+  const int64_t T_ = plan->num_tokens, D = x.size(1), K = plan->kept();
+  Tensor xc = x.detach().contiguous();
+  Tensor out = Tensor::empty({K, D}, x.dtype(), Device::cuda);
+  float_or_bf16(x.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    gather_rows<T>(xc.device_data<T>(), i32(pa->token), K, D, out.device_data<T>());
+  });
+  if (needs_grad({x}))
+    record(op, {out}, [x, pa, T_, D](const std::vector<Tensor>& g) {
+      Tensor gc = grad_as(g[0], x.dtype());
+      Tensor gx = Tensor::empty({T_, D}, x.dtype(), Device::cuda);
+      float_or_bf16(x.dtype(), "permute_tokens backward", [&](auto tag) {
+        using T = decltype(tag);
+        csr_combine<T>(gc.device_data<T>(), i32(pa->token_offsets), i32(pa->token_slots), nullptr, nullptr, T_, D,
+                       gx.device_data<T>());
+      });
+      accumulate_grad(x, gx);
+    });
+  return out;
+}
+
+Tensor Backend::unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan) {
+  const char* op = "unpermute_combine";
+  check_on_device(y, op, "y");
+  check_on_device(gate, op, "gate");
+  auto pa = plan_arrays(plan, op);
+  const int64_t K = plan->kept(), A = plan->num_assignments, T_ = plan->num_tokens;
+  MOE_CHECK(y.dim() == 2 && y.size(0) == K, op, "expected y [", K, ", D] (kept assignments), got ", y.shape_str());
+  MOE_CHECK(gate.dim() == 1 && gate.numel() == A, op, "expected gate [", A, "], got ", gate.shape_str());
+  MOE_CHECK(is_floating(gate.dtype()), op, "gate must be floating, got ", dtype_name(gate.dtype()));
+  const int64_t D = y.size(1);
+  // Gates are fp32 on the device whatever the activation dtype (router math is fp32); the
+  // conversion is differentiable, so a gate of another dtype gets its grad back in its dtype.
+  Tensor g32 = gate.dtype() == DType::f32 ? gate : gate.to(DType::f32);
+  Tensor yc = y.detach().contiguous(), gc = g32.detach().contiguous();
+  Tensor out = Tensor::empty({T_, D}, y.dtype(), Device::cuda);
+  float_or_bf16(y.dtype(), op, [&](auto tag) {
+    using T = decltype(tag);
+    csr_combine<T>(yc.device_data<T>(), i32(pa->token_offsets), i32(pa->token_slots), i32(pa->order),
+                   gc.device_data<float>(), T_, D, out.device_data<T>());
+  });
+  if (needs_grad({y, g32}))
+    record(op, {out}, [y, g32, yc, gc, pa, K, A, D](const std::vector<Tensor>& g) {
+      Tensor go = grad_as(g[0], y.dtype());
+      const bool want_y = y.requires_grad(), want_g = g32.requires_grad();
+      Tensor gy = want_y ? Tensor::empty({K, D}, y.dtype(), Device::cuda) : Tensor();
+      Tensor gg = want_g ? Tensor::zeros({A}, DType::f32, Device::cuda) : Tensor();  // dropped: 0
+      float_or_bf16(y.dtype(), "unpermute_combine backward", [&](auto tag) {
+        using T = decltype(tag);
+        csr_combine_backward<T>(go.device_data<T>(), yc.device_data<T>(), i32(pa->token), i32(pa->order),
+                                gc.device_data<float>(), K, D, want_y ? gy.device_data<T>() : nullptr,
+                                want_g ? gg.device_data<float>() : nullptr);
+      });
+      if (want_y) accumulate_grad(y, gy);
+      if (want_g) accumulate_grad(g32, gg);
+    });
+  return out;
+}
+
+// The experts multiply in bf16 on tensor cores whatever the activation dtype: x and the fp32
+// master weights are converted to bf16 per call, products accumulate in fp32, the SwiGLU
+// intermediates are kept in bf16 for the backward, weight grads come back in fp32.
+Tensor Backend::expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
+                                  const std::vector<int64_t>& offsets) {
+  const char* op = "expert_swiglu_ffn";
+  check_on_device(x, op, "x");
+  check_on_device(w1, op, "w1");
+  check_on_device(w3, op, "w3");
+  check_on_device(w2, op, "w2");
+  MOE_CHECK(x.dim() == 2 && w1.dim() == 3 && w1.shape() == w3.shape() && w2.dim() == 3, op,
+            "expected x [N, D], w1 and w3 [E, H, D], w2 [E, D, H], got x ", x.shape_str(), ", w1 ", w1.shape_str(),
+            ", w3 ", w3.shape_str(), ", w2 ", w2.shape_str());
+  const int64_t N = x.size(0), D = x.size(1), E = w1.size(0), H = w1.size(1);
+  MOE_CHECK(w1.size(2) == D && w2.shape() == (Shape{E, D, H}), op, "expected w1 and w3 [E, H, D] = [", E, ", ", H,
+            ", ", D, "] and w2 [", E, ", ", D, ", ", H, "], got w1 ", w1.shape_str(), " and w2 ", w2.shape_str(),
+            " for x ", x.shape_str());
+  MOE_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::bf16, op, "x must be f32 or bf16 on the cuda device, got ",
+            dtype_name(x.dtype()));
+  for (const Tensor* w : {&w1, &w3, &w2})
+    MOE_CHECK(w->dtype() == DType::f32 || w->dtype() == DType::bf16, op,
+              "expert weights must be f32 (masters) or bf16 on the cuda device, got ", dtype_name(w->dtype()));
+  MOE_CHECK(int64_t(offsets.size()) == E + 1 && offsets.front() == 0 && offsets.back() == N, op,
+            "offsets must be [E + 1] = [", E + 1, "] from 0 to N = ", N, ", got ", offsets.size(),
+            " entries ending at ", offsets.empty() ? -1 : offsets.back());
+  for (int64_t e = 0; e < E; ++e)
+    MOE_CHECK(offsets[size_t(e)] <= offsets[size_t(e) + 1], op, "offsets must be non-decreasing (expert ", e, ")");
+  auto bf = [](const Tensor& t) { return t.detach().contiguous().to(DType::bf16).contiguous(); };
+  Tensor xb = bf(x), b1 = bf(w1), b3 = bf(w3), b2 = bf(w2);
+  Tensor off = upload_i32(offsets, op);
+  const auto dv = [](const Tensor& t) { return t.device_data<bf16>(); };
+  Tensor h1 = Tensor::empty({N, H}, DType::bf16, Device::cuda), h3 = Tensor::empty({N, H}, DType::bf16, Device::cuda),
+         h = Tensor::empty({N, H}, DType::bf16, Device::cuda), y = Tensor::empty({N, D}, DType::bf16, Device::cuda);
+  if (N > 0)
+    experts_forward(dv(xb), dv(b1), dv(b3), dv(b2), i32(off), int(E), N, D, H, dv(h1), dv(h3), dv(h), dv(y));
+  Tensor out = x.dtype() == DType::bf16 ? y : y.to(x.dtype());
+  if (needs_grad({x, w1, w3, w2}))
+    record(op, {out}, [x, w1, w3, w2, xb, b1, b3, b2, off, h1, h3, h, N, D, E, H,
+                       dv](const std::vector<Tensor>& g) {
+      Tensor dy = grad_as(g[0], DType::bf16);
+      Tensor dx = Tensor::empty({N, D}, DType::bf16, Device::cuda);
+      // experts_backward overwrites the weight grads (zeros for an expert without rows).
+      auto wgrad = [N](const Shape& s) {
+        return N > 0 ? Tensor::empty(s, DType::f32, Device::cuda) : Tensor::zeros(s, DType::f32, Device::cuda);
+      };
+      Tensor d1 = wgrad({E, H, D}), d3 = wgrad({E, H, D}), d2 = wgrad({E, D, H});
+      if (N > 0)
+        experts_backward(dv(xb), dv(b1), dv(b3), dv(b2), i32(off), int(E), N, D, H, dv(h1), dv(h3), dv(h), dv(dy),
+                         dv(dx), d1.device_data<float>(), d3.device_data<float>(), d2.device_data<float>());
+      if (x.requires_grad()) accumulate_grad(x, x.dtype() == DType::bf16 ? dx : dx.to(x.dtype()));
+      accumulate_grad(w1, d1);
+      accumulate_grad(w3, d3);
+      accumulate_grad(w2, d2);
+    });
+  return out;
+}
+
 }  // namespace moe::cuda
