@@ -176,7 +176,9 @@ Tensor Backend::linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Shape out_shape = x.shape();
   out_shape.back() = out_f;
   Tensor x2 = x.detach().contiguous();
-  Tensor out = Tensor::zeros({rows, out_f}, act, Device::cuda);
+  // The GEMMs overwrite every element unless there is nothing to multiply (in = 0) and no bias.
+  Tensor out = in == 0 && !bias.defined() ? Tensor::zeros({rows, out_f}, act, Device::cuda)
+                                          : Tensor::empty({rows, out_f}, act, Device::cuda);
   with_activation(act, op, "input", x, [&](auto tag) {
     using T = decltype(tag);
     float beta = 0.0f;
@@ -197,13 +199,15 @@ Tensor Backend::linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
         using T = decltype(tag);
         if (x.requires_grad()) {  // dx = g w (activation dtype)
           Tensor wa = as_dtype(w, act);
-          Tensor dx = Tensor::zeros({rows, in}, act, Device::cuda);
+          Tensor dx = out_f == 0 ? Tensor::zeros({rows, in}, act, Device::cuda)
+                                 : Tensor::empty({rows, in}, act, Device::cuda);
           dense_gemm<T, T>(false, false, rows, in, out_f, 1.0f, ptr<T>(g2), out_f, ptr<T>(wa), in, 0.0f, ptr<T>(dx),
                            in);
           accumulate_grad(x, dx.reshape(x.shape()));
         }
         if (w.requires_grad()) {  // dw = g^T x, accumulated and returned in fp32
-          Tensor dw = Tensor::zeros({out_f, in}, DType::f32, Device::cuda);
+          Tensor dw = rows == 0 ? Tensor::zeros({out_f, in}, DType::f32, Device::cuda)
+                                : Tensor::empty({out_f, in}, DType::f32, Device::cuda);
           dense_gemm<T, float>(true, false, out_f, in, rows, 1.0f, ptr<T>(g2), out_f, ptr<T>(x2), in, 0.0f,
                                ptr<float>(dw), in);
           accumulate_grad(w, dw);
@@ -236,7 +240,8 @@ std::vector<Tensor> Backend::linear_shared_input(const Tensor& x, const std::vec
   std::vector<Tensor> outs;
   for (const Tensor& w : weights) {
     const long out_f = long(w.shape()[0]);
-    Tensor y = Tensor::zeros({rows, out_f}, act, Device::cuda);
+    Tensor y = in == 0 ? Tensor::zeros({rows, out_f}, act, Device::cuda)
+                       : Tensor::empty({rows, out_f}, act, Device::cuda);
     with_activation(act, op, "input", x, [&](auto tag) {
       using T = decltype(tag);
       Tensor wa = as_dtype(w, act);
@@ -252,7 +257,7 @@ std::vector<Tensor> Backend::linear_shared_input(const Tensor& x, const std::vec
     record(op, outs, [x, weights, x2, rows, in, act](const std::vector<Tensor>& g) {
       with_activation(act, "linear_shared_input backward", "input", x, [&](auto tag) {
         using T = decltype(tag);
-        Tensor dx = x.requires_grad() ? Tensor::zeros({rows, in}, act, Device::cuda) : Tensor();
+        Tensor dx = x.requires_grad() ? Tensor::empty({rows, in}, act, Device::cuda) : Tensor();
         float beta = 0.0f;  // dx = sum_i g_i w_i, in weight order
         for (size_t i = 0; i < weights.size(); ++i) {
           Tensor gi = device_grad(g[i]);
@@ -269,13 +274,17 @@ std::vector<Tensor> Backend::linear_shared_input(const Tensor& x, const std::vec
             if (rows > 0 && in > 0) beta = 1.0f;
           }
           if (weights[i].requires_grad()) {
-            Tensor dw = Tensor::zeros({out_f, in}, DType::f32, Device::cuda);
+            Tensor dw = rows == 0 ? Tensor::zeros({out_f, in}, DType::f32, Device::cuda)
+                                  : Tensor::empty({out_f, in}, DType::f32, Device::cuda);
             dense_gemm<T, float>(true, false, out_f, in, rows, 1.0f, ptr<T>(gi), out_f, ptr<T>(x2), in, 0.0f,
                                  ptr<float>(dw), in);
             accumulate_grad(weights[i], dw);
           }
         }
-        if (dx.defined()) accumulate_grad(x, dx.reshape(x.shape()));
+        if (dx.defined()) {
+          if (beta == 0.0f) dx.zero_();  // no product ran (no grads, or empty shapes)
+          accumulate_grad(x, dx.reshape(x.shape()));
+        }
       });
     });
   return outs;
