@@ -104,7 +104,7 @@ void Tensor::backward(const Tensor& seed) const {
       std::vector<Tensor> grads;
       grads.reserve(it->outputs.size());
       for (const Tensor& o : it->outputs)
-        grads.push_back(o.impl()->grad ? Tensor(o.impl()->grad) : Tensor::zeros(o.shape(), o.dtype()));
+        grads.push_back(o.impl()->grad ? Tensor(o.impl()->grad) : Tensor::zeros(o.shape(), o.dtype(), o.device()));
       it->backward(grads);
       // An intermediate's grad is consumed now; free it unless the tensor is named (kept for
       // inspection, like PyTorch's retain_grad).

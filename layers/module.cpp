@@ -41,6 +41,23 @@ void Module::zero_grad() const {
   for (auto& [name, t] : named_parameters()) t.zero_grad();
 }
 
+void Module::to(Device device) const {
+  for (auto& [name, t] : named_parameters()) {
+    if (t.device() == device) continue;
+    Tensor moved = t.detach().to(device);  // contiguous, offset 0
+    TensorImpl* impl = t.impl();
+    impl->storage = moved.impl()->storage;
+    impl->strides = moved.strides();
+    impl->offset = 0;
+    impl->grad.reset();
+  }
+}
+
+Device Module::device() const {
+  auto params = named_parameters();
+  return params.empty() ? Device::cpu : params.front().second.device();
+}
+
 void Module::train(bool on) {
   training_ = on;
   for (auto& [name, child] : children_) child->train(on);

@@ -20,6 +20,10 @@ class Module {
   std::vector<Tensor> parameters() const;
   int64_t num_parameters() const;
   void zero_grad() const;
+  // Moves every parameter to `device` in place: each parameter keeps its identity (every holder
+  // of the Tensor sees the new storage), its values and dtype; grads are dropped.
+  void to(Device device) const;
+  Device device() const;  // of the first parameter (cpu for a module without any)
 
   void train(bool on = true);
   void eval() { train(false); }

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/vec_math.h"
 #include "core/dispatch.h"
 
@@ -100,6 +101,7 @@ Tensor silu(const Tensor& x) {
 
 Tensor swiglu(const Tensor& gate, const Tensor& up) {
   MOE_CHECK(gate.defined() && up.defined(), "swiglu", "undefined input");
+  if (common_device("swiglu", {gate, up}) == Device::cuda) return cuda_backend("swiglu").swiglu(gate, up);
   MOE_CHECK(gate.shape() == up.shape(), "swiglu", "gate ", gate.shape_str(), " and up ", up.shape_str(),
             " must have the same shape");
   MOE_CHECK(gate.dtype() == up.dtype(), "swiglu", "dtype mismatch: gate ", dtype_name(gate.dtype()), " ",

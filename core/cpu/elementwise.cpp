@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/reduce.h"
 #include "core/dispatch.h"
 
@@ -109,6 +110,7 @@ Tensor unary(const char* op, const Tensor& a, F f) {
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) {
+  if (common_device("add", {a, b}) == Device::cuda) return cuda_backend("add").add(a, b);
   Tensor out = binary("add", a, b, [](auto x, auto y) { return x + y; });
   if (needs_grad({a, b}))
     record("add", {out}, [a, b](const std::vector<Tensor>& g) {
@@ -155,6 +157,7 @@ Tensor add_scalar(const Tensor& a, double s) {
 }
 
 Tensor mul_scalar(const Tensor& a, double s) {
+  if (a.device() == Device::cuda) return cuda_backend("mul_scalar").mul_scalar(a, s);
   Tensor out = unary("mul_scalar", a, [s](auto x) { return x * decltype(x)(s); });
   if (needs_grad({a}))
     record("mul_scalar", {out}, [a, s](const std::vector<Tensor>& g) { accumulate_grad(a, mul_scalar(g[0], s)); });

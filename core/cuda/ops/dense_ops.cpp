@@ -78,8 +78,8 @@ void check_index(const char* op, const char* what, const Tensor& t) {
             dtype_name(t.dtype()), "; expected i32 or i64");
 }
 
-// The grad of one output of a multi-output node, or undefined when none flowed into it (the tape
-// then hands a host zeros tensor, which must not reach a kernel).
+// The grad of one output of a multi-output node, or undefined when it is not on the device (a
+// tape that hands host zeros for an output no grad flowed into: it must not reach a kernel).
 Tensor device_grad(const Tensor& g) { return g.defined() && g.device() == Device::cuda ? g.contiguous() : Tensor(); }
 
 }  // namespace
@@ -411,11 +411,5 @@ Tensor Backend::cross_entropy(const Tensor& logits, const Tensor& targets, int64
     });
   return out;
 }
-
-// add, mul_scalar and swiglu belong to elementwise_ops.cpp (the lead's); these stubs go when it
-// lands on this branch.
-Tensor Backend::add(const Tensor&, const Tensor&) { MOE_FAIL("add", "not yet available on the cuda device"); }
-Tensor Backend::mul_scalar(const Tensor&, double) { MOE_FAIL("mul_scalar", "not yet available on the cuda device"); }
-Tensor Backend::swiglu(const Tensor&, const Tensor&) { MOE_FAIL("swiglu", "not yet available on the cuda device"); }
 
 }  // namespace moe::cuda
