@@ -137,8 +137,9 @@ TEST_F(DenseOps, LinearSharedInputMatchesCpu) {
     accumulate_grad(yd[2], dev_of(s2, act));
     yd[0].backward(dev_of(s0, act));
     for (size_t i = 0; i < 3; ++i) {
-      expect_close(yd[i], act, yr[i], tol, "y" + std::to_string(i));
-      expect_close(wd[i].grad(), DType::f32, wr[i].grad(), tol, "dw" + std::to_string(i));
+      const std::string index = std::to_string(i);
+      expect_close(yd[i], act, yr[i], tol, std::string("y").append(index));
+      expect_close(wd[i].grad(), DType::f32, wr[i].grad(), tol, std::string("dw").append(index));
     }
     expect_close(xd.grad(), act, xr.grad(), tol, "dx");
   }
