@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/blas_threads.h"
 #include "core/cpu/vec_math.h"
 #include "core/dispatch.h"
@@ -301,11 +302,20 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const char*
 }  // namespace
 
 Tensor causal_attention(const Tensor& q, const Tensor& k, const Tensor& v) {
+  // On the device: the same kernels read [B, S, H, Dh], which transposed views give for free.
+  if (common_device("causal_attention", {q, k, v}) == Device::cuda) {
+    check_inputs(q, k, v, "causal_attention", "[B, H, S, Dh]");
+    return cuda_backend("causal_attention")
+        .causal_attention_bshd(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        .transpose(1, 2);
+  }
   check_inputs(q, k, v, "causal_attention", "[B, H, S, Dh]");
   return attention_impl(q, k, v, false, "causal_attention");
 }
 
 Tensor causal_attention_bshd(const Tensor& q, const Tensor& k, const Tensor& v) {
+  if (common_device("causal_attention_bshd", {q, k, v}) == Device::cuda)
+    return cuda_backend("causal_attention_bshd").causal_attention_bshd(q, k, v);
   check_inputs(q, k, v, "causal_attention_bshd", "[B, S, H, Dh]");
   return attention_impl(q, k, v, true, "causal_attention_bshd");
 }

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -18,6 +19,7 @@ constexpr int64_t kColumnBlock = 64;
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   MOE_CHECK(weight.defined() && ids.defined(), "embedding", "undefined input");
+  if (common_device("embedding", {weight, ids}) == Device::cuda) return cuda_backend("embedding").embedding(weight, ids);
   MOE_CHECK(weight.dim() == 2, "embedding", "expected weight [V, D], got ", weight.shape_str(), " (ids ",
             ids.shape_str(), ")");
   int64_t vocab = weight.shape()[0], d = weight.shape()[1], n = ids.numel();

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/vec_math.h"
 #include "core/dispatch.h"
 
@@ -37,6 +38,8 @@ std::vector<int64_t> read_targets(const Tensor& targets, const Tensor& logits, i
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   MOE_CHECK(logits.defined() && targets.defined(), "cross_entropy", "undefined input");
+  if (common_device("cross_entropy", {logits, targets}) == Device::cuda)
+    return cuda_backend("cross_entropy").cross_entropy(logits, targets, ignore_index);
   MOE_CHECK(logits.dim() == 2 && targets.dim() == 1 && targets.shape()[0] == logits.shape()[0], "cross_entropy",
             "expected logits [N, V] and targets [N], got logits ", logits.shape_str(), " and targets ",
             targets.shape_str());

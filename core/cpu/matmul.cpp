@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/blas_threads.h"
 #include "core/dispatch.h"
 
@@ -194,6 +195,8 @@ Tensor column_sums(const Tensor& g2) {
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
   MOE_CHECK(a.defined() && b.defined(), "matmul", "undefined input");
+  MOE_CHECK(common_device("matmul", {a, b}) == Device::cpu, "matmul", "not available on the cuda device (a ",
+            a.shape_str(), ", b ", b.shape_str(), "); use linear");
   MOE_CHECK(a.dim() >= 2 && b.dim() >= 2, "matmul", "expected matrices (2+ dims), got ", a.shape_str(), " and ",
             b.shape_str());
   MOE_CHECK(a.dtype() == b.dtype(), "matmul", "dtype mismatch: ", dtype_name(a.dtype()), " ", a.shape_str(),
@@ -231,6 +234,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   MOE_CHECK(x.defined() && w.defined(), "linear", "undefined input");
+  if (common_device("linear", {x, w, bias}) == Device::cuda) return cuda_backend("linear").linear(x, w, bias);
   MOE_CHECK(w.dim() == 2 && x.dim() >= 1 && x.shape().back() == w.shape()[1], "linear", "cannot apply weight ",
             w.shape_str(), " (expected [out, in]) to input ", x.shape_str(), " (expected [..., in])");
   MOE_CHECK(x.dtype() == w.dtype(), "linear", "dtype mismatch: input ", dtype_name(x.dtype()), " ", x.shape_str(),
@@ -302,6 +306,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
 std::vector<Tensor> linear_shared_input(const Tensor& x, const std::vector<Tensor>& weights) {
   const char* op = "linear_shared_input";
   MOE_CHECK(x.defined() && x.dim() >= 1 && !weights.empty(), op, "expected x [..., in] and at least one weight");
+  if (x.device() == Device::cuda) return cuda_backend(op).linear_shared_input(x, weights);
   const int64_t in = x.shape().back();
   for (const Tensor& w : weights) {
     MOE_CHECK(w.defined() && w.dim() == 2 && w.shape()[1] == in, op, "cannot apply weight ",

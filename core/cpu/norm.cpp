@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -19,6 +20,7 @@ constexpr int64_t kParallelElems = 32768;
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) {
   MOE_CHECK(x.defined() && weight.defined(), "rms_norm", "undefined input");
+  if (common_device("rms_norm", {x, weight}) == Device::cuda) return cuda_backend("rms_norm").rms_norm(x, weight, eps);
   MOE_CHECK(x.dim() >= 1, "rms_norm", "expected x [..., D], got a 0-dim tensor");
   int64_t d = x.shape().back();
   MOE_CHECK(weight.dim() == 1 && weight.shape()[0] == d, "rms_norm", "weight ", weight.shape_str(),

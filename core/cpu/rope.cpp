@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 
 namespace moe {
@@ -77,6 +78,7 @@ Tensor rotate(const Tensor& x, double theta, int64_t pos_offset, double sign) {
 }  // namespace
 
 Tensor rope(const Tensor& x, double theta, int64_t pos_offset) {
+  if (x.device() == Device::cuda) return cuda_backend("rope").rope(x, theta, pos_offset);
   MOE_CHECK(x.dim() == 4, "rope", "x must be [B, S, H, Dh], got ", x.shape_str());
   MOE_CHECK(x.shape()[3] % 2 == 0, "rope", "head dim Dh must be even, got ", x.shape()[3], " in x ", x.shape_str());
   MOE_CHECK(theta > 0, "rope", "theta must be positive, got ", theta);
