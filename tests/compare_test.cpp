@@ -17,6 +17,7 @@
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
 #include "tests/tiny_corpus.h"
+#include "tests/train_run_util.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
@@ -46,14 +47,9 @@ std::string tiny_recipe(const std::string& balance) {
 std::vector<fs::path> trained_runs(const std::string& tag) {
   std::vector<fs::path> dirs;
   for (const char* s : {"aux_loss", "loss_free"}) {
-    fs::path d = fs::path(MOE_BINARY_DIR) / "test_runs" / ("compare_" + tag) / s;
-    fs::remove_all(d);
-    Recipe r = parse_recipe(tiny_recipe(s), "tiny.toml");
-    std::ostringstream os;
-    TrainOptions o;
-    o.run_dir = d.string();
-    o.out = &os;
-    EXPECT_EQ(run_training(r, o), kTrainOk) << os.str();
+    fs::path d = test::fresh_run_dir("compare_" + tag + "/" + s);
+    std::string console;
+    EXPECT_EQ(test::train_quietly(parse_recipe(tiny_recipe(s), "tiny.toml"), d, "", 0, &console), kTrainOk) << console;
     dirs.push_back(d);
   }
   return dirs;

@@ -17,6 +17,7 @@
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
 #include "tests/tiny_corpus.h"
+#include "tests/train_run_util.h"
 
 namespace fs = std::filesystem;
 using namespace moe;
@@ -36,25 +37,6 @@ std::string tiny_recipe(const std::string& balance) {
          "[schedule]\nwarmup_steps = 2\n"
          "[train]\nsteps = 8\nbatch_size = 4\nseq_len = 16\ngrad_accum = 2\nseed = 5\n"
          "[eval]\nevery = 4\nbatches = 2\n[log]\nevery = 1\n[checkpoint]\nevery = 0\nkeep = 2\n";
-}
-
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::path(MOE_BINARY_DIR) / "test_runs" / name;
-  fs::remove_all(d);
-  return d;
-}
-
-int train(const Recipe& r, const fs::path& dir, const std::string& resume = "", int64_t stop_after = 0,
-          std::string* console = nullptr) {
-  std::ostringstream os;
-  TrainOptions o;
-  o.run_dir = dir.string();
-  o.resume = resume;
-  o.stop_after_step = stop_after;
-  o.out = &os;
-  int rc = run_training(r, o);
-  if (console) *console = os.str();
-  return rc;
 }
 
 // The train rows of metrics.jsonl without the timing fields.
@@ -95,11 +77,11 @@ class TrainerResume : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TrainerResume, StraightAndInterruptedRunsAreBitwiseEqual) {
   Recipe r = parse_recipe(tiny_recipe(GetParam()), "tiny.toml");
-  fs::path straight = fresh_dir("straight_" + GetParam()), split = fresh_dir("split_" + GetParam());
-  ASSERT_EQ(train(r, straight), kTrainOk);
-  ASSERT_EQ(train(r, split, "", 4), kTrainOk);
+  fs::path straight = test::fresh_run_dir("straight_" + GetParam()), split = test::fresh_run_dir("split_" + GetParam());
+  ASSERT_EQ(test::train_quietly(r, straight), kTrainOk);
+  ASSERT_EQ(test::train_quietly(r, split, "", 4), kTrainOk);
   std::string console;
-  ASSERT_EQ(train(r, split, "latest", 0, &console), kTrainOk);
+  ASSERT_EQ(test::train_quietly(r, split, "latest", 0, &console), kTrainOk);
   EXPECT_NE(console.find("resuming from"), std::string::npos);
   EXPECT_NE(console.find("at step 4"), std::string::npos) << console;
   auto a = loss_rows(straight), b = loss_rows(split);
@@ -112,7 +94,7 @@ INSTANTIATE_TEST_SUITE_P(Strategies, TrainerResume, ::testing::Values("aux_loss"
 
 TEST(Trainer, SigtermCheckpointsAndResumesExactly) {
   // A real process: build/moetrain train, SIGTERM once training has started.
-  fs::path dir = fresh_dir("sigterm"), straight = fresh_dir("sigterm_straight");
+  fs::path dir = test::fresh_run_dir("sigterm"), straight = test::fresh_run_dir("sigterm_straight");
   fs::create_directories(dir);
   fs::path recipe = dir.parent_path() / "sigterm.toml";
   std::ofstream(recipe) << tiny_recipe("loss_free") << "";
@@ -153,8 +135,8 @@ TEST(Trainer, SigtermCheckpointsAndResumesExactly) {
   EXPECT_LT(read_checkpoint(*latest).meta.step, 30);
 
   Recipe r = load_recipe(recipe.string(), {"train.steps=30"});
-  ASSERT_EQ(train(r, dir, "latest"), kTrainOk);
-  ASSERT_EQ(train(r, straight), kTrainOk);
+  ASSERT_EQ(test::train_quietly(r, dir, "latest"), kTrainOk);
+  ASSERT_EQ(test::train_quietly(r, straight), kTrainOk);
   auto a = loss_rows(straight), b = loss_rows(dir);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "metrics.jsonl row " << i;
@@ -165,9 +147,9 @@ TEST(Trainer, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   Recipe r = parse_recipe(tiny_recipe("aux_loss"), "tiny.toml",
                           {"optim.lr=1e30", "optim.min_lr=1e29", "optim.grad_clip=0", "checkpoint.every=1",
                            "schedule.kind=\"constant\""});
-  fs::path dir = fresh_dir("nan");
+  fs::path dir = test::fresh_run_dir("nan");
   std::string console;
-  EXPECT_EQ(train(r, dir, "", 0, &console), kTrainDiverged) << console;
+  EXPECT_EQ(test::train_quietly(r, dir, "", 0, &console), kTrainDiverged) << console;
   EXPECT_NE(console.find("is not finite"), std::string::npos) << console;
   auto latest = find_latest_checkpoint(dir);
   ASSERT_TRUE(latest.has_value()) << console;
@@ -179,14 +161,14 @@ TEST(Trainer, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
 TEST(Trainer, BadInputGivesOneClearError) {
   auto error_of = [](const Recipe& r, const fs::path& dir) -> std::string {
     try {
-      train(r, dir);
+      test::train_quietly(r, dir);
     } catch (const Error& e) {
       return e.what();
     }
     return "";
   };
   Recipe r = parse_recipe(tiny_recipe("none"), "tiny.toml", {"data.dir=\"/nonexistent/brown\""});
-  std::string e = error_of(r, fresh_dir("bad_data"));
+  std::string e = error_of(r, test::fresh_run_dir("bad_data"));
   EXPECT_NE(e.find("/nonexistent/brown"), std::string::npos) << e;
   EXPECT_NE(e.find("moetrain prepare"), std::string::npos) << e;
 
@@ -196,16 +178,16 @@ TEST(Trainer, BadInputGivesOneClearError) {
   e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml"), file / "run");
   EXPECT_NE(e.find("cannot create the run directory"), std::string::npos) << e;
 
-  e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"train.device=cuda"}), fresh_dir("cuda"));
+  e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"train.device=cuda"}), test::fresh_run_dir("cuda"));
   EXPECT_NE(e.find("train.device"), std::string::npos) << e;
 
-  e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"parallel.llep=true"}), fresh_dir("llep"));
+  e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"parallel.llep=true"}), test::fresh_run_dir("llep"));
   EXPECT_NE(e.find("parallel.llep"), std::string::npos) << e;
 
-  e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"model.vocab_size=100"}), fresh_dir("vocab"));
+  e = error_of(parse_recipe(tiny_recipe("none"), "tiny.toml", {"model.vocab_size=100"}), test::fresh_run_dir("vocab"));
   EXPECT_NE(e.find("model.vocab_size"), std::string::npos) << e;
 
-  fs::path empty = fresh_dir("no_ckpt");
+  fs::path empty = test::fresh_run_dir("no_ckpt");
   std::ostringstream os;
   TrainOptions o;
   o.run_dir = empty.string();

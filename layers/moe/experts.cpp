@@ -108,9 +108,6 @@ Tensor grouped_matmul(const Tensor& x, const Tensor& w, const std::vector<int64_
 Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                          const std::vector<int64_t>& offsets) {
   const char* op = "expert_swiglu_ffn";
-  // On the device: bf16 tensor-core products whatever x's dtype, fp32 master weights converted
-  // per call (core/cuda/ops/moe_ops.cpp).
-  if (common_device(op, {x, w1, w3, w2}) == Device::cuda) return cuda_backend(op).expert_swiglu_ffn(x, w1, w3, w2, offsets);
   MOE_CHECK(x.dim() == 2 && w1.dim() == 3 && w1.shape() == w3.shape() && w2.dim() == 3, op,
             "expected x [N, D], w1 and w3 [E, H, D], w2 [E, D, H], got x ", x.shape_str(), ", w1 ", w1.shape_str(),
             ", w3 ", w3.shape_str(), ", w2 ", w2.shape_str());
@@ -118,14 +115,17 @@ Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, co
   MOE_CHECK(w1.size(2) == D && w2.shape() == (Shape{E, D, H}), op, "expected w1 and w3 [E, H, D] = [", E, ", ", H,
             ", ", D, "] and w2 [", E, ", ", D, ", ", H, "], got w1 ", w1.shape_str(), " and w2 ", w2.shape_str(),
             " for x ", x.shape_str());
-  MOE_CHECK(x.dtype() == w1.dtype() && w3.dtype() == w1.dtype() && w2.dtype() == w1.dtype(), op, "dtype mismatch: x ",
-            dtype_name(x.dtype()), ", w1 ", dtype_name(w1.dtype()), ", w3 ", dtype_name(w3.dtype()), ", w2 ",
-            dtype_name(w2.dtype()));
   MOE_CHECK(int64_t(offsets.size()) == E + 1 && offsets.front() == 0 && offsets.back() == N, op,
             "offsets must be [E + 1] = [", E + 1, "] from 0 to N = ", N, ", got ", offsets.size(),
             " entries ending at ", offsets.empty() ? -1 : offsets.back());
   for (int64_t e = 0; e < E; ++e)
     MOE_CHECK(offsets[size_t(e)] <= offsets[size_t(e) + 1], op, "offsets must be non-decreasing (expert ", e, ")");
+  // On the device (shapes and offsets checked above): bf16 tensor-core products whatever x's
+  // dtype, fp32 master weights converted per call (core/cuda/ops/moe_ops.cpp).
+  if (common_device(op, {x, w1, w3, w2}) == Device::cuda) return cuda_backend(op).expert_swiglu_ffn(x, w1, w3, w2, offsets);
+  MOE_CHECK(x.dtype() == w1.dtype() && w3.dtype() == w1.dtype() && w2.dtype() == w1.dtype(), op, "dtype mismatch: x ",
+            dtype_name(x.dtype()), ", w1 ", dtype_name(w1.dtype()), ", w3 ", dtype_name(w3.dtype()), ", w2 ",
+            dtype_name(w2.dtype()));
   Tensor xc = x.detach().contiguous(), c1 = w1.detach().contiguous(), c3 = w3.detach().contiguous(),
          c2 = w2.detach().contiguous();
   // a = x w1^T, u = x w3^T and s = sigmoid(a) are kept for the backward (which then needs no

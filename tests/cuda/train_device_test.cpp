@@ -12,6 +12,7 @@
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
 #include "tests/tiny_corpus.h"
+#include "tests/train_run_util.h"
 
 namespace fs = std::filesystem;
 
@@ -39,23 +40,6 @@ std::string tiny_recipe(const std::string& balance) {
          "[eval]\nevery = 0\nbatches = 1\n[log]\nevery = 1\n[checkpoint]\nevery = 2\nkeep = 3\n";
 }
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::path(MOE_BINARY_DIR) / "test_runs" / name;
-  fs::remove_all(d);
-  return d;
-}
-
-int train(const Recipe& r, const fs::path& dir, const std::string& resume = "", std::string* console = nullptr) {
-  std::ostringstream os;
-  TrainOptions o;
-  o.run_dir = dir.string();
-  o.resume = resume;
-  o.out = &os;
-  int rc = run_training(r, o);
-  if (console) *console = os.str();
-  return rc;
-}
-
 // The "loss" of every train row of metrics.jsonl, in order.
 std::vector<double> losses(const fs::path& dir) {
   std::ifstream in(dir / "metrics.jsonl");
@@ -80,12 +64,12 @@ class TrainDeviceCase : public TrainDevice, public ::testing::WithParamInterface
 TEST_P(TrainDeviceCase, LossesFollowTheCpuRun) {
   const Case c = GetParam();
   const std::string tag = std::string(c.activations) + "_" + c.balance;
-  fs::path cpu = fresh_dir("device_cpu_" + tag), dev = fresh_dir("device_cuda_" + tag);
-  ASSERT_EQ(train(parse_recipe(tiny_recipe(c.balance), "tiny.toml", {}), cpu), 0);
+  fs::path cpu = test::fresh_run_dir("device_cpu_" + tag), dev = test::fresh_run_dir("device_cuda_" + tag);
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe(c.balance), "tiny.toml", {}), cpu), 0);
   std::string console;
-  ASSERT_EQ(train(parse_recipe(tiny_recipe(c.balance), "tiny.toml",
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe(c.balance), "tiny.toml",
                                {"train.device=cuda", std::string("train.cuda_activations=") + c.activations}),
-                  dev, "", &console),
+                  dev, "", 0, &console),
             0)
       << console;
   EXPECT_NE(console.find("fp32 master weights"), std::string::npos) << console;
@@ -106,14 +90,14 @@ INSTANTIATE_TEST_SUITE_P(Runs, TrainDeviceCase,
                          });
 
 TEST_F(TrainDevice, CheckpointFromTheDeviceResumesOnTheCpu) {
-  fs::path dev = fresh_dir("device_ckpt_cuda"), cpu = fresh_dir("device_ckpt_cpu");
-  ASSERT_EQ(train(parse_recipe(tiny_recipe("aux_loss"), "tiny.toml", {"train.device=cuda"}), dev), 0);
+  fs::path dev = test::fresh_run_dir("device_ckpt_cuda"), cpu = test::fresh_run_dir("device_ckpt_cpu");
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("aux_loss"), "tiny.toml", {"train.device=cuda"}), dev), 0);
   // The CPU run starts from the device run's step-2 checkpoint (a copy of its run directory).
   fs::create_directories(cpu);
   fs::copy(dev / "checkpoints", cpu / "checkpoints", fs::copy_options::recursive);
   fs::remove_all(cpu / "checkpoints" / "step_000004");
   std::string console;
-  ASSERT_EQ(train(parse_recipe(tiny_recipe("aux_loss"), "tiny.toml", {}), cpu, "latest", &console), 0) << console;
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("aux_loss"), "tiny.toml", {}), cpu, "latest", 0, &console), 0) << console;
   std::vector<double> a = losses(dev), b = losses(cpu);
   ASSERT_EQ(a.size(), 4u);
   ASSERT_EQ(b.size(), 2u);  // steps 3 and 4
