@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -75,6 +76,27 @@ class CudaBackend {
   virtual Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan) = 0;
   virtual Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                                    const std::vector<int64_t>& offsets) = 0;
+
+  // ---- routing of the plain top-k strategies (layers/moe/device_routing.h): fp32, [T, E] ----
+  // scores = softmax | sigmoid of logits [T, E] (fp32) over the experts; autograd.
+  virtual Tensor router_scores(const Tensor& logits, bool sigmoid) = 0;
+  // Top-k of each row of scores (+ bias [E] fp32 when defined: it shifts the ranking only), sorted
+  // descending, ties to the lower index: {indices [T, k] i32, values [T, k] f32 (the ranked,
+  // shifted values)}. No autograd.
+  virtual std::pair<Tensor, Tensor> router_topk(const Tensor& scores, const Tensor& bias, int64_t k) = 0;
+  // Gates [T * k] fp32: scores at indices, renormalized per token when asked, times scale; autograd
+  // into scores (build_routing's gate on the host).
+  virtual Tensor router_gates(const Tensor& scores, const Tensor& indices, bool renormalize, double scale) = 0;
+  // Router z-loss mean_t logsumexp(logits_t)^2: 0-dim fp32; autograd.
+  virtual Tensor router_z_loss(const Tensor& logits) = 0;
+  // x / (row sums of x) for x [T, E] fp32 (the aux loss's probabilities of sigmoid scores); autograd.
+  virtual Tensor row_normalize(const Tensor& x) = 0;
+  // How many of the ids [n] (i32, on the device) name each expert: [experts] i32 on the device.
+  virtual Tensor load_counts(const Tensor& ids, int64_t experts) = 0;
+  // Switch aux loss E * mean_sequences sum_e f_e P_e with f = loads / total and P the mean of probs
+  // over each sequence's seq_len rows; loads [T / seq_len, E] i32 on the device (seq_len = T: the
+  // micro-batch's [E] loads). 0-dim fp32; autograd into probs (f is a constant).
+  virtual Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) = 0;
 
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

@@ -30,6 +30,29 @@ __global__ void router_topk_kernel(const float* scores, float* values, int32_t* 
   }
 }
 
+// The same selection over row[e] + bias[e] (recomputed per step: the same fp32 sum each time).
+__global__ void router_topk_biased_kernel(const float* scores, const float* bias, float* values, int32_t* indices,
+                                          long tokens, int experts, int k) {
+  const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  const float* row = scores + t * experts;
+  float prev_v = INFINITY;
+  int prev_i = -1;
+  for (int s = 0; s < k; ++s) {
+    float best_v = -INFINITY;
+    int best_i = -1;
+    for (int e = 0; e < experts; ++e) {
+      const float v = row[e] + bias[e];
+      const bool after_prev = v < prev_v || (v == prev_v && e > prev_i);
+      if (after_prev && (best_i < 0 || v > best_v)) best_v = v, best_i = e;
+    }
+    values[t * k + s] = best_v;
+    indices[t * k + s] = best_i;
+    prev_v = best_v;
+    prev_i = best_i;
+  }
+}
+
 __global__ void load_histogram_kernel(const int32_t* ids, long n, int experts, int32_t* counts) {
   MOE_DYNAMIC_SHARED(int32_t, local);
   for (int e = threadIdx.x; e < experts; e += blockDim.x) local[e] = 0;
@@ -50,6 +73,15 @@ void router_topk(const float* scores, float* values, int32_t* indices, long toke
   MOE_CHECK(experts > 0 && k >= 1 && k <= experts, "cuda::router_topk", "k = ", k, " must be in [1, ", experts, "]");
   if (tokens > 0)
     MOE_LAUNCH(router_topk_kernel, ceil_div(tokens, 128), 128, 0, stream, scores, values, indices, tokens, experts, k);
+}
+
+void router_topk_biased(const float* scores, const float* bias, float* values, int32_t* indices, long tokens,
+                        int experts, int k, cudaStream_t stream) {
+  MOE_CHECK(experts > 0 && k >= 1 && k <= experts, "cuda::router_topk_biased", "k = ", k, " must be in [1, ", experts,
+            "]");
+  if (tokens > 0)
+    MOE_LAUNCH(router_topk_biased_kernel, ceil_div(tokens, 128), 128, 0, stream, scores, bias, values, indices, tokens,
+               experts, k);
 }
 
 void load_histogram(const int32_t* ids, long n, int experts, int32_t* counts, cudaStream_t stream) {

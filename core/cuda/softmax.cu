@@ -30,7 +30,36 @@ __global__ void softmax_backward_kernel(const T* y, const T* dy, T* dx, long col
     dx[off + j] = from_float<T>(to_float(y[off + j]) * (to_float(dy[off + j]) - dot));
 }
 
+__global__ void row_normalize_forward_kernel(const float* x, float* y, long cols) {
+  const float* xr = x + blockIdx.x * cols;
+  float* yr = y + blockIdx.x * cols;
+  float s = 0.0f;
+  for (long j = threadIdx.x; j < cols; j += blockDim.x) s += xr[j];
+  s = block_sum(s);
+  for (long j = threadIdx.x; j < cols; j += blockDim.x) yr[j] = xr[j] / s;
+}
+
+__global__ void row_normalize_backward_kernel(const float* x, const float* y, const float* dy, float* dx, long cols) {
+  const long off = blockIdx.x * cols;
+  float s = 0.0f, dot = 0.0f;
+  for (long j = threadIdx.x; j < cols; j += blockDim.x) s += x[off + j], dot += dy[off + j] * y[off + j];
+  s = block_sum(s);
+  dot = block_sum(dot);
+  for (long j = threadIdx.x; j < cols; j += blockDim.x) dx[off + j] = (dy[off + j] - dot) / s;
+}
+
 }  // namespace
+
+void row_normalize_forward(const float* x, float* y, long rows, long cols, cudaStream_t stream) {
+  MOE_CHECK(rows >= 0 && cols > 0, "cuda::row_normalize_forward", "bad shape [", rows, ", ", cols, "]");
+  if (rows) MOE_LAUNCH(row_normalize_forward_kernel, unsigned(rows), row_block_threads(cols), 0, stream, x, y, cols);
+}
+void row_normalize_backward(const float* x, const float* y, const float* dy, float* dx, long rows, long cols,
+                            cudaStream_t stream) {
+  MOE_CHECK(rows >= 0 && cols > 0, "cuda::row_normalize_backward", "bad shape [", rows, ", ", cols, "]");
+  if (rows)
+    MOE_LAUNCH(row_normalize_backward_kernel, unsigned(rows), row_block_threads(cols), 0, stream, x, y, dy, dx, cols);
+}
 
 template <class T>
 void softmax_forward(const T* x, T* y, long rows, long cols, cudaStream_t stream) {

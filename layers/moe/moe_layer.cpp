@@ -9,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/cpu/activation.h"
 #include "core/cpu/elementwise.h"
+#include "layers/moe/device_routing.h"
 #include "parallel/communicator.h"
 
 namespace moe {
@@ -198,14 +199,30 @@ Tensor MoeLayer::forward(const Tensor& x) {
   MOE_CHECK(!(ep_group_ && x.device() == Device::cuda), "MoeLayer.forward",
             "expert parallelism (parallel.ep > 1) is not available on the cuda device yet");
   const int64_t B = x.size(0), S = x.size(1), T = B * S, E = num_experts_;
-  // On the device: routing on the host in fp32 (Router::forward copies x2 and its weight there),
-  // permute, experts and combine on the device.
+  // On the device: routing on the device for the plain top-k strategies, else on the host in fp32
+  // (Router::forward copies x2 and its weight there); permute, experts and combine on the device.
   Tensor x2 = x.reshape({T, d_model_});
 
   using Clock = std::chrono::steady_clock;
   const Clock::time_point routing_start = Clock::now();
-  RouterOutput ro = router_->forward(x2, E, top_k_, S, jitter_rng_);
-  Routing r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
+  // The plain top-k strategies route on the device when x is there (device_routing.h); every
+  // other case routes on the host in fp32.
+  std::optional<DeviceTopk> dspec;
+  if (device_routing_ && x.device() == Device::cuda && !select_override_ && router_->dtype() == DType::f32 &&
+      router_->weight().device() == Device::cuda && !(training() && router_->jitter() > 0))
+    dspec = balancer_->device_topk();
+  last_on_device_ = dspec.has_value();
+  RouterOutput ro{};
+  Routing r;
+  if (dspec) {
+    DeviceRouting d = route_on_device(x2, router_->weight(), router_->score_function(), *dspec, top_k_, S, z_loss_coef_);
+    ro = RouterOutput{d.logits, d.scores, E, top_k_, S, training()};
+    r = std::move(d.routing);
+    extra_losses_ = std::move(d.losses);
+  } else {
+    ro = router_->forward(x2, E, top_k_, S, jitter_rng_);
+    r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
+  }
   const int64_t A = r.expert.numel();
   MOE_CHECK(r.token.numel() == A && r.gate.numel() == A, "MoeLayer.forward", "strategy '", balancer_->name(),
             "' returned token ", r.token.shape_str(), ", expert ", r.expert.shape_str(), ", gate ", r.gate.shape_str(),
@@ -220,10 +237,12 @@ Tensor MoeLayer::forward(const Tensor& x) {
   if (training())
     for (int64_t e = 0; e < E; ++e) pending_loads_[size_t(e)] += load[size_t(e)];
 
-  extra_losses_ = balancer_->extra_losses(ro, r);
-  if (z_loss_coef_ > 0) {
-    Tensor z = router_z_loss(ro.logits);
-    extra_losses_.push_back(ExtraLoss{"z", mul_scalar(z, z_loss_coef_), z.item_double()});
+  if (!dspec) {
+    extra_losses_ = balancer_->extra_losses(ro, r);
+    if (z_loss_coef_ > 0) {
+      Tensor z = router_z_loss(ro.logits);
+      extra_losses_.push_back(ExtraLoss{"z", mul_scalar(z, z_loss_coef_), z.item_double()});
+    }
   }
 
   CapacityResult cap = apply_capacity(r, T, top_k_, E, capacity_factor_, drop_policy_);

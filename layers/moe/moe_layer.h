@@ -81,6 +81,14 @@ class MoeLayer : public FeedForward {
   using SelectOverride = std::function<Routing(const RouterOutput&)>;
   void set_select_override(SelectOverride f) { select_override_ = std::move(f); }
 
+  // Device routing (layers/moe/device_routing.h): with x on the cuda device, a strategy whose
+  // Balancer::device_topk() says it is plain top-k, an fp32 router on the device, no jitter in
+  // training and no select override, router, selection and router losses run on the device.
+  // On by default; off forces the host routing (tests compare the two).
+  void set_device_routing(bool on) { device_routing_ = on; }
+  // Whether the last forward routed on the device.
+  bool last_routed_on_device() const { return last_on_device_; }
+
   int layer_index() const { return layer_; }
   int64_t num_experts() const { return num_experts_; }
   int64_t top_k() const { return top_k_; }
@@ -142,6 +150,7 @@ class MoeLayer : public FeedForward {
   Routing last_routing_;
   RoutingAccumulator step_acc_;
   double routing_seconds_ = 0;
+  bool device_routing_ = true, last_on_device_ = false;
 };
 
 }  // namespace moe

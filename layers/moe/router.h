@@ -37,6 +37,8 @@ class Router : public Module {
 
   const Tensor& weight() const { return weight_; }
   DType dtype() const { return weight_.dtype(); }
+  ScoreFunction score_function() const { return fn_; }
+  double jitter() const { return jitter_; }
 
  private:
   Tensor weight_;

@@ -4,6 +4,7 @@
 //   backend.cpp    device, memory (caching allocator), copies, fill
 //   dense_ops.cpp  embedding, RMSNorm, linear, RoPE, attention, element-wise, cross-entropy
 //   moe_ops.cpp    permute / combine and the SwiGLU experts
+//   routing_ops.cpp  router scores, top-k, gates, z-loss and aux loss of the plain top-k strategies
 //   optim_ops.cpp  AdamW, sums of squares, scaling
 #pragma once
 #include <memory>
@@ -39,6 +40,14 @@ class Backend final : public CudaBackend {
   Tensor unpermute_combine(const Tensor& y, const Tensor& gate, const DispatchPlanPtr& plan) override;
   Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                            const std::vector<int64_t>& offsets) override;
+
+  Tensor router_scores(const Tensor& logits, bool sigmoid) override;
+  std::pair<Tensor, Tensor> router_topk(const Tensor& scores, const Tensor& bias, int64_t k) override;
+  Tensor router_gates(const Tensor& scores, const Tensor& indices, bool renormalize, double scale) override;
+  Tensor router_z_loss(const Tensor& logits) override;
+  Tensor row_normalize(const Tensor& x) override;
+  Tensor load_counts(const Tensor& ids, int64_t experts) override;
+  Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) override;
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;

@@ -35,6 +35,23 @@ class AuxLossBalancer final : public Balancer {
                          token_choice_gates(cfg_));
   }
 
+  // micro_batch (when its batch is this process's own) and per_sequence; global on the host.
+  std::optional<DeviceTopk> device_topk() const override {
+    const std::string& variant = cfg_.balance.aux_variant;
+    DeviceTopk d;
+    if (variant == "per_sequence")
+      d.aux = DeviceTopk::Aux::per_sequence;
+    else if (variant == "micro_batch" && batch_communicator(cfg_.balance.scope) == nullptr)
+      d.aux = DeviceTopk::Aux::micro_batch;
+    else
+      return std::nullopt;
+    GateOptions g = token_choice_gates(cfg_);
+    d.renormalize = g.renormalize;
+    d.gate_scale = g.scale;
+    d.aux_alpha = cfg_.balance.aux_alpha;
+    return d;
+  }
+
   std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing& r) override {
     const int64_t E = cfg_.num_experts, T = in.scores.size(0);
     Tensor probs = aux_probabilities(in.scores, cfg_.score_function == "sigmoid");

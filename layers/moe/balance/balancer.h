@@ -5,6 +5,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,18 @@ struct Routing {
   Tensor score;   // [A] the value the assignment was selected by (drop-by-score uses it), no grad
 };
 
+// A strategy that is plain top-k of the scores (optionally shifted by a per-expert bias for the
+// selection only) with at most a Switch aux loss: what MoeLayer may route on the device
+// (layers/moe/device_routing.h) with the same decisions as select() + extra_losses().
+struct DeviceTopk {
+  enum class Aux { none, micro_batch, per_sequence };
+  bool renormalize = false;  // token_choice_gates(cfg): renormalize the k gates of a token
+  double gate_scale = 1.0;
+  std::vector<float> bias;   // empty, or [E]: ranks scores + bias (loss_free); gates from the scores
+  Aux aux = Aux::none;
+  double aux_alpha = 0;      // the loss "aux" = aux_alpha * the unscaled Switch loss
+};
+
 class Balancer {
  public:
   virtual ~Balancer() = default;
@@ -46,6 +59,9 @@ class Balancer {
   // Chooses assignments. May read (and, for strategies that update on the current batch such
   // as BIP in paper order, change) the state. `rng` is this layer's stream of the run's RNG.
   virtual Routing select(const RouterOutput& in, Philox& rng) = 0;
+  // The device routing this strategy is equivalent to right now, or nullopt (the default: the
+  // strategy routes on the host). Read at each forward (the loss-free bias changes per step).
+  virtual std::optional<DeviceTopk> device_topk() const { return std::nullopt; }
   // Loss terms of this strategy (differentiable through in.scores / in.logits).
   virtual std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing& r) { return {}; }
   // Called once per optimizer step, in training only, with the loads [E] of the global batch

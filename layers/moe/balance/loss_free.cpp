@@ -22,6 +22,15 @@ class LossFreeBalancer final : public Balancer {
     return build_routing(in.scores, sel, token_choice_gates(cfg_));  // gates from the unbiased s
   }
 
+  std::optional<DeviceTopk> device_topk() const override {
+    GateOptions g = token_choice_gates(cfg_);
+    DeviceTopk d;
+    d.renormalize = g.renormalize;
+    d.gate_scale = g.scale;
+    d.bias = bias_;
+    return d;
+  }
+
   void update(const std::vector<double>& loads) override {
     MOE_CHECK(loads.size() == bias_.size(), "balance.loss_free.update", "got ", loads.size(), " loads for ",
               bias_.size(), " experts");

@@ -13,6 +13,13 @@ class NoneBalancer final : public Balancer {
     check_router_output(in, cfg_.num_experts, "balance.none");
     return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.none"), token_choice_gates(cfg_));
   }
+  std::optional<DeviceTopk> device_topk() const override {
+    GateOptions g = token_choice_gates(cfg_);
+    DeviceTopk d;
+    d.renormalize = g.renormalize;
+    d.gate_scale = g.scale;
+    return d;
+  }
 
  private:
   MoeConfig cfg_;

@@ -1,0 +1,254 @@
+// Device routing of the plain top-k strategies (layers/moe/device_routing.h) under the emulation:
+// a MoeLayer on the device that routes there against the same layer on the CPU, and against the
+// same device layer with the host routing forced (set_device_routing(false)). Expected: the same
+// expert ids and kept sets (inputs are checked for a top-k margin, so fp32 rounding of the router
+// GEMM cannot flip a choice), gates and extra losses within 1e-5 of the largest entry (fp32
+// router math), output and every grad within 1e-2 (the experts multiply in bf16 on the device).
+// An ineligible strategy (sinkhorn) keeps the host routing.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/autograd.h"
+#include "core/cuda/ops/cuda_backend.h"
+#include "core/ops.h"
+#include "core/rng.h"
+#include "layers/moe/moe_layer.h"
+
+namespace moe {
+namespace {
+
+constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
+
+Tensor random_host(const Shape& shape, uint64_t seed, double scale = 1.0) {
+  Philox rng(seed, 0);
+  std::vector<float> v(size_t(shape_numel(shape)));
+  for (float& x : v) x = float(rng.normal() * scale);
+  return Tensor::from_vector(v, shape);
+}
+
+::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& want, double rel, const std::string& what) {
+  if (!got.defined() || !want.defined())
+    return ::testing::AssertionFailure() << what << ": " << (got.defined() ? "want" : "got") << " is undefined";
+  if (got.numel() != want.numel())
+    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str();
+  std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
+  double top = 0, worst = 0;
+  size_t at = 0;
+  for (double v : w) top = std::max(top, std::abs(v));
+  for (size_t i = 0; i < w.size(); ++i) {
+    const double d = std::abs(g[i] - w[i]);
+    if (!(d <= worst)) worst = d, at = i;
+  }
+  if (worst <= rel * top) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << what << ": max |diff| " << worst << " at " << at << " (got " << g[at]
+                                       << ", want " << w[at] << ") > " << rel << " * max |want| " << top;
+}
+
+struct RouteCase {
+  std::string name, strategy;
+  std::string score = "softmax";
+  bool renormalize = true;
+  double gate_scale = 1.0;
+  double z_loss = 0;
+  std::string aux_variant = "micro_batch";
+  std::optional<double> capacity = std::nullopt;
+  int bias_updates = 0;  // loss_free: balancer updates (with skewed loads) before the forward
+  DType act = DType::f32;
+  bool expect_device = true;
+};
+
+ModelConfig route_config(const RouteCase& c) {
+  ModelConfig m;
+  m.d_model = 40;
+  m.n_layers = 2;
+  m.init_std = 0.3;
+  m.moe.num_experts = 5;
+  m.moe.top_k = 2;
+  m.moe.expert_hidden = 24;
+  m.moe.capacity_factor = c.capacity;
+  m.moe.score_function = c.score;
+  m.moe.renormalize_gates = c.renormalize;
+  m.moe.gate_scale = c.gate_scale;
+  m.moe.z_loss_coef = c.z_loss;
+  m.moe.balance.strategy = c.strategy;
+  m.moe.balance.aux_alpha = 0.1;
+  m.moe.balance.aux_variant = c.aux_variant;
+  m.moe.balance.bias_update_rate = 0.03;
+  return m;
+}
+
+Tensor layer_loss(MoeLayer& layer, const Tensor& out, const Tensor& R) {
+  Tensor o = out.device() == Device::cuda ? out.to(Device::cpu) : out;
+  Tensor loss = sum_all(mul(o.to(DType::f32), R));
+  for (const ExtraLoss& e : layer.extra_losses()) loss = add(loss, e.scaled.to(DType::f32));
+  return loss;
+}
+
+// The smallest gap, over tokens, between the k-th and (k+1)-th largest of scores + bias (the
+// CPU layer's router on x): the margin the device's fp32 rounding must not cross.
+double topk_margin(MoeLayer& cpu, const Tensor& x, int64_t k) {
+  NoGradGuard ng;
+  const int64_t T = x.size(0) * x.size(1);
+  Tensor logits = matmul(x.reshape({T, x.size(2)}), cpu.router().weight().transpose(0, 1));
+  Tensor s = cpu.router().score_function() == ScoreFunction::sigmoid ? sigmoid(logits) : softmax(logits, 1);
+  std::vector<double> sv = s.to_double_vector(), b = cpu.balancer().state_vector();
+  const int64_t E = s.size(1);
+  double margin = 1e9;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> row(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) row[size_t(e)] = sv[size_t(t * E + e)] + (b.empty() ? 0.0 : b[size_t(e)]);
+    std::sort(row.begin(), row.end(), std::greater<double>());
+    margin = std::min(margin, row[size_t(k - 1)] - row[size_t(k)]);
+  }
+  return margin;
+}
+
+struct Run {
+  Tensor out, xgrad;
+  std::vector<std::pair<std::string, Tensor>> grads;
+};
+
+Run run_layer(MoeLayer& layer, const Tensor& x, const Tensor& R, Device dev, DType act) {
+  Tensor xl = dev == Device::cuda ? x.detach().to(act).to(Device::cuda).detach() : x.detach().clone();
+  xl.set_requires_grad(true);
+  Run r;
+  r.out = layer.forward(xl);
+  layer_loss(layer, r.out, R).backward();
+  r.xgrad = xl.grad();
+  for (const auto& [name, p] : layer.named_parameters()) r.grads.emplace_back(name, p.grad());
+  return r;
+}
+
+void expect_same_routing(MoeLayer& got, MoeLayer& want, const std::string& what) {
+  SCOPED_TRACE(what);
+  EXPECT_EQ(got.last_routing().token.to_vector<int64_t>(), want.last_routing().token.to_vector<int64_t>());
+  EXPECT_EQ(got.last_routing().expert.to_vector<int64_t>(), want.last_routing().expert.to_vector<int64_t>());
+  EXPECT_EQ(got.last_stats().dropped, want.last_stats().dropped);
+  EXPECT_EQ(got.last_stats().load, want.last_stats().load);
+  EXPECT_TRUE(near_rel_max(got.last_routing().gate, want.last_routing().gate, kF32Rel, "gate"));
+  EXPECT_TRUE(near_rel_max(got.last_routing().score, want.last_routing().score, kF32Rel, "selection score"));
+  EXPECT_NEAR(got.last_stats().router_entropy, want.last_stats().router_entropy,
+              kF32Rel * std::max(1.0, std::abs(want.last_stats().router_entropy)));
+  const std::vector<ExtraLoss> gl = got.extra_losses(), wl = want.extra_losses();
+  ASSERT_EQ(gl.size(), wl.size());
+  for (size_t i = 0; i < wl.size(); ++i) {
+    const ExtraLoss &g = gl[i], &w = wl[i];
+    EXPECT_EQ(g.name, w.name);
+    EXPECT_EQ(g.scaled.device(), Device::cpu) << w.name;
+    EXPECT_NEAR(g.unscaled, w.unscaled, kF32Rel * std::abs(w.unscaled)) << w.name;
+    EXPECT_NEAR(g.scaled.item_double(), w.scaled.item_double(), kF32Rel * std::abs(w.scaled.item_double())) << w.name;
+  }
+}
+
+void expect_near_run(const Run& got, const Run& want, double rel, const std::string& what) {
+  SCOPED_TRACE(what);
+  EXPECT_TRUE(near_rel_max(got.out, want.out, rel, "output"));
+  EXPECT_TRUE(near_rel_max(got.xgrad, want.xgrad, rel, "input grad"));
+  ASSERT_EQ(got.grads.size(), want.grads.size());
+  for (size_t i = 0; i < want.grads.size(); ++i) {
+    EXPECT_EQ(got.grads[i].first, want.grads[i].first);
+    ASSERT_TRUE(got.grads[i].second.defined()) << got.grads[i].first;
+    EXPECT_EQ(got.grads[i].second.dtype(), DType::f32) << got.grads[i].first;
+    EXPECT_TRUE(near_rel_max(got.grads[i].second, want.grads[i].second, rel, want.grads[i].first + " grad"));
+  }
+}
+
+class MoeDeviceRouting : public ::testing::Test {
+ protected:
+  void SetUp() override { cuda::install_backend("MoeDeviceRouting"); }
+};
+
+void run_case(const RouteCase& c) {
+  SCOPED_TRACE(c.name);
+  const ModelConfig cfg = route_config(c);
+  Philox r1(1234, 0), r2(1234, 0), r3(1234, 0);
+  MoeLayer cpu(cfg, 0, r1), dev(cfg, 0, r2), dev_host(cfg, 0, r3);
+  // bf16-exact masters: the device experts' bf16 conversion is then exact (as moe_device_test).
+  for (MoeLayer* l : {&cpu, &dev, &dev_host}) {
+    NoGradGuard ng;
+    for (Tensor p : l->parameters()) p.copy_(p.to(DType::bf16));
+  }
+  const std::vector<double> skew = {11, 0, 4, 2, 1};
+  for (int i = 0; i < c.bias_updates; ++i)
+    for (MoeLayer* l : {&cpu, &dev, &dev_host}) l->balancer().update(skew);
+  if (c.bias_updates > 0) {
+    std::vector<double> b = cpu.balancer().state_vector();
+    ASSERT_FALSE(b.empty());
+    EXPECT_GT(*std::max_element(b.begin(), b.end()), 0.0);
+  }
+  dev.to(Device::cuda);
+  dev_host.to(Device::cuda);
+  dev_host.set_device_routing(false);
+
+  Tensor x = random_host({2, 7, 40}, 31).to(DType::bf16).to(DType::f32), R = random_host({2, 7, 40}, 32);
+  const double margin = topk_margin(cpu, x, cfg.moe.top_k);
+  ASSERT_GT(margin, 1e-4) << "inputs with a near tie in the top-k: pick another seed";
+
+  Run h = run_layer(cpu, x, R, Device::cpu, DType::f32);
+  Run d = run_layer(dev, x, R, Device::cuda, c.act);
+  Run dh = run_layer(dev_host, x, R, Device::cuda, c.act);
+  EXPECT_EQ(dev.last_routed_on_device(), c.expect_device);
+  EXPECT_FALSE(dev_host.last_routed_on_device());
+  EXPECT_FALSE(cpu.last_routed_on_device());
+  ASSERT_EQ(d.out.device(), Device::cuda);
+  ASSERT_EQ(d.out.dtype(), c.act);
+  if (c.capacity) {
+    EXPECT_GT(cpu.last_stats().dropped, 0) << "the capacity case should drop assignments";
+  }
+  for (const auto& [name, g] : d.grads) EXPECT_EQ(g.device(), Device::cuda) << name;
+
+  expect_same_routing(dev, cpu, "device layer vs cpu layer");
+  expect_same_routing(dev, dev_host, "device routing vs host routing, both on the device");
+  const double rel = c.act == DType::f32 ? kBf16Rel : 2 * kBf16Rel;
+  expect_near_run(d, h, rel, "device layer vs cpu layer");
+  expect_near_run(d, dh, rel, "device routing vs host routing, both on the device");
+}
+
+TEST_F(MoeDeviceRouting, NoneSoftmaxWithZLoss) {
+  run_case({"none softmax z", "none", "softmax", true, 1.0, 1e-2});
+}
+TEST_F(MoeDeviceRouting, NoneSigmoidNoRenormalize) {
+  run_case({"none sigmoid, no renormalize", "none", "sigmoid", false});
+}
+TEST_F(MoeDeviceRouting, AuxMicroBatchScaledGatesWithZLoss) {
+  run_case({"aux micro_batch, scale 2.5, z", "aux_loss", "softmax", true, 2.5, 1e-2});
+}
+TEST_F(MoeDeviceRouting, AuxMicroBatchNoRenormalizeWithDrops) {
+  RouteCase c{"aux micro_batch, no renormalize, capacity 0.7", "aux_loss", "softmax", false, 1.0};
+  c.capacity = 0.7;
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, AuxPerSequenceSigmoid) {
+  RouteCase c{"aux per_sequence sigmoid", "aux_loss", "sigmoid", true, 1.5, 1e-2};
+  c.aux_variant = "per_sequence";
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, AuxMicroBatchBf16Activations) {
+  RouteCase c{"aux micro_batch bf16", "aux_loss"};
+  c.act = DType::bf16;
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, LossFreeSigmoidWithBiasAndZLoss) {
+  RouteCase c{"loss_free sigmoid, bias after 3 updates, z", "loss_free", "sigmoid", true, 1.0, 1e-2};
+  c.bias_updates = 3;
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, AuxGlobalStaysOnTheHost) {
+  RouteCase c{"aux global", "aux_loss"};
+  c.aux_variant = "global";
+  c.expect_device = false;
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, SinkhornStaysOnTheHost) {
+  RouteCase c{"sinkhorn", "sinkhorn"};
+  c.expect_device = false;
+  run_case(c);
+}
+
+}  // namespace
+}  // namespace moe
