@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "bench/train_step_util.h"
 #include "core/ops.h"
 #include "core/rng.h"
 #include "layers/attention_layer.h"
@@ -34,13 +35,6 @@ ModelConfig quickstart_config() {
   return cfg;
 }
 
-Tensor random_ids(int64_t vocab, uint64_t seed) {
-  Philox rng(seed, stream_id(RngStream::test));
-  std::vector<int64_t> v(kBatch * kSeq);
-  for (auto& x : v) x = int64_t(rng.below(uint64_t(vocab)));
-  return Tensor::from_vector<int64_t>(v, {kBatch, kSeq});
-}
-
 Tensor random_activations(uint64_t seed, int64_t d) {
   Philox rng(seed, stream_id(RngStream::test));
   Tensor t = Tensor::empty({kBatch, kSeq, d});
@@ -60,15 +54,9 @@ void BM_QuickstartStep(benchmark::State& state) {
   TransformerLM model(cfg, 1, [&](int layer) { return std::make_shared<MoeLayer>(cfg, layer, moe_init); });
   model.train();
   AdamW opt(model.named_parameters());
-  Tensor ids = random_ids(cfg.vocab_size, 1), targets = random_ids(cfg.vocab_size, 2);
-  for (auto _ : state) {
-    opt.zero_grad();
-    LossOutput out = model.loss(ids, targets);
-    out.total.backward();
-    clip_grad_norm(model.parameters(), 1.0);
-    opt.step(1e-3);
-    benchmark::DoNotOptimize(out.total.item<float>());
-  }
+  Tensor ids = bench::random_ids(kBatch, kSeq, cfg.vocab_size, 1),
+         targets = bench::random_ids(kBatch, kSeq, cfg.vocab_size, 2);
+  for (auto _ : state) benchmark::DoNotOptimize(bench::train_step(model, opt, ids, targets));
   set_tokens(state);
 }
 BENCHMARK(BM_QuickstartStep)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "bench/train_step_util.h"
 #include "core/ops.h"
 #include "core/rng.h"
 #include "layers/mlp.h"
@@ -28,26 +29,13 @@ ModelConfig bench_config() {
 }
 constexpr int64_t kBatch = 8, kSeq = 128;
 
-Tensor random_ids(int64_t vocab, uint64_t seed) {
-  Philox rng(seed, stream_id(RngStream::test));
-  std::vector<int64_t> v(kBatch * kSeq);
-  for (auto& x : v) x = int64_t(rng.below(uint64_t(vocab)));
-  return Tensor::from_vector<int64_t>(v, {kBatch, kSeq});
-}
-
 void BM_TrainStepDense(benchmark::State& state) {
   ModelConfig cfg = bench_config();
   TransformerLM model(cfg, 1);
   AdamW opt(model.named_parameters());
-  Tensor ids = random_ids(cfg.vocab_size, 1), targets = random_ids(cfg.vocab_size, 2);
-  for (auto _ : state) {
-    opt.zero_grad();
-    LossOutput out = model.loss(ids, targets);
-    out.total.backward();
-    clip_grad_norm(model.parameters(), 1.0);
-    opt.step(1e-3);
-    benchmark::DoNotOptimize(out.total.item<float>());
-  }
+  Tensor ids = bench::random_ids(kBatch, kSeq, cfg.vocab_size, 1),
+         targets = bench::random_ids(kBatch, kSeq, cfg.vocab_size, 2);
+  for (auto _ : state) benchmark::DoNotOptimize(bench::train_step(model, opt, ids, targets));
   state.counters["tokens/s"] = benchmark::Counter(double(kBatch * kSeq), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["params"] = double(model.num_parameters());
 }

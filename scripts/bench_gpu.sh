@@ -3,10 +3,11 @@
 # build/bench/moetrain_cuda_bench, and a markdown summary of its counters (for docs/benchmarks.md).
 #
 #   scripts/bench_gpu.sh [build_dir]        build (when cmake is there) and run; exit 77 without a GPU
-#   scripts/bench_gpu.sh --pack [build_dir] on the build machine: build both binaries and copy their
-#                                           non-CUDA shared libraries into build_dir/gpu_libs, so that
-#                                           the two binaries and build_dir/gpu_libs can be carried to a GPU
-#                                           machine that lacks them (Google Benchmark, OpenBLAS, ...)
+#   scripts/bench_gpu.sh --pack [build_dir] on the build machine: build both binaries and moetrain and copy
+#                                           their non-CUDA shared libraries into build_dir/gpu_libs, so
+#                                           that the binaries and build_dir/gpu_libs can be carried to a
+#                                           GPU machine that lacks them (Google Benchmark, OpenBLAS, ...);
+#                                           moetrain is for scripts/gpu_train_check.sh
 # Environment: MOE_BENCH_FILTER (a --benchmark_filter regex), OUT (a folder for the raw JSON and logs;
 # default build_dir/gpu_bench).
 set -euo pipefail
@@ -19,18 +20,19 @@ tests="$B/tests/moetrain_cuda_gpu_tests"
 
 if command -v cmake >/dev/null && { [[ $pack == 1 ]] || [[ ! -x "$bench" ]]; }; then
   cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DMOE_CUDA=ON >/dev/null
-  cmake --build "$B" -j"$(nproc)" --target moetrain_cuda_bench moetrain_cuda_gpu_tests
+  cmake --build "$B" -j"$(nproc)" --target moetrain_cuda_bench moetrain_cuda_gpu_tests moetrain
 fi
 [[ -x "$bench" ]] || { echo "bench_gpu.sh: $bench not built (needs the CUDA toolkit: cmake -DMOE_CUDA=ON)"; exit 1; }
 
 if [[ $pack == 1 ]]; then
   mkdir -p "$B/gpu_libs"
   # Everything but glibc, the C++ runtime and CUDA's own libraries (the GPU machine has those).
-  ldd "$bench" "$tests" 2>/dev/null | awk '/=> \// {print $3}' | sort -u |
+  ldd "$bench" "$tests" "$B/moetrain" 2>/dev/null | awk '/=> \// {print $3}' | sort -u |
     grep -Ev '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libcublasLt)\.so' |
     while read -r lib; do cp -L "$lib" "$B/gpu_libs/"; done
-  du -sh "$B/gpu_libs" "$bench" "$tests" 2>/dev/null
-  echo "carry: $bench $tests $B/gpu_libs (ignored paths); run there: scripts/bench_gpu.sh $B"
+  du -sh "$B/gpu_libs" "$bench" "$tests" "$B/moetrain" 2>/dev/null
+  echo "carry: $bench $tests $B/moetrain $B/gpu_libs data/brown (ignored paths); run there:"
+  echo "  scripts/bench_gpu.sh $B && PEAK_TFLOPS=<the measured peak> scripts/gpu_train_check.sh 100 $B"
   exit 0
 fi
 

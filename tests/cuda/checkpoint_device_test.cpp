@@ -19,6 +19,7 @@
 #include "layers/moe/moe_layer.h"
 #include "layers/transformer.h"
 #include "optim/adamw.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace moe {
 namespace {
@@ -68,12 +69,7 @@ std::unique_ptr<TransformerLM> make_model(uint64_t seed) {
   return std::make_unique<TransformerLM>(cfg, seed, factory);
 }
 
-Tensor random_host(const Shape& shape, uint64_t seed) {
-  Philox rng(seed, 0);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = float(rng.normal());
-  return Tensor::from_vector(v, shape);
-}
+using test::random_host;
 
 // Grads that depend on (seed, parameter index), on the parameter's device.
 void set_grads(const TransformerLM& m, uint64_t seed) {

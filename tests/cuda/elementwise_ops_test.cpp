@@ -11,6 +11,7 @@
 #include "core/cuda/ops/cuda_backend.h"
 #include "core/rng.h"
 #include "layers/linear.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace moe {
 namespace {
@@ -20,12 +21,7 @@ class ElementwiseOps : public ::testing::Test {
   void SetUp() override { cuda::install_backend("ElementwiseOps"); }
 };
 
-Tensor random_host(const Shape& shape, uint64_t seed) {
-  Philox rng(seed, 0);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = float(rng.normal());
-  return Tensor::from_vector(v, shape);
-}
+using test::random_host;
 
 // max |a - b| / max(1, max |a|)
 double rel_diff(const Tensor& a, const Tensor& b) {

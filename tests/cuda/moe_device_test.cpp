@@ -18,16 +18,12 @@
 #include "layers/moe/experts.h"
 #include "layers/moe/moe_layer.h"
 #include "parallel/communicator.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace moe {
 namespace {
 
-Tensor random_host(const Shape& shape, uint64_t seed, double scale = 1.0) {
-  Philox rng(seed, 0);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = float(rng.normal() * scale);
-  return Tensor::from_vector(v, shape);
-}
+using test::random_host;
 
 // A device leaf holding host values h (as dtype dt) that requires grad.
 Tensor device_leaf(const Tensor& h, DType dt) {

@@ -17,6 +17,7 @@
 #include "optim/clip.h"
 #include "parallel/communicator.h"
 #include "recipes/parallel_grads.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace moe {
 namespace {
@@ -29,12 +30,7 @@ class OptimDevice : public ::testing::Test {
   }
 };
 
-Tensor random_host(const Shape& shape, uint64_t seed, double scale = 1.0) {
-  Philox rng(seed, 0);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = float(scale * rng.normal());
-  return Tensor::from_vector(v, shape);
-}
+using test::random_host;
 
 // A leaf parameter on the device holding the host tensor's values.
 Tensor device_param(const Tensor& host) {

@@ -5,6 +5,7 @@
 #include "core/autograd.h"
 #include "core/cuda/ops/cuda_backend.h"
 #include "core/rng.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace moe {
 namespace {
@@ -14,12 +15,7 @@ class TensorDevice : public ::testing::Test {
   void SetUp() override { cuda::install_backend("TensorDevice"); }
 };
 
-Tensor random_host(const Shape& shape, uint64_t seed) {
-  Philox rng(seed, 0);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = float(rng.normal());
-  return Tensor::from_vector(v, shape);
-}
+using test::random_host;
 
 TEST_F(TensorDevice, RoundTripKeepsEveryBit) {
   Tensor h = random_host({7, 13}, 1);
