@@ -21,18 +21,14 @@
 #include "core/rng.h"
 #include "layers/moe/balance/topk_routing.h"
 #include "layers/moe/moe_layer.h"
+#include "tests/cuda/device_test_util.h"
 
 namespace moe {
 namespace {
 
 constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
 
-Tensor random_host(const Shape& shape, uint64_t seed, double scale = 1.0) {
-  Philox rng(seed, 0);
-  std::vector<float> v(size_t(shape_numel(shape)));
-  for (float& x : v) x = float(rng.normal() * scale);
-  return Tensor::from_vector(v, shape);
-}
+using test::random_host;
 
 ::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& want, double rel, const std::string& what) {
   if (!got.defined() || !want.defined())
