@@ -241,6 +241,9 @@ void run_layer_case(const LayerCase& c) {
     for (Tensor p : m->parameters()) p.copy_(p.to(DType::bf16));
   }
   dev.to(Device::cuda);
+  // These cases check the data path with the host routing (bit-equal extra losses);
+  // tests/cuda/moe_device_routing_test.cpp checks the device routing path.
+  dev.set_device_routing(false);
 
   Tensor x = random_host({2, 9, 40}, 31).to(DType::bf16).to(DType::f32), R = random_host({2, 9, 40}, 32);
   Tensor xh = host_leaf(x), xd = device_leaf(x, c.act);
