@@ -68,8 +68,9 @@ int main(int argc, char** argv) {
   std::string cmd = argv[1];
   std::vector<std::string> args(argv + 2, argv + argc);
   try {
-    // `train` runs under mpirun for data parallelism; without mpirun MPI makes a world of one.
-    if (cmd == "train") moe::mpi_init(&argc, &argv);
+    // `train` runs under mpirun for data parallelism; without a launcher it is a world of one
+    // without MPI (parallel/communicator.h).
+    if (cmd == "train" && moe::launched_by_mpi_launcher()) moe::mpi_init(&argc, &argv);
     for (const auto& c : moe::cli::commands())
       if (c.name == cmd) {
         int rc = c.run(args);

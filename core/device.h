@@ -11,6 +11,9 @@
 // master weights; AdamW moments too); activations are bf16 or fp32, the dtype of the input
 // activation decides; an op converts a weight to the activation dtype where it multiplies,
 // accumulates in fp32 and returns the activation dtype. Weight grads come back in fp32.
+// The residual stream stays fp32 as under PyTorch autocast: embedding returns fp32, RMSNorm of
+// an fp32 input returns activation_dtype() (what the products take), add of fp32 and bf16 sums
+// in fp32. (Measured on an H200: a bf16 residual stream cost the balance model ~0.05 of loss.)
 // Router and balancing math stay fp32 (DESIGN.md rule 3).
 #pragma once
 #include <cstddef>
@@ -59,7 +62,7 @@ class CudaBackend {
   virtual void fill(const Tensor& dst, double value) = 0;
 
   // ---- ops of a dense transformer step: same contracts as core/cpu, autograd recorded ----
-  virtual Tensor embedding(const Tensor& weight, const Tensor& ids) = 0;  // output in activation_dtype()
+  virtual Tensor embedding(const Tensor& weight, const Tensor& ids) = 0;  // output fp32 (the residual stream)
   virtual Tensor rms_norm(const Tensor& x, const Tensor& weight, double eps) = 0;
   virtual Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) = 0;
   virtual std::vector<Tensor> linear_shared_input(const Tensor& x, const std::vector<Tensor>& weights) = 0;

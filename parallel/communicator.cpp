@@ -5,6 +5,7 @@
 // C API only: the deprecated C++ bindings need libmpi_cxx, which nothing links.
 #define OMPI_SKIP_MPICXX 1
 #define MPICH_SKIP_MPICXX 1
+#include <cstdlib>
 #include <mpi.h>
 
 #include <algorithm>
@@ -228,6 +229,12 @@ bool mpi_init(int* argc, char*** argv) {
   MOE_CHECK(provided >= MPI_THREAD_FUNNELED, "MPI_Init_thread", "the MPI library gives thread level ", provided,
             ", moetrain needs MPI_THREAD_FUNNELED");
   return true;
+}
+
+bool launched_by_mpi_launcher() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"})
+    if (std::getenv(v)) return true;
+  return false;
 }
 
 void mpi_finalize() {

@@ -61,6 +61,10 @@ std::shared_ptr<Communicator> world_communicator();
 // calls MPI; OpenMP threads never do). Without mpirun OpenMPI starts a singleton world of one
 // rank, so the same binary serves both. mpi_finalize is a no-op unless mpi_init initialized MPI.
 bool mpi_init(int* argc, char*** argv);
+// True when this process was started by an MPI launcher (mpirun / srun set OMPI_COMM_WORLD_SIZE,
+// PMIX_RANK or PMI_RANK). `moetrain train` initializes MPI only then: a world of one needs no
+// MPI, and a machine with a copied binary but without OpenMPI's components can still train.
+bool launched_by_mpi_launcher();
 void mpi_finalize();
 bool mpi_active();
 // Ends every rank of the job (MPI_Abort) after an error on this rank, so that no peer waits

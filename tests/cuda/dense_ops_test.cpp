@@ -150,6 +150,7 @@ TEST_F(DenseOps, LinearSharedInputMatchesCpu) {
 TEST_F(DenseOps, RmsNormMatchesCpu) {
   for (DType act : kActs) {
     SCOPED_TRACE(dtype_name(act));
+    cuda_backend("DenseOps").set_activation_dtype(act);
     const double tol = tol_for(act);
     Tensor xh = rnd({2, 7, 40}, 14, 1.5), wh = rnd({40}, 15, 0.1, 1.0), seed = rnd({2, 7, 40}, 16);
     Tensor xr = ref_leaf(xh, act), wr = ref_leaf(wh, act);
@@ -164,8 +165,26 @@ TEST_F(DenseOps, RmsNormMatchesCpu) {
   }
 }
 
-// The backend's activation dtype decides the output's; ids i32 and i64, with repeats (the
-// backward sums them).
+// The fp32 residual stream under bf16 activations: RMSNorm of an fp32 input returns bf16 (what
+// the products take) and its input grad in fp32; the residual add of fp32 and bf16 sums in fp32.
+TEST_F(DenseOps, Fp32ResidualStreamWithBf16Activations) {
+  cuda_backend("DenseOps").set_activation_dtype(DType::bf16);
+  Tensor xh = rnd({2, 7, 40}, 40, 1.5), wh = rnd({40}, 41, 0.1, 1.0), seed = rnd({2, 7, 40}, 42);
+  Tensor xr = ref_leaf(xh, DType::f32), wr = ref_leaf(wh, DType::f32);
+  Tensor yr = add(xr, rms_norm(xr, wr, 1e-5));
+  yr.backward(ref_of(seed, DType::f32));
+  Tensor xd = dev_leaf(xh, DType::f32), wd = dev_leaf(wh, DType::f32);
+  Tensor nd = rms_norm(xd, wd, 1e-5);
+  EXPECT_EQ(nd.dtype(), DType::bf16);
+  Tensor yd = add(xd, nd);
+  yd.backward(dev_of(seed, DType::f32));
+  expect_close(yd, DType::f32, yr, 1e-2, "y");
+  expect_close(xd.grad(), DType::f32, xr.grad(), 1e-2, "dx");
+  expect_close(wd.grad(), DType::f32, wr.grad(), 1e-2, "dw");
+}
+
+// The output is fp32 whatever the activation dtype (the residual stream); ids i32 and i64, with
+// repeats (the backward sums them).
 TEST_F(DenseOps, EmbeddingMatchesCpu) {
   for (DType act : kActs) {
     for (DType id_dt : {DType::i32, DType::i64}) {
@@ -181,8 +200,7 @@ TEST_F(DenseOps, EmbeddingMatchesCpu) {
       Tensor wd = dev_leaf(wh, DType::f32);
       Tensor yd = embedding(wd, ids.to(Device::cuda));
       yd.backward(dev_of(seed, act));
-      // bf16: the output is the table rounded to bf16 (relative 2^-9 at most).
-      expect_close(yd, act, yr, act == DType::f32 ? 0.0 : 4e-3, "y");
+      expect_close(yd, DType::f32, yr, 0.0, "y");  // the table's rows, exactly
       expect_close(wd.grad(), DType::f32, wr.grad(), tol_for(act), "dw");
     }
   }

@@ -71,7 +71,22 @@ TEST_F(ElementwiseOps, ShapeAndDeviceMismatchesAreRefused) {
   Tensor a = Tensor::zeros({2, 3}, DType::f32, Device::cuda), b = Tensor::zeros({3}, DType::f32, Device::cuda);
   EXPECT_THROW(add(a, b), Error);                        // no broadcasting on the device
   EXPECT_THROW(add(a, Tensor::zeros({2, 3})), Error);    // mixed devices
-  EXPECT_THROW(add(a, a.to(DType::bf16)), Error);        // mixed dtypes
+  EXPECT_THROW(add(a, Tensor::zeros({2, 3}, DType::f64, Device::cuda)), Error);  // f64 on the device
+}
+
+// The residual add of an fp32 stream and a bf16 sublayer output: fp32, either order, grads in
+// each input's own dtype.
+TEST_F(ElementwiseOps, AddOfFp32AndBf16SumsInFp32) {
+  Tensor a = random_host({3, 5}, 8), b = random_host({3, 5}, 9).to(DType::bf16);
+  Tensor da = a.to(Device::cuda), db = b.to(Device::cuda);
+  da.set_requires_grad(true), db.set_requires_grad(true);
+  Tensor y = add(db, da);
+  EXPECT_EQ(y.dtype(), DType::f32);
+  std::vector<float> av = a.to_vector<float>(), bv = b.to(DType::f32).to_vector<float>(), yv = y.to_vector<float>();
+  for (size_t i = 0; i < yv.size(); ++i) EXPECT_EQ(yv[i], av[i] + bv[i]);
+  y.backward(Tensor::ones({3, 5}, DType::f32, Device::cuda));
+  EXPECT_EQ(da.grad().dtype(), DType::f32);
+  EXPECT_EQ(db.grad().dtype(), DType::bf16);
 }
 
 TEST_F(ElementwiseOps, ModuleToMovesParametersInPlace) {

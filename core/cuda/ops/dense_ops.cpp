@@ -106,7 +106,9 @@ Tensor Backend::embedding(const Tensor& weight, const Tensor& ids) {
       // Throws "id X at position P of N ids is outside the vocabulary [0, V) ..." (it synchronizes).
       embedding_forward<W>(ptr<W>(wc), ptr<int64_t>(idc), ptr<W>(rows), n, vocab, d);
     });
-  Tensor out = rows.to(act).reshape(out_shape);
+  // The residual stream stays fp32 (as under PyTorch autocast): the embedding's output is fp32
+  // whatever the activation dtype; RMSNorm hands the bf16 copy to the products.
+  Tensor out = rows.reshape(out_shape);
   if (needs_grad({weight}))
     record(op, {out}, [weight, idc, n, vocab, d](const std::vector<Tensor>& g) {
       Tensor go = g[0].contiguous();
@@ -155,6 +157,9 @@ Tensor Backend::rms_norm(const Tensor& x, const Tensor& weight, double eps) {
       accumulate_grad(x, dx);
       accumulate_grad(weight, dw);
     });
+  // An fp32 residual stream normalized for bf16 products: the output in the activation dtype
+  // (a differentiable cast; its grad returns to fp32).
+  if (act == DType::f32 && activation_dtype() == DType::bf16) return out.to(DType::bf16);
   return out;
 }
 

@@ -29,6 +29,10 @@ void check_pair(const char* op, const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor Backend::add(const Tensor& a, const Tensor& b) {
+  // The residual adds: an fp32 stream plus a bf16 sublayer output sums in fp32 (the bf16 side is
+  // converted, differentiably).
+  if (a.dtype() == DType::f32 && b.dtype() == DType::bf16) return add(a, b.to(DType::f32));
+  if (a.dtype() == DType::bf16 && b.dtype() == DType::f32) return add(a.to(DType::f32), b);
   check_pair("add", a, b);
   Tensor ac = a.detach().contiguous(), bc = b.detach().contiguous();
   Tensor out = Tensor::empty(a.shape(), a.dtype(), Device::cuda);

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Runs a pack made by `scripts/bench_gpu.sh --pack` (build/gpu_pack.tar.xz: stripped GPU test and
+# benchmark binaries, build/moetrain, every non-CUDA shared library down to glibc and its loader,
+# data/brown) on a GPU machine that has the NVIDIA driver and CUDA 13's cudart / cuBLAS but none
+# of this project's libraries. Into $OUT: environment, GPU tests, kernel benchmarks, and the
+# balance model trained on the CPU and on the device (metrics.jsonl of both).
+#   scripts/gpu_pack_run.sh [pack.tar.xz] [steps]      (TRAIN_ONLY=1: only the two training runs)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+pack="${1:-build/gpu_pack.tar.xz}"
+steps="${2:-100}"
+OUT="${OUT:-/tmp/gpu_out}"
+# Set here so moetrain does not re-exec itself to set it (a re-exec under the carried loader
+# would lose the program name).
+export OMP_WAIT_POLICY=passive
+mkdir -p "$OUT"
+work=$(mktemp -d)
+tar -C "$work" -xJf "$pack" || { echo "cannot unpack $pack"; exit 1; }
+P="$work/gpu_pack"
+{
+  date -u; cat /etc/os-release 2>/dev/null | head -2; ldd --version 2>&1 | head -1
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total --format=csv 2>&1
+  ls -d /usr/local/cuda* 2>&1; nproc
+} > "$OUT/env.txt" 2>&1
+cat "$OUT/env.txt"
+# CUDA runtime and cuBLAS from this machine (the pack leaves them out), the driver from its usual place.
+cuda_dirs=$(find /usr/local/cuda*/lib64 /usr/local/cuda*/lib /usr/local/cuda*/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu /usr/lib64 \
+  -maxdepth 1 \( -name 'libcudart.so.13*' -o -name 'libcublas.so.13*' -o -name 'libcuda.so.1' \) -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
+echo "CUDA libraries from: $cuda_dirs" | tee -a "$OUT/env.txt"
+# Run with this machine's glibc if the binaries load that way, else with the carried loader and glibc.
+run() { LD_LIBRARY_PATH="$P/libs:$cuda_dirs" "$@"; }
+if ! run "$P/bin/moetrain_cuda_bench" --benchmark_list_tests > "$OUT/probe.txt" 2>&1; then
+  grep -q "no CUDA device" "$OUT/probe.txt" || {
+    echo "binaries do not load with this machine's glibc: using the carried loader" | tee -a "$OUT/env.txt"
+    run() { "$P/libs/ld-linux-x86-64.so.2" --library-path "$P/libs:$cuda_dirs:/usr/lib/x86_64-linux-gnu:/usr/lib64" "$@"; }
+  }
+fi
+cat "$OUT/probe.txt"
+if [[ -z "${TRAIN_ONLY:-}" ]]; then
+echo "== GPU tests"
+timeout 170 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_gpu_tests'" > "$OUT/gpu_tests.log" 2>&1
+echo "gpu tests rc=$?" | tee -a "$OUT/gpu_tests.log"; grep -E '^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|GPU kernel tests on' "$OUT/gpu_tests.log" | head -40
+echo "== benchmarks"
+timeout 110 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_bench' --benchmark_out='$OUT/cuda_bench.json' --benchmark_out_format=json" > "$OUT/cuda_bench.log" 2>&1
+echo "bench rc=$?"; tail -25 "$OUT/cuda_bench.log"
+fi
+echo "== balance model, $steps steps, cuda then cpu"
+for dev in cuda cpu; do
+  timeout 90 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain' train recipes/balance/aux_loss.toml \
+    --set train.steps=$steps --set eval.every=0 --set checkpoint.every=0 --set log.every=1 \
+    --set data.dir='$P/data/brown' --set train.device=$dev --run-dir '$OUT/$dev'" > "$OUT/train_$dev.log" 2>&1
+  echo "$dev rc=$?"; grep -E 'moetrain: run|step +(1|2|10|50|100)/|error' "$OUT/train_$dev.log" | head -8
+done
