@@ -3,11 +3,9 @@
 # build/bench/moetrain_cuda_bench, and a markdown summary of its counters (for docs/benchmarks.md).
 #
 #   scripts/bench_gpu.sh [build_dir]        build (when cmake is there) and run; exit 77 without a GPU
-#   scripts/bench_gpu.sh --pack [build_dir] on the build machine: build both binaries and moetrain and copy
-#                                           their non-CUDA shared libraries into build_dir/gpu_libs, so
-#                                           that the binaries and build_dir/gpu_libs can be carried to a
-#                                           GPU machine that lacks them (Google Benchmark, OpenBLAS, ...);
-#                                           moetrain is for scripts/gpu_train_check.sh
+#   scripts/bench_gpu.sh --pack [build_dir] on the build machine: build_dir/gpu_pack.tar.xz (~23 MiB),
+#                                           the binaries with every library they need, for a GPU
+#                                           machine without them; run it there with scripts/gpu_pack_run.sh
 # Environment: MOE_BENCH_FILTER (a --benchmark_filter regex), OUT (a folder for the raw JSON and logs;
 # default build_dir/gpu_bench).
 set -euo pipefail
@@ -25,18 +23,23 @@ fi
 [[ -x "$bench" ]] || { echo "bench_gpu.sh: $bench not built (needs the CUDA toolkit: cmake -DMOE_CUDA=ON)"; exit 1; }
 
 if [[ $pack == 1 ]]; then
-  mkdir -p "$B/gpu_libs"
-  # Everything but glibc, the C++ runtime and CUDA's own libraries (the GPU machine has those).
+  # One archive for a GPU machine that has the driver and CUDA 13 but none of our libraries (nor
+  # Debian's glibc): stripped binaries, every non-CUDA shared library down to glibc and its
+  # loader, and the prepared Brown corpus; scripts/gpu_pack_run.sh runs it there.
+  cmake --build "$B" -j"$(nproc)" --target moetrain
+  [[ -f data/brown/DONE ]] || "$B/moetrain" prepare brown --out data/brown
+  rm -rf "$B/gpu_pack" && mkdir -p "$B/gpu_pack/bin" "$B/gpu_pack/libs" "$B/gpu_pack/data"
+  cp "$bench" "$tests" "$B/moetrain" "$B/gpu_pack/bin/" && strip --strip-unneeded "$B"/gpu_pack/bin/*
   ldd "$bench" "$tests" "$B/moetrain" 2>/dev/null | awk '/=> \// {print $3}' | sort -u |
-    grep -Ev '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|libcuda|libcudart|libcublas|libcublasLt)\.so' |
-    while read -r lib; do cp -L "$lib" "$B/gpu_libs/"; done
-  du -sh "$B/gpu_libs" "$bench" "$tests" "$B/moetrain" 2>/dev/null
-  echo "carry: $bench $tests $B/moetrain $B/gpu_libs data/brown (ignored paths); run there:"
-  echo "  scripts/bench_gpu.sh $B && PEAK_TFLOPS=<the measured peak> scripts/gpu_train_check.sh 100 $B"
+    grep -Ev '/(libcuda|libcudart|libcublas|libcublasLt)\.so' | while read -r lib; do cp -L "$lib" "$B/gpu_pack/libs/"; done
+  cp -L /lib64/ld-linux-x86-64.so.2 "$B/gpu_pack/libs/"
+  mkdir -p "$B/gpu_pack/data/brown" && cp -L data/brown/* "$B/gpu_pack/data/brown/"
+  tar -C "$B" -cf - gpu_pack | xz -2 -T"$(nproc)" > "$B/gpu_pack.tar.xz"
+  du -sh "$B/gpu_pack.tar.xz"
+  echo "carry $B/gpu_pack.tar.xz (an ignored path); run there: scripts/gpu_pack_run.sh $B/gpu_pack.tar.xz 200"
   exit 0
 fi
 
-export LD_LIBRARY_PATH="$(cd "$B" && pwd)/gpu_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 out="${OUT:-$B/gpu_bench}"
 mkdir -p "$out"
 

@@ -11,8 +11,6 @@ cd "$(dirname "$0")/.."
 steps="${1:-100}"
 B="${2:-build}"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
-# Libraries carried from the build machine (scripts/bench_gpu.sh --pack), when there are any.
-[[ -d "$B/gpu_libs" ]] && export LD_LIBRARY_PATH="$(cd "$B" && pwd)/gpu_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 [[ -x "$B/moetrain" ]] || { echo "gpu_train_check.sh: $B/moetrain not built"; exit 1; }
 [[ -f data/brown/DONE ]] || "$B/moetrain" prepare brown --out data/brown
 out="${OUT:-$B/gpu_train_check}"
