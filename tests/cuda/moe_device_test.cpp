@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <optional>
 #include <string>
@@ -157,7 +158,8 @@ TEST_F(MoeDevice, CombineRefusesMixedDevices) {
   EXPECT_THROW(unpermute_combine(y, g, plan), Error);
 }
 
-// The experts op: bf16 products whatever the activation dtype, fp32 weight grads on the device.
+// The experts op: bf16 products whatever the activation dtype, fp32 weight grads on the device;
+// both implementations (the grouped tensor-core kernel, and one dense GEMM per expert).
 TEST_F(MoeDevice, SwigluExpertsMatchTheCpuOp) {
   const int64_t D = 40, H = 24, E = 4;
   const std::vector<int64_t> offsets{0, 9, 9, 10, 23};  // an empty expert, a 1-row expert
@@ -168,8 +170,10 @@ TEST_F(MoeDevice, SwigluExpertsMatchTheCpuOp) {
   Tensor xh = host_leaf(r(x)), h1 = host_leaf(r(w1)), h3 = host_leaf(r(w3)), h2 = host_leaf(r(w2));
   Tensor yh = expert_swiglu_ffn(xh, h1, h3, h2, offsets);
   yh.backward(r(gy));
+  for (const char* impl : {"grouped", "per_expert"})
   for (DType dt : {DType::f32, DType::bf16}) {
-    SCOPED_TRACE(dtype_name(dt));
+    SCOPED_TRACE(std::string(impl) + " " + dtype_name(dt));
+    setenv("MOE_EXPERT_GEMM", impl, 1);
     Tensor xd = device_leaf(x, dt), d1 = device_leaf(w1, DType::f32), d3 = device_leaf(w3, DType::f32),
            d2 = device_leaf(w2, DType::f32);
     Tensor yd = expert_swiglu_ffn(xd, d1, d3, d2, offsets);
@@ -187,6 +191,7 @@ TEST_F(MoeDevice, SwigluExpertsMatchTheCpuOp) {
     std::vector<double> g1 = d1.grad().to_double_vector();
     for (int64_t i = H * D; i < 2 * H * D; ++i) ASSERT_EQ(g1[size_t(i)], 0.0);
   }
+  unsetenv("MOE_EXPERT_GEMM");
 }
 
 // ---- the whole layer ----

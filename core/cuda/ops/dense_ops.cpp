@@ -12,32 +12,15 @@
 #include "core/autograd.h"
 #include "core/cuda/attention.h"
 #include "core/cuda/embedding.h"
-#include "core/cuda/gemm_simt.h"
 #include "core/cuda/loss.h"
 #include "core/cuda/norm.h"
 #include "core/cuda/ops/cuda_backend.h"
+#include "core/cuda/ops/dense_gemm.h"
 #include "core/cuda/reduce.h"
 #include "core/cuda/rope.h"
-#ifndef MOE_CUDA_EMULATION
-#include "core/cuda/cublas_gemm.h"
-#endif
 
 namespace moe::cuda {
 namespace {
-
-// Row-major C [m, n] = alpha op(A) op(B) + beta C (cuda::gemm's contract). Callers handle k = 0
-// themselves (no product to run: C is zeros or the bias).
-template <class Tin, class Tout>
-void dense_gemm(bool ta, bool tb, long m, long n, long k, float alpha, const Tin* a, long lda, const Tin* b, long ldb,
-                float beta, Tout* c, long ldc) {
-  if (m == 0 || n == 0 || k == 0) return;
-#ifdef MOE_CUDA_EMULATION
-  gemm_simt<Tin, Tout>(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-#else
-  // One cuBLAS handle per host thread, created on first use (cublas_gemm.h).
-  gemm<Tin, Tout>(default_blas_handle(), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-#endif
-}
 
 // Calls f(float{}) or f(bf16{}) for the activation dtype; anything else is refused naming the op.
 template <class F>
