@@ -8,8 +8,11 @@
 namespace moe::cuda {
 namespace {
 
-__global__ void router_topk_kernel(const float* scores, float* values, int32_t* indices, long tokens, int experts,
-                                   int k) {
+// Per token, the k largest of row[e] (+ bias[e] when kBiased: the same fp32 sum each time), in
+// order, ties to the lower expert index.
+template <bool kBiased>
+__global__ void router_topk_kernel(const float* scores, const float* bias, float* values, int32_t* indices,
+                                   long tokens, int experts, int k) {
   const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
   if (t >= tokens) return;
   const float* row = scores + t * experts;
@@ -19,30 +22,8 @@ __global__ void router_topk_kernel(const float* scores, float* values, int32_t* 
     float best_v = -INFINITY;
     int best_i = -1;
     for (int e = 0; e < experts; ++e) {
-      const float v = row[e];
-      const bool after_prev = v < prev_v || (v == prev_v && e > prev_i);
-      if (after_prev && (best_i < 0 || v > best_v)) best_v = v, best_i = e;
-    }
-    values[t * k + s] = best_v;
-    indices[t * k + s] = best_i;
-    prev_v = best_v;
-    prev_i = best_i;
-  }
-}
-
-// The same selection over row[e] + bias[e] (recomputed per step: the same fp32 sum each time).
-__global__ void router_topk_biased_kernel(const float* scores, const float* bias, float* values, int32_t* indices,
-                                          long tokens, int experts, int k) {
-  const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
-  if (t >= tokens) return;
-  const float* row = scores + t * experts;
-  float prev_v = INFINITY;
-  int prev_i = -1;
-  for (int s = 0; s < k; ++s) {
-    float best_v = -INFINITY;
-    int best_i = -1;
-    for (int e = 0; e < experts; ++e) {
-      const float v = row[e] + bias[e];
+      float v = row[e];
+      if constexpr (kBiased) v += bias[e];
       const bool after_prev = v < prev_v || (v == prev_v && e > prev_i);
       if (after_prev && (best_i < 0 || v > best_v)) best_v = v, best_i = e;
     }
@@ -72,7 +53,8 @@ void router_topk(const float* scores, float* values, int32_t* indices, long toke
                  cudaStream_t stream) {
   MOE_CHECK(experts > 0 && k >= 1 && k <= experts, "cuda::router_topk", "k = ", k, " must be in [1, ", experts, "]");
   if (tokens > 0)
-    MOE_LAUNCH(router_topk_kernel, ceil_div(tokens, 128), 128, 0, stream, scores, values, indices, tokens, experts, k);
+    MOE_LAUNCH(router_topk_kernel<false>, ceil_div(tokens, 128), 128, 0, stream, scores, static_cast<const float*>(nullptr),
+               values, indices, tokens, experts, k);
 }
 
 void router_topk_biased(const float* scores, const float* bias, float* values, int32_t* indices, long tokens,
@@ -80,7 +62,7 @@ void router_topk_biased(const float* scores, const float* bias, float* values, i
   MOE_CHECK(experts > 0 && k >= 1 && k <= experts, "cuda::router_topk_biased", "k = ", k, " must be in [1, ", experts,
             "]");
   if (tokens > 0)
-    MOE_LAUNCH(router_topk_biased_kernel, ceil_div(tokens, 128), 128, 0, stream, scores, bias, values, indices, tokens,
+    MOE_LAUNCH(router_topk_kernel<true>, ceil_div(tokens, 128), 128, 0, stream, scores, bias, values, indices, tokens,
                experts, k);
 }
 

@@ -81,12 +81,7 @@ ModelConfig route_config(const RouteCase& c) {
   return m;
 }
 
-Tensor layer_loss(MoeLayer& layer, const Tensor& out, const Tensor& R) {
-  Tensor o = out.device() == Device::cuda ? out.to(Device::cpu) : out;
-  Tensor loss = sum_all(mul(o.to(DType::f32), R));
-  for (const ExtraLoss& e : layer.extra_losses()) loss = add(loss, e.scaled.to(DType::f32));
-  return loss;
-}
+using test::layer_loss;
 
 // The smallest gap, over tokens, between the k-th and (k+1)-th largest of scores + bias (the
 // CPU layer's router on x): the margin the device's fp32 rounding must not cross.

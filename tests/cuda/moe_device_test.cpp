@@ -224,14 +224,7 @@ ModelConfig layer_config(const LayerCase& c) {
   return m;
 }
 
-// loss = sum(out * R) + the layer's extra losses (host scalars), so that every grad path (the
-// data path on the device, the router and its losses on the host) is exercised by one backward.
-Tensor layer_loss(MoeLayer& layer, const Tensor& out, const Tensor& R) {
-  Tensor o = out.device() == Device::cuda ? out.to(Device::cpu) : out;
-  Tensor loss = sum_all(mul(o.to(DType::f32), R));
-  for (const ExtraLoss& e : layer.extra_losses()) loss = add(loss, e.scaled.to(DType::f32));
-  return loss;
-}
+using test::layer_loss;
 
 void run_layer_case(const LayerCase& c) {
   SCOPED_TRACE(c.name);
