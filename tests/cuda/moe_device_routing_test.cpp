@@ -62,20 +62,12 @@ struct RouteCase {
 };
 
 ModelConfig route_config(const RouteCase& c) {
-  ModelConfig m;
-  m.d_model = 40;
-  m.n_layers = 2;
-  m.init_std = 0.3;
-  m.moe.num_experts = 5;
-  m.moe.top_k = 2;
-  m.moe.expert_hidden = 24;
+  ModelConfig m = test::small_moe_config(c.strategy);
   m.moe.capacity_factor = c.capacity;
   m.moe.score_function = c.score;
   m.moe.renormalize_gates = c.renormalize;
   m.moe.gate_scale = c.gate_scale;
   m.moe.z_loss_coef = c.z_loss;
-  m.moe.balance.strategy = c.strategy;
-  m.moe.balance.aux_alpha = 0.1;
   m.moe.balance.aux_variant = c.aux_variant;
   m.moe.balance.bias_update_rate = 0.03;
   return m;

@@ -206,19 +206,11 @@ struct LayerCase {
 };
 
 ModelConfig layer_config(const LayerCase& c) {
-  ModelConfig m;
-  m.d_model = 40;
-  m.n_layers = 2;
-  m.init_std = 0.3;
-  m.moe.num_experts = 5;
-  m.moe.top_k = 2;
-  m.moe.expert_hidden = 24;
+  ModelConfig m = test::small_moe_config(c.strategy);
   m.moe.num_shared_experts = c.shared;
   m.moe.capacity_factor = c.capacity;
   m.moe.score_function = c.score;
   m.moe.z_loss_coef = c.z_loss;
-  m.moe.balance.strategy = c.strategy;
-  m.moe.balance.aux_alpha = 0.1;  // large enough that the aux grad shows in the router's grad
   if (c.strategy == "null_experts") m.moe.balance.num_null_experts = 2;
   if (c.strategy == "expert_choice") m.moe.balance.expert_choice_capacity = 1.5;
   return m;
