@@ -58,8 +58,8 @@ std::shared_ptr<Communicator> make_self_communicator();
 std::shared_ptr<Communicator> world_communicator();
 
 // MPI start-up for `moetrain train`: MPI_Init_thread (MPI_THREAD_FUNNELED: only the main thread
-// calls MPI; OpenMP threads never do). Without mpirun OpenMPI starts a singleton world of one
-// rank, so the same binary serves both. mpi_finalize is a no-op unless mpi_init initialized MPI.
+// calls MPI; OpenMP threads never do). Called without a launcher, OpenMPI starts a singleton world
+// of one rank (the MPI tests rely on it). mpi_finalize is a no-op unless mpi_init initialized MPI.
 bool mpi_init(int* argc, char*** argv);
 // True when this process was started by an MPI launcher (mpirun / srun set OMPI_COMM_WORLD_SIZE,
 // PMIX_RANK or PMI_RANK). `moetrain train` initializes MPI only then: a world of one needs no
