@@ -9,7 +9,7 @@
 //    block sums the relative changes in a fixed order; thread 0 counts the iteration and sets
 //    the converged flag.
 // Every kernel returns at once when the flag is set, so the host queues iterations ahead and reads
-// the flag once per batch. No atomics and no warp shuffles in the loops: results are bit-identical
+// the flag once per batch (2, 4, 8, 8, ... iterations). No atomics and no warp shuffles in the loops: results are bit-identical
 // run to run, and the emulation (a host thread per GPU thread) stays cheap.
 #include <algorithm>
 #include <cmath>
@@ -192,8 +192,10 @@ SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float 
   MOE_LAUNCH(sinkhorn_init_kernel, 1, kCombineThreads, 0, stream, log_d1, experts, state.get());
   SinkhornStats stats;
   State host{};
-  for (int launched = 0; launched < max_iters;) {
-    const int n = std::min(batch, max_iters - launched);
+  // Batches of 2, 4, ... up to `batch` iterations: a plan that converges in 2 (router logits at
+  // xi 1) waits for one read and queues no idle kernels; a slow one reads once per `batch`.
+  for (int launched = 0, size = std::min(2, batch); launched < max_iters; size = std::min(2 * size, batch)) {
+    const int n = std::min(size, max_iters - launched);
     for (int i = 0; i < n; ++i) {
       MOE_LAUNCH(sinkhorn_chunk_kernel, unsigned(chunks), kChunkThreads, chunk_smem, stream, x,
                  static_cast<const float*>(log_d1), row_max, log_d0, part_max.get(), part_sum.get(), tokens, experts,

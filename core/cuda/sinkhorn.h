@@ -19,7 +19,8 @@ struct SinkhornStats {
 // logsumexp -> log d0, then per-expert partial (max, sumexp) of the chunk) and a one-block combine
 // of the partials in chunk order (log d1, change, convergence). Deterministic: no atomics. No host
 // sync per iteration: a device flag stops the remaining kernels once converged; the host launches
-// `batch` iterations at a time and reads the flag (and the iteration count) once per batch.
+// iterations in batches of 2, 4, ... up to `batch` and reads the flag (and the iteration count)
+// once per batch.
 SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float xi, int max_iters, float tol,
                                 float* row_max, float* log_d0, float* log_d1, cudaStream_t stream = nullptr,
                                 int batch = 8);
