@@ -1,6 +1,7 @@
 // Sinkhorn kernels. One iteration = two launches:
-//  - sinkhorn_chunk_kernel: block b takes tokens [b C, b C + C); one thread per row computes the
-//    row max and log d0 (an online logsumexp against log d1, cached in shared memory); then
+//  - sinkhorn_chunk_kernel: block b takes tokens [b C, b C + C) and stages their x in shared
+//    memory (coalesced); one thread per row computes the row max and log d0 (an online logsumexp
+//    against log d1, also in shared memory); then
 //    G = blockDim / E thread groups (one thread per (group, expert), rows g, g + G, ...) run an
 //    online logsumexp of (x - row max) / xi + log d0 and merge in group order -> partial
 //    (max, sum) [chunks, E].
@@ -25,6 +26,7 @@ namespace {
 
 constexpr unsigned kChunkThreads = 128;    // threads of the chunk kernel (4 warps)
 constexpr unsigned kCombineThreads = 256;  // threads of the combine kernel (8 warps)
+constexpr long kTileFloats = 8192;          // shared memory for the chunk's x: 32 KiB
 
 struct State {
   int converged;
@@ -63,24 +65,33 @@ __global__ void sinkhorn_init_kernel(float* log_d1, int experts, State* state) {
   }
 }
 
-// Shared memory: log d1 [E], row max [C], log d0 [C], then (groups > 1) partial max / sum [G E].
+// Shared memory: log d1 [E], row max [C], log d0 [C], partial max / sum [G E] (when G > 1), and
+// the chunk's x [C, E + 1] (padded: the row step's threads read down rows, the column step's
+// across a row, both without bank conflicts).
 __global__ void sinkhorn_chunk_kernel(const float* x, const float* log_d1, float* row_max, float* log_d0,
                                       float* part_max, float* part_sum, long tokens, int experts, int chunk,
                                       float inv_xi, float log_tokens, const State* state) {
   if (state->converged) return;
   MOE_DYNAMIC_SHARED(float, smem);
+  const int groups = int(blockDim.x) / experts > 1 ? int(blockDim.x) / experts : 1;
   float* ld1 = smem;
   float* rmax = ld1 + experts;
   float* ld0 = rmax + chunk;
+  float* gmax = ld0 + chunk;
+  float* gsum = gmax + groups * experts;
+  float* tile = groups > 1 ? gsum + groups * experts : gmax;
+  const int stride = experts + 1;
   const long t0 = long(blockIdx.x) * chunk;
   const int rows = tokens - t0 < chunk ? int(tokens - t0) : chunk;
   for (int e = threadIdx.x; e < experts; e += blockDim.x) ld1[e] = log_d1[e];
+  const float* src = x + t0 * experts;  // the chunk's rows are contiguous: coalesced loads
+  for (int i = threadIdx.x; i < rows * experts; i += blockDim.x) tile[(i / experts) * stride + i % experts] = src[i];
   __syncthreads();
 
   // log d0[t] = -log T - logsumexp_e((x[t,e] - max) / xi + log d1[e]), one thread per row (no warp
-  // exchanges: the rows of a chunk are few and short, and stay in L1 for the column step).
+  // exchanges: a chunk's rows are few and short).
   for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-    const float* row = x + (t0 + r) * experts;
+    const float* row = tile + r * stride;
     float mx = -INFINITY;
     for (int e = 0; e < experts; ++e) mx = fmaxf(mx, row[e]);
     float m = -INFINITY, s = 0.0f;
@@ -95,15 +106,12 @@ __global__ void sinkhorn_chunk_kernel(const float* x, const float* log_d1, float
 
   // Per expert: online (max, sum exp) of (x - max) / xi + log d0 over the chunk's rows, split
   // over `groups` threads per expert (rows g, g + G, ...) and merged in group order.
-  const int groups = int(blockDim.x) / experts > 1 ? int(blockDim.x) / experts : 1;
-  float* gmax = ld0 + chunk;
-  float* gsum = gmax + groups * experts;
   float* out_max = part_max + long(blockIdx.x) * experts;
   float* out_sum = part_sum + long(blockIdx.x) * experts;
   for (int p = threadIdx.x; p < groups * experts; p += blockDim.x) {
     const int e = p % experts, g = p / experts;
     float m = -INFINITY, s = 0.0f;
-    for (int r = g; r < rows; r += groups) online_lse(m, s, (x[(t0 + r) * experts + e] - rmax[r]) * inv_xi + ld0[r]);
+    for (int r = g; r < rows; r += groups) online_lse(m, s, (tile[r * stride + e] - rmax[r]) * inv_xi + ld0[r]);
     if (groups == 1) {
       out_max[e] = m;
       out_sum[e] = s;
@@ -166,9 +174,11 @@ __global__ void sinkhorn_plan_kernel(const float* x, const float* row_max, const
 
 }  // namespace
 
-long sinkhorn_chunk_tokens(long tokens) {
+long sinkhorn_chunk_tokens(long tokens, int experts) {
   const long per_block = (tokens + 255) / 256;  // about 256 blocks
-  return std::min<long>(256, std::max<long>(32, (per_block + 31) / 32 * 32));
+  const long chunk = std::min<long>(256, std::max<long>(32, (per_block + 31) / 32 * 32));
+  const long fits = kTileFloats / (long(experts) + 1);  // the chunk's x in shared memory
+  return std::max<long>(1, std::min(chunk, fits));
 }
 
 SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float xi, int max_iters, float tol,
@@ -177,18 +187,20 @@ SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float 
   MOE_CHECK(xi > 0 && max_iters >= 1 && tol >= 0 && batch >= 1, "cuda::sinkhorn_plan", "xi = ", xi,
             ", max_iters = ", max_iters, ", tol = ", tol, ", batch = ", batch,
             ": expected xi > 0, max_iters >= 1, tol >= 0, batch >= 1");
-  const int chunk = int(sinkhorn_chunk_tokens(tokens));
+  const int chunk = int(sinkhorn_chunk_tokens(tokens, experts));
   const long chunks = (tokens + chunk - 1) / chunk;
   MOE_CHECK(chunks < (1L << 31), "cuda::sinkhorn_plan", tokens, " tokens: too many chunks");
   Workspace<float> part_max{size_t(chunks) * experts}, part_sum{size_t(chunks) * experts};
   Workspace<State> state(1);
   const float inv_xi = 1.0f / xi, log_t = float(std::log(double(tokens))), log_e = float(std::log(double(experts)));
   const int groups = std::max(1, int(kChunkThreads) / experts);
-  const size_t chunk_smem = (size_t(experts) + 2 * size_t(chunk) + (groups > 1 ? 2 * size_t(groups) * experts : 0)) *
+  const size_t chunk_smem = (size_t(experts) + 2 * size_t(chunk) + (groups > 1 ? 2 * size_t(groups) * experts : 0) +
+                             size_t(chunk) * (experts + 1)) *
                             sizeof(float);
   const int slices = std::max(1, int(kCombineThreads) / experts);
   const size_t combine_smem = (2 * size_t(slices) + 1) * experts * sizeof(float);
-  MOE_CHECK(chunk_smem <= 48 * 1024 && combine_smem <= 48 * 1024, "cuda::sinkhorn_plan", experts, " experts: too many for shared memory");
+  MOE_CHECK(chunk_smem <= 48 * 1024 && combine_smem <= 48 * 1024, "cuda::sinkhorn_plan", experts,
+            " experts: too many for shared memory");
   MOE_LAUNCH(sinkhorn_init_kernel, 1, kCombineThreads, 0, stream, log_d1, experts, state.get());
   SinkhornStats stats;
   State host{};

@@ -34,7 +34,8 @@ void sinkhorn_plan_from_scalings(const float* x, const float* row_max, const flo
 int sinkhorn_plan(const float* x, long tokens, int experts, float xi, int max_iters, float tol, float* plan,
                   cudaStream_t stream = nullptr);
 
-// Tokens per block of the chunk kernel for `tokens` rows: 32 .. 256, about 256 blocks at large T.
-long sinkhorn_chunk_tokens(long tokens);
+// Tokens per block of the chunk kernel: 32 .. 256 (about 256 blocks at large T), fewer when the
+// chunk's x [C, E + 1] would pass 32 KiB of shared memory (E > 255).
+long sinkhorn_chunk_tokens(long tokens, int experts);
 
 }  // namespace moe::cuda

@@ -87,6 +87,7 @@ TEST(CudaSinkhorn, MatchesCpuPlan) {
   check_against_cpu(sinkhorn_input(37, 5, 71), 37, 5, 1.0f, 200, 1e-4f);
   check_against_cpu(sinkhorn_input(301, 13, 72), 301, 13, 0.5f, 200, 1e-4f);
   check_against_cpu(sinkhorn_input(45, 131, 73), 45, 131, 1.0f, 200, 1e-4f);  // experts > block: one group
+  check_against_cpu(sinkhorn_input(37, 263, 79), 37, 263, 1.0f, 200, 1e-4f);  // chunks of 31 rows (shared tile)
 }
 
 // xi 0.05: x / xi up to 120, far beyond fp32's exp range; the device works in logs throughout.
@@ -146,10 +147,12 @@ TEST(CudaSinkhorn, DeterministicAcrossRunsAndBatches) {
 }
 
 TEST(CudaSinkhorn, ChunkSizes) {
-  EXPECT_EQ(sinkhorn_chunk_tokens(1), 32);
-  EXPECT_EQ(sinkhorn_chunk_tokens(2048), 32);      // 64 blocks
-  EXPECT_EQ(sinkhorn_chunk_tokens(16384), 64);     // 256 blocks
-  EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20), 256);  // 4096 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(1, 5), 32);
+  EXPECT_EQ(sinkhorn_chunk_tokens(2048, 16), 32);      // 64 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 64), 64);     // 256 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20, 16), 256);  // 4096 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20, 64), 126);  // the x tile [C, E + 1] within 32 KiB
+  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 263), 31);
 }
 
 }  // namespace
