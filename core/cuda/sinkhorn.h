@@ -12,8 +12,9 @@ struct SinkhornStats {
 
 // The scalings only, left on the device: x [tokens, experts] fp32 router scores; alternates
 // d0 = 1 / (T K d1), d1 = 1 / (E K^T d0) from d1 = 1 until the mean relative change of d1 is
-// below tol or max_iters ran (the CPU's layers/moe/balance/sinkhorn_plan rule and formulas, in
-// fp32 logs). Writes row_max [tokens] (max_j x_ij), log_d0 [tokens] and log_d1 [experts] for
+// below tol or max_iters ran (the CPU's layers/moe/balance/sinkhorn_plan rule and formulas; logs
+// in double, exponentials and their sums in fp32). Writes row_max [tokens] (max_j x_ij), log_d0
+// [tokens] and log_d1 [experts] (double) for
 //   log Pi_ij = (x_ij - row_max_i) / xi + log_d0_i + log_d1_j
 // (log_d1 is the CPU SinkhornPlan::log_d1). Each iteration is two kernels: token chunks (row
 // logsumexp -> log d0, then per-expert partial (max, sumexp) of the chunk) and a one-block combine
@@ -22,11 +23,11 @@ struct SinkhornStats {
 // iterations in batches of 2, 4, ... up to `batch` and reads the flag (and the iteration count)
 // once per batch.
 SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float xi, int max_iters, float tol,
-                                float* row_max, float* log_d0, float* log_d1, cudaStream_t stream = nullptr,
+                                float* row_max, double* log_d0, double* log_d1, cudaStream_t stream = nullptr,
                                 int batch = 8);
 
 // plan [tokens, experts] = exp(log Pi) from the scalings above.
-void sinkhorn_plan_from_scalings(const float* x, const float* row_max, const float* log_d0, const float* log_d1,
+void sinkhorn_plan_from_scalings(const float* x, const float* row_max, const double* log_d0, const double* log_d1,
                                  long tokens, int experts, float xi, float* plan, cudaStream_t stream = nullptr);
 
 // The plan itself: plan [tokens, experts] = Pi (entries ~ 1 / (T E)) from sinkhorn_scalings;
