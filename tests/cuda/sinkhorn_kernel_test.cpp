@@ -95,7 +95,7 @@ TEST(CudaSinkhorn, MatchesCpuPlan) {
 
 // xi 0.05: x / xi up to 120, far beyond fp32's exp range; the device works in logs throughout.
 TEST(CudaSinkhorn, SmallXiLogDomain) {
-  check_against_cpu(sinkhorn_input(37, 5, 74), 37, 5, 0.05f, 30, 1e-4f);  // N(0, 1) / 0.05: 30 iterations, not converged
+  check_against_cpu(sinkhorn_input(37, 5, 74), 37, 5, 0.05f, 20, 1e-4f);  // N(0, 1) / 0.05: 20 iterations, not converged
   check_against_cpu(sinkhorn_input(301, 13, 75, 0.25f), 301, 13, 0.05f, 100, 1e-4f);  // converges
 }
 
@@ -146,15 +146,13 @@ TEST(CudaSinkhorn, DeterministicAcrossRunsAndBatches) {
   const long T = 301;
   const int E = 13;
   const auto x = sinkhorn_input(T, E, 77);
-  // Converges after a few iterations, inside a batch (batches 2, 4, 8, ... and 2, 3, 3, ...), so
-  // later kernels of that batch see the flag; batch 1 reads after every iteration.
+  // Converges after a few iterations, inside a batch (batches 2, 4, 8, ...: later kernels of that
+  // batch see the flag); batch 1 reads after every iteration.
   const DeviceRun a = device_run(x, T, E, 0.5f, 100, 1e-4f, 8), b = device_run(x, T, E, 0.5f, 100, 1e-4f, 8);
-  const DeviceRun c = device_run(x, T, E, 0.5f, 100, 1e-4f, 3), d = device_run(x, T, E, 0.5f, 100, 1e-4f, 1);
-  ASSERT_GT(a.stats.iterations, 3);
-  ASSERT_NE(a.stats.iterations, 6);  // not at the end of batch 2, 4 (6) or 2, 3 (5), 3 (8)
-  ASSERT_NE(a.stats.iterations, 5);
-  ASSERT_NE(a.stats.iterations, 8);
-  for (const DeviceRun* r : {&b, &c, &d}) {
+  const DeviceRun c = device_run(x, T, E, 0.5f, 100, 1e-4f, 1);
+  ASSERT_GT(a.stats.iterations, 2);
+  ASSERT_NE(a.stats.iterations, 6);  // not at the end of the batches 2, 4
+  for (const DeviceRun* r : {&b, &c}) {
     EXPECT_EQ(r->stats.iterations, a.stats.iterations);
     EXPECT_EQ(r->plan, a.plan) << "plan not bit-identical";
     EXPECT_EQ(r->log_d1, a.log_d1) << "log d1 not bit-identical";
