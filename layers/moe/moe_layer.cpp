@@ -9,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/cpu/activation.h"
 #include "core/cpu/elementwise.h"
+#include "core/device.h"
 #include "layers/moe/device_routing.h"
 #include "parallel/communicator.h"
 
@@ -204,6 +205,11 @@ Tensor MoeLayer::forward(const Tensor& x) {
   Tensor x2 = x.reshape({T, d_model_});
 
   using Clock = std::chrono::steady_clock;
+  // Device work is queued asynchronously and routing's first copy to the host waits for all of it
+  // (this block's attention, earlier layers): drain the queue before the clock starts so
+  // routing_time_s counts routing, not the work queued ahead of it. Routing waits at that copy
+  // anyway, so the extra wait costs next to nothing.
+  if (training() && x.device() == Device::cuda) cuda_backend("MoeLayer.forward").synchronize();
   const Clock::time_point routing_start = Clock::now();
   // The plain top-k strategies route on the device when x is there (device_routing.h); every
   // other case routes on the host in fp32.
