@@ -1,133 +1,200 @@
-// The bf16 flash-attention forward on tensor cores: per block 64 query rows (16 per warp) against
-// 64-key tiles; S = Q K^T and O += P V are wmma products (bf16 operands, fp32 accumulation). The
-// API leaves a fragment's lane layout unspecified, so the running output O lives in shared memory
-// (fp32) and the online softmax rescales it there, one warp per its own 16 rows.
+// The bf16 flash-attention forward on tensor cores, FlashAttention-2 style: a block of 4 warps
+// takes 64 query rows, each warp 16 of them, against 64-key tiles of K and V in shared memory.
+// Everything per row stays in registers with the documented mma.sync layout (core/cuda/mma.h):
+// the warp's Q fragments (loaded once), the scores S = Q K^T (m16n8k16, fp32 accumulators), the
+// online softmax on them (a row's max and sum over the 4 lanes that hold it, by __shfl_xor_sync),
+// P converted in registers to A fragments (bf16), and the running output O += P V with its
+// rescale. Head dims up to kFlashMaxHeadDim, padded with zeros to a multiple of 16; the kernel is
+// compiled for padded dims up to 64 and up to 128 (register arrays need compile-time sizes).
 #include <cmath>
+#include <cstdint>
 
 #include "core/cuda/attention_internal.h"
 #include "core/cuda/launch.h"
-#include "core/cuda/wmma.h"
+#include "core/cuda/mma.h"
 
 namespace moe::cuda::attention_detail {
 namespace {
 
-namespace wmma = nvcuda::wmma;
+constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
+constexpr unsigned kFull = 0xffffffffu;
 
-constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32, kWarpRows = kRows / kWarps;
-constexpr int kMaxDp = kFlashMaxHeadDim;  // head dim padded to a multiple of 16
+// Q, K and V tiles of bf16 with rows of dp + 8 elements: 16-byte aligned rows for ldmatrix, and
+// the 8-element skew puts the 8 rows one ldmatrix phase reads in 8 different bank groups.
+size_t forward_shared_bytes(int dp) { return size_t(kRows + 2 * kKeys) * size_t(dp + 8) * sizeof(dbf16); }
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, dbf16, wmma::row_major>;
-using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::col_major>;
-using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::row_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-// Shared memory layout for a padded head dim dp (a multiple of 16): bf16 tiles with rows of
-// dp + 8 (16-byte multiples keep every fragment 32-byte aligned), fp32 tiles with rows of n + 4.
-struct Layout {
-  int ldh, lds, ldp, ldo;
-  size_t q, k, v, s, p, o, m, l, bytes;
-  __host__ __device__ explicit Layout(int dp) : ldh(dp + 8), lds(kKeys + 4), ldp(kKeys + 8), ldo(dp + 4) {
-    auto up = [](size_t b) { return (b + 127) / 128 * 128; };
-    q = 0;
-    k = up(q + size_t(kRows) * ldh * 2);
-    v = up(k + size_t(kKeys) * ldh * 2);
-    s = up(v + size_t(kKeys) * ldh * 2);
-    p = up(s + size_t(kRows) * lds * 4);
-    o = up(p + size_t(kRows) * ldp * 2);
-    m = up(o + size_t(kRows) * ldo * 4);
-    l = m + kRows * 4;
-    bytes = l + kRows * 4;
+// Two outputs of one row, adjacent in memory (d even); one 32-bit store when both are in range
+// and D is even (then out + d is 4-byte aligned).
+__device__ __forceinline__ void store_pair(dbf16* out, int d, int D, float x0, float x1) {
+  if (d + 1 < D && D % 2 == 0) {
+    const uint32_t packed = mma::pack_bf16x2(x0, x1);
+#ifdef MOE_CUDA_EMULATION
+    std::memcpy(static_cast<void*>(out + d), &packed, 4);
+#else
+    *reinterpret_cast<uint32_t*>(out + d) = packed;
+#endif
+    return;
   }
-};
+  if (d < D) out[d] = from_float<dbf16>(x0);
+  if (d + 1 < D) out[d + 1] = from_float<dbf16>(x1);
+}
 
+// kMaxDp: the largest padded head dim this instance handles (64 or 128); dp (a multiple of 16,
+// <= kMaxDp) is the actual one, so loops run to kMaxDp with a uniform early exit.
+// scale_log2 = log2(e) / sqrt(D): the softmax runs in base 2 (exp2f), m in those units.
+template <int kMaxDp>
 __global__ void __launch_bounds__(kThreads)
-    flash_forward_tc_kernel(const dbf16* q, const dbf16* k, const dbf16* v, dbf16* o, float* lse, HeadStrides hs,
-                            long S, int D, int dp, float scale) {
-  MOE_DYNAMIC_SHARED(unsigned char, smem);
-  const Layout L(dp);
-  dbf16* sQ = reinterpret_cast<dbf16*>(smem + L.q);
-  dbf16* sK = reinterpret_cast<dbf16*>(smem + L.k);
-  dbf16* sV = reinterpret_cast<dbf16*>(smem + L.v);
-  float* sS = reinterpret_cast<float*>(smem + L.s);
-  dbf16* sP = reinterpret_cast<dbf16*>(smem + L.p);
-  float* sO = reinterpret_cast<float*>(smem + L.o);
-  float* sM = reinterpret_cast<float*>(smem + L.m);
-  float* sL = reinterpret_cast<float*>(smem + L.l);
-  const long head = blockIdx.y, r0 = long(blockIdx.x) * kRows;
+    flash_forward_mma_kernel(const dbf16* q, const dbf16* k, const dbf16* v, dbf16* o, float* lse, HeadStrides hs,
+                             long S, int D, int dp, float scale_log2, bool vec) {
+  constexpr int kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kKeys / 8;
+  MOE_DYNAMIC_SHARED(dbf16, smem);
+  const int ld = dp + 8, nks = dp / 16;
+  dbf16* sQ = smem;
+  dbf16* sK = sQ + kRows * ld;
+  dbf16* sV = sK + kKeys * ld;
+  // The last row tiles see the most keys: they go first.
+  const long head = blockIdx.y, r0 = long(gridDim.x - 1 - blockIdx.x) * kRows;
   const long rows = S - r0 < kRows ? S - r0 : kRows;
   const long base = hs.base(head, S, D), rs = hs.row;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wr = warp * kWarpRows;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const long warp_first = r0 + warp * 16, row_lo = warp_first + g, row_hi = row_lo + 8;
+  const long warp_last = warp_first + 15 < S - 1 ? warp_first + 15 : S - 1;  // < warp_first: no rows
+  // Each lane's row address in a 16 x 16 block for ldmatrix.x4: an A operand (Q) or V read
+  // transposed (matrices: rows 0-7 / 8-15 by columns 0-7 / 8-15), and K as B (keys 0-7 / 8-15 are
+  // the two n-tiles, columns 0-7 / 8-15 the two k halves).
+  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
+  const int k_row = (lane & 7) + (lane >> 4) * 8, k_col = ((lane >> 3) & 1) * 8;
 
-  load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, L.ldh);
-  for (int i = threadIdx.x; i < kRows * dp; i += kThreads) sO[i / dp * L.ldo + i % dp] = 0.0f;
-  if (threadIdx.x < kRows) sM[threadIdx.x] = -INFINITY, sL[threadIdx.x] = 0.0f;
+  load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
+  __syncthreads();
+  uint32_t qa[kKSteps][4];
+  MOE_UNROLL
+  for (int ks = 0; ks < kKSteps; ++ks)
+    if (ks < nks) mma::ldmatrix_x4(qa[ks], sQ + (warp * 16 + a_row) * ld + ks * 16 + a_col);
 
-  const long last_row = r0 + rows - 1;
-  for (long c0 = 0; c0 <= last_row; c0 += kKeys) {
+  float acc[kOTiles][4];
+  MOE_UNROLL
+  for (int n = 0; n < kOTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};  // rows g and g + 8; l per lane
+
+  for (long c0 = 0; c0 < r0 + rows; c0 += kKeys) {
     const long cols = S - c0 < kKeys ? S - c0 : kKeys;
     __syncthreads();  // every warp is done with the previous K / V tile
-    load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, L.ldh);
-    load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, L.ldh);
+    load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, ld, vec);
+    load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, ld, vec);
     __syncthreads();
+    if (c0 > warp_last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
-    // S_w = Q_w K^T for the warp's 16 rows: K row-major [key][d] is a col_major matrix_b.
-    for (int j = 0; j < kKeys / 16; ++j) {
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int d0 = 0; d0 < dp; d0 += 16) {
-        FragA a;
-        FragBCol b;
-        wmma::load_matrix_sync(a, sQ + wr * L.ldh + d0, L.ldh);
-        wmma::load_matrix_sync(b, sK + (16 * j) * L.ldh + d0, L.ldh);
-        wmma::mma_sync(acc, a, b, acc);
+    // S = Q K^T for 16 rows x 64 keys; key blocks past the warp's last row stay 0 (masked below).
+    float s[kSTiles][4];
+    MOE_UNROLL
+    for (int n = 0; n < kSTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+    MOE_UNROLL
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      if (ks >= nks) break;
+      MOE_UNROLL
+      for (int np = 0; np < kSTiles / 2; ++np) {
+        if (c0 + np * 16 > warp_last) break;
+        uint32_t kb[4];
+        mma::ldmatrix_x4(kb, sK + (np * 16 + k_row) * ld + ks * 16 + k_col);
+        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
+        mma::mma_bf16_16816(s[2 * np], qa[ks], b0, s[2 * np]);
+        mma::mma_bf16_16816(s[2 * np + 1], qa[ks], b1, s[2 * np + 1]);
       }
-      wmma::store_matrix_sync(sS + wr * L.lds + 16 * j, acc, L.lds, wmma::mem_row_major);
     }
-    __syncwarp();
-
-    // Online softmax: two lanes per row, each over half the keys, combined by one shuffle.
-    const int r = wr + lane / 2, half = lane % 2;
-    const long row = r0 + r;
-    float mx = -INFINITY;
-    for (int j = half * (kKeys / 2); j < (half + 1) * (kKeys / 2); ++j)
-      if (r < rows && j < cols && c0 + j <= row) mx = fmaxf(mx, sS[r * L.lds + j] * scale);
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    const float m_old = sM[r], m_new = fmaxf(m_old, mx);
-    float sum = 0.0f;
-    for (int j = half * (kKeys / 2); j < (half + 1) * (kKeys / 2); ++j) {
-      float p = 0.0f;
-      if (m_new != -INFINITY && r < rows && j < cols && c0 + j <= row) p = expf(sS[r * L.lds + j] * scale - m_new);
-      sP[r * L.ldp + j] = from_float<dbf16>(p);  // V is multiplied by bf16 P; the sum stays fp32 (as FA2)
-      sum += p;
+    // Causal mask where the tile reaches past a row of the warp; keys past S (zero rows of K) are
+    // past every valid row, so the same test masks them.
+    if (c0 + kKeys - 1 > warp_first) {
+      MOE_UNROLL
+      for (int n = 0; n < kSTiles; ++n)
+        MOE_UNROLL
+      for (int e = 0; e < 4; ++e)
+        if (c0 + n * 8 + 2 * t + (e & 1) > (e < 2 ? row_lo : row_hi)) s[n][e] = -INFINITY;
     }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-    for (int d = half; d < dp; d += 2) sO[r * L.ldo + d] *= alpha;
-    __syncwarp();  // both lanes of the row have read sM before it changes
-    if (half == 0) sM[r] = m_new, sL[r] = sL[r] * alpha + sum;
-    __syncwarp();
 
-    // O_w += P_w V: V row-major [key][d] is a row_major matrix_b.
-    for (int n0 = 0; n0 < dp; n0 += 16) {
-      FragC acc;
-      wmma::load_matrix_sync(acc, sO + wr * L.ldo + n0, L.ldo, wmma::mem_row_major);
-      for (int j0 = 0; j0 < kKeys; j0 += 16) {
-        FragA a;
-        FragBRow b;
-        wmma::load_matrix_sync(a, sP + wr * L.ldp + j0, L.ldp);
-        wmma::load_matrix_sync(b, sV + j0 * L.ldh + n0, L.ldh);
-        wmma::mma_sync(acc, a, b, acc);
+    // Online softmax per row (h = 0: row g, registers 0-1; h = 1: row g + 8, registers 2-3).
+    MOE_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+      MOE_UNROLL
+      for (int n = 0; n < kSTiles; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 2));
+      const float m_new = fmaxf(m_run[h], mx * scale_log2);
+      const float m_base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing unmasked yet
+      const float alpha = exp2f(m_run[h] - m_base);            // 0 on the first tile
+      m_run[h] = m_new;
+      float sum = 0.0f;
+      MOE_UNROLL
+      for (int n = 0; n < kSTiles; ++n)
+        MOE_UNROLL
+      for (int j = 0; j < 2; ++j) {
+        const float p = exp2f(fmaf(s[n][2 * h + j], scale_log2, -m_base));
+        s[n][2 * h + j] = p;
+        sum += p;  // fp32 P in the sum, bf16 P in the product (as FlashAttention-2)
       }
-      wmma::store_matrix_sync(sO + wr * L.ldo + n0, acc, L.ldo, wmma::mem_row_major);
+      l_run[h] = l_run[h] * alpha + sum;
+      MOE_UNROLL
+      for (int n = 0; n < kOTiles; ++n) acc[n][2 * h] *= alpha, acc[n][2 * h + 1] *= alpha;
     }
-    __syncwarp();
+
+    // O += P V: the S accumulators of key block kk (n-tiles 2kk, 2kk + 1) are P's A fragment.
+    MOE_UNROLL
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      if (c0 + kk * 16 > warp_last) break;  // P is 0 there
+      const uint32_t pa[4] = {mma::pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
+                              mma::pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                              mma::pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              mma::pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      MOE_UNROLL
+      for (int np = 0; np < kKSteps; ++np) {
+        if (np >= nks) break;
+        uint32_t vb[4];
+        mma::ldmatrix_x4_trans(vb, sV + (kk * 16 + a_row) * ld + np * 16 + a_col);
+        const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
+        mma::mma_bf16_16816(acc[2 * np], pa, b0, acc[2 * np]);
+        mma::mma_bf16_16816(acc[2 * np + 1], pa, b1, acc[2 * np + 1]);
+      }
+    }
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
-    const int r = i / D, d = i % D;
-    if (r < rows) o[base + (r0 + r) * rs + d] = from_float<dbf16>(sO[r * L.ldo + d] / sL[r]);
+
+  // Each lane summed its own columns of the row: add the row's 4 lanes, then normalize and store.
+  MOE_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    l_run[h] += __shfl_xor_sync(kFull, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(kFull, l_run[h], 2);
   }
-  if (threadIdx.x < rows) lse[head * S + r0 + threadIdx.x] = sM[threadIdx.x] + logf(sL[threadIdx.x]);
+  MOE_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const long row = h ? row_hi : row_lo;
+    if (row >= S) continue;
+    const float inv = 1.0f / l_run[h];
+    dbf16* out = o + base + row * rs;
+    MOE_UNROLL
+    for (int n = 0; n < kOTiles; ++n) {
+      if (n * 8 >= dp) break;
+      store_pair(out, n * 8 + 2 * t, D, acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
+    }
+    if (t == 0) lse[head * S + row] = m_run[h] * float(M_LN2) + logf(l_run[h]);
+  }
+}
+
+template <int kMaxDp>
+void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads, long seq,
+                    int head_dim, int dp, HeadStrides hs, bool vec, cudaStream_t stream) {
+  const size_t bytes = forward_shared_bytes(dp);
+#ifndef MOE_CUDA_EMULATION
+  // Above 48 KiB of dynamic shared memory a kernel must opt in (sm_80: up to 163 KiB).
+  if (bytes > 48 * 1024) {
+    const cudaError_t err = cudaFuncSetAttribute(flash_forward_mma_kernel<kMaxDp>,
+                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    MOE_CHECK(err == cudaSuccess, "cuda::flash_attention_forward", "cudaFuncSetAttribute(", bytes,
+              " bytes of shared memory): ", cudaGetErrorString(err));
+  }
+#endif
+  const float scale_log2 = float(M_LOG2E / std::sqrt(double(head_dim)));
+  MOE_LAUNCH((flash_forward_mma_kernel<kMaxDp>), dim3(ceil_div(seq, kRows), unsigned(batch_heads)), kThreads, bytes,
+             stream, dev(q), dev(k), dev(v), dev(out), lse, hs, seq, head_dim, dp, scale_log2, vec);
 }
 
 }  // namespace
@@ -135,17 +202,12 @@ __global__ void __launch_bounds__(kThreads)
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,
                                 long seq, int head_dim, HeadStrides hs, cudaStream_t stream) {
   const int dp = (head_dim + 15) / 16 * 16;
-  const Layout L(dp);
-#ifndef MOE_CUDA_EMULATION
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (sm_80: up to 163 KiB).
-  const cudaError_t err = cudaFuncSetAttribute(flash_forward_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               int(Layout(kMaxDp).bytes));
-  MOE_CHECK(err == cudaSuccess, "cuda::flash_attention_forward", "cudaFuncSetAttribute(", Layout(kMaxDp).bytes,
-            " bytes of shared memory): ", cudaGetErrorString(err));
-#endif
-  const float scale = float(1.0 / std::sqrt(double(head_dim)));
-  MOE_LAUNCH(flash_forward_tc_kernel, dim3(ceil_div(seq, kRows), unsigned(batch_heads)), kThreads, L.bytes, stream,
-             dev(q), dev(k), dev(v), dev(out), lse, hs, seq, head_dim, dp, scale);
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const bool vec = head_dim % 8 == 0 && aligned(q) && aligned(k) && aligned(v);
+  if (dp <= 64)
+    launch_forward<64>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
+  else
+    launch_forward<kFlashMaxHeadDim>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
 }
 
 }  // namespace moe::cuda::attention_detail
