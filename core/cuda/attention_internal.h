@@ -3,6 +3,7 @@
 #pragma once
 #include "core/cuda/attention.h"
 #include "core/cuda/kernel.h"
+#include "core/cuda/mma.h"
 
 #ifdef MOE_CUDA_EMULATION
 #include <cstring>
@@ -50,6 +51,105 @@ __device__ inline void load_rows(const dbf16* src, long rs, long r0, long valid,
     }
   }
 }
+
+// ---- warp tiles on mma.sync (core/cuda/mma.h), shared by the bf16 forward and backward ----
+// A warp owns 16 rows; scores are 16 x 8 n-tiles of fp32 accumulators (rows g and g + 8 of lane
+// g * 4 + t hold columns 2t, 2t + 1), every tile in shared memory is bf16 with rows ld apart.
+constexpr unsigned kFullWarp = 0xffffffffu;
+
+// Each lane's row address in a 16 x 16 block for ldmatrix.x4: "a" as an A operand or a B operand
+// read transposed (the 4 matrices: rows 0-7 / 8-15 by columns 0-7 / 8-15), "b" as a B operand
+// stored by its n index (rows 0-7 / 8-15 are two n-tiles, columns 0-7 / 8-15 the two k halves).
+__device__ __forceinline__ int lm_a_row(int lane) { return (lane & 7) + ((lane >> 3) & 1) * 8; }
+__device__ __forceinline__ int lm_a_col(int lane) { return (lane >> 4) * 8; }
+__device__ __forceinline__ int lm_b_row(int lane) { return (lane & 7) + (lane >> 4) * 8; }
+__device__ __forceinline__ int lm_b_col(int lane) { return ((lane >> 3) & 1) * 8; }
+
+// The A fragment of k-step ks (columns 16 ks..16 ks + 15) of the 16 rows at `rows`.
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const dbf16* rows, int ld, int ks, int lane) {
+  mma::ldmatrix_x4(a, rows + lm_a_row(lane) * ld + ks * 16 + lm_a_col(lane));
+}
+
+// s += A B^T over k-step ks, for the n-tile pairs np < pairs (tiles 2 np, 2 np + 1 = rows
+// 16 np..16 np + 15 of b, a row-major [n][k] tile).
+template <int kTiles>
+__device__ __forceinline__ void mma_rows_t(float (&s)[kTiles][4], const uint32_t (&a)[4], const dbf16* b, int ld,
+                                           int ks, int pairs, int lane) {
+  MOE_UNROLL
+  for (int np = 0; np < kTiles / 2; ++np) {
+    if (np >= pairs) break;
+    uint32_t r[4];
+    mma::ldmatrix_x4(r, b + (np * 16 + lm_b_row(lane)) * ld + ks * 16 + lm_b_col(lane));
+    const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+    mma::mma_bf16_16816(s[2 * np], a, b0, s[2 * np]);
+    mma::mma_bf16_16816(s[2 * np + 1], a, b1, s[2 * np + 1]);
+  }
+}
+
+// acc += P B: P = the score accumulators p rounded to bf16 (n-tiles 2 kk, 2 kk + 1 are key block
+// kk, exactly an A fragment's layout), for key blocks kk < kblocks; b row-major [key][d], d over
+// nks k-steps of 16 (read transposed by ldmatrix).
+template <int kSTiles, int kOTiles>
+__device__ __forceinline__ void mma_scores_rows(float (&acc)[kOTiles][4], const float (&p)[kSTiles][4], const dbf16* b,
+                                                int ld, int nks, int kblocks, int lane) {
+  MOE_UNROLL
+  for (int kk = 0; kk < kSTiles / 2; ++kk) {
+    if (kk >= kblocks) break;
+    const uint32_t pa[4] = {mma::pack_bf16x2(p[2 * kk][0], p[2 * kk][1]), mma::pack_bf16x2(p[2 * kk][2], p[2 * kk][3]),
+                            mma::pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                            mma::pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    MOE_UNROLL
+    for (int np = 0; np < kOTiles / 2; ++np) {
+      if (np >= nks) break;
+      uint32_t r[4];
+      mma::ldmatrix_x4_trans(r, b + (kk * 16 + lm_a_row(lane)) * ld + np * 16 + lm_a_col(lane));
+      const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+      mma::mma_bf16_16816(acc[2 * np], pa, b0, acc[2 * np]);
+      mma::mma_bf16_16816(acc[2 * np + 1], pa, b1, acc[2 * np + 1]);
+    }
+  }
+}
+
+template <int kTiles>
+__device__ __forceinline__ void zero(float (&x)[kTiles][4]) {
+  MOE_UNROLL
+  for (int n = 0; n < kTiles; ++n) x[n][0] = x[n][1] = x[n][2] = x[n][3] = 0.0f;
+}
+
+// Two outputs of one row, adjacent in memory (d even); one 32-bit store when both are in range
+// and D is even (then out + d is 4-byte aligned).
+__device__ __forceinline__ void store_pair(dbf16* out, int d, int D, float x0, float x1) {
+  if (d + 1 < D && D % 2 == 0) {
+    const uint32_t packed = mma::pack_bf16x2(x0, x1);
+#ifdef MOE_CUDA_EMULATION
+    std::memcpy(static_cast<void*>(out + d), &packed, 4);
+#else
+    *reinterpret_cast<uint32_t*>(out + d) = packed;
+#endif
+    return;
+  }
+  if (d < D) out[d] = from_float<dbf16>(x0);
+  if (d + 1 < D) out[d + 1] = from_float<dbf16>(x1);
+}
+
+// The 16 rows x dp accumulators of a warp (rows g, g + 8 of `rows` rows at out, stride rs) times
+// `scale`, to bf16; rows at or past `valid` are not written.
+template <int kOTiles>
+__device__ __forceinline__ void store_rows(const float (&acc)[kOTiles][4], dbf16* out, long rs, long valid, int D,
+                                           int dp, float scale, int lane) {
+  const int g = lane >> 2, t = lane & 3;
+  MOE_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    if (g + 8 * h >= valid) continue;
+    dbf16* row = out + (g + 8 * h) * rs;
+    MOE_UNROLL
+    for (int n = 0; n < kOTiles; ++n) {
+      if (n * 8 >= dp) break;
+      store_pair(row, n * 8 + 2 * t, D, acc[n][2 * h] * scale, acc[n][2 * h + 1] * scale);
+    }
+  }
+}
+// ---- end warp tiles ----
 
 // The bf16 forward on tensor cores (mma.sync, registers): same contract as flash_attention_forward.
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,

@@ -17,27 +17,10 @@ namespace moe::cuda::attention_detail {
 namespace {
 
 constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
-constexpr unsigned kFull = 0xffffffffu;
 
 // Q, K and V tiles of bf16 with rows of dp + 8 elements: 16-byte aligned rows for ldmatrix, and
 // the 8-element skew puts the 8 rows one ldmatrix phase reads in 8 different bank groups.
 size_t forward_shared_bytes(int dp) { return size_t(kRows + 2 * kKeys) * size_t(dp + 8) * sizeof(dbf16); }
-
-// Two outputs of one row, adjacent in memory (d even); one 32-bit store when both are in range
-// and D is even (then out + d is 4-byte aligned).
-__device__ __forceinline__ void store_pair(dbf16* out, int d, int D, float x0, float x1) {
-  if (d + 1 < D && D % 2 == 0) {
-    const uint32_t packed = mma::pack_bf16x2(x0, x1);
-#ifdef MOE_CUDA_EMULATION
-    std::memcpy(static_cast<void*>(out + d), &packed, 4);
-#else
-    *reinterpret_cast<uint32_t*>(out + d) = packed;
-#endif
-    return;
-  }
-  if (d < D) out[d] = from_float<dbf16>(x0);
-  if (d + 1 < D) out[d + 1] = from_float<dbf16>(x1);
-}
 
 // kMaxDp: the largest padded head dim this instance handles (64 or 128); dp (a multiple of 16,
 // <= kMaxDp) is the actual one, so loops run to kMaxDp with a uniform early exit.
@@ -59,22 +42,15 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const long warp_first = r0 + warp * 16, row_lo = warp_first + g, row_hi = row_lo + 8;
   const long warp_last = warp_first + 15 < S - 1 ? warp_first + 15 : S - 1;  // < warp_first: no rows
-  // Each lane's row address in a 16 x 16 block for ldmatrix.x4: an A operand (Q) or V read
-  // transposed (matrices: rows 0-7 / 8-15 by columns 0-7 / 8-15), and K as B (keys 0-7 / 8-15 are
-  // the two n-tiles, columns 0-7 / 8-15 the two k halves).
-  const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
-  const int k_row = (lane & 7) + (lane >> 4) * 8, k_col = ((lane >> 3) & 1) * 8;
-
   load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
   __syncthreads();
   uint32_t qa[kKSteps][4];
   MOE_UNROLL
   for (int ks = 0; ks < kKSteps; ++ks)
-    if (ks < nks) mma::ldmatrix_x4(qa[ks], sQ + (warp * 16 + a_row) * ld + ks * 16 + a_col);
+    if (ks < nks) load_a(qa[ks], sQ + warp * 16 * ld, ld, ks, lane);
 
   float acc[kOTiles][4];
-  MOE_UNROLL
-  for (int n = 0; n < kOTiles; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+  zero(acc);
   float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};  // rows g and g + 8; l per lane
 
   for (long c0 = 0; c0 < r0 + rows; c0 += kKeys) {
@@ -85,23 +61,14 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     if (c0 > warp_last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
-    // S = Q K^T for 16 rows x 64 keys; key blocks past the warp's last row stay 0 (masked below).
+    // S = Q K^T for 16 rows x 64 keys; key blocks past the warp's last row stay 0 (masked below,
+    // and P V skips them).
+    const int blocks = warp_last - c0 >= kKeys - 16 ? kKeys / 16 : int(warp_last - c0) / 16 + 1;
     float s[kSTiles][4];
+    zero(s);
     MOE_UNROLL
-    for (int n = 0; n < kSTiles; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-    MOE_UNROLL
-    for (int ks = 0; ks < kKSteps; ++ks) {
-      if (ks >= nks) break;
-      MOE_UNROLL
-      for (int np = 0; np < kSTiles / 2; ++np) {
-        if (c0 + np * 16 > warp_last) break;
-        uint32_t kb[4];
-        mma::ldmatrix_x4(kb, sK + (np * 16 + k_row) * ld + ks * 16 + k_col);
-        const uint32_t b0[2] = {kb[0], kb[1]}, b1[2] = {kb[2], kb[3]};
-        mma::mma_bf16_16816(s[2 * np], qa[ks], b0, s[2 * np]);
-        mma::mma_bf16_16816(s[2 * np + 1], qa[ks], b1, s[2 * np + 1]);
-      }
-    }
+    for (int ks = 0; ks < kKSteps; ++ks)
+      if (ks < nks) mma_rows_t(s, qa[ks], sK, ld, ks, blocks, lane);
     // Causal mask where the tile reaches past a row of the warp; keys past S (zero rows of K) are
     // past every valid row, so the same test masks them.
     if (c0 + kKeys - 1 > warp_first) {
@@ -118,8 +85,8 @@ __global__ void __launch_bounds__(kThreads)
       float mx = -INFINITY;
       MOE_UNROLL
       for (int n = 0; n < kSTiles; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * h], s[n][2 * h + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, 2));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullWarp, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullWarp, mx, 2));
       const float m_new = fmaxf(m_run[h], mx * scale_log2);
       const float m_base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing unmasked yet
       const float alpha = exp2f(m_run[h] - m_base);            // 0 on the first tile
@@ -138,45 +105,24 @@ __global__ void __launch_bounds__(kThreads)
       for (int n = 0; n < kOTiles; ++n) acc[n][2 * h] *= alpha, acc[n][2 * h + 1] *= alpha;
     }
 
-    // O += P V: the S accumulators of key block kk (n-tiles 2kk, 2kk + 1) are P's A fragment.
-    MOE_UNROLL
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      if (c0 + kk * 16 > warp_last) break;  // P is 0 there
-      const uint32_t pa[4] = {mma::pack_bf16x2(s[2 * kk][0], s[2 * kk][1]),
-                              mma::pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
-                              mma::pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              mma::pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      MOE_UNROLL
-      for (int np = 0; np < kKSteps; ++np) {
-        if (np >= nks) break;
-        uint32_t vb[4];
-        mma::ldmatrix_x4_trans(vb, sV + (kk * 16 + a_row) * ld + np * 16 + a_col);
-        const uint32_t b0[2] = {vb[0], vb[1]}, b1[2] = {vb[2], vb[3]};
-        mma::mma_bf16_16816(acc[2 * np], pa, b0, acc[2 * np]);
-        mma::mma_bf16_16816(acc[2 * np + 1], pa, b1, acc[2 * np + 1]);
-      }
-    }
+    mma_scores_rows(acc, s, sV, ld, nks, blocks, lane);  // O += P V
   }
 
   // Each lane summed its own columns of the row: add the row's 4 lanes, then normalize and store.
   MOE_UNROLL
   for (int h = 0; h < 2; ++h) {
-    l_run[h] += __shfl_xor_sync(kFull, l_run[h], 1);
-    l_run[h] += __shfl_xor_sync(kFull, l_run[h], 2);
+    l_run[h] += __shfl_xor_sync(kFullWarp, l_run[h], 1);
+    l_run[h] += __shfl_xor_sync(kFullWarp, l_run[h], 2);
   }
   MOE_UNROLL
   for (int h = 0; h < 2; ++h) {
-    const long row = h ? row_hi : row_lo;
-    if (row >= S) continue;
     const float inv = 1.0f / l_run[h];
-    dbf16* out = o + base + row * rs;
     MOE_UNROLL
-    for (int n = 0; n < kOTiles; ++n) {
-      if (n * 8 >= dp) break;
-      store_pair(out, n * 8 + 2 * t, D, acc[n][2 * h] * inv, acc[n][2 * h + 1] * inv);
-    }
-    if (t == 0) lse[head * S + row] = m_run[h] * float(M_LN2) + logf(l_run[h]);
+    for (int n = 0; n < kOTiles; ++n) acc[n][2 * h] *= inv, acc[n][2 * h + 1] *= inv;
+    const long row = h ? row_hi : row_lo;
+    if (row < S && t == 0) lse[head * S + row] = m_run[h] * float(M_LN2) + logf(l_run[h]);
   }
+  store_rows(acc, o + base + warp_first * rs, rs, S - warp_first, D, dp, 1.0f, lane);
 }
 
 template <int kMaxDp>
