@@ -4,6 +4,10 @@
 #include "core/cuda/attention.h"
 #include "core/cuda/kernel.h"
 #include "core/cuda/mma.h"
+#include "core/error.h"
+
+#include <cstdint>
+#include <initializer_list>
 
 #ifdef MOE_CUDA_EMULATION
 #include <cstring>
@@ -151,11 +155,31 @@ __device__ __forceinline__ void store_rows(const float (&acc)[kOTiles][4], dbf16
 }
 // ---- end warp tiles ----
 
+// Host side of the bf16 kernels: whether load_rows may use 16-byte vectors (D % 8 == 0 and every
+// base pointer 16-byte aligned), and the opt-in a kernel needs above 48 KiB of dynamic shared
+// memory (sm_80: up to 163 KiB).
+inline bool vector_loads_ok(int head_dim, std::initializer_list<const void*> ptrs) {
+  bool ok = head_dim % 8 == 0;
+  for (const void* p : ptrs) ok = ok && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+  return ok;
+}
+template <class Kernel>
+void allow_shared(Kernel kernel, size_t bytes, const char* op) {
+#ifndef MOE_CUDA_EMULATION
+  if (bytes <= 48 * 1024) return;
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  MOE_CHECK(err == cudaSuccess, op, "cudaFuncSetAttribute(", bytes, " bytes of shared memory): ",
+            cudaGetErrorString(err));
+#else
+  (void)kernel, (void)bytes, (void)op;
+#endif
+}
+
 // The bf16 forward on tensor cores (mma.sync, registers): same contract as flash_attention_forward.
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,
                                 long seq, int head_dim, HeadStrides hs, cudaStream_t stream);
 
-// The bf16 backward on tensor cores: dq, dk, dv from the forward's lse and delta = rowsum(dO O)
+// The bf16 backward on tensor cores (mma.sync, registers; deterministic): dq, dk, dv from the forward's lse and delta = rowsum(dO O)
 // [batch_heads, seq] (fp32), as flash_attention_backward.
 void flash_backward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                                  const float* delta, bf16* dq, bf16* dk, bf16* dv, long batch_heads, long seq,

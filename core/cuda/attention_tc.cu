@@ -129,15 +129,7 @@ template <int kMaxDp>
 void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads, long seq,
                     int head_dim, int dp, HeadStrides hs, bool vec, cudaStream_t stream) {
   const size_t bytes = forward_shared_bytes(dp);
-#ifndef MOE_CUDA_EMULATION
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (sm_80: up to 163 KiB).
-  if (bytes > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(flash_forward_mma_kernel<kMaxDp>,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-    MOE_CHECK(err == cudaSuccess, "cuda::flash_attention_forward", "cudaFuncSetAttribute(", bytes,
-              " bytes of shared memory): ", cudaGetErrorString(err));
-  }
-#endif
+  allow_shared(flash_forward_mma_kernel<kMaxDp>, bytes, "cuda::flash_attention_forward");
   const float scale_log2 = float(M_LOG2E / std::sqrt(double(head_dim)));
   MOE_LAUNCH((flash_forward_mma_kernel<kMaxDp>), dim3(ceil_div(seq, kRows), unsigned(batch_heads)), kThreads, bytes,
              stream, dev(q), dev(k), dev(v), dev(out), lse, hs, seq, head_dim, dp, scale_log2, vec);
@@ -148,8 +140,7 @@ void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, floa
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,
                                 long seq, int head_dim, HeadStrides hs, cudaStream_t stream) {
   const int dp = (head_dim + 15) / 16 * 16;
-  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-  const bool vec = head_dim % 8 == 0 && aligned(q) && aligned(k) && aligned(v);
+  const bool vec = vector_loads_ok(head_dim, {q, k, v});
   if (dp <= 64)
     launch_forward<64>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
   else
