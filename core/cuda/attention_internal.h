@@ -69,6 +69,24 @@ __device__ __forceinline__ int lm_a_col(int lane) { return (lane >> 4) * 8; }
 __device__ __forceinline__ int lm_b_row(int lane) { return (lane & 7) + (lane >> 4) * 8; }
 __device__ __forceinline__ int lm_b_col(int lane) { return ((lane >> 3) & 1) * 8; }
 
+// A row-tile block (the forward, dQ): `tile` rows from r0, the last tiles (which see the most
+// keys) first; the warp's 16 rows from `first`, the lane's rows lo = first + g and hi = lo + 8.
+struct RowTile {
+  long r0, rows, first, lo, hi, last;  // last < first: the warp has no rows
+  __device__ RowTile(long S, int tile, int warp, int lane)
+      : r0(long(gridDim.x - 1 - blockIdx.x) * tile),
+        rows(S - r0 < tile ? S - r0 : tile),
+        first(r0 + warp * 16),
+        lo(first + (lane >> 2)),
+        hi(lo + 8),
+        last(first + 15 < S - 1 ? first + 15 : S - 1) {}
+  // Of a key tile from c0 (keys <= last, else the warp skips it): the 16-key blocks that reach a
+  // row of the warp (the rest are masked).
+  __device__ int key_blocks(long c0, int keys) const {
+    return last - c0 >= keys - 16 ? keys / 16 : int(last - c0) / 16 + 1;
+  }
+};
+
 // The A fragment of k-step ks (columns 16 ks..16 ks + 15) of the 16 rows at `rows`.
 __device__ __forceinline__ void load_a(uint32_t (&a)[4], const dbf16* rows, int ld, int ks, int lane) {
   mma::ldmatrix_x4(a, rows + lm_a_row(lane) * ld + ks * 16 + lm_a_col(lane));

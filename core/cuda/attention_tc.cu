@@ -35,13 +35,10 @@ __global__ void __launch_bounds__(kThreads)
   dbf16* sQ = smem;
   dbf16* sK = sQ + kRows * ld;
   dbf16* sV = sK + kKeys * ld;
-  // The last row tiles see the most keys: they go first.
-  const long head = blockIdx.y, r0 = long(gridDim.x - 1 - blockIdx.x) * kRows;
-  const long rows = S - r0 < kRows ? S - r0 : kRows;
-  const long base = hs.base(head, S, D), rs = hs.row;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const long warp_first = r0 + warp * 16, row_lo = warp_first + g, row_hi = row_lo + 8;
-  const long warp_last = warp_first + 15 < S - 1 ? warp_first + 15 : S - 1;  // < warp_first: no rows
+  const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const RowTile w(S, kRows, warp, lane);
+  const long r0 = w.r0, rows = w.rows;
   load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
   __syncthreads();
   uint32_t qa[kKSteps][4];
@@ -59,11 +56,11 @@ __global__ void __launch_bounds__(kThreads)
     load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, ld, vec);
     load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, ld, vec);
     __syncthreads();
-    if (c0 > warp_last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
+    if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
     // S = Q K^T for 16 rows x 64 keys; key blocks past the warp's last row stay 0 (masked below,
     // and P V skips them).
-    const int blocks = warp_last - c0 >= kKeys - 16 ? kKeys / 16 : int(warp_last - c0) / 16 + 1;
+    const int blocks = w.key_blocks(c0, kKeys);
     float s[kSTiles][4];
     zero(s);
     MOE_UNROLL
@@ -71,12 +68,12 @@ __global__ void __launch_bounds__(kThreads)
       if (ks < nks) mma_rows_t(s, qa[ks], sK, ld, ks, blocks, lane);
     // Causal mask where the tile reaches past a row of the warp; keys past S (zero rows of K) are
     // past every valid row, so the same test masks them.
-    if (c0 + kKeys - 1 > warp_first) {
+    if (c0 + kKeys - 1 > w.first) {
       MOE_UNROLL
       for (int n = 0; n < kSTiles; ++n)
         MOE_UNROLL
       for (int e = 0; e < 4; ++e)
-        if (c0 + n * 8 + 2 * t + (e & 1) > (e < 2 ? row_lo : row_hi)) s[n][e] = -INFINITY;
+        if (c0 + n * 8 + 2 * t + (e & 1) > (e < 2 ? w.lo : w.hi)) s[n][e] = -INFINITY;
     }
 
     // Online softmax per row (h = 0: row g, registers 0-1; h = 1: row g + 8, registers 2-3).
@@ -119,10 +116,10 @@ __global__ void __launch_bounds__(kThreads)
     const float inv = 1.0f / l_run[h];
     MOE_UNROLL
     for (int n = 0; n < kOTiles; ++n) acc[n][2 * h] *= inv, acc[n][2 * h + 1] *= inv;
-    const long row = h ? row_hi : row_lo;
+    const long row = h ? w.hi : w.lo;
     if (row < S && t == 0) lse[head * S + row] = m_run[h] * float(M_LN2) + logf(l_run[h]);
   }
-  store_rows(acc, o + base + warp_first * rs, rs, S - warp_first, D, dp, 1.0f, lane);
+  store_rows(acc, o + base + w.first * rs, rs, S - w.first, D, dp, 1.0f, lane);
 }
 
 template <int kMaxDp>

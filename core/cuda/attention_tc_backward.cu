@@ -116,19 +116,16 @@ __global__ void __launch_bounds__(kThreads)
   dbf16* sdO = sQ + kTile * ld;
   dbf16* sK = sdO + kTile * ld;
   dbf16* sV = sK + kTile * ld;
-  // The last row tiles see the most keys: they go first.
-  const long head = blockIdx.y, r0 = long(gridDim.x - 1 - blockIdx.x) * kTile;
-  const long rows = S - r0 < kTile ? S - r0 : kTile;
-  const long base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
-  const long warp_first = r0 + warp * 16, row_lo = warp_first + g, row_hi = row_lo + 8;
-  const long warp_last = warp_first + 15 < S - 1 ? warp_first + 15 : S - 1;  // < warp_first: no rows
+  const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const RowTile w(S, kTile, warp, lane);
+  const long r0 = w.r0, rows = w.rows;
   load_rows(q + base, rs, r0, rows, kTile, D, dp, sQ, ld, vec);
   load_rows(dout + base, rs, r0, rows, kTile, D, dp, sdO, ld, vec);
   float lse2[2], dl[2];  // rows g and g + 8
   MOE_UNROLL
   for (int h = 0; h < 2; ++h) {
-    const long row = h ? row_hi : row_lo;
+    const long row = h ? w.hi : w.lo;
     lse2[h] = row < S ? lse[row_base + row] * float(M_LOG2E) : 0.0f;
     dl[h] = row < S ? delta[row_base + row] : 0.0f;
   }
@@ -140,9 +137,9 @@ __global__ void __launch_bounds__(kThreads)
     load_rows(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
     load_rows(v + base, rs, c0, cols, kTile, D, dp, sV, ld, vec);
     __syncthreads();
-    if (c0 > warp_last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
+    if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
-    const int blocks = warp_last - c0 >= kTile - 16 ? kTile / 16 : int(warp_last - c0) / 16 + 1;
+    const int blocks = w.key_blocks(c0, kTile);
     float s[kSTiles][4], dpv[kSTiles][4];
     scores_and_dp<kSTiles, kKSteps>(s, dpv, sQ + warp * 16 * ld, sK, sdO + warp * 16 * ld, sV, ld, nks, blocks,
                                     lane);
@@ -150,7 +147,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int n = 0; n < kSTiles; ++n)
       MOE_UNROLL
     for (int e = 0; e < 4; ++e) {
-      const long row = e < 2 ? row_lo : row_hi;
+      const long row = e < 2 ? w.lo : w.hi;
       float ds = 0.0f;
       if (row < S && c0 + n * 8 + 2 * t + (e & 1) <= row) {
         const float p = exp2f(fmaf(s[n][e], scale_log2, -lse2[e >> 1]));
@@ -160,7 +157,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     mma_scores_rows(dq_acc, s, sK, ld, nks, blocks, lane);  // dQ += dS K
   }
-  store_rows(dq_acc, dq + base + warp_first * rs, rs, S - warp_first, D, dp, scale, lane);
+  store_rows(dq_acc, dq + base + w.first * rs, rs, S - w.first, D, dp, scale, lane);
 }
 
 template <int kMaxDp>
