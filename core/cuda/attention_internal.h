@@ -70,16 +70,18 @@ __device__ __forceinline__ int lm_b_row(int lane) { return (lane & 7) + (lane >>
 __device__ __forceinline__ int lm_b_col(int lane) { return ((lane >> 3) & 1) * 8; }
 
 // A row-tile block (the forward, dQ): `tile` rows from r0, the last tiles (which see the most
-// keys) first; the warp's 16 rows from `first`, the lane's rows lo = first + g and hi = lo + 8.
+// keys) first; the warp's warp_rows (a multiple of 16) rows from `first`, in groups of 16 whose
+// lane rows are row(m, 0) = first + 16 m + g and row(m, 1) = row(m, 0) + 8 (lo, hi: group 0).
 struct RowTile {
   long r0, rows, first, lo, hi, last;  // last < first: the warp has no rows
-  __device__ RowTile(long S, int tile, int warp, int lane)
+  __device__ RowTile(long S, int tile, int warp_rows, int warp, int lane)
       : r0(long(gridDim.x - 1 - blockIdx.x) * tile),
         rows(S - r0 < tile ? S - r0 : tile),
-        first(r0 + warp * 16),
+        first(r0 + warp * warp_rows),
         lo(first + (lane >> 2)),
         hi(lo + 8),
-        last(first + 15 < S - 1 ? first + 15 : S - 1) {}
+        last(first + warp_rows - 1 < S - 1 ? first + warp_rows - 1 : S - 1) {}
+  __device__ long row(int m, int h) const { return lo + 16 * m + 8 * h; }
   // Of a key tile from c0 (keys <= last, else the warp skips it): the 16-key blocks that reach a
   // row of the warp (the rest are masked).
   __device__ int key_blocks(long c0, int keys) const {
@@ -92,44 +94,70 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const dbf16* rows, int 
   mma::ldmatrix_x4(a, rows + lm_a_row(lane) * ld + ks * 16 + lm_a_col(lane));
 }
 
-// s += A B^T over k-step ks, for the n-tile pairs np < pairs (tiles 2 np, 2 np + 1 = rows
-// 16 np..16 np + 15 of b, a row-major [n][k] tile).
-template <int kTiles>
-__device__ __forceinline__ void mma_rows_t(float (&s)[kTiles][4], const uint32_t (&a)[4], const dbf16* b, int ld,
-                                           int ks, int pairs, int lane) {
+// s[m] += A_m B^T over k-step ks for the warp's kM groups of 16 rows, for the n-tile pairs
+// np < pairs (tiles 2 np, 2 np + 1 = rows 16 np..16 np + 15 of b, a row-major [n][k] tile); each
+// B fragment is loaded once for all groups.
+template <int kM, int kTiles>
+__device__ __forceinline__ void mma_rows_t(float (&s)[kM][kTiles][4], const uint32_t (&a)[kM][4], const dbf16* b,
+                                           int ld, int ks, int pairs, int lane) {
   MOE_UNROLL
   for (int np = 0; np < kTiles / 2; ++np) {
     if (np >= pairs) break;
     uint32_t r[4];
     mma::ldmatrix_x4(r, b + (np * 16 + lm_b_row(lane)) * ld + ks * 16 + lm_b_col(lane));
     const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-    mma::mma_bf16_16816(s[2 * np], a, b0, s[2 * np]);
-    mma::mma_bf16_16816(s[2 * np + 1], a, b1, s[2 * np + 1]);
+    MOE_UNROLL
+    for (int m = 0; m < kM; ++m) {
+      mma::mma_bf16_16816(s[m][2 * np], a[m], b0, s[m][2 * np]);
+      mma::mma_bf16_16816(s[m][2 * np + 1], a[m], b1, s[m][2 * np + 1]);
+    }
   }
 }
 
-// acc += P B: P = the score accumulators p rounded to bf16 (n-tiles 2 kk, 2 kk + 1 are key block
-// kk, exactly an A fragment's layout), for key blocks kk < kblocks; b row-major [key][d], d over
-// nks k-steps of 16 (read transposed by ldmatrix).
-template <int kSTiles, int kOTiles>
-__device__ __forceinline__ void mma_scores_rows(float (&acc)[kOTiles][4], const float (&p)[kSTiles][4], const dbf16* b,
-                                                int ld, int nks, int kblocks, int lane) {
+// acc[m] += P_m B: P_m = the score accumulators p[m] rounded to bf16 (n-tiles 2 kk, 2 kk + 1 are
+// key block kk, exactly an A fragment's layout), for key blocks kk < kblocks; b row-major
+// [key][d], d over nks k-steps of 16 (read transposed by ldmatrix, once for all groups).
+template <int kM, int kSTiles, int kOTiles>
+__device__ __forceinline__ void mma_scores_rows(float (&acc)[kM][kOTiles][4], const float (&p)[kM][kSTiles][4],
+                                                const dbf16* b, int ld, int nks, int kblocks, int lane) {
   MOE_UNROLL
   for (int kk = 0; kk < kSTiles / 2; ++kk) {
     if (kk >= kblocks) break;
-    const uint32_t pa[4] = {mma::pack_bf16x2(p[2 * kk][0], p[2 * kk][1]), mma::pack_bf16x2(p[2 * kk][2], p[2 * kk][3]),
-                            mma::pack_bf16x2(p[2 * kk + 1][0], p[2 * kk + 1][1]),
-                            mma::pack_bf16x2(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    uint32_t pa[kM][4];
+    MOE_UNROLL
+    for (int m = 0; m < kM; ++m) {
+      pa[m][0] = mma::pack_bf16x2(p[m][2 * kk][0], p[m][2 * kk][1]);
+      pa[m][1] = mma::pack_bf16x2(p[m][2 * kk][2], p[m][2 * kk][3]);
+      pa[m][2] = mma::pack_bf16x2(p[m][2 * kk + 1][0], p[m][2 * kk + 1][1]);
+      pa[m][3] = mma::pack_bf16x2(p[m][2 * kk + 1][2], p[m][2 * kk + 1][3]);
+    }
     MOE_UNROLL
     for (int np = 0; np < kOTiles / 2; ++np) {
       if (np >= nks) break;
       uint32_t r[4];
       mma::ldmatrix_x4_trans(r, b + (kk * 16 + lm_a_row(lane)) * ld + np * 16 + lm_a_col(lane));
       const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-      mma::mma_bf16_16816(acc[2 * np], pa, b0, acc[2 * np]);
-      mma::mma_bf16_16816(acc[2 * np + 1], pa, b1, acc[2 * np + 1]);
+      MOE_UNROLL
+      for (int m = 0; m < kM; ++m) {
+        mma::mma_bf16_16816(acc[m][2 * np], pa[m], b0, acc[m][2 * np]);
+        mma::mma_bf16_16816(acc[m][2 * np + 1], pa[m], b1, acc[m][2 * np + 1]);
+      }
     }
   }
+}
+
+// One group of 16 rows (kM = 1), as the backward uses them.
+template <int kTiles>
+__device__ __forceinline__ void mma_rows_t(float (&s)[kTiles][4], const uint32_t (&a)[4], const dbf16* b, int ld,
+                                           int ks, int pairs, int lane) {
+  mma_rows_t(reinterpret_cast<float(&)[1][kTiles][4]>(s), reinterpret_cast<const uint32_t(&)[1][4]>(a), b, ld, ks,
+             pairs, lane);
+}
+template <int kSTiles, int kOTiles>
+__device__ __forceinline__ void mma_scores_rows(float (&acc)[kOTiles][4], const float (&p)[kSTiles][4], const dbf16* b,
+                                                int ld, int nks, int kblocks, int lane) {
+  mma_scores_rows(reinterpret_cast<float(&)[1][kOTiles][4]>(acc), reinterpret_cast<const float(&)[1][kSTiles][4]>(p),
+                  b, ld, nks, kblocks, lane);
 }
 
 template <int kTiles>

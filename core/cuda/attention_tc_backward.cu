@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kThreads)
   dbf16* sV = sK + kTile * ld;
   const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
-  const RowTile w(S, kTile, warp, lane);
+  const RowTile w(S, kTile, 16, warp, lane);
   const long r0 = w.r0, rows = w.rows;
   load_rows(q + base, rs, r0, rows, kTile, D, dp, sQ, ld, vec);
   load_rows(dout + base, rs, r0, rows, kTile, D, dp, sdO, ld, vec);
