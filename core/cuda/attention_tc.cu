@@ -4,11 +4,11 @@
 // (core/cuda/mma.h): the warp's Q fragments (loaded once), the scores S = Q K^T (m16n8k16, fp32
 // accumulators), the online softmax on them (a row's max and sum over the 4 lanes that hold it, by
 // __shfl_xor_sync), P converted in registers to A fragments (bf16), and the running output
-// O += P V with its rescale. Each K / V fragment read from shared memory feeds kM row groups
-// (2 up to padded head dim 64, as FlashAttention-2's 32 rows per warp; 1 at 128, where twice the
-// accumulators would not fit in registers). Head dims up to kFlashMaxHeadDim, padded with zeros to
-// a multiple of 16; compiled for padded dims up to 64 and up to 128 (register arrays need
-// compile-time sizes).
+// O += P V with its rescale. Each K / V fragment read from shared memory feeds kM = 2 row groups
+// (32 rows per warp, 128 per block, as FlashAttention-2), halving the shared-memory reads per
+// product against 16 rows per warp. Head dims up to kFlashMaxHeadDim, padded with zeros to a
+// multiple of 16; compiled for padded dims up to 64 (Q fragments in registers) and up to 128 (Q
+// re-read from shared memory per k-step, to stay within 255 registers without spills).
 #include <cmath>
 #include <cstdint>
 
@@ -46,12 +46,16 @@ __global__ void __launch_bounds__(kThreads)
   const long r0 = w.r0, rows = w.rows;
   load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
   __syncthreads();
-  uint32_t qa[kKSteps][kM][4];
+  // Q's A fragments: kept in registers when they are few (kM * dp <= 128), else re-read from
+  // shared memory at each k-step (as FlashAttention-2 does by default).
+  constexpr bool kQInRegisters = kM * kMaxDp <= 128;
+  const dbf16* q_rows = sQ + warp * kM * 16 * ld;
+  uint32_t qa[kQInRegisters ? kKSteps : 1][kM][4];
   MOE_UNROLL
-  for (int ks = 0; ks < kKSteps; ++ks)
+  for (int ks = 0; ks < (kQInRegisters ? kKSteps : 0); ++ks)
     MOE_UNROLL
   for (int m = 0; m < kM; ++m)
-    if (ks < nks) load_a(qa[ks][m], sQ + (warp * kM + m) * 16 * ld, ld, ks, lane);
+    if (ks < nks) load_a(qa[ks][m], q_rows + m * 16 * ld, ld, ks, lane);
 
   float acc[kM][kOTiles][4];
   MOE_UNROLL
@@ -75,8 +79,16 @@ __global__ void __launch_bounds__(kThreads)
     MOE_UNROLL
     for (int m = 0; m < kM; ++m) zero(s[m]);
     MOE_UNROLL
-    for (int ks = 0; ks < kKSteps; ++ks)
-      if (ks < nks) mma_rows_t(s, qa[ks], sK, ld, ks, blocks, lane);
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      if (ks >= nks) break;
+      if constexpr (kQInRegisters) {
+        mma_rows_t(s, qa[ks], sK, ld, ks, blocks, lane);
+      } else {
+        MOE_UNROLL
+        for (int m = 0; m < kM; ++m) load_a(qa[0][m], q_rows + m * 16 * ld, ld, ks, lane);
+        mma_rows_t(s, qa[0], sK, ld, ks, blocks, lane);
+      }
+    }
     // Causal mask where the tile reaches past a row of the warp; keys past S (zero rows of K) are
     // past every valid row, so the same test masks them.
     if (c0 + kKeys - 1 > w.first) {
@@ -157,7 +169,7 @@ void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf1
   if (dp <= 64)
     launch_forward<64, 2>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
   else
-    launch_forward<kFlashMaxHeadDim, 1>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
+    launch_forward<kFlashMaxHeadDim, 2>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
 }
 
 }  // namespace moe::cuda::attention_detail
