@@ -23,7 +23,8 @@ enum Routing { kTopk = 0, kBip = 1, kSinkhorn = 2 };
 //   topk:     softmax -> router_topk -> gates_forward (renormalized);
 //   bip:      softmax -> 4 dual iterations (cap = k T / E, clipped) -> price_shifted_topk -> gates;
 //   sinkhorn: sinkhorn_plan (xi = 1, <= 100 iterations, tol 1e-4; S-BASE) -> top-k of the plan ->
-//             gates from the softmax scores.
+//             gates from the softmax scores; the counter sinkhorn_iters = iterations run (the
+//             convergence rule is the CPU's, so the same logits converge after as many).
 // The FFN: experts_forward over T k rows in E balanced groups (three grouped GEMMs + SwiGLU).
 void BM_RoutingShare(benchmark::State& state) {
   const long T = state.range(0), D = state.range(1);
@@ -94,6 +95,36 @@ void routing_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"T", "D", "E", "k", "H", "routing"});
 }
 BENCHMARK(guarded<BM_RoutingShare>)->Name("BM_RoutingShare")->Apply(routing_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+
+// sinkhorn_plan alone on router-like logits (N(0, 1)), xi = 1: Args T, E, iterations (tol 0, so
+// exactly that many run: the per-iteration cost, two kernels each, with one host read of the
+// converged flag per batch of 8) and the plan kernel. us_per_iter = the whole call / iterations.
+void BM_SinkhornPlan(benchmark::State& state) {
+  const long T = state.range(0);
+  const int E = int(state.range(1)), iters = int(state.range(2));
+  auto logits = random_f32(size_t(T) * E, 1.0f, 21);
+  cuda::DeviceBuffer<float> plan(size_t(T) * E);
+  int ran = 0;
+  std::function<void()> call = [&] { ran = cuda::sinkhorn_plan(logits.get(), T, E, 1.0f, iters, 0.0f, plan.get()); };
+  std::vector<double> ms;
+  for (auto _ : state) {
+    double t = time_ms(call, 20, 1, 1);
+    ms.push_back(t);
+    state.SetIterationTime(t * 1e-3);
+  }
+  std::sort(ms.begin(), ms.end());
+  state.counters["sinkhorn_ms"] = ms[ms.size() / 2];
+  state.counters["us_per_iter"] = ms[ms.size() / 2] * 1e3 / ran;
+  state.counters["sinkhorn_iters"] = ran;
+}
+void sinkhorn_args(benchmark::internal::Benchmark* b) {
+  for (int iters : {2, 16}) {
+    b->Args({2048, 16, iters});
+    b->Args({16384, 64, iters});
+  }
+  b->ArgNames({"T", "E", "iters"});
+}
+BENCHMARK(guarded<BM_SinkhornPlan>)->Name("BM_SinkhornPlan")->Apply(sinkhorn_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
 
 }  // namespace
 }  // namespace moe::bench

@@ -1,6 +1,22 @@
-// Sinkhorn kernels: a row pass (one block per token, block logsumexp), a column pass (one thread
-// per expert, online logsumexp over tokens in order: deterministic) that also records how much
-// d1 moved, and the final plan. State lives in the log domain: log d0 [T], log d1 [E].
+// Sinkhorn kernels. One iteration = two launches:
+//  - sinkhorn_chunk_kernel: block b takes tokens [b C, b C + C) and stages their x in shared
+//    memory (coalesced); one thread per row computes the row max and log d0 (an online logsumexp
+//    against log d1, also in shared memory); then G = blockDim / E thread groups (one thread per
+//    (group, expert), rows g, g + G, ...) run an online logsumexp of (x - row max) / xi + log d0
+//    and merge in group order -> partial (max, sum) [chunks, E].
+//  - sinkhorn_combine_kernel (one block): S = blockDim / E threads per expert merge the chunk
+//    partials (chunks j, j + S, ...), then each expert's S slices in slice order -> log d1; the
+//    block sums the relative changes in a fixed order; thread 0 counts the iteration and sets
+//    the converged flag.
+// Precision: the log-domain values (log K / xi, log d0, log d1, the running maxima) are doubles,
+// because |x - max| / xi reaches thousands (logits +/-80 at xi 0.05) where an fp32 log keeps only
+// ~1e-4 absolute; each exponent is a difference of those doubles, taken by expf, and the sums of
+// exponentials are fp32 (at most a chunk's rows, each <= 1).
+// Every kernel returns at once when the flag is set, so the host queues iterations ahead and reads
+// the flag once per batch (2, 4, 8, 8, ... iterations). No atomics and no warp shuffles in the
+// loops: results are bit-identical run to run, and the emulation (a host thread per GPU thread)
+// stays cheap.
+#include <algorithm>
 #include <cmath>
 
 #include "core/cuda/block_reduce.h"
@@ -12,86 +28,228 @@
 namespace moe::cuda {
 namespace {
 
-// log d0[t] = -log T - logsumexp_e(x[t,e] / xi + log d1[e])
-__global__ void sinkhorn_rows_kernel(const float* x, const float* log_d1, float* log_d0, int experts, float inv_xi,
-                                     float log_tokens) {
-  const float* row = x + blockIdx.x * long(experts);
-  float m = -INFINITY;
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) m = fmaxf(m, row[e] * inv_xi + log_d1[e]);
-  m = block_max(m);
-  float s = 0.0f;
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) s += expf(row[e] * inv_xi + log_d1[e] - m);
-  s = block_sum(s);
-  if (threadIdx.x == 0) log_d0[blockIdx.x] = -log_tokens - (m + logf(s));
+constexpr unsigned kChunkThreads = 128;    // threads of the chunk kernel (4 warps)
+constexpr unsigned kCombineThreads = 256;  // threads of the combine kernel (8 warps)
+constexpr long kTileFloats = 8192;          // shared memory for the chunk's x: 32 KiB
+
+struct State {
+  int converged;
+  int iterations;
+  float last_change;
+};
+
+// One step of an online logsumexp: (m, s) with sum exp(v - m) = s; one expf per value.
+__device__ __forceinline__ void online_lse(double& m, float& s, double v) {
+  if (v > m) {
+    s = s * expf(float(m - v)) + 1.0f;
+    m = v;
+  } else {
+    s += expf(float(v - m));
+  }
 }
 
-// log d1[e] = -log E - logsumexp_t(x[t,e] / xi + log d0[t]); delta[e] = |d1_new - d1_old|.
-__global__ void sinkhorn_cols_kernel(const float* x, const float* log_d0, float* log_d1, float* delta, long tokens,
-                                     int experts, float inv_xi, float log_experts) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= experts) return;
-  float m = -INFINITY, s = 0.0f;
-  for (long t = 0; t < tokens; ++t) {
-    const float v = x[t * experts + e] * inv_xi + log_d0[t];
-    if (v > m) {
-      s = s * expf(m - v) + 1.0f;
-      m = v;
+// Merges n partials (max, sum) at stride `stride` in index order into (m, s).
+__device__ __forceinline__ void merge_partials(const double* pm, const float* ps, int n, long stride, double& m,
+                                               float& s) {
+  m = -INFINITY;
+  for (int i = 0; i < n; ++i) m = fmax(m, pm[i * stride]);
+  s = 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const float si = ps[i * stride];
+    if (si > 0.0f) s += si * expf(float(pm[i * stride] - m));
+  }
+}
+
+__global__ void sinkhorn_init_kernel(double* log_d1, int experts, State* state) {
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) log_d1[e] = 0.0;  // d1 = 1
+  if (threadIdx.x == 0) {
+    state->converged = 0;
+    state->iterations = 0;
+    state->last_change = 0.0f;
+  }
+}
+
+// Shared memory: doubles log d1 [E], log d0 [C], partial max [G E] (when G > 1); then floats row
+// max [C], partial sum [G E] (when G > 1) and the chunk's x [C, E + 1] (padded: the row step's
+// threads read down rows, the column step's across a row, both without bank conflicts).
+__global__ void sinkhorn_chunk_kernel(const float* x, const double* log_d1, float* row_max, double* log_d0,
+                                      double* part_max, float* part_sum, long tokens, int experts, int chunk,
+                                      double inv_xi, double log_tokens, const State* state) {
+  if (state->converged) return;
+  MOE_DYNAMIC_SHARED(double, smem);
+  const int groups = int(blockDim.x) / experts > 1 ? int(blockDim.x) / experts : 1;
+  const int gsize = groups > 1 ? groups * experts : 0;
+  double* ld1 = smem;
+  double* ld0 = ld1 + experts;
+  double* gmax = ld0 + chunk;
+  float* rmax = reinterpret_cast<float*>(gmax + gsize);
+  float* gsum = rmax + chunk;
+  float* tile = gsum + gsize;
+  const int stride = experts + 1;
+  const long t0 = long(blockIdx.x) * chunk;
+  const int rows = tokens - t0 < chunk ? int(tokens - t0) : chunk;
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) ld1[e] = log_d1[e];
+  const float* src = x + t0 * experts;  // the chunk's rows are contiguous: coalesced loads
+  for (int i = threadIdx.x; i < rows * experts; i += blockDim.x) tile[(i / experts) * stride + i % experts] = src[i];
+  __syncthreads();
+
+  // log d0[t] = -log T - logsumexp_e((x[t,e] - max) / xi + log d1[e]), one thread per row (no warp
+  // exchanges: a chunk's rows are few and short).
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    const float* row = tile + r * stride;
+    float mx = -INFINITY;
+    for (int e = 0; e < experts; ++e) mx = fmaxf(mx, row[e]);
+    double m = -INFINITY;
+    float s = 0.0f;
+    for (int e = 0; e < experts; ++e) online_lse(m, s, double(row[e] - mx) * inv_xi + ld1[e]);
+    const double d0 = -log_tokens - (m + log(double(s)));
+    rmax[r] = mx;
+    ld0[r] = d0;
+    row_max[t0 + r] = mx;
+    log_d0[t0 + r] = d0;
+  }
+  __syncthreads();
+
+  // Per expert: online (max, sum exp) of (x - max) / xi + log d0 over the chunk's rows, split
+  // over `groups` threads per expert (rows g, g + G, ...) and merged in group order.
+  double* out_max = part_max + long(blockIdx.x) * experts;
+  float* out_sum = part_sum + long(blockIdx.x) * experts;
+  for (int p = threadIdx.x; p < groups * experts; p += blockDim.x) {
+    const int e = p % experts, g = p / experts;
+    double m = -INFINITY;
+    float s = 0.0f;
+    for (int r = g; r < rows; r += groups) online_lse(m, s, double(tile[r * stride + e] - rmax[r]) * inv_xi + ld0[r]);
+    if (groups == 1) {
+      out_max[e] = m;
+      out_sum[e] = s;
     } else {
-      s += expf(v - m);
+      gmax[p] = m;
+      gsum[p] = s;
     }
   }
-  const float updated = -log_experts - (m + logf(s));
-  delta[e] = fabsf(expf(updated) - expf(log_d1[e]));
-  log_d1[e] = updated;
+  if (groups == 1) return;
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x)
+    merge_partials(gmax + e, gsum + e, groups, experts, out_max[e], out_sum[e]);
 }
 
-__global__ void mean_kernel(const float* v, int n, float* out) {
-  float s = 0.0f;
-  for (int i = threadIdx.x; i < n; i += blockDim.x) s += v[i];
-  s = block_sum(s);
-  if (threadIdx.x == 0) *out = s / float(n);
+// log d1[e] = -log E - logsumexp over chunks of the partials; change = mean_e |d1_new / d1_old - 1|.
+// `slices` threads per expert (thread (j, e) takes chunks j, j + slices, ...), merged in slice order.
+// Shared memory: slice max [slices E] (double), slice sum [slices E], change [E] (float).
+__global__ void sinkhorn_combine_kernel(const double* part_max, const float* part_sum, int chunks, double* log_d1,
+                                        int experts, double log_experts, float tol, State* state) {
+  if (state->converged) return;
+  MOE_DYNAMIC_SHARED(double, smax);
+  const int slices = int(blockDim.x) / experts > 1 ? int(blockDim.x) / experts : 1;
+  float* ssum = reinterpret_cast<float*>(smax + slices * experts);
+  float* change = ssum + slices * experts;
+  for (int p = threadIdx.x; p < slices * experts; p += blockDim.x) {
+    const int e = p % experts, j = p / experts;
+    const int n = chunks > j ? (chunks - j + slices - 1) / slices : 0;
+    merge_partials(part_max + long(j) * experts + e, part_sum + long(j) * experts + e, n, long(slices) * experts,
+                   smax[p], ssum[p]);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    double m;
+    float s;
+    merge_partials(smax + e, ssum + e, slices, experts, m, s);
+    const double updated = -log_experts - (m + log(double(s)));
+    change[e] = float(fabs(expm1(updated - log_d1[e])));
+    log_d1[e] = updated;
+  }
+  __syncthreads();
+  float c = 0.0f;
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) c += change[e];
+  c = block_sum(c);
+  if (threadIdx.x == 0) {
+    const float mean = c / float(experts);
+    state->iterations += 1;
+    state->last_change = mean;
+    if (mean < tol) state->converged = 1;
+  }
 }
 
-__global__ void sinkhorn_plan_kernel(const float* x, const float* log_d0, const float* log_d1, float* plan, long tokens,
-                                     int experts, float inv_xi) {
+__global__ void sinkhorn_plan_kernel(const float* x, const float* row_max, const double* log_d0,
+                                     const double* log_d1, float* plan, long tokens, int experts, double inv_xi) {
   const long n = tokens * experts;
-  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x)
-    plan[i] = expf(x[i] * inv_xi + log_d0[i / experts] + log_d1[i % experts]);
-}
-
-__global__ void fill_kernel(float* v, int n, float value) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) v[i] = value;
+  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x) {
+    const long t = i / experts;
+    plan[i] = expf(float(double(x[i] - row_max[t]) * inv_xi + log_d0[t] + log_d1[i - t * experts]));
+  }
 }
 
 }  // namespace
 
+long sinkhorn_chunk_tokens(long tokens, int experts) {
+  const long per_block = (tokens + 255) / 256;  // about 256 blocks
+  const long chunk = std::min<long>(256, std::max<long>(32, (per_block + 31) / 32 * 32));
+  const long fits = kTileFloats / (long(experts) + 1);  // the chunk's x in shared memory
+  return std::max<long>(1, std::min(chunk, fits));
+}
+
+SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float xi, int max_iters, float tol,
+                                float* row_max, double* log_d0, double* log_d1, cudaStream_t stream, int batch) {
+  MOE_CHECK(tokens > 0 && experts > 0, "cuda::sinkhorn_plan", "bad shape [", tokens, ", ", experts, "]");
+  MOE_CHECK(xi > 0 && max_iters >= 1 && tol >= 0 && batch >= 1, "cuda::sinkhorn_plan", "xi = ", xi,
+            ", max_iters = ", max_iters, ", tol = ", tol, ", batch = ", batch,
+            ": expected xi > 0, max_iters >= 1, tol >= 0, batch >= 1");
+  const int chunk = int(sinkhorn_chunk_tokens(tokens, experts));
+  const long chunks = (tokens + chunk - 1) / chunk;
+  MOE_CHECK(chunks < (1L << 31), "cuda::sinkhorn_plan", tokens, " tokens: too many chunks");
+  Workspace<double> part_max{size_t(chunks) * experts};
+  Workspace<float> part_sum{size_t(chunks) * experts};
+  Workspace<State> state(1);
+  const double inv_xi = 1.0 / double(xi), log_t = std::log(double(tokens)), log_e = std::log(double(experts));
+  const int groups = std::max(1, int(kChunkThreads) / experts);
+  const size_t gsize = groups > 1 ? size_t(groups) * experts : 0;
+  const size_t chunk_smem = (size_t(experts) + size_t(chunk) + gsize) * sizeof(double) +
+                            (size_t(chunk) + gsize + size_t(chunk) * (experts + 1)) * sizeof(float);
+  const int slices = std::max(1, int(kCombineThreads) / experts);
+  const size_t combine_smem = size_t(slices) * experts * sizeof(double) + (size_t(slices) + 1) * experts * sizeof(float);
+  MOE_CHECK(chunk_smem <= 48 * 1024 && combine_smem <= 48 * 1024, "cuda::sinkhorn_plan", experts,
+            " experts: too many for shared memory");
+  MOE_LAUNCH(sinkhorn_init_kernel, 1, kCombineThreads, 0, stream, log_d1, experts, state.get());
+  SinkhornStats stats;
+  State host{};
+  // Batches of 2, 4, ... up to `batch` iterations: a plan that converges in 2 (router logits at
+  // xi 1) waits for one read and queues no idle kernels; a slow one reads once per `batch`.
+  for (int launched = 0, size = std::min(2, batch); launched < max_iters; size = std::min(2 * size, batch)) {
+    const int n = std::min(size, max_iters - launched);
+    for (int i = 0; i < n; ++i) {
+      MOE_LAUNCH(sinkhorn_chunk_kernel, unsigned(chunks), kChunkThreads, chunk_smem, stream, x,
+                 static_cast<const double*>(log_d1), row_max, log_d0, part_max.get(), part_sum.get(), tokens, experts,
+                 chunk, inv_xi, log_t, static_cast<const State*>(state.get()));
+      MOE_LAUNCH(sinkhorn_combine_kernel, 1, kCombineThreads, combine_smem, stream,
+                 static_cast<const double*>(part_max.get()), static_cast<const float*>(part_sum.get()), int(chunks),
+                 log_d1, experts, log_e, tol, state.get());
+    }
+    launched += n;
+    copy_to_host(&host, state.get(), sizeof(State));  // the one sync of the batch
+    if (host.converged) break;
+  }
+  stats.iterations = host.iterations;
+  stats.last_change = host.last_change;
+  return stats;
+}
+
+void sinkhorn_plan_from_scalings(const float* x, const float* row_max, const double* log_d0, const double* log_d1,
+                                 long tokens, int experts, float xi, float* plan, cudaStream_t stream) {
+  unsigned blocks = ceil_div(size_t(tokens) * experts, 256);
+  if (blocks > 4096) blocks = 4096;
+  MOE_LAUNCH(sinkhorn_plan_kernel, blocks, 256, 0, stream, x, row_max, log_d0, log_d1, plan, tokens, experts,
+             1.0 / double(xi));
+}
+
 int sinkhorn_plan(const float* x, long tokens, int experts, float xi, int max_iters, float tol, float* plan,
                   cudaStream_t stream) {
   MOE_CHECK(tokens > 0 && experts > 0, "cuda::sinkhorn_plan", "bad shape [", tokens, ", ", experts, "]");
-  MOE_CHECK(xi > 0 && max_iters >= 1 && tol >= 0, "cuda::sinkhorn_plan", "xi = ", xi, ", max_iters = ", max_iters,
-            ", tol = ", tol, ": expected xi > 0, max_iters >= 1, tol >= 0");
-  Workspace<float> log_d0(tokens), log_d1(experts), delta(experts), mean_delta(1);
-  const float inv_xi = 1.0f / xi, log_t = float(std::log(double(tokens))), log_e = float(std::log(double(experts)));
-  MOE_LAUNCH(fill_kernel, ceil_div(experts, 128), 128, 0, stream, log_d1.get(), experts, 0.0f);  // d1 = 1
-  int it = 0;
-  while (it < max_iters) {
-    ++it;
-    MOE_LAUNCH(sinkhorn_rows_kernel, unsigned(tokens), row_block_threads(experts), 0, stream, x,
-               static_cast<const float*>(log_d1.get()), log_d0.get(), experts, inv_xi, log_t);
-    MOE_LAUNCH(sinkhorn_cols_kernel, ceil_div(experts, 64), 64, 0, stream, x, static_cast<const float*>(log_d0.get()),
-               log_d1.get(), delta.get(), tokens, experts, inv_xi, log_e);
-    MOE_LAUNCH(mean_kernel, 1, row_block_threads(experts, 1024), 0, stream, static_cast<const float*>(delta.get()),
-               experts, mean_delta.get());
-    float change = 0.0f;
-    copy_to_host(&change, mean_delta.get(), sizeof(float));
-    if (change < tol) break;
-  }
-  unsigned blocks = ceil_div(tokens * experts, 256);
-  if (blocks > 4096) blocks = 4096;
-  MOE_LAUNCH(sinkhorn_plan_kernel, blocks, 256, 0, stream, x, static_cast<const float*>(log_d0.get()),
-             static_cast<const float*>(log_d1.get()), plan, tokens, experts, inv_xi);
-  return it;
+  Workspace<float> row_max{size_t(tokens)};
+  Workspace<double> log_d0{size_t(tokens)}, log_d1{size_t(experts)};
+  const SinkhornStats stats =
+      sinkhorn_scalings(x, tokens, experts, xi, max_iters, tol, row_max.get(), log_d0.get(), log_d1.get(), stream);
+  sinkhorn_plan_from_scalings(x, row_max.get(), log_d0.get(), log_d1.get(), tokens, experts, xi, plan, stream);
+  return stats.iterations;
 }
 
 }  // namespace moe::cuda

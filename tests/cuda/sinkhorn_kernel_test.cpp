@@ -1,12 +1,16 @@
-// The Sinkhorn plan kernel against a double-precision log-domain reference run for the same
-// number of iterations, and the plan's marginals (rows 1/T, columns 1/E) for a small xi.
+// The Sinkhorn kernels against the CPU plan (layers/moe/balance/sinkhorn_plan, double) on the same
+// fp32 input: the same iteration count, the plan and log d1 within fp32 tolerance, the plan's
+// marginals, bit-identical reruns (also across host batch sizes), max_iters = 1, tol = 0 (runs
+// exactly max_iters across a partial batch) and an input that converges at once.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "core/cuda/memory.h"
 #include "core/cuda/sinkhorn.h"
+#include "layers/moe/balance/sinkhorn_plan.h"
 #include "tests/cuda/kernel_test_util.h"
 
 using namespace moe;
@@ -15,62 +19,153 @@ using namespace moe::test;
 
 namespace {
 
-std::vector<double> reference_plan(const std::vector<float>& x, long T, int E, double xi, int iters) {
-  std::vector<double> ld0(T, 0), ld1(E, 0), plan(T * E);
-  auto lse = [](const std::vector<double>& v) {
-    double m = *std::max_element(v.begin(), v.end()), s = 0;
-    for (double a : v) s += std::exp(a - m);
-    return m + std::log(s);
-  };
-  for (int it = 0; it < iters; ++it) {
-    for (long t = 0; t < T; ++t) {
-      std::vector<double> v(E);
-      for (int e = 0; e < E; ++e) v[e] = x[t * E + e] / xi + ld1[e];
-      ld0[t] = -std::log(double(T)) - lse(v);
-    }
-    for (int e = 0; e < E; ++e) {
-      std::vector<double> v(T);
-      for (long t = 0; t < T; ++t) v[t] = x[t * E + e] / xi + ld0[t];
-      ld1[e] = -std::log(double(E)) - lse(v);
-    }
-  }
-  for (long t = 0; t < T; ++t)
-    for (int e = 0; e < E; ++e) plan[t * E + e] = std::exp(x[t * E + e] / xi + ld0[t] + ld1[e]);
-  return plan;
+std::vector<float> sinkhorn_input(long T, int E, unsigned seed, float scale = 1.0f) {
+  auto x = random_normal(size_t(T) * E, seed, scale);
+  for (int e = 0; e < E; ++e) x[size_t(e)] = 6.0f;  // one token strongly prefers every expert: rows far below the max
+  return x;
 }
 
-void check_sinkhorn(long T, int E, float xi, int max_iters) {
-  auto x = random_normal(T * E, 71);
-  for (int e = 0; e < E; ++e) x[e] = 6.0f;  // one token strongly prefers every expert: rows far below the max
-  DeviceBuffer<float> dx(x), plan(T * E);
-  const int iters = sinkhorn_plan(dx.get(), T, E, xi, max_iters, 1e-4f, plan.get());
-  ASSERT_GE(iters, 1);
-  ASSERT_LE(iters, max_iters);
-  auto got = plan.to_host();
-  auto want = reference_plan(x, T, E, xi, iters);
-  // Entries are ~1/(T E); fp32 logs over tens of iterations: relative 1e-3, absolute 1e-7.
-  EXPECT_TRUE(all_near(got, want, 1e-7, 1e-3));
+SinkhornPlan cpu_plan(const std::vector<float>& x, long T, int E, float xi, int max_iters, float tol) {
+  return sinkhorn_plan(Tensor::from_vector<float>(x, {T, E}), double(xi), max_iters, double(tol));
+}
+
+struct DeviceRun {
+  SinkhornStats stats;
+  std::vector<float> plan;
+  std::vector<double> log_d1;
+};
+
+DeviceRun device_run(const std::vector<float>& x, long T, int E, float xi, int max_iters, float tol, int batch = 8) {
+  DeviceBuffer<float> dx(x), row_max{size_t(T)}, plan{size_t(T) * E};
+  DeviceBuffer<double> log_d0{size_t(T)}, log_d1{size_t(E)};
+  DeviceRun r;
+  r.stats = sinkhorn_scalings(dx.get(), T, E, xi, max_iters, tol, row_max.get(), log_d0.get(), log_d1.get(), nullptr,
+                              batch);
+  r.log_d1 = log_d1.to_host();
+  sinkhorn_plan_from_scalings(dx.get(), row_max.get(), log_d0.get(), log_d1.get(), T, E, xi, plan.get());
+  r.plan = plan.to_host();
+  return r;
+}
+
+// Device (double logs, fp32 exponentials) against the CPU (double): plan entries (~1/(T E)) within
+// 1e-5 of the largest entry, log d1 within 1e-6 absolute (times max(1, largest |log d1|)).
+// Measured worst: 4.9e-7 and 3.6e-7. The last change agrees to 1e-3 relative and the iteration
+// counts exactly.
+void check_against_cpu(const std::vector<float>& x, long T, int E, float xi, int max_iters, float tol) {
+  SCOPED_TRACE("T " + std::to_string(T) + ", E " + std::to_string(E) + ", xi " + std::to_string(xi));
+  const SinkhornPlan want = cpu_plan(x, T, E, xi, max_iters, tol);
+  const DeviceRun got = device_run(x, T, E, xi, max_iters, tol);
+  ASSERT_EQ(got.stats.iterations, want.iterations) << "CPU last change " << want.last_change << ", tol " << tol;
+  EXPECT_NEAR(got.stats.last_change, want.last_change, 1e-6 + 1e-3 * want.last_change);
+  std::vector<double> plan(want.log_plan.size());
+  for (size_t i = 0; i < plan.size(); ++i) plan[i] = std::exp(want.log_plan[i]);
+  const double largest = *std::max_element(plan.begin(), plan.end());
+  double worst_plan = 0, worst_d1 = 0;
+  for (size_t i = 0; i < plan.size(); ++i) worst_plan = std::max(worst_plan, std::abs(got.plan[i] - plan[i]) / largest);
+  for (int e = 0; e < E; ++e) worst_d1 = std::max(worst_d1, std::abs(double(got.log_d1[size_t(e)]) - want.log_d1[size_t(e)]));
+  std::printf("sinkhorn T %ld E %d xi %g: %d iterations, worst |plan diff| / largest %.3g, |log d1 diff| %.3g\n", T, E,
+              double(xi), want.iterations, worst_plan, worst_d1);
+  EXPECT_TRUE(all_near(got.plan, plan, 1e-5 * largest, 0.0));
+  double d1_scale = 1;
+  for (double v : want.log_d1) d1_scale = std::max(d1_scale, std::abs(v));
+  EXPECT_TRUE(all_near(got.log_d1, want.log_d1, 1e-6 * d1_scale, 0.0));
   for (int e = 0; e < E; ++e) {  // the column update came last: columns sum to 1/E
     double s = 0;
-    for (long t = 0; t < T; ++t) s += got[t * E + e];
+    for (long t = 0; t < T; ++t) s += got.plan[size_t(t * E + e)];
     EXPECT_NEAR(s, 1.0 / E, 1e-4 / E) << "column " << e;
   }
-  double worst_row = 0;
-  for (long t = 0; t < T; ++t) {
-    double s = 0;
-    for (int e = 0; e < E; ++e) s += got[t * E + e];
-    ASSERT_TRUE(std::isfinite(s)) << "row " << t;
-    worst_row = std::max(worst_row, std::abs(s * T - 1));
+  if (got.stats.iterations < max_iters) {  // converged: rows near 1/T
+    double worst_row = 0;
+    for (long t = 0; t < T; ++t) {
+      double s = 0;
+      for (int e = 0; e < E; ++e) s += got.plan[size_t(t * E + e)];
+      worst_row = std::max(worst_row, std::abs(s * double(T) - 1));
+    }
+    EXPECT_LT(worst_row, 0.05);
   }
-  if (iters < max_iters) {
-    EXPECT_LT(worst_row, 0.05) << "converged plan: rows near 1/T";
-  }
-  ::testing::Test::RecordProperty("iterations_" + std::to_string(T), iters);
+  ::testing::Test::RecordProperty("iterations_" + std::to_string(T) + "_" + std::to_string(E), want.iterations);
 }
 
-TEST(CudaSinkhorn, PlanMatchesLogDomainReference) {
-  check_sinkhorn(19, 11, 0.5f, 100);
-  check_sinkhorn(13, 7, 0.05f, 20);  // small xi: max-shifted linear domain would underflow rows
+TEST(CudaSinkhorn, MatchesCpuPlan) {
+  check_against_cpu(sinkhorn_input(37, 5, 71), 37, 5, 1.0f, 200, 1e-4f);
+  check_against_cpu(sinkhorn_input(301, 13, 72), 301, 13, 0.5f, 200, 1e-4f);
+  check_against_cpu(sinkhorn_input(45, 131, 73), 45, 131, 1.0f, 200, 1e-4f);  // experts > block: one group
+  check_against_cpu(sinkhorn_input(37, 263, 79), 37, 263, 1.0f, 200, 1e-4f);  // chunks of 31 rows (shared tile)
+}
+
+// xi 0.05: x / xi up to 120, far beyond fp32's exp range; the device works in logs throughout.
+TEST(CudaSinkhorn, SmallXiLogDomain) {
+  check_against_cpu(sinkhorn_input(37, 5, 74), 37, 5, 0.05f, 20, 1e-4f);  // N(0, 1) / 0.05: 20 iterations, not converged
+  check_against_cpu(sinkhorn_input(301, 13, 75, 0.25f), 301, 13, 0.05f, 100, 1e-4f);  // converges
+}
+
+// +/-80 at xi 0.05: |x - max| / xi = 3200 (fp32 logs would keep ~1e-4); the CPU falls back to its
+// log domain.
+TEST(CudaSinkhorn, ExtremeLogits) {
+  const long T = 37;
+  const int E = 5;
+  auto x = random_normal(size_t(T) * E, 80);
+  for (auto& v : x) v = v < 0 ? -80.0f : 80.0f;
+  for (long t = 0; t < T; ++t) x[size_t(t * E)] = -80.0f, x[size_t(t * E + 1)] = 80.0f;  // column 0 of K underflows
+  EXPECT_TRUE(cpu_plan(x, T, E, 0.05f, 10, 1e-4f).log_domain);
+  check_against_cpu(x, T, E, 0.05f, 10, 1e-4f);
+}
+
+TEST(CudaSinkhorn, OneIterationAndExactIterationCounts) {
+  const auto x = sinkhorn_input(301, 13, 76);
+  check_against_cpu(x, 301, 13, 1.0f, 1, 1e-4f);
+  // tol 0 never converges: exactly max_iters, which is not a multiple of the host batch.
+  check_against_cpu(x, 301, 13, 1.0f, 11, 0.0f);
+  EXPECT_EQ(device_run(x, 301, 13, 1.0f, 11, 0.0f, 3).stats.iterations, 11);
+}
+
+TEST(CudaSinkhorn, PlanWrapperEqualsScalings) {  // sinkhorn_plan = sinkhorn_scalings + sinkhorn_plan_from_scalings
+  const long T = 37;
+  const int E = 5;
+  const auto x = sinkhorn_input(T, E, 78);
+  const DeviceRun want = device_run(x, T, E, 1.0f, 3, 0.0f);
+  DeviceBuffer<float> dx(x), plan{size_t(T) * E};
+  EXPECT_EQ(sinkhorn_plan(dx.get(), T, E, 1.0f, 3, 0.0f, plan.get()), 3);
+  EXPECT_EQ(plan.to_host(), want.plan);
+}
+
+TEST(CudaSinkhorn, AlreadyConvergedInput) {  // every row constant: K = 1, d1 stays 1, change 0
+  const long T = 37;
+  const int E = 5;
+  std::vector<float> x(size_t(T) * E);
+  for (long t = 0; t < T; ++t)
+    for (int e = 0; e < E; ++e) x[size_t(t * E + e)] = 0.25f * float(t) - 3.0f;
+  const DeviceRun got = device_run(x, T, E, 0.5f, 50, 1e-4f);
+  EXPECT_EQ(got.stats.iterations, 1);
+  EXPECT_LT(got.stats.last_change, 1e-6f);
+  EXPECT_EQ(got.stats.iterations, cpu_plan(x, T, E, 0.5f, 50, 1e-4f).iterations);
+  EXPECT_TRUE(all_near(got.plan, std::vector<double>(size_t(T) * E, 1.0 / double(T * E)), 1e-5 / double(T * E), 0.0));
+}
+
+TEST(CudaSinkhorn, DeterministicAcrossRunsAndBatches) {
+  const long T = 301;
+  const int E = 13;
+  const auto x = sinkhorn_input(T, E, 77);
+  // Converges after a few iterations, inside a batch (batches 2, 4, 8, ...: later kernels of that
+  // batch see the flag); batch 1 reads after every iteration.
+  const DeviceRun a = device_run(x, T, E, 0.5f, 100, 1e-4f, 8), b = device_run(x, T, E, 0.5f, 100, 1e-4f, 8);
+  const DeviceRun c = device_run(x, T, E, 0.5f, 100, 1e-4f, 1);
+  ASSERT_GT(a.stats.iterations, 2);
+  ASSERT_NE(a.stats.iterations, 6);  // not at the end of the batches 2, 4
+  for (const DeviceRun* r : {&b, &c}) {
+    EXPECT_EQ(r->stats.iterations, a.stats.iterations);
+    EXPECT_EQ(r->plan, a.plan) << "plan not bit-identical";
+    EXPECT_EQ(r->log_d1, a.log_d1) << "log d1 not bit-identical";
+  }
+}
+
+TEST(CudaSinkhorn, ChunkSizes) {
+  EXPECT_EQ(sinkhorn_chunk_tokens(1, 5), 32);
+  EXPECT_EQ(sinkhorn_chunk_tokens(2048, 16), 32);      // 64 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 64), 64);     // 256 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20, 16), 256);  // 4096 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20, 64), 126);  // the x tile [C, E + 1] within 32 KiB
+  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 263), 31);
 }
 
 }  // namespace
