@@ -65,7 +65,8 @@ struct Operand {
 };
 
 // Issues the copies of slice s of op into tile (or, without `vec`, loads and stores it at once).
-template <bool kKContig>
+// kAsync: every operand of the kernel is vectorizable, so the element path is not compiled in.
+template <bool kKContig, bool kAsync>
 __device__ __forceinline__ void load_slice(const Operand& op, int s, dbf16* tile) {
   using S = Stage<kKContig>;
   const long k0 = long(s) * kBK;
@@ -79,7 +80,7 @@ __device__ __forceinline__ void load_slice(const Operand& op, int s, dbf16* tile
     const int kk = kKContig ? c % (kBK / kChunk) * kChunk : c / (kBM / kChunk);
     dbf16* dst = tile + (kKContig ? o * S::ld + kk : kk * S::ld + o);
     const dbf16* src = base + (kKContig ? o * op.ld + kk : kk * op.ld + o);
-    if (op.vec) {
+    if (kAsync || op.vec) {
       // ld and the extents along the contiguous dimension are multiples of 8: a chunk is whole or out.
       const bool in = o < op.o_valid && kk < k_valid;
       cp_async16(dst, in ? src : op.base, in);
@@ -138,7 +139,7 @@ __device__ __forceinline__ void mma_slice(const dbf16* sa, const dbf16* sb, Acc&
 // thread commits one group per slice slot (empty past the end), so wait<kStages - 2> at slice s
 // always means "slices 0 .. s have landed"; the barrier after it publishes them to every warp and
 // also tells that every warp is done with slice s - 1, whose buffer the next copies overwrite.
-template <bool kAK, bool kBK_>
+template <bool kAK, bool kBK_, bool kAsync>
 __device__ void mainloop(unsigned char* smem, Acc& acc, int slices, const Operand& a, const Operand& b) {
   constexpr int kStageBytes = Pipeline<kAK, kBK_>::stage_bytes;
   auto tile_a = [&](int s) { return reinterpret_cast<dbf16*>(smem + (s % kStages) * kStageBytes); };
@@ -154,8 +155,8 @@ __device__ void mainloop(unsigned char* smem, Acc& acc, int slices, const Operan
   MOE_UNROLL
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < slices) {
-      load_slice<kAK>(a, s, tile_a(s));
-      load_slice<kBK_>(b, s, tile_b(s));
+      load_slice<kAK, kAsync>(a, s, tile_a(s));
+      load_slice<kBK_, kAsync>(b, s, tile_b(s));
     }
     cp_async_commit();
   }
@@ -164,8 +165,8 @@ __device__ void mainloop(unsigned char* smem, Acc& acc, int slices, const Operan
     __syncthreads();
     const int next = s + kStages - 1;
     if (next < slices) {
-      load_slice<kAK>(a, next, tile_a(next));
-      load_slice<kBK_>(b, next, tile_b(next));
+      load_slice<kAK, kAsync>(a, next, tile_a(next));
+      load_slice<kBK_, kAsync>(b, next, tile_b(next));
     }
     cp_async_commit();
     mma_slice<kAK, kBK_>(tile_a(s), tile_b(s), acc, wr, wc);
@@ -230,12 +231,15 @@ __device__ __forceinline__ int clamp_extent(long n, int cap) { return n < 0 ? 0 
 
 // C rows grouped by expert: C[r, n0..] (+)= A[r, :] op(B_e). kTransB: B_e is stored [n_out, k_red]
 // (the forward's w), else [k_red, n_out] (the input gradient's w). vec_*: see Operand / store_tile.
-template <bool kTransB, class Tout>
+// Blocks run column tile fastest: the blocks resident at once cover a few row tiles (and their
+// experts' weights) across all columns, so A and B are each read from DRAM about once.
+template <bool kTransB, bool kAsync, class Tout>
 __global__ void __launch_bounds__(kThreads, 2)
     grouped_rows_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, const int32_t* tile_starts, int experts,
                         long n_out, long k_red, Tout* C, bool accumulate, bool vec_a, bool vec_b, bool vec_c) {
   MOE_DYNAMIC_SHARED(unsigned char, smem);
-  const int tile = blockIdx.x;
+  const int col_tiles = int((n_out + kBN - 1) / kBN);
+  const int tile = int(blockIdx.x) / col_tiles;
   if (tile >= tile_starts[experts]) return;  // the grid is an upper bound on the tiles
   int lo = 0, hi = experts - 1;              // the last expert whose first tile is <= tile
   while (lo < hi) {
@@ -247,19 +251,19 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   const int e = lo;
   const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, row_end = offsets[e + 1];
-  const long n0 = long(blockIdx.y) * kBN;
+  const long n0 = long(int(blockIdx.x) % col_tiles) * kBN;
   const dbf16* Be = B + long(e) * n_out * k_red;
   const int rows = clamp_extent(row_end - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
   const Operand a{A + row0 * k_red, k_red, rows, k_red, vec_a};
   const Operand b = kTransB ? Operand{Be + n0 * k_red, k_red, cols, k_red, vec_b}
                             : Operand{Be + n0, n_out, cols, k_red, vec_b};
   Acc acc;
-  mainloop<true, kTransB>(smem, acc, int((k_red + kBK - 1) / kBK), a, b);
+  mainloop<true, kTransB, kAsync>(smem, acc, int((k_red + kBK - 1) / kBK), a, b);
   store_tile(smem, acc, C + row0 * n_out + n0, n_out, rows, cols, accumulate, vec_c);
 }
 
 // dW_e[m0.., n0..] (+)= A_e^T B_e over the expert's rows: A [rows, M], B [rows, K], dW [E, M, K].
-template <class Tout>
+template <bool kAsync, class Tout>
 __global__ void __launch_bounds__(kThreads, 2)
     grouped_weights_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, long M, long K, Tout* dW,
                            bool accumulate, bool vec_a, bool vec_b, bool vec_c) {
@@ -273,7 +277,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const Operand a{A + r_begin * M + m0, M, rows, r_len, vec_a};
   const Operand b{B + r_begin * K + n0, K, cols, r_len, vec_b};
   Acc acc;
-  mainloop<false, false>(smem, acc, int((r_len + kBK - 1) / kBK), a, b);
+  mainloop<false, false, kAsync>(smem, acc, int((r_len + kBK - 1) / kBK), a, b);
   store_tile(smem, acc, dW + long(e) * M * K + m0 * K + n0, K, rows, cols, accumulate, vec_c);
 }
 
@@ -281,6 +285,16 @@ __global__ void __launch_bounds__(kThreads, 2)
 template <class T>
 bool vectorizable(const T* p, long ld) {
   return (ld * long(sizeof(T))) % 16 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Runs f(std::true_type) when both operands are vectorizable (the cp.async-only kernel), else
+// f(std::false_type) (the kernel that picks per operand at run time).
+template <class F>
+void with_async(bool vec_a, bool vec_b, F f) {
+  if (vec_a && vec_b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
 }
 
 void check_args(const char* op, int experts, long rows, long M, long K) {
@@ -295,12 +309,19 @@ void launch_rows(const bf16* A, const bf16* B, const int32_t* offsets, int exper
   Workspace<int32_t> tile_starts{size_t(experts) + 1};
   MOE_LAUNCH(tile_starts_kernel, 1, 32, 0, stream, offsets, experts, tile_starts.get());
   // Each expert's partial last tile adds at most one tile to rows / kBM.
-  const dim3 grid(ceil_div(rows, kBM) + unsigned(experts), ceil_div(n_out, kBN));
-  constexpr int bytes = Pipeline<true, kTransB>::smem_bytes;
-  allow_dynamic_shared(kTransB ? "cuda::grouped_gemm_nt" : "cuda::grouped_gemm_nn", grouped_rows_kernel<kTransB, device_t<Tout>>, bytes);
-  MOE_LAUNCH((grouped_rows_kernel<kTransB, device_t<Tout>>), grid, kThreads, bytes, stream, dev(A), dev(B), offsets,
-             static_cast<const int32_t*>(tile_starts.get()), experts, n_out, k_red, dev(C), accumulate,
-             vectorizable(A, k_red), vectorizable(B, kTransB ? k_red : n_out), vectorizable(C, n_out));
+  const size_t blocks = size_t(ceil_div(rows, kBM) + unsigned(experts)) * ceil_div(n_out, kBN);
+  MOE_CHECK(blocks < (size_t(1) << 31), kTransB ? "cuda::grouped_gemm_nt" : "cuda::grouped_gemm_nn", blocks,
+            " tiles exceed the grid");
+  const bool vec_a = vectorizable(A, k_red), vec_b = vectorizable(B, kTransB ? k_red : n_out);
+  with_async(vec_a, vec_b, [&](auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    constexpr int bytes = Pipeline<true, kTransB>::smem_bytes;
+    allow_dynamic_shared(kTransB ? "cuda::grouped_gemm_nt" : "cuda::grouped_gemm_nn",
+                         grouped_rows_kernel<kTransB, kAsync, device_t<Tout>>, bytes);
+    MOE_LAUNCH((grouped_rows_kernel<kTransB, kAsync, device_t<Tout>>), unsigned(blocks), kThreads, bytes, stream, dev(A),
+               dev(B), offsets, static_cast<const int32_t*>(tile_starts.get()), experts, n_out, k_red, dev(C),
+               accumulate, vec_a, vec_b, vectorizable(C, n_out));
+  });
 }
 
 }  // namespace
@@ -324,10 +345,14 @@ void grouped_gemm_tn(const bf16* dy, const bf16* x, const int32_t* offsets, int 
                      Tout* dw, bool accumulate, cudaStream_t stream) {
   check_args("cuda::grouped_gemm_tn", experts, rows, M, K);
   const dim3 grid(ceil_div(M, kBM) * ceil_div(K, kBN), unsigned(experts));
-  constexpr int bytes = Pipeline<false, false>::smem_bytes;
-  allow_dynamic_shared("cuda::grouped_gemm_tn", grouped_weights_kernel<device_t<Tout>>, bytes);
-  MOE_LAUNCH(grouped_weights_kernel<device_t<Tout>>, grid, kThreads, bytes, stream, dev(dy), dev(x), offsets, M, K,
-             dev(dw), accumulate, vectorizable(dy, M), vectorizable(x, K), vectorizable(dw, K));
+  const bool vec_a = vectorizable(dy, M), vec_b = vectorizable(x, K);
+  with_async(vec_a, vec_b, [&](auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    constexpr int bytes = Pipeline<false, false>::smem_bytes;
+    allow_dynamic_shared("cuda::grouped_gemm_tn", grouped_weights_kernel<kAsync, device_t<Tout>>, bytes);
+    MOE_LAUNCH((grouped_weights_kernel<kAsync, device_t<Tout>>), grid, kThreads, bytes, stream, dev(dy), dev(x),
+               offsets, M, K, dev(dw), accumulate, vec_a, vec_b, vectorizable(dw, K));
+  });
 }
 
 void experts_forward(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2, const int32_t* offsets, int experts,

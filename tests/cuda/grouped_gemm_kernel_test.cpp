@@ -164,11 +164,9 @@ TEST(CudaGroupedGemm, UnalignedSizesFp32AccumulateAndBf16Overwrite) {
 // Multiples of 8: the cp.async path with zero-filled ragged edges (K = 104: 4 slices, the last a
 // quarter full; M = 136: a second column tile of 8 and 5 slices in nn; 161 rows: 6 in tn), 16-byte
 // output stores, skewed groups.
-TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPath) {
-  const std::vector<int64_t> sizes = {161, 0, 6, 24};
-  check_forms<float>({136, 104, sizes, false});
-  check_forms<bf16>({136, 104, sizes, true});
-}
+const std::vector<int64_t> kSkewedSizes = {161, 0, 6, 24};
+TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathFp32Overwrite) { check_forms<float>({136, 104, kSkewedSizes, false}); }
+TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathBf16Accumulate) { check_forms<bf16>({136, 104, kSkewedSizes, true}); }
 
 // x one element off its 16-byte boundary: its copies (nt's A, tn's B) fall back per element while
 // the other operand of the same stage goes through cp.async.
