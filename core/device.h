@@ -40,6 +40,15 @@ struct AdamWUpdate {
   int64_t step = 1;         // this parameter's step count t (bias corrections 1 - b^t)
 };
 
+// The per-batch sums behind a layer's routing statistics (RoutingAccumulator in
+// layers/moe/routing_stats.h), from its scores [T, Cs] and logits [T, C].
+struct RouterStatSums {
+  std::vector<double> logit_sum;  // [E] sum over tokens of logit j (the first E columns)
+  double entropy_sum = 0;         // sum over tokens of the entropy of the renormalized scores
+  int64_t tokens = 0;
+  int64_t first_nan = -1;  // flat index t * Cs + j of the first NaN score, -1 when none
+};
+
 class CudaBackend {
  public:
   virtual ~CudaBackend() = default;
@@ -100,6 +109,9 @@ class CudaBackend {
   // over each sequence's seq_len rows; loads [T / seq_len, E] i32 on the device (seq_len = T: the
   // micro-batch's [E] loads). 0-dim fp32; autograd into probs (f is a constant).
   virtual Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) = 0;
+  // RouterStatSums of scores [T, Cs] and logits [T, C] (fp32, on the device; experts <= C),
+  // summed there: only E + 2 numbers come down. No autograd.
+  virtual RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) = 0;
 
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

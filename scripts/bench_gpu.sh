@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU benchmarks of the CUDA kernels: the GPU kernel tests (ctest -L gpu), then
-# build/bench/moetrain_cuda_bench, and a markdown summary of its counters (for docs/benchmarks.md).
+# build/bench/moetrain_cuda_bench (every benchmark, BM_ExpertsForwardBackward included, unless
+# MOE_BENCH_FILTER says otherwise), and a markdown summary of its counters (for docs/benchmarks.md).
 #
 #   scripts/bench_gpu.sh [build_dir]        build (when cmake is there) and run; exit 77 without a GPU
 #   scripts/bench_gpu.sh --pack [build_dir] on the build machine: build_dir/gpu_pack.tar.xz (~23 MiB),
@@ -103,6 +104,13 @@ if "BM_FlashAttentionBf16" in rows:
     print("| flash attention bf16, B 8, S 1024, width 1024 | fwd ms | bwd ms | fwd+bwd tokens/s | fwd TFLOP/s | bwd TFLOP/s |\n|---|---|---|---|---|---|")
     for b in rows["BM_FlashAttentionBf16"]:
         print(f"| {args(b)} | {f(b['fwd_ms'], 3)} | {f(b['bwd_ms'], 3)} | {b['fwd+bwd_tokens/s']:.3g} | {f(b['fwd_TFLOP/s'])} | {f(b['bwd_TFLOP/s'])} |")
+if "BM_ExpertsForwardBackward" in rows:
+    print("\n| experts fwd + bwd, balanced groups | grouped ms | per-expert ms | per-expert / grouped (> 1: grouped faster) | grouped TFLOP/s | per-expert TFLOP/s | the layer picks |\n|---|---|---|---|---|---|---|")
+    for b in rows["BM_ExpertsForwardBackward"]:
+        pick = "grouped" if b["layer_picks_grouped"] else "per expert"
+        wrong = (b["ratio"] > 1) != bool(b["layer_picks_grouped"])
+        print(f"| {args(b)} | {f(b['grouped_ms'], 3)} | {f(b['per_expert_ms'], 3)} | {f(b['ratio'], 2)} | "
+              f"{f(b['grouped_TFLOP/s'])} | {f(b['per_expert_TFLOP/s'])} | {pick}{' (the slower)' if wrong else ''} |")
 if errors: print("\nBenchmarks that failed:\n" + "\n".join(errors))
 PY
 echo "GPU kernel tests and benchmark run: $([[ $tests_rc == 0 ]] && echo passed || echo "FAILED (rc $tests_rc)"); raw results in $out"

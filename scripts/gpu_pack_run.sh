@@ -2,9 +2,14 @@
 # Runs a pack made by `scripts/bench_gpu.sh --pack` (build/gpu_pack.tar.xz: stripped GPU test and
 # benchmark binaries, build/moetrain, every non-CUDA shared library down to glibc and its loader,
 # data/brown) on a GPU machine that has the NVIDIA driver and CUDA 13's cudart / cuBLAS but none
-# of this project's libraries. Into $OUT: environment, GPU tests, kernel benchmarks, and the
-# balance model trained on the CPU and on the device (metrics.jsonl of both).
-#   scripts/gpu_pack_run.sh [pack.tar.xz] [steps]      (TRAIN_ONLY=1: only the two training runs)
+# of this project's libraries. Into $OUT: environment, GPU tests, kernel benchmarks, the experts
+# benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept), and the balance model
+# trained on the CPU and on the device (metrics.jsonl of both).
+#   scripts/gpu_pack_run.sh [pack.tar.xz] [steps]      (TRAIN_ONLY=1: only the two training runs;
+#   EXPERTS_ONLY=1: only the experts benchmark; SKIP_EXPERTS=1: all but it)
+# The machine has no torch: the PyTorch reference device test writes its case files to
+# $OUT/torch_reference instead (MOE_TORCH_REFERENCE_OUT); check them where torch is with
+# scripts/torch_reference_offline.sh <that folder>.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pack="${1:-build/gpu_pack.tar.xz}"
@@ -36,14 +41,25 @@ if ! run "$P/bin/moetrain_cuda_bench" --benchmark_list_tests > "$OUT/probe.txt" 
   }
 fi
 cat "$OUT/probe.txt"
-if [[ -z "${TRAIN_ONLY:-}" ]]; then
+if [[ -z "${TRAIN_ONLY:-}" && -z "${EXPERTS_ONLY:-}" ]]; then
 echo "== GPU tests"
-timeout 170 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_gpu_tests'" > "$OUT/gpu_tests.log" 2>&1
+MOE_TORCH_REFERENCE_OUT="$OUT/torch_reference" \
+  timeout 170 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_gpu_tests'" > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?" | tee -a "$OUT/gpu_tests.log"; grep -E '^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|GPU kernel tests on' "$OUT/gpu_tests.log" | head -40
+if compgen -G "$OUT/torch_reference/*.h5" >/dev/null; then
+  echo "torch reference cases written (no torch here): $(cd "$OUT/torch_reference" && ls -- *.h5 | paste -sd' ');" \
+       "check them where torch is: scripts/torch_reference_offline.sh <the fetched torch_reference folder>"
+fi
 echo "== benchmarks"
-timeout 110 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_bench' --benchmark_out='$OUT/cuda_bench.json' --benchmark_out_format=json" > "$OUT/cuda_bench.log" 2>&1
+timeout 110 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_bench' --benchmark_filter=-BM_ExpertsForwardBackward --benchmark_out='$OUT/cuda_bench.json' --benchmark_out_format=json" > "$OUT/cuda_bench.log" 2>&1
 echo "bench rc=$?"; tail -25 "$OUT/cuda_bench.log"
 fi
+if [[ -z "${TRAIN_ONLY:-}" && -z "${SKIP_EXPERTS:-}" ]]; then
+echo "== experts benchmark (grouped kernel vs per-expert cuBLAS, forward + backward)"
+timeout 120 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_bench' --benchmark_filter=BM_ExpertsForwardBackward --benchmark_out='$OUT/experts_bench.json' --benchmark_out_format=json" > "$OUT/experts_bench.log" 2>&1
+echo "experts bench rc=$?"; grep -E 'BM_Experts|ERROR' "$OUT/experts_bench.log" | head -30
+fi
+[[ -n "${EXPERTS_ONLY:-}" ]] && exit 0
 echo "== balance model, $steps steps, cuda then cpu"
 for dev in cuda cpu; do
   timeout 90 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain' train recipes/balance/aux_loss.toml \

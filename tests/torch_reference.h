@@ -1,7 +1,10 @@
 // The PyTorch reference run shared by tests/torch_reference_test.cpp (CPU) and
 // tests/cuda/torch_reference_device_test.cpp (the model on the cuda device): moetrain writes a
 // small model's weights, a batch, its logits, losses, grads, routings and three AdamW-step losses
-// to HDF5, and tests/torch_reference.py rebuilds the model in torch float32 and compares.
+// to an HDF5 case file, and tests/torch_reference.py rebuilds the model in torch float32 and
+// compares. The tolerance is written into the case file (config attribute `tolerance`) and the
+// script reads it from there, so a case checked later (scripts/torch_reference_offline.sh, for
+// files written on a GPU machine without torch) is held to the same bound as the test's.
 #pragma once
 #include <gtest/gtest.h>
 #include <hdf5.h>
@@ -23,6 +26,15 @@ namespace moe::test {
 
 
 inline constexpr const char* kPython = "/usr/bin/python3";
+
+// The interpreter that runs tests/torch_reference.py: kPython, or MOE_TORCH_REFERENCE_PYTHON
+// (a path that does not exist hides torch, which is how the offline path is tested here).
+inline std::string python() {
+  const char* p = std::getenv("MOE_TORCH_REFERENCE_PYTHON");
+  return p != nullptr && *p != '\0' ? std::string(p) : std::string(kPython);
+}
+
+inline bool have_torch() { return std::system((python() + " -c 'import torch, h5py' >/dev/null 2>&1").c_str()) == 0; }
 
 // Thin RAII over the HDF5 C API: only what this test writes (datasets of f32 / f64 / i64 / i8,
 // groups, scalar attributes).
@@ -97,14 +109,14 @@ class H5Writer {
   std::vector<hid_t> groups_;
 };
 
-// Returns the reference script's exit status (0: every comparison within tolerance).
 // Where moetrain runs the model, and the script's tolerance (relative; 1e-4 for fp32 on the CPU).
 struct ReferenceRun {
   Device device = Device::cpu;
   double tol = 1e-4;
 };
 
-inline int run_reference(const ModelConfig& cfg, DType id_dtype, const std::string& tag, ReferenceRun run = {}) {
+// Runs the model and writes the case file `path` (no torch needed).
+inline void write_reference_case(const ModelConfig& cfg, DType id_dtype, const std::string& path, ReferenceRun run) {
   const int64_t B = 3, S = 11, kSteps = 3;
   const AdamWConfig adam{0.9, 0.95, 1e-8, 0.1};
   const double lr = 1e-2;
@@ -131,13 +143,10 @@ inline int run_reference(const ModelConfig& cfg, DType id_dtype, const std::stri
   Tensor tids = Tensor::from_vector<int64_t>(ids, {B, S}).to(id_dtype).to(run.device);
   Tensor ttargets = Tensor::from_vector<int64_t>(targets, {B, S}).to(id_dtype).to(run.device);
 
-  char dir_template[] = "/tmp/moe_torch_ref_XXXXXX";
-  const char* dir = mkdtemp(dir_template);
-  MOE_CHECK(dir != nullptr, "torch_reference_test", "cannot create a temp dir");
-  const std::string path = std::string(dir) + "/" + tag + ".h5";
   {
     H5Writer w(path);
     hid_t c = w.group("config");
+    H5Writer::attr(c, "tolerance", run.tol);
     H5Writer::attr(c, "vocab_size", double(cfg.vocab_size));
     H5Writer::attr(c, "d_model", double(cfg.d_model));
     H5Writer::attr(c, "n_layers", double(cfg.n_layers));
@@ -242,8 +251,17 @@ inline int run_reference(const ModelConfig& cfg, DType id_dtype, const std::stri
     hid_t gf = w.group("final");
     for (auto& [n, p] : named) H5Writer::dataset(gf, n, p.detach());
   }
-  const std::string cmd =
-      std::string(kPython) + " " + MOE_SOURCE_DIR + "/tests/torch_reference.py " + path + " " + std::to_string(run.tol);
+}
+
+// Writes the case to a temp dir and returns the reference script's exit status (0: every
+// comparison within the tolerance the file carries); the file is kept when it fails.
+inline int run_reference(const ModelConfig& cfg, DType id_dtype, const std::string& tag, ReferenceRun run = {}) {
+  char dir_template[] = "/tmp/moe_torch_ref_XXXXXX";
+  const char* dir = mkdtemp(dir_template);
+  MOE_CHECK(dir != nullptr, "torch_reference_test", "cannot create a temp dir");
+  const std::string path = std::string(dir) + "/" + tag + ".h5";
+  write_reference_case(cfg, id_dtype, path, run);
+  const std::string cmd = python() + " " + MOE_SOURCE_DIR + "/tests/torch_reference.py " + path;
   int status = std::system(cmd.c_str());
   int code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   if (code == 0) std::filesystem::remove_all(dir);
@@ -253,9 +271,8 @@ inline int run_reference(const ModelConfig& cfg, DType id_dtype, const std::stri
 
 // Missing torch must fail the suite, not skip: CI would otherwise pass without the reference.
 inline void require_torch() {
-  const std::string cmd = std::string(kPython) + " -c 'import torch, h5py' >/dev/null 2>&1";
-  ASSERT_EQ(std::system(cmd.c_str()), 0)
-      << kPython << " cannot import torch and h5py: run scripts/setup.sh (installs python3-torch, python3-h5py)";
+  ASSERT_TRUE(have_torch()) << python()
+                            << " cannot import torch and h5py: run scripts/setup.sh (installs python3-torch, python3-h5py)";
 }
 
 inline ModelConfig small_config() {

@@ -1,8 +1,6 @@
 // Device routing of the plain top-k strategies: see device_routing.h.
 #include "layers/moe/device_routing.h"
 
-#include <cmath>
-
 #include "core/cpu/elementwise.h"
 #include "core/device.h"
 
@@ -32,14 +30,10 @@ DeviceRouting route_on_device(const Tensor& x2, const Tensor& weight, ScoreFunct
   auto [idx, val] = be.router_topk(scores, bias, k);
 
   DeviceRouting out;
-  // The small copies down: scores and logits [T, E] (statistics), ids and ranked values [T, k].
-  out.scores = scores.detach().to(Device::cpu);
-  out.logits = logits.detach().to(Device::cpu);
-  {
-    const float* p = out.scores.data<float>();
-    for (int64_t i = 0; i < T * E; ++i)
-      MOE_CHECK(!std::isnan(p[i]), op, "router scores contain NaN (token ", i / E, ", expert ", i % E, ")");
-  }
+  // The small copies down: the statistics' sums (E + 2 numbers), ids and ranked values [T, k].
+  out.stat_sums = be.router_stat_sums(scores, logits, E);
+  const int64_t nan_at = out.stat_sums.first_nan;
+  MOE_CHECK(nan_at < 0, op, "router scores contain NaN (token ", nan_at / E, ", expert ", nan_at % E, ")");
   std::vector<int32_t> ids = idx.to_vector<int32_t>();
   std::vector<int64_t> token(static_cast<size_t>(A)), expert(static_cast<size_t>(A));
   for (int64_t a = 0; a < A; ++a) token[size_t(a)] = a / k, expert[size_t(a)] = ids[size_t(a)];

@@ -1,12 +1,13 @@
 // Routing on the cuda device for the plain top-k strategies (Balancer::device_topk(): none,
 // aux_loss micro_batch / per_sequence, loss_free): router GEMM, scores, top-k (+ the loss-free
 // bias), gates, aux loss and z-loss run as device ops with autograd; the decisions (token and
-// expert ids, selection scores) and host copies of logits and scores for the statistics come
-// down once. Same decisions and, within fp32 rounding, the same gates and losses as the host
+// expert ids, selection scores) and the statistics' sums (router_stat_sums: E + 2 numbers, not the
+// [T, E] scores) come down once. Same decisions and, within fp32 rounding, the same gates and losses as the host
 // path (Router::forward + Balancer::select + extra_losses + router_z_loss).
 #pragma once
 #include <vector>
 
+#include "core/device.h"
 #include "layers/extra_loss.h"
 #include "layers/moe/balance/balancer.h"
 #include "layers/moe/router.h"
@@ -17,7 +18,7 @@ struct DeviceRouting {
   // token, expert (i64) and score (f32, the ranked value: scores + bias for loss_free) on the
   // host; gate [T k] fp32 on the device, differentiable into the router weight and x.
   Routing routing;
-  Tensor logits, scores;           // [T, E] host copies, no grad (routing statistics)
+  RouterStatSums stat_sums;        // for RoutingAccumulator::add (summed on the device)
   std::vector<ExtraLoss> losses;   // "aux" (when spec.aux != none), then "z" (z_loss_coef > 0): host 0-dim
 };
 

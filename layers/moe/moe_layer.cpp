@@ -9,6 +9,7 @@
 #include "core/autograd.h"
 #include "core/cpu/activation.h"
 #include "core/cpu/elementwise.h"
+#include "core/device.h"
 #include "layers/moe/device_routing.h"
 #include "parallel/communicator.h"
 
@@ -204,6 +205,11 @@ Tensor MoeLayer::forward(const Tensor& x) {
   Tensor x2 = x.reshape({T, d_model_});
 
   using Clock = std::chrono::steady_clock;
+  // Device work is queued asynchronously and routing's first copy to the host waits for all of it
+  // (this block's attention, earlier layers): drain the queue before the clock starts so
+  // routing_time_s counts routing, not the work queued ahead of it. Routing waits at that copy
+  // anyway, so the extra wait costs next to nothing.
+  if (training() && x.device() == Device::cuda) cuda_backend("MoeLayer.forward").synchronize();
   const Clock::time_point routing_start = Clock::now();
   // The plain top-k strategies route on the device when x is there (device_routing.h); every
   // other case routes on the host in fp32.
@@ -214,11 +220,12 @@ Tensor MoeLayer::forward(const Tensor& x) {
   last_on_device_ = dspec.has_value();
   RouterOutput ro{};
   Routing r;
+  RouterStatSums stat_sums;  // device routing sums on the device; the host path below
   if (dspec) {
     DeviceRouting d = route_on_device(x2, router_->weight(), router_->score_function(), *dspec, top_k_, S, z_loss_coef_);
-    ro = RouterOutput{d.logits, d.scores, E, top_k_, S, training()};
     r = std::move(d.routing);
     extra_losses_ = std::move(d.losses);
+    stat_sums = std::move(d.stat_sums);
   } else {
     ro = router_->forward(x2, E, top_k_, S, jitter_rng_);
     r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
@@ -238,6 +245,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
     for (int64_t e = 0; e < E; ++e) pending_loads_[size_t(e)] += load[size_t(e)];
 
   if (!dspec) {
+    stat_sums = router_stat_sums(ro.scores, ro.logits, E);
     extra_losses_ = balancer_->extra_losses(ro, r);
     if (z_loss_coef_ > 0) {
       Tensor z = router_z_loss(ro.logits);
@@ -253,13 +261,13 @@ Tensor MoeLayer::forward(const Tensor& x) {
   {
     NoGradGuard ng;
     RoutingAccumulator acc;
-    acc.add(load, cap.dropped, ro.scores, ro.logits);
+    acc.add(load, cap.dropped, stat_sums);
     stats_ = acc.finish(balancer_->state_vector());
     if (training()) {
       if (step_acc_.empty())
         step_acc_ = acc;
       else
-        step_acc_.add(load, cap.dropped, ro.scores, ro.logits);
+        step_acc_.add(load, cap.dropped, stat_sums);
     }
     last_routing_ = Routing{r.token.detach(), r.expert.detach(), r.gate.detach(), r.score.defined() ? r.score.detach() : Tensor()};
   }

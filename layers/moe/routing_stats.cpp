@@ -67,33 +67,56 @@ void fill_temperature_proxy(RoutingStats& s) {
   s.temperature_valid = true;
 }
 
+RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) {
+  const char* op = "router_stat_sums";
+  MOE_CHECK(scores.dim() == 2 && logits.dim() == 2 && scores.size(0) == logits.size(0) && logits.size(1) >= experts,
+            op, "expected scores and logits [T, >= ", experts, "], got ", scores.shape_str(), " and ",
+            logits.shape_str());
+  if (scores.device() == Device::cuda || logits.device() == Device::cuda) {
+    common_device(op, {scores, logits});
+    return cuda_backend(op).router_stat_sums(scores, logits, experts);
+  }
+  const int64_t T = logits.size(0), C = logits.size(1), Cs = scores.size(1);
+  const size_t E = size_t(experts);
+  std::vector<double> x = logits.to_double_vector(), p = scores.to_double_vector();
+  RouterStatSums r;
+  r.logit_sum.assign(E, 0.0);
+  r.tokens = T;
+  for (int64_t t = 0; t < T; ++t) {
+    for (size_t j = 0; j < E; ++j) r.logit_sum[j] += x[size_t(t * C) + j];
+    // Entropy of the scores renormalized per token (the same thing for softmax scores; for
+    // sigmoid scores the distribution they imply).
+    const double* row = p.data() + t * Cs;
+    double z = 0, h = 0;
+    for (int64_t j = 0; j < Cs; ++j) {
+      if (std::isnan(row[j]) && r.first_nan < 0) r.first_nan = t * Cs + j;
+      z += row[j];
+    }
+    if (z > 0)
+      for (int64_t j = 0; j < Cs; ++j)
+        if (row[j] > 0) h -= row[j] / z * std::log(row[j] / z);
+    r.entropy_sum += h;
+  }
+  return r;
+}
+
 void RoutingAccumulator::add(const std::vector<double>& l, int64_t drop, const Tensor& scores, const Tensor& logits) {
+  add(l, drop, router_stat_sums(scores, logits, int64_t(l.size())));
+}
+
+void RoutingAccumulator::add(const std::vector<double>& l, int64_t drop, const RouterStatSums& sums) {
   const char* op = "RoutingAccumulator.add";
   const size_t E = l.size();
   if (load.empty()) {
     load.assign(E, 0.0);
     logit_sum.assign(E, 0.0);
   }
-  MOE_CHECK(load.size() == E, op, "load has ", E, " experts, the accumulator ", load.size());
-  MOE_CHECK(scores.dim() == 2 && logits.dim() == 2 && scores.size(0) == logits.size(0) && size_t(logits.size(1)) >= E,
-            op, "expected scores and logits [T, >= ", E, "], got ", scores.shape_str(), " and ", logits.shape_str());
-  for (size_t j = 0; j < E; ++j) load[j] += l[j];
+  MOE_CHECK(load.size() == E && sums.logit_sum.size() == E, op, "load has ", E, " experts, the logit sums ",
+            sums.logit_sum.size(), ", the accumulator ", load.size());
+  for (size_t j = 0; j < E; ++j) load[j] += l[j], logit_sum[j] += sums.logit_sum[j];
   dropped += double(drop);
-  const int64_t T = logits.size(0), C = logits.size(1), Cs = scores.size(1);
-  std::vector<double> x = logits.to_double_vector(), p = scores.to_double_vector();
-  for (int64_t t = 0; t < T; ++t) {
-    for (size_t j = 0; j < E; ++j) logit_sum[j] += x[size_t(t * C) + j];
-    // Entropy of the scores renormalized per token (the same thing for softmax scores; for
-    // sigmoid scores the distribution they imply).
-    const double* r = p.data() + t * Cs;
-    double z = 0, h = 0;
-    for (int64_t j = 0; j < Cs; ++j) z += r[j];
-    if (z > 0)
-      for (int64_t j = 0; j < Cs; ++j)
-        if (r[j] > 0) h -= r[j] / z * std::log(r[j] / z);
-    entropy_sum += h;
-  }
-  tokens += double(T);
+  entropy_sum += sums.entropy_sum;
+  tokens += double(sums.tokens);
 }
 
 RoutingStats RoutingAccumulator::finish(std::vector<double> balancer_state) const {

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/device.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -42,12 +43,18 @@ struct RoutingAccumulator {
 
   // load [E] as selected; scores and logits [T, E_r] (E_r >= E; only E logit columns summed).
   void add(const std::vector<double>& load, int64_t dropped, const Tensor& scores, const Tensor& logits);
+  // The same from the batch's sums (router_stat_sums below; E = load.size()).
+  void add(const std::vector<double>& load, int64_t dropped, const RouterStatSums& sums);
   RoutingStats finish(std::vector<double> balancer_state) const;
   bool empty() const { return tokens == 0; }
   // Flat [load (E), logit_sum (E), tokens, dropped, entropy_sum] for an element-wise all-reduce.
   std::vector<double> pack() const;
   static RoutingAccumulator unpack(const std::vector<double>& flat, int64_t num_experts);
 };
+
+// The sums add() needs from scores [T, Cs] and logits [T, >= experts] (RouterStatSums, core/device.h):
+// on the host, or on the cuda device (where they are summed there and only E + 2 numbers come down).
+RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts);
 
 // Load-only statistics (MaxVio, CV, entropy, dead) into s from s.load.
 void fill_load_stats(RoutingStats& s);

@@ -120,6 +120,11 @@ void expect_same_routing(MoeLayer& got, MoeLayer& want, const std::string& what)
   EXPECT_TRUE(near_rel_max(got.last_routing().score, want.last_routing().score, kF32Rel, "selection score"));
   EXPECT_NEAR(got.last_stats().router_entropy, want.last_stats().router_entropy,
               kF32Rel * std::max(1.0, std::abs(want.last_stats().router_entropy)));
+  ASSERT_EQ(got.last_stats().mean_logit.size(), want.last_stats().mean_logit.size());
+  for (size_t j = 0; j < want.last_stats().mean_logit.size(); ++j)
+    EXPECT_NEAR(got.last_stats().mean_logit[j], want.last_stats().mean_logit[j],
+                kF32Rel * std::max(1.0, std::abs(want.last_stats().mean_logit[j])))
+        << "mean logit of expert " << j;
   const std::vector<ExtraLoss> gl = got.extra_losses(), wl = want.extra_losses();
   ASSERT_EQ(gl.size(), wl.size());
   for (size_t i = 0; i < wl.size(); ++i) {

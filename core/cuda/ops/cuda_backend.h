@@ -4,7 +4,8 @@
 //   backend.cpp    device, memory (caching allocator), copies, fill
 //   dense_ops.cpp  embedding, RMSNorm, linear, RoPE, attention, element-wise, cross-entropy
 //   moe_ops.cpp    permute / combine and the SwiGLU experts
-//   routing_ops.cpp  router scores, top-k, gates, z-loss and aux loss of the plain top-k strategies
+//   routing_ops.cpp  router scores, top-k, gates, z-loss and aux loss of the plain top-k strategies,
+//                    and the routing statistics' sums
 //   optim_ops.cpp  AdamW, sums of squares, scaling
 #pragma once
 #include <memory>
@@ -48,6 +49,7 @@ class Backend final : public CudaBackend {
   Tensor row_normalize(const Tensor& x) override;
   Tensor load_counts(const Tensor& ids, int64_t experts) override;
   Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) override;
+  RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;

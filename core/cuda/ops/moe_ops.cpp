@@ -13,6 +13,7 @@
 #include "core/cuda/moe_gather.h"
 #include "core/cuda/ops/cuda_backend.h"
 #include "core/cuda/ops/dense_gemm.h"
+#include "core/cuda/ops/experts_per_expert.h"
 #include "layers/moe/dispatch.h"
 
 namespace moe::cuda {
@@ -76,6 +77,8 @@ const int32_t* i32(const Tensor& t) { return t.device_data<int32_t>(); }
 // g converted to dtype dt and made contiguous (a grad arriving in another dtype is accepted).
 Tensor grad_as(const Tensor& g, DType dt) { return (g.dtype() == dt ? g : g.to(dt)).contiguous(); }
 
+}  // namespace
+
 // Which code multiplies the experts. Per expert: three dense GEMMs per expert forward and five
 // backward through dense_gemm (cuBLAS on a GPU), the SwiGLU between them element-wise. Grouped:
 // the hand-written tensor-core grouped GEMM (grouped_gemm.h), one launch per product for all
@@ -83,7 +86,8 @@ Tensor grad_as(const Tensor& g, DType dt) { return (g.dtype() == dt ? g : g.to(d
 // hidden 2048) per expert trains 70% faster (the grouped kernel reaches 4-7% of cuBLAS); at 256
 // rows per expert (the balance model) grouped is 14% faster (per-expert launches dominate). The
 // switch point between the two measured sizes is a guess: 1024 rows per expert on average.
-// MOE_EXPERT_GEMM = grouped | per_expert overrides it.
+// MOE_EXPERT_GEMM = grouped | per_expert overrides it. bench/cuda/experts_bench.cpp
+// (BM_ExpertsForwardBackward) times both over 64-4096 rows per expert to place the switch.
 bool use_grouped_kernel(int64_t rows, int64_t experts) {
   const char* v = std::getenv("MOE_EXPERT_GEMM");
   if (v != nullptr && std::string(v) == "grouped") return true;
@@ -91,8 +95,6 @@ bool use_grouped_kernel(int64_t rows, int64_t experts) {
   return rows < 1024 * std::max<int64_t>(experts, 1);
 }
 
-// x [N, D] in expert groups (host offsets [E + 1]), w1 / w3 [E, H, D], w2 [E, D, H], all bf16:
-// h1 = x w1_e^T, h3 = x w3_e^T, h = silu(h1) h3, y = h w2_e^T (bf16, fp32 accumulation).
 void experts_forward_per_expert(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2,
                                 const std::vector<int64_t>& off, long D, long H, bf16* h1, bf16* h3, bf16* h, bf16* y) {
   const size_t E = off.size() - 1;
@@ -109,16 +111,12 @@ void experts_forward_per_expert(const bf16* x, const bf16* w1, const bf16* w3, c
   }
 }
 
-// From dy [N, D]: dx [N, D] in fp32 (the w1 and w3 paths summed in fp32) and the weight grads
-// d1, d3 [E, H, D], d2 [E, D, H] in fp32; an expert without rows leaves its (zeroed) grads alone.
 void experts_backward_per_expert(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2,
                                  const std::vector<int64_t>& off, long D, long H, const bf16* h1, const bf16* h3,
-                                 const bf16* h, const bf16* dy, float* dx, float* d1, float* d3, float* d2) {
+                                 const bf16* h, const bf16* dy, float* dx, float* d1, float* d3, float* d2, bf16* pdh,
+                                 bf16* pdh1, bf16* pdh3) {
   const size_t E = off.size() - 1;
   const long N = long(off.back());
-  Tensor dh = Tensor::empty({N, H}, DType::bf16, Device::cuda), dh1 = Tensor::empty({N, H}, DType::bf16, Device::cuda),
-         dh3 = Tensor::empty({N, H}, DType::bf16, Device::cuda);
-  bf16 *pdh = dh.device_data<bf16>(), *pdh1 = dh1.device_data<bf16>(), *pdh3 = dh3.device_data<bf16>();
   for (size_t e = 0; e < E; ++e) {
     const long o = long(off[e]), r = long(off[e + 1]) - o;
     dense_gemm<bf16, bf16>(false, false, r, H, D, 1.0f, dy + o * D, D, w2 + long(e) * D * H, H, 0.0f, pdh + o * H, H);
@@ -133,8 +131,6 @@ void experts_backward_per_expert(const bf16* x, const bf16* w1, const bf16* w3, 
     dense_gemm<bf16, float>(true, false, H, D, r, 1.0f, pdh3 + o * H, H, x + o * D, D, 0.0f, d3 + long(e) * H * D, D);
   }
 }
-
-}  // namespace
 
 Tensor Backend::permute_tokens(const Tensor& x, const DispatchPlanPtr& plan) {
   const char* op = "permute_tokens";
@@ -248,10 +244,14 @@ Tensor Backend::expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tenso
                            dv(dx), d1.device_data<float>(), d3.device_data<float>(), d2.device_data<float>());
       } else {
         dx = Tensor::empty({N, D}, DType::f32, Device::cuda);
-        if (N > 0)
+        if (N > 0) {
+          Tensor dh = Tensor::empty({N, H}, DType::bf16, Device::cuda),
+                 dh1 = Tensor::empty({N, H}, DType::bf16, Device::cuda),
+                 dh3 = Tensor::empty({N, H}, DType::bf16, Device::cuda);
           experts_backward_per_expert(dv(xb), dv(b1), dv(b3), dv(b2), offsets, D, H, dv(h1), dv(h3), dv(h), dv(dy),
                                       dx.device_data<float>(), d1.device_data<float>(), d3.device_data<float>(),
-                                      d2.device_data<float>());
+                                      d2.device_data<float>(), dv(dh), dv(dh1), dv(dh3));
+        }
       }
       if (x.requires_grad()) accumulate_grad(x, dx.dtype() == x.dtype() ? dx : dx.to(x.dtype()));
       accumulate_grad(w1, d1);

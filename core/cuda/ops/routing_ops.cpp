@@ -7,6 +7,7 @@
 #include "core/cuda/ops/cuda_backend.h"
 #include "core/cuda/router.h"
 #include "core/cuda/router_losses.h"
+#include "core/cuda/router_stat_sums.h"
 #include "core/cuda/softmax.h"
 
 namespace moe::cuda {
@@ -170,6 +171,27 @@ Tensor Backend::switch_aux(const Tensor& probs, const Tensor& loads, double tota
       accumulate_grad(probs, gp);
     });
   return out;
+}
+
+RouterStatSums Backend::router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) {
+  const char* op = "router_stat_sums";
+  check_f32_2d(scores, op, "scores");
+  check_f32_2d(logits, op, "logits");
+  MOE_CHECK(scores.size(0) == logits.size(0) && experts >= 1 && experts <= logits.size(1), op, "scores ",
+            scores.shape_str(), " and logits ", logits.shape_str(), " for ", experts,
+            " experts: expected the same tokens and at least that many logit columns");
+  const long T_ = long(scores.size(0));
+  Tensor sc = scores.detach().contiguous(), lc = logits.detach().contiguous();
+  Tensor out = Tensor::empty({experts + 2}, DType::f64, Device::cuda);
+  cuda::router_stat_sums(cf(sc), cf(lc), T_, int(sc.size(1)), int(lc.size(1)), int(experts),
+                         out.device_data<double>());
+  const std::vector<double> v = out.to_vector<double>();  // the one copy down
+  RouterStatSums r;
+  r.logit_sum.assign(v.begin(), v.begin() + experts);
+  r.entropy_sum = v[size_t(experts)];
+  r.first_nan = int64_t(v[size_t(experts) + 1]);
+  r.tokens = T_;
+  return r;
 }
 
 }  // namespace moe::cuda
