@@ -1,6 +1,10 @@
 // Dense cuBLAS bf16 GEMM (the measured peak MFU is computed against) and the tensor-core grouped
-// expert GEMM against one dense cuBLAS GEMM of the same FLOPs, timed in the same run.
+// expert GEMM against one dense cuBLAS GEMM of the same FLOPs, timed in the same run (and checked
+// against cuBLAS on expert 0's group: expert0_rel_err).
 #include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <type_traits>
 
 #include "bench/cuda/bench_util.h"
 #include "core/cuda/cublas_gemm.h"
@@ -37,6 +41,46 @@ void BM_CublasBf16Gemm(benchmark::State& state) {
 BENCHMARK(guarded<BM_CublasBf16Gemm>)->Name("BM_CublasBf16Gemm")->Arg(4096)->Arg(8192)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(20);
 
 enum Form { kNt = 0, kNn = 1, kTn = 2 };
+
+// max |got - want| / max |want| over n elements of two device arrays (float or bf16).
+template <class T>
+double max_rel_diff(const T* got, const T* want, size_t n) {
+  std::vector<T> g(n), w(n);
+  cuda::copy_to_host(g.data(), got, n * sizeof(T));
+  cuda::copy_to_host(w.data(), want, n * sizeof(T));
+  auto f = [](T v) {
+    if constexpr (std::is_same_v<T, bf16>)
+      return double(bf16_to_float(v));
+    else
+      return double(v);
+  };
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < n; ++i) {
+    diff = std::max(diff, std::abs(f(g[i]) - f(w[i])));
+    scale = std::max(scale, std::abs(f(w[i])));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+// The grouped result for expert 0 (rows off[0] .. off[1]) against cuBLAS on that group alone:
+// a full-size check of the kernel (bf16 out for nt / nn: ~4e-3 expected; fp32 out for tn: ~1e-5).
+double expert0_error(int form, long rows0, long M, long K, const bf16* x, const bf16* w, const bf16* dy,
+                     const bf16* out_bf16, const float* out_f32) {
+  auto& h = cuda::default_blas_handle();
+  if (rows0 == 0) return 0.0;
+  if (form == kTn) {
+    cuda::DeviceBuffer<float> ref(size_t(M) * K);
+    cuda::gemm<bf16, float>(h, true, false, M, K, rows0, 1.0f, dy, M, x, K, 0.0f, ref.get(), K);
+    return max_rel_diff(out_f32, static_cast<const float*>(ref.get()), size_t(M) * K);
+  }
+  const long n_out = form == kNt ? M : K;
+  cuda::DeviceBuffer<bf16> ref(size_t(rows0) * n_out);
+  if (form == kNt)
+    cuda::gemm<bf16, bf16>(h, false, true, rows0, M, K, 1.0f, x, K, w, K, 0.0f, ref.get(), M);
+  else
+    cuda::gemm<bf16, bf16>(h, false, false, rows0, K, M, 1.0f, dy, M, w, K, 0.0f, ref.get(), K);
+  return max_rel_diff(out_bf16, static_cast<const bf16*>(ref.get()), size_t(rows0) * n_out);
+}
 
 // Grouped GEMM over E experts of rows R total (balanced or Zipf-skewed groups), weights [E, M, K],
 // in one form; the reference is one cuBLAS GEMM of the same shape (R x M x K, same FLOPs).
@@ -75,6 +119,9 @@ void BM_GroupedGemmVsCublas(benchmark::State& state) {
   state.counters["grouped_TFLOP/s"] = flops / (grouped_ms * 1e9);
   state.counters["ratio"] = dense_ms / grouped_ms;  // grouped rate / dense rate; target >= 0.70
   state.counters["largest_group"] = off_host[1] - off_host[0];
+  grouped();  // the dense reference shares the output buffers: the grouped result last
+  state.counters["expert0_rel_err"] = expert0_error(form, off_host[1] - off_host[0], M, K, x.get(), w.get(), dy.get(),
+                                                    out_bf16.get(), out_f32.get());
 }
 void grouped_args(benchmark::internal::Benchmark* b) {
   // R = T k = 16384 * 2 rows, D = 1024, H = 2048: the forward h = x w1^T is R x H x D.

@@ -1,170 +1,217 @@
-// Tensor-core grouped GEMM: 64 x 128 output tiles, 4 warps each owning 32 x 64 (2 x 4 wmma
-// 16x16x16 bf16 fragments, fp32 accumulators). Operands go through shared memory in 32-deep
-// slices: each thread fetches its 8-element chunks of the next slice into registers (16-byte
-// loads where the leading dimension allows) while the warps multiply the current one, and
-// ragged edges are zero-filled. Row tiles never straddle two experts: a small kernel numbers each
-// expert's tiles so a block finds its expert by binary search. The output tile leaves through
-// shared memory (reusing the operand slices' space) for coalesced, bounds-checked stores.
+// Tensor-core grouped GEMM, built the way Ampere / Hopper-class GEMMs are: 128 x 128 output tiles,
+// 8 warps each owning 64 x 32 (4 x 2 wmma 16x16x16 bf16 fragments, fp32 accumulators), and a
+// 4-stage cp.async pipeline over 32-deep slices of the reduction in dynamic shared memory: while
+// the warps multiply slice s, the copies of slices s+1 .. s+3 are in flight. Each operand is staged
+// in its natural global layout (rows padded by 8 bf16 against bank conflicts) and read by the
+// wmma fragment layout that matches it, so nothing is transposed on the way:
+//   nt: A = x [rows, K] -> [m][k] row_major matrix_a; B = w_e [M, K] -> [n][k] col_major matrix_b
+//   nn: A = dy [rows, M] -> [m][k] row_major;          B = w_e [M, K] -> [k][n] row_major
+//   tn: A = dy_e [r, M] -> [k][m] col_major;            B = x_e [r, K] -> [k][n] row_major
+// Ragged edges are zero-filled by the copies themselves (cp.async src-size 0). When an operand's
+// row stride or base address is not a multiple of 16 bytes (odd K or M) its 16-byte chunks cannot
+// be copied whole: that operand falls back to element loads stored into the same stage (correct,
+// slower). Row tiles never straddle two experts: a small kernel numbers each expert's tiles so a
+// block finds its expert by binary search. The output tile leaves through shared memory (reusing
+// the pipeline's space) in 16-byte stores where the output's row stride allows.
+#include "core/cuda/async_copy.h"
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/elementwise.h"
 #include "core/cuda/grouped_gemm.h"
 #include "core/cuda/launch.h"
 #include "core/cuda/wmma.h"
 
+#include <type_traits>
+
 namespace moe::cuda {
 namespace {
 
 namespace wmma = nvcuda::wmma;
 
-constexpr int kBM = 64, kBN = 128, kBK = 32, kThreads = 128;
-constexpr int kWarpRows = 32, kWarpCols = 64;  // a warp's part of the tile: 2 x 2 warps
+constexpr int kBM = 128, kBN = 128, kBK = 32, kThreads = 256, kStages = 4;
+constexpr int kWarpRows = 64, kWarpCols = 32;  // a warp's part of the tile: 2 x 4 warps
 constexpr int kFragRows = kWarpRows / 16, kFragCols = kWarpCols / 16;
-constexpr int kLdAB = kBK + 8;  // bf16 row of a staged slice: 80 bytes, keeps fragments 32-byte aligned
-constexpr int kLdC = kBN + 4;   // fp32 row of the output tile
-constexpr int kChunk = 8;       // elements per fetch: 16 bytes of bf16
-constexpr int kABytes = kBM * kLdAB * 2, kBBytes = kBN * kLdAB * 2, kCBytes = kBM * kLdC * 4;
-constexpr int kSmemBytes = kABytes + kBBytes > kCBytes ? kABytes + kBBytes : kCBytes;
-constexpr int kAChunks = kBM * kBK / kChunk / kThreads;  // chunks per thread: 2
-constexpr int kBChunks = kBN * kBK / kChunk / kThreads;  // 4
+constexpr int kChunk = 8;  // bf16 elements per 16-byte copy
+constexpr int kPad = 8;    // bf16 padding of a staged row: rows 80 or 272 bytes apart, conflict-free
+constexpr int kLdC = kBN + 4;  // fp32 row of the output tile
+static_assert(kBM == kBN, "one staging geometry serves both operands");
 
-struct alignas(128) Smem {
-  unsigned char raw[kSmemBytes];
+// A staged operand slice: [kBM][kBK + kPad] when its reduction index is contiguous in global
+// memory (k-major rows), else [kBK][kBM + kPad].
+template <bool kKContig>
+struct Stage {
+  static constexpr int ld = kKContig ? kBK + kPad : kBM + kPad;
+  static constexpr int bytes = (kKContig ? kBM : kBK) * ld * 2;
+  static constexpr int chunks = kBM * kBK / kChunk / kThreads;  // copies per thread: 2
 };
-struct alignas(16) Pack {
-  dbf16 v[kChunk];
+// One pipeline stage holds a slice of each operand; the output tile (fp32) reuses the stages' space.
+template <bool kAK, bool kBK_>
+struct Pipeline {
+  static constexpr int stage_bytes = Stage<kAK>::bytes + Stage<kBK_>::bytes;
+  static constexpr int pipe_bytes = kStages * stage_bytes, out_bytes = kBM * kLdC * 4;
+  static constexpr int smem_bytes = pipe_bytes > out_bytes ? pipe_bytes : out_bytes;
 };
+static_assert(Stage<true>::bytes % 128 == 0 && Stage<false>::bytes % 128 == 0, "stages keep 128-byte alignment");
 
-// The staged slices: a[row][kk] = op(A), b[col][kk] = op(B) (a col_major matrix_b); c (the
-// output tile) reuses the same bytes once the last slice has been multiplied.
-struct Tiles {
-  dbf16 (*a)[kLdAB];
-  dbf16 (*b)[kLdAB];
-  float (*c)[kLdC];
-  __device__ explicit Tiles(Smem& s)
-      : a(reinterpret_cast<dbf16 (*)[kLdAB]>(s.raw)),
-        b(reinterpret_cast<dbf16 (*)[kLdAB]>(s.raw + kABytes)),
-        c(reinterpret_cast<float (*)[kLdC]>(s.raw)) {}
-};
-
-// One operand slice as seen from global memory: element (o, kk) of the tile (o = row or column of
-// the output, kk = 0..kBK-1 along the reduction) is at base[o * ld + kk] when k_contiguous, else at
-// base[kk * ld + o]; only o < o_valid and kk < k_valid exist (zeros elsewhere). `vec`: ld and
-// base are multiples of 8 elements, so a whole in-range chunk is one aligned 16-byte load.
+// One operand as seen from global memory: element (o, kk) (o = row or column of the output tile,
+// kk = reduction index from the start of the block's range) is at base[o * ld + kk] when
+// k-contiguous, else at base[kk * ld + o]; only o < o_valid and kk < k_len exist (zeros elsewhere).
+// `vec`: ld and base are multiples of 8 elements, so every in-range chunk is one aligned copy.
 struct Operand {
   const dbf16* base;
   long ld;
-  int o_valid, k_valid;
-  bool k_contiguous, vec;
+  int o_valid;
+  long k_len;
+  bool vec;
 };
 
-// Chunk c of an O-wide tile: 8 consecutive elements along the contiguous dimension.
-template <int O>
-__device__ __forceinline__ void chunk_origin(const Operand& op, int c, int& o, int& kk) {
-  if (op.k_contiguous)
-    o = c / (kBK / kChunk), kk = c % (kBK / kChunk) * kChunk;
-  else
-    kk = c / (O / kChunk), o = c % (O / kChunk) * kChunk;
-}
-
-template <int O>
-__device__ void fetch(const Operand& op, int c, Pack& p) {
-  int o, kk;
-  chunk_origin<O>(op, c, o, kk);
-  const int span_o = op.k_contiguous ? 1 : kChunk, span_k = op.k_contiguous ? kChunk : 1;
-  const dbf16* src = op.base + (op.k_contiguous ? o * op.ld + kk : kk * op.ld + o);
-  if (op.vec && o + span_o <= op.o_valid && kk + span_k <= op.k_valid) {
-    p = *reinterpret_cast<const Pack*>(src);
-    return;
-  }
-  const dbf16 zero = from_float<dbf16>(0.0f);
-  for (int e = 0; e < kChunk; ++e) {
-    const int oe = o + (op.k_contiguous ? 0 : e), ke = kk + (op.k_contiguous ? e : 0);
-    p.v[e] = oe < op.o_valid && ke < op.k_valid ? src[e] : zero;
-  }
-}
-
-template <int O>
-__device__ void stage(const Operand& op, int c, const Pack& p, dbf16 (*tile)[kLdAB]) {
-  int o, kk;
-  chunk_origin<O>(op, c, o, kk);
-  for (int e = 0; e < kChunk; ++e) {
-    if (op.k_contiguous)
-      tile[o][kk + e] = p.v[e];
-    else
-      tile[o + e][kk] = p.v[e];
+// Issues the copies of slice s of op into tile (or, without `vec`, loads and stores it at once).
+// kAsync: every operand of the kernel is vectorizable, so the element path is not compiled in.
+template <bool kKContig, bool kAsync>
+__device__ __forceinline__ void load_slice(const Operand& op, int s, dbf16* tile) {
+  using S = Stage<kKContig>;
+  const long k0 = long(s) * kBK;
+  const dbf16* base = op.base + (kKContig ? k0 : k0 * op.ld);
+  const long k_left = op.k_len - k0;
+  const int k_valid = k_left < kBK ? int(k_left) : kBK;
+  MOE_UNROLL
+  for (int i = 0; i < S::chunks; ++i) {
+    const int c = int(threadIdx.x) + i * kThreads;
+    const int o = kKContig ? c / (kBK / kChunk) : c % (kBM / kChunk) * kChunk;
+    const int kk = kKContig ? c % (kBK / kChunk) * kChunk : c / (kBM / kChunk);
+    dbf16* dst = tile + (kKContig ? o * S::ld + kk : kk * S::ld + o);
+    const dbf16* src = base + (kKContig ? o * op.ld + kk : kk * op.ld + o);
+    if (kAsync || op.vec) {
+      // ld and the extents along the contiguous dimension are multiples of 8: a chunk is whole or out.
+      const bool in = o < op.o_valid && kk < k_valid;
+      cp_async16(dst, in ? src : op.base, in);
+    } else {
+      const dbf16 zero = from_float<dbf16>(0.0f);
+      MOE_UNROLL
+      for (int e = 0; e < kChunk; ++e) {
+        const int oe = o + (kKContig ? 0 : e), ke = kk + (kKContig ? e : 0);
+        dst[e] = oe < op.o_valid && ke < k_valid ? src[e] : zero;
+      }
+    }
   }
 }
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, dbf16, wmma::row_major>;
-using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::col_major>;
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+using Acc = FragC[kFragRows][kFragCols];
 
-// The warp's origin in the tile (2 x 2 warps of kWarpRows x kWarpCols).
+// The warp's origin in the tile (2 x 4 warps of kWarpRows x kWarpCols).
 __device__ __forceinline__ void warp_origin(int& wr, int& wc) {
-  const int warp = threadIdx.x / 32;
+  const int warp = int(threadIdx.x) / 32;
   wr = (warp / (kBN / kWarpCols)) * kWarpRows;
   wc = (warp % (kBN / kWarpCols)) * kWarpCols;
 }
 
-// The warp multiplies its part of the staged slices.
-__device__ void mma_slice(const Tiles& t, FragC (&acc)[kFragRows][kFragCols]) {
-  int wr, wc;
-  warp_origin(wr, wc);
+// The warp multiplies its part of one staged slice: a [m][k] is row_major, [k][m] col_major;
+// b [n][k] is col_major, [k][n] row_major.
+template <bool kAK, bool kBK_>
+__device__ __forceinline__ void mma_slice(const dbf16* sa, const dbf16* sb, Acc& acc, int wr, int wc) {
+  using LA = std::conditional_t<kAK, wmma::row_major, wmma::col_major>;
+  using LB = std::conditional_t<kBK_, wmma::col_major, wmma::row_major>;
+  using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, dbf16, LA>;
+  using FragB = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, LB>;
+  constexpr int lda = Stage<kAK>::ld, ldb = Stage<kBK_>::ld;
+  MOE_UNROLL
   for (int ks = 0; ks < kBK; ks += 16) {
     FragA fa[kFragRows];
     FragB fb[kFragCols];
-    for (int i = 0; i < kFragRows; ++i) wmma::load_matrix_sync(fa[i], &t.a[wr + 16 * i][ks], kLdAB);
-    for (int j = 0; j < kFragCols; ++j) wmma::load_matrix_sync(fb[j], &t.b[wc + 16 * j][ks], kLdAB);
+    MOE_UNROLL
+    for (int i = 0; i < kFragRows; ++i) {
+      const int m = wr + 16 * i;
+      wmma::load_matrix_sync(fa[i], sa + (kAK ? m * lda + ks : ks * lda + m), lda);
+    }
+    MOE_UNROLL
+    for (int j = 0; j < kFragCols; ++j) {
+      const int n = wc + 16 * j;
+      wmma::load_matrix_sync(fb[j], sb + (kBK_ ? n * ldb + ks : ks * ldb + n), ldb);
+    }
+    MOE_UNROLL
     for (int i = 0; i < kFragRows; ++i)
+      MOE_UNROLL
       for (int j = 0; j < kFragCols; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
   }
 }
 
-// acc += sum over the slices of op(A) op(B); `next(s)` gives the operands of slice s (both
-// operands advance by kBK along the reduction), `slices` of them.
-template <class NextA, class NextB>
-__device__ void mainloop(const Tiles& t, FragC (&acc)[kFragRows][kFragCols], int slices, NextA next_a, NextB next_b) {
+// acc = sum over `slices` 32-deep slices of op(A) op(B), through the kStages-deep pipeline. Every
+// thread commits one group per slice slot (empty past the end), so wait<kStages - 2> at slice s
+// always means "slices 0 .. s have landed"; the barrier after it publishes them to every warp and
+// also tells that every warp is done with slice s - 1, whose buffer the next copies overwrite.
+template <bool kAK, bool kBK_, bool kAsync>
+__device__ void mainloop(unsigned char* smem, Acc& acc, int slices, const Operand& a, const Operand& b) {
+  constexpr int kStageBytes = Pipeline<kAK, kBK_>::stage_bytes;
+  auto tile_a = [&](int s) { return reinterpret_cast<dbf16*>(smem + (s % kStages) * kStageBytes); };
+  auto tile_b = [&](int s) {
+    return reinterpret_cast<dbf16*>(smem + (s % kStages) * kStageBytes + Stage<kAK>::bytes);
+  };
+  MOE_UNROLL
   for (int i = 0; i < kFragRows; ++i)
+    MOE_UNROLL
     for (int j = 0; j < kFragCols; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-  Pack pa[kAChunks], pb[kBChunks];
-  if (slices > 0) {
-    const Operand a = next_a(0), b = next_b(0);
-    for (int i = 0; i < kAChunks; ++i) fetch<kBM>(a, threadIdx.x + i * kThreads, pa[i]);
-    for (int i = 0; i < kBChunks; ++i) fetch<kBN>(b, threadIdx.x + i * kThreads, pb[i]);
-  }
-  for (int s = 0; s < slices; ++s) {
-    {
-      const Operand a = next_a(s), b = next_b(s);
-      for (int i = 0; i < kAChunks; ++i) stage<kBM>(a, threadIdx.x + i * kThreads, pa[i], t.a);
-      for (int i = 0; i < kBChunks; ++i) stage<kBN>(b, threadIdx.x + i * kThreads, pb[i], t.b);
-    }
-    __syncthreads();
-    if (s + 1 < slices) {  // the next slice's loads are in flight while the tensor cores work
-      const Operand a = next_a(s + 1), b = next_b(s + 1);
-      for (int i = 0; i < kAChunks; ++i) fetch<kBM>(a, threadIdx.x + i * kThreads, pa[i]);
-      for (int i = 0; i < kBChunks; ++i) fetch<kBN>(b, threadIdx.x + i * kThreads, pb[i]);
-    }
-    mma_slice(t, acc);
-    __syncthreads();  // every warp is done with the slices before they are overwritten
-  }
-}
-
-// Writes the accumulators of rows [0, nrows) x cols [0, ncols) of the tile to out (row stride ld).
-template <class Tout>
-__device__ void store_tile(const Tiles& t, FragC (&acc)[kFragRows][kFragCols], Tout* out, long ld, int nrows, int ncols,
-                           bool accumulate) {
   int wr, wc;
   warp_origin(wr, wc);
+  MOE_UNROLL
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < slices) {
+      load_slice<kAK, kAsync>(a, s, tile_a(s));
+      load_slice<kBK_, kAsync>(b, s, tile_b(s));
+    }
+    cp_async_commit();
+  }
+  for (int s = 0; s < slices; ++s) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    const int next = s + kStages - 1;
+    if (next < slices) {
+      load_slice<kAK, kAsync>(a, next, tile_a(next));
+      load_slice<kBK_, kAsync>(b, next, tile_b(next));
+    }
+    cp_async_commit();
+    mma_slice<kAK, kBK_>(tile_a(s), tile_b(s), acc, wr, wc);
+  }
+  cp_async_wait<0>();  // only empty groups remain, but nothing may land in the output tile
+  __syncthreads();     // every warp is done with the slices before the output tile reuses them
+}
+
+// Writes rows [0, nrows) x cols [0, ncols) of the accumulators to out (row stride ld), adding to
+// what is there when `accumulate`. `vec`: ld and out are 16-byte aligned, so whole 8-column chunks
+// move as 16-byte accesses.
+template <class Tout>
+__device__ void store_tile(unsigned char* smem, Acc& acc, Tout* out, long ld, int nrows, int ncols, bool accumulate,
+                           bool vec) {
+  float* c = reinterpret_cast<float*>(smem);
+  int wr, wc;
+  warp_origin(wr, wc);
+  MOE_UNROLL
   for (int i = 0; i < kFragRows; ++i)
+    MOE_UNROLL
     for (int j = 0; j < kFragCols; ++j)
-      wmma::store_matrix_sync(&t.c[wr + 16 * i][wc + 16 * j], acc[i][j], kLdC, wmma::mem_row_major);
+      wmma::store_matrix_sync(c + (wr + 16 * i) * kLdC + wc + 16 * j, acc[i][j], kLdC, wmma::mem_row_major);
   __syncthreads();
-  for (int idx = threadIdx.x; idx < kBM * kBN; idx += kThreads) {
-    const int r = idx / kBN, c = idx % kBN;
-    if (r < nrows && c < ncols) {
-      Tout* dst = out + r * ld + c;
-      const float v = t.c[r][c] + (accumulate ? to_float(*dst) : 0.0f);
-      *dst = from_float<Tout>(v);
+  constexpr int kPer = 16 / int(sizeof(Tout));  // elements per 16-byte access
+  struct alignas(16) Vec {
+    Tout v[kPer];
+  };
+  for (int idx = int(threadIdx.x); idx < kBM * kBN / kChunk; idx += kThreads) {
+    const int r = idx / (kBN / kChunk), c0 = idx % (kBN / kChunk) * kChunk;
+    if (r >= nrows || c0 >= ncols) continue;
+    const float* src = c + r * kLdC + c0;
+    Tout* dst = out + r * ld + c0;
+    if (vec && c0 + kChunk <= ncols) {
+      MOE_UNROLL
+      for (int h = 0; h < kChunk; h += kPer) {
+        Vec v;
+        if (accumulate) v = *reinterpret_cast<const Vec*>(dst + h);
+        MOE_UNROLL
+        for (int e = 0; e < kPer; ++e)
+          v.v[e] = from_float<Tout>(src[h + e] + (accumulate ? to_float(v.v[e]) : 0.0f));
+        *reinterpret_cast<Vec*>(dst + h) = v;
+      }
+    } else {
+      for (int e = 0; e < kChunk && c0 + e < ncols; ++e)
+        dst[e] = from_float<Tout>(src[e] + (accumulate ? to_float(dst[e]) : 0.0f));
     }
   }
 }
@@ -183,14 +230,16 @@ __global__ void tile_starts_kernel(const int32_t* offsets, int experts, int32_t*
 __device__ __forceinline__ int clamp_extent(long n, int cap) { return n < 0 ? 0 : (n > cap ? cap : int(n)); }
 
 // C rows grouped by expert: C[r, n0..] (+)= A[r, :] op(B_e). kTransB: B_e is stored [n_out, k_red]
-// (the forward's w), else [k_red, n_out] (the input gradient's w). vec_a / vec_b: see Operand.
-template <bool kTransB, class Tout>
-__global__ void __launch_bounds__(kThreads)
+// (the forward's w), else [k_red, n_out] (the input gradient's w). vec_*: see Operand / store_tile.
+// Blocks run column tile fastest: the blocks resident at once cover a few row tiles (and their
+// experts' weights) across all columns, so A and B are each read from DRAM about once.
+template <bool kTransB, bool kAsync, class Tout>
+__global__ void __launch_bounds__(kThreads, 2)
     grouped_rows_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, const int32_t* tile_starts, int experts,
-                        long n_out, long k_red, Tout* C, bool accumulate, bool vec_a, bool vec_b) {
-  MOE_SHARED(Smem, smem, );
-  const Tiles t(smem);
-  const int tile = blockIdx.x;
+                        long n_out, long k_red, Tout* C, bool accumulate, bool vec_a, bool vec_b, bool vec_c) {
+  MOE_DYNAMIC_SHARED(unsigned char, smem);
+  const int col_tiles = int((n_out + kBN - 1) / kBN);
+  const int tile = int(blockIdx.x) / col_tiles;
   if (tile >= tile_starts[experts]) return;  // the grid is an upper bound on the tiles
   int lo = 0, hi = experts - 1;              // the last expert whose first tile is <= tile
   while (lo < hi) {
@@ -202,52 +251,51 @@ __global__ void __launch_bounds__(kThreads)
   }
   const int e = lo;
   const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, row_end = offsets[e + 1];
-  const long n0 = long(blockIdx.y) * kBN;
+  const long n0 = long(int(blockIdx.x) % col_tiles) * kBN;
   const dbf16* Be = B + long(e) * n_out * k_red;
   const int rows = clamp_extent(row_end - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
-  FragC acc[kFragRows][kFragCols];
-  mainloop(
-      t, acc, int((k_red + kBK - 1) / kBK),
-      [&](int s) {
-        const long k0 = long(s) * kBK;
-        return Operand{A + row0 * k_red + k0, k_red, rows, clamp_extent(k_red - k0, kBK), true, vec_a};
-      },
-      [&](int s) {
-        const long k0 = long(s) * kBK;
-        return kTransB ? Operand{Be + n0 * k_red + k0, k_red, cols, clamp_extent(k_red - k0, kBK), true, vec_b}
-                       : Operand{Be + k0 * n_out + n0, n_out, cols, clamp_extent(k_red - k0, kBK), false, vec_b};
-      });
-  store_tile(t, acc, C + row0 * n_out + n0, n_out, rows, cols, accumulate);
+  const Operand a{A + row0 * k_red, k_red, rows, k_red, vec_a};
+  const Operand b = kTransB ? Operand{Be + n0 * k_red, k_red, cols, k_red, vec_b}
+                            : Operand{Be + n0, n_out, cols, k_red, vec_b};
+  Acc acc;
+  mainloop<true, kTransB, kAsync>(smem, acc, int((k_red + kBK - 1) / kBK), a, b);
+  store_tile(smem, acc, C + row0 * n_out + n0, n_out, rows, cols, accumulate, vec_c);
 }
 
 // dW_e[m0.., n0..] (+)= A_e^T B_e over the expert's rows: A [rows, M], B [rows, K], dW [E, M, K].
-template <class Tout>
-__global__ void __launch_bounds__(kThreads)
+template <bool kAsync, class Tout>
+__global__ void __launch_bounds__(kThreads, 2)
     grouped_weights_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, long M, long K, Tout* dW,
-                           bool accumulate, bool vec_a, bool vec_b) {
-  MOE_SHARED(Smem, smem, );
-  const Tiles t(smem);
+                           bool accumulate, bool vec_a, bool vec_b, bool vec_c) {
+  MOE_DYNAMIC_SHARED(unsigned char, smem);
   const int e = blockIdx.y;
   const long tiles_n = (K + kBN - 1) / kBN;
   const long m0 = long(blockIdx.x / tiles_n) * kBM, n0 = long(blockIdx.x % tiles_n) * kBN;
-  const long r_begin = offsets[e], r_end = offsets[e + 1];
+  const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
+  if (r_len == 0 && accumulate) return;  // nothing to add
   const int rows = clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
-  FragC acc[kFragRows][kFragCols];
-  mainloop(
-      t, acc, int((r_end - r_begin + kBK - 1) / kBK),
-      [&](int s) {
-        const long r0 = r_begin + long(s) * kBK;
-        return Operand{A + r0 * M + m0, M, rows, clamp_extent(r_end - r0, kBK), false, vec_a};
-      },
-      [&](int s) {
-        const long r0 = r_begin + long(s) * kBK;
-        return Operand{B + r0 * K + n0, K, cols, clamp_extent(r_end - r0, kBK), false, vec_b};
-      });
-  store_tile(t, acc, dW + long(e) * M * K + m0 * K + n0, K, rows, cols, accumulate);
+  const Operand a{A + r_begin * M + m0, M, rows, r_len, vec_a};
+  const Operand b{B + r_begin * K + n0, K, cols, r_len, vec_b};
+  Acc acc;
+  mainloop<false, false, kAsync>(smem, acc, int((r_len + kBK - 1) / kBK), a, b);
+  store_tile(smem, acc, dW + long(e) * M * K + m0 * K + n0, K, rows, cols, accumulate, vec_c);
 }
 
-// 16-byte loads need the row stride and the base address to be multiples of 8 bf16.
-bool vectorizable(const bf16* p, long ld) { return ld % kChunk == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// 16-byte copies need the row stride and the base address to be multiples of 16 bytes.
+template <class T>
+bool vectorizable(const T* p, long ld) {
+  return (ld * long(sizeof(T))) % 16 == 0 && reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+// Runs f(std::true_type) when both operands are vectorizable (the cp.async-only kernel), else
+// f(std::false_type) (the kernel that picks per operand at run time).
+template <class F>
+void with_async(bool vec_a, bool vec_b, F f) {
+  if (vec_a && vec_b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
 
 void check_args(const char* op, int experts, long rows, long M, long K) {
   MOE_CHECK(experts >= 1 && experts <= 65535 && rows >= 0 && M >= 1 && K >= 1, op, "experts = ", experts,
@@ -261,10 +309,19 @@ void launch_rows(const bf16* A, const bf16* B, const int32_t* offsets, int exper
   Workspace<int32_t> tile_starts{size_t(experts) + 1};
   MOE_LAUNCH(tile_starts_kernel, 1, 32, 0, stream, offsets, experts, tile_starts.get());
   // Each expert's partial last tile adds at most one tile to rows / kBM.
-  const dim3 grid(ceil_div(rows, kBM) + unsigned(experts), ceil_div(n_out, kBN));
-  MOE_LAUNCH((grouped_rows_kernel<kTransB, device_t<Tout>>), grid, kThreads, 0, stream, dev(A), dev(B), offsets,
-             static_cast<const int32_t*>(tile_starts.get()), experts, n_out, k_red, dev(C), accumulate,
-             vectorizable(A, k_red), vectorizable(B, kTransB ? k_red : n_out));
+  const size_t blocks = size_t(ceil_div(rows, kBM) + unsigned(experts)) * ceil_div(n_out, kBN);
+  MOE_CHECK(blocks < (size_t(1) << 31), kTransB ? "cuda::grouped_gemm_nt" : "cuda::grouped_gemm_nn", blocks,
+            " tiles exceed the grid");
+  const bool vec_a = vectorizable(A, k_red), vec_b = vectorizable(B, kTransB ? k_red : n_out);
+  with_async(vec_a, vec_b, [&](auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    constexpr int bytes = Pipeline<true, kTransB>::smem_bytes;
+    allow_dynamic_shared(kTransB ? "cuda::grouped_gemm_nt" : "cuda::grouped_gemm_nn",
+                         grouped_rows_kernel<kTransB, kAsync, device_t<Tout>>, bytes);
+    MOE_LAUNCH((grouped_rows_kernel<kTransB, kAsync, device_t<Tout>>), unsigned(blocks), kThreads, bytes, stream, dev(A),
+               dev(B), offsets, static_cast<const int32_t*>(tile_starts.get()), experts, n_out, k_red, dev(C),
+               accumulate, vec_a, vec_b, vectorizable(C, n_out));
+  });
 }
 
 }  // namespace
@@ -288,8 +345,14 @@ void grouped_gemm_tn(const bf16* dy, const bf16* x, const int32_t* offsets, int 
                      Tout* dw, bool accumulate, cudaStream_t stream) {
   check_args("cuda::grouped_gemm_tn", experts, rows, M, K);
   const dim3 grid(ceil_div(M, kBM) * ceil_div(K, kBN), unsigned(experts));
-  MOE_LAUNCH(grouped_weights_kernel<device_t<Tout>>, grid, kThreads, 0, stream, dev(dy), dev(x), offsets, M, K, dev(dw),
-             accumulate, vectorizable(dy, M), vectorizable(x, K));
+  const bool vec_a = vectorizable(dy, M), vec_b = vectorizable(x, K);
+  with_async(vec_a, vec_b, [&](auto async) {
+    constexpr bool kAsync = decltype(async)::value;
+    constexpr int bytes = Pipeline<false, false>::smem_bytes;
+    allow_dynamic_shared("cuda::grouped_gemm_tn", grouped_weights_kernel<kAsync, device_t<Tout>>, bytes);
+    MOE_LAUNCH((grouped_weights_kernel<kAsync, device_t<Tout>>), grid, kThreads, bytes, stream, dev(dy), dev(x),
+               offsets, M, K, dev(dw), accumulate, vec_a, vec_b, vectorizable(dw, K));
+  });
 }
 
 void experts_forward(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2, const int32_t* offsets, int experts,

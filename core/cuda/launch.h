@@ -44,6 +44,21 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 #endif
 }
 
+// A kernel that takes more than 48 KiB of dynamic shared memory must opt in first (up to 163 KiB on
+// sm_80, 227 KiB on sm_90); `op` names the caller in the error. A no-op under the emulation, whose
+// launch checks the 163 KiB limit itself.
+template <class... Params>
+void allow_dynamic_shared(const char* op, void (*kernel)(Params...), size_t bytes) {
+#ifdef MOE_CUDA_EMULATION
+  (void)op, (void)kernel, (void)bytes;
+#else
+  if (bytes <= 48 * 1024) return;
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (err != cudaSuccess)
+    MOE_FAIL(op, "cudaFuncSetAttribute(", bytes, " bytes of dynamic shared memory): ", cudaGetErrorString(err));
+#endif
+}
+
 inline unsigned ceil_div(size_t n, size_t d) { return unsigned((n + d - 1) / d); }
 
 }  // namespace moe::cuda

@@ -1,10 +1,12 @@
 // Tensor-core grouped GEMM against the CPU: the SwiGLU experts of layers/moe/experts in double
 // (forward, and the input and weight gradients of its autograd backward) on ragged expert groups
 // (an empty expert, one of a single row, one spanning two row tiles) and odd model sizes; and the
-// three GEMM forms on their own with fp32 output and accumulation.
+// three GEMM forms on their own (fp32 and bf16 output, with and without accumulation), on odd
+// sizes (the element-load fallback), multiples of 8 (the cp.async path) and a misaligned base.
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <type_traits>
 
 #include "core/cuda/grouped_gemm.h"
 #include "core/cuda/memory.h"
@@ -81,49 +83,95 @@ TEST(CudaGroupedGemm, SwigluExpertsMatchCpuForwardAndBackward) {
   for (long i = 2 * H * D; i < 3 * H * D; ++i) ASSERT_EQ(g[static_cast<size_t>(i)], 0.0f) << "expert 2 has no rows";
 }
 
-// The three forms with fp32 output on bf16 operands: only the summation order differs from the
-// double loops, so fp32 tolerances apply; accumulate adds onto what is there.
-void check_forms(long M, long K) {
-  const std::vector<int64_t> sizes = {0, 65, 17};  // an expert of 65 rows: two row tiles, the second of one row
-  const int E = 3;
-  const long N = 82;
-  const auto off = offsets_of(sizes);
-  auto a = round_bf16(random_normal(static_cast<size_t>(N * K), 96)),
-       w = round_bf16(random_normal(static_cast<size_t>(E * M * K), 97));
-  auto g = round_bf16(random_normal(static_cast<size_t>(N * M), 98));
-  auto base = random_normal(static_cast<size_t>(N * M), 99);
-  DeviceBuffer<bf16> da = upload<bf16>(a), dw = upload<bf16>(w), dg = upload<bf16>(g);
-  DeviceBuffer<int32_t> doff(to_i32(off));
-  DeviceBuffer<float> y(base), dx(static_cast<size_t>(N * K)), gw(static_cast<size_t>(E * M * K));
-  grouped_gemm_nt(da.get(), dw.get(), doff.get(), E, N, M, K, y.get(), /*accumulate=*/true);
-  grouped_gemm_nn(dg.get(), dw.get(), doff.get(), E, N, M, K, dx.get());
-  grouped_gemm_tn(dg.get(), da.get(), doff.get(), E, N, M, K, gw.get());
-  std::vector<double> wy(static_cast<size_t>(N * M)), wdx(static_cast<size_t>(N * K), 0.0),
-      wgw(static_cast<size_t>(E * M * K), 0.0);
-  for (int e = 0; e < E; ++e)
-    for (long r = off[static_cast<size_t>(e)]; r < off[static_cast<size_t>(e) + 1]; ++r) {
-      for (long m = 0; m < M; ++m) {
-        double s = base[static_cast<size_t>(r * M + m)];
-        for (long k = 0; k < K; ++k)
-          s += double(a[static_cast<size_t>(r * K + k)]) * w[static_cast<size_t>((e * M + m) * K + k)];
-        wy[static_cast<size_t>(r * M + m)] = s;
-        for (long k = 0; k < K; ++k) {
-          wdx[static_cast<size_t>(r * K + k)] +=
-              double(g[static_cast<size_t>(r * M + m)]) * w[static_cast<size_t>((e * M + m) * K + k)];
-          wgw[static_cast<size_t>((e * M + m) * K + k)] +=
-              double(g[static_cast<size_t>(r * M + m)]) * a[static_cast<size_t>(r * K + k)];
-        }
-      }
-    }
-  EXPECT_TRUE(all_near(y.to_host(), wy, 1e-4, 1e-5)) << "nt, accumulated";
-  EXPECT_TRUE(all_near(dx.to_host(), wdx, 1e-4, 1e-5)) << "nn";
-  EXPECT_TRUE(all_near(gw.to_host(), wgw, 1e-4, 1e-5)) << "tn";
-  EXPECT_THROW(grouped_gemm_nt(da.get(), dw.get(), doff.get(), 0, N, M, K, y.get()), Error);
+// The three forms on their own against double loops over the same bf16 operands. Each case sets
+// the output's dtype, `accumulate` (the outputs start as random values that are either kept and
+// added to, or must be overwritten), the expert group sizes (empty experts, 1-row experts, a
+// group spanning two 128-row tiles) and shift_a: x starts one element past a 16-byte boundary, so
+// its copies fall back to element loads while the other operands use cp.async (mixed in one stage).
+// fp32 out: only the summation order differs from the double loops: |err| <= 1e-5 (1 + max |want|)
+// + 1e-5 |want|. bf16 out: one rounding of the fp32 result (2^-9 relative): 5e-3 of the largest
+// entry + 5e-3 |want|.
+struct FormsCase {
+  long M, K;
+  std::vector<int64_t> sizes;
+  bool accumulate;
+  bool shift_a = false;
+};
+
+template <class T>
+std::vector<float> host_f32(const DeviceBuffer<T>& b) {
+  return to_f32(b.to_host());
 }
 
-TEST(CudaGroupedGemm, NtNnTnFormsWithFp32OutputAndAccumulation) {
-  check_forms(131, 33);  // M > one 128-column tile; K not a multiple of 8: element-wise loads
-  check_forms(136, 48);  // multiples of 8: the 16-byte chunk loads
+template <class Tout>
+void check_forms(const FormsCase& fc) {
+  const long M = fc.M, K = fc.K;
+  const auto off = offsets_of(fc.sizes);
+  const int E = int(fc.sizes.size());
+  const long N = off.back();
+  const size_t shift = fc.shift_a ? 1 : 0;
+  auto a_host = round_bf16(random_normal(static_cast<size_t>(N * K) + shift, 96));
+  auto w = round_bf16(random_normal(static_cast<size_t>(E * M * K), 97));
+  auto g = round_bf16(random_normal(static_cast<size_t>(N * M), 98));
+  auto base_y = round_bf16(random_normal(static_cast<size_t>(N * M), 99)),
+       base_dx = round_bf16(random_normal(static_cast<size_t>(N * K), 100)),
+       base_gw = round_bf16(random_normal(static_cast<size_t>(E * M * K), 101));
+  const float* a = a_host.data() + shift;
+  DeviceBuffer<bf16> da = upload<bf16>(a_host), dw = upload<bf16>(w), dg = upload<bf16>(g);
+  DeviceBuffer<int32_t> doff(to_i32(off));
+  DeviceBuffer<Tout> y = upload<Tout>(base_y), dx = upload<Tout>(base_dx), gw = upload<Tout>(base_gw);
+  const bf16* x = da.get() + shift;
+  grouped_gemm_nt(x, dw.get(), doff.get(), E, N, M, K, y.get(), fc.accumulate);
+  grouped_gemm_nn(dg.get(), dw.get(), doff.get(), E, N, M, K, dx.get(), fc.accumulate);
+  grouped_gemm_tn(dg.get(), x, doff.get(), E, N, M, K, gw.get(), fc.accumulate);
+
+  const double keep = fc.accumulate ? 1.0 : 0.0;
+  std::vector<double> wy(static_cast<size_t>(N * M)), wdx(static_cast<size_t>(N * K)),
+      wgw(static_cast<size_t>(E * M * K));
+  for (size_t i = 0; i < wy.size(); ++i) wy[i] = keep * base_y[i];
+  for (size_t i = 0; i < wdx.size(); ++i) wdx[i] = keep * base_dx[i];
+  for (size_t i = 0; i < wgw.size(); ++i) wgw[i] = keep * base_gw[i];
+  for (int e = 0; e < E; ++e)
+    for (long r = off[static_cast<size_t>(e)]; r < off[static_cast<size_t>(e) + 1]; ++r)
+      for (long m = 0; m < M; ++m) {
+        const size_t rm = static_cast<size_t>(r * M + m);
+        for (long k = 0; k < K; ++k) {
+          const size_t rk = static_cast<size_t>(r * K + k), mk = static_cast<size_t>((e * M + m) * K + k);
+          wy[rm] += double(a[rk]) * w[mk];
+          wdx[rk] += double(g[rm]) * w[mk];
+          wgw[mk] += double(g[rm]) * a[rk];
+        }
+      }
+  const bool is_f32 = std::is_same_v<Tout, float>;
+  auto near = [&](const std::vector<float>& got, const std::vector<double>& want) {
+    return is_f32 ? all_near(got, want, 1e-5 * (1.0 + max_abs(want)), 1e-5)
+                  : all_near(got, want, 5e-3 * max_abs(want), 5e-3);
+  };
+  EXPECT_TRUE(near(host_f32(y), wy)) << "nt";
+  EXPECT_TRUE(near(host_f32(dx), wdx)) << "nn";
+  EXPECT_TRUE(near(host_f32(gw), wgw)) << "tn";
+}
+
+// Odd M and K: every operand and output takes the element path (no 16-byte alignment); the nn
+// reduction (M = 101: 4 slices) and the tn one (130 rows: 5) run past the 4-stage prologue.
+TEST(CudaGroupedGemm, UnalignedSizesFp32AccumulateAndBf16Overwrite) {
+  const std::vector<int64_t> sizes = {0, 130, 17, 0, 1};
+  check_forms<float>({101, 33, sizes, true});
+  check_forms<bf16>({101, 33, sizes, false});
+  EXPECT_THROW(grouped_gemm_nt<float>(nullptr, nullptr, nullptr, 0, 1, 1, 1, nullptr), Error);
+}
+
+// Multiples of 8: the cp.async path with zero-filled ragged edges (K = 104: 4 slices, the last a
+// quarter full; M = 136: a second column tile of 8 and 5 slices in nn; 161 rows: 6 in tn), 16-byte
+// output stores, skewed groups.
+const std::vector<int64_t> kSkewedSizes = {161, 0, 6, 24};
+TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathFp32Overwrite) { check_forms<float>({136, 104, kSkewedSizes, false}); }
+TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathBf16Accumulate) { check_forms<bf16>({136, 104, kSkewedSizes, true}); }
+
+// x one element off its 16-byte boundary: its copies (nt's A, tn's B) fall back per element while
+// the other operand of the same stage goes through cp.async.
+TEST(CudaGroupedGemm, MisalignedBaseMixesBothLoadPaths) {
+  check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});
 }
 
 }  // namespace
