@@ -222,7 +222,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   Routing r;
   RouterStatSums stat_sums;  // device routing sums on the device; the host path below
   if (dspec) {
-    DeviceRouting d = route_on_device(x2, router_->weight(), router_->score_function(), *dspec, top_k_, S, z_loss_coef_);
+    DeviceRouting d = route_on_device(x2, router_->weight(), router_->score_function(), *dspec, top_k_, S, z_loss_coef_,
+                                      training());
     r = std::move(d.routing);
     extra_losses_ = std::move(d.losses);
     stat_sums = std::move(d.stat_sums);
