@@ -299,36 +299,36 @@ TEST_F(MoeDeviceRouting, BipStaysOnTheHost) {
 }
 // S-BASE: k > 1 gates are softmax(logits), not renormalized, times gate_scale (the sigmoid router's
 // case computes that softmax besides the scores); k = 1 gates are sigmoid(logits).
+RouteCase sbase_case(const std::string& name, const std::string& score, int top_k, bool eval, double z_loss = 0) {
+  RouteCase c{name, "sinkhorn", score, true, 1.0, z_loss};
+  c.top_k = top_k;
+  c.eval = eval;
+  return c;
+}
 TEST_F(MoeDeviceRouting, SinkhornTrainingSoftmaxWithZLoss) {
-  run_case({"sinkhorn training softmax, scale 1.5, z", "sinkhorn", "softmax", true, 1.5, 1e-2});
+  RouteCase c = sbase_case("sinkhorn training softmax, scale 1.5, z", "softmax", 2, false, 1e-2);
+  c.gate_scale = 1.5;
+  run_case(c);
 }
 TEST_F(MoeDeviceRouting, SinkhornTrainingSigmoidRouter) {
-  run_case({"sinkhorn training, sigmoid router", "sinkhorn", "sigmoid"});
+  run_case(sbase_case("sinkhorn training, sigmoid router", "sigmoid", 2, false));
 }
 TEST_F(MoeDeviceRouting, SinkhornTrainingTop1SmallTemperatureWithDrops) {
-  RouteCase c{"sinkhorn training k = 1, xi 0.05, capacity 0.7", "sinkhorn", "softmax"};
-  c.top_k = 1;
+  RouteCase c = sbase_case("sinkhorn training k = 1, xi 0.05, capacity 0.7", "softmax", 1, false);
   c.temperature = 0.05;
   c.max_iters = 20;
   c.capacity = 0.7;
   run_case(c);
 }
 TEST_F(MoeDeviceRouting, SinkhornTrainingBf16Activations) {
-  RouteCase c{"sinkhorn training bf16", "sinkhorn"};
+  RouteCase c = sbase_case("sinkhorn training bf16", "softmax", 2, false);
   c.act = DType::bf16;
   run_case(c);
 }
 TEST_F(MoeDeviceRouting, SinkhornEvalRanksTheScores) {
-  RouteCase c{"sinkhorn eval, sigmoid router", "sinkhorn", "sigmoid", true, 1.0, 1e-2};
-  c.eval = true;
-  run_case(c);
+  run_case(sbase_case("sinkhorn eval, sigmoid router, z", "sigmoid", 2, true, 1e-2));
 }
-TEST_F(MoeDeviceRouting, SinkhornEvalTop1) {
-  RouteCase c{"sinkhorn eval k = 1", "sinkhorn"};
-  c.eval = true;
-  c.top_k = 1;
-  run_case(c);
-}
+TEST_F(MoeDeviceRouting, SinkhornEvalTop1) { run_case(sbase_case("sinkhorn eval k = 1", "softmax", 1, true)); }
 
 // The backend's top-k with a bias against the host select_topk on shifted_scores, with exact
 // ties in s + b (ties go to the lower index on both) and a row whose bias reorders it.
