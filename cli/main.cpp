@@ -13,6 +13,9 @@
 #ifdef MOE_WITH_CUDA
 #include "core/cuda/ops/cuda_backend.h"
 #endif
+#ifdef MOE_WITH_NCCL
+#include "parallel/nccl_communicator.h"
+#endif
 
 namespace {
 
@@ -60,6 +63,13 @@ int main(int argc, char** argv) {
   ensure_passive_omp_wait(argv);
 #ifdef MOE_WITH_CUDA
   moe::cuda::register_backend();  // used only by a run with train.device = "cuda"
+#endif
+#ifdef MOE_WITH_NCCL
+  // Data parallelism with train.device = "cuda": the grads' all-reduce runs on the GPUs.
+  moe::register_device_communicator_factory(
+      [](std::shared_ptr<moe::Communicator> host) -> std::shared_ptr<moe::Communicator> {
+        return moe::make_nccl_communicator(std::move(host));
+      });
 #endif
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
     usage(argc < 2 ? stderr : stdout);

@@ -101,5 +101,20 @@ if(MOE_CUDA_SOURCES)
       MOE_BINARY_DIR="${CMAKE_BINARY_DIR}")
     gtest_discover_tests(moetrain_cuda_emu_tests DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 600 LABELS cuda_emu)
   endif()
+
+  # Data parallelism on the device under mpirun, kernels emulated (tests/cuda/mpi; main() of the
+  # MPI tests: every rank runs GoogleTest, one exit code for the job).
+  file(GLOB moe_mpi_cuda_test_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/cuda/mpi/*_test.cpp)
+  if(moe_mpi_cuda_test_sources AND MPIEXEC_EXECUTABLE)
+    add_executable(moetrain_mpi_cuda_emu_tests ${moe_mpi_cuda_test_sources} ${CMAKE_SOURCE_DIR}/tests/mpi/mpi_main.cpp)
+    set_target_properties(moetrain_mpi_cuda_emu_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+    target_link_libraries(moetrain_mpi_cuda_emu_tests PRIVATE moetrain_cuda_emu moetrain_lib GTest::gtest)
+    target_compile_definitions(moetrain_mpi_cuda_emu_tests PRIVATE MOE_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+      MOE_BINARY_DIR="${CMAKE_BINARY_DIR}")
+    add_test(NAME mpi_cuda_emu_np2 COMMAND ${MPIEXEC_EXECUTABLE} --oversubscribe ${MPIEXEC_NUMPROC_FLAG} 2
+             $<TARGET_FILE:moetrain_mpi_cuda_emu_tests>)
+    set_tests_properties(mpi_cuda_emu_np2 PROPERTIES TIMEOUT 900 LABELS "mpi;cuda_emu" RESOURCE_LOCK mpi_ranks
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMP_NUM_THREADS=1")
+  endif()
 endif()
 include(${CMAKE_SOURCE_DIR}/cmake/nccl.cmake)

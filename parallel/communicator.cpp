@@ -216,6 +216,21 @@ bool mpi_active() {
   return init && !fin;
 }
 
+namespace {
+DeviceCommunicatorFactory g_device_communicator_factory = nullptr;
+}  // namespace
+
+void register_device_communicator_factory(DeviceCommunicatorFactory factory) {
+  g_device_communicator_factory = factory;
+}
+
+std::shared_ptr<Communicator> make_device_communicator(std::shared_ptr<Communicator> host) {
+  if (host->size() == 1 || !g_device_communicator_factory) return host;
+  // Host staging on request: ranks sharing one GPU (NCCL refuses that), or a check without NCCL.
+  if (const char* choice = std::getenv("MOE_DEVICE_COMM"); choice && std::string(choice) == "mpi") return host;
+  return g_device_communicator_factory(std::move(host));
+}
+
 std::shared_ptr<Communicator> world_communicator() {
   if (!mpi_active()) return make_self_communicator();
   return std::make_shared<MpiCommunicator>(MPI_COMM_WORLD);

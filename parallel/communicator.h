@@ -18,6 +18,9 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual std::string backend() const = 0;
+  // True when collectives take device (cuda) pointers in place (NCCL); else buffers are host
+  // memory and device data is staged through the host.
+  virtual bool takes_device_buffers() const { return false; }
 
   virtual void all_reduce_sum(double* data, size_t n) = 0;
   virtual void all_reduce_sum(float* data, size_t n) = 0;
@@ -56,6 +59,14 @@ std::shared_ptr<Communicator> make_self_communicator();
 // MPI_COMM_WORLD as a Communicator when MPI is initialized (mpi_init below), else the
 // single-process communicator.
 std::shared_ptr<Communicator> world_communicator();
+
+// The communicator for data on the cuda device between the ranks of `host` (the MPI world): the
+// registered factory's (the CLI registers NCCL when built with it), else `host` itself, whose
+// collectives then go through host copies. A world of one returns `host`; so does
+// MOE_DEVICE_COMM=mpi in the environment (ranks that share one GPU, which NCCL refuses).
+using DeviceCommunicatorFactory = std::shared_ptr<Communicator> (*)(std::shared_ptr<Communicator> host);
+void register_device_communicator_factory(DeviceCommunicatorFactory factory);
+std::shared_ptr<Communicator> make_device_communicator(std::shared_ptr<Communicator> host);
 
 // MPI start-up for `moetrain train`: MPI_Init_thread (MPI_THREAD_FUNNELED: only the main thread
 // calls MPI; OpenMP threads never do). Called without a launcher, OpenMPI starts a singleton world

@@ -29,6 +29,7 @@ class NcclCommunicator final : public Communicator {
   int rank() const override;
   int size() const override;
   std::string backend() const override { return "nccl"; }
+  bool takes_device_buffers() const override { return true; }
   int device() const;  // this rank's CUDA device
   using Communicator::all_reduce_avg;  // the std::vector overloads (host memory: staged)
   using Communicator::all_reduce_sum;

@@ -7,6 +7,7 @@
 
 #include "core/autograd.h"
 #include "core/cpu/elementwise.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 #include "optim/clip.h"
 
@@ -16,31 +17,78 @@ namespace {
 // Parameters packed per bucket (a larger parameter gets a bucket of its own).
 constexpr size_t kGradBucket = size_t(1) << 22;
 
-// These reductions pack grads through host memory (MPI); grads on the cuda device would go
-// over NCCL, which is not wired here: refuse them with one line instead of a data() throw.
+// Expert-parallel clipping reduces host grads only (expert parallelism is refused on the device).
 void require_host(const std::vector<Tensor>& params, const char* op) {
   for (const Tensor& p : params)
     MOE_CHECK(p.device() == Device::cpu, op, "parameter '", p.name(),
-              "' is on the cuda device: multi-process training reduces grads on the host only (run one process "
-              "with train.device = \"cuda\", or several on the CPU)");
+              "' is on the cuda device: expert parallelism runs on the CPU only");
+}
+
+// The bucket [i, j) of params: parameters packed up to kGradBucket elements (a larger one alone).
+size_t bucket_end(const std::vector<Tensor>& params, size_t i, size_t& n) {
+  size_t j = i;
+  n = 0;
+  while (j < params.size() && (j == i || n + size_t(params[j].numel()) <= kGradBucket)) n += size_t(params[j++].numel());
+  return j;
+}
+
+// Grads on the cuda device (fp32 masters): each bucket is packed into one device buffer, summed in
+// place by a communicator that takes device buffers (NCCL) or through one host copy each way
+// (MPI), scaled on the device and unpacked into fresh grads.
+void all_reduce_device_grads(const std::vector<Tensor>& params, const std::vector<double>& defined,
+                             Communicator& comm, double scale) {
+  NoGradGuard ng;
+  for (size_t i = 0; i < params.size();) {
+    size_t n = 0;
+    const size_t j = bucket_end(params, i, n);
+    Tensor buf = Tensor::zeros({int64_t(n)}, DType::f32, Device::cuda);
+    int64_t off = 0;
+    for (size_t k = i; k < j; ++k) {
+      const int64_t m = params[k].numel();
+      MOE_CHECK(params[k].device() == Device::cuda && params[k].dtype() == DType::f32, "gradient all-reduce",
+                "parameter '", params[k].name(), "': expected fp32 on the cuda device like the others");
+      Tensor g = params[k].grad();
+      if (g.defined()) buf.slice(0, off, off + m).copy_(g.reshape({m}));
+      off += m;
+    }
+    if (comm.takes_device_buffers()) {
+      cuda_backend("gradient all-reduce").synchronize();  // the packing kernels are done
+      comm.all_reduce_sum(buf.device_data<float>(), n);
+    } else {
+      Tensor host = buf.to(Device::cpu);
+      comm.all_reduce_sum(host.data<float>(), n);
+      buf = host.to(Device::cuda);
+    }
+    if (scale != 1.0) buf = mul_scalar(buf, scale);
+    off = 0;
+    for (size_t k = i; k < j; ++k) {
+      const int64_t m = params[k].numel();
+      if (defined[k] > 0) {
+        Tensor p = params[k];  // a handle: the grad is set on the shared parameter
+        p.set_grad(buf.slice(0, off, off + m).reshape(params[k].shape()).clone());
+      }
+      off += m;
+    }
+    i = j;
+  }
 }
 }  // namespace
 
 void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, double scale) {
   if (params.empty() || (comm.size() == 1 && scale == 1.0)) return;
-  require_host(params, "gradient all-reduce");
   const DType dt = params[0].dtype();
   for (auto& p : params) MOE_CHECK(p.dtype() == dt, "gradient all-reduce", "parameters of mixed dtypes");
   std::vector<double> defined(params.size());
   for (size_t i = 0; i < params.size(); ++i) defined[i] = params[i].grad().defined() ? 1.0 : 0.0;
   comm.all_reduce_sum(defined);
+  if (params[0].device() == Device::cuda) return all_reduce_device_grads(params, defined, comm, scale);
   dispatch_float(dt, "gradient all-reduce", [&](auto tag) {
     using T = decltype(tag);
     const T s = T(scale);
     std::vector<T> buf;
     for (size_t i = 0; i < params.size();) {
-      size_t j = i, n = 0;
-      while (j < params.size() && (j == i || n + size_t(params[j].numel()) <= kGradBucket)) n += size_t(params[j++].numel());
+      size_t n = 0;
+      const size_t j = bucket_end(params, i, n);
       buf.assign(n, T(0));
       size_t off = 0;
       for (size_t k = i; k < j; ++k) {

@@ -12,7 +12,9 @@ namespace moe {
 // buckets of up to 4 Mi elements, parameters in list order (identical on every rank; a
 // collective). A grad undefined on every rank stays undefined (as in one process); defined on
 // some rank, the missing ones count as zeros. All parameters must share one floating dtype.
-// With one rank and scale 1 nothing happens.
+// With one rank and scale 1 nothing happens. Grads on the cuda device (fp32) are packed and scaled
+// on the device; comm sums them in place when it takes device buffers (NCCL), else through one
+// host copy each way.
 void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, double scale);
 
 // The L2 norm of the grads of the whole model when each rank holds the replicated (dense)

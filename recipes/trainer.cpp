@@ -110,14 +110,18 @@ class Trainer {
         run_dir_(resolve_run_dir(recipe, opt)) {
     check_same_recipe();
     if (r_.train.device == "cuda") {
-      if (comm_->size() > 1)
-        throw Error("train.device = \"cuda\" with " + std::to_string(comm_->size()) +
-                    " ranks: parallel training on the device is not wired yet (grads would need NCCL); run one "
-                    "process, or train.device = \"cpu\" under mpirun");
+      if (r_.parallel.ep > 1)
+        throw Error("train.device = \"cuda\" with parallel.ep = " + std::to_string(r_.parallel.ep) +
+                    ": expert parallelism is not available on the device yet; set parallel.ep = 1 (data "
+                    "parallelism) or train.device = \"cpu\"");
       CudaBackend& be = require_cuda_device("train.device = \"cuda\"");
       be.set_activation_dtype(r_.train.cuda_activations == "fp32" ? DType::f32 : DType::bf16);
       device_ = Device::cuda;
       device_text_ = be.describe() + ", " + r_.train.cuda_activations + " activations, fp32 master weights";
+      // Data parallelism on the device: grads are summed by NCCL where the program links it,
+      // else through host copies over the MPI world.
+      device_comm_ = make_device_communicator(comm_);
+      if (comm_->size() > 1) device_text_ += ", grads all-reduced over " + device_comm_->backend();
     }
     groups_ = make_process_groups(comm_, r_.parallel.ep, r_.model.moe.num_experts, r_.model.use_moe);
     layout_ = groups_.layout;
@@ -336,6 +340,11 @@ class Trainer {
   // summed over the DP group (the ranks holding the same experts) and divided by the world size.
   void average_gradients() {
     if (comm_->size() == 1) return;
+    if (device_ == Device::cuda) {  // no expert parallelism there: every parameter is replicated
+      all_reduce_grads(dense_params_, *device_comm_, 1.0 / double(comm_->size()));
+      all_reduce_grads(expert_params_, *device_comm_, 1.0 / double(comm_->size()));
+      return;
+    }
     all_reduce_grads(dense_params_, *comm_, 1.0 / double(comm_->size()));
     all_reduce_grads(expert_params_, *groups_.dp, 1.0 / double(comm_->size()));
   }
@@ -734,6 +743,7 @@ class Trainer {
   Recipe r_;
   TrainOptions opt_;
   std::shared_ptr<Communicator> comm_;
+  std::shared_ptr<Communicator> device_comm_;  // the grads' all-reduce on the device (make_device_communicator)
   bool root_ = true;
   std::ostream& out_;
   std::string run_dir_;

@@ -1,133 +1,163 @@
-// The bf16 flash-attention forward on tensor cores: per block 64 query rows (16 per warp) against
-// 64-key tiles; S = Q K^T and O += P V are wmma products (bf16 operands, fp32 accumulation). The
-// API leaves a fragment's lane layout unspecified, so the running output O lives in shared memory
-// (fp32) and the online softmax rescales it there, one warp per its own 16 rows.
+// The bf16 flash-attention forward on tensor cores, FlashAttention-2 style: a block of 4 warps
+// takes 64 kM query rows, each warp kM groups of 16, against 64-key tiles of K and V in shared
+// memory. Everything per row stays in registers with the documented mma.sync layout
+// (core/cuda/mma.h): the warp's Q fragments (loaded once), the scores S = Q K^T (m16n8k16, fp32
+// accumulators), the online softmax on them (a row's max and sum over the 4 lanes that hold it, by
+// __shfl_xor_sync), P converted in registers to A fragments (bf16), and the running output
+// O += P V with its rescale. Each K / V fragment read from shared memory feeds kM = 2 row groups
+// (32 rows per warp, 128 per block, as FlashAttention-2), halving the shared-memory reads per
+// product against 16 rows per warp. Head dims up to kFlashMaxHeadDim, padded with zeros to a
+// multiple of 16; compiled for padded dims up to 64 (Q fragments in registers) and up to 128 (Q
+// re-read from shared memory per k-step, to stay within 255 registers without spills).
 #include <cmath>
+#include <cstdint>
 
 #include "core/cuda/attention_internal.h"
 #include "core/cuda/launch.h"
-#include "core/cuda/wmma.h"
+#include "core/cuda/mma.h"
 
 namespace moe::cuda::attention_detail {
 namespace {
 
-namespace wmma = nvcuda::wmma;
+constexpr int kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
 
-constexpr int kRows = 64, kKeys = 64, kWarps = 4, kThreads = kWarps * 32, kWarpRows = kRows / kWarps;
-constexpr int kMaxDp = kFlashMaxHeadDim;  // head dim padded to a multiple of 16
+// Q (64 kM rows), K and V tiles of bf16 with rows of dp + 8 elements: 16-byte aligned rows for
+// ldmatrix, and the 8-element skew puts the 8 rows one ldmatrix phase reads in 8 bank groups.
+size_t forward_shared_bytes(int dp, int kM) {
+  return size_t(kWarps * 16 * kM + 2 * kKeys) * size_t(dp + 8) * sizeof(dbf16);
+}
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, dbf16, wmma::row_major>;
-using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::col_major>;
-using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::row_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-// Shared memory layout for a padded head dim dp (a multiple of 16): bf16 tiles with rows of
-// dp + 8 (16-byte multiples keep every fragment 32-byte aligned), fp32 tiles with rows of n + 4.
-struct Layout {
-  int ldh, lds, ldp, ldo;
-  size_t q, k, v, s, p, o, m, l, bytes;
-  __host__ __device__ explicit Layout(int dp) : ldh(dp + 8), lds(kKeys + 4), ldp(kKeys + 8), ldo(dp + 4) {
-    auto up = [](size_t b) { return (b + 127) / 128 * 128; };
-    q = 0;
-    k = up(q + size_t(kRows) * ldh * 2);
-    v = up(k + size_t(kKeys) * ldh * 2);
-    s = up(v + size_t(kKeys) * ldh * 2);
-    p = up(s + size_t(kRows) * lds * 4);
-    o = up(p + size_t(kRows) * ldp * 2);
-    m = up(o + size_t(kRows) * ldo * 4);
-    l = m + kRows * 4;
-    bytes = l + kRows * 4;
-  }
-};
-
+// kMaxDp: the largest padded head dim this instance handles (64 or 128); dp (a multiple of 16,
+// <= kMaxDp) is the actual one, so loops run to kMaxDp with a uniform early exit. kM: groups of
+// 16 rows per warp. scale_log2 = log2(e) / sqrt(D): the softmax runs in base 2 (exp2f).
+template <int kMaxDp, int kM>
 __global__ void __launch_bounds__(kThreads)
-    flash_forward_tc_kernel(const dbf16* q, const dbf16* k, const dbf16* v, dbf16* o, float* lse, HeadStrides hs,
-                            long S, int D, int dp, float scale) {
-  MOE_DYNAMIC_SHARED(unsigned char, smem);
-  const Layout L(dp);
-  dbf16* sQ = reinterpret_cast<dbf16*>(smem + L.q);
-  dbf16* sK = reinterpret_cast<dbf16*>(smem + L.k);
-  dbf16* sV = reinterpret_cast<dbf16*>(smem + L.v);
-  float* sS = reinterpret_cast<float*>(smem + L.s);
-  dbf16* sP = reinterpret_cast<dbf16*>(smem + L.p);
-  float* sO = reinterpret_cast<float*>(smem + L.o);
-  float* sM = reinterpret_cast<float*>(smem + L.m);
-  float* sL = reinterpret_cast<float*>(smem + L.l);
-  const long head = blockIdx.y, r0 = long(blockIdx.x) * kRows;
-  const long rows = S - r0 < kRows ? S - r0 : kRows;
-  const long base = hs.base(head, S, D), rs = hs.row;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, wr = warp * kWarpRows;
+    flash_forward_mma_kernel(const dbf16* q, const dbf16* k, const dbf16* v, dbf16* o, float* lse, HeadStrides hs,
+                             long S, int D, int dp, float scale_log2, bool vec) {
+  constexpr int kRows = kWarps * 16 * kM, kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kKeys / 8;
+  MOE_DYNAMIC_SHARED(dbf16, smem);
+  const int ld = dp + 8, nks = dp / 16;
+  dbf16* sQ = smem;
+  dbf16* sK = sQ + kRows * ld;
+  dbf16* sV = sK + kKeys * ld;
+  const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const RowTile w(S, kRows, 16 * kM, warp, lane);
+  const long r0 = w.r0, rows = w.rows;
+  load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
+  __syncthreads();
+  // Q's A fragments: kept in registers when they are few (kM * dp <= 128), else re-read from
+  // shared memory at each k-step (as FlashAttention-2 does by default).
+  constexpr bool kQInRegisters = kM * kMaxDp <= 128;
+  const dbf16* q_rows = sQ + warp * kM * 16 * ld;
+  uint32_t qa[kQInRegisters ? kKSteps : 1][kM][4];
+  MOE_UNROLL
+  for (int ks = 0; ks < (kQInRegisters ? kKSteps : 0); ++ks)
+    MOE_UNROLL
+  for (int m = 0; m < kM; ++m)
+    if (ks < nks) load_a(qa[ks][m], q_rows + m * 16 * ld, ld, ks, lane);
 
-  load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, L.ldh);
-  for (int i = threadIdx.x; i < kRows * dp; i += kThreads) sO[i / dp * L.ldo + i % dp] = 0.0f;
-  if (threadIdx.x < kRows) sM[threadIdx.x] = -INFINITY, sL[threadIdx.x] = 0.0f;
+  float acc[kM][kOTiles][4];
+  MOE_UNROLL
+  for (int m = 0; m < kM; ++m) zero(acc[m]);
+  float m_run[kM][2], l_run[kM][2];  // rows g and g + 8 of each group; l per lane
+  MOE_UNROLL
+  for (int m = 0; m < kM; ++m) m_run[m][0] = m_run[m][1] = -INFINITY, l_run[m][0] = l_run[m][1] = 0.0f;
 
-  const long last_row = r0 + rows - 1;
-  for (long c0 = 0; c0 <= last_row; c0 += kKeys) {
+  for (long c0 = 0; c0 < r0 + rows; c0 += kKeys) {
     const long cols = S - c0 < kKeys ? S - c0 : kKeys;
     __syncthreads();  // every warp is done with the previous K / V tile
-    load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, L.ldh);
-    load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, L.ldh);
+    load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, ld, vec);
+    load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, ld, vec);
     __syncthreads();
+    if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
-    // S_w = Q_w K^T for the warp's 16 rows: K row-major [key][d] is a col_major matrix_b.
-    for (int j = 0; j < kKeys / 16; ++j) {
-      FragC acc;
-      wmma::fill_fragment(acc, 0.0f);
-      for (int d0 = 0; d0 < dp; d0 += 16) {
-        FragA a;
-        FragBCol b;
-        wmma::load_matrix_sync(a, sQ + wr * L.ldh + d0, L.ldh);
-        wmma::load_matrix_sync(b, sK + (16 * j) * L.ldh + d0, L.ldh);
-        wmma::mma_sync(acc, a, b, acc);
+    // S = Q K^T for 16 kM rows x 64 keys; key blocks past the warp's last row stay 0 (masked
+    // below, and P V skips them).
+    const int blocks = w.key_blocks(c0, kKeys);
+    float s[kM][kSTiles][4];
+    MOE_UNROLL
+    for (int m = 0; m < kM; ++m) zero(s[m]);
+    MOE_UNROLL
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      if (ks >= nks) break;
+      if constexpr (kQInRegisters) {
+        mma_rows_t(s, qa[ks], sK, ld, ks, blocks, lane);
+      } else {
+        MOE_UNROLL
+        for (int m = 0; m < kM; ++m) load_a(qa[0][m], q_rows + m * 16 * ld, ld, ks, lane);
+        mma_rows_t(s, qa[0], sK, ld, ks, blocks, lane);
       }
-      wmma::store_matrix_sync(sS + wr * L.lds + 16 * j, acc, L.lds, wmma::mem_row_major);
     }
-    __syncwarp();
-
-    // Online softmax: two lanes per row, each over half the keys, combined by one shuffle.
-    const int r = wr + lane / 2, half = lane % 2;
-    const long row = r0 + r;
-    float mx = -INFINITY;
-    for (int j = half * (kKeys / 2); j < (half + 1) * (kKeys / 2); ++j)
-      if (r < rows && j < cols && c0 + j <= row) mx = fmaxf(mx, sS[r * L.lds + j] * scale);
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    const float m_old = sM[r], m_new = fmaxf(m_old, mx);
-    float sum = 0.0f;
-    for (int j = half * (kKeys / 2); j < (half + 1) * (kKeys / 2); ++j) {
-      float p = 0.0f;
-      if (m_new != -INFINITY && r < rows && j < cols && c0 + j <= row) p = expf(sS[r * L.lds + j] * scale - m_new);
-      sP[r * L.ldp + j] = from_float<dbf16>(p);  // V is multiplied by bf16 P; the sum stays fp32 (as FA2)
-      sum += p;
+    // Causal mask where the tile reaches past a row of the warp; keys past S (zero rows of K) are
+    // past every valid row, so the same test masks them.
+    if (c0 + kKeys - 1 > w.first) {
+      MOE_UNROLL
+      for (int m = 0; m < kM; ++m)
+        MOE_UNROLL
+      for (int n = 0; n < kSTiles; ++n)
+        MOE_UNROLL
+      for (int e = 0; e < 4; ++e)
+        if (c0 + n * 8 + 2 * t + (e & 1) > w.row(m, e >> 1)) s[m][n][e] = -INFINITY;
     }
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    const float alpha = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);
-    for (int d = half; d < dp; d += 2) sO[r * L.ldo + d] *= alpha;
-    __syncwarp();  // both lanes of the row have read sM before it changes
-    if (half == 0) sM[r] = m_new, sL[r] = sL[r] * alpha + sum;
-    __syncwarp();
 
-    // O_w += P_w V: V row-major [key][d] is a row_major matrix_b.
-    for (int n0 = 0; n0 < dp; n0 += 16) {
-      FragC acc;
-      wmma::load_matrix_sync(acc, sO + wr * L.ldo + n0, L.ldo, wmma::mem_row_major);
-      for (int j0 = 0; j0 < kKeys; j0 += 16) {
-        FragA a;
-        FragBRow b;
-        wmma::load_matrix_sync(a, sP + wr * L.ldp + j0, L.ldp);
-        wmma::load_matrix_sync(b, sV + j0 * L.ldh + n0, L.ldh);
-        wmma::mma_sync(acc, a, b, acc);
+    // Online softmax per row (h = 0: row g, registers 0-1; h = 1: row g + 8, registers 2-3).
+    MOE_UNROLL
+    for (int m = 0; m < kM; ++m)
+      MOE_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      float mx = -INFINITY;
+      MOE_UNROLL
+      for (int n = 0; n < kSTiles; ++n) mx = fmaxf(mx, fmaxf(s[m][n][2 * h], s[m][n][2 * h + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullWarp, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(kFullWarp, mx, 2));
+      const float m_new = fmaxf(m_run[m][h], mx * scale_log2);
+      const float m_base = m_new == -INFINITY ? 0.0f : m_new;  // a row with nothing unmasked yet
+      const float alpha = exp2f(m_run[m][h] - m_base);         // 0 on the first tile
+      m_run[m][h] = m_new;
+      float sum = 0.0f;
+      MOE_UNROLL
+      for (int n = 0; n < kSTiles; ++n)
+        MOE_UNROLL
+      for (int j = 0; j < 2; ++j) {
+        const float p = exp2f(fmaf(s[m][n][2 * h + j], scale_log2, -m_base));
+        s[m][n][2 * h + j] = p;
+        sum += p;  // fp32 P in the sum, bf16 P in the product (as FlashAttention-2)
       }
-      wmma::store_matrix_sync(sO + wr * L.ldo + n0, acc, L.ldo, wmma::mem_row_major);
+      l_run[m][h] = l_run[m][h] * alpha + sum;
+      MOE_UNROLL
+      for (int n = 0; n < kOTiles; ++n) acc[m][n][2 * h] *= alpha, acc[m][n][2 * h + 1] *= alpha;
     }
-    __syncwarp();
+
+    mma_scores_rows(acc, s, sV, ld, nks, blocks, lane);  // O += P V
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < kRows * D; i += kThreads) {
-    const int r = i / D, d = i % D;
-    if (r < rows) o[base + (r0 + r) * rs + d] = from_float<dbf16>(sO[r * L.ldo + d] / sL[r]);
+
+  // Each lane summed its own columns of the row: add the row's 4 lanes, then normalize and store.
+  MOE_UNROLL
+  for (int m = 0; m < kM; ++m) {
+    MOE_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      l_run[m][h] += __shfl_xor_sync(kFullWarp, l_run[m][h], 1);
+      l_run[m][h] += __shfl_xor_sync(kFullWarp, l_run[m][h], 2);
+      const float inv = 1.0f / l_run[m][h];
+      MOE_UNROLL
+      for (int n = 0; n < kOTiles; ++n) acc[m][n][2 * h] *= inv, acc[m][n][2 * h + 1] *= inv;
+      const long row = w.row(m, h);
+      if (row < S && t == 0) lse[head * S + row] = m_run[m][h] * float(M_LN2) + logf(l_run[m][h]);
+    }
+    const long first = w.first + 16 * m;
+    store_rows(acc[m], o + base + first * rs, rs, S - first, D, dp, 1.0f, lane);
   }
-  if (threadIdx.x < rows) lse[head * S + r0 + threadIdx.x] = sM[threadIdx.x] + logf(sL[threadIdx.x]);
+}
+
+template <int kMaxDp, int kM>
+void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads, long seq,
+                    int head_dim, int dp, HeadStrides hs, bool vec, cudaStream_t stream) {
+  const size_t bytes = forward_shared_bytes(dp, kM);
+  allow_shared(flash_forward_mma_kernel<kMaxDp, kM>, bytes, "cuda::flash_attention_forward");
+  const float scale_log2 = float(M_LOG2E / std::sqrt(double(head_dim)));
+  MOE_LAUNCH((flash_forward_mma_kernel<kMaxDp, kM>), dim3(ceil_div(seq, kWarps * 16 * kM), unsigned(batch_heads)),
+             kThreads, bytes, stream, dev(q), dev(k), dev(v), dev(out), lse, hs, seq, head_dim, dp, scale_log2, vec);
 }
 
 }  // namespace
@@ -135,17 +165,11 @@ __global__ void __launch_bounds__(kThreads)
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,
                                 long seq, int head_dim, HeadStrides hs, cudaStream_t stream) {
   const int dp = (head_dim + 15) / 16 * 16;
-  const Layout L(dp);
-#ifndef MOE_CUDA_EMULATION
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (sm_80: up to 163 KiB).
-  const cudaError_t err = cudaFuncSetAttribute(flash_forward_tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               int(Layout(kMaxDp).bytes));
-  MOE_CHECK(err == cudaSuccess, "cuda::flash_attention_forward", "cudaFuncSetAttribute(", Layout(kMaxDp).bytes,
-            " bytes of shared memory): ", cudaGetErrorString(err));
-#endif
-  const float scale = float(1.0 / std::sqrt(double(head_dim)));
-  MOE_LAUNCH(flash_forward_tc_kernel, dim3(ceil_div(seq, kRows), unsigned(batch_heads)), kThreads, L.bytes, stream,
-             dev(q), dev(k), dev(v), dev(out), lse, hs, seq, head_dim, dp, scale);
+  const bool vec = vector_loads_ok(head_dim, {q, k, v});
+  if (dp <= 64)
+    launch_forward<64, 2>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
+  else
+    launch_forward<kFlashMaxHeadDim, 2>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
 }
 
 }  // namespace moe::cuda::attention_detail

@@ -1,212 +1,178 @@
-// The bf16 flash-attention backward on tensor cores, deterministic like the fp32 one: dK / dV by
-// one block per 64-key tile (each warp owns 16 keys; query tiles of 32 rows), dQ by one block per
-// 64-row tile (each warp owns 16 rows). P is recomputed from the saved logsumexp; S, dP and every
-// product are wmma (bf16 operands, fp32 accumulation); dS = P (dP - delta) uses the fp32 P.
-// Accumulators live in shared memory (fp32), since a fragment's lane layout is unspecified.
+// The bf16 flash-attention backward on tensor cores, FlashAttention-2 style and deterministic like
+// the fp32 one (no atomics): dK / dV by one block per 64-key tile (each warp owns 16 keys, query
+// rows in steps of 32), dQ by one block per 64-row tile (each warp owns 16 rows, keys in steps of
+// 64). The scores, P (recomputed from the saved logsumexp), dP, dS = P (dP - delta) and the dK,
+// dV, dQ accumulators stay in registers with the mma.sync layout (core/cuda/mma.h); operand
+// tiles come from shared memory by ldmatrix. P and dS are rounded to bf16 as product operands only.
 #include <cmath>
+#include <cstdint>
 
 #include "core/cuda/attention_internal.h"
 #include "core/cuda/launch.h"
-#include "core/cuda/wmma.h"
 
 namespace moe::cuda::attention_detail {
 namespace {
 
-namespace wmma = nvcuda::wmma;
-
 constexpr int kThreads = 128, kTile = 64, kKvRows = 32;  // keys or rows per block; rows per dK/dV step
 
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, dbf16, wmma::row_major>;
-using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::col_major>;
-using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, dbf16, wmma::row_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-size_t align128(size_t b) { return (b + 127) / 128 * 128; }
-
-// Byte offsets of the shared arrays: bf16 tiles have rows of dp + 8, fp32 score tiles rows of
-// n + 4, bf16 score tiles rows of n + 8, fp32 accumulators rows of dp + 4 (all keep fragments
-// 32-byte aligned). `wide` = the big operand tile's rows (keys or rows), `narrow` = the other.
-struct BwdLayout {
-  int ldh, lds, ldb, ldo;
-  size_t wide1, wide2, narrow1, narrow2, s, dp, p, ds, acc, lse, delta, bytes;
-  BwdLayout(int dpad, int wide_rows, int narrow_rows, int score_rows, int score_cols, int accumulators)
-      : ldh(dpad + 8), lds(score_cols + 4), ldb(score_cols + 8), ldo(dpad + 4) {
-    wide1 = 0;
-    wide2 = align128(wide1 + size_t(wide_rows) * ldh * 2);
-    narrow1 = align128(wide2 + size_t(wide_rows) * ldh * 2);
-    narrow2 = align128(narrow1 + size_t(narrow_rows) * ldh * 2);
-    s = align128(narrow2 + size_t(narrow_rows) * ldh * 2);
-    dp = align128(s + size_t(score_rows) * lds * 4);
-    p = align128(dp + size_t(score_rows) * lds * 4);
-    ds = align128(p + size_t(score_rows) * ldb * 2);
-    acc = align128(ds + size_t(score_rows) * ldb * 2);
-    lse = align128(acc + size_t(wide_rows) * ldo * 4 * accumulators);
-    delta = lse + 4 * 64;
-    bytes = delta + 4 * 64;
-  }
-};
-BwdLayout kv_layout(int dpad) { return BwdLayout(dpad, kTile, kKvRows, kTile, kKvRows, 2); }  // dK, dV
-BwdLayout q_layout(int dpad) { return BwdLayout(dpad, kTile, kTile, kTile, kTile, 1); }       // dQ
-
-struct Ptrs {
-  dbf16 *wide1, *wide2, *narrow1, *narrow2, *p, *ds;
-  float *s, *dp, *acc, *lse, *delta;
-};
-__device__ Ptrs carve(unsigned char* smem, const BwdLayout& L) {
-  return Ptrs{reinterpret_cast<dbf16*>(smem + L.wide1),   reinterpret_cast<dbf16*>(smem + L.wide2),
-              reinterpret_cast<dbf16*>(smem + L.narrow1), reinterpret_cast<dbf16*>(smem + L.narrow2),
-              reinterpret_cast<dbf16*>(smem + L.p),       reinterpret_cast<dbf16*>(smem + L.ds),
-              reinterpret_cast<float*>(smem + L.s),       reinterpret_cast<float*>(smem + L.dp),
-              reinterpret_cast<float*>(smem + L.acc),     reinterpret_cast<float*>(smem + L.lse),
-              reinterpret_cast<float*>(smem + L.delta)};
+// bf16 tiles with rows of dp + 8 (as the forward); dK/dV also keeps a step's lse and delta.
+size_t dkdv_shared_bytes(int dp) {
+  return size_t(2 * kTile + 2 * kKvRows) * size_t(dp + 8) * sizeof(dbf16) + 2 * kKvRows * sizeof(float);
 }
+size_t dq_shared_bytes(int dp) { return size_t(4 * kTile) * size_t(dp + 8) * sizeof(dbf16); }
 
-// out[16 x 16n] = a[16 x dp] b^T for b stored row-major [16n][dp] (a col_major matrix_b), into an
-// fp32 tile with row stride ldo.
-__device__ void rows_times_rows_t(const dbf16* a, const dbf16* b, int ldh, int dp, int n, float* out, int ldo) {
-  for (int j = 0; j < n; ++j) {
-    FragC acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int d0 = 0; d0 < dp; d0 += 16) {
-      FragA fa;
-      FragBCol fb;
-      wmma::load_matrix_sync(fa, a + d0, ldh);
-      wmma::load_matrix_sync(fb, b + 16 * j * ldh + d0, ldh);
-      wmma::mma_sync(acc, fa, fb, acc);
-    }
-    wmma::store_matrix_sync(out + 16 * j, acc, ldo, wmma::mem_row_major);
+// For one warp: s = A B^T and dpv = C E^T, A and C the warp's 16 rows (a, c), B and E row-major
+// [n][d] tiles, n-tile pairs < pairs, d over nks k-steps.
+template <int kTiles, int kKSteps>
+__device__ void scores_and_dp(float (&s)[kTiles][4], float (&dpv)[kTiles][4], const dbf16* a, const dbf16* b,
+                              const dbf16* c, const dbf16* e, int ld, int nks, int pairs, int lane) {
+  zero(s);
+  zero(dpv);
+  MOE_UNROLL
+  for (int ks = 0; ks < kKSteps; ++ks) {
+    if (ks >= nks) break;
+    uint32_t frag[4];
+    load_a(frag, a, ld, ks, lane);
+    mma_rows_t(s, frag, b, ld, ks, pairs, lane);
+    load_a(frag, c, ld, ks, lane);
+    mma_rows_t(dpv, frag, e, ld, ks, pairs, lane);
   }
 }
 
-// acc[16 x dp] (fp32, row stride ldo) += a[16 x kdim] (bf16, row stride lda) b[kdim x dp] (bf16
-// row-major, row stride ldh).
-__device__ void accumulate_product(float* acc, int ldo, const dbf16* a, int lda, const dbf16* b, int ldh, int kdim,
-                                   int dp) {
-  for (int n0 = 0; n0 < dp; n0 += 16) {
-    FragC c;
-    wmma::load_matrix_sync(c, acc + n0, ldo, wmma::mem_row_major);
-    for (int k0 = 0; k0 < kdim; k0 += 16) {
-      FragA fa;
-      FragBRow fb;
-      wmma::load_matrix_sync(fa, a + k0, lda);
-      wmma::load_matrix_sync(fb, b + k0 * ldh + n0, ldh);
-      wmma::mma_sync(c, fa, fb, c);
-    }
-    wmma::store_matrix_sync(acc + n0, c, ldo, wmma::mem_row_major);
-  }
-}
-
-__device__ void load_row_stats(const float* lse, const float* delta, long row_base, long r0, long rows, int n,
-                               float* s_lse, float* s_delta) {
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    s_lse[i] = i < rows ? lse[row_base + r0 + i] : 0.0f;
-    s_delta[i] = i < rows ? delta[row_base + r0 + i] : 0.0f;
-  }
-}
-
-// One block per key tile: the warp's 16 keys; S^T = K Q^T and dP^T = V dO^T per 32-row step.
+// One block per key tile; the warp's 16 keys: S^T = K Q^T and dP^T = V dO^T per 32-row step, then
+// dV += P^T dO and dK += dS^T Q. scale_log2 = log2(e) / sqrt(D); lse is kept in base-2 units.
+template <int kMaxDp>
 __global__ void __launch_bounds__(kThreads)
-    dkdv_tc_kernel(const dbf16* q, const dbf16* k, const dbf16* v, const dbf16* dout, const float* lse,
-                   const float* delta, dbf16* dk, dbf16* dv, HeadStrides hs, long S, int D, int dpad, float scale,
-                   BwdLayout L) {
-  MOE_DYNAMIC_SHARED(unsigned char, smem);
-  const Ptrs t = carve(smem, L);
-  dbf16 *sK = t.wide1, *sV = t.wide2, *sQ = t.narrow1, *sdO = t.narrow2;
-  float *sdK = t.acc, *sdV = t.acc + kTile * L.ldo;
+    dkdv_mma_kernel(const dbf16* q, const dbf16* k, const dbf16* v, const dbf16* dout, const float* lse,
+                    const float* delta, dbf16* dk, dbf16* dv, HeadStrides hs, long S, int D, int dp, float scale,
+                    float scale_log2, bool vec) {
+  constexpr int kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kKvRows / 8;
+  MOE_DYNAMIC_SHARED(dbf16, smem);
+  const int ld = dp + 8, nks = dp / 16;
+  dbf16* sK = smem;
+  dbf16* sV = sK + kTile * ld;
+  dbf16* sQ = sV + kTile * ld;
+  dbf16* sdO = sQ + kKvRows * ld;
+  float* sLse = reinterpret_cast<float*>(sdO + kKvRows * ld);
+  float* sDelta = sLse + kKvRows;
+  // The first key tiles see the most rows; they have the lowest block indices, so they go first.
   const long head = blockIdx.y, c0 = long(blockIdx.x) * kTile, cols = S - c0 < kTile ? S - c0 : kTile;
   const long base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, kw = warp * 16;
-  load_rows(k + base, rs, c0, cols, kTile, D, dpad, sK, L.ldh);
-  load_rows(v + base, rs, c0, cols, kTile, D, dpad, sV, L.ldh);
-  for (int i = threadIdx.x; i < 2 * kTile * L.ldo; i += kThreads) sdK[i] = 0.0f;  // sdK and sdV
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
+  const long key0 = c0 + warp * 16, key_lo = key0 + g, key_hi = key_lo + 8;
+  load_rows(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
+  load_rows(v + base, rs, c0, cols, kTile, D, dp, sV, ld, vec);
+  float dk_acc[kOTiles][4], dv_acc[kOTiles][4];
+  zero(dk_acc);
+  zero(dv_acc);
   for (long r0 = c0; r0 < S; r0 += kKvRows) {  // rows before c0 see none of these keys
     const long rows = S - r0 < kKvRows ? S - r0 : kKvRows;
+    __syncthreads();  // every warp is done with the previous step's tiles
+    load_rows(q + base, rs, r0, rows, kKvRows, D, dp, sQ, ld, vec);
+    load_rows(dout + base, rs, r0, rows, kKvRows, D, dp, sdO, ld, vec);
+    for (int i = threadIdx.x; i < kKvRows; i += kThreads) {
+      sLse[i] = i < rows ? lse[row_base + r0 + i] * float(M_LOG2E) : 0.0f;
+      sDelta[i] = i < rows ? delta[row_base + r0 + i] : 0.0f;
+    }
     __syncthreads();
-    load_rows(q + base, rs, r0, rows, kKvRows, D, dpad, sQ, L.ldh);
-    load_rows(dout + base, rs, r0, rows, kKvRows, D, dpad, sdO, L.ldh);
-    load_row_stats(lse, delta, row_base, r0, rows, kKvRows, t.lse, t.delta);
-    __syncthreads();
-    rows_times_rows_t(sK + kw * L.ldh, sQ, L.ldh, dpad, kKvRows / 16, t.s + kw * L.lds, L.lds);
-    rows_times_rows_t(sV + kw * L.ldh, sdO, L.ldh, dpad, kKvRows / 16, t.dp + kw * L.lds, L.lds);
-    __syncwarp();
-    for (int e = lane; e < 16 * kKvRows; e += 32) {
-      const int key = kw + e / kKvRows, row = e % kKvRows;
+    if (r0 + kKvRows - 1 < key0) continue;  // every row of the step is before the warp's keys
+
+    float st[kSTiles][4], dpt[kSTiles][4];
+    scores_and_dp<kSTiles, kKSteps>(st, dpt, sK + warp * 16 * ld, sQ, sV + warp * 16 * ld, sdO, ld, nks,
+                                    kKvRows / 16, lane);
+    // (key, row) entries: P^T = exp2(S^T scale_log2 - lse2), dS^T = P^T (dP^T - delta), zero where
+    // the row is past S or before the key (keys past S are past every row).
+    MOE_UNROLL
+    for (int n = 0; n < kSTiles; ++n)
+      MOE_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const int r = n * 8 + 2 * t + (e & 1);
       float p = 0.0f, ds = 0.0f;
-      if (key < cols && row < rows && c0 + key <= r0 + row) {
-        p = expf(scale * t.s[key * L.lds + row] - t.lse[row]);
-        ds = p * (t.dp[key * L.lds + row] - t.delta[row]);
+      if (r < rows && (e < 2 ? key_lo : key_hi) <= r0 + r) {
+        p = exp2f(fmaf(st[n][e], scale_log2, -sLse[r]));
+        ds = p * (dpt[n][e] - sDelta[r]);
       }
-      t.p[key * L.ldb + row] = from_float<dbf16>(p);
-      t.ds[key * L.ldb + row] = from_float<dbf16>(ds);
+      st[n][e] = p;
+      dpt[n][e] = ds;
     }
-    __syncwarp();
-    accumulate_product(sdV + kw * L.ldo, L.ldo, t.p + kw * L.ldb, L.ldb, sdO, L.ldh, kKvRows, dpad);  // P^T dO
-    accumulate_product(sdK + kw * L.ldo, L.ldo, t.ds + kw * L.ldb, L.ldb, sQ, L.ldh, kKvRows, dpad);  // dS^T Q
+    mma_scores_rows(dv_acc, st, sdO, ld, nks, kKvRows / 16, lane);  // dV += P^T dO
+    mma_scores_rows(dk_acc, dpt, sQ, ld, nks, kKvRows / 16, lane);  // dK += dS^T Q
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < kTile * D; i += kThreads) {
-    const int key = i / D, d = i % D;
-    if (key < cols) {
-      const long at = base + (c0 + key) * rs + d;
-      dk[at] = from_float<dbf16>(scale * sdK[key * L.ldo + d]);
-      dv[at] = from_float<dbf16>(sdV[key * L.ldo + d]);
-    }
-  }
+  store_rows(dk_acc, dk + base + key0 * rs, rs, S - key0, D, dp, scale, lane);
+  store_rows(dv_acc, dv + base + key0 * rs, rs, S - key0, D, dp, 1.0f, lane);
 }
 
-// One block per 64-row tile: the warp's 16 rows; S = Q K^T, dP = dO V^T per 64-key step.
+// One block per 64-row tile; the warp's 16 rows: S = Q K^T and dP = dO V^T per 64-key step, then
+// dQ += dS K.
+template <int kMaxDp>
 __global__ void __launch_bounds__(kThreads)
-    dq_tc_kernel(const dbf16* q, const dbf16* k, const dbf16* v, const dbf16* dout, const float* lse,
-                 const float* delta, dbf16* dq, HeadStrides hs, long S, int D, int dpad, float scale, BwdLayout L) {
-  MOE_DYNAMIC_SHARED(unsigned char, smem);
-  const Ptrs t = carve(smem, L);
-  dbf16 *sQ = t.wide1, *sdO = t.wide2, *sK = t.narrow1, *sV = t.narrow2;
-  float* sdQ = t.acc;
-  const long head = blockIdx.y, r0 = long(blockIdx.x) * kTile, rows = S - r0 < kTile ? S - r0 : kTile;
-  const long base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, rw = warp * 16;
-  load_rows(q + base, rs, r0, rows, kTile, D, dpad, sQ, L.ldh);
-  load_rows(dout + base, rs, r0, rows, kTile, D, dpad, sdO, L.ldh);
-  load_row_stats(lse, delta, row_base, r0, rows, kTile, t.lse, t.delta);
-  for (int i = threadIdx.x; i < kTile * L.ldo; i += kThreads) sdQ[i] = 0.0f;
+    dq_mma_kernel(const dbf16* q, const dbf16* k, const dbf16* v, const dbf16* dout, const float* lse,
+                  const float* delta, dbf16* dq, HeadStrides hs, long S, int D, int dp, float scale, float scale_log2,
+                  bool vec) {
+  constexpr int kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kTile / 8;
+  MOE_DYNAMIC_SHARED(dbf16, smem);
+  const int ld = dp + 8, nks = dp / 16;
+  dbf16* sQ = smem;
+  dbf16* sdO = sQ + kTile * ld;
+  dbf16* sK = sdO + kTile * ld;
+  dbf16* sV = sK + kTile * ld;
+  const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
+  const RowTile w(S, kTile, 16, warp, lane);
+  const long r0 = w.r0, rows = w.rows;
+  load_rows(q + base, rs, r0, rows, kTile, D, dp, sQ, ld, vec);
+  load_rows(dout + base, rs, r0, rows, kTile, D, dp, sdO, ld, vec);
+  float lse2[2], dl[2];  // rows g and g + 8
+  MOE_UNROLL
+  for (int h = 0; h < 2; ++h) {
+    const long row = h ? w.hi : w.lo;
+    lse2[h] = row < S ? lse[row_base + row] * float(M_LOG2E) : 0.0f;
+    dl[h] = row < S ? delta[row_base + row] : 0.0f;
+  }
+  float dq_acc[kOTiles][4];
+  zero(dq_acc);
   for (long c0 = 0; c0 < r0 + rows; c0 += kTile) {
     const long cols = S - c0 < kTile ? S - c0 : kTile;
+    __syncthreads();  // every warp is done with the previous K / V tile
+    load_rows(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
+    load_rows(v + base, rs, c0, cols, kTile, D, dp, sV, ld, vec);
     __syncthreads();
-    load_rows(k + base, rs, c0, cols, kTile, D, dpad, sK, L.ldh);
-    load_rows(v + base, rs, c0, cols, kTile, D, dpad, sV, L.ldh);
-    __syncthreads();
-    rows_times_rows_t(sQ + rw * L.ldh, sK, L.ldh, dpad, kTile / 16, t.s + rw * L.lds, L.lds);
-    rows_times_rows_t(sdO + rw * L.ldh, sV, L.ldh, dpad, kTile / 16, t.dp + rw * L.lds, L.lds);
-    __syncwarp();
-    for (int e = lane; e < 16 * kTile; e += 32) {
-      const int row = rw + e / kTile, key = e % kTile;
+    if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
+
+    const int blocks = w.key_blocks(c0, kTile);
+    float s[kSTiles][4], dpv[kSTiles][4];
+    scores_and_dp<kSTiles, kKSteps>(s, dpv, sQ + warp * 16 * ld, sK, sdO + warp * 16 * ld, sV, ld, nks, blocks,
+                                    lane);
+    MOE_UNROLL
+    for (int n = 0; n < kSTiles; ++n)
+      MOE_UNROLL
+    for (int e = 0; e < 4; ++e) {
+      const long row = e < 2 ? w.lo : w.hi;
       float ds = 0.0f;
-      if (row < rows && key < cols && c0 + key <= r0 + row) {
-        const float p = expf(scale * t.s[row * L.lds + key] - t.lse[row]);
-        ds = p * (t.dp[row * L.lds + key] - t.delta[row]);
+      if (row < S && c0 + n * 8 + 2 * t + (e & 1) <= row) {
+        const float p = exp2f(fmaf(s[n][e], scale_log2, -lse2[e >> 1]));
+        ds = p * (dpv[n][e] - dl[e >> 1]);
       }
-      t.ds[row * L.ldb + key] = from_float<dbf16>(ds);
+      s[n][e] = ds;
     }
-    __syncwarp();
-    accumulate_product(sdQ + rw * L.ldo, L.ldo, t.ds + rw * L.ldb, L.ldb, sK, L.ldh, kTile, dpad);  // dS K
+    mma_scores_rows(dq_acc, s, sK, ld, nks, blocks, lane);  // dQ += dS K
   }
-  __syncthreads();
-  for (int i = threadIdx.x; i < kTile * D; i += kThreads) {
-    const int row = i / D, d = i % D;
-    if (row < rows) dq[base + (r0 + row) * rs + d] = from_float<dbf16>(scale * sdQ[row * L.ldo + d]);
-  }
+  store_rows(dq_acc, dq + base + w.first * rs, rs, S - w.first, D, dp, scale, lane);
 }
 
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes) {
-#ifndef MOE_CUDA_EMULATION
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (sm_80: up to 163 KiB).
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  MOE_CHECK(err == cudaSuccess, "cuda::flash_attention_backward", "cudaFuncSetAttribute(", bytes,
-            " bytes of shared memory): ", cudaGetErrorString(err));
-#else
-  (void)kernel, (void)bytes;
-#endif
+template <int kMaxDp>
+void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
+                     const float* delta, bf16* dq, bf16* dk, bf16* dv, long batch_heads, long seq, int head_dim,
+                     int dp, HeadStrides hs, bool vec, cudaStream_t stream) {
+  const size_t kv_bytes = dkdv_shared_bytes(dp), q_bytes = dq_shared_bytes(dp);
+  allow_shared(dkdv_mma_kernel<kMaxDp>, kv_bytes, "cuda::flash_attention_backward");
+  allow_shared(dq_mma_kernel<kMaxDp>, q_bytes, "cuda::flash_attention_backward");
+  const float scale = float(1.0 / std::sqrt(double(head_dim))), scale_log2 = float(M_LOG2E) * scale;
+  const dim3 grid(ceil_div(seq, kTile), unsigned(batch_heads));
+  MOE_LAUNCH((dkdv_mma_kernel<kMaxDp>), grid, kThreads, kv_bytes, stream, dev(q), dev(k), dev(v), dev(dout), lse,
+             delta, dev(dk), dev(dv), hs, seq, head_dim, dp, scale, scale_log2, vec);
+  MOE_LAUNCH((dq_mma_kernel<kMaxDp>), grid, kThreads, q_bytes, stream, dev(q), dev(k), dev(v), dev(dout), lse, delta,
+             dev(dq), hs, seq, head_dim, dp, scale, scale_log2, vec);
 }
 
 }  // namespace
@@ -214,15 +180,13 @@ void allow_shared(Kernel kernel, size_t bytes) {
 void flash_backward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                                  const float* delta, bf16* dq, bf16* dk, bf16* dv, long batch_heads, long seq,
                                  int head_dim, HeadStrides hs, cudaStream_t stream) {
-  const int dpad = (head_dim + 15) / 16 * 16;
-  const float scale = float(1.0 / std::sqrt(double(head_dim)));
-  const BwdLayout kv = kv_layout(dpad), ql = q_layout(dpad);
-  allow_shared(dkdv_tc_kernel, kv_layout(kFlashMaxHeadDim).bytes);
-  allow_shared(dq_tc_kernel, q_layout(kFlashMaxHeadDim).bytes);
-  MOE_LAUNCH(dkdv_tc_kernel, dim3(ceil_div(seq, kTile), unsigned(batch_heads)), kThreads, kv.bytes, stream, dev(q),
-             dev(k), dev(v), dev(dout), lse, delta, dev(dk), dev(dv), hs, seq, head_dim, dpad, scale, kv);
-  MOE_LAUNCH(dq_tc_kernel, dim3(ceil_div(seq, kTile), unsigned(batch_heads)), kThreads, ql.bytes, stream, dev(q),
-             dev(k), dev(v), dev(dout), lse, delta, dev(dq), hs, seq, head_dim, dpad, scale, ql);
+  const int dp = (head_dim + 15) / 16 * 16;
+  const bool vec = vector_loads_ok(head_dim, {q, k, v, dout});
+  if (dp <= 64)
+    launch_backward<64>(q, k, v, dout, lse, delta, dq, dk, dv, batch_heads, seq, head_dim, dp, hs, vec, stream);
+  else
+    launch_backward<kFlashMaxHeadDim>(q, k, v, dout, lse, delta, dq, dk, dv, batch_heads, seq, head_dim, dp, hs, vec,
+                                      stream);
 }
 
 }  // namespace moe::cuda::attention_detail

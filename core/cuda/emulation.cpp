@@ -212,6 +212,20 @@ void warp_collective(const char* what, uint64_t uniform) {
                " passed different arguments (pointer, ldm, layout) or reached different warp-collective calls");
 }
 
+// ---- mma.sync / ldmatrix (core/cuda/mma.h) ----
+void warp_gather(const char* what, const uint64_t* mine, int words, uint64_t* all) {
+  for (int w = 0; w < words; ++w) {
+    uint64_t slot[32];
+    unsigned live = 0;
+    warp_exchange(kFullWarp, mine[w], slot, live);
+    if (live != kFullWarp)
+      MOE_FAIL("cuda emulation", what, " needs all 32 lanes of the warp, but only lanes 0x", std::hex, live,
+               " took part (a partial warp, an exited lane, or a divergent call)");
+    std::memcpy(all + size_t(w) * 32, slot, sizeof slot);
+  }
+}
+// ---- end mma.sync / ldmatrix ----
+
 void check_wmma_operand(const char* what, const void* ptr, unsigned ldm, size_t element_bytes) {
   MOE_CHECK(reinterpret_cast<uintptr_t>(ptr) % 32 == 0, "cuda emulation", what, ": pointer ", ptr,
             " is not 256-bit aligned");

@@ -188,6 +188,14 @@ T __ldg(const T* p) {
   return *p;
 }
 
+// ---- mma.sync / ldmatrix (core/cuda/mma.h) ----
+namespace moe::cuda::emu {
+// A warp-collective exchange of `words` 8-byte values per lane: all[w * 32 + l] is lane l's
+// mine[w]. All 32 lanes of a full warp must take part, else every lane throws naming `what`.
+void warp_gather(const char* what, const uint64_t* mine, int words, uint64_t* all);
+}  // namespace moe::cuda::emu
+// ---- end mma.sync / ldmatrix ----
+
 #include "core/cuda/emulation_wmma.h"
 
 #endif  // MOE_CUDA_EMULATION

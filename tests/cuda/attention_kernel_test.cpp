@@ -104,16 +104,21 @@ TEST(CudaFlashAttention, SequenceMajorLayoutF32) {
   check_attention<float>(2, 3, 21, 24, 107, 2e-5, 1e-4, AttentionLayout::kBSHD);
 }
 
-// bf16 runs on tensor cores (64-row x 64-key tiles, head dim padded to 16s): one tile, several
-// row and key tiles (the online rescale across tiles), and the largest head dim.
+// bf16 runs on tensor cores (64-key tiles; forward row tiles of 128 rows up to padded head dim
+// 64, of 64 rows above; backward 64-key and 64-row tiles; head dim padded to 16s): one tile,
+// several row and key tiles (the online rescale across tiles), head dims 16, 20 (not a multiple of 8: no vector loads, odd pairs at the
+// edge), 24, 40 (padded to 48), 64 and the largest, both layouts, several batches and heads.
 TEST(CudaFlashAttention, MatchesCpuOpBf16) {
   check_attention<bf16>(1, 2, 45, 24, 105, 2e-2, 2e-2);
   check_attention<bf16>(1, 1, 51, 64, 106, 2e-2, 2e-2);
+  check_attention<bf16>(2, 3, 37, 16, 110, 2e-2, 2e-2);
+  check_attention<bf16>(1, 2, 33, 20, 111, 2e-2, 2e-2, AttentionLayout::kBSHD);
 }
 
 TEST(CudaFlashAttention, Bf16AcrossTilesAndAtTheLargestHeadDim) {
-  check_attention<bf16>(1, 1, 100, 40, 108, 2e-2, 2e-2);
+  check_attention<bf16>(1, 1, 150, 40, 108, 2e-2, 2e-2);  // two 128-row forward tiles
   check_attention<bf16>(2, 2, 19, 128, 109, 2e-2, 2e-2, AttentionLayout::kBSHD);
+  check_attention<bf16>(1, 1, 70, 128, 112, 2e-2, 2e-2);
 }
 
 TEST(CudaFlashAttention, RejectsHeadDimAboveTheLimit) {

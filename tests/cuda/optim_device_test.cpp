@@ -290,22 +290,95 @@ TEST_F(OptimDevice, BackendSumOfSquaresAndScale) {
   EXPECT_THROW(be.scale_(d.transpose(0, 1), 2.0), Error);  // in place needs one flat array
 }
 
-// The multi-process grad reductions pack grads through host memory: device parameters are
-// refused with one line naming the parameter (not a data() throw from deep inside).
-TEST_F(OptimDevice, ParallelGradReductionsRefuseDeviceParameters) {
+// A communicator of `ranks` identical ranks (every all-reduce sum multiplies by ranks), over host
+// buffers or, like NCCL, over device buffers in place (under the emulation device memory is host
+// memory, so the test can read it either way).
+class ReplicaCommunicator final : public Communicator {
+ public:
+  ReplicaCommunicator(int ranks, bool device) : ranks_(ranks), device_(device) {}
+  int rank() const override { return 0; }
+  int size() const override { return ranks_; }
+  std::string backend() const override { return device_ ? "replica (device buffers)" : "replica"; }
+  bool takes_device_buffers() const override { return device_; }
+  void all_reduce_sum(double* d, size_t n) override { scale(d, n); }
+  void all_reduce_sum(float* d, size_t n) override { scale(d, n), ++float_calls; }
+  void all_reduce_max(double*, size_t) override {}
+  std::vector<double> all_gather(const double* d, size_t n) override { return std::vector<double>(d, d + n); }
+  std::vector<uint64_t> all_gather(const uint64_t* d, size_t n) override { return std::vector<uint64_t>(d, d + n); }
+  void broadcast(double*, size_t, int) override {}
+  void broadcast(uint64_t*, size_t, int) override {}
+  void alltoallv(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override {}
+  void alltoallv(const double*, const std::vector<int64_t>&, double*, const std::vector<int64_t>&) override {}
+  void barrier() override {}
+  std::shared_ptr<Communicator> split(int, int) override { return nullptr; }
+  int float_calls = 0;
+
+ private:
+  template <class T>
+  void scale(T* d, size_t n) {
+    for (size_t i = 0; i < n; ++i) d[i] *= T(ranks_);
+  }
+  int ranks_;
+  bool device_;
+};
+
+// Data parallelism on the device: the grads are packed into a device buffer per bucket, summed by
+// the communicator (in place when it takes device buffers, else through one host copy each way),
+// scaled on the device and unpacked. With 3 identical replicas and scale 1/3 every grad comes back
+// equal to itself up to fp32 rounding (1e-6 relative); an undefined grad stays undefined. The
+// in-place branch runs under the emulation only: the replica cannot touch GPU memory from the host.
+TEST_F(OptimDevice, ParallelGradAllReduceOnTheDevice) {
+  std::vector<Tensor> params;
+  std::vector<std::vector<float>> want;
+  for (int i = 0; i < 4; ++i) {
+    Tensor p = Tensor::zeros({3 + i, 5}, DType::f32, Device::cuda).set_requires_grad(true);
+    p.set_name("p" + std::to_string(i));
+    if (i != 2) {  // p2 has no grad on any rank
+      Tensor g = test::random_host({3 + i, 5}, 40 + uint64_t(i));
+      want.push_back(g.to_vector<float>());
+      p.set_grad(g.to(Device::cuda));
+    } else {
+      want.emplace_back();
+    }
+    params.push_back(p);
+  }
+#ifdef MOE_CUDA_EMULATION
+  for (bool device_buffers : {false, true}) {
+#else
+  for (bool device_buffers : {false}) {
+#endif
+    SCOPED_TRACE(device_buffers ? "device buffers (NCCL-like)" : "host buffers (MPI)");
+    ReplicaCommunicator comm(3, device_buffers);
+    all_reduce_grads(params, comm, 1.0 / 3.0);
+    EXPECT_EQ(comm.float_calls, 1) << "the four small parameters share one bucket";
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (i == 2) {
+        EXPECT_FALSE(params[i].grad().defined());
+        continue;
+      }
+      Tensor g = params[i].grad();
+      ASSERT_TRUE(g.defined());
+      EXPECT_EQ(g.device(), Device::cuda);
+      EXPECT_EQ(g.shape(), params[i].shape());
+      std::vector<float> got = g.to_vector<float>();
+      for (size_t k = 0; k < got.size(); ++k) EXPECT_NEAR(got[k], want[i][k], 1e-6 * std::abs(want[i][k]) + 1e-7);
+    }
+  }
+}
+
+// Expert-parallel clipping reduces host grads only (expert parallelism is refused on the device):
+// device parameters are refused with one line naming the parameter.
+TEST_F(OptimDevice, ExpertParallelClippingRefusesDeviceParameters) {
   Tensor p = Tensor::zeros({4}, DType::f32, Device::cuda).set_requires_grad(true);
   p.set_name("blocks.0.attn.wq.weight");
   p.set_grad(Tensor::ones({4}, DType::f32, Device::cuda));
   auto self = make_self_communicator();
-  for (auto call : {std::function<void()>([&] { all_reduce_grads({p}, *self, 0.5); }),
-                    std::function<void()>([&] { clip_grad_norm_expert_parallel({p}, {}, *self, 1.0); })}) {
-    try {
-      call();
-      FAIL() << "expected a throw";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("'blocks.0.attn.wq.weight' is on the cuda device"), std::string::npos)
-          << e.what();
-    }
+  try {
+    clip_grad_norm_expert_parallel({p}, {}, *self, 1.0);
+    FAIL() << "expected a throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'blocks.0.attn.wq.weight' is on the cuda device"), std::string::npos)
+        << e.what();
   }
 }
 
