@@ -112,6 +112,12 @@ class CudaBackend {
   // RouterStatSums of scores [T, Cs] and logits [T, C] (fp32, on the device; experts <= C),
   // summed there: only E + 2 numbers come down. No autograd.
   virtual RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) = 0;
+  // S-BASE's Sinkhorn plan of logits [T, E] (fp32): Pi [T, E] fp32 on the device, rows summing to
+  // 1 / T and columns to 1 / E (core/cuda/sinkhorn.h; the host sinkhorn_plan's iterations and
+  // stopping rule: temperature xi, at most max_iters, mean change of d1 below tol). No autograd
+  // (the plan only selects). Sets *iterations (when given) to the alternations run.
+  virtual Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
+                               int* iterations = nullptr) = 0;
 
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

@@ -211,7 +211,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
   // anyway, so the extra wait costs next to nothing.
   if (training() && x.device() == Device::cuda) cuda_backend("MoeLayer.forward").synchronize();
   const Clock::time_point routing_start = Clock::now();
-  // The plain top-k strategies route on the device when x is there (device_routing.h); every
+  // The plain top-k strategies and S-BASE route on the device when x is there (device_routing.h); every
   // other case routes on the host in fp32.
   std::optional<DeviceTopk> dspec;
   if (device_routing_ && x.device() == Device::cuda && !select_override_ && router_->dtype() == DType::f32 &&
@@ -222,7 +222,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   Routing r;
   RouterStatSums stat_sums;  // device routing sums on the device; the host path below
   if (dspec) {
-    DeviceRouting d = route_on_device(x2, router_->weight(), router_->score_function(), *dspec, top_k_, S, z_loss_coef_);
+    DeviceRouting d = route_on_device(x2, router_->weight(), router_->score_function(), *dspec, top_k_, S, z_loss_coef_,
+                                      training());
     r = std::move(d.routing);
     extra_losses_ = std::move(d.losses);
     stat_sums = std::move(d.stat_sums);

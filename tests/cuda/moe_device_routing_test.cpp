@@ -1,12 +1,14 @@
-// Device routing of the plain top-k strategies (layers/moe/device_routing.h) under the emulation:
+// Device routing of the plain top-k strategies and S-BASE (layers/moe/device_routing.h) under the emulation:
 // a MoeLayer on the device that routes there against the same layer on the CPU, and against the
 // same device layer with the host routing forced (set_device_routing(false)). Expected: the same
 // expert ids and kept sets (inputs are checked for a top-k margin, so fp32 rounding of the router
 // GEMM cannot flip a choice), gates and extra losses within 1e-5 of the largest entry (fp32
 // router math); output and every grad within 1e-2 of the CPU layer's (the experts multiply in
 // bf16 on the device) and, with fp32 activations, output, input grad and router grad within 1e-5
-// of the host-routed device layer's (same data-path kernels).
-// An ineligible strategy (sinkhorn) keeps the host routing.
+// of the host-routed device layer's (same data-path kernels). S-BASE (sinkhorn) in training and
+// eval the same way; in training its inputs are checked for a margin in the host plan's top-k and
+// the device plan must run as many Sinkhorn iterations as the host's.
+// An ineligible strategy (bip) keeps the host routing.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 #include "core/cuda/ops/cuda_backend.h"
 #include "core/ops.h"
 #include "core/rng.h"
+#include "layers/moe/balance/sinkhorn_plan.h"
 #include "layers/moe/balance/topk_routing.h"
 #include "layers/moe/moe_layer.h"
 #include "tests/cuda/device_test_util.h"
@@ -59,6 +62,10 @@ struct RouteCase {
   int bias_updates = 0;  // loss_free: balancer updates (with skewed loads) before the forward
   DType act = DType::f32;
   bool expect_device = true;
+  bool eval = false;           // forward in eval mode (sinkhorn: top-k of the scores)
+  int top_k = 2;
+  double temperature = 1.0;    // sinkhorn xi
+  int max_iters = 100;
 };
 
 ModelConfig route_config(const RouteCase& c) {
@@ -70,6 +77,9 @@ ModelConfig route_config(const RouteCase& c) {
   m.moe.z_loss_coef = c.z_loss;
   m.moe.balance.aux_variant = c.aux_variant;
   m.moe.balance.bias_update_rate = 0.03;
+  m.moe.top_k = c.top_k;
+  m.moe.balance.sinkhorn_temperature = c.temperature;
+  m.moe.balance.sinkhorn_max_iters = c.max_iters;
   return m;
 }
 
@@ -92,6 +102,38 @@ double topk_margin(MoeLayer& cpu, const Tensor& x, int64_t k) {
     margin = std::min(margin, row[size_t(k - 1)] - row[size_t(k)]);
   }
   return margin;
+}
+
+// S-BASE in training: the smallest gap, over tokens, between the k-th and (k+1)-th largest log Pi
+// of the host plan of the CPU layer's logits; and the device plan's iteration count on the same
+// logits must equal the host's (the stopping rule is then reached at the same alternation).
+double sinkhorn_margin(MoeLayer& cpu, const Tensor& x, const MoeConfig& m) {
+  NoGradGuard ng;
+  const int64_t T = x.size(0) * x.size(1), k = m.top_k;
+  Tensor logits = matmul(x.reshape({T, x.size(2)}), cpu.router().weight().transpose(0, 1));
+  const auto& b = m.balance;
+  SinkhornPlan plan = sinkhorn_plan(logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol);
+  int dev_iters = -1;
+  cuda_backend("test").sinkhorn_plan(logits.to(Device::cuda), b.sinkhorn_temperature, b.sinkhorn_max_iters,
+                                     b.sinkhorn_tol, &dev_iters);
+  EXPECT_EQ(dev_iters, plan.iterations) << "device and host Sinkhorn stopped at different iterations";
+  const int64_t E = plan.experts;
+  double margin = 1e9;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> row(plan.log_plan.begin() + t * E, plan.log_plan.begin() + (t + 1) * E);
+    std::sort(row.begin(), row.end(), std::greater<double>());
+    margin = std::min(margin, row[size_t(k - 1)] - row[size_t(k)]);
+  }
+  return margin;
+}
+
+// The experts plain top-k of the CPU layer's scores would choose (token-major).
+std::vector<int64_t> plain_topk_experts(MoeLayer& cpu, const Tensor& x, int64_t k) {
+  NoGradGuard ng;
+  const int64_t T = x.size(0) * x.size(1);
+  Tensor logits = matmul(x.reshape({T, x.size(2)}), cpu.router().weight().transpose(0, 1));
+  Tensor s = cpu.router().score_function() == ScoreFunction::sigmoid ? sigmoid(logits) : softmax(logits, 1);
+  return select_topk(s, k, "test").expert;
 }
 
 struct Run {
@@ -179,9 +221,12 @@ void run_case(const RouteCase& c) {
   dev.to(Device::cuda);
   dev_host.to(Device::cuda);
   dev_host.set_device_routing(false);
+  if (c.eval)
+    for (MoeLayer* l : {&cpu, &dev, &dev_host}) l->eval();
 
   Tensor x = random_host({2, 7, 40}, 31).to(DType::bf16).to(DType::f32), R = random_host({2, 7, 40}, 32);
-  const double margin = topk_margin(cpu, x, cfg.moe.top_k);
+  const bool by_plan = c.strategy == "sinkhorn" && !c.eval;
+  const double margin = by_plan ? sinkhorn_margin(cpu, x, cfg.moe) : topk_margin(cpu, x, cfg.moe.top_k);
   ASSERT_GT(margin, 1e-4) << "inputs with a near tie in the top-k: pick another seed";
 
   Run h = run_layer(cpu, x, R, Device::cpu, DType::f32);
@@ -197,6 +242,10 @@ void run_case(const RouteCase& c) {
   }
   for (const auto& [name, g] : d.grads) EXPECT_EQ(g.device(), Device::cuda) << name;
 
+  if (by_plan) {  // the plan must change some choice, or the case would not tell it from top-k of s
+    EXPECT_NE(dev.last_routing().expert.to_vector<int64_t>(), plain_topk_experts(cpu, x, cfg.moe.top_k))
+        << "the Sinkhorn plan chose as top-k of the scores: the case does not exercise the plan";
+  }
   expect_same_routing(dev, cpu, "device layer vs cpu layer");
   expect_same_routing(dev, dev_host, "device routing vs host routing, both on the device");
   // Against the CPU layer: the device experts' bf16 rounding dominates (1e-2). Against the host
@@ -243,11 +292,43 @@ TEST_F(MoeDeviceRouting, AuxGlobalStaysOnTheHost) {
   c.expect_device = false;
   run_case(c);
 }
-TEST_F(MoeDeviceRouting, SinkhornStaysOnTheHost) {
-  RouteCase c{"sinkhorn", "sinkhorn"};
+TEST_F(MoeDeviceRouting, BipStaysOnTheHost) {
+  RouteCase c{"bip", "bip"};
   c.expect_device = false;
   run_case(c);
 }
+// S-BASE: k > 1 gates are softmax(logits), not renormalized, times gate_scale (the sigmoid router's
+// case computes that softmax besides the scores); k = 1 gates are sigmoid(logits).
+RouteCase sbase_case(const std::string& name, const std::string& score, int top_k, bool eval, double z_loss = 0) {
+  RouteCase c{name, "sinkhorn", score, true, 1.0, z_loss};
+  c.top_k = top_k;
+  c.eval = eval;
+  return c;
+}
+TEST_F(MoeDeviceRouting, SinkhornTrainingSoftmaxWithZLoss) {
+  RouteCase c = sbase_case("sinkhorn training softmax, scale 1.5, z", "softmax", 2, false, 1e-2);
+  c.gate_scale = 1.5;
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, SinkhornTrainingSigmoidRouter) {
+  run_case(sbase_case("sinkhorn training, sigmoid router", "sigmoid", 2, false));
+}
+TEST_F(MoeDeviceRouting, SinkhornTrainingTop1SmallTemperatureWithDrops) {
+  RouteCase c = sbase_case("sinkhorn training k = 1, xi 0.05, capacity 0.7", "softmax", 1, false);
+  c.temperature = 0.05;
+  c.max_iters = 20;
+  c.capacity = 0.7;
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, SinkhornTrainingBf16Activations) {
+  RouteCase c = sbase_case("sinkhorn training bf16", "softmax", 2, false);
+  c.act = DType::bf16;
+  run_case(c);
+}
+TEST_F(MoeDeviceRouting, SinkhornEvalRanksTheScores) {
+  run_case(sbase_case("sinkhorn eval, sigmoid router, z", "sigmoid", 2, true, 1e-2));
+}
+TEST_F(MoeDeviceRouting, SinkhornEvalTop1) { run_case(sbase_case("sinkhorn eval k = 1", "softmax", 1, true)); }
 
 // The backend's top-k with a bias against the host select_topk on shifted_scores, with exact
 // ties in s + b (ties go to the lower index on both) and a row whose bias reorders it.

@@ -50,6 +50,8 @@ class Backend final : public CudaBackend {
   Tensor load_counts(const Tensor& ids, int64_t experts) override;
   Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) override;
   RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
+  Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
+                       int* iterations = nullptr) override;
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;

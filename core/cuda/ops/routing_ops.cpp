@@ -1,6 +1,6 @@
 // Routing of the plain top-k strategies on the device (layers/moe/device_routing.h): router
 // scores, top-k (optionally bias-shifted), gates, z-loss and the Switch aux loss, fp32 throughout,
-// each over the kernels of core/cuda with its autograd backward.
+// each over the kernels of core/cuda with its autograd backward; and S-BASE's Sinkhorn plan.
 #include "core/autograd.h"
 #include "core/cuda/elementwise.h"
 #include "core/cuda/gates.h"
@@ -8,6 +8,7 @@
 #include "core/cuda/router.h"
 #include "core/cuda/router_losses.h"
 #include "core/cuda/router_stat_sums.h"
+#include "core/cuda/sinkhorn.h"
 #include "core/cuda/softmax.h"
 
 namespace moe::cuda {
@@ -192,6 +193,22 @@ RouterStatSums Backend::router_stat_sums(const Tensor& scores, const Tensor& log
   r.first_nan = int64_t(v[size_t(experts) + 1]);
   r.tokens = T_;
   return r;
+}
+
+Tensor Backend::sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol, int* iterations) {
+  const char* op = "sinkhorn_plan";
+  check_f32_2d(logits, op, "logits");
+  MOE_CHECK(temperature > 0, "router.sinkhorn_temperature", "must be > 0, got ", temperature);
+  MOE_CHECK(max_iters >= 1, "router.sinkhorn_max_iters", "must be >= 1, got ", max_iters);
+  MOE_CHECK(tol >= 0, "router.sinkhorn_tol", "must be >= 0, got ", tol);
+  const long T_ = long(logits.size(0));
+  const int E = int(logits.size(1));
+  MOE_CHECK(T_ > 0 && E > 0, op, "expected logits [T, E] with T, E > 0, got ", logits.shape_str());
+  Tensor lc = logits.detach().contiguous();
+  Tensor plan = Tensor::empty({T_, E}, DType::f32, Device::cuda);
+  const int it = cuda::sinkhorn_plan(cf(lc), T_, E, float(temperature), max_iters, float(tol), mf(plan));
+  if (iterations) *iterations = it;
+  return plan;
 }
 
 }  // namespace moe::cuda

@@ -1,5 +1,6 @@
 // Strategy "sinkhorn" (S-BASE; Megatron's `sinkhorn` router): in training, top-k of the Sinkhorn
 // plan of the logits (balanced by construction); gates from the plain activation. Eval: top-k of s.
+// Routes on the device (device_topk()) unless a data-parallel batch communicator is installed.
 #include <cmath>
 
 #include "core/autograd.h"
@@ -48,6 +49,19 @@ class SinkhornBalancer final : public Balancer {
         }
     }
     return build_routing(source, sel, gates);
+  }
+
+  // On the device (device_routing.h) when the batch is this process's own: under a data-parallel
+  // batch communicator the plan's column sums are all-reduced inside every iteration (host path).
+  std::optional<DeviceTopk> device_topk() const override {
+    const auto& b = cfg_.balance;
+    if (batch_communicator(b.scope) != nullptr) return std::nullopt;
+    DeviceTopk d;
+    d.renormalize = false;
+    d.gate_scale = cfg_.gate_scale;
+    d.gates = cfg_.top_k == 1 ? DeviceTopk::Gates::sigmoid_logits : DeviceTopk::Gates::softmax_logits;
+    d.sinkhorn = DeviceTopk::Sinkhorn{b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol};
+    return d;
   }
 
  private:
