@@ -27,7 +27,12 @@ if [[ $pack == 1 ]]; then
   # One archive for a GPU machine that has the driver and CUDA 13 but none of our libraries (nor
   # Debian's glibc): stripped binaries, every non-CUDA shared library down to glibc and its
   # loader, and the prepared Brown corpus; scripts/gpu_pack_run.sh runs it there.
+  # The CLI without NCCL: libnccl (218 MB) would not fit the carry limit, and a one-GPU machine
+  # needs no NCCL. The build dir gets its NCCL CLI back at the end.
+  cmake -S . -B "$B" -DMOE_CLI_NCCL=OFF >/dev/null
+  trap 'cmake -S . -B "$B" -DMOE_CLI_NCCL=ON >/dev/null' EXIT
   cmake --build "$B" -j"$(nproc)" --target moetrain
+  if ldd "$B/moetrain" | grep -q libnccl; then echo "bench_gpu.sh: $B/moetrain still links libnccl"; exit 1; fi
   [[ -f data/brown/DONE ]] || "$B/moetrain" prepare brown --out data/brown
   rm -rf "$B/gpu_pack" && mkdir -p "$B/gpu_pack/bin" "$B/gpu_pack/libs" "$B/gpu_pack/data"
   cp "$bench" "$tests" "$B/moetrain" "$B/gpu_pack/bin/" && strip --strip-unneeded "$B"/gpu_pack/bin/*
