@@ -252,6 +252,11 @@ bool launched_by_mpi_launcher() {
   return false;
 }
 
+int node_local_rank(int fallback) {
+  const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  return local ? std::atoi(local) : fallback;
+}
+
 void mpi_finalize() {
   if (g_we_initialized && mpi_active()) MPI_Finalize();
   g_we_initialized = false;

@@ -76,6 +76,9 @@ bool mpi_init(int* argc, char*** argv);
 // PMIX_RANK or PMI_RANK). `moetrain train` initializes MPI only then: a world of one needs no
 // MPI, and a machine with a copied binary but without OpenMPI's components can still train.
 bool launched_by_mpi_launcher();
+// This process's rank among the job's processes on its node (OMPI_COMM_WORLD_LOCAL_RANK), or
+// `fallback` when the launcher did not say: the GPU a rank takes is this modulo the device count.
+int node_local_rank(int fallback);
 void mpi_finalize();
 bool mpi_active();
 // Ends every rank of the job (MPI_Abort) after an error on this rank, so that no peer waits

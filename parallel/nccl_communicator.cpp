@@ -7,7 +7,6 @@
 #include <nccl.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 
 #include "core/error.h"
@@ -255,10 +254,7 @@ std::shared_ptr<NcclCommunicator> make_nccl_communicator(std::shared_ptr<Communi
     int count = 0;
     cudaGetDeviceCount(&count);
     int pick = device;
-    if (pick < 0) {
-      const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-      pick = (local ? std::atoi(local) : impl->rank) % count;
-    }
+    if (pick < 0) pick = node_local_rank(impl->rank) % count;
     if (pick >= count) {
       failure = "device " + std::to_string(pick) + " requested, " + std::to_string(count) + " present";
     } else {

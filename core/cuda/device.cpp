@@ -4,9 +4,8 @@
 
 #include <cuda_runtime_api.h>
 
-#include <cstdlib>
-
 #include "core/error.h"
+#include "parallel/communicator.h"
 
 namespace moe::cuda {
 
@@ -26,10 +25,7 @@ DeviceInfo require_device(int index) {
   MOE_CHECK(why.empty(), "no CUDA device", why);
   int count = 0;
   cudaGetDeviceCount(&count);
-  if (index < 0) {
-    const char* local = std::getenv("OMPI_COMM_WORLD_LOCAL_RANK");
-    index = (local ? std::atoi(local) : 0) % count;
-  }
+  if (index < 0) index = node_local_rank(0) % count;  // the rule make_nccl_communicator follows
   MOE_CHECK(index >= 0 && index < count, "no CUDA device", "device index ", index, " requested but ", count,
             " device(s) are present");
   cudaError_t err = cudaSetDevice(index);

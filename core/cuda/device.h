@@ -17,8 +17,8 @@ struct DeviceInfo {
 // Empty when a device can be used, else the reason ("CUDA driver version is insufficient ...").
 std::string device_unavailable_reason();
 // Throws moe::Error("no CUDA device: <reason>") when there is none; else selects and describes it.
-// index < 0: this process's node-local rank (OMPI_COMM_WORLD_LOCAL_RANK, 0 without a launcher)
-// modulo the device count, the device make_nccl_communicator picks too.
+// index < 0: node_local_rank(0) (parallel/communicator.h) modulo the device count, the device
+// make_nccl_communicator picks too.
 DeviceInfo require_device(int index = -1);
 
 }  // namespace moe::cuda
