@@ -281,7 +281,7 @@ std::vector<RecipeKey> build_schema() {
                          {"cpu", "cuda"}));
   s.push_back(string_key("train", "cuda_activations",
                          "Activation dtype with device = \"cuda\" (master weights, grads and AdamW moments stay fp32; "
-                         "router and balancing in fp32 on the host).",
+                         "router and balancing math in fp32).",
                          [](Recipe& r) -> std::string& { return r.train.cuda_activations; }, {"bf16", "fp32"}));
   s.push_back(string_key("train", "name", "Run name: the run directory is runs/<name> unless --run-dir is given.",
                          [](Recipe& r) -> std::string& { return r.train.name; }));
