@@ -89,7 +89,7 @@ class CudaBackend {
   virtual Tensor expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tensor& w3, const Tensor& w2,
                                    const std::vector<int64_t>& offsets) = 0;
 
-  // ---- routing of the plain top-k strategies (layers/moe/device_routing.h): fp32, [T, E] ----
+  // ---- routing on the device (Balancer::routes_on_device(), balance/device_selection.h): fp32, [T, E] ----
   // scores = softmax | sigmoid of logits [T, E] (fp32) over the experts; autograd.
   virtual Tensor router_scores(const Tensor& logits, bool sigmoid) = 0;
   // Top-k of each row of scores (+ bias [E] fp32 when defined: it shifts the ranking only), sorted

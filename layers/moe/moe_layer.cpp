@@ -10,7 +10,7 @@
 #include "core/cpu/activation.h"
 #include "core/cpu/elementwise.h"
 #include "core/device.h"
-#include "layers/moe/device_routing.h"
+#include "layers/moe/balance/device_selection.h"
 #include "parallel/communicator.h"
 
 namespace moe {
@@ -211,26 +211,23 @@ Tensor MoeLayer::forward(const Tensor& x) {
   // anyway, so the extra wait costs next to nothing.
   if (training() && x.device() == Device::cuda) cuda_backend("MoeLayer.forward").synchronize();
   const Clock::time_point routing_start = Clock::now();
-  // The plain top-k strategies and S-BASE route on the device when x is there (device_routing.h); every
-  // other case routes on the host in fp32.
-  std::optional<DeviceTopk> dspec;
-  if (device_routing_ && x.device() == Device::cuda && !select_override_ && router_->dtype() == DType::f32 &&
-      router_->weight().device() == Device::cuda && !(training() && router_->jitter() > 0))
-    dspec = balancer_->device_topk();
-  last_on_device_ = dspec.has_value();
-  RouterOutput ro{};
-  Routing r;
-  RouterStatSums stat_sums;  // device routing sums on the device; the host path below
-  if (dspec) {
-    DeviceRouting d = route_on_device(x2, router_->weight(), router_->score_function(), *dspec, top_k_, S, z_loss_coef_,
-                                      training());
-    r = std::move(d.routing);
-    extra_losses_ = std::move(d.losses);
-    stat_sums = std::move(d.stat_sums);
-  } else {
-    ro = router_->forward(x2, E, top_k_, S, jitter_rng_);
-    r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
+  // A strategy that can route on the device does so when x is there (Balancer::routes_on_device():
+  // router, selection and router losses as device ops; only ids, values and E + 2 statistics'
+  // sums come down); every other case routes on the host in fp32.
+  const bool on_device = device_routing_ && x.device() == Device::cuda && !select_override_ &&
+                         router_->dtype() == DType::f32 && router_->weight().device() == Device::cuda &&
+                         !(training() && router_->jitter() > 0) && balancer_->routes_on_device();
+  last_on_device_ = on_device;
+  RouterOutput ro = on_device ? router_->forward_on_device(x2, E, top_k_, S) : router_->forward(x2, E, top_k_, S, jitter_rng_);
+  // The statistics' sums (on the device, the NaN check comes with them: before any selection
+  // ranks a NaN).
+  RouterStatSums stat_sums = router_stat_sums(ro.scores, ro.logits, E);
+  if (on_device) {
+    const int64_t nan_at = stat_sums.first_nan, C = ro.scores.size(1);
+    MOE_CHECK(nan_at < 0, "MoeLayer.device_routing", "router scores contain NaN (token ", nan_at / C, ", expert ",
+              nan_at % C, ")");
   }
+  Routing r = select_override_ ? select_override_(ro) : balancer_->select(ro, select_rng_);
   const int64_t A = r.expert.numel();
   MOE_CHECK(r.token.numel() == A && r.gate.numel() == A, "MoeLayer.forward", "strategy '", balancer_->name(),
             "' returned token ", r.token.shape_str(), ", expert ", r.expert.shape_str(), ", gate ", r.gate.shape_str(),
@@ -245,13 +242,10 @@ Tensor MoeLayer::forward(const Tensor& x) {
   if (training())
     for (int64_t e = 0; e < E; ++e) pending_loads_[size_t(e)] += load[size_t(e)];
 
-  if (!dspec) {
-    stat_sums = router_stat_sums(ro.scores, ro.logits, E);
-    extra_losses_ = balancer_->extra_losses(ro, r);
-    if (z_loss_coef_ > 0) {
-      Tensor z = router_z_loss(ro.logits);
-      extra_losses_.push_back(ExtraLoss{"z", mul_scalar(z, z_loss_coef_), z.item_double()});
-    }
+  extra_losses_ = balancer_->extra_losses(ro, r);
+  if (z_loss_coef_ > 0) {
+    Tensor z = router_z_loss(ro.logits);
+    extra_losses_.push_back(extra_loss("z", z, z_loss_coef_));
   }
 
   CapacityResult cap = apply_capacity(r, T, top_k_, E, capacity_factor_, drop_policy_);

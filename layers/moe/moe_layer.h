@@ -81,9 +81,9 @@ class MoeLayer : public FeedForward {
   using SelectOverride = std::function<Routing(const RouterOutput&)>;
   void set_select_override(SelectOverride f) { select_override_ = std::move(f); }
 
-  // Device routing (layers/moe/device_routing.h): with x on the cuda device, a strategy whose
-  // Balancer::device_topk() offers a device spec (the plain top-k family, S-BASE), an fp32 router on the device, no jitter in
-  // training and no select override, router, selection and router losses run on the device.
+  // Device routing: with x on the cuda device, a strategy that says Balancer::routes_on_device(),
+  // an fp32 router on the device, no jitter in training and no select override, router
+  // (Router::forward_on_device), selection and router losses run on the device.
   // On by default; off forces the host routing (tests compare the two).
   void set_device_routing(bool on) { device_routing_ = on; }
   // Whether the last forward routed on the device.

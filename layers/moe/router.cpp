@@ -7,6 +7,7 @@
 #include "core/autograd.h"
 #include "core/cpu/blas_threads.h"
 #include "core/cpu/elementwise.h"
+#include "core/device.h"
 #include "core/dispatch.h"
 #include "layers/moe/blas.h"
 
@@ -104,6 +105,7 @@ std::pair<Tensor, Tensor> router_logits_scores(const Tensor& x, const Tensor& w,
 Tensor router_z_loss(const Tensor& logits) {
   const char* op = "router_z_loss";
   MOE_CHECK(logits.dim() == 2 && logits.size(0) > 0, op, "expected logits [T, E] with T > 0, got ", logits.shape_str());
+  if (logits.device() == Device::cuda) return cuda_backend(op).router_z_loss(logits);
   const int64_t T_ = logits.size(0), E = logits.size(1);
   Tensor lc = logits.contiguous().detach();
   Tensor lse = Tensor::empty({T_}, logits.dtype());
@@ -170,6 +172,21 @@ RouterOutput Router::forward(const Tensor& x, int64_t num_experts, int64_t top_k
     for (int64_t i = 0; i < jit.numel(); ++i) p[i] = 1.0 - jitter_ + 2.0 * jitter_ * jitter_rng.uniform();
   }
   auto [logits, scores] = router_logits_scores(xr, wh, fn_, jit);
+  return RouterOutput{logits, scores, num_experts, top_k, seq_len, training()};
+}
+
+RouterOutput Router::forward_on_device(const Tensor& x, int64_t num_experts, int64_t top_k, int64_t seq_len) {
+  const char* op = "Router.forward_on_device";
+  MOE_CHECK(x.dim() == 2 && x.size(1) == weight_.size(1) && x.device() == Device::cuda &&
+                weight_.device() == Device::cuda && weight_.dtype() == DType::f32,
+            op, "expected x [T, ", weight_.size(1), "] and an fp32 weight on the cuda device, got x ", x.shape_str(),
+            " on ", device_name(x.device()), " and a ", dtype_name(weight_.dtype()), " weight on ",
+            device_name(weight_.device()));
+  MOE_CHECK(x.size(0) >= 1, op, "no tokens to route");
+  CudaBackend& be = cuda_backend(op);
+  Tensor xf = x.dtype() == DType::f32 ? x : x.to(DType::f32);
+  Tensor logits = be.linear(xf, weight_, Tensor());
+  Tensor scores = be.router_scores(logits, fn_ == ScoreFunction::sigmoid);
   return RouterOutput{logits, scores, num_experts, top_k, seq_len, training()};
 }
 

@@ -34,6 +34,10 @@ class Router : public Module {
   // x [T, D] (any floating dtype; converted to the router's) -> logits and scores. Jitter
   // multiplies x by U(1 - eps, 1 + eps) per element, only in training, drawn from jitter_rng.
   RouterOutput forward(const Tensor& x, int64_t num_experts, int64_t top_k, int64_t seq_len, Philox& jitter_rng);
+  // The same on the cuda device for a device-routed layer (Balancer::routes_on_device()): x [T, D]
+  // and an fp32 weight there, logits = x W^T and scores in fp32 device ops with autograd, no
+  // jitter (the layer routes on the host when jitter applies).
+  RouterOutput forward_on_device(const Tensor& x, int64_t num_experts, int64_t top_k, int64_t seq_len);
 
   const Tensor& weight() const { return weight_; }
   DType dtype() const { return weight_.dtype(); }

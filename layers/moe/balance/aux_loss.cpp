@@ -4,6 +4,7 @@
 
 #include "core/cpu/elementwise.h"
 #include "layers/moe/balance/aux_math.h"
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/strategies.h"
 #include "parallel/communicator.h"
 
@@ -31,25 +32,17 @@ class AuxLossBalancer final : public Balancer {
 
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.aux_loss");
+    if (on_device(in)) return device_topk_routing(in.scores, {}, cfg_.top_k, in.scores, token_choice_gates(cfg_));
     return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.aux_loss"),
                          token_choice_gates(cfg_));
   }
 
-  // micro_batch (when its batch is this process's own) and per_sequence; global on the host.
-  std::optional<DeviceTopk> device_topk() const override {
+  // micro_batch (when its batch is this process's own) and per_sequence on the device (the
+  // aux_math products take device probabilities); global (a load reducer across steps) on the host.
+  bool routes_on_device() const override {
     const std::string& variant = cfg_.balance.aux_variant;
-    DeviceTopk d;
-    if (variant == "per_sequence")
-      d.aux = DeviceTopk::Aux::per_sequence;
-    else if (variant == "micro_batch" && batch_communicator(cfg_.balance.scope) == nullptr)
-      d.aux = DeviceTopk::Aux::micro_batch;
-    else
-      return std::nullopt;
-    GateOptions g = token_choice_gates(cfg_);
-    d.renormalize = g.renormalize;
-    d.gate_scale = g.scale;
-    d.aux_alpha = cfg_.balance.aux_alpha;
-    return d;
+    return variant == "per_sequence" ||
+           (variant == "micro_batch" && batch_communicator(cfg_.balance.scope) == nullptr);
   }
 
   std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing& r) override {
@@ -79,7 +72,7 @@ class AuxLossBalancer final : public Balancer {
       double total = std::accumulate(loads.begin(), loads.end(), 0.0);
       loss = switch_aux(probs, loads, total);
     }
-    return {ExtraLoss{"aux", mul_scalar(loss, cfg_.balance.aux_alpha), loss.item_double()}};
+    return {extra_loss("aux", loss, cfg_.balance.aux_alpha)};
   }
 
   void update(const std::vector<double>&) override { std::fill(accumulated_.begin(), accumulated_.end(), 0.0); }

@@ -5,7 +5,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,31 +37,6 @@ struct Routing {
   Tensor score;   // [A] the value the assignment was selected by (drop-by-score uses it), no grad
 };
 
-// A strategy that is plain top-k of the scores (optionally shifted by a per-expert bias for the
-// selection only) with at most a Switch aux loss, or S-BASE (top-k of the Sinkhorn plan of the
-// logits in training): what MoeLayer may route on the device (layers/moe/device_routing.h) with
-// the same decisions as select() + extra_losses().
-struct DeviceTopk {
-  enum class Aux { none, micro_batch, per_sequence };
-  // What the gates are taken from: the router's scores, or an activation of the logits chosen by
-  // the strategy whatever the score function (sinkhorn: sigmoid for k = 1, softmax for k > 1).
-  enum class Gates { scores, sigmoid_logits, softmax_logits };
-  // S-BASE's plan (sinkhorn_plan.h): in training the selection is top-k of Pi of the logits
-  // (selection score T * Pi_ij); in eval top-k of the scores.
-  struct Sinkhorn {
-    double temperature = 1.0;  // xi
-    int max_iters = 100;
-    double tol = 1e-4;
-  };
-  bool renormalize = false;  // token_choice_gates(cfg): renormalize the k gates of a token
-  double gate_scale = 1.0;
-  std::vector<float> bias;   // empty, or [E]: ranks scores + bias (loss_free); gates from the scores
-  Aux aux = Aux::none;
-  double aux_alpha = 0;      // the loss "aux" = aux_alpha * the unscaled Switch loss
-  Gates gates = Gates::scores;
-  std::optional<Sinkhorn> sinkhorn;  // set: S-BASE (no bias, no aux)
-};
-
 class Balancer {
  public:
   virtual ~Balancer() = default;
@@ -72,11 +46,14 @@ class Balancer {
   // Chooses assignments. May read (and, for strategies that update on the current batch such
   // as BIP in paper order, change) the state. `rng` is this layer's stream of the run's RNG.
   virtual Routing select(const RouterOutput& in, Philox& rng) = 0;
-  // The device routing this strategy is equivalent to right now, or nullopt (the default: the
-  // strategy routes on the host). Read at each forward (the loss-free bias changes per step);
-  // the layer routes on the device in training and in eval alike (DeviceTopk::sinkhorn says
-  // how the two differ).
-  virtual std::optional<DeviceTopk> device_topk() const { return std::nullopt; }
+  // Whether select() and extra_losses() take, right now, a RouterOutput on the cuda device
+  // (MoeLayer then runs the router there: Router::forward_on_device). With one, logits and
+  // scores are fp32 [T, E_r] device tensors recorded by the device autograd, and the strategy
+  // returns token, expert (i64) and score (f32) on the host and the gate [A] fp32 on the device,
+  // differentiable into the router; its losses are host 0-dim tensors (extra_loss() in
+  // device_selection.h). The decisions must be the host path's (same rules, fp32 math).
+  // Read at each forward: a strategy whose batch spans data-parallel ranks says no.
+  virtual bool routes_on_device() const { return false; }
   // Loss terms of this strategy (differentiable through in.scores / in.logits).
   virtual std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing& r) { return {}; }
   // Called once per optimizer step, in training only, with the loads [E] of the global batch

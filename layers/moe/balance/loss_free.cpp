@@ -1,5 +1,6 @@
 // Strategy "loss_free" (Wang et al. 2024, arXiv 2408.15664; DeepSeek-V3): a per-expert bias b
 // shifts the selection (top-k of s + b) but never the gates; b moves after each optimizer step.
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/strategies.h"
 
 namespace moe {
@@ -18,18 +19,12 @@ class LossFreeBalancer final : public Balancer {
 
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.loss_free");
+    if (on_device(in)) return device_topk_routing(in.scores, bias_, cfg_.top_k, in.scores, token_choice_gates(cfg_));
     Selection sel = select_topk(shifted_scores(in.scores, bias_, +1.0), cfg_.top_k, "balance.loss_free");
     return build_routing(in.scores, sel, token_choice_gates(cfg_));  // gates from the unbiased s
   }
 
-  std::optional<DeviceTopk> device_topk() const override {
-    GateOptions g = token_choice_gates(cfg_);
-    DeviceTopk d;
-    d.renormalize = g.renormalize;
-    d.gate_scale = g.scale;
-    d.bias = bias_;
-    return d;
-  }
+  bool routes_on_device() const override { return true; }
 
   void update(const std::vector<double>& loads) override {
     MOE_CHECK(loads.size() == bias_.size(), "balance.loss_free.update", "got ", loads.size(), " loads for ",

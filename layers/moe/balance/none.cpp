@@ -1,5 +1,6 @@
 // Strategy "none": plain top-k of the scores, no loss, no state. The baseline every other
 // strategy is compared against (and what a collapsed router does unchecked).
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/strategies.h"
 
 namespace moe {
@@ -11,15 +12,10 @@ class NoneBalancer final : public Balancer {
   std::string name() const override { return "none"; }
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.none");
+    if (on_device(in)) return device_topk_routing(in.scores, {}, cfg_.top_k, in.scores, token_choice_gates(cfg_));
     return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.none"), token_choice_gates(cfg_));
   }
-  std::optional<DeviceTopk> device_topk() const override {
-    GateOptions g = token_choice_gates(cfg_);
-    DeviceTopk d;
-    d.renormalize = g.renormalize;
-    d.gate_scale = g.scale;
-    return d;
-  }
+  bool routes_on_device() const override { return true; }
 
  private:
   MoeConfig cfg_;

@@ -1,11 +1,13 @@
 // Strategy "sinkhorn" (S-BASE; Megatron's `sinkhorn` router): in training, top-k of the Sinkhorn
 // plan of the logits (balanced by construction); gates from the plain activation. Eval: top-k of s.
-// Routes on the device (device_topk()) unless a data-parallel batch communicator is installed.
+// Routes on the device (routes_on_device()) unless a data-parallel batch communicator is installed.
 #include <cmath>
 
 #include "core/autograd.h"
 #include "core/cpu/activation.h"
 #include "core/cpu/softmax.h"
+#include "core/device.h"
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/sinkhorn_plan.h"
 #include "layers/moe/balance/strategies.h"
 
@@ -27,6 +29,7 @@ class SinkhornBalancer final : public Balancer {
     check_router_output(in, cfg_.num_experts, "balance.sinkhorn");
     MOE_CHECK(in.logits.defined(), "balance.sinkhorn", "needs the router logits");
     const int64_t k = cfg_.top_k;
+    if (on_device(in)) return select_on_device(in);
     Tensor source = k == 1 ? sigmoid(in.logits)
                            : (cfg_.score_function == "softmax" ? in.scores : softmax(in.logits, -1));
     GateOptions gates{false, cfg_.gate_scale};
@@ -51,20 +54,26 @@ class SinkhornBalancer final : public Balancer {
     return build_routing(source, sel, gates);
   }
 
-  // On the device (device_routing.h) when the batch is this process's own: under a data-parallel
-  // batch communicator the plan's column sums are all-reduced inside every iteration (host path).
-  std::optional<DeviceTopk> device_topk() const override {
-    const auto& b = cfg_.balance;
-    if (batch_communicator(b.scope) != nullptr) return std::nullopt;
-    DeviceTopk d;
-    d.renormalize = false;
-    d.gate_scale = cfg_.gate_scale;
-    d.gates = cfg_.top_k == 1 ? DeviceTopk::Gates::sigmoid_logits : DeviceTopk::Gates::softmax_logits;
-    d.sinkhorn = DeviceTopk::Sinkhorn{b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol};
-    return d;
-  }
+  // On the device when the batch is this process's own: under a data-parallel batch
+  // communicator the plan's column sums are all-reduced inside every iteration (host path).
+  bool routes_on_device() const override { return batch_communicator(cfg_.balance.scope) == nullptr; }
 
  private:
+  // The host rules on the device: the plan Pi (core/cuda/sinkhorn.h, same iterations and stopping
+  // rule) ranked in training, selection score T * Pi_ij; gates from the activation above.
+  Routing select_on_device(const RouterOutput& in) {
+    CudaBackend& be = cuda_backend("balance.sinkhorn");
+    const int64_t k = cfg_.top_k;
+    // The activation the gates take, unless the scores already are it.
+    const bool want_sigmoid = k == 1, scores_sigmoid = cfg_.score_function == "sigmoid";
+    Tensor source = want_sigmoid == scores_sigmoid ? in.scores : be.router_scores(in.logits, want_sigmoid);
+    GateOptions gates{false, cfg_.gate_scale};
+    if (!in.training) return device_topk_routing(in.scores, {}, k, source, gates);
+    const auto& b = cfg_.balance;
+    Tensor plan = be.sinkhorn_plan(in.logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol);
+    return device_topk_routing(plan, {}, k, source, gates, double(in.scores.size(0)));
+  }
+
   MoeConfig cfg_;
 };
 
