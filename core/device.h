@@ -118,6 +118,16 @@ class CudaBackend {
   // (the plan only selects). Sets *iterations (when given) to the alternations run.
   virtual Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
                                int* iterations = nullptr) = 0;
+  // BIP and quantile balancing (balance/bip.cpp, quantile.cpp; core/cuda/dual_prices.h): `iters`
+  // dual price iterations (dual_price_iterations of balance/dual_prices.h) on scores [T, E] fp32,
+  // from the prices q [E] fp32 on the device, updated in place; capacity cap, orders capped at E
+  // and T, max(0, .) on both passes when clip. fp32 math (the host's is double). No autograd.
+  virtual void dual_price_iterations(const Tensor& scores, const Tensor& q, int64_t k, int64_t cap, int iters,
+                                     bool clip) = 0;
+  // The quantile balancer's step, beta and target [E] fp32 on the device: beta <- beta + rate
+  // (target - beta) in double, then re-centred to mean 0 (rounded to fp32), in place: the host's
+  // arithmetic. No autograd.
+  virtual void quantile_beta_update(const Tensor& beta, const Tensor& target, double rate) = 0;
 
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

@@ -6,6 +6,7 @@
 //   moe_ops.cpp    permute / combine and the SwiGLU experts
 //   routing_ops.cpp  router scores, top-k, gates, z-loss and aux loss of the plain top-k strategies,
 //                    and the routing statistics' sums
+//   price_ops.cpp  BIP / quantile dual price iterations and the quantile beta update
 //   optim_ops.cpp  AdamW, sums of squares, scaling
 #pragma once
 #include <memory>
@@ -52,6 +53,10 @@ class Backend final : public CudaBackend {
   RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
   Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
                        int* iterations = nullptr) override;
+  // BIP and quantile prices (price_ops.cpp)
+  void dual_price_iterations(const Tensor& scores, const Tensor& q, int64_t k, int64_t cap, int iters,
+                             bool clip) override;
+  void quantile_beta_update(const Tensor& beta, const Tensor& target, double rate) override;
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;

@@ -1,6 +1,7 @@
 // Strategy "bip" (Yuan Sun, arXiv 2502.15451): per-expert prices q from the LP dual of the
 // balanced assignment problem; selection is top-k of (s - q), gates the unbiased s.
 #include "core/autograd.h"
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/dual_prices.h"
 #include "layers/moe/balance/strategies.h"
 
@@ -26,11 +27,21 @@ class BipBalancer final : public Balancer {
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.bip");
     const bool paper = cfg_.balance.bip_order == "paper";
+    if (on_device(in)) {  // the same orders; the iterations and the selection on the device
+      if (in.training && paper) iterate_on_device(in.scores);
+      Routing r = device_price_routing(in.scores, q_, cfg_);
+      if (in.training && !paper) iterate_on_device(in.scores);
+      return r;
+    }
     if (in.training && paper) iterate(in.scores);
     Selection sel = select_topk(shifted_scores(in.scores, q_, -1.0), cfg_.top_k, "balance.bip");
     if (in.training && !paper) iterate(in.scores);
     return build_routing(in.scores, sel, token_choice_gates(cfg_));
   }
+
+  // On the device when the batch is this process's own: under a data-parallel batch
+  // communicator the iterations run on the global batch (host path, all-gathers).
+  bool routes_on_device() const override { return batch_communicator(cfg_.balance.scope) == nullptr; }
 
   std::vector<double> state_vector() const override { return {q_.begin(), q_.end()}; }
   std::map<std::string, std::vector<double>> state() const override { return {{"q", state_vector()}}; }
@@ -44,6 +55,12 @@ class BipBalancer final : public Balancer {
     NoGradGuard ng;
     batch_dual_price_iterations(batch_communicator(cfg_.balance.scope), scores, cfg_.top_k, cfg_.balance.bip_iters,
                                 /*clip=*/true, q_, "balance.bip");
+  }
+
+  // q goes up (E floats), the iterations run on the device scores, q comes down.
+  void iterate_on_device(const Tensor& scores) {
+    q_ = device_dual_price_iterations(scores, cfg_.top_k, cfg_.balance.bip_iters, /*clip=*/true, q_, "balance.bip")
+             .to_vector<float>();
   }
 
   MoeConfig cfg_;

@@ -5,7 +5,10 @@
 
 #include <algorithm>
 
+#include "core/device.h"
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/global_batch.h"
+#include "layers/moe/balance/strategies.h"
 #include "layers/moe/balance/topk_routing.h"
 
 namespace moe {
@@ -111,6 +114,22 @@ void batch_dual_price_iterations(Communicator* comm, const Tensor& scores, int64
     qd = all_gather_varying(*comm, q_own.data(), owned_counts);
   }
   for (int64_t j = 0; j < E; ++j) q[size_t(j)] = float(qd[size_t(j)]);
+}
+
+Tensor device_dual_price_iterations(const Tensor& scores, int64_t k, int iters, bool clip,
+                                    const std::vector<float>& q, const char* where) {
+  MOE_CHECK(scores.dim() == 2 && int64_t(q.size()) == scores.size(1), where, "scores ", scores.shape_str(), " and ",
+            q.size(), " prices");
+  const int64_t T = scores.size(0), E = scores.size(1);
+  Tensor qd = Tensor::from_vector<float>(q, {E}).to(Device::cuda);
+  cuda_backend(where).dual_price_iterations(scores, qd, k, balanced_capacity(T, E, k), iters, clip);
+  return qd;
+}
+
+Routing device_price_routing(const Tensor& scores, const std::vector<float>& prices, const MoeConfig& cfg) {
+  std::vector<float> bias(prices.size());
+  for (size_t j = 0; j < prices.size(); ++j) bias[j] = -prices[j];  // s + (-q) == s - q exactly in fp32
+  return device_topk_routing(scores, bias, cfg.top_k, scores, token_choice_gates(cfg));
 }
 
 }  // namespace moe

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "layers/moe/balance/balancer.h"
 #include "parallel/communicator.h"
 
 namespace moe {
@@ -33,5 +34,17 @@ void dual_price_iterations(const std::vector<double>& scores, int64_t T, int64_t
 // Work and memory per rank: T_local x E for the token pass, T_global x E / W for the expert pass.
 void batch_dual_price_iterations(Communicator* comm, const Tensor& scores, int64_t k, int iters, bool clip,
                                  std::vector<float>& q, const char* where);
+
+// The device paths of BIP and quantile (Balancer::routes_on_device(): the batch is this
+// process's own), on scores [T, E] fp32 on the cuda device:
+// The prices after `iters` iterations from the host prices q (E floats go up), capacity
+// ceil(k T / E) as batch_dual_price_iterations without a communicator: [E] fp32 on the device.
+// fp32 math (CudaBackend::dual_price_iterations): within rounding of the host's double math.
+Tensor device_dual_price_iterations(const Tensor& scores, int64_t k, int iters, bool clip,
+                                    const std::vector<float>& q, const char* where);
+// Top-k of s - prices per token (ties to the lower expert; the host's select_topk of
+// shifted_scores(s, prices, -1), the same fp32 values), gates from the unshifted s with
+// token_choice_gates(cfg) on the device: only the ids and values [T, k] come down.
+Routing device_price_routing(const Tensor& scores, const std::vector<float>& prices, const MoeConfig& cfg);
 
 }  // namespace moe
