@@ -3,6 +3,7 @@
 // core/cuda/dual_prices.h, in place on a device price vector [E] fp32. Selection only: no autograd.
 #include "core/cuda/dual_prices.h"
 #include "core/cuda/ops/cuda_backend.h"
+#include "core/cuda/ops/op_util.h"
 
 namespace moe::cuda {
 namespace {
@@ -20,18 +21,14 @@ void check_prices(const Tensor& p, int64_t E, const char* op, const char* what) 
 void Backend::dual_price_iterations(const Tensor& scores, const Tensor& q, int64_t k, int64_t cap, int iters,
                                     bool clip) {
   const char* op = "dual_price_iterations";
-  MOE_CHECK(scores.defined() && scores.device() == Device::cuda && scores.dtype() == DType::f32 && scores.dim() == 2,
-            op, "scores must be a [T, E] fp32 matrix on the cuda device, got ",
-            scores.defined() ? std::string(dtype_name(scores.dtype())) + " " + scores.shape_str()
-                             : std::string("(undefined)"));
+  check_f32_2d(scores, op, "scores");
   const int64_t T = scores.size(0), E = scores.size(1);
   check_prices(q, E, op, "q");
   MOE_CHECK(k >= 1 && cap >= 1 && iters >= 0, op, "k = ", k, ", cap = ", cap, ", iters = ", iters,
             ": expected k >= 1, cap >= 1, iters >= 0");
   if (iters == 0 || T == 0) return;  // the host's loops run no pass then either
   Tensor sc = scores.detach().contiguous();
-  cuda::dual_price_iterations(sc.device_data<float>(), long(T), int(E), int(k), long(cap), iters, clip,
-                              q.device_data<float>());
+  cuda::dual_price_iterations(cf(sc), long(T), int(E), int(k), long(cap), iters, clip, mf(q));
 }
 
 void Backend::quantile_beta_update(const Tensor& beta, const Tensor& target, double rate) {
@@ -41,7 +38,7 @@ void Backend::quantile_beta_update(const Tensor& beta, const Tensor& target, dou
   check_prices(beta, E, op, "beta");
   check_prices(target, E, op, "target");
   if (E == 0) return;
-  cuda::quantile_beta_update(beta.device_data<float>(), target.device_data<float>(), int(E), rate);
+  cuda::quantile_beta_update(mf(beta), cf(target), int(E), rate);
 }
 
 }  // namespace moe::cuda
