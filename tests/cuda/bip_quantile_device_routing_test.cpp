@@ -1,17 +1,20 @@
 // BIP and quantile balancing on the device (bip.cpp, quantile.cpp: Balancer::routes_on_device())
 // under the emulation.
 // Ops: CudaBackend::dual_price_iterations against the host dual_price_iterations (double math; the
-// device's is fp32), clipped (BIP) and unclipped (quantile); quantile_beta_update against the
-// host quantile step.
+// device's is fp32): prices within 1e-5 of the largest (measured <= 7.5e-9 absolute, prices ~0.1),
+// clipped (BIP) and unclipped (quantile), orders capped; quantile_beta_update against the host
+// quantile step (1e-7; bit-equal under the emulation).
 // Layers: a device MoeLayer that routes there against the same layer on the CPU and against the
 // same device layer with the host routing forced (set_device_routing(false)), over several
-// training steps (each a new batch; the prices evolve) and then an eval forward. Expected each
-// step: the same expert ids (the inputs are checked for a margin between the k-th and (k+1)-th
-// s - price of every token under the CPU layer's prices, so that neither the router's fp32
-// rounding nor the prices' can flip a choice), gates and selection scores within 1e-5 of the
-// largest entry, the prices (state_vector()) within kPriceTol of the CPU layer's after every
-// step, output, input grad and router grad within 1e-5 of the host-routed device layer's (fp32
-// activations) and within 1e-2 of the CPU layer's (bf16 experts); eval changes no price.
+// training steps (each a new batch; expert 0 favoured so that its capacity binds and the prices
+// move and change choices) and then an eval forward. Each pass: the same expert ids; gates and
+// selection scores within 1e-5 of the largest entry; the prices (state_vector()) within 1e-6 of
+// the CPU layer's after every step (measured <= 1.2e-7); output within 1e-5 of the host-routed
+// device layer's (fp32 activations; bf16: 2e-2) and 1e-2 of the CPU layer's (bf16 experts); input
+// and router grads the same way at the first step (one backward per case: a device pass costs
+// seconds under the emulation); eval changes no price. The inputs are checked for a margin of
+// 1e-5 between the k-th and (k+1)-th s - price of every token under the CPU layer's prices, so
+// that no rounding can flip a choice, except in BIP's paper order (see run_price_case).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -91,7 +94,8 @@ void check_iterations(int64_t T, int64_t E, int64_t k, int iters, bool clip, uin
   }
   EXPECT_GT(top, 0.0) << "the case should move the prices";
   EXPECT_LE(worst, kF32Rel * top) << "prices differ from the host's by " << worst << " (largest " << top << ")";
-  ::testing::Test::RecordProperty("max_abs_price_diff_e9", int(std::lround(worst * 1e9)));
+  std::printf("[ dual prices T %lld E %lld k %lld iters %d%s ] max |device - host| %.3g, largest price %.3g\n",
+              (long long)T, (long long)E, (long long)k, iters, clip ? " clipped" : "", worst, top);
 }
 
 TEST_F(BipQuantileDeviceOps, DualPriceIterationsMatchHost) {
