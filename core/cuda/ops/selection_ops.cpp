@@ -4,6 +4,7 @@
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/memory.h"
 #include "core/cuda/ops/cuda_backend.h"
+#include "core/cuda/ops/op_util.h"
 #include "core/cuda/selection.h"
 
 namespace moe::cuda {
@@ -11,10 +12,8 @@ namespace {
 
 // scores on the device, fp32, [T, E] with T, E >= 1; names the op otherwise.
 void check_scores(const Tensor& s, const char* op) {
-  MOE_CHECK(s.defined() && s.device() == Device::cuda, op, "scores ", s.defined() ? s.shape_str() : "(undefined)",
-            " are not on the cuda device");
-  MOE_CHECK(s.dtype() == DType::f32 && s.dim() == 2 && s.size(0) >= 1 && s.size(1) >= 1, op,
-            "scores must be a [T, E] fp32 matrix with T, E >= 1, got ", dtype_name(s.dtype()), " ", s.shape_str());
+  check_f32_2d(s, op, "scores");
+  MOE_CHECK(s.size(0) >= 1 && s.size(1) >= 1, op, "expected scores [T, E] with T, E >= 1, got ", s.shape_str());
 }
 
 }  // namespace
@@ -28,7 +27,7 @@ std::vector<uint8_t> Backend::expert_choice_select(const Tensor& scores, int64_t
   Tensor sc = scores.detach().contiguous();
   const size_t n = size_t(T_) * size_t(E);
   Workspace<uint8_t> chosen{n};
-  cuda::expert_choice_select(sc.device_data<float>(), T_, E, long(capacity), chosen.get());
+  cuda::expert_choice_select(cf(sc), T_, E, long(capacity), chosen.get());
   std::vector<uint8_t> out(n);
   copy_to_host(out.data(), chosen.get(), n);
   return out;
@@ -42,7 +41,7 @@ std::pair<Tensor, Tensor> Backend::top_p_select(const Tensor& scores, double p) 
   Tensor sc = scores.detach().contiguous();
   Tensor ranked = Tensor::empty({T_, E}, DType::i32, Device::cuda);
   Tensor counts = Tensor::empty({T_}, DType::i32, Device::cuda);
-  cuda::top_p_select(sc.device_data<float>(), T_, E, p, ranked.device_data<int32_t>(), counts.device_data<int32_t>());
+  cuda::top_p_select(cf(sc), T_, E, p, ranked.device_data<int32_t>(), counts.device_data<int32_t>());
   return {ranked, counts};
 }
 
@@ -53,12 +52,12 @@ Tensor Backend::routing_entropy(const Tensor& scores) {
   const int E = int(scores.size(1));
   Tensor sc = scores.detach().contiguous();
   Tensor out = Tensor::empty({}, DType::f32, Device::cuda);
-  routing_entropy_forward(sc.device_data<float>(), T_, E, out.device_data<float>());
+  routing_entropy_forward(cf(sc), T_, E, mf(out));
   if (needs_grad({scores}))
     record(op, {out}, [scores, sc, T_, E](const std::vector<Tensor>& g) {
       const float go = float(g[0].item_double());  // one scalar to the host
       Tensor gs = Tensor::empty({T_, E}, DType::f32, Device::cuda);
-      routing_entropy_backward(sc.device_data<float>(), go, T_, E, gs.device_data<float>());
+      routing_entropy_backward(cf(sc), go, T_, E, mf(gs));
       accumulate_grad(scores, gs);
     });
   return out;
