@@ -275,8 +275,8 @@ void run_case(const ChoiceCase& c, uint64_t seed = 31) {
   // A ragged selection: some token with no expert or more than top_k, or a varying count.
   std::vector<int64_t> per_token(static_cast<size_t>(T), 0);
   for (int64_t t : cpu.last_routing().token.to_vector<int64_t>()) ++per_token[size_t(t)];
-  EXPECT_NE(*std::min_element(per_token.begin(), per_token.end()), *std::max_element(per_token.begin(), per_token.end()))
-      << "every token got as many experts: the case does not exercise a ragged selection";
+  const auto [fewest, most] = std::minmax_element(per_token.begin(), per_token.end());
+  EXPECT_NE(*fewest, *most) << "every token got as many experts: the case does not exercise a ragged selection";
 
   expect_same_decisions(dev, cpu, "device layer vs cpu layer");
   expect_same_decisions(dev, dev_host, "device routing vs host routing, both on the device");

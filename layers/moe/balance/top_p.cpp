@@ -54,8 +54,10 @@ class TopPBalancer final : public Balancer {
     double total = std::accumulate(loads.begin(), loads.end(), 0.0);
     Tensor aux = switch_aux(in.scores, loads, total);
     const double alpha = cfg_.balance.aux_alpha, beta = cfg_.balance.top_p_entropy_beta;
-    if (on_device(in))
-      return {extra_loss("aux", aux, alpha), extra_loss("entropy", cuda_backend("balance.top_p").routing_entropy(in.scores), beta)};
+    if (on_device(in)) {
+      Tensor entropy = cuda_backend("balance.top_p").routing_entropy(in.scores);
+      return {extra_loss("aux", aux, alpha), extra_loss("entropy", entropy, beta)};
+    }
     const Tensor& s = in.scores;
     Tensor ent = neg(mean_all(sum(mul(s, log(add_scalar(s, 1e-30))), {1})));
     return {ExtraLoss{"aux", mul_scalar(aux, alpha), aux.item_double()},
