@@ -6,6 +6,7 @@
 //   moe_ops.cpp    permute / combine and the SwiGLU experts
 //   routing_ops.cpp  router scores, top-k, gates, z-loss and aux loss of the plain top-k strategies,
 //                    and the routing statistics' sums
+//   selection_ops.cpp  expert choice's and top-p's selections and top-p's entropy loss
 //   price_ops.cpp  BIP / quantile dual price iterations and the quantile beta update
 //   optim_ops.cpp  AdamW, sums of squares, scaling
 #pragma once
@@ -54,6 +55,10 @@ class Backend final : public CudaBackend {
   RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
   Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
                        int* iterations = nullptr) override;
+  // expert_choice, top_p (selection_ops.cpp)
+  std::vector<uint8_t> expert_choice_select(const Tensor& scores, int64_t capacity) override;
+  std::pair<Tensor, Tensor> top_p_select(const Tensor& scores, double p) override;
+  Tensor routing_entropy(const Tensor& scores) override;
   // BIP and quantile prices (price_ops.cpp)
   void dual_price_iterations(const Tensor& scores, const Tensor& q, int64_t k, int64_t cap, int iters,
                              bool clip) override;
