@@ -115,9 +115,14 @@ class CudaBackend {
   // S-BASE's Sinkhorn plan of logits [T, E] (fp32): Pi [T, E] fp32 on the device, rows summing to
   // 1 / T and columns to 1 / E (core/cuda/sinkhorn.h; the host sinkhorn_plan's iterations and
   // stopping rule: temperature xi, at most max_iters, mean change of d1 below tol). No autograd
-  // (the plan only selects). Sets *iterations (when given) to the alternations run.
+  // (the plan only selects). Sets *iterations (when given) to the alternations run, and *log_d1
+  // (when given) to the plan's log d1 [E] (f64, on the device; the host SinkhornPlan::log_d1).
   virtual Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
-                               int* iterations = nullptr) = 0;
+                               int* iterations = nullptr, Tensor* log_d1 = nullptr) = 0;
+  // -- ssr, null_experts --
+  // x * scale + row broadcast over the rows: x [T, E] fp32, row [E] f64 on the device (a constant),
+  // computed in double, fp32 out; autograd into x (SSR's plan gate logits x / xi + log d1).
+  virtual Tensor scale_add_row(const Tensor& x, double scale, const Tensor& row) = 0;
 
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

@@ -51,7 +51,9 @@ class Backend final : public CudaBackend {
   Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) override;
   RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
   Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
-                       int* iterations = nullptr) override;
+                       int* iterations = nullptr, Tensor* log_d1 = nullptr) override;
+  // ssr, null_experts (ssr_ops.cpp)
+  Tensor scale_add_row(const Tensor& x, double scale, const Tensor& row) override;
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;
