@@ -28,7 +28,8 @@ void compare_help() {
       "  MaxVio_global  last evaluation, worst layer (/eval/layer_<l>/maxvio_global)\n"
       "  dead_experts   experts with load 0 at the last step, summed over layers\n"
       "  dropped_share  sum of /layer_<l>/dropped / sum of /layer_<l>/load over all steps and layers\n"
-      "  routing_time_share  n/a: the trainer does not log routing time yet\n"
+      "  routing_time_share  sum over layers and steps after the first of /layer_<l>/routing_time_s\n"
+      "                 over the sum of step_time_s (n/a for runs logged before these series)\n"
       "  tokens_per_s   mean tokens_per_s of the metrics.jsonl train rows after the first\n"
       "  wall_s_est     estimated training time: sum over train rows of new tokens / tokens_per_s\n"
       "                 (the trainer logs no wall clock; startup and the last eval are not included)\n");

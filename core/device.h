@@ -97,8 +97,13 @@ class CudaBackend {
   // shifted values)}. No autograd.
   virtual std::pair<Tensor, Tensor> router_topk(const Tensor& scores, const Tensor& bias, int64_t k) = 0;
   // Gates [T * k] fp32: scores at indices, renormalized per token when asked, times scale; autograd
-  // into scores (build_routing's gate on the host).
+  // into scores (build_routing's gate on the host). An index outside [0, E) (e.g. -1 padding of a
+  // ragged selection) is no choice: gate 0, left out of the renormalization.
   virtual Tensor router_gates(const Tensor& scores, const Tensor& indices, bool renormalize, double scale) = 0;
+  // out [A] = x.flat[index[a]] for x fp32 (any shape) and index [A] i32 on the device, whose
+  // entries must be distinct (the backward writes dx[index[a]] = dout[a], no atomics); autograd.
+  // Picks a ragged routing's gates out of router_gates' padded [T * K] output.
+  virtual Tensor gather(const Tensor& x, const Tensor& index) = 0;
   // Router z-loss mean_t logsumexp(logits_t)^2: 0-dim fp32; autograd.
   virtual Tensor router_z_loss(const Tensor& logits) = 0;
   // x / (row sums of x) for x [T, E] fp32 (the aux loss's probabilities of sigmoid scores); autograd.

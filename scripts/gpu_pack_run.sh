@@ -6,7 +6,10 @@
 # benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept), and the balance model
 # trained on the CPU and on the device (metrics.jsonl of both).
 #   scripts/gpu_pack_run.sh [pack.tar.xz] [steps]      (TRAIN_ONLY=1: only the two training runs;
-#   EXPERTS_ONLY=1: only the experts benchmark; SKIP_EXPERTS=1: all but it)
+#   EXPERTS_ONLY=1: only the experts benchmark; SKIP_EXPERTS=1: all but it;
+#   STRATEGIES_ONLY=1: only the strategy sweep: every balancing strategy trained `steps` steps on
+#   the device at a GPU-sized shape, then `moetrain compare` of the runs (routing_time_share and
+#   tokens_per_s per strategy) into $OUT/strategies.md)
 # The machine has no torch: the PyTorch reference device test writes its case files to
 # $OUT/torch_reference instead (MOE_TORCH_REFERENCE_OUT); check them where torch is with
 # scripts/torch_reference_offline.sh <that folder>.
@@ -41,6 +44,27 @@ if ! run "$P/bin/moetrain_cuda_bench" --benchmark_list_tests > "$OUT/probe.txt" 
   }
 fi
 cat "$OUT/probe.txt"
+if [[ -n "${STRATEGIES_ONLY:-}" ]]; then
+  # d_model 1024, 16 heads, 4 MoE blocks of 16 experts (hidden 2048), top-2, batch 32 x 512, bf16:
+  # large enough that routing's share is not launch overhead. Each strategy as its recipe sets it;
+  # top_p and null_experts (no recipe of their own) on the none recipe.
+  shape=(--set model.d_model=1024 --set model.n_heads=16 --set moe.expert_hidden=2048 --set train.batch_size=32
+         --set train.seq_len=512 --set train.steps=$steps --set schedule.warmup_steps=2 --set eval.every=0 --set checkpoint.every=0 --set log.every=5
+         --set data.dir="$P/data/brown" --set train.device=cuda)
+  runs=()
+  for spec in none aux_loss loss_free_softmax sinkhorn ssr bip bip_causal quantile expert_choice \
+              none:top_p none:null_experts; do
+    recipe=${spec%%:*}; strategy=${spec#*:}; name=$strategy
+    extra=(); [[ $spec == *:* ]] && extra=(--set router.balance=$strategy)
+    [[ $strategy == null_experts ]] && extra+=(--set balance.num_null_experts=4)
+    timeout 60 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain' train recipes/balance/$recipe.toml \
+      $(printf '%q ' "${shape[@]}" "${extra[@]}") --run-dir '$OUT/strategies/$name'" > "$OUT/strategy_$name.log" 2>&1
+    echo "$name rc=$?"; grep -E 'error' "$OUT/strategy_$name.log" | head -3
+    runs+=("$OUT/strategies/$name")
+  done
+  run "$P/bin/moetrain" compare "${runs[@]}" | tee "$OUT/strategies.md"
+  exit 0
+fi
 if [[ -z "${TRAIN_ONLY:-}" && -z "${EXPERTS_ONLY:-}" ]]; then
 echo "== GPU tests"
 MOE_TORCH_REFERENCE_OUT="$OUT/torch_reference" \

@@ -47,7 +47,31 @@ __global__ void csr_combine_backward_kernel(const T* dy, const T* src, const int
   if (threadIdx.x == 0) d_gates[gate_index[p]] = dot;
 }
 
+__global__ void gather_elements_kernel(const float* x, const int32_t* index, long n, float* out) {
+  const long a = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (a < n) out[a] = x[index[a]];
+}
+
+__global__ void scatter_elements_kernel(const float* dout, const int32_t* index, long n, float* dx) {
+  const long a = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (a < n) dx[index[a]] = dout[a];
+}
+
+constexpr int kElementThreads = 256;
+
 }  // namespace
+
+void gather_elements(const float* x, const int32_t* index, long n, float* out, cudaStream_t stream) {
+  MOE_CHECK(n >= 0, "cuda::gather_elements", "n = ", n);
+  if (n > 0)
+    MOE_LAUNCH(gather_elements_kernel, ceil_div(n, kElementThreads), kElementThreads, 0, stream, x, index, n, out);
+}
+
+void scatter_elements(const float* dout, const int32_t* index, long n, float* dx, cudaStream_t stream) {
+  MOE_CHECK(n >= 0, "cuda::scatter_elements", "n = ", n);
+  if (n > 0)
+    MOE_LAUNCH(scatter_elements_kernel, ceil_div(n, kElementThreads), kElementThreads, 0, stream, dout, index, n, dx);
+}
 
 template <class T>
 void gather_rows(const T* x, const int32_t* index, long rows, long dim, T* out, cudaStream_t stream) {

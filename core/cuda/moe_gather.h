@@ -32,4 +32,10 @@ void csr_combine_backward(const T* dy, const T* src, const int32_t* token, const
                           const float* gates, long rows, long dim, T* d_src, float* d_gates,
                           cudaStream_t stream = nullptr);
 
+// Element gathers of fp32 vectors (a ragged routing's gates, core/cuda/ops/gather_ops.cpp), one
+// thread per element: out[a] = x[index[a]]; and its backward, dx[index[a]] = dout[a] with the
+// index entries distinct (entries no index names are left untouched: zero dx first).
+void gather_elements(const float* x, const int32_t* index, long n, float* out, cudaStream_t stream = nullptr);
+void scatter_elements(const float* dout, const int32_t* index, long n, float* dx, cudaStream_t stream = nullptr);
+
 }  // namespace moe::cuda

@@ -45,6 +45,7 @@ class Backend final : public CudaBackend {
   Tensor router_scores(const Tensor& logits, bool sigmoid) override;
   std::pair<Tensor, Tensor> router_topk(const Tensor& scores, const Tensor& bias, int64_t k) override;
   Tensor router_gates(const Tensor& scores, const Tensor& indices, bool renormalize, double scale) override;
+  Tensor gather(const Tensor& x, const Tensor& index) override;
   Tensor router_z_loss(const Tensor& logits) override;
   Tensor row_normalize(const Tensor& x) override;
   Tensor load_counts(const Tensor& ids, int64_t experts) override;

@@ -1,10 +1,11 @@
-// Routing of the plain top-k strategies on the device (layers/moe/device_routing.h): router
+// Routing ops on the device (Balancer::routes_on_device(), layers/moe/balance/device_selection.h): router
 // scores, top-k (optionally bias-shifted), gates, z-loss and the Switch aux loss, fp32 throughout,
 // each over the kernels of core/cuda with its autograd backward; and S-BASE's Sinkhorn plan.
 #include "core/autograd.h"
 #include "core/cuda/elementwise.h"
 #include "core/cuda/gates.h"
 #include "core/cuda/ops/cuda_backend.h"
+#include "core/cuda/ops/op_util.h"
 #include "core/cuda/router.h"
 #include "core/cuda/router_losses.h"
 #include "core/cuda/router_stat_sums.h"
@@ -12,22 +13,6 @@
 #include "core/cuda/softmax.h"
 
 namespace moe::cuda {
-namespace {
-
-// t on the device, fp32, [rows, cols] (2-D); names the op otherwise.
-void check_f32_2d(const Tensor& t, const char* op, const char* what) {
-  MOE_CHECK(t.defined() && t.device() == Device::cuda, op, what, " ", t.defined() ? t.shape_str() : "(undefined)",
-            " is not on the cuda device");
-  MOE_CHECK(t.dtype() == DType::f32 && t.dim() == 2, op, what, " must be a [T, E] fp32 matrix, got ",
-            dtype_name(t.dtype()), " ", t.shape_str());
-}
-
-Tensor grad_f32(const Tensor& g) { return (g.dtype() == DType::f32 ? g : g.to(DType::f32)).contiguous(); }
-const float* cf(const Tensor& t) { return t.device_data<float>(); }
-float* mf(const Tensor& t) { return t.device_data<float>(); }
-const int32_t* ci(const Tensor& t) { return t.device_data<int32_t>(); }
-
-}  // namespace
 
 Tensor Backend::router_scores(const Tensor& logits, bool sigmoid) {
   const char* op = "router_scores";

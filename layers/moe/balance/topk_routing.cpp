@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "core/autograd.h"
+#include "core/device.h"
 #include "core/cpu/elementwise.h"
 #include "core/cpu/index.h"
 #include "core/cpu/reduce.h"
@@ -85,6 +86,37 @@ Tensor shifted_scores(const Tensor& scores, const std::vector<float>& bias, doub
   return sign > 0 ? add(scores.detach(), b) : sub(scores.detach(), b);
 }
 
+namespace {
+
+// build_routing's gate on the device (see topk_routing.h).
+Tensor device_gates(const Tensor& gate_source, const Selection& sel, const GateOptions& opt) {
+  const char* op = "balance.build_routing";
+  const int64_t T = gate_source.size(0), C = gate_source.size(1), A = int64_t(sel.size());
+  std::vector<int64_t> count(size_t(T), 0);
+  for (int64_t a = 0; a < A; ++a) {
+    const int64_t t = sel.token[size_t(a)], e = sel.expert[size_t(a)];
+    MOE_CHECK(t >= 0 && t < T && e >= 0 && e < C, op, "assignment ", a, " (token ", t, ", expert ", e,
+              ") outside [", T, ", ", C, "]");
+    MOE_CHECK(a == 0 || t >= sel.token[size_t(a - 1)], op, "a device gate source needs a token-major selection");
+    ++count[size_t(t)];
+  }
+  int64_t K = 1;
+  for (int64_t c : count) K = std::max(K, c);
+  std::vector<int32_t> ids(size_t(T * K), -1), at(static_cast<size_t>(A));
+  std::vector<int64_t> slot(size_t(T), 0);
+  for (int64_t a = 0; a < A; ++a) {
+    const int64_t t = sel.token[size_t(a)], pos = t * K + slot[size_t(t)]++;
+    ids[size_t(pos)] = int32_t(sel.expert[size_t(a)]);
+    at[size_t(a)] = int32_t(pos);
+  }
+  CudaBackend& be = cuda_backend(op);
+  Tensor padded = be.router_gates(gate_source, Tensor::from_vector<int32_t>(ids, {T, K}).to(Device::cuda),
+                                  opt.renormalize, opt.scale);
+  return be.gather(padded, Tensor::from_vector<int32_t>(at, {A}).to(Device::cuda));
+}
+
+}  // namespace
+
 Routing build_routing(const Tensor& gate_source, const Selection& sel, const GateOptions& opt) {
   int64_t T = gate_source.size(0), C = gate_source.size(1), A = int64_t(sel.size());
   Routing r;
@@ -96,6 +128,10 @@ Routing build_routing(const Tensor& gate_source, const Selection& sel, const Gat
     S* p = r.score.data<S>();
     for (int64_t a = 0; a < A; ++a) p[a] = S(sel.score[size_t(a)]);
   });
+  if (gate_source.device() == Device::cuda) {
+    r.gate = device_gates(gate_source, sel, opt);
+    return r;
+  }
   std::vector<int64_t> flat(static_cast<size_t>(A));
   for (int64_t a = 0; a < A; ++a) flat[size_t(a)] = sel.token[size_t(a)] * C + sel.expert[size_t(a)];
   Tensor src = gate_source.contiguous();

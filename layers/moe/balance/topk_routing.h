@@ -50,6 +50,9 @@ struct GateOptions {
 // Routing of the selection: gate = gate_source[token, expert] picked with index_select on the
 // flattened source (so autograd reaches the router), renormalized per token when asked
 // (a per-token sum through a constant 0/1 mask handles any number of choices per token).
+// A gate_source on the cuda device (fp32; a device-routed strategy) gives the gate there: the
+// selection, which must then be token-major, goes up as -1-padded [T, K] ids (K = the most
+// choices of a token), router_gates renormalizes and scales, and gather picks the A real gates.
 Routing build_routing(const Tensor& gate_source, const Selection& sel, const GateOptions& opt);
 
 // Checks the router output handed to a strategy: scores and logits [T, cols], floating, T >= 1.
