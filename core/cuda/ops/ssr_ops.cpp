@@ -3,15 +3,14 @@
 #include "core/autograd.h"
 #include "core/cpu/elementwise.h"
 #include "core/cuda/ops/cuda_backend.h"
+#include "core/cuda/ops/op_util.h"
 #include "core/cuda/row_shift.h"
 
 namespace moe::cuda {
 
 Tensor Backend::scale_add_row(const Tensor& x, double scale, const Tensor& row) {
   const char* op = "scale_add_row";
-  MOE_CHECK(x.defined() && x.device() == Device::cuda && x.dtype() == DType::f32 && x.dim() == 2, op,
-            "x must be a [T, E] fp32 matrix on the cuda device, got ",
-            x.defined() ? dtype_name(x.dtype()) + std::string(" ") + x.shape_str() : std::string("(undefined)"));
+  check_f32_2d(x, op, "x");
   MOE_CHECK(row.defined() && row.device() == Device::cuda && row.dtype() == DType::f64 && row.dim() == 1 &&
                 row.size(0) == x.size(1),
             op, "row must be [", x.size(1), "] f64 on the cuda device, got ",
@@ -20,7 +19,7 @@ Tensor Backend::scale_add_row(const Tensor& x, double scale, const Tensor& row) 
   const int E = int(x.size(1));
   Tensor xc = x.detach().contiguous(), rc = row.contiguous();
   Tensor out = Tensor::empty({T_, E}, DType::f32, Device::cuda);
-  cuda::scale_add_row(xc.device_data<float>(), scale, rc.device_data<double>(), out.device_data<float>(), T_, E);
+  cuda::scale_add_row(cf(xc), scale, rc.device_data<double>(), mf(out), T_, E);
   if (needs_grad({x}))
     record(op, {out}, [x, scale](const std::vector<Tensor>& g) { accumulate_grad(x, moe::mul_scalar(g[0], scale)); });
   return out;
