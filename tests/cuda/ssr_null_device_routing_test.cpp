@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,39 +76,26 @@ class TwinRanks final : public Communicator {
   [[noreturn]] static void fail() { MOE_FAIL("TwinRanks", "unexpected collective"); }
 };
 
+// A case: the layer's config (test::small_moe_config of the strategy, which each test varies:
+// score function, k, gates, capacity, p, xi, null experts) and how it is run.
 struct Case {
-  std::string name, strategy;
-  std::string score = "softmax";
-  int top_k = 2;
-  bool renormalize = true;
-  double gate_scale = 1.0;
-  double z_loss = 0;
-  std::optional<double> capacity = std::nullopt;
+  std::string name;
+  ModelConfig cfg;
   DType act = DType::f32;
   bool eval = false;
   int steps = 1;
-  double ssr_p = 1.0;        // ssr: probability of a plan step
-  double temperature = 1.0;  // ssr: xi
-  int max_iters = 100;
-  int num_null = 3;          // null_experts
-  bool twin_ranks = false;   // null_experts: a two-rank batch communicator (scope global)
+  bool twin_ranks = false;  // null_experts: a two-rank batch communicator (scope global)
   uint64_t seed = 31;
 };
 
-ModelConfig case_config(const Case& c) {
-  ModelConfig m = test::small_moe_config(c.strategy);
-  m.moe.score_function = c.score;
-  m.moe.top_k = c.top_k;
-  m.moe.renormalize_gates = c.renormalize;
-  m.moe.gate_scale = c.gate_scale;
-  m.moe.z_loss_coef = c.z_loss;
-  m.moe.capacity_factor = c.capacity;
-  m.moe.balance.ssr_probability = c.ssr_p;
-  m.moe.balance.sinkhorn_temperature = c.temperature;
-  m.moe.balance.sinkhorn_max_iters = c.max_iters;
-  m.moe.balance.num_null_experts = c.strategy == "null_experts" ? c.num_null : 0;
-  m.moe.balance.null_aux_alpha = 0.1;
-  return m;
+// SSR with p = 1 (every training step a plan step) unless a test sets it; null_experts with
+// three null experts and aux coefficient 0.1.
+Case make_case(const std::string& name, const std::string& strategy) {
+  Case c{name, test::small_moe_config(strategy)};
+  c.cfg.moe.balance.ssr_probability = 1.0;
+  if (strategy == "null_experts") c.cfg.moe.balance.num_null_experts = 3;
+  c.cfg.moe.balance.null_aux_alpha = 0.1;
+  return c;
 }
 
 // The CPU layer's router logits of x [B, S, D] (fp32, no grad).
@@ -208,7 +194,7 @@ struct Seen {
 
 Seen run(const Case& c) {
   SCOPED_TRACE(c.name);
-  const ModelConfig cfg = case_config(c);
+  const ModelConfig& cfg = c.cfg;
   Philox r1(1234, 0), r2(1234, 0), r3(1234, 0);
   MoeLayer cpu(cfg, 0, r1), dev(cfg, 0, r2), dev_host(cfg, 0, r3);
   MoeLayer* all[] = {&cpu, &dev, &dev_host};
@@ -222,7 +208,7 @@ Seen run(const Case& c) {
   dev_host.to(Device::cuda);
   dev_host.set_device_routing(false);
   Seen seen;
-  const bool ssr = c.strategy == "ssr";
+  const bool ssr = cfg.moe.balance.strategy == "ssr";
   const int64_t E = cfg.moe.num_experts, k = cfg.moe.top_k;
   for (int step = 0; step < c.steps; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
@@ -231,7 +217,7 @@ Seen run(const Case& c) {
     Tensor R = test::random_host({2, 7, 40}, seed + 1);
     const uint64_t offset = cpu.select_rng().offset();
     Philox coin = cpu.select_rng();
-    const bool plan_step = ssr && !c.eval && coin.uniform() < c.ssr_p;
+    const bool plan_step = ssr && !c.eval && coin.uniform() < cfg.moe.balance.ssr_probability;
     (plan_step ? seen.plan_steps : seen.topk_steps) += 1;
     const double margin = selection_margin(cpu, x, cfg.moe, plan_step);
     if (!(margin > 1e-4)) {
@@ -264,7 +250,7 @@ Seen run(const Case& c) {
       SCOPED_TRACE("device routing vs host routing on the device");
       check_pass(d, dh, cpu, tol, c.act == DType::f32 ? kF32 : tol);
     }
-    if (c.strategy == "null_experts") {
+    if (!ssr) {
       std::vector<int64_t> per_token(size_t(x.size(0) * x.size(1)), 0);
       for (int64_t t : cpu.last_routing().token.to_vector<int64_t>()) per_token[size_t(t)] += 1;
       for (int64_t e : cpu.last_routing().expert.to_vector<int64_t>()) EXPECT_LT(e, E);
@@ -282,50 +268,50 @@ class SsrNullDeviceRouting : public ::testing::Test {
 // ---- ssr ----
 
 // p = 0.1 over two training steps: the layer's stream draws 0.187 then 0.0087, so a top-k step
-// then a plan step, with the same flips on the three layers; softmax router, gate_scale 1.5
-// (plan gates and top-k gates both scaled), z-loss.
-TEST_F(SsrNullDeviceRouting, SsrMixedCoinSoftmaxScaledWithZLoss) {
-  Case c{"ssr p 0.1, softmax, scale 1.5, z", "ssr"};
-  c.ssr_p = 0.1;
-  c.gate_scale = 1.5;
-  c.z_loss = 1e-2;
+// then a plan step, with the same flips on the three layers; gate_scale 1.5 (plan gates and
+// top-k gates both scaled), z-loss.
+TEST_F(SsrNullDeviceRouting, SsrMixedCoinScaledWithZLoss) {
+  Case c = make_case("ssr p 0.1, scale 1.5, z", "ssr");
+  c.cfg.moe.balance.ssr_probability = 0.1;
+  c.cfg.moe.gate_scale = 1.5;
+  c.cfg.moe.z_loss_coef = 1e-2;
   c.steps = 2;
   const Seen s = run(c);
-  EXPECT_GT(s.plan_steps, 0);
-  EXPECT_GT(s.topk_steps, 0);
+  EXPECT_EQ(s.plan_steps, 1);
+  EXPECT_EQ(s.topk_steps, 1);
 }
 
-// Every step a plan step: k = 1 (gate = gate_scale), small temperature with few iterations,
-// sigmoid router, capacity drops.
+// A plan step with k = 1 (gate = gate_scale), small temperature with few iterations, sigmoid
+// router, capacity drops.
 TEST_F(SsrNullDeviceRouting, SsrPlanTop1SmallTemperatureSigmoidWithDrops) {
-  Case c{"ssr plan k = 1, xi 0.05, sigmoid, capacity 0.7", "ssr", "sigmoid", 1};
-  c.ssr_p = 1.0;
-  c.temperature = 0.05;
-  c.max_iters = 20;
-  c.capacity = 0.7;
-  c.gate_scale = 2.0;
+  Case c = make_case("ssr plan k = 1, xi 0.05, sigmoid, capacity 0.7, scale 2", "ssr");
+  MoeConfig& m = c.cfg.moe;
+  m.score_function = "sigmoid";
+  m.top_k = 1;
+  m.balance.sinkhorn_temperature = 0.05;
+  m.balance.sinkhorn_max_iters = 20;
+  m.capacity_factor = 0.7;
+  m.gate_scale = 2.0;
   EXPECT_EQ(run(c).plan_steps, 1);
 }
 
-// Plan steps with k = 3 and a non-unit temperature: softmax over three selected of x / xi + log d1.
+// A plan step with k = 3 and temperature 0.5: softmax over three selected of x / xi + log d1.
 TEST_F(SsrNullDeviceRouting, SsrPlanTop3Temperature) {
-  Case c{"ssr plan k = 3, xi 0.5", "ssr", "softmax", 3};
-  c.ssr_p = 1.0;
-  c.temperature = 0.5;
+  Case c = make_case("ssr plan k = 3, xi 0.5", "ssr");
+  c.cfg.moe.top_k = 3;
+  c.cfg.moe.balance.sinkhorn_temperature = 0.5;
   EXPECT_EQ(run(c).plan_steps, 1);
 }
 
 TEST_F(SsrNullDeviceRouting, SsrPlanBf16Activations) {
-  Case c{"ssr plan, bf16 activations", "ssr"};
-  c.ssr_p = 1.0;
+  Case c = make_case("ssr plan, bf16 activations", "ssr");
   c.act = DType::bf16;
   EXPECT_EQ(run(c).plan_steps, 1);
 }
 
-// Eval: top-k of the scores whatever p, and no draw from the stream.
+// Eval: top-k of the scores whatever p (here 1), and no draw from the stream.
 TEST_F(SsrNullDeviceRouting, SsrEvalDrawsNothing) {
-  Case c{"ssr eval, p 1", "ssr"};
-  c.ssr_p = 1.0;
+  Case c = make_case("ssr eval, p 1", "ssr");
   c.eval = true;
   EXPECT_EQ(run(c).topk_steps, 1);
 }
@@ -334,9 +320,9 @@ TEST_F(SsrNullDeviceRouting, SsrEvalDrawsNothing) {
 
 // Tokens with fewer than k real experts (their gates renormalized over the real ones) and
 // tokens whose choices are all null (no assignment); the aux loss over E + n_null experts.
-TEST_F(SsrNullDeviceRouting, NullExpertsSoftmaxRenormalized) {
-  Case c{"null_experts n 3, k 2, softmax, z", "null_experts"};
-  c.z_loss = 1e-2;
+TEST_F(SsrNullDeviceRouting, NullExpertsRenormalizedWithZLoss) {
+  Case c = make_case("null_experts n 3, k 2, z", "null_experts");
+  c.cfg.moe.z_loss_coef = 1e-2;
   c.steps = 2;
   const Seen s = run(c);
   EXPECT_GT(s.tokens_short, 0);
@@ -344,23 +330,27 @@ TEST_F(SsrNullDeviceRouting, NullExpertsSoftmaxRenormalized) {
 }
 
 TEST_F(SsrNullDeviceRouting, NullExpertsK3NoRenormalizeScaled) {
-  Case c{"null_experts n 4, k 3, no renormalize, scale 2", "null_experts", "softmax", 3, false, 2.0};
-  c.num_null = 4;
+  Case c = make_case("null_experts n 4, k 3, no renormalize, scale 2", "null_experts");
+  MoeConfig& m = c.cfg.moe;
+  m.balance.num_null_experts = 4;
+  m.top_k = 3;
+  m.renormalize_gates = false;
+  m.gate_scale = 2.0;
   EXPECT_GT(run(c).tokens_short, 0);
 }
 
 TEST_F(SsrNullDeviceRouting, NullExpertsEvalBf16WithDrops) {
-  Case c{"null_experts eval, bf16, capacity 0.7", "null_experts"};
+  Case c = make_case("null_experts eval, bf16, capacity 0.7", "null_experts");
   c.eval = true;
   c.act = DType::bf16;
-  c.capacity = 0.7;
+  c.cfg.moe.capacity_factor = 0.7;
   EXPECT_GT(run(c).tokens_short, 0);
 }
 
 // The batch communicator only sums the loads of the aux loss (host vectors from the chosen ids):
 // the device routes under it too, with the host's loss.
 TEST_F(SsrNullDeviceRouting, NullExpertsUnderABatchCommunicator) {
-  Case c{"null_experts, two-rank batch communicator", "null_experts"};
+  Case c = make_case("null_experts, two-rank batch communicator", "null_experts");
   c.twin_ranks = true;
   EXPECT_GT(run(c).tokens_short, 0);
 }
