@@ -124,6 +124,16 @@ class CudaBackend {
   // (when given) to the plan's log d1 [E] (f64, on the device; the host SinkhornPlan::log_d1).
   virtual Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
                                int* iterations = nullptr, Tensor* log_d1 = nullptr) = 0;
+  // expert_choice and top_p (selection_ops.cpp over core/cuda/selection.h), scores [T, E] fp32:
+  // Expert choice: each expert's `capacity` highest-scoring tokens (ties to the lower token), as a
+  // [T, E] 0 / 1 mask copied to the host (T * E bytes: the one copy down). 1 <= capacity <= T.
+  virtual std::vector<uint8_t> expert_choice_select(const Tensor& scores, int64_t capacity) = 0;
+  // Top-p: per token, the experts in descending score order (ties to the lower expert) while the
+  // running sum (double) of the taken scores is below p: {ranked [T, E] i32 (the taken experts,
+  // then -1), counts [T] i32}, both on the device. No autograd (selection only).
+  virtual std::pair<Tensor, Tensor> top_p_select(const Tensor& scores, double p) = 0;
+  // Top-p's entropy loss mean_t -sum_j s_tj log(s_tj + 1e-30): 0-dim fp32; autograd into scores.
+  virtual Tensor routing_entropy(const Tensor& scores) = 0;
   // -- ssr, null_experts --
   // x * scale + row broadcast over the rows: x [T, E] fp32, row [E] f64 on the device (a constant),
   // computed in double, fp32 out; autograd into x (SSR's plan gate logits x / xi + log d1).

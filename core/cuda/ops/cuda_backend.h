@@ -6,6 +6,7 @@
 //   moe_ops.cpp    permute / combine and the SwiGLU experts
 //   routing_ops.cpp  router scores, top-k, gates, z-loss and aux loss of the plain top-k strategies,
 //                    and the routing statistics' sums
+//   selection_ops.cpp  expert choice's and top-p's selections and top-p's entropy loss
 //   optim_ops.cpp  AdamW, sums of squares, scaling
 #pragma once
 #include <memory>
@@ -53,6 +54,10 @@ class Backend final : public CudaBackend {
   RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
   Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
                        int* iterations = nullptr, Tensor* log_d1 = nullptr) override;
+  // expert_choice, top_p (selection_ops.cpp)
+  std::vector<uint8_t> expert_choice_select(const Tensor& scores, int64_t capacity) override;
+  std::pair<Tensor, Tensor> top_p_select(const Tensor& scores, double p) override;
+  Tensor routing_entropy(const Tensor& scores) override;
   // ssr, null_experts (ssr_ops.cpp)
   Tensor scale_add_row(const Tensor& x, double scale, const Tensor& row) override;
 

@@ -5,6 +5,8 @@
 #include <numeric>
 
 #include "core/autograd.h"
+#include "core/device.h"
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/global_batch.h"
 #include "layers/moe/balance/strategies.h"
 
@@ -21,6 +23,9 @@ namespace {
 // back to the ranks holding the tokens (return_columns): the single process's routing, with
 // T_global x E / W of the selection work per rank. scope = "local": each expert picks
 // C = ceil(T_rank c / E) of the rank's own tokens.
+// On the device (routes_on_device(): the batch is the process's own) the same rule runs there
+// (core/cuda/selection.h: a block per expert); the [T, E] 0 / 1 mask comes down as bytes and the
+// chosen pairs' scores as one small gather (no autograd); the gates stay on the device.
 class ExpertChoiceBalancer final : public Balancer {
  public:
   explicit ExpertChoiceBalancer(const MoeConfig& cfg) : cfg_(cfg) {}
@@ -28,6 +33,7 @@ class ExpertChoiceBalancer final : public Balancer {
 
   Routing select(const RouterOutput& in, Philox&) override {
     check_router_output(in, cfg_.num_experts, "balance.expert_choice");
+    if (on_device(in)) return select_on_device(in);
     const int64_t E = cfg_.num_experts, local_T = in.scores.size(0);
     const std::vector<double> s = in.scores.detach().contiguous().to_double_vector();
     std::vector<uint8_t> chosen(size_t(local_T * E), 0);  // this rank's tokens x experts
@@ -57,7 +63,25 @@ class ExpertChoiceBalancer final : public Balancer {
     return build_routing(in.scores, sel, GateOptions{false, cfg_.gate_scale});
   }
 
+  bool routes_on_device() const override { return batch_communicator(cfg_.balance.scope) == nullptr; }
+
  private:
+  Routing select_on_device(const RouterOutput& in) {
+    CudaBackend& be = cuda_backend("balance.expert_choice");
+    const int64_t T = in.scores.size(0), E = cfg_.num_experts;
+    const std::vector<uint8_t> chosen = be.expert_choice_select(in.scores, capacity(T));
+    Selection sel;
+    std::vector<int32_t> flat;  // t * E + e of the chosen pairs, token-major
+    for (int64_t i = 0; i < T * E; ++i)
+      if (chosen[size_t(i)]) sel.push(i / E, i % E, 0.0), flat.push_back(int32_t(i));
+    // Their scores (the host path's selection score, fp32): one gather, A floats down.
+    const std::vector<float> v =
+        be.gather(in.scores.detach(), Tensor::from_vector(flat, {int64_t(flat.size())}).to(Device::cuda))
+            .to_vector<float>();
+    std::copy(v.begin(), v.end(), sel.score.begin());
+    return build_routing(in.scores, sel, GateOptions{false, cfg_.gate_scale});
+  }
+
   int64_t capacity(int64_t T) const {
     return std::min<int64_t>(T, int64_t(std::ceil(double(T) * cfg_.balance.expert_choice_capacity /
                                                   double(cfg_.num_experts))));
