@@ -58,8 +58,8 @@ class NullExpertsBalancer final : public Balancer {
   bool routes_on_device() const override { return true; }
 
   std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing&) override {
-    MOE_CHECK(loads_tokens_ == in.scores.size(0), "balance.null_experts", "extra_losses needs the select() of the same ",
-              in.scores.size(0), " tokens first");
+    MOE_CHECK(loads_tokens_ == in.scores.size(0), "balance.null_experts",
+              "extra_losses needs the select() of the same ", in.scores.size(0), " tokens first");
     std::vector<double> loads = full_loads_;
     if (Communicator* comm = batch_communicator(cfg_.balance.scope)) comm->all_reduce_sum(loads);
     double total = std::accumulate(loads.begin(), loads.end(), 0.0);

@@ -39,7 +39,8 @@ class SsrBalancer final : public Balancer {
     if (comm) comm->all_reduce_max(&coin, 1);
     const bool use_plan = coin > 0;
     if (on_device(in)) return select_on_device(in, use_plan);
-    if (!use_plan) return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.ssr"), token_choice_gates(cfg_));
+    if (!use_plan)
+      return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.ssr"), token_choice_gates(cfg_));
     MOE_CHECK(in.logits.defined(), "balance.ssr", "needs the router logits");
     const auto& b = cfg_.balance;
     const int64_t k = cfg_.top_k, T = in.scores.size(0), E = cfg_.num_experts;
