@@ -120,9 +120,10 @@ class CudaBackend {
   // S-BASE's Sinkhorn plan of logits [T, E] (fp32): Pi [T, E] fp32 on the device, rows summing to
   // 1 / T and columns to 1 / E (core/cuda/sinkhorn.h; the host sinkhorn_plan's iterations and
   // stopping rule: temperature xi, at most max_iters, mean change of d1 below tol). No autograd
-  // (the plan only selects). Sets *iterations (when given) to the alternations run.
+  // (the plan only selects). Sets *iterations (when given) to the alternations run, and *log_d1
+  // (when given) to the plan's log d1 [E] (f64, on the device; the host SinkhornPlan::log_d1).
   virtual Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
-                               int* iterations = nullptr) = 0;
+                               int* iterations = nullptr, Tensor* log_d1 = nullptr) = 0;
   // expert_choice and top_p (selection_ops.cpp over core/cuda/selection.h), scores [T, E] fp32:
   // Expert choice: each expert's `capacity` highest-scoring tokens (ties to the lower token), as a
   // [T, E] 0 / 1 mask copied to the host (T * E bytes: the one copy down). 1 <= capacity <= T.
@@ -143,6 +144,10 @@ class CudaBackend {
   // (target - beta) in double, then re-centred to mean 0 (rounded to fp32), in place: the host's
   // arithmetic. No autograd.
   virtual void quantile_beta_update(const Tensor& beta, const Tensor& target, double rate) = 0;
+  // -- ssr, null_experts --
+  // x * scale + row broadcast over the rows: x [T, E] fp32, row [E] f64 on the device (a constant),
+  // computed in double, fp32 out; autograd into x (SSR's plan gate logits x / xi + log d1).
+  virtual Tensor scale_add_row(const Tensor& x, double scale, const Tensor& row) = 0;
 
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

@@ -54,7 +54,7 @@ class Backend final : public CudaBackend {
   Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) override;
   RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
   Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,
-                       int* iterations = nullptr) override;
+                       int* iterations = nullptr, Tensor* log_d1 = nullptr) override;
   // expert_choice, top_p (selection_ops.cpp)
   std::vector<uint8_t> expert_choice_select(const Tensor& scores, int64_t capacity) override;
   std::pair<Tensor, Tensor> top_p_select(const Tensor& scores, double p) override;
@@ -63,6 +63,8 @@ class Backend final : public CudaBackend {
   void dual_price_iterations(const Tensor& scores, const Tensor& q, int64_t k, int64_t cap, int iters,
                              bool clip) override;
   void quantile_beta_update(const Tensor& beta, const Tensor& target, double rate) override;
+  // ssr, null_experts (ssr_ops.cpp)
+  Tensor scale_add_row(const Tensor& x, double scale, const Tensor& row) override;
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;

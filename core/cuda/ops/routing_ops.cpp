@@ -180,7 +180,8 @@ RouterStatSums Backend::router_stat_sums(const Tensor& scores, const Tensor& log
   return r;
 }
 
-Tensor Backend::sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol, int* iterations) {
+Tensor Backend::sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol, int* iterations,
+                              Tensor* log_d1) {
   const char* op = "sinkhorn_plan";
   check_f32_2d(logits, op, "logits");
   MOE_CHECK(temperature > 0, "router.sinkhorn_temperature", "must be > 0, got ", temperature);
@@ -191,8 +192,15 @@ Tensor Backend::sinkhorn_plan(const Tensor& logits, double temperature, int max_
   MOE_CHECK(T_ > 0 && E > 0, op, "expected logits [T, E] with T, E > 0, got ", logits.shape_str());
   Tensor lc = logits.detach().contiguous();
   Tensor plan = Tensor::empty({T_, E}, DType::f32, Device::cuda);
-  const int it = cuda::sinkhorn_plan(cf(lc), T_, E, float(temperature), max_iters, float(tol), mf(plan));
-  if (iterations) *iterations = it;
+  Tensor row_max = Tensor::empty({T_}, DType::f32, Device::cuda);
+  Tensor log_d0 = Tensor::empty({T_}, DType::f64, Device::cuda), d1 = Tensor::empty({E}, DType::f64, Device::cuda);
+  const cuda::SinkhornStats stats =
+      cuda::sinkhorn_scalings(cf(lc), T_, E, float(temperature), max_iters, float(tol), mf(row_max),
+                              log_d0.device_data<double>(), d1.device_data<double>());
+  cuda::sinkhorn_plan_from_scalings(cf(lc), cf(row_max), log_d0.device_data<double>(), d1.device_data<double>(), T_,
+                                    E, float(temperature), mf(plan));
+  if (iterations) *iterations = stats.iterations;
+  if (log_d1) *log_d1 = d1;
   return plan;
 }
 

@@ -3,12 +3,26 @@
 #include <numeric>
 
 #include "core/cpu/elementwise.h"
+#include "core/device.h"
 #include "layers/moe/balance/aux_math.h"
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/strategies.h"
 #include "parallel/communicator.h"
 
 namespace moe {
 namespace {
+
+// Token-major top-k of device scores [T, C] (router_topk: ties to the lower column, as
+// select_topk); only the [T, k] ids and values come down.
+Selection device_topk_selection(const Tensor& scores, int64_t k) {
+  auto [idx, val] = cuda_backend("balance.null_experts").router_topk(scores, Tensor(), k);
+  const std::vector<int32_t> ids = idx.to_vector<int32_t>();
+  const std::vector<float> values = val.to_vector<float>();
+  Selection sel;
+  sel.reserve(ids.size());
+  for (size_t a = 0; a < ids.size(); ++a) sel.push(int64_t(a) / k, ids[a], values[a]);
+  return sel;
+}
 
 // Choices of null experts are removed from the routing (they cost no FLOPs and add nothing);
 // the remaining real gates are renormalized to sum 1 per token (cfg.renormalize_gates, k > 1).
@@ -17,6 +31,9 @@ namespace {
 // Data parallelism, balance.scope = "global" (default): those loads are all-reduced over the
 // ranks (the global micro-batch's f_i; P_i stays local and the trainer averages over ranks), as
 // aux_loss micro_batch: the single process's loss. scope = "local": the rank's own loads.
+// Routes on the device always (routes_on_device()): the top-k runs there and only its [T, k] ids
+// and values come down; the loads (and their all-reduce) are host vectors on both paths, the
+// real gates are gathered and renormalized on the device (build_routing of a device source).
 class NullExpertsBalancer final : public Balancer {
  public:
   explicit NullExpertsBalancer(const MoeConfig& cfg) : cfg_(cfg) {}
@@ -26,7 +43,8 @@ class NullExpertsBalancer final : public Balancer {
   Routing select(const RouterOutput& in, Philox&) override {
     const int64_t E = cfg_.num_experts, Er = router_outputs(E);
     check_router_output(in, Er, "balance.null_experts");
-    Selection all = select_topk(in.scores, cfg_.top_k, "balance.null_experts");
+    Selection all = on_device(in) ? device_topk_selection(in.scores, cfg_.top_k)
+                                  : select_topk(in.scores, cfg_.top_k, "balance.null_experts");
     full_loads_.assign(size_t(Er), 0.0);
     Selection real;
     real.reserve(all.size());
@@ -37,15 +55,16 @@ class NullExpertsBalancer final : public Balancer {
     loads_tokens_ = in.scores.size(0);
     return build_routing(in.scores, real, token_choice_gates(cfg_));
   }
+  bool routes_on_device() const override { return true; }
 
   std::vector<ExtraLoss> extra_losses(const RouterOutput& in, const Routing&) override {
-    MOE_CHECK(loads_tokens_ == in.scores.size(0), "balance.null_experts", "extra_losses needs the select() of the same ",
-              in.scores.size(0), " tokens first");
+    MOE_CHECK(loads_tokens_ == in.scores.size(0), "balance.null_experts",
+              "extra_losses needs the select() of the same ", in.scores.size(0), " tokens first");
     std::vector<double> loads = full_loads_;
     if (Communicator* comm = batch_communicator(cfg_.balance.scope)) comm->all_reduce_sum(loads);
     double total = std::accumulate(loads.begin(), loads.end(), 0.0);
     Tensor loss = switch_aux(in.scores, loads, total);
-    return {ExtraLoss{"aux", mul_scalar(loss, cfg_.balance.null_aux_alpha), loss.item_double()}};
+    return {extra_loss("aux", loss, cfg_.balance.null_aux_alpha)};
   }
 
  private:

@@ -6,6 +6,8 @@
 #include "core/autograd.h"
 #include "core/cpu/elementwise.h"
 #include "core/cpu/reduce.h"
+#include "core/device.h"
+#include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/sinkhorn_plan.h"
 #include "layers/moe/balance/strategies.h"
 
@@ -23,6 +25,8 @@ namespace {
 // Plan gates: Pi_ij renormalized over the token's k selected experts. With d0, d1 held constant
 // (they are normalizers, as in S-BASE), Pi_ij / sum_sel Pi_il = softmax over the selected of
 // (x_ij / xi + log d1_j): that is what is built, so the router gets a gradient on plan steps too.
+// Routes on the device (routes_on_device()) unless a data-parallel batch communicator is
+// installed; the coin is drawn the same way on both paths, so the flips (and resume) agree.
 class SsrBalancer final : public Balancer {
  public:
   explicit SsrBalancer(const MoeConfig& cfg) : cfg_(cfg) {}
@@ -34,7 +38,9 @@ class SsrBalancer final : public Balancer {
     double coin = in.training && rng.uniform() < cfg_.balance.ssr_probability ? 1.0 : 0.0;
     if (comm) comm->all_reduce_max(&coin, 1);
     const bool use_plan = coin > 0;
-    if (!use_plan) return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.ssr"), token_choice_gates(cfg_));
+    if (on_device(in)) return select_on_device(in, use_plan);
+    if (!use_plan)
+      return build_routing(in.scores, select_topk(in.scores, cfg_.top_k, "balance.ssr"), token_choice_gates(cfg_));
     MOE_CHECK(in.logits.defined(), "balance.ssr", "needs the router logits");
     const auto& b = cfg_.balance;
     const int64_t k = cfg_.top_k, T = in.scores.size(0), E = cfg_.num_experts;
@@ -70,7 +76,29 @@ class SsrBalancer final : public Balancer {
     return r;
   }
 
+  // On the device when the batch is this process's own: under a data-parallel batch
+  // communicator the plan's column sums (and the coin) are all-reduced (host path).
+  bool routes_on_device() const override { return batch_communicator(cfg_.balance.scope) == nullptr; }
+
  private:
+  // The host rules on the device. Top-k steps: device_topk_routing of the scores. Plan steps:
+  // top-k of Pi (core/cuda/sinkhorn.h, the host's iterations and stopping rule), selection score
+  // T * Pi_ij, gates softmax over the selected of y = x / xi + log d1: the full-row softmax of y
+  // renormalized over the selected (the selected are the row's largest y, so nothing underflows),
+  // differentiable into the logits with d1 constant.
+  Routing select_on_device(const RouterOutput& in, bool use_plan) {
+    if (!use_plan) return device_topk_routing(in.scores, {}, cfg_.top_k, in.scores, token_choice_gates(cfg_));
+    MOE_CHECK(in.logits.defined(), "balance.ssr", "needs the router logits");
+    CudaBackend& be = cuda_backend("balance.ssr");
+    const auto& b = cfg_.balance;
+    const double xi = b.sinkhorn_temperature;
+    Tensor log_d1;
+    Tensor plan = be.sinkhorn_plan(in.logits, xi, b.sinkhorn_max_iters, b.sinkhorn_tol, nullptr, &log_d1);
+    Tensor source = be.router_scores(be.scale_add_row(in.logits, 1.0 / xi, log_d1), false);
+    return device_topk_routing(plan, {}, cfg_.top_k, source, GateOptions{true, cfg_.gate_scale},
+                               double(in.scores.size(0)));
+  }
+
   MoeConfig cfg_;
 };
 
