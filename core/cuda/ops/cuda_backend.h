@@ -4,10 +4,13 @@
 //   backend.cpp    device, memory (caching allocator), copies, fill
 //   dense_ops.cpp  embedding, RMSNorm, linear, RoPE, attention, element-wise, cross-entropy
 //   moe_ops.cpp    permute / combine and the SwiGLU experts
-//   routing_ops.cpp  router scores, top-k, gates, z-loss and aux loss of the plain top-k strategies,
+//   routing_ops.cpp  router scores, top-k, gates, z-loss, the Switch aux loss, the Sinkhorn plan
 //                    and the routing statistics' sums
+//   gather_ops.cpp  the element gather of a ragged routing's gates
 //   selection_ops.cpp  expert choice's and top-p's selections and top-p's entropy loss
 //   price_ops.cpp  BIP / quantile dual price iterations and the quantile beta update
+//   ssr_ops.cpp    x * scale + row (SSR's plan gates)
+//   op_util.h      argument checks and typed pointers shared by these files
 //   optim_ops.cpp  AdamW, sums of squares, scaling
 #pragma once
 #include <memory>
