@@ -44,18 +44,6 @@ constexpr double kPriceTol = 1e-6;
 // The smallest top-k margin the inputs must have: far above both roundings.
 constexpr double kMargin = 1e-5;
 
-// max |got - want| / max |want| over the entries (shapes must match).
-double rel_diff(const Tensor& got, const Tensor& want) {
-  EXPECT_EQ(got.numel(), want.numel());
-  std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
-  double top = 0, worst = 0;
-  for (size_t i = 0; i < w.size() && i < g.size(); ++i) {
-    top = std::max(top, std::abs(w[i]));
-    worst = std::max(worst, std::abs(g[i] - w[i]));
-  }
-  return top > 0 ? worst / top : worst;
-}
-
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
   EXPECT_EQ(a.size(), b.size());
   double worst = 0;
@@ -255,16 +243,16 @@ void compare_routing(MoeLayer& got, MoeLayer& want, const std::string& what) {
   EXPECT_EQ(got.last_routing().token.to_vector<int64_t>(), want.last_routing().token.to_vector<int64_t>());
   EXPECT_EQ(got.last_routing().expert.to_vector<int64_t>(), want.last_routing().expert.to_vector<int64_t>());
   EXPECT_EQ(got.last_stats().load, want.last_stats().load);
-  EXPECT_LE(rel_diff(got.last_routing().gate, want.last_routing().gate), kF32Rel) << "gate";
-  EXPECT_LE(rel_diff(got.last_routing().score, want.last_routing().score), kF32Rel) << "selection score";
+  EXPECT_LE(test::max_rel_diff(got.last_routing().gate, want.last_routing().gate), kF32Rel) << "gate";
+  EXPECT_LE(test::max_rel_diff(got.last_routing().score, want.last_routing().score), kF32Rel) << "selection score";
 }
 
 void compare_pass(const Pass& got, const Pass& want, double rel, const std::string& what) {
   SCOPED_TRACE(what);
-  EXPECT_LE(rel_diff(got.out, want.out), rel) << "output";
+  EXPECT_LE(test::max_rel_diff(got.out, want.out), rel) << "output";
   if (!want.xgrad.defined()) return;
-  EXPECT_LE(rel_diff(got.xgrad, want.xgrad), rel) << "input grad";
-  EXPECT_LE(rel_diff(got.router_grad, want.router_grad), rel) << "router grad";
+  EXPECT_LE(test::max_rel_diff(got.xgrad, want.xgrad), rel) << "input grad";
+  EXPECT_LE(test::max_rel_diff(got.router_grad, want.router_grad), rel) << "router grad";
 }
 
 void run_price_case(const PriceCase& c) {

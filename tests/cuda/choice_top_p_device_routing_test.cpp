@@ -122,18 +122,6 @@ TEST_F(ChoiceTopPDeviceOps, RoutingEntropyMatchesCpuWithAutograd) {
 
 constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
 
-// |got - want| <= rel * max |want| entry-wise (tensors on either device).
-::testing::AssertionResult near_max(const Tensor& got, const Tensor& want, double rel, const std::string& what) {
-  if (!got.defined() || !want.defined() || got.numel() != want.numel())
-    return ::testing::AssertionFailure() << what << ": undefined or of another size";
-  const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
-  double top = 0, worst = 0;
-  for (double v : w) top = std::max(top, std::abs(v));
-  for (size_t i = 0; i < w.size(); ++i) worst = std::max(worst, std::abs(g[i] - w[i]));
-  if (worst <= rel * top) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": max |diff| " << worst << " > " << rel << " * " << top;
-}
-
 struct ChoiceCase {
   std::string name, strategy;  // expert_choice | top_p
   std::string score = "softmax";
@@ -215,8 +203,8 @@ void expect_same_decisions(MoeLayer& got, MoeLayer& want, const std::string& wha
   EXPECT_EQ(g.expert.to_vector<int64_t>(), w.expert.to_vector<int64_t>());
   EXPECT_EQ(got.last_stats().load, want.last_stats().load);
   EXPECT_EQ(g.score.device(), Device::cpu);
-  EXPECT_TRUE(near_max(g.score, w.score, kF32Rel, "selection score"));
-  EXPECT_TRUE(near_max(g.gate, w.gate, kF32Rel, "gate"));
+  EXPECT_TRUE(test::near_rel_max(g.score, w.score, kF32Rel, "selection score"));
+  EXPECT_TRUE(test::near_rel_max(g.gate, w.gate, kF32Rel, "gate"));
   const std::vector<ExtraLoss> gl = got.extra_losses(), wl = want.extra_losses();
   ASSERT_EQ(gl.size(), wl.size());
   for (size_t i = 0; i < wl.size(); ++i) {
@@ -232,13 +220,13 @@ void expect_same_decisions(MoeLayer& got, MoeLayer& want, const std::string& wha
 void expect_near_run(MoeLayer& layer, const Run& got, const Run& want, double rel, double router_rel,
                      const std::string& what) {
   SCOPED_TRACE(what);
-  EXPECT_TRUE(near_max(got.out, want.out, router_rel, "output"));
-  EXPECT_TRUE(near_max(got.xgrad, want.xgrad, router_rel, "input grad"));
+  EXPECT_TRUE(test::near_rel_max(got.out, want.out, router_rel, "output"));
+  EXPECT_TRUE(test::near_rel_max(got.xgrad, want.xgrad, router_rel, "input grad"));
   const auto named = layer.named_parameters();
   ASSERT_EQ(got.grads.size(), want.grads.size());
   for (size_t i = 0; i < named.size(); ++i) {
     const bool router = named[i].first.rfind("router", 0) == 0;
-    EXPECT_TRUE(near_max(got.grads[i], want.grads[i], router ? router_rel : rel, named[i].first + " grad"));
+    EXPECT_TRUE(test::near_rel_max(got.grads[i], want.grads[i], router ? router_rel : rel, named[i].first + " grad"));
   }
 }
 

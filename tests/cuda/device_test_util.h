@@ -1,7 +1,12 @@
 // For tests of Tensor-level ops on the cuda device: seeded host inputs (moved to the device by
 // each test as it needs them).
 #pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -20,6 +25,43 @@ inline Tensor random_host(const Shape& shape, uint64_t seed, double scale = 1.0)
   std::vector<float> v(size_t(shape_numel(shape)));
   for (float& x : v) x = float(rng.normal() * scale);
   return Tensor::from_vector(v, shape);
+}
+
+// max |got - want| / max |want| over the entries (tensors on either device; the plain max |diff|
+// when want is all zero); infinity when a side is undefined, the sizes differ or an entry is NaN
+// on one side only.
+inline double max_rel_diff(const Tensor& got, const Tensor& want) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  if (!got.defined() || !want.defined() || got.numel() != want.numel()) return kInf;
+  const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
+  double top = 0, worst = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (std::isnan(g[i]) != std::isnan(w[i])) return kInf;
+    top = std::max(top, std::abs(w[i]));
+    worst = std::max(worst, std::abs(g[i] - w[i]));
+  }
+  return top > 0 ? worst / top : worst;
+}
+
+// |got - want| <= rel * max |want| entry-wise; the failure names `what`, the worst entry and both
+// values.
+inline ::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& want, double rel,
+                                               const std::string& what) {
+  if (!got.defined() || !want.defined())
+    return ::testing::AssertionFailure() << what << ": " << (got.defined() ? "want" : "got") << " is undefined";
+  if (got.numel() != want.numel())
+    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str();
+  const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
+  double top = 0, worst = 0;
+  size_t at = 0;
+  for (double v : w) top = std::max(top, std::abs(v));
+  for (size_t i = 0; i < w.size(); ++i) {
+    const double d = std::abs(g[i] - w[i]);
+    if (!(d <= worst)) worst = d, at = i;  // NaN counts as the worst
+  }
+  if (worst <= rel * top) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << what << ": max |diff| " << worst << " at " << at << " (got " << g[at]
+                                       << ", want " << w[at] << ") > " << rel << " * max |want| " << top;
 }
 
 // The MoE layer of the device tests: d_model 40, 5 experts, top-2, expert_hidden 24 (odd sizes),

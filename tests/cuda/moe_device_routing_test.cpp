@@ -31,25 +31,8 @@ namespace {
 
 constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
 
+using test::near_rel_max;
 using test::random_host;
-
-::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& want, double rel, const std::string& what) {
-  if (!got.defined() || !want.defined())
-    return ::testing::AssertionFailure() << what << ": " << (got.defined() ? "want" : "got") << " is undefined";
-  if (got.numel() != want.numel())
-    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str();
-  std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
-  double top = 0, worst = 0;
-  size_t at = 0;
-  for (double v : w) top = std::max(top, std::abs(v));
-  for (size_t i = 0; i < w.size(); ++i) {
-    const double d = std::abs(g[i] - w[i]);
-    if (!(d <= worst)) worst = d, at = i;
-  }
-  if (worst <= rel * top) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": max |diff| " << worst << " at " << at << " (got " << g[at]
-                                       << ", want " << w[at] << ") > " << rel << " * max |want| " << top;
-}
 
 struct RouteCase {
   std::string name, strategy;

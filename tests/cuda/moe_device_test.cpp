@@ -24,6 +24,7 @@
 namespace moe {
 namespace {
 
+using test::near_rel_max;
 using test::random_host;
 
 // A device leaf holding host values h (as dtype dt) that requires grad.
@@ -36,25 +37,6 @@ Tensor host_leaf(const Tensor& h) {
   Tensor c = h.detach().clone();
   c.set_requires_grad(true);
   return c;
-}
-
-// max |got - want| <= rel * max |want| (relative to the largest entry); got may be on the device.
-::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& want, double rel, const std::string& what) {
-  if (!got.defined() || !want.defined())
-    return ::testing::AssertionFailure() << what << ": " << (got.defined() ? "want" : "got") << " is undefined";
-  if (got.shape() != want.shape())
-    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str();
-  std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
-  double top = 0, worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < w.size(); ++i) top = std::max(top, std::abs(w[i]));
-  for (size_t i = 0; i < w.size(); ++i) {
-    const double d = std::abs(g[i] - w[i]);
-    if (!(d <= worst)) worst = d, at = i;  // NaN lands here too
-  }
-  if (worst <= rel * top) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": max |diff| " << worst << " at " << at << " (got " << g[at]
-                                       << ", want " << w[at] << ") > " << rel << " * max |want| " << top;
 }
 
 constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;

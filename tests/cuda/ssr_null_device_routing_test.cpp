@@ -32,19 +32,6 @@ namespace {
 
 constexpr double kF32 = 1e-5, kBf16 = 1e-2;
 
-// max |got - want| / max |want| (0 when both are all zero); infinity on a size mismatch.
-double rel_err(const Tensor& got, const Tensor& want) {
-  if (!got.defined() || !want.defined() || got.numel() != want.numel()) return INFINITY;
-  const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
-  double top = 0, diff = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    top = std::max(top, std::abs(w[i]));
-    diff = std::max(diff, std::abs(g[i] - w[i]));
-    if (std::isnan(g[i]) != std::isnan(w[i])) return INFINITY;
-  }
-  return top > 0 ? diff / top : diff;
-}
-
 // Rank 0 of a two-rank data-parallel group whose other rank holds the same batch: a sum is the
 // local value doubled, a max the local value. Enough for null_experts (an all-reduce of loads).
 class TwinRanks final : public Communicator {
@@ -158,8 +145,8 @@ void check_routing(MoeLayer& got, MoeLayer& want) {
   const Routing &g = got.last_routing(), &w = want.last_routing();
   EXPECT_EQ(g.token.to_vector<int64_t>(), w.token.to_vector<int64_t>());
   EXPECT_EQ(g.expert.to_vector<int64_t>(), w.expert.to_vector<int64_t>());
-  EXPECT_LE(rel_err(g.gate, w.gate), kF32) << "gate";
-  EXPECT_LE(rel_err(g.score, w.score), kF32) << "selection score";
+  EXPECT_LE(test::max_rel_diff(g.gate, w.gate), kF32) << "gate";
+  EXPECT_LE(test::max_rel_diff(g.score, w.score), kF32) << "selection score";
   EXPECT_EQ(got.last_stats().load, want.last_stats().load);
   EXPECT_EQ(got.last_stats().dropped, want.last_stats().dropped);
   EXPECT_NEAR(got.last_stats().router_entropy, want.last_stats().router_entropy, 1e-5);
@@ -176,13 +163,13 @@ void check_routing(MoeLayer& got, MoeLayer& want) {
 
 // Output, input grad and router grad within router_tol; the expert weights' grads within tol.
 void check_pass(const Pass& got, const Pass& want, MoeLayer& layer, double tol, double router_tol) {
-  EXPECT_LE(rel_err(got.out, want.out), router_tol) << "output";
-  EXPECT_LE(rel_err(got.xgrad, want.xgrad), router_tol) << "input grad";
+  EXPECT_LE(test::max_rel_diff(got.out, want.out), router_tol) << "output";
+  EXPECT_LE(test::max_rel_diff(got.xgrad, want.xgrad), router_tol) << "input grad";
   const auto named = layer.named_parameters();
   ASSERT_EQ(got.grads.size(), want.grads.size());
   for (size_t i = 0; i < named.size(); ++i) {
     const bool router = named[i].first.rfind("router", 0) == 0;
-    EXPECT_LE(rel_err(got.grads[i], want.grads[i]), router ? router_tol : tol) << named[i].first << " grad";
+    EXPECT_LE(test::max_rel_diff(got.grads[i], want.grads[i]), router ? router_tol : tol) << named[i].first << " grad";
   }
 }
 
@@ -372,10 +359,10 @@ TEST_F(SsrNullDeviceRouting, SinkhornPlanLogD1MatchesHost) {
     EXPECT_EQ(log_d1.device(), Device::cuda);
     EXPECT_EQ(log_d1.dtype(), DType::f64);
     ASSERT_EQ(log_d1.numel(), E);
-    EXPECT_LE(rel_err(log_d1, Tensor::from_vector<double>(want.log_d1, {E})), kF32);
+    EXPECT_LE(test::max_rel_diff(log_d1, Tensor::from_vector<double>(want.log_d1, {E})), kF32);
     std::vector<double> pi(want.log_plan.size());
     std::transform(want.log_plan.begin(), want.log_plan.end(), pi.begin(), [](double v) { return std::exp(v); });
-    EXPECT_LE(rel_err(plan, Tensor::from_vector<double>(pi, {T, E})), kF32);
+    EXPECT_LE(test::max_rel_diff(plan, Tensor::from_vector<double>(pi, {T, E})), kF32);
   }
 }
 
@@ -397,8 +384,8 @@ TEST_F(SsrNullDeviceRouting, ScaleAddRowMatchesHost) {
   Tensor y = cuda_backend("test").scale_add_row(xd, s, Tensor::from_vector<double>(row, {E}).to(Device::cuda));
   EXPECT_EQ(y.dtype(), DType::f32);
   y.backward(gy.to(Device::cuda));
-  EXPECT_LE(rel_err(y, Tensor::from_vector(want, {T, E})), kF32);
-  EXPECT_LE(rel_err(xd.grad(), Tensor::from_vector(gwant, {T, E})), kF32);
+  EXPECT_LE(test::max_rel_diff(y, Tensor::from_vector(want, {T, E})), kF32);
+  EXPECT_LE(test::max_rel_diff(xd.grad(), Tensor::from_vector(gwant, {T, E})), kF32);
 }
 
 }  // namespace
