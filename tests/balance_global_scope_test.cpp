@@ -512,3 +512,40 @@ TEST(BalanceGlobalScope, UnknownScopeIsRefusedNamingTheKey) {
     EXPECT_NE(std::string(e.what()).find("balance.scope"), std::string::npos) << e.what();
   }
 }
+
+// Balancer::routes_on_device(): a strategy routes on the device unless its batch spans
+// data-parallel ranks (the device paths have no collectives): with scope "global" and two ranks
+// the batch-coupled strategies (and the aux loss over the global micro-batch) say no, the others
+// yes; scope "local", a world of one, or no communicator: yes; aux_loss "global" (a load reducer
+// across micro-batches) never. Saying yes wrongly would route one rank's tokens alone, silently.
+TEST(BalanceGlobalScope, DeviceRoutingOnlyWhereTheBatchIsTheProcesssOwn) {
+  struct Expect {
+    std::string strategy, aux_variant;
+    bool global_two_ranks;  // routes_on_device() with scope "global" over two ranks
+  };
+  const std::vector<Expect> expects = {
+      {"none", "", true},          {"aux_loss", "micro_batch", false}, {"aux_loss", "per_sequence", true},
+      {"loss_free", "", true},     {"sinkhorn", "", false},            {"ssr", "", false},
+      {"bip", "", false},          {"quantile", "", false},            {"expert_choice", "", false},
+      {"top_p", "", true},         {"null_experts", "", true}};
+  auto group = std::make_shared<ThreadGroup>(2);
+  for (const Expect& e : expects) {
+    SCOPED_TRACE(e.strategy + " " + e.aux_variant);
+    MoeConfig cfg = balance_config(e.strategy);
+    if (!e.aux_variant.empty()) cfg.balance.aux_variant = e.aux_variant;
+    if (e.strategy == "null_experts") cfg.balance.num_null_experts = 2;
+    auto alone = make_balancer(cfg), self = make_balancer(cfg), two = make_balancer(cfg);
+    self->set_communicator(make_self_communicator());
+    two->set_communicator(std::make_shared<ThreadCommunicator>(group, 0));
+    EXPECT_TRUE(alone->routes_on_device());
+    EXPECT_TRUE(self->routes_on_device());
+    EXPECT_EQ(two->routes_on_device(), e.global_two_ranks);
+    cfg.balance.scope = "local";
+    auto local = make_balancer(cfg);
+    local->set_communicator(std::make_shared<ThreadCommunicator>(group, 0));
+    EXPECT_TRUE(local->routes_on_device());
+  }
+  MoeConfig global = balance_config("aux_loss");
+  global.balance.aux_variant = "global";
+  EXPECT_FALSE(make_balancer(global)->routes_on_device());
+}
