@@ -1,0 +1,201 @@
+// Tests of the emulated Hopper wgmma (core/cuda/wgmma.h, emulation_wgmma.h): operands placed in
+// shared memory by the documented K-major layouts (no swizzle, 128B swizzle) multiply to the CPU
+// product exactly, over several k16 steps chained through one commit group; every thread's
+// accumulator registers hold the documented entries; a kernel that overwrites an operand or reads
+// the accumulators before its wait_group gets a wrong result; misuse is a one-line error.
+#ifdef MOE_CUDA_EMULATION
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/cuda/launch.h"
+#include "core/cuda/memory.h"
+#include "core/cuda/wgmma.h"
+#include "core/error.h"
+#include "tests/cuda/kernel_test_util.h"
+
+using namespace moe;
+using namespace moe::cuda;
+using namespace moe::test;
+
+namespace {
+
+constexpr int kM = 64, kN = 128;
+
+// Where K-major element (r, k) of a [rows][K] operand goes, written from the PTX ISA's canonical
+// layouts independently of the emulation's decoder. No swizzle: core matrices of 8 rows x 8 k
+// (128 contiguous bytes), the K-neighbour core matrix kLbo bytes on, the next 8 rows kSbo on.
+// 128B swizzle: 128-byte rows of 64 k, 8-row atoms of 1024 bytes, chunk (k / 8) ^ (r % 8).
+constexpr int kLboNone = 128, kSboNone = 4 * 128;  // K = 32: 4 core matrices along K per 8 rows
+__host__ __device__ int offset_none(int r, int k) { return (r / 8) * kSboNone + (k / 8) * kLboNone + (r % 8) * 16 + (k % 8) * 2; }
+__host__ __device__ int offset_b128(int r, int k) { return r * 128 + (((k / 8) ^ (r % 8)) * 16) + (k % 8) * 2; }
+
+enum Plant { kNone = 0, kOverwriteEarly = 1, kReadEarly = 2 };
+
+// One warpgroup: a [64][K] and b [128][K] (bf16 bits) are placed in dynamic shared memory by the
+// layout, then K / 16 chained mma_async m64n128k16 in one group; out [128 threads][64 registers].
+// plant: kOverwriteEarly zeroes a's stage between the commit and the wait; kReadEarly stores the
+// registers before the wait.
+__global__ void product_kernel(const uint16_t* a, const uint16_t* b, int K, bool swizzled, int plant, float* out) {
+  MOE_DYNAMIC_SHARED(unsigned char, smem);
+  const int t = int(threadIdx.x);
+  const int b_base = swizzled ? kM * 128 : kM * K * 2;  // 8192: a whole number of 1024-byte atoms
+  for (int i = t; i < kM * K; i += 128) {
+    const int r = i / K, k = i % K, off = swizzled ? offset_b128(r, k) : offset_none(r, k);
+    std::memcpy(smem + off, a + i, 2);
+  }
+  for (int i = t; i < kN * K; i += 128) {
+    const int r = i / K, k = i % K, off = swizzled ? offset_b128(r, k) : offset_none(r, k);
+    std::memcpy(smem + b_base + off, b + i, 2);
+  }
+  wgmma::fence_proxy_async();
+  __syncthreads();
+  float d[kN / 2];
+  for (float& v : d) v = 0.0f;
+  const uint32_t sa = wgmma::smem_address(smem), sb = wgmma::smem_address(smem + b_base);
+  wgmma::fence();
+  for (int ks = 0; ks < K / 16; ++ks) {
+    // The k16 step: 32 bytes on within the swizzled row, or two core matrices (2 LBO) on.
+    const uint32_t step = swizzled ? uint32_t(32 * ks) : uint32_t(2 * kLboNone * ks);
+    const auto sw = swizzled ? wgmma::Swizzle::b128 : wgmma::Swizzle::none;
+    const uint32_t lbo = swizzled ? 16 : kLboNone, sbo = swizzled ? 1024 : kSboNone;
+    wgmma::mma_async<kN>(d, wgmma::make_desc(sa + step, lbo, sbo, sw), wgmma::make_desc(sb + step, lbo, sbo, sw),
+                         ks > 0);
+  }
+  wgmma::commit_group();
+  if (plant == kOverwriteEarly) {  // the whole stage zeroed (the barrier: by every thread) before any wait
+    for (int i = t; i < kM * K * 2; i += 128) smem[i] = 0;
+    __syncthreads();
+  }
+  if (plant == kReadEarly)
+    for (int i = 0; i < kN / 2; ++i) out[t * (kN / 2) + i] = d[i];
+  wgmma::wait_group<0>();
+  if (plant != kReadEarly)
+    for (int i = 0; i < kN / 2; ++i) out[t * (kN / 2) + i] = d[i];
+}
+
+struct Operands {
+  std::vector<float> a, b;  // [64][K], [128][K]
+  std::vector<uint16_t> a_bits, b_bits;
+};
+// Small integers: every product and sum is exact in fp32, so one misplaced element shows.
+Operands make_operands(int K) {
+  Operands o;
+  for (int i = 0; i < kM * K; ++i) o.a.push_back(float((i * 7) % 13 - 6));
+  for (int i = 0; i < kN * K; ++i) o.b.push_back(float((i * 5) % 11 - 5));
+  for (float v : o.a) o.a_bits.push_back(float_to_bf16(v).bits);
+  for (float v : o.b) o.b_bits.push_back(float_to_bf16(v).bits);
+  return o;
+}
+
+// out (per thread and register) through the documented map back to a [64][128] matrix.
+std::vector<float> gather(const std::vector<float>& out) {
+  std::vector<float> c(size_t(kM * kN), -1e30f);
+  for (int t = 0; t < 128; ++t)
+    for (int i = 0; i < kN / 2; ++i) c[size_t(wgmma::acc_row(t, i) * kN + wgmma::acc_col(t, i))] = out[size_t(t * 64 + i)];
+  return c;
+}
+
+std::vector<double> cpu_product(const Operands& o, int K) {
+  std::vector<double> c(size_t(kM * kN), 0.0);
+  for (int m = 0; m < kM; ++m)
+    for (int n = 0; n < kN; ++n)
+      for (int k = 0; k < K; ++k) c[size_t(m * kN + n)] += double(o.a[size_t(m * K + k)]) * o.b[size_t(n * K + k)];
+  return c;
+}
+
+std::vector<float> run_product(const Operands& o, int K, bool swizzled, int plant, unsigned threads = 128) {
+  DeviceBuffer<uint16_t> da(o.a_bits), db(o.b_bits);
+  DeviceBuffer<float> out(size_t(128 * kN / 2));
+  const size_t bytes = size_t(kM + kN) * (swizzled ? 128 : size_t(K) * 2);
+  MOE_LAUNCH(product_kernel, 1, threads, bytes, nullptr, static_cast<const uint16_t*>(da.get()),
+             static_cast<const uint16_t*>(db.get()), K, swizzled, plant, out.get());
+  return out.to_host();
+}
+
+TEST(CudaWgmmaEmulation, NoSwizzleProductMatchesTheCpuExactly) {
+  const Operands o = make_operands(32);
+  EXPECT_TRUE(all_near(gather(run_product(o, 32, false, kNone)), cpu_product(o, 32), 0.0, 0.0));
+}
+
+TEST(CudaWgmmaEmulation, Swizzle128ProductOverFourK16StepsMatchesTheCpuExactly) {
+  const Operands o = make_operands(64);
+  EXPECT_TRUE(all_near(gather(run_product(o, 64, true, kNone)), cpu_product(o, 64), 0.0, 0.0));
+}
+
+// A(m, 0) = m, A(m, 1) = 1, B(n, 0) = 1, B(n, 1) = 256 n, all else 0: D(m, n) = m + 256 n names
+// its own entry, so each register of each thread must hold exactly the documented (row, col).
+TEST(CudaWgmmaEmulation, EveryThreadHoldsTheDocumentedAccumulatorEntries) {
+  const int K = 64;
+  Operands o;
+  o.a.assign(size_t(kM * K), 0.0f);
+  o.b.assign(size_t(kN * K), 0.0f);
+  for (int m = 0; m < kM; ++m) o.a[size_t(m * K)] = float(m), o.a[size_t(m * K + 1)] = 1.0f;
+  for (int n = 0; n < kN; ++n) o.b[size_t(n * K)] = 1.0f, o.b[size_t(n * K + 1)] = float(256 * n);
+  for (float v : o.a) o.a_bits.push_back(float_to_bf16(v).bits);
+  for (float v : o.b) o.b_bits.push_back(float_to_bf16(v).bits);
+  const std::vector<float> out = run_product(o, K, true, kNone);
+  for (int t = 0; t < 128; ++t)
+    for (int i = 0; i < kN / 2; ++i) {
+      // PTX ISA, wgmma .m64nNk16 accumulator D: warp w rows 16 w + lane / 4 (+ 8 for registers
+      // 2, 3 of each 4), columns 8 (i / 4) + 2 (lane % 4) + i % 2.
+      const int w = t / 32, lane = t % 32;
+      const int row = 16 * w + lane / 4 + 8 * ((i >> 1) & 1), col = 8 * (i / 4) + 2 * (lane % 4) + (i & 1);
+      ASSERT_EQ(out[size_t(t * 64 + i)], float(row + 256 * col)) << "thread " << t << " register " << i;
+    }
+}
+
+TEST(CudaWgmmaEmulation, OverwritingAnOperandBeforeTheWaitChangesTheProduct) {
+  const Operands o = make_operands(64);
+  const std::vector<float> got = gather(run_product(o, 64, true, kOverwriteEarly));
+  for (float v : got) ASSERT_EQ(v, 0.0f) << "the overwritten (zero) A was not what the wait read";
+}
+
+TEST(CudaWgmmaEmulation, ReadingAccumulatorsBeforeTheWaitSeesNoProduct) {
+  const Operands o = make_operands(64);
+  for (float v : run_product(o, 64, true, kReadEarly)) ASSERT_EQ(v, 0.0f);
+}
+
+void expect_error(const std::function<void()>& f, const std::string& needle) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one containing: " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(CudaWgmmaEmulation, APartialWarpgroupIsAnError) {
+  const Operands o = make_operands(64);
+  expect_error([&] { run_product(o, 64, true, kNone, 96); }, "is not in a complete warpgroup");
+}
+
+// One warpgroup issuing a single mma_async with a descriptor the emulation refuses.
+__global__ void bad_desc_kernel(int which) {
+  MOE_DYNAMIC_SHARED(unsigned char, smem);
+  float d[32] = {};
+  const uint32_t s = wgmma::smem_address(smem);
+  const uint64_t good = wgmma::make_desc(s, 16, 1024, wgmma::Swizzle::b128);
+  if (which != 3) wgmma::fence();
+  const uint64_t bad = which == 0   ? wgmma::make_desc(s + 16, 16, 1024, wgmma::Swizzle::b128)
+                       : which == 1 ? wgmma::make_desc(s, 16, 1024, wgmma::Swizzle::b64)
+                       : which == 2 ? good | uint64_t(1) << 49
+                                    : good;
+  wgmma::mma_async<64>(d, bad, good, false);
+  wgmma::commit_group();
+  wgmma::wait_group<0>();
+}
+
+TEST(CudaWgmmaEmulation, RefusedDescriptorsAndAMissingFenceAreErrors) {
+  auto run = [](int which) { MOE_LAUNCH(bad_desc_kernel, 1, 128, 8192, nullptr, which); };
+  expect_error([&] { run(0); }, "is misaligned for 128B swizzle");
+  expect_error([&] { run(1); }, "swizzle mode 2 is not emulated");
+  expect_error([&] { run(2); }, "base offset 1 is not emulated");
+  expect_error([&] { run(3); }, "without a wgmma.fence");
+}
+
+}  // namespace
+#endif  // MOE_CUDA_EMULATION
