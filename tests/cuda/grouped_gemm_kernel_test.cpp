@@ -5,10 +5,14 @@
 // sizes (the element-load fallback), multiples of 8 (the cp.async path) and a misaligned base.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <numeric>
+#include <optional>
+#include <string>
 #include <type_traits>
 
 #include "core/cuda/grouped_gemm.h"
+#include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/memory.h"
 #include "core/error.h"
 #include "core/ops.h"
@@ -172,6 +176,77 @@ TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathBf16Accumulate) { check_for
 // the other operand of the same stage goes through cp.async.
 TEST(CudaGroupedGemm, MisalignedBaseMixesBothLoadPaths) {
   check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});
+}
+
+// MOE_GROUPED_GEMM=wgmma for the scope: the forward (nt) runs on the Hopper wgmma kernel
+// (grouped_gemm_sm90.cu) wherever x and w allow 16-byte copies; nn and tn stay on the mma kernel.
+class WgmmaScope {
+ public:
+  WgmmaScope() {
+    if (const char* v = std::getenv("MOE_GROUPED_GEMM")) old_ = v;
+    setenv("MOE_GROUPED_GEMM", "wgmma", 1);
+  }
+  ~WgmmaScope() {
+    if (old_)
+      setenv("MOE_GROUPED_GEMM", old_->c_str(), 1);
+    else
+      unsetenv("MOE_GROUPED_GEMM");
+  }
+  // Under the emulation always; on a GPU only an sm_90 device runs the kernel (others skip).
+  static bool available(std::string& why) {
+    WgmmaScope scope;
+    try {
+      return grouped_gemm_uses_wgmma();
+    } catch (const Error& e) {
+      why = e.what();
+      return false;
+    }
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+#define MOE_REQUIRE_WGMMA()                                   \
+  do {                                                        \
+    std::string why;                                          \
+    if (!WgmmaScope::available(why)) GTEST_SKIP() << why;     \
+  } while (0)
+
+// K = 328: 6 slices of 64, past the 3-slice prologue of the 5-stage pipeline, the last one an
+// eighth full; M = 136: a second column tile of 8 columns; skewed groups (161 rows: two row tiles
+// of one expert, an empty expert, 6 and 24 rows). The same tolerances as the mma kernel's.
+TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsFp32Overwrite) {
+  MOE_REQUIRE_WGMMA();
+  WgmmaScope scope;
+  check_forms<float>({136, 328, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsBf16Accumulate) {
+  MOE_REQUIRE_WGMMA();
+  WgmmaScope scope;
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+// Odd M (101: single-element stores, a ragged column tile), a 1-row expert, empty experts first
+// and last, K = 72 (two slices, the second an eighth full).
+TEST(CudaGroupedGemmSm90, WgmmaForwardOddOutputWidthAndOneRowExpert) {
+  MOE_REQUIRE_WGMMA();
+  WgmmaScope scope;
+  check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
+}
+// Where x is off its 16-byte boundary or K is not a multiple of 8, the wgmma kernel's whole-chunk
+// copies do not apply and nt falls back to the mma kernel, still correct.
+TEST(CudaGroupedGemmSm90, WgmmaForwardSkipsToTheMmaKernelWhenCopiesCannotBeWhole) {
+  MOE_REQUIRE_WGMMA();
+  WgmmaScope scope;
+  check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});  // x misaligned: the mma kernel
+  check_forms<bf16>({24, 33, {5, 9}, false});                        // K odd: the mma kernel
+}
+
+TEST(CudaGroupedGemmSm90, UnknownKernelChoiceIsAnError) {
+  setenv("MOE_GROUPED_GEMM", "fast", 1);
+  EXPECT_THROW(grouped_gemm_uses_wgmma(), Error);
+  unsetenv("MOE_GROUPED_GEMM");
+  EXPECT_FALSE(grouped_gemm_uses_wgmma());
 }
 
 }  // namespace
