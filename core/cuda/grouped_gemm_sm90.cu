@@ -31,14 +31,17 @@ namespace moe::cuda {
 namespace {
 
 constexpr int kBM = kSm90TileRows, kBN = 128, kBK = 64, kThreads = 256, kStages = 5;
-constexpr int kChunk = 8;                     // bf16 per 16-byte copy
 constexpr int kRowBytes = kBK * 2;            // 128: one swizzled row
 constexpr int kTileBytes = kBM * kRowBytes;   // 16 KiB per operand slice
 constexpr int kStageBytes = 2 * kTileBytes;   // A then B
 constexpr int kAlign = 1024;                  // the 128B swizzle atom
 constexpr int kSmemBytes = kStages * kStageBytes + kAlign;  // + slack to align the base
-constexpr int kAcc = kBN / 2;                 // fp32 registers of an m64n128 accumulator
 static_assert(kRowBytes == 128 && kBM == kBN, "one 128B-swizzled geometry serves both operands");
+
+// The device code exists for sm_90a (and the emulation) only; elsewhere the kernel is a trap.
+#if MOE_WGMMA_AVAILABLE
+constexpr int kAcc = kBN / 2;  // fp32 registers of an m64n128 accumulator
+constexpr int kChunk = 8;      // bf16 per 16-byte copy
 
 // Issues the copies of K slice s of a k-contiguous operand (row o at base + o * ld, o < o_valid,
 // k < k_len; zeros elsewhere) into a swizzled [128][64] tile.
@@ -79,6 +82,7 @@ __device__ __forceinline__ void store_pair(Tout* p, float v0, float v1, bool sec
   p[0] = from_float<Tout>(v0 + (accumulate ? to_float(p[0]) : 0.0f));
   if (second) p[1] = from_float<Tout>(v1 + (accumulate ? to_float(p[1]) : 0.0f));
 }
+#endif  // MOE_WGMMA_AVAILABLE
 
 // Blocks run column tile fastest (as grouped_gemm.cu's): the blocks resident at once share a few
 // row tiles and their experts' weights. pair_c: y and M allow two-element stores.
