@@ -26,7 +26,7 @@ struct Op {
   float* d;
   int n;
   uint64_t desc_a, desc_b;
-  bool accumulate;
+  bool accumulate, trans_a, trans_b;
 };
 
 // One emulated thread's wgmma state: `open` since the last commit, the committed groups (oldest
@@ -76,7 +76,7 @@ inline Desc decode(uint64_t d) {
               uint32_t(d >> 49 & 0x7), uint32_t(d >> 62 & 0x3)};
 }
 
-inline void check_desc(const char* operand, uint64_t bits) {
+inline void check_desc(const char* operand, uint64_t bits, bool mn_major) {
   const Desc d = decode(bits);
   MOE_CHECK(d.swizzle == 0 || d.swizzle == 1, "cuda emulation", "wgmma.mma_async: ", operand, " descriptor swizzle mode ",
             d.swizzle, " is not emulated (0 = none and 1 = 128B are)");
@@ -84,16 +84,24 @@ inline void check_desc(const char* operand, uint64_t bits) {
             d.base_offset, " is not emulated (swizzle atoms must start on their 1024-byte boundary)");
   MOE_CHECK(d.sbo != 0 && (d.swizzle != 0 || d.lbo != 0), "cuda emulation", "wgmma.mma_async: ", operand,
             " descriptor has a zero stride (LBO ", d.lbo, ", SBO ", d.sbo, ")");
-  if (d.swizzle == 1)
+  MOE_CHECK(!mn_major || d.swizzle == 1, "cuda emulation", "wgmma.mma_async: ", operand,
+            " is MN-major without swizzle, which is not emulated (MN-major needs 128B swizzle here)");
+  if (d.swizzle == 1 && mn_major)
+    MOE_CHECK(d.start % 1024 == 0, "cuda emulation", "wgmma.mma_async: ", operand, " descriptor start address ",
+              d.start, " is misaligned for MN-major 128B swizzle (expected a 1024-byte boundary)");
+  else if (d.swizzle == 1)
     MOE_CHECK((d.start >> 7 & 7) == 0 && (d.start & 0x7F) % 32 == 0, "cuda emulation", "wgmma.mma_async: ", operand,
               " descriptor start address ", d.start,
               " is misaligned for 128B swizzle (expected a 1024-byte aligned atom plus 0, 32, 64 or 96 bytes)");
 }
 
-// Byte offset of K-major element (row r, reduction index k) under descriptor d.
-inline uint32_t element_offset(const Desc& d, int r, int k) {
-  if (d.swizzle == 0) return d.start + uint32_t(r / 8) * d.sbo + uint32_t(r % 8) * 16 + uint32_t(k / 8) * d.lbo + uint32_t(k % 8) * 2;
-  const uint32_t a = d.start + uint32_t(r / 8) * d.sbo + uint32_t(r % 8) * 128 + uint32_t(k) * 2;
+// Byte offset of element (r, k) (r: the row of A or the column of B; k: the reduction index)
+// under descriptor d, K-major or MN-major (wgmma.h's canonical layouts).
+inline uint32_t element_offset(const Desc& d, bool mn_major, int r, int k) {
+  const uint32_t ur = uint32_t(r), uk = uint32_t(k);
+  if (d.swizzle == 0) return d.start + ur / 8 * d.sbo + ur % 8 * 16 + uk / 8 * d.lbo + uk % 8 * 2;
+  const uint32_t a = mn_major ? d.start + ur / 64 * d.lbo + ur % 64 * 2 + uk % 8 * 128 + uk / 8 * d.sbo
+                              : d.start + ur / 8 * d.sbo + ur % 8 * 128 + uk * 2;
   return a ^ ((a >> 7 & 7) << 4);
 }
 
@@ -108,14 +116,16 @@ inline void fence() {
   state().fenced = true;
 }
 
-inline void mma_async(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate) {
-  collective("wgmma.mma_async", desc_a ^ (desc_b * 0x9E3779B97F4A7C15ull) ^ uint64_t(n) << 1 ^ uint64_t(accumulate));
+inline void mma_async(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_a,
+                      bool trans_b) {
+  collective("wgmma.mma_async", desc_a ^ (desc_b * 0x9E3779B97F4A7C15ull) ^ uint64_t(n) << 3 ^
+                                    uint64_t(accumulate) ^ uint64_t(trans_a) << 1 ^ uint64_t(trans_b) << 2);
   State& s = state();
   MOE_CHECK(s.fenced, "cuda emulation",
             "wgmma.mma_async without a wgmma.fence since the thread's last wait_group (or the start of the kernel)");
-  check_desc("A", desc_a);
-  check_desc("B", desc_b);
-  s.open.push_back(Op{d, n, desc_a, desc_b, accumulate});
+  check_desc("A", desc_a, trans_a);
+  check_desc("B", desc_b, trans_b);
+  s.open.push_back(Op{d, n, desc_a, desc_b, accumulate, trans_a, trans_b});
 }
 
 inline void commit_group() {
@@ -131,7 +141,8 @@ inline void perform(const Op& op, int t) {
   for (int i = 0; i < op.n / 2; ++i) {
     const int row = ::moe::cuda::wgmma::acc_row(t, i), col = ::moe::cuda::wgmma::acc_col(t, i);
     float acc = op.accumulate ? op.d[i] : 0.0f;
-    for (int k = 0; k < 16; ++k) acc += load_bf16(element_offset(a, row, k)) * load_bf16(element_offset(b, col, k));
+    for (int k = 0; k < 16; ++k)
+      acc += load_bf16(element_offset(a, op.trans_a, row, k)) * load_bf16(element_offset(b, op.trans_b, col, k));
     op.d[i] = acc;
   }
 }

@@ -1,20 +1,15 @@
-// Grouped GEMM nt (y = x w_e^T per expert group) on Hopper's warpgroup MMA: 128 x 128 output tiles,
-// 2 warpgroups (256 threads) each owning 64 x 128 in 64 fp32 registers per thread, a 5-stage
-// cp.async pipeline over 64-deep slices of K. Each operand slice is a [128][64] bf16 tile in the
-// 128B-swizzled K-major layout (wgmma.h): 128-byte rows, 16-byte chunk c of row r stored at chunk
-// c ^ (r % 8), 1024-byte aligned atoms of 8 rows. That layout keeps both the copies' writes and
-// wgmma's reads free of bank conflicts, and w_e [M, K] is K-major B as it is stored, so nothing is
-// transposed. Per slice each warpgroup issues 4 m64n128k16 (the descriptors' start advanced 32
-// bytes per k16 step within the swizzled rows), commits them and waits for the previous slice's
-// group only (wait_group 1), so the tensor cores work on slice s while the loop moves on.
-//
-// The pipeline's hazards: slice s's copies are waited for (cp.async.wait_group), made visible to
-// the async proxy (fence.proxy.async) and published by the barrier; the barrier at slice s also
-// tells that every warpgroup has retired slice s - 2's wgmma (its wait_group 1 at slice s - 1), so
-// the copies issued after it may overwrite that buffer: the prefetch distance is kStages - 2.
-// Ragged edges (rows past the expert's group, columns past M, K past its end) are zero-filled by
-// the copies (src-size 0); the epilogue writes the registers straight to global memory, two
-// adjacent columns per access.
+// The grouped GEMMs (grouped_gemm.h's nt, nn and tn forms) on Hopper's warpgroup MMA: 128 x 128
+// output tiles, 2 warpgroups (256 threads) each owning 64 x 128 in 64 fp32 registers per thread,
+// a 5-stage cp.async pipeline over 64-deep slices of the reduction. Each operand slice lands in a
+// 128B-swizzled layout wgmma reads directly (wgmma.h), chosen by how the operand lies in memory so
+// nothing is transposed on the way:
+//   K-major  (reduction index contiguous: nt's x and w, nn's dy): [128][64] tile of 128-byte rows,
+//            16-byte chunk c of row o at c ^ (o % 8); a k16 step moves the descriptor 32 bytes on
+//   MN-major (output index contiguous: nn's w, tn's dy and x): two [64 k][64 o] halves of 128-byte
+//            rows, chunk c of row k at c ^ (k % 8); a k16 step moves it 16 rows (2048 bytes) on
+// Both keep the copies' writes and wgmma's reads free of bank conflicts. Per slice each
+// warpgroup issues 4 m64n128k16, commits them and waits for the previous slice's group only
+// (wait_group 1), so the tensor cores work on slice s while the loop moves on.
 #include "core/cuda/async_copy.h"
 #include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/launch.h"
@@ -43,26 +38,100 @@ static_assert(kRowBytes == 128 && kBM == kBN, "one 128B-swizzled geometry serves
 constexpr int kAcc = kBN / 2;  // fp32 registers of an m64n128 accumulator
 constexpr int kChunk = 8;      // bf16 per 16-byte copy
 
-// Issues the copies of K slice s of a k-contiguous operand (row o at base + o * ld, o < o_valid,
-// k < k_len; zeros elsewhere) into a swizzled [128][64] tile.
-__device__ __forceinline__ void load_slice(const dbf16* base, long ld, int o_valid, long k_len, int s,
-                                           unsigned char* tile) {
+// One operand as seen from global memory (as grouped_gemm.cu's): element (o, kk) (o = row or
+// column of the output tile, kk = reduction index from the block's start) is at base[o * ld + kk]
+// when K-major, else at base[kk * ld + o]; only o < o_valid and kk < k_len exist (zeros elsewhere).
+struct Operand {
+  const dbf16* base;
+  long ld;
+  int o_valid;
+  long k_len;
+};
+
+// Issues the copies of reduction slice s of op into its swizzled tile. ld, o_valid (MN-major) and
+// k_len (K-major) are multiples of 8, so every 16-byte chunk is whole or out.
+template <bool kMn>
+__device__ __forceinline__ void load_slice(const Operand& op, int s, unsigned char* tile) {
   const long k0 = long(s) * kBK;
   MOE_UNROLL
   for (int i = 0; i < kBM * kBK / kChunk / kThreads; ++i) {
     const int c = int(threadIdx.x) + i * kThreads;
-    const int r = c / (kBK / kChunk), chunk = c % (kBK / kChunk);
-    const long k = k0 + long(chunk) * kChunk;
-    const bool in = r < o_valid && k < k_len;  // K % 8 == 0: a chunk is whole or out
-    cp_async16(tile + r * kRowBytes + ((chunk ^ (r % 8)) * 16), in ? base + r * ld + k : base, in);
+    if constexpr (kMn) {
+      const int kk = c / (kBM / kChunk), o = c % (kBM / kChunk) * kChunk;
+      const bool in = o < op.o_valid && k0 + kk < op.k_len;
+      unsigned char* dst = tile + (o / 64) * (kTileBytes / 2) + kk * kRowBytes + ((((o % 64) / kChunk) ^ (kk % 8)) * 16);
+      cp_async16(dst, in ? op.base + (k0 + kk) * op.ld + o : op.base, in);
+    } else {
+      const int o = c / (kBK / kChunk), chunk = c % (kBK / kChunk);
+      const long k = k0 + long(chunk) * kChunk;
+      const bool in = o < op.o_valid && k < op.k_len;
+      cp_async16(tile + o * kRowBytes + ((chunk ^ (o % 8)) * 16), in ? op.base + o * op.ld + k : op.base, in);
+    }
   }
 }
 
-__device__ __forceinline__ uint64_t tile_desc(uint32_t addr) {
-  return wgmma::make_desc(addr, 16, 8 * kRowBytes, wgmma::Swizzle::b128);  // LBO unused, SBO: 8 rows
+// The descriptor of k16 step ks of a 64-row (A) or 128-row (B) part of a swizzled tile.
+template <bool kMn>
+__device__ __forceinline__ uint64_t slice_desc(uint32_t tile, int ks) {
+  if constexpr (kMn)  // LBO: the second 64-wide half; SBO: the next 8 k rows
+    return wgmma::make_desc(tile + uint32_t(16 * kRowBytes * ks), kTileBytes / 2, 8 * kRowBytes, wgmma::Swizzle::b128);
+  else  // LBO unused; SBO: the next 8 rows
+    return wgmma::make_desc(tile + uint32_t(32 * ks), 16, 8 * kRowBytes, wgmma::Swizzle::b128);
 }
 
 __device__ __forceinline__ int clamp_extent(long n, int cap) { return n < 0 ? 0 : (n > cap ? cap : int(n)); }
+
+// acc = sum over `slices` 64-deep slices of A B, through the pipeline. The hazards: slice s's
+// copies are waited for (cp.async.wait_group), made visible to the async proxy
+// (fence.proxy.async) and published by the barrier; that barrier also tells that every warpgroup
+// has retired slice s - 2's wgmma (its wait_group 1 at slice s - 1), so the copies issued after it
+// may overwrite that buffer: the prefetch distance is kStages - 2. One copy group is committed per
+// slice slot (empty past the end), so wait_group kStages - 3 at slice s means "s has landed".
+template <bool kAMn, bool kBMn>
+__device__ __forceinline__ void mainloop(unsigned char* smem_raw, float (&acc)[kAcc], int slices, const Operand& a,
+                                         const Operand& b) {
+  // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
+  const uint32_t raw = wgmma::smem_address(smem_raw);
+  unsigned char* smem = smem_raw + (kAlign - raw % kAlign) % kAlign;
+  const uint32_t base = wgmma::smem_address(smem);
+  // Warpgroup wg multiplies rows 64 wg .. 64 wg + 63 of A: 64 K-major rows, or the MN-major half.
+  const uint32_t a_part = uint32_t(int(threadIdx.x) / 128 * (kTileBytes / 2));
+  MOE_UNROLL
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < slices) {
+      load_slice<kAMn>(a, s, smem + s * kStageBytes);
+      load_slice<kBMn>(b, s, smem + s * kStageBytes + kTileBytes);
+    }
+    cp_async_commit();
+  }
+  if (slices == 0)
+    for (float& v : acc) v = 0.0f;
+  for (int s = 0; s < slices; ++s) {
+    cp_async_wait<kStages - 3>();
+    wgmma::fence_proxy_async();
+    __syncthreads();
+    const int next = s + kStages - 2;
+    if (next < slices) {
+      unsigned char* stage = smem + (next % kStages) * kStageBytes;
+      load_slice<kAMn>(a, next, stage);
+      load_slice<kBMn>(b, next, stage + kTileBytes);
+    }
+    cp_async_commit();
+    const uint32_t sa = base + uint32_t((s % kStages) * kStageBytes) + a_part;
+    const uint32_t sb = base + uint32_t((s % kStages) * kStageBytes + kTileBytes);
+    wgmma::fence_operand(acc);
+    wgmma::fence();
+    MOE_UNROLL
+    for (int ks = 0; ks < kBK / 16; ++ks)
+      wgmma::mma_async<kBN, kAMn, kBMn>(acc, slice_desc<kAMn>(sa, ks), slice_desc<kBMn>(sb, ks), s > 0 || ks > 0);
+    wgmma::commit_group();
+    wgmma::wait_group<1>();  // slice s - 1's products are done; slice s's keep the tensor cores busy
+    wgmma::fence_operand(acc);
+  }
+  wgmma::wait_group<0>();
+  wgmma::fence_operand(acc);
+  cp_async_wait<0>();  // only empty groups remain
+}
 
 // Adds (or writes) a pair of adjacent columns; `pair`: both exist and the address is aligned for
 // one two-element access.
@@ -82,16 +151,32 @@ __device__ __forceinline__ void store_pair(Tout* p, float v0, float v1, bool sec
   p[0] = from_float<Tout>(v0 + (accumulate ? to_float(p[0]) : 0.0f));
   if (second) p[1] = from_float<Tout>(v1 + (accumulate ? to_float(p[1]) : 0.0f));
 }
+
+// The registers straight to global memory: rows [0, nrows) x cols [0, ncols) of the tile at out
+// (row stride ld), two adjacent columns per access.
+template <class Tout>
+__device__ __forceinline__ void store_tile(const float (&acc)[kAcc], Tout* out, long ld, int nrows, int ncols,
+                                           bool accumulate, bool pair) {
+  const int t = int(threadIdx.x) % 128, r0 = int(threadIdx.x) / 128 * 64;
+  MOE_UNROLL
+  for (int i = 0; i < kAcc; i += 2) {
+    const int r = r0 + wgmma::acc_row(t, i), c = wgmma::acc_col(t, i);
+    if (r < nrows && c < ncols)
+      store_pair(out + r * ld + c, acc[i], acc[i + 1], c + 1 < ncols, pair && c + 1 < ncols, accumulate);
+  }
+}
 #endif  // MOE_WGMMA_AVAILABLE
 
-// Blocks run column tile fastest (as grouped_gemm.cu's): the blocks resident at once share a few
-// row tiles and their experts' weights. pair_c: y and M allow two-element stores.
-template <class Tout>
+// C rows grouped by expert: C[r, n0..] (+)= A[r, :] op(B_e). kTransB (nt): B_e is w_e [n_out, k_red]
+// (K-major), else (nn) [k_red, n_out] (MN-major). Blocks run column tile fastest (as
+// grouped_gemm.cu's): the blocks resident at once share a few row tiles and their experts' weights.
+// pair_c: C and n_out allow two-element stores.
+template <bool kTransB, class Tout>
 __global__ void __launch_bounds__(kThreads, 1)
-    grouped_nt_wgmma_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, const int32_t* tile_starts,
-                            int experts, long n_out, long k_red, Tout* C, bool accumulate, bool pair_c) {
+    grouped_rows_wgmma_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, const int32_t* tile_starts,
+                              int experts, long n_out, long k_red, Tout* C, bool accumulate, bool pair_c) {
 #if MOE_WGMMA_AVAILABLE
-  MOE_DYNAMIC_SHARED(unsigned char, smem_raw);
+  MOE_DYNAMIC_SHARED(unsigned char, smem);
   const int col_tiles = int((n_out + kBN - 1) / kBN);
   const int tile = int(blockIdx.x) / col_tiles;
   if (tile >= tile_starts[experts]) return;  // the grid is an upper bound on the tiles
@@ -106,61 +191,38 @@ __global__ void __launch_bounds__(kThreads, 1)
   const long row0 = offsets[lo] + long(tile - tile_starts[lo]) * kBM;
   const long n0 = long(int(blockIdx.x) % col_tiles) * kBN;
   const int rows = clamp_extent(offsets[lo + 1] - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
-  const dbf16* a = A + row0 * k_red;
-  const dbf16* b = B + long(lo) * n_out * k_red + n0 * k_red;
-
-  // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
-  const uint32_t raw = wgmma::smem_address(smem_raw);
-  unsigned char* smem = smem_raw + (kAlign - raw % kAlign) % kAlign;
-  const uint32_t base = wgmma::smem_address(smem);
-  const int wg = int(threadIdx.x) / 128;
-  const int slices = int((k_red + kBK - 1) / kBK);
-
-  MOE_UNROLL
-  for (int s = 0; s < kStages - 2; ++s) {
-    if (s < slices) {
-      load_slice(a, k_red, rows, k_red, s, smem + s * kStageBytes);
-      load_slice(b, k_red, cols, k_red, s, smem + s * kStageBytes + kTileBytes);
-    }
-    cp_async_commit();
-  }
+  const dbf16* Be = B + long(lo) * n_out * k_red;
+  const Operand a{A + row0 * k_red, k_red, rows, k_red};
+  const Operand b = kTransB ? Operand{Be + n0 * k_red, k_red, cols, k_red} : Operand{Be + n0, n_out, cols, k_red};
   float acc[kAcc];
-  for (int s = 0; s < slices; ++s) {
-    cp_async_wait<kStages - 3>();  // this thread's copies of slice s have landed
-    wgmma::fence_proxy_async();    // ... and are visible to wgmma's reads
-    __syncthreads();               // every thread's; and slice s - 2's wgmma is retired everywhere
-    const int next = s + kStages - 2;
-    if (next < slices) {
-      unsigned char* stage = smem + (next % kStages) * kStageBytes;
-      load_slice(a, k_red, rows, k_red, next, stage);
-      load_slice(b, k_red, cols, k_red, next, stage + kTileBytes);
-    }
-    cp_async_commit();
-    const uint32_t sa = base + uint32_t((s % kStages) * kStageBytes + wg * (kTileBytes / 2));
-    const uint32_t sb = base + uint32_t((s % kStages) * kStageBytes + kTileBytes);
-    wgmma::fence_operand(acc);
-    wgmma::fence();
-    MOE_UNROLL
-    for (int ks = 0; ks < kBK / 16; ++ks)
-      wgmma::mma_async<kBN>(acc, tile_desc(sa + 32 * ks), tile_desc(sb + 32 * ks), s > 0 || ks > 0);
-    wgmma::commit_group();
-    wgmma::wait_group<1>();  // slice s - 1's products are done; slice s's keep the tensor cores busy
-    wgmma::fence_operand(acc);
-  }
-  wgmma::wait_group<0>();
-  wgmma::fence_operand(acc);
-  cp_async_wait<0>();  // only empty groups remain
-
-  const int t = int(threadIdx.x) % 128;
-  Tout* out = C + row0 * n_out + n0;
-  MOE_UNROLL
-  for (int i = 0; i < kAcc; i += 2) {
-    const int r = wg * 64 + wgmma::acc_row(t, i), c = wgmma::acc_col(t, i);
-    if (r < rows && c < cols)
-      store_pair(out + r * n_out + c, acc[i], acc[i + 1], c + 1 < cols, pair_c && c + 1 < cols, accumulate);
-  }
+  mainloop<false, !kTransB>(smem, acc, int((k_red + kBK - 1) / kBK), a, b);
+  store_tile(acc, C + row0 * n_out + n0, n_out, rows, cols, accumulate, pair_c);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
+#endif
+}
+
+// dW_e[m0.., n0..] (+)= A_e^T B_e over the expert's rows: A [rows, M], B [rows, K], dW [E, M, K];
+// both operands MN-major (their rows are the reduction).
+template <class Tout>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_weights_wgmma_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, long M, long K, Tout* dW,
+                                 bool accumulate, bool pair_c) {
+#if MOE_WGMMA_AVAILABLE
+  MOE_DYNAMIC_SHARED(unsigned char, smem);
+  const int e = int(blockIdx.y);
+  const long tiles_n = (K + kBN - 1) / kBN;
+  const long m0 = long(blockIdx.x / tiles_n) * kBM, n0 = long(blockIdx.x % tiles_n) * kBN;
+  const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
+  if (r_len == 0 && accumulate) return;  // nothing to add
+  const int rows = clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
+  const Operand a{A + r_begin * M + m0, M, rows, r_len};
+  const Operand b{B + r_begin * K + n0, K, cols, r_len};
+  float acc[kAcc];
+  mainloop<true, true>(smem, acc, int((r_len + kBK - 1) / kBK), a, b);
+  store_tile(acc, dW + long(e) * M * K + m0 * K + n0, K, rows, cols, accumulate, pair_c);
+#else
+  __trap();
 #endif
 }
 
@@ -186,24 +248,44 @@ bool grouped_gemm_uses_wgmma() {
   return true;
 }
 
-template <class Tout>
-void grouped_gemm_nt_sm90(const bf16* x, const bf16* w, const int32_t* offsets, const int32_t* tile_starts,
-                          int experts, long rows, long M, long K, Tout* y, bool accumulate, cudaStream_t stream) {
-  MOE_CHECK(aligned16(x, K) && aligned16(w, K), "cuda::grouped_gemm_nt (wgmma)",
-            "x and w must be 16-byte aligned with K a multiple of 8, got K = ", K);
+template <bool kTransB, class Tout>
+void grouped_rows_sm90(const bf16* A, const bf16* B, const int32_t* offsets, const int32_t* tile_starts, int experts,
+                       long rows, long n_out, long k_red, Tout* C, bool accumulate, cudaStream_t stream) {
+  const char* op = kTransB ? "cuda::grouped_gemm_nt (wgmma)" : "cuda::grouped_gemm_nn (wgmma)";
+  MOE_CHECK(aligned16(A, k_red) && aligned16(B, kTransB ? k_red : n_out), op,
+            "operands must be 16-byte aligned with row strides a multiple of 8, got ", k_red, " and ",
+            kTransB ? k_red : n_out);
   if (rows == 0) return;
   // Each expert's partial last tile adds at most one tile to rows / kBM.
-  const size_t blocks = size_t(ceil_div(rows, kBM) + unsigned(experts)) * ceil_div(M, kBN);
-  MOE_CHECK(blocks < (size_t(1) << 31), "cuda::grouped_gemm_nt (wgmma)", blocks, " tiles exceed the grid");
-  const bool pair_c = reinterpret_cast<uintptr_t>(y) % (2 * sizeof(Tout)) == 0 && M % 2 == 0;
-  allow_dynamic_shared("cuda::grouped_gemm_nt (wgmma)", grouped_nt_wgmma_kernel<device_t<Tout>>, kSmemBytes);
-  MOE_LAUNCH(grouped_nt_wgmma_kernel<device_t<Tout>>, unsigned(blocks), kThreads, kSmemBytes, stream, dev(x), dev(w),
-             offsets, tile_starts, experts, M, K, dev(y), accumulate, pair_c);
+  const size_t blocks = size_t(ceil_div(rows, kBM) + unsigned(experts)) * ceil_div(n_out, kBN);
+  MOE_CHECK(blocks < (size_t(1) << 31), op, blocks, " tiles exceed the grid");
+  const bool pair_c = reinterpret_cast<uintptr_t>(C) % (2 * sizeof(Tout)) == 0 && n_out % 2 == 0;
+  allow_dynamic_shared(op, grouped_rows_wgmma_kernel<kTransB, device_t<Tout>>, kSmemBytes);
+  MOE_LAUNCH((grouped_rows_wgmma_kernel<kTransB, device_t<Tout>>), unsigned(blocks), kThreads, kSmemBytes, stream,
+             dev(A), dev(B), offsets, tile_starts, experts, n_out, k_red, dev(C), accumulate, pair_c);
 }
 
-template void grouped_gemm_nt_sm90<float>(const bf16*, const bf16*, const int32_t*, const int32_t*, int, long, long,
-                                          long, float*, bool, cudaStream_t);
-template void grouped_gemm_nt_sm90<bf16>(const bf16*, const bf16*, const int32_t*, const int32_t*, int, long, long,
-                                         long, bf16*, bool, cudaStream_t);
+template <class Tout>
+void grouped_gemm_tn_sm90(const bf16* dy, const bf16* x, const int32_t* offsets, int experts, long M, long K,
+                          Tout* dw, bool accumulate, cudaStream_t stream) {
+  MOE_CHECK(aligned16(dy, M) && aligned16(x, K), "cuda::grouped_gemm_tn (wgmma)",
+            "dy and x must be 16-byte aligned with M and K multiples of 8, got M = ", M, ", K = ", K);
+  const dim3 grid(ceil_div(M, kBM) * ceil_div(K, kBN), unsigned(experts));
+  const bool pair_c = reinterpret_cast<uintptr_t>(dw) % (2 * sizeof(Tout)) == 0 && K % 2 == 0;
+  allow_dynamic_shared("cuda::grouped_gemm_tn (wgmma)", grouped_weights_wgmma_kernel<device_t<Tout>>, kSmemBytes);
+  MOE_LAUNCH(grouped_weights_wgmma_kernel<device_t<Tout>>, grid, kThreads, kSmemBytes, stream, dev(dy), dev(x), offsets,
+             M, K, dev(dw), accumulate, pair_c);
+}
+
+#define MOE_INSTANTIATE(T)                                                                                      \
+  template void grouped_rows_sm90<true, T>(const bf16*, const bf16*, const int32_t*, const int32_t*, int, long, \
+                                           long, long, T*, bool, cudaStream_t);                                 \
+  template void grouped_rows_sm90<false, T>(const bf16*, const bf16*, const int32_t*, const int32_t*, int, long, \
+                                            long, long, T*, bool, cudaStream_t);                                 \
+  template void grouped_gemm_tn_sm90<T>(const bf16*, const bf16*, const int32_t*, int, long, long, T*, bool,      \
+                                        cudaStream_t);
+MOE_INSTANTIATE(float)
+MOE_INSTANTIATE(bf16)
+#undef MOE_INSTANTIATE
 
 }  // namespace moe::cuda

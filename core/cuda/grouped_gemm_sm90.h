@@ -1,6 +1,6 @@
-// The Hopper (sm_90a) grouped GEMM on wgmma (core/cuda/wgmma.h), for the forward form nt of
-// grouped_gemm.h; grouped_gemm_nt dispatches to it when MOE_GROUPED_GEMM=wgmma (opt-in: the
-// default stays the mma kernel of grouped_gemm.cu until the wgmma kernel is proven on a GPU).
+// The Hopper (sm_90a) grouped GEMMs on wgmma (core/cuda/wgmma.h), for grouped_gemm.h's three
+// forms; grouped_gemm.cu dispatches to them when MOE_GROUPED_GEMM=wgmma (opt-in: the default stays
+// the mma kernel of grouped_gemm.cu until the wgmma kernels are proven on a GPU).
 #pragma once
 #include <cstdint>
 
@@ -18,11 +18,18 @@ bool grouped_gemm_uses_wgmma();
 // tile_starts[e] <= tile < tile_starts[e + 1] (device int32 [experts + 1]).
 inline constexpr int kSm90TileRows = 128;
 
-// y[r, :] (+)= x[r, :] w[e]^T per expert group (grouped_gemm_nt's contract), x [rows, K],
-// w [experts, M, K], y [rows, M]. Needs x and w 16-byte aligned and K a multiple of 8 (the
-// caller falls back to the mma kernel otherwise).
+// The row forms on wgmma, with grouped_gemm.cu's launch_rows contract: C[r, :] (+)= A[r, :] op(B_e),
+// A [rows, k_red]; kTransB (nt): B [experts, n_out, k_red], else (nn) B [experts, k_red, n_out].
+// Needs A and B 16-byte aligned with row strides a multiple of 8 elements (the caller falls back
+// to the mma kernel otherwise).
+template <bool kTransB, class Tout>
+void grouped_rows_sm90(const bf16* A, const bf16* B, const int32_t* offsets, const int32_t* tile_starts, int experts,
+                       long rows, long n_out, long k_red, Tout* C, bool accumulate, cudaStream_t stream);
+
+// grouped_gemm_tn on wgmma: dw[e] (+)= dy_e^T x_e, dy [rows, M], x [rows, K], dw [experts, M, K];
+// dy and x 16-byte aligned, M and K multiples of 8.
 template <class Tout>
-void grouped_gemm_nt_sm90(const bf16* x, const bf16* w, const int32_t* offsets, const int32_t* tile_starts,
-                          int experts, long rows, long M, long K, Tout* y, bool accumulate, cudaStream_t stream);
+void grouped_gemm_tn_sm90(const bf16* dy, const bf16* x, const int32_t* offsets, int experts, long M, long K,
+                          Tout* dw, bool accumulate, cudaStream_t stream);
 
 }  // namespace moe::cuda

@@ -30,41 +30,44 @@ constexpr int kM = 64, kN = 128;
 // (128 contiguous bytes), the K-neighbour core matrix kLbo bytes on, the next 8 rows kSbo on.
 // 128B swizzle: 128-byte rows of 64 k, 8-row atoms of 1024 bytes, chunk (k / 8) ^ (r % 8).
 constexpr int kLboNone = 128, kSboNone = 4 * 128;  // K = 32: 4 core matrices along K per 8 rows
-__host__ __device__ int offset_none(int r, int k) { return (r / 8) * kSboNone + (k / 8) * kLboNone + (r % 8) * 16 + (k % 8) * 2; }
-__host__ __device__ int offset_b128(int r, int k) { return r * 128 + (((k / 8) ^ (r % 8)) * 16) + (k % 8) * 2; }
+// MN-major 128B swizzle: [k][r] 128-byte rows of 64 r, chunk ((r % 64) / 8) ^ (k % 8), the next 64
+// r (B's second half) one [K][64] block (LBO = 128 K bytes) on, 8-deep K groups 1024 bytes apart.
+enum Layout { kKNone = 0, kKSw128 = 1, kMnSw128 = 2 };
+__host__ __device__ int offset_of(int layout, int r, int k, int K) {
+  if (layout == kKNone) return (r / 8) * kSboNone + (k / 8) * kLboNone + (r % 8) * 16 + (k % 8) * 2;
+  if (layout == kKSw128) return r * 128 + (((k / 8) ^ (r % 8)) * 16) + (k % 8) * 2;
+  return (r / 64) * (K * 128) + k * 128 + ((((r % 64) / 8) ^ (k % 8)) * 16) + (r % 8) * 2;
+}
+// The descriptor of the k16 step ks: K-major steps 32 bytes along the swizzled row or two core
+// matrices (2 LBO); MN-major steps 16 rows of 128 bytes.
+__host__ __device__ uint64_t step_desc(int layout, uint32_t base, int ks, int K) {
+  if (layout == kKNone) return wgmma::make_desc(base + 2 * kLboNone * ks, kLboNone, kSboNone, wgmma::Swizzle::none);
+  if (layout == kKSw128) return wgmma::make_desc(base + 32 * ks, 16, 1024, wgmma::Swizzle::b128);
+  return wgmma::make_desc(base + 2048 * ks, uint32_t(K * 128), 1024, wgmma::Swizzle::b128);
+}
 
 enum Plant { kNone = 0, kOverwriteEarly = 1, kReadEarly = 2 };
 
-// One warpgroup: a [64][K] and b [128][K] (bf16 bits) are placed in dynamic shared memory by the
-// layout, then K / 16 chained mma_async m64n128k16 in one group; out [128 threads][64 registers].
-// plant: kOverwriteEarly zeroes a's stage between the commit and the wait; kReadEarly stores the
-// registers before the wait.
-__global__ void product_kernel(const uint16_t* a, const uint16_t* b, int K, bool swizzled, int plant, float* out) {
+// One warpgroup: a [64][K] and b [128][K] (bf16 bits, r-major) are placed in dynamic shared
+// memory by their layouts, then K / 16 chained mma_async m64n128k16 in one group; out [128
+// threads][64 registers]. plant: kOverwriteEarly zeroes a's stage between the commit and the wait;
+// kReadEarly stores the registers before the wait.
+template <bool kTransA, bool kTransB>
+__global__ void product_kernel(const uint16_t* a, const uint16_t* b, int K, int layout_a, int layout_b, int plant,
+                               float* out) {
   MOE_DYNAMIC_SHARED(unsigned char, smem);
   const int t = int(threadIdx.x);
-  const int b_base = swizzled ? kM * 128 : kM * K * 2;  // 8192: a whole number of 1024-byte atoms
-  for (int i = t; i < kM * K; i += 128) {
-    const int r = i / K, k = i % K, off = swizzled ? offset_b128(r, k) : offset_none(r, k);
-    std::memcpy(smem + off, a + i, 2);
-  }
-  for (int i = t; i < kN * K; i += 128) {
-    const int r = i / K, k = i % K, off = swizzled ? offset_b128(r, k) : offset_none(r, k);
-    std::memcpy(smem + b_base + off, b + i, 2);
-  }
+  const int b_base = kM * K * 2;  // 8192 for K = 64: a whole number of 1024-byte atoms
+  for (int i = t; i < kM * K; i += 128) std::memcpy(smem + offset_of(layout_a, i / K, i % K, K), a + i, 2);
+  for (int i = t; i < kN * K; i += 128) std::memcpy(smem + b_base + offset_of(layout_b, i / K, i % K, K), b + i, 2);
   wgmma::fence_proxy_async();
   __syncthreads();
   float d[kN / 2];
   for (float& v : d) v = 0.0f;
   const uint32_t sa = wgmma::smem_address(smem), sb = wgmma::smem_address(smem + b_base);
   wgmma::fence();
-  for (int ks = 0; ks < K / 16; ++ks) {
-    // The k16 step: 32 bytes on within the swizzled row, or two core matrices (2 LBO) on.
-    const uint32_t step = swizzled ? uint32_t(32 * ks) : uint32_t(2 * kLboNone * ks);
-    const auto sw = swizzled ? wgmma::Swizzle::b128 : wgmma::Swizzle::none;
-    const uint32_t lbo = swizzled ? 16 : kLboNone, sbo = swizzled ? 1024 : kSboNone;
-    wgmma::mma_async<kN>(d, wgmma::make_desc(sa + step, lbo, sbo, sw), wgmma::make_desc(sb + step, lbo, sbo, sw),
-                         ks > 0);
-  }
+  for (int ks = 0; ks < K / 16; ++ks)
+    wgmma::mma_async<kN, kTransA, kTransB>(d, step_desc(layout_a, sa, ks, K), step_desc(layout_b, sb, ks, K), ks > 0);
   wgmma::commit_group();
   if (plant == kOverwriteEarly) {  // the whole stage zeroed (the barrier: by every thread) before any wait
     for (int i = t; i < kM * K * 2; i += 128) smem[i] = 0;
@@ -107,23 +110,42 @@ std::vector<double> cpu_product(const Operands& o, int K) {
   return c;
 }
 
-std::vector<float> run_product(const Operands& o, int K, bool swizzled, int plant, unsigned threads = 128) {
+std::vector<float> run_product(const Operands& o, int K, int layout_a, int layout_b, int plant,
+                               unsigned threads = 128) {
   DeviceBuffer<uint16_t> da(o.a_bits), db(o.b_bits);
   DeviceBuffer<float> out(size_t(128 * kN / 2));
-  const size_t bytes = size_t(kM + kN) * (swizzled ? 128 : size_t(K) * 2);
-  MOE_LAUNCH(product_kernel, 1, threads, bytes, nullptr, static_cast<const uint16_t*>(da.get()),
-             static_cast<const uint16_t*>(db.get()), K, swizzled, plant, out.get());
+  const size_t bytes = size_t(kM + kN) * size_t(K) * 2;
+  auto run = [&](auto kernel) {
+    MOE_LAUNCH(kernel, 1, threads, bytes, nullptr, static_cast<const uint16_t*>(da.get()),
+               static_cast<const uint16_t*>(db.get()), K, layout_a, layout_b, plant, out.get());
+  };
+  const bool ta = layout_a == kMnSw128, tb = layout_b == kMnSw128;
+  if (ta && tb)
+    run(product_kernel<true, true>);
+  else if (ta)
+    run(product_kernel<true, false>);
+  else if (tb)
+    run(product_kernel<false, true>);
+  else
+    run(product_kernel<false, false>);
   return out.to_host();
 }
 
 TEST(CudaWgmmaEmulation, NoSwizzleProductMatchesTheCpuExactly) {
   const Operands o = make_operands(32);
-  EXPECT_TRUE(all_near(gather(run_product(o, 32, false, kNone)), cpu_product(o, 32), 0.0, 0.0));
+  EXPECT_TRUE(all_near(gather(run_product(o, 32, kKNone, kKNone, kNone)), cpu_product(o, 32), 0.0, 0.0));
 }
 
 TEST(CudaWgmmaEmulation, Swizzle128ProductOverFourK16StepsMatchesTheCpuExactly) {
   const Operands o = make_operands(64);
-  EXPECT_TRUE(all_near(gather(run_product(o, 64, true, kNone)), cpu_product(o, 64), 0.0, 0.0));
+  EXPECT_TRUE(all_near(gather(run_product(o, 64, kKSw128, kKSw128, kNone)), cpu_product(o, 64), 0.0, 0.0));
+}
+
+// MN-major (transposed) operands, 128B swizzle: B alone (dx = dy w's w) and both (dw = dy^T x).
+TEST(CudaWgmmaEmulation, MnMajorSwizzle128ProductsMatchTheCpuExactly) {
+  const Operands o = make_operands(64);
+  EXPECT_TRUE(all_near(gather(run_product(o, 64, kKSw128, kMnSw128, kNone)), cpu_product(o, 64), 0.0, 0.0));
+  EXPECT_TRUE(all_near(gather(run_product(o, 64, kMnSw128, kMnSw128, kNone)), cpu_product(o, 64), 0.0, 0.0));
 }
 
 // A(m, 0) = m, A(m, 1) = 1, B(n, 0) = 1, B(n, 1) = 256 n, all else 0: D(m, n) = m + 256 n names
@@ -137,7 +159,7 @@ TEST(CudaWgmmaEmulation, EveryThreadHoldsTheDocumentedAccumulatorEntries) {
   for (int n = 0; n < kN; ++n) o.b[size_t(n * K)] = 1.0f, o.b[size_t(n * K + 1)] = float(256 * n);
   for (float v : o.a) o.a_bits.push_back(float_to_bf16(v).bits);
   for (float v : o.b) o.b_bits.push_back(float_to_bf16(v).bits);
-  const std::vector<float> out = run_product(o, K, true, kNone);
+  const std::vector<float> out = run_product(o, K, kKSw128, kKSw128, kNone);
   for (int t = 0; t < 128; ++t)
     for (int i = 0; i < kN / 2; ++i) {
       // PTX ISA, wgmma .m64nNk16 accumulator D: warp w rows 16 w + lane / 4 (+ 8 for registers
@@ -150,13 +172,13 @@ TEST(CudaWgmmaEmulation, EveryThreadHoldsTheDocumentedAccumulatorEntries) {
 
 TEST(CudaWgmmaEmulation, OverwritingAnOperandBeforeTheWaitChangesTheProduct) {
   const Operands o = make_operands(64);
-  const std::vector<float> got = gather(run_product(o, 64, true, kOverwriteEarly));
+  const std::vector<float> got = gather(run_product(o, 64, kKSw128, kKSw128, kOverwriteEarly));
   for (float v : got) ASSERT_EQ(v, 0.0f) << "the overwritten (zero) A was not what the wait read";
 }
 
 TEST(CudaWgmmaEmulation, ReadingAccumulatorsBeforeTheWaitSeesNoProduct) {
   const Operands o = make_operands(64);
-  for (float v : run_product(o, 64, true, kReadEarly)) ASSERT_EQ(v, 0.0f);
+  for (float v : run_product(o, 64, kKSw128, kKSw128, kReadEarly)) ASSERT_EQ(v, 0.0f);
 }
 
 void expect_error(const std::function<void()>& f, const std::string& needle) {
@@ -170,7 +192,7 @@ void expect_error(const std::function<void()>& f, const std::string& needle) {
 
 TEST(CudaWgmmaEmulation, APartialWarpgroupIsAnError) {
   const Operands o = make_operands(64);
-  expect_error([&] { run_product(o, 64, true, kNone, 96); }, "is not in a complete warpgroup");
+  expect_error([&] { run_product(o, 64, kKSw128, kKSw128, kNone, 96); }, "is not in a complete warpgroup");
 }
 
 // One warpgroup issuing a single mma_async with a descriptor the emulation refuses.

@@ -178,8 +178,8 @@ TEST(CudaGroupedGemm, MisalignedBaseMixesBothLoadPaths) {
   check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});
 }
 
-// MOE_GROUPED_GEMM=wgmma for the scope: the forward (nt) runs on the Hopper wgmma kernel
-// (grouped_gemm_sm90.cu) wherever x and w allow 16-byte copies; nn and tn stay on the mma kernel.
+// MOE_GROUPED_GEMM=wgmma for the scope: the three forms run on the Hopper wgmma kernels
+// (grouped_gemm_sm90.cu) wherever their operands allow 16-byte copies, else on the mma kernel.
 class WgmmaScope {
  public:
   WgmmaScope() {
@@ -213,9 +213,10 @@ class WgmmaScope {
     if (!WgmmaScope::available(why)) GTEST_SKIP() << why;     \
   } while (0)
 
-// K = 328: 6 slices of 64, past the 3-slice prologue of the 5-stage pipeline, the last one an
-// eighth full; M = 136: a second column tile of 8 columns; skewed groups (161 rows: two row tiles
-// of one expert, an empty expert, 6 and 24 rows). The same tolerances as the mma kernel's.
+// nt, nn and tn on wgmma. K = 328: nt's 6 slices of 64, past the 3-slice prologue of the 5-stage
+// pipeline, the last an eighth full; M = 136: a second column tile of 8 columns for nt, nn's 3
+// slices; skewed groups (161 rows: two row tiles of one expert and tn's 3 slices, an empty expert
+// (tn writes zeros), 6 and 24 rows). The same tolerances as the mma kernel's.
 TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsFp32Overwrite) {
   MOE_REQUIRE_WGMMA();
   WgmmaScope scope;
@@ -226,15 +227,17 @@ TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsBf16Accumulate) {
   WgmmaScope scope;
   check_forms<bf16>({136, 104, kSkewedSizes, true});
 }
-// Odd M (101: single-element stores, a ragged column tile), a 1-row expert, empty experts first
-// and last, K = 72 (two slices, the second an eighth full).
+// Odd M (101: nt's single-element stores and ragged column tile; nn and tn, whose dy rows are then
+// not 16-byte multiples, fall back to the mma kernel), a 1-row expert, empty experts first and
+// last, K = 72 (two slices, the second an eighth full).
 TEST(CudaGroupedGemmSm90, WgmmaForwardOddOutputWidthAndOneRowExpert) {
   MOE_REQUIRE_WGMMA();
   WgmmaScope scope;
   check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
 }
-// Where x is off its 16-byte boundary or K is not a multiple of 8, the wgmma kernel's whole-chunk
-// copies do not apply and nt falls back to the mma kernel, still correct.
+// Where x is off its 16-byte boundary (nt, tn) or K is not a multiple of 8 (all three), the wgmma
+// kernels' whole-chunk copies do not apply and those forms fall back to the mma kernel; nn with an
+// aligned dy and w runs on wgmma beside them.
 TEST(CudaGroupedGemmSm90, WgmmaForwardSkipsToTheMmaKernelWhenCopiesCannotBeWhole) {
   MOE_REQUIRE_WGMMA();
   WgmmaScope scope;
