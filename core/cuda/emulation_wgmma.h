@@ -30,9 +30,11 @@ struct Op {
 };
 
 // One emulated thread's wgmma state: `open` since the last commit, the committed groups (oldest
-// first), and whether a fence came since the last wait (or the start of the block).
+// first), and whether a fence came since the last wait (or the start of the block). It belongs to
+// the block being run (`block`, its linear index): the runtime runs a launch's blocks one after
+// another on the same host threads, so a new index means the previous block's state is gone.
 struct State {
-  dim3 block{~0u, ~0u, ~0u};
+  uint64_t block = ~uint64_t(0);
   bool fenced = false;
   std::vector<Op> open;
   std::vector<std::vector<Op>> groups;
@@ -40,12 +42,9 @@ struct State {
 inline thread_local State t_state;
 
 inline State& state() {
-  State& s = t_state;
-  if (s.block.x != blockIdx.x || s.block.y != blockIdx.y || s.block.z != blockIdx.z) {
-    s = State{};  // left by the previous block of this launch: its shared memory is gone
-    s.block = blockIdx;
-  }
-  return s;
+  const uint64_t block = blockIdx.x + uint64_t(gridDim.x) * (blockIdx.y + uint64_t(gridDim.y) * blockIdx.z);
+  if (t_state.block != block) t_state = State{block, false, {}, {}};
+  return t_state;
 }
 
 inline unsigned linear_tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }

@@ -180,18 +180,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int col_tiles = int((n_out + kBN - 1) / kBN);
   const int tile = int(blockIdx.x) / col_tiles;
   if (tile >= tile_starts[experts]) return;  // the grid is an upper bound on the tiles
-  int lo = 0, hi = experts - 1;              // the expert owning the tile: the last e with tile_starts[e] <= tile
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (tile_starts[mid] <= tile)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
-  const long row0 = offsets[lo] + long(tile - tile_starts[lo]) * kBM;
+  // The expert owning the tile, the last e with tile_starts[e] <= tile: binary lifting over e
+  // (tile_starts is non-decreasing, tile_starts[0] = 0).
+  int e = 0;
+  for (int step = 1 << 15; step > 0; step >>= 1)
+    if (e + step < experts && tile_starts[e + step] <= tile) e += step;
+  const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM;
   const long n0 = long(int(blockIdx.x) % col_tiles) * kBN;
-  const int rows = clamp_extent(offsets[lo + 1] - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
-  const dbf16* Be = B + long(lo) * n_out * k_red;
+  const int rows = clamp_extent(offsets[e + 1] - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
+  const dbf16* Be = B + long(e) * n_out * k_red;
   const Operand a{A + row0 * k_red, k_red, rows, k_red};
   const Operand b = kTransB ? Operand{Be + n0 * k_red, k_red, cols, k_red} : Operand{Be + n0, n_out, cols, k_red};
   float acc[kAcc];
@@ -246,6 +243,17 @@ bool grouped_gemm_uses_wgmma() {
             device, " is sm_", major, minor);
 #endif
   return true;
+}
+
+GroupedGemmKernelScope::GroupedGemmKernelScope(const char* kernel) {
+  if (const char* v = std::getenv("MOE_GROUPED_GEMM")) old_ = v;
+  setenv("MOE_GROUPED_GEMM", kernel, 1);
+}
+GroupedGemmKernelScope::~GroupedGemmKernelScope() {
+  if (old_)
+    setenv("MOE_GROUPED_GEMM", old_->c_str(), 1);
+  else
+    unsetenv("MOE_GROUPED_GEMM");
 }
 
 template <bool kTransB, class Tout>

@@ -3,6 +3,8 @@
 // the mma kernel of grouped_gemm.cu until the wgmma kernels are proven on a GPU).
 #pragma once
 #include <cstdint>
+#include <optional>
+#include <string>
 
 #include "core/cuda/runtime.h"
 #include "core/dtype.h"
@@ -13,6 +15,19 @@ namespace moe::cuda {
 // grouped_gemm.cu, "wgmma" the kernel below (an error on a device that is not sm_90; allowed
 // under the emulation, which models sm_90a). Read at every call, so a run can switch.
 bool grouped_gemm_uses_wgmma();
+
+// MOE_GROUPED_GEMM = `kernel` for the object's lifetime (the previous value, or none, restored
+// after it): how tests and benchmarks run both kernels in one process.
+class GroupedGemmKernelScope {
+ public:
+  explicit GroupedGemmKernelScope(const char* kernel);
+  ~GroupedGemmKernelScope();
+  GroupedGemmKernelScope(const GroupedGemmKernelScope&) = delete;
+  GroupedGemmKernelScope& operator=(const GroupedGemmKernelScope&) = delete;
+
+ private:
+  std::optional<std::string> old_;
+};
 
 // Rows of 128-row tiles as grouped_gemm.cu's: 128-row tile `tile` belongs to the expert e with
 // tile_starts[e] <= tile < tile_starts[e + 1] (device int32 [experts + 1]).

@@ -5,9 +5,7 @@
 // sizes (the element-load fallback), multiples of 8 (the cp.async path) and a misaligned base.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <numeric>
-#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -180,37 +178,21 @@ TEST(CudaGroupedGemm, MisalignedBaseMixesBothLoadPaths) {
 
 // MOE_GROUPED_GEMM=wgmma for the scope: the three forms run on the Hopper wgmma kernels
 // (grouped_gemm_sm90.cu) wherever their operands allow 16-byte copies, else on the mma kernel.
-class WgmmaScope {
- public:
-  WgmmaScope() {
-    if (const char* v = std::getenv("MOE_GROUPED_GEMM")) old_ = v;
-    setenv("MOE_GROUPED_GEMM", "wgmma", 1);
+// Under the emulation always; on a GPU only an sm_90 device runs the kernels (others skip).
+bool wgmma_available(std::string& why) {
+  GroupedGemmKernelScope scope("wgmma");
+  try {
+    return grouped_gemm_uses_wgmma();
+  } catch (const Error& e) {
+    why = e.what();
+    return false;
   }
-  ~WgmmaScope() {
-    if (old_)
-      setenv("MOE_GROUPED_GEMM", old_->c_str(), 1);
-    else
-      unsetenv("MOE_GROUPED_GEMM");
-  }
-  // Under the emulation always; on a GPU only an sm_90 device runs the kernel (others skip).
-  static bool available(std::string& why) {
-    WgmmaScope scope;
-    try {
-      return grouped_gemm_uses_wgmma();
-    } catch (const Error& e) {
-      why = e.what();
-      return false;
-    }
-  }
-
- private:
-  std::optional<std::string> old_;
-};
+}
 
 #define MOE_REQUIRE_WGMMA()                                   \
   do {                                                        \
     std::string why;                                          \
-    if (!WgmmaScope::available(why)) GTEST_SKIP() << why;     \
+    if (!wgmma_available(why)) GTEST_SKIP() << why;           \
   } while (0)
 
 // nt, nn and tn on wgmma. K = 328: nt's 6 slices of 64, past the 3-slice prologue of the 5-stage
@@ -219,12 +201,12 @@ class WgmmaScope {
 // (tn writes zeros), 6 and 24 rows). The same tolerances as the mma kernel's.
 TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsFp32Overwrite) {
   MOE_REQUIRE_WGMMA();
-  WgmmaScope scope;
+  GroupedGemmKernelScope scope("wgmma");
   check_forms<float>({136, 328, kSkewedSizes, false});
 }
 TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsBf16Accumulate) {
   MOE_REQUIRE_WGMMA();
-  WgmmaScope scope;
+  GroupedGemmKernelScope scope("wgmma");
   check_forms<bf16>({136, 104, kSkewedSizes, true});
 }
 // Odd M (101: nt's single-element stores and ragged column tile; nn and tn, whose dy rows are then
@@ -232,7 +214,7 @@ TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsBf16Accumulate) {
 // last, K = 72 (two slices, the second an eighth full).
 TEST(CudaGroupedGemmSm90, WgmmaForwardOddOutputWidthAndOneRowExpert) {
   MOE_REQUIRE_WGMMA();
-  WgmmaScope scope;
+  GroupedGemmKernelScope scope("wgmma");
   check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
 }
 // Where x is off its 16-byte boundary (nt, tn) or K is not a multiple of 8 (all three), the wgmma
@@ -240,15 +222,17 @@ TEST(CudaGroupedGemmSm90, WgmmaForwardOddOutputWidthAndOneRowExpert) {
 // aligned dy and w runs on wgmma beside them.
 TEST(CudaGroupedGemmSm90, WgmmaForwardSkipsToTheMmaKernelWhenCopiesCannotBeWhole) {
   MOE_REQUIRE_WGMMA();
-  WgmmaScope scope;
+  GroupedGemmKernelScope scope("wgmma");
   check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});  // x misaligned: the mma kernel
   check_forms<bf16>({24, 33, {5, 9}, false});                        // K odd: the mma kernel
 }
 
 TEST(CudaGroupedGemmSm90, UnknownKernelChoiceIsAnError) {
-  setenv("MOE_GROUPED_GEMM", "fast", 1);
-  EXPECT_THROW(grouped_gemm_uses_wgmma(), Error);
-  unsetenv("MOE_GROUPED_GEMM");
+  {
+    GroupedGemmKernelScope scope("fast");
+    EXPECT_THROW(grouped_gemm_uses_wgmma(), Error);
+  }
+  GroupedGemmKernelScope scope("mma");
   EXPECT_FALSE(grouped_gemm_uses_wgmma());
 }
 
