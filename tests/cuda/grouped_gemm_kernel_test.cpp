@@ -227,6 +227,17 @@ TEST(CudaGroupedGemmSm90, WgmmaForwardSkipsToTheMmaKernelWhenCopiesCannotBeWhole
   check_forms<bf16>({24, 33, {5, 9}, false});                        // K odd: the mma kernel
 }
 
+// 37 experts of 0 .. 40 rows (a third of them empty, most groups shorter than a tile): every row
+// tile finds its expert by the kernel's binary lifting over tile_starts; tn writes zeros for the
+// empty experts.
+TEST(CudaGroupedGemmSm90, WgmmaManySmallAndEmptyExperts) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma");
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  check_forms<float>({24, 40, sizes, false});
+}
+
 TEST(CudaGroupedGemmSm90, UnknownKernelChoiceIsAnError) {
   {
     GroupedGemmKernelScope scope("fast");
