@@ -51,7 +51,8 @@
 //    accumulators before the wait_group that covers their mma_async is undefined; shared memory
 //    written through the generic proxy needs fence.proxy.async before wgmma reads it.
 //  Assumed, not stated in those sources in these words (the GPU test binary checks them: a wrong
-//  reading shows as a wrong product in CudaGroupedGemmSm90 and CudaWgmma tests on an sm_90 device):
+//  reading shows as a wrong product in the CudaGroupedGemmSm90 tests on an sm_90 device, nt for
+//  the first, nn and tn for the second; emulation_wgmma_test runs under the emulation only):
 //  * the 128B swizzle XOR uses the bits of the absolute shared-memory address (why the base offset
 //    field exists), so a K-major descriptor may start 32, 64 or 96 bytes into a 128-byte row (the
 //    k16 steps within a 64-wide K slice) as long as the atom itself is 1024-byte aligned;
@@ -68,10 +69,13 @@
 // its atom or not 32-byte aligned in it (K-major) or not 1024-byte aligned (MN-major), MN-major
 // without swizzle, and an mma_async without a fence since the thread's last wait. Each thread
 // queues its mma_asyncs and performs them at the wait_group that retires them, reading shared
-// memory then, as the descriptors decode, and writing its own accumulator entries
-// by the map above: a kernel that overwrites a stage before the wait, or reads accumulators
-// before it, computes a wrong result as it would on the GPU. Descriptor addresses are offsets into
-// the block's dynamic shared memory (smem_address()); static shared memory cannot be addressed.
+// memory then, as the descriptors decode, and writing its own accumulator entries by the map
+// above: a kernel that reads accumulators before the wait gets stale values. Shared memory is read
+// at the issue too: if what the thread reads changed in between, or one of its own cp.asyncs into
+// it is still in flight at the issue or at the wait, the op fails with a race error (on the GPU
+// such a kernel computes garbage, sometimes). Descriptor addresses are offsets into the block's
+// dynamic shared memory (smem_address()); static shared memory cannot be addressed, and reads
+// past the launch's dynamic shared bytes are not caught.
 #pragma once
 #include <cstdint>
 

@@ -1,8 +1,9 @@
 // Tests of the emulated Hopper wgmma (core/cuda/wgmma.h, emulation_wgmma.h): operands placed in
 // shared memory by the documented K-major layouts (no swizzle, 128B swizzle) multiply to the CPU
 // product exactly, over several k16 steps chained through one commit group; every thread's
-// accumulator registers hold the documented entries; a kernel that overwrites an operand or reads
-// the accumulators before its wait_group gets a wrong result; misuse is a one-line error.
+// accumulator registers hold the documented entries; a kernel that reads the accumulators before
+// its wait_group sees no product, one that overwrites an operand before it, or issues before its
+// stage's copies landed, is a race error; misuse is a one-line error.
 #ifdef MOE_CUDA_EMULATION
 #include <gtest/gtest.h>
 
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda/async_copy.h"
 #include "core/cuda/launch.h"
 #include "core/cuda/memory.h"
 #include "core/cuda/wgmma.h"
@@ -46,19 +48,24 @@ __host__ __device__ uint64_t step_desc(int layout, uint32_t base, int ks, int K)
   return wgmma::make_desc(base + 2048 * ks, uint32_t(K * 128), 1024, wgmma::Swizzle::b128);
 }
 
-enum Plant { kNone = 0, kOverwriteEarly = 1, kReadEarly = 2 };
+enum Plant { kNone = 0, kOverwriteEarly = 1, kReadEarly = 2, kCopyLate = 3 };
 
 // One warpgroup: a [64][K] and b [128][K] (bf16 bits, r-major) are placed in dynamic shared
 // memory by their layouts, then K / 16 chained mma_async m64n128k16 in one group; out [128
 // threads][64 registers]. plant: kOverwriteEarly zeroes a's stage between the commit and the wait;
-// kReadEarly stores the registers before the wait.
+// kReadEarly stores the registers before the wait; kCopyLate stages a by cp.async and waits for
+// the copies only after the mma_async (a pipeline that issues before its stage has landed).
 template <bool kTransA, bool kTransB>
 __global__ void product_kernel(const uint16_t* a, const uint16_t* b, int K, int layout_a, int layout_b, int plant,
                                float* out) {
   MOE_DYNAMIC_SHARED(unsigned char, smem);
   const int t = int(threadIdx.x);
   const int b_base = kM * K * 2;  // 8192 for K = 64: a whole number of 1024-byte atoms
-  for (int i = t; i < kM * K; i += 128) std::memcpy(smem + offset_of(layout_a, i / K, i % K, K), a + i, 2);
+  if (plant == kCopyLate)  // 16-byte chunks: 8 consecutive k of a K-major row stay together
+    for (int i = t * 8; i < kM * K; i += 128 * 8) cp_async16(smem + offset_of(layout_a, i / K, i % K, K), a + i, true);
+  else
+    for (int i = t; i < kM * K; i += 128) std::memcpy(smem + offset_of(layout_a, i / K, i % K, K), a + i, 2);
+  cp_async_commit();
   for (int i = t; i < kN * K; i += 128) std::memcpy(smem + b_base + offset_of(layout_b, i / K, i % K, K), b + i, 2);
   wgmma::fence_proxy_async();
   __syncthreads();
@@ -75,6 +82,8 @@ __global__ void product_kernel(const uint16_t* a, const uint16_t* b, int K, int 
   }
   if (plant == kReadEarly)
     for (int i = 0; i < kN / 2; ++i) out[t * (kN / 2) + i] = d[i];
+  cp_async_wait<0>();
+  __syncthreads();
   wgmma::wait_group<0>();
   if (plant != kReadEarly)
     for (int i = 0; i < kN / 2; ++i) out[t * (kN / 2) + i] = d[i];
@@ -170,17 +179,6 @@ TEST(CudaWgmmaEmulation, EveryThreadHoldsTheDocumentedAccumulatorEntries) {
     }
 }
 
-TEST(CudaWgmmaEmulation, OverwritingAnOperandBeforeTheWaitChangesTheProduct) {
-  const Operands o = make_operands(64);
-  const std::vector<float> got = gather(run_product(o, 64, kKSw128, kKSw128, kOverwriteEarly));
-  for (float v : got) ASSERT_EQ(v, 0.0f) << "the overwritten (zero) A was not what the wait read";
-}
-
-TEST(CudaWgmmaEmulation, ReadingAccumulatorsBeforeTheWaitSeesNoProduct) {
-  const Operands o = make_operands(64);
-  for (float v : run_product(o, 64, kKSw128, kKSw128, kReadEarly)) ASSERT_EQ(v, 0.0f);
-}
-
 void expect_error(const std::function<void()>& f, const std::string& needle) {
   try {
     f();
@@ -188,6 +186,26 @@ void expect_error(const std::function<void()>& f, const std::string& needle) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
   }
+}
+
+// The hardware reads the operands somewhere between mma_async and wait_group: a store into them in
+// that window is a race, which the emulation reports every time.
+TEST(CudaWgmmaEmulation, OverwritingAnOperandBeforeTheWaitIsARaceError) {
+  const Operands o = make_operands(64);
+  expect_error([&] { run_product(o, 64, kKSw128, kKSw128, kOverwriteEarly); },
+               "changed between the mma_async and its wait_group");
+}
+
+// The emulated copies land at the issuer's wait, so the mma_async finds its own copies into the
+// operands still in flight: an error at the issue.
+TEST(CudaWgmmaEmulation, AStageStillInFlightAtTheMmaAsyncIsAnError) {
+  const Operands o = make_operands(64);
+  expect_error([&] { run_product(o, 64, kKSw128, kKSw128, kCopyLate); }, "has not landed at its issue");
+}
+
+TEST(CudaWgmmaEmulation, ReadingAccumulatorsBeforeTheWaitSeesNoProduct) {
+  const Operands o = make_operands(64);
+  for (float v : run_product(o, 64, kKSw128, kKSw128, kReadEarly)) ASSERT_EQ(v, 0.0f);
 }
 
 TEST(CudaWgmmaEmulation, APartialWarpgroupIsAnError) {
