@@ -1,6 +1,6 @@
 // The grouped GEMMs (grouped_gemm.h's nt, nn and tn forms) on Hopper's warpgroup MMA: 128 x 128
 // output tiles, 2 warpgroups (256 threads) each owning 64 x 128 in 64 fp32 registers per thread,
-// a 5-stage cp.async pipeline over 64-deep slices of the reduction. Each operand slice lands in a
+// a cp.async pipeline (5 stages, or 3 with 2 blocks per SM) over 64-deep slices of the reduction. Each operand slice lands in a
 // 128B-swizzled layout wgmma reads directly (wgmma.h), chosen by how the operand lies in memory so
 // nothing is transposed on the way:
 //   K-major  (reduction index contiguous: nt's x and w, nn's dy): [128][64] tile of 128-byte rows,
@@ -17,6 +17,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #ifndef MOE_CUDA_EMULATION
 #include <cuda_runtime_api.h>
@@ -25,13 +26,18 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kBM = kSm90TileRows, kBN = 128, kBK = 64, kThreads = 256, kStages = 5;
+constexpr int kBM = kSm90TileRows, kBN = 128, kBK = 64, kThreads = 256;
 constexpr int kRowBytes = kBK * 2;            // 128: one swizzled row
 constexpr int kTileBytes = kBM * kRowBytes;   // 16 KiB per operand slice
 constexpr int kStageBytes = 2 * kTileBytes;   // A then B
 constexpr int kAlign = 1024;                  // the 128B swizzle atom
-constexpr int kSmemBytes = kStages * kStageBytes + kAlign;  // + slack to align the base
 static_assert(kRowBytes == 128 && kBM == kBN, "one 128B-swizzled geometry serves both operands");
+
+// Two pipelines (MOE_GROUPED_GEMM): "wgmma" 5 stages, 1 block per SM (161 KiB); "wgmma2" 3 stages
+// and 2 blocks per SM (97 KiB each, registers capped at 128), where one block's pipeline fill and
+// epilogue overlap the other's products. Which is faster is for the GPU to tell.
+constexpr int smem_bytes(int stages) { return stages * kStageBytes + kAlign; }  // + slack to align the base
+constexpr int blocks_per_sm(int stages) { return stages == 3 ? 2 : 1; }
 
 // The device code exists for sm_90a (and the emulation) only; elsewhere the kernel is a trap.
 #if MOE_WGMMA_AVAILABLE
@@ -87,7 +93,7 @@ __device__ __forceinline__ int clamp_extent(long n, int cap) { return n < 0 ? 0 
 // has retired slice s - 2's wgmma (its wait_group 1 at slice s - 1), so the copies issued after it
 // may overwrite that buffer: the prefetch distance is kStages - 2. One copy group is committed per
 // slice slot (empty past the end), so wait_group kStages - 3 at slice s means "s has landed".
-template <bool kAMn, bool kBMn>
+template <int kStages, bool kAMn, bool kBMn>
 __device__ __forceinline__ void mainloop(unsigned char* smem_raw, float (&acc)[kAcc], int slices, const Operand& a,
                                          const Operand& b) {
   // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
@@ -171,8 +177,8 @@ __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], Tout* out, 
 // (K-major), else (nn) [k_red, n_out] (MN-major). Blocks run column tile fastest (as
 // grouped_gemm.cu's): the blocks resident at once share a few row tiles and their experts' weights.
 // pair_c: C and n_out allow two-element stores.
-template <bool kTransB, class Tout>
-__global__ void __launch_bounds__(kThreads, 1)
+template <int kStages, bool kTransB, class Tout>
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(kStages))
     grouped_rows_wgmma_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, const int32_t* tile_starts,
                               int experts, long n_out, long k_red, Tout* C, bool accumulate, bool pair_c) {
 #if MOE_WGMMA_AVAILABLE
@@ -192,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const Operand a{A + row0 * k_red, k_red, rows, k_red};
   const Operand b = kTransB ? Operand{Be + n0 * k_red, k_red, cols, k_red} : Operand{Be + n0, n_out, cols, k_red};
   float acc[kAcc];
-  mainloop<false, !kTransB>(smem, acc, int((k_red + kBK - 1) / kBK), a, b);
+  mainloop<kStages, false, !kTransB>(smem, acc, int((k_red + kBK - 1) / kBK), a, b);
   store_tile(acc, C + row0 * n_out + n0, n_out, rows, cols, accumulate, pair_c);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
@@ -201,8 +207,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // dW_e[m0.., n0..] (+)= A_e^T B_e over the expert's rows: A [rows, M], B [rows, K], dW [E, M, K];
 // both operands MN-major (their rows are the reduction).
-template <class Tout>
-__global__ void __launch_bounds__(kThreads, 1)
+template <int kStages, class Tout>
+__global__ void __launch_bounds__(kThreads, blocks_per_sm(kStages))
     grouped_weights_wgmma_kernel(const dbf16* A, const dbf16* B, const int32_t* offsets, long M, long K, Tout* dW,
                                  bool accumulate, bool pair_c) {
 #if MOE_WGMMA_AVAILABLE
@@ -216,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const Operand a{A + r_begin * M + m0, M, rows, r_len};
   const Operand b{B + r_begin * K + n0, K, cols, r_len};
   float acc[kAcc];
-  mainloop<true, true>(smem, acc, int((r_len + kBK - 1) / kBK), a, b);
+  mainloop<kStages, true, true>(smem, acc, int((r_len + kBK - 1) / kBK), a, b);
   store_tile(acc, dW + long(e) * M * K + m0 * K + n0, K, rows, cols, accumulate, pair_c);
 #else
   __trap();
@@ -229,21 +235,24 @@ bool aligned16(const void* p, long ld_elements) {
 
 }  // namespace
 
-bool grouped_gemm_uses_wgmma() {
+GroupedGemmKernel grouped_gemm_kernel() {
   const char* v = std::getenv("MOE_GROUPED_GEMM");
-  if (!v || !*v || std::strcmp(v, "mma") == 0) return false;
-  MOE_CHECK(std::strcmp(v, "wgmma") == 0, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = '", v,
-            "': expected 'mma' (the default) or 'wgmma'");
+  if (!v || !*v || std::strcmp(v, "mma") == 0) return GroupedGemmKernel::mma;
+  const bool one = std::strcmp(v, "wgmma") == 0, two = std::strcmp(v, "wgmma2") == 0;
+  MOE_CHECK(one || two, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = '", v,
+            "': expected 'mma' (the default), 'wgmma' or 'wgmma2'");
 #ifndef MOE_CUDA_EMULATION
   int device = 0, major = 0, minor = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  MOE_CHECK(major == 9 && minor == 0, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = wgmma needs an sm_90 device (H100 / H200); device ",
-            device, " is sm_", major, minor);
+  MOE_CHECK(major == 9 && minor == 0, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = ", v,
+            " needs an sm_90 device (H100 / H200); device ", device, " is sm_", major, minor);
 #endif
-  return true;
+  return one ? GroupedGemmKernel::wgmma : GroupedGemmKernel::wgmma2;
 }
+
+bool grouped_gemm_uses_wgmma() { return grouped_gemm_kernel() != GroupedGemmKernel::mma; }
 
 GroupedGemmKernelScope::GroupedGemmKernelScope(const char* kernel) {
   if (const char* v = std::getenv("MOE_GROUPED_GEMM")) old_ = v;
@@ -255,6 +264,19 @@ GroupedGemmKernelScope::~GroupedGemmKernelScope() {
   else
     unsetenv("MOE_GROUPED_GEMM");
 }
+
+namespace {
+
+// Runs f(std::integral_constant<int, stages>) for the pipeline MOE_GROUPED_GEMM selects.
+template <class F>
+void with_stages(F f) {
+  if (grouped_gemm_kernel() == GroupedGemmKernel::wgmma2)
+    f(std::integral_constant<int, 3>{});
+  else
+    f(std::integral_constant<int, 5>{});
+}
+
+}  // namespace
 
 template <bool kTransB, class Tout>
 void grouped_rows_sm90(const bf16* A, const bf16* B, const int32_t* offsets, const int32_t* tile_starts, int experts,
@@ -268,21 +290,29 @@ void grouped_rows_sm90(const bf16* A, const bf16* B, const int32_t* offsets, con
   const size_t blocks = size_t(ceil_div(rows, kBM) + unsigned(experts)) * ceil_div(n_out, kBN);
   MOE_CHECK(blocks < (size_t(1) << 31), op, blocks, " tiles exceed the grid");
   const bool pair_c = reinterpret_cast<uintptr_t>(C) % (2 * sizeof(Tout)) == 0 && n_out % 2 == 0;
-  allow_dynamic_shared(op, grouped_rows_wgmma_kernel<kTransB, device_t<Tout>>, kSmemBytes);
-  MOE_LAUNCH((grouped_rows_wgmma_kernel<kTransB, device_t<Tout>>), unsigned(blocks), kThreads, kSmemBytes, stream,
-             dev(A), dev(B), offsets, tile_starts, experts, n_out, k_red, dev(C), accumulate, pair_c);
+  with_stages([&](auto stages) {
+    constexpr int kStages = decltype(stages)::value;
+    allow_dynamic_shared(op, grouped_rows_wgmma_kernel<kStages, kTransB, device_t<Tout>>, smem_bytes(kStages));
+    MOE_LAUNCH((grouped_rows_wgmma_kernel<kStages, kTransB, device_t<Tout>>), unsigned(blocks), kThreads,
+               smem_bytes(kStages), stream, dev(A), dev(B), offsets, tile_starts, experts, n_out, k_red, dev(C),
+               accumulate, pair_c);
+  });
 }
 
 template <class Tout>
 void grouped_gemm_tn_sm90(const bf16* dy, const bf16* x, const int32_t* offsets, int experts, long M, long K,
                           Tout* dw, bool accumulate, cudaStream_t stream) {
-  MOE_CHECK(aligned16(dy, M) && aligned16(x, K), "cuda::grouped_gemm_tn (wgmma)",
+  const char* op = "cuda::grouped_gemm_tn (wgmma)";
+  MOE_CHECK(aligned16(dy, M) && aligned16(x, K), op,
             "dy and x must be 16-byte aligned with M and K multiples of 8, got M = ", M, ", K = ", K);
   const dim3 grid(ceil_div(M, kBM) * ceil_div(K, kBN), unsigned(experts));
   const bool pair_c = reinterpret_cast<uintptr_t>(dw) % (2 * sizeof(Tout)) == 0 && K % 2 == 0;
-  allow_dynamic_shared("cuda::grouped_gemm_tn (wgmma)", grouped_weights_wgmma_kernel<device_t<Tout>>, kSmemBytes);
-  MOE_LAUNCH(grouped_weights_wgmma_kernel<device_t<Tout>>, grid, kThreads, kSmemBytes, stream, dev(dy), dev(x), offsets,
-             M, K, dev(dw), accumulate, pair_c);
+  with_stages([&](auto stages) {
+    constexpr int kStages = decltype(stages)::value;
+    allow_dynamic_shared(op, grouped_weights_wgmma_kernel<kStages, device_t<Tout>>, smem_bytes(kStages));
+    MOE_LAUNCH((grouped_weights_wgmma_kernel<kStages, device_t<Tout>>), grid, kThreads, smem_bytes(kStages), stream,
+               dev(dy), dev(x), offsets, M, K, dev(dw), accumulate, pair_c);
+  });
 }
 
 #define MOE_INSTANTIATE(T)                                                                                      \

@@ -12,9 +12,13 @@
 namespace moe::cuda {
 
 // The grouped-GEMM kernel MOE_GROUPED_GEMM selects: "mma" (or unset) the wmma / cp.async kernel of
-// grouped_gemm.cu, "wgmma" the kernel below (an error on a device that is not sm_90; allowed
-// under the emulation, which models sm_90a). Read at every call, so a run can switch.
-bool grouped_gemm_uses_wgmma();
+// grouped_gemm.cu; "wgmma" the kernels below with a 5-stage pipeline, 1 block per SM; "wgmma2"
+// the same with 3 stages, 2 blocks per SM. Either wgmma choice is an error on a device that is not
+// sm_90, and allowed under the emulation (which models sm_90a). Read at every call, so a run can
+// switch.
+enum class GroupedGemmKernel { mma, wgmma, wgmma2 };
+GroupedGemmKernel grouped_gemm_kernel();
+bool grouped_gemm_uses_wgmma();  // grouped_gemm_kernel() != mma
 
 // MOE_GROUPED_GEMM = `kernel` for the object's lifetime (the previous value, or none, restored
 // after it): how tests and benchmarks run both kernels in one process.

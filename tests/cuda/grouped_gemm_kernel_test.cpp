@@ -238,6 +238,14 @@ TEST(CudaGroupedGemmSm90, WgmmaManySmallAndEmptyExperts) {
   check_forms<float>({24, 40, sizes, false});
 }
 
+// MOE_GROUPED_GEMM=wgmma2: the 3-stage pipeline (2 blocks per SM; prefetch distance 1) over 6
+// slices of nt, 3 of nn and tn.
+TEST(CudaGroupedGemmSm90, Wgmma2ThreeStagePipelineSkewedGroups) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma2");
+  check_forms<bf16>({136, 328, kSkewedSizes, true});
+}
+
 TEST(CudaGroupedGemmSm90, UnknownKernelChoiceIsAnError) {
   {
     GroupedGemmKernelScope scope("fast");
