@@ -29,7 +29,9 @@ include(GoogleTest)
 enable_testing()
 
 if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
-  set(CMAKE_CUDA_ARCHITECTURES 80 90)
+  # sm_90a, not sm_90: wgmma (core/cuda/wgmma.h) exists only in the architecture-specific target;
+  # its code runs on sm_90 devices (H100 / H200) only, sm_80 code everywhere else.
+  set(CMAKE_CUDA_ARCHITECTURES 80 90a)
   enable_language(CUDA)
   # CMake 3.25 does not know nvcc 13's C++20 flag; tell it, so CUDA_STANDARD 20 works.
   set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
@@ -48,7 +50,7 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
   set_property(TARGET moetrain_cuda PROPERTY COMPILE_OPTIONS ${moe_cuda_options})
   target_include_directories(moetrain_cuda PUBLIC ${CMAKE_SOURCE_DIR})
   target_link_libraries(moetrain_cuda PUBLIC moetrain_lib CUDA::cudart CUDA::cublas)
-  message(STATUS "moetrain: CUDA backend ON (${CMAKE_CUDA_COMPILER}, sm_80 sm_90)")
+  message(STATUS "moetrain: CUDA backend ON (${CMAKE_CUDA_COMPILER}, sm_80 sm_90a)")
 
   # The kernel tests against the real build: one ctest entry, label gpu (ctest -L gpu); it
   # reports "skipped" (exit 77) on a machine without a usable GPU.

@@ -17,6 +17,7 @@
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/elementwise.h"
 #include "core/cuda/grouped_gemm.h"
+#include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/launch.h"
 #include "core/cuda/wmma.h"
 
@@ -313,6 +314,13 @@ void launch_rows(const bf16* A, const bf16* B, const int32_t* offsets, int exper
   MOE_CHECK(blocks < (size_t(1) << 31), kTransB ? "cuda::grouped_gemm_nt" : "cuda::grouped_gemm_nn", blocks,
             " tiles exceed the grid");
   const bool vec_a = vectorizable(A, k_red), vec_b = vectorizable(B, kTransB ? k_red : n_out);
+  // MOE_GROUPED_GEMM=wgmma: Hopper's wgmma kernel (same row tiles) where its 16-byte copies apply.
+  static_assert(kBM == kSm90TileRows, "both kernels number the same row tiles");
+  if (vec_a && vec_b && grouped_gemm_uses_wgmma()) {
+    grouped_rows_sm90<kTransB>(A, B, offsets, static_cast<const int32_t*>(tile_starts.get()), experts, rows, n_out,
+                               k_red, C, accumulate, stream);
+    return;
+  }
   with_async(vec_a, vec_b, [&](auto async) {
     constexpr bool kAsync = decltype(async)::value;
     constexpr int bytes = Pipeline<true, kTransB>::smem_bytes;
@@ -346,6 +354,10 @@ void grouped_gemm_tn(const bf16* dy, const bf16* x, const int32_t* offsets, int 
   check_args("cuda::grouped_gemm_tn", experts, rows, M, K);
   const dim3 grid(ceil_div(M, kBM) * ceil_div(K, kBN), unsigned(experts));
   const bool vec_a = vectorizable(dy, M), vec_b = vectorizable(x, K);
+  if (vec_a && vec_b && grouped_gemm_uses_wgmma()) {
+    grouped_gemm_tn_sm90(dy, x, offsets, experts, M, K, dw, accumulate, stream);
+    return;
+  }
   with_async(vec_a, vec_b, [&](auto async) {
     constexpr bool kAsync = decltype(async)::value;
     constexpr int bytes = Pipeline<false, false>::smem_bytes;

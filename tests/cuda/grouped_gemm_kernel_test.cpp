@@ -6,9 +6,11 @@
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <string>
 #include <type_traits>
 
 #include "core/cuda/grouped_gemm.h"
+#include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/memory.h"
 #include "core/error.h"
 #include "core/ops.h"
@@ -172,6 +174,85 @@ TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathBf16Accumulate) { check_for
 // the other operand of the same stage goes through cp.async.
 TEST(CudaGroupedGemm, MisalignedBaseMixesBothLoadPaths) {
   check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});
+}
+
+// MOE_GROUPED_GEMM=wgmma for the scope: the three forms run on the Hopper wgmma kernels
+// (grouped_gemm_sm90.cu) wherever their operands allow 16-byte copies, else on the mma kernel.
+// Under the emulation always; on a GPU only an sm_90 device runs the kernels (others skip).
+bool wgmma_available(std::string& why) {
+  GroupedGemmKernelScope scope("wgmma");
+  try {
+    return grouped_gemm_uses_wgmma();
+  } catch (const Error& e) {
+    why = e.what();
+    return false;
+  }
+}
+
+#define MOE_REQUIRE_WGMMA()                                   \
+  do {                                                        \
+    std::string why;                                          \
+    if (!wgmma_available(why)) GTEST_SKIP() << why;           \
+  } while (0)
+
+// nt, nn and tn on wgmma. K = 328: nt's 6 slices of 64, past the 3-slice prologue of the 5-stage
+// pipeline, the last an eighth full; M = 136: a second column tile of 8 columns for nt, nn's 3
+// slices; skewed groups (161 rows: two row tiles of one expert and tn's 3 slices, an empty expert
+// (tn writes zeros), 6 and 24 rows). The same tolerances as the mma kernel's.
+TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsFp32Overwrite) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma");
+  check_forms<float>({136, 328, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemmSm90, WgmmaForwardSkewedGroupsBf16Accumulate) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma");
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+// Odd M (101: nt's single-element stores and ragged column tile; nn and tn, whose dy rows are then
+// not 16-byte multiples, fall back to the mma kernel), a 1-row expert, empty experts first and
+// last, K = 72 (two slices, the second an eighth full).
+TEST(CudaGroupedGemmSm90, WgmmaForwardOddOutputWidthAndOneRowExpert) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma");
+  check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
+}
+// Where x is off its 16-byte boundary (nt, tn) or K is not a multiple of 8 (all three), the wgmma
+// kernels' whole-chunk copies do not apply and those forms fall back to the mma kernel; nn with an
+// aligned dy and w runs on wgmma beside them.
+TEST(CudaGroupedGemmSm90, WgmmaForwardSkipsToTheMmaKernelWhenCopiesCannotBeWhole) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma");
+  check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});  // x misaligned: the mma kernel
+  check_forms<bf16>({24, 33, {5, 9}, false});                        // K odd: the mma kernel
+}
+
+// 37 experts of 0 .. 40 rows (a third of them empty, most groups shorter than a tile): every row
+// tile finds its expert by the kernel's binary lifting over tile_starts; tn writes zeros for the
+// empty experts.
+TEST(CudaGroupedGemmSm90, WgmmaManySmallAndEmptyExperts) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma");
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  check_forms<float>({24, 40, sizes, false});
+}
+
+// MOE_GROUPED_GEMM=wgmma2: the 3-stage pipeline (2 blocks per SM; prefetch distance 1) over 6
+// slices of nt, 3 of nn and tn.
+TEST(CudaGroupedGemmSm90, Wgmma2ThreeStagePipelineSkewedGroups) {
+  MOE_REQUIRE_WGMMA();
+  GroupedGemmKernelScope scope("wgmma2");
+  check_forms<bf16>({136, 328, kSkewedSizes, true});
+}
+
+TEST(CudaGroupedGemmSm90, UnknownKernelChoiceIsAnError) {
+  {
+    GroupedGemmKernelScope scope("fast");
+    EXPECT_THROW(grouped_gemm_uses_wgmma(), Error);
+  }
+  GroupedGemmKernelScope scope("mma");
+  EXPECT_FALSE(grouped_gemm_uses_wgmma());
 }
 
 }  // namespace
