@@ -93,7 +93,7 @@ if "BM_CublasBf16Gemm" in rows:
     peak = max(b["TFLOP/s"] for b in rows["BM_CublasBf16Gemm"])
     print(f"\nMeasured bf16 peak (MFU denominator): **{f(peak)} TFLOP/s**\n")
 if "BM_GroupedGemmVsCublas" in rows:
-    print("| grouped GEMM (form 0 nt fwd, 1 nn dgrad, 2 tn wgrad) | dense TFLOP/s | grouped TFLOP/s | ratio (>= 0.70) |\n|---|---|---|---|")
+    print("| grouped GEMM (form 0 nt fwd, 1 nn dgrad, 2 tn wgrad; kernel 0 wmma (default), 1 wgmma, 2 wgmma2) | dense TFLOP/s | grouped TFLOP/s | ratio (>= 0.70) |\n|---|---|---|---|")
     for b in rows["BM_GroupedGemmVsCublas"]:
         ok = "ok" if b["ratio"] >= 0.70 else "BELOW"
         print(f"| {args(b)} | {f(b['dense_TFLOP/s'])} | {f(b['grouped_TFLOP/s'])} | {f(b['ratio'], 2)} {ok} |")
