@@ -85,7 +85,7 @@ struct BlockState {
   size_t static_bytes = 0;
   Bytes dynamic;
   size_t dynamic_bytes = 0;
-  size_t shared_limit = kDefaultSharedBytes;  // static + dynamic: 48 KiB, or the target's with an opt-in
+  size_t opt_in = 0;  // the kernel's allow_dynamic_shared bytes (0: none)
   const char* kernel_name = "";
   std::mutex error_mutex;
   std::string error;  // first failure of any thread in the launch
@@ -173,14 +173,14 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
             name, ": invalid grid (", grid.x, ", ", grid.y, ", ", grid.z,
             "), expected every dimension >= 1, x < 2^31, y and z <= 65535");
   const size_t opt_in = opt_in_of(kernel);
-  MOE_CHECK(dynamic_shared_bytes <= std::max(opt_in, kDefaultSharedBytes), "cuda launch", "kernel ", name, ": ",
+  MOE_CHECK(dynamic_shared_bytes <= (opt_in ? opt_in : kDefaultSharedBytes), "cuda launch", "kernel ", name, ": ",
             dynamic_shared_bytes, " bytes of dynamic shared memory",
             opt_in ? " exceed its opt-in of " + std::to_string(opt_in) + " bytes"
                    : std::string(" need allow_dynamic_shared (launch.h) first: above 48 KiB without an opt-in"));
 
   BlockState state;
   state.kernel_name = name;
-  state.shared_limit = opt_in ? opt_in_limit(g_target_sm.load()) : kDefaultSharedBytes;
+  state.opt_in = opt_in;
   state.nthreads = unsigned(nthreads);
   state.nwarps = unsigned((nthreads + 31) / 32);
   state.dynamic_bytes = dynamic_shared_bytes;
@@ -303,10 +303,14 @@ void* static_shared(const void* key, size_t bytes, size_t align) {
   // compile, static + dynamic above the limit (48 KiB without an opt-in) does not launch.
   MOE_CHECK(b.static_bytes + bytes <= kDefaultSharedBytes, "cuda emulation", "kernel ", b.kernel_name, ": ",
             b.static_bytes + bytes, " bytes of static shared memory exceed 48 KiB");
-  MOE_CHECK(b.static_bytes + bytes + b.dynamic_bytes <= b.shared_limit, "cuda emulation", "kernel ", b.kernel_name,
-            ": ", b.static_bytes + bytes, " bytes of static and ", b.dynamic_bytes,
-            " of dynamic shared memory exceed the ", b.shared_limit, "-byte limit per block",
-            b.shared_limit == kDefaultSharedBytes ? " (no allow_dynamic_shared opt-in)" : "");
+  // Without an opt-in the dynamic part may reach 48 KiB - static; with one, static + the opt-in
+  // must fit the target (cudaFuncSetAttribute checks that on the GPU, knowing the static part).
+  const size_t total = b.static_bytes + bytes + std::max(b.opt_in, b.dynamic_bytes);
+  const size_t limit = b.opt_in ? opt_in_limit(g_target_sm.load()) : kDefaultSharedBytes;
+  MOE_CHECK(total <= limit, "cuda emulation", "kernel ", b.kernel_name, ": ", b.static_bytes + bytes,
+            " bytes of static shared memory and ", b.opt_in ? b.opt_in : b.dynamic_bytes, " of dynamic",
+            b.opt_in ? " (opted in)" : "", " exceed the ", limit, "-byte limit per block",
+            b.opt_in ? "" : ": call allow_dynamic_shared (launch.h) before the launch");
   b.statics.push_back(SharedBuffer{key, bytes, alloc_bytes(bytes)});
   b.static_bytes += bytes;
   return b.statics.back().data.get();

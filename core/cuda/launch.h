@@ -45,12 +45,14 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
 #endif
 }
 
-// A kernel that takes more than 48 KiB of dynamic shared memory must opt in first (up to 163 KiB on
-// sm_80, 227 KiB on sm_90, static shared memory included); `op` names the caller in the error.
-// The emulation records the opt-in per kernel and refuses a launch above 48 KiB without one.
+// A kernel whose static + dynamic shared memory exceeds 48 KiB must opt in to its dynamic bytes
+// first (up to 163 KiB on sm_80, 227 KiB on sm_90, static included); `op` names the caller in the
+// error. Call it before every launch that takes dynamic shared memory: only the kernel knows its
+// static part. The emulation records the opt-in per kernel and refuses a launch above 48 KiB
+// without one.
 template <class... Params>
 void allow_dynamic_shared(const char* op, void (*kernel)(Params...), size_t bytes) {
-  if (bytes <= 48 * 1024) return;
+  if (bytes == 0) return;
 #ifdef MOE_CUDA_EMULATION
   emu::allow_dynamic_shared(op, reinterpret_cast<const void*>(kernel), bytes);
 #else

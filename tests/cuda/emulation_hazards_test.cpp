@@ -101,12 +101,24 @@ __global__ void static_52k_kernel(int* out) {
   out[threadIdx.x] = big[threadIdx.x];
 }
 
+// Without an opt-in, static + dynamic must fit 48 KiB (the GPU's default dynamic limit is 48 KiB
+// minus the static part); with one, static + the opt-in must fit the target.
 TEST(CudaEmulationHazards, StaticPlusDynamicSharedMemory) {
   DeviceBuffer<int> out(32);
   MOE_LAUNCH(static_40k_kernel, 1, 32, 8 * 1024, nullptr, out.get());  // 48 KiB in all: fine
   EXPECT_EQ(out.to_host()[0], 3);
-  const std::string over = error_of([&] { MOE_LAUNCH(static_40k_kernel, 1, 32, 8 * 1024 + 4, nullptr, out.get()); });
-  EXPECT_TRUE(contains(over, "static_40k_kernel") && contains(over, "opt-in")) << over;
+  const std::string over = error_of([&] { MOE_LAUNCH(static_40k_kernel, 1, 32, 16 * 1024, nullptr, out.get()); });
+  EXPECT_TRUE(contains(over, "static_40k_kernel") && contains(over, "allow_dynamic_shared")) << over;
+  allow_dynamic_shared("test", static_40k_kernel, 16 * 1024);
+  MOE_LAUNCH(static_40k_kernel, 1, 32, 16 * 1024, nullptr, out.get());
+  EXPECT_EQ(out.to_host()[0], 3);
+  const std::string above = error_of([&] { MOE_LAUNCH(static_40k_kernel, 1, 32, 16 * 1024 + 4, nullptr, out.get()); });
+  EXPECT_TRUE(contains(above, "opt-in of 16384")) << above;
+  const std::string too_much = error_of([&] {
+    allow_dynamic_shared("test", static_40k_kernel, 163 * 1024 - 16);  // fits alone, not with 40 KiB static
+    MOE_LAUNCH(static_40k_kernel, 1, 32, 1024, nullptr, out.get());
+  });
+  EXPECT_TRUE(contains(too_much, "static_40k_kernel") && contains(too_much, "opted in")) << too_much;
   const std::string big = error_of([&] { MOE_LAUNCH(static_52k_kernel, 1, 32, 0, nullptr, out.get()); });
   EXPECT_TRUE(contains(big, "static_52k_kernel") && contains(big, "static")) << big;
 }
