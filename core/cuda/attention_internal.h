@@ -9,10 +9,6 @@
 #include <cstdint>
 #include <initializer_list>
 
-#ifdef MOE_CUDA_EMULATION
-#include <cstring>
-#endif
-
 namespace moe::cuda::attention_detail {
 
 // [B, H, S, Dh] (rows D apart, heads S * D apart) or [B, S, H, Dh] (rows H * D apart, heads D
@@ -26,15 +22,6 @@ struct HeadStrides {
 
 inline HeadStrides strides_of(AttentionLayout layout, long heads, long seq, int D) {
   return layout == AttentionLayout::kBHSD ? HeadStrides{heads, seq * D, D} : HeadStrides{heads, D, heads * D};
-}
-
-// 16 bytes from src to dst (both 16-byte aligned): one vector load and store on the GPU.
-__device__ __forceinline__ void copy16(void* dst, const void* src) {
-#ifdef MOE_CUDA_EMULATION
-  std::memcpy(dst, src, 16);
-#else
-  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-#endif
 }
 
 // rows x dp bf16 of a head from row r0 into dst (row stride ld, a multiple of 8), zero past
@@ -167,15 +154,11 @@ __device__ __forceinline__ void zero(float (&x)[kTiles][4]) {
 }
 
 // Two outputs of one row, adjacent in memory (d even); one 32-bit store when both are in range
-// and D is even (then out + d is 4-byte aligned).
+// and out + d is 4-byte aligned (an even D does not make it so: the caller's pointer may be a
+// view at an odd element).
 __device__ __forceinline__ void store_pair(dbf16* out, int d, int D, float x0, float x1) {
-  if (d + 1 < D && D % 2 == 0) {
-    const uint32_t packed = mma::pack_bf16x2(x0, x1);
-#ifdef MOE_CUDA_EMULATION
-    std::memcpy(static_cast<void*>(out + d), &packed, 4);
-#else
-    *reinterpret_cast<uint32_t*>(out + d) = packed;
-#endif
+  if (d + 1 < D && reinterpret_cast<uintptr_t>(out + d) % 4 == 0) {
+    store32(out + d, mma::pack_bf16x2(x0, x1));
     return;
   }
   if (d < D) out[d] = from_float<dbf16>(x0);
@@ -202,23 +185,12 @@ __device__ __forceinline__ void store_rows(const float (&acc)[kOTiles][4], dbf16
 // ---- end warp tiles ----
 
 // Host side of the bf16 kernels: whether load_rows may use 16-byte vectors (D % 8 == 0 and every
-// base pointer 16-byte aligned), and the opt-in a kernel needs above 48 KiB of dynamic shared
-// memory (sm_80: up to 163 KiB).
+// base pointer 16-byte aligned). Above 48 KiB of dynamic shared memory the kernels opt in through
+// launch.h's allow_dynamic_shared.
 inline bool vector_loads_ok(int head_dim, std::initializer_list<const void*> ptrs) {
   bool ok = head_dim % 8 == 0;
   for (const void* p : ptrs) ok = ok && reinterpret_cast<uintptr_t>(p) % 16 == 0;
   return ok;
-}
-template <class Kernel>
-void allow_shared(Kernel kernel, size_t bytes, const char* op) {
-#ifndef MOE_CUDA_EMULATION
-  if (bytes <= 48 * 1024) return;
-  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  MOE_CHECK(err == cudaSuccess, op, "cudaFuncSetAttribute(", bytes, " bytes of shared memory): ",
-            cudaGetErrorString(err));
-#else
-  (void)kernel, (void)bytes, (void)op;
-#endif
 }
 
 // The bf16 forward on tensor cores (mma.sync, registers): same contract as flash_attention_forward.

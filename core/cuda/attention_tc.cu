@@ -154,7 +154,7 @@ template <int kMaxDp, int kM>
 void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads, long seq,
                     int head_dim, int dp, HeadStrides hs, bool vec, cudaStream_t stream) {
   const size_t bytes = forward_shared_bytes(dp, kM);
-  allow_shared(flash_forward_mma_kernel<kMaxDp, kM>, bytes, "cuda::flash_attention_forward");
+  allow_dynamic_shared("cuda::flash_attention_forward", flash_forward_mma_kernel<kMaxDp, kM>, bytes);
   const float scale_log2 = float(M_LOG2E / std::sqrt(double(head_dim)));
   MOE_LAUNCH((flash_forward_mma_kernel<kMaxDp, kM>), dim3(ceil_div(seq, kWarps * 16 * kM), unsigned(batch_heads)),
              kThreads, bytes, stream, dev(q), dev(k), dev(v), dev(out), lse, hs, seq, head_dim, dp, scale_log2, vec);

@@ -165,8 +165,8 @@ void launch_backward(const bf16* q, const bf16* k, const bf16* v, const bf16* do
                      const float* delta, bf16* dq, bf16* dk, bf16* dv, long batch_heads, long seq, int head_dim,
                      int dp, HeadStrides hs, bool vec, cudaStream_t stream) {
   const size_t kv_bytes = dkdv_shared_bytes(dp), q_bytes = dq_shared_bytes(dp);
-  allow_shared(dkdv_mma_kernel<kMaxDp>, kv_bytes, "cuda::flash_attention_backward");
-  allow_shared(dq_mma_kernel<kMaxDp>, q_bytes, "cuda::flash_attention_backward");
+  allow_dynamic_shared("cuda::flash_attention_backward", dkdv_mma_kernel<kMaxDp>, kv_bytes);
+  allow_dynamic_shared("cuda::flash_attention_backward", dq_mma_kernel<kMaxDp>, q_bytes);
   const float scale = float(1.0 / std::sqrt(double(head_dim))), scale_log2 = float(M_LOG2E) * scale;
   const dim3 grid(ceil_div(seq, kTile), unsigned(batch_heads));
   MOE_LAUNCH((dkdv_mma_kernel<kMaxDp>), grid, kThreads, kv_bytes, stream, dev(q), dev(k), dev(v), dev(dout), lse,

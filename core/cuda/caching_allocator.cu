@@ -32,6 +32,11 @@ void* CachingAllocator::allocate(size_t bytes) {
     p = it->second.back();
     it->second.pop_back();
     stats_.bytes_cached -= size;
+#ifdef MOE_CUDA_EMULATION
+    // A reused block holds its last user's data, on the GPU too; poison it as device_malloc does,
+    // so a kernel that reads scratch before writing it (or relies on zeros) fails here as well.
+    device_memset(p, 0xFF, size);
+#endif
   } else {
     try {
       p = device_malloc(size);

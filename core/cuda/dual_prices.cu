@@ -40,11 +40,12 @@ __global__ void token_prices_kernel(const float* scores, const float* q, float* 
   if (lane == 0) p[t] = clip ? fmaxf(0.0f, result[warp]) : result[warp];
 }
 
-// scores_t [experts, tokens] = scores^T, so the expert pass reads its column contiguously.
+// scores_t [experts, tokens] = scores^T, so the expert pass reads its column contiguously. Token
+// tiles run along grid.x (up to 2^31 - 1; grid.y stops at 65535, 2 M tokens), expert tiles along y.
 __global__ void transpose_kernel(const float* in, float* out, long rows, int cols) {
   MOE_SHARED(float, tile, [32][33]);
-  const long r0 = long(blockIdx.y) * 32;
-  const int c0 = blockIdx.x * 32;
+  const long r0 = long(blockIdx.x) * 32;
+  const int c0 = blockIdx.y * 32;
   for (int i = threadIdx.y; i < 32; i += blockDim.y)
     if (r0 + i < rows && c0 + int(threadIdx.x) < cols) tile[i][threadIdx.x] = in[(r0 + i) * cols + c0 + threadIdx.x];
   __syncthreads();
@@ -99,7 +100,7 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
   // Expert pass: about 16 tokens per thread, 32 to 256 threads.
   const unsigned col_threads = unsigned(std::min<long>(256, std::max<long>(32, (tokens / 16 + 31) / 32 * 32)));
   Workspace<float> p{size_t(tokens)}, scores_t{size_t(tokens) * experts};
-  MOE_LAUNCH(transpose_kernel, dim3(ceil_div(experts, 32), ceil_div(tokens, 32)), dim3(32, 8), 0, stream, scores,
+  MOE_LAUNCH(transpose_kernel, dim3(ceil_div(tokens, 32), ceil_div(experts, 32)), dim3(32, 8), 0, stream, scores,
              scores_t.get(), tokens, experts);
   for (int it = 0; it < iters; ++it) {
     MOE_LAUNCH(token_prices_kernel, ceil_div(tokens, kRowWarps), kRowWarps * 32,

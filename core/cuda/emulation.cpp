@@ -12,6 +12,7 @@
 #include <new>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "core/error.h"
@@ -25,7 +26,20 @@ namespace moe::cuda::emu {
 namespace {
 
 constexpr unsigned kMaxThreadsPerBlock = 1024;
-constexpr size_t kMaxSharedBytes = 163 * 1024;  // sm_80's per-block opt-in limit, the smaller of our targets
+// Shared memory per block: 48 KiB of static, and of static + dynamic without an opt-in; with one,
+// the target's limit (sm_80 163 KiB, sm_90 227 KiB: cudaDevAttrMaxSharedMemoryPerBlockOptin).
+constexpr size_t kDefaultSharedBytes = 48 * 1024;
+size_t opt_in_limit(int sm) { return sm >= 90 ? 227 * 1024 : 163 * 1024; }
+std::atomic<int> g_target_sm{80};
+
+// The opt-ins (allow_dynamic_shared) by kernel: the last value set, as the GPU keeps it.
+std::mutex g_opt_in_mutex;
+std::unordered_map<const void*, size_t> g_opt_ins;
+size_t opt_in_of(const void* kernel) {
+  std::lock_guard<std::mutex> lock(g_opt_in_mutex);
+  auto it = g_opt_ins.find(kernel);
+  return it == g_opt_ins.end() ? 0 : it->second;
+}
 constexpr uint64_t kPoisonBits = ~uint64_t(0);
 constexpr unsigned kFullWarp = 0xffffffffu;
 
@@ -51,10 +65,19 @@ struct SharedBuffer {
   Bytes data;
 };
 
+struct BlockState;
+// Run when every live thread reached a __syncthreads: forget the phase's call site.
+struct BarrierPhaseEnd {
+  BlockState* state;
+  void operator()() noexcept;
+};
+
 // State of the block being run; rebuilt between blocks while every worker waits.
 struct BlockState {
   unsigned nthreads = 0, nwarps = 0;
-  std::unique_ptr<std::barrier<>> block_barrier;
+  std::unique_ptr<std::barrier<BarrierPhaseEnd>> block_barrier;
+  // The call site of the current __syncthreads phase: set by its first arrival (0: none yet).
+  std::atomic<uint64_t> barrier_site{0};
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
   std::vector<Slot> slots;  // per warp 2 x 32 exchange slots (double-buffered by op parity)
   std::mutex shared_mutex;
@@ -62,11 +85,14 @@ struct BlockState {
   size_t static_bytes = 0;
   Bytes dynamic;
   size_t dynamic_bytes = 0;
+  size_t opt_in = 0;  // the kernel's allow_dynamic_shared bytes (0: none)
+  const char* kernel_name = "";
   std::mutex error_mutex;
   std::string error;  // first failure of any thread in the launch
 
   void reset() {
-    block_barrier = std::make_unique<std::barrier<>>(nthreads);
+    block_barrier = std::make_unique<std::barrier<BarrierPhaseEnd>>(nthreads, BarrierPhaseEnd{this});
+    barrier_site = 0;
     warp_barriers.clear();
     for (unsigned w = 0; w < nwarps; ++w) {
       unsigned lanes = std::min(32u, nthreads - w * 32);
@@ -82,6 +108,8 @@ struct BlockState {
     if (error.empty()) error = what;
   }
 };
+
+void BarrierPhaseEnd::operator()() noexcept { state->barrier_site.store(0); }
 
 struct ThreadContext {
   BlockState* block = nullptr;
@@ -119,18 +147,40 @@ struct NextBlock {
 
 }  // namespace
 
-void run_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, const std::function<void()>& body) {
+void allow_dynamic_shared(const char* op, const void* kernel, size_t bytes) {
+  const int sm = g_target_sm.load();
+  // cudaFuncSetAttribute refuses more than the target allows (static shared memory is checked
+  // at the launch, when the emulation sees it).
+  MOE_CHECK(bytes <= opt_in_limit(sm), op, "cudaFuncSetAttribute(", bytes,
+            " bytes of dynamic shared memory): above sm_", sm, "'s ", opt_in_limit(sm), "-byte limit per block");
+  std::lock_guard<std::mutex> lock(g_opt_in_mutex);
+  g_opt_ins[kernel] = bytes;
+}
+
+int set_target_sm(int sm) {
+  MOE_CHECK(sm == 80 || sm == 90, "cuda emulation", "set_target_sm(", sm, "): expected 80 or 90");
+  return g_target_sm.exchange(sm);
+}
+
+void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+              const std::function<void()>& body) {
   const uint64_t nthreads = uint64_t(block.x) * block.y * block.z;
   const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
   MOE_CHECK(nthreads >= 1 && nthreads <= kMaxThreadsPerBlock && block.z <= 64, "cuda launch",
             "kernel ", name, ": invalid block (", block.x, ", ", block.y, ", ", block.z,
             "), expected 1..1024 threads with z <= 64");
-  MOE_CHECK(nblocks >= 1 && grid.y <= 65535 && grid.z <= 65535, "cuda launch", "kernel ", name, ": invalid grid (",
-            grid.x, ", ", grid.y, ", ", grid.z, ")");
-  MOE_CHECK(dynamic_shared_bytes <= kMaxSharedBytes, "cuda launch", "kernel ", name, ": ", dynamic_shared_bytes,
-            " bytes of dynamic shared memory exceed the ", kMaxSharedBytes, "-byte limit");
+  MOE_CHECK(nblocks >= 1 && grid.x <= 0x7fffffffu && grid.y <= 65535 && grid.z <= 65535, "cuda launch", "kernel ",
+            name, ": invalid grid (", grid.x, ", ", grid.y, ", ", grid.z,
+            "), expected every dimension >= 1, x < 2^31, y and z <= 65535");
+  const size_t opt_in = opt_in_of(kernel);
+  MOE_CHECK(dynamic_shared_bytes <= (opt_in ? opt_in : kDefaultSharedBytes), "cuda launch", "kernel ", name, ": ",
+            dynamic_shared_bytes, " bytes of dynamic shared memory",
+            opt_in ? " exceed its opt-in of " + std::to_string(opt_in) + " bytes"
+                   : std::string(" need allow_dynamic_shared (launch.h) first: above 48 KiB without an opt-in"));
 
   BlockState state;
+  state.kernel_name = name;
+  state.opt_in = opt_in;
   state.nthreads = unsigned(nthreads);
   state.nwarps = unsigned((nthreads + 31) / 32);
   state.dynamic_bytes = dynamic_shared_bytes;
@@ -166,7 +216,18 @@ void run_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_byt
   if (!state.error.empty()) MOE_FAIL("cuda kernel", name, ": ", state.error);
 }
 
-void syncthreads() { current_block().block_barrier->arrive_and_wait(); }
+void syncthreads(const std::source_location& site) {
+  BlockState& b = current_block();
+  // Line and column identify the call site (a kernel's threads run one translation unit's code).
+  const uint64_t key = uint64_t(site.line()) << 32 | site.column();
+  uint64_t first = 0;
+  if (!b.barrier_site.compare_exchange_strong(first, key) && first != key) {
+    b.fail(std::string("divergent __syncthreads: threads of one block wait at ") + site.file_name() + ":" +
+           std::to_string(site.line()) + " and at line " + std::to_string(first >> 32) +
+           " at once (a barrier in a branch that not every thread of the block takes)");
+  }
+  b.block_barrier->arrive_and_wait();
+}
 
 void syncwarp(unsigned mask) { current_block().warp_barriers[t_ctx.warp]->arrive_and_wait(); }
 
@@ -238,8 +299,18 @@ void* static_shared(const void* key, size_t bytes, size_t align) {
   std::lock_guard<std::mutex> lock(b.shared_mutex);
   for (auto& s : b.statics)
     if (s.key == key) return s.data.get();
-  MOE_CHECK(b.static_bytes + bytes + b.dynamic_bytes <= kMaxSharedBytes, "cuda emulation", "shared memory of ",
-            b.static_bytes + bytes + b.dynamic_bytes, " bytes exceeds the ", kMaxSharedBytes, "-byte limit");
+  // On the GPU these are link- and launch-time errors: static shared memory above 48 KiB does not
+  // compile, static + dynamic above the limit (48 KiB without an opt-in) does not launch.
+  MOE_CHECK(b.static_bytes + bytes <= kDefaultSharedBytes, "cuda emulation", "kernel ", b.kernel_name, ": ",
+            b.static_bytes + bytes, " bytes of static shared memory exceed 48 KiB");
+  // Without an opt-in the dynamic part may reach 48 KiB - static; with one, static + the opt-in
+  // must fit the target (cudaFuncSetAttribute checks that on the GPU, knowing the static part).
+  const size_t total = b.static_bytes + bytes + std::max(b.opt_in, b.dynamic_bytes);
+  const size_t limit = b.opt_in ? opt_in_limit(g_target_sm.load()) : kDefaultSharedBytes;
+  MOE_CHECK(total <= limit, "cuda emulation", "kernel ", b.kernel_name, ": ", b.static_bytes + bytes,
+            " bytes of static shared memory and ", b.opt_in ? b.opt_in : b.dynamic_bytes, " of dynamic",
+            b.opt_in ? " (opted in)" : "", " exceed the ", limit, "-byte limit per block",
+            b.opt_in ? "" : ": call allow_dynamic_shared (launch.h) before the launch");
   b.statics.push_back(SharedBuffer{key, bytes, alloc_bytes(bytes)});
   b.static_bytes += bytes;
   return b.statics.back().data.get();

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <source_location>
 #include <type_traits>
 
 // ---- the built-in types and variables kernels see ----
@@ -39,15 +40,29 @@ namespace moe::cuda::emu {
 
 // Runs `body` once per thread of every block of the grid; blocks run one after another, the
 // threads of a block concurrently. Throws moe::Error naming the kernel on a bad configuration
-// or when a kernel thread failed (a warp op with a partial mask, an exception).
-void run_grid(const char* name, dim3 grid, dim3 block, size_t dynamic_shared_bytes, const std::function<void()>& body);
+// (the GPU's launch limits, shared memory above what `kernel` opted in to) or when a kernel
+// thread failed (a warp op with a partial mask, a divergent __syncthreads, an exception).
+void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_t dynamic_shared_bytes,
+              const std::function<void()>& body);
 
-// __syncthreads: a barrier over the block's threads that have not exited.
-void syncthreads();
+// What cudaFuncSetAttribute(kernel, MaxDynamicSharedMemorySize, bytes) records on the GPU: a
+// launch of `kernel` above 48 KiB of dynamic shared memory is refused without it. Fails as the
+// GPU would when `bytes` exceeds the target's per-block limit.
+void allow_dynamic_shared(const char* op, const void* kernel, size_t bytes);
+// The GPU whose per-block shared-memory limit launches are checked against: 80 (163 KiB, the
+// default: every kernel also runs on sm_80) or 90 (227 KiB, for sm_90-only kernels). Returns the
+// previous one.
+int set_target_sm(int sm);
+
+// __syncthreads: a barrier over the block's threads that have not exited. Threads that meet at
+// barriers of different call sites (`site`) fail the launch: a divergent __syncthreads hangs or
+// corrupts on the GPU even where the emulation's barrier, which only counts threads, would pass.
+void syncthreads(const std::source_location& site);
 // A barrier over the warp's live lanes (also what __syncwarp is).
 void syncwarp(unsigned mask);
 // One warp rendezvous: every live lane publishes 8 bytes, then each reads all 32 slots (lanes that
-// do not exist or have exited read back as all-ones bits, i.e. NaN / -1, so misuse shows).
+// do not exist or have exited read back as all-ones bits, i.e. NaN / -1, so misuse shows). Lanes
+// may meet from different call sites, as sm_70+ allows for shfl.sync / vote.sync.
 void warp_exchange(unsigned mask, uint64_t mine, uint64_t (&all)[32], unsigned& live_lanes);
 unsigned lane_id();
 // Per-block shared memory, poisoned with 0xFF bytes (NaN / -1) at the start of every block so a
@@ -89,7 +104,9 @@ T shuffle_from(unsigned mask, T var, int src_lane) {
       sizeof(name##_moe_shared_t), alignof(name##_moe_shared_t)))
 #define MOE_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::moe::cuda::emu::dynamic_shared())
 
-inline void __syncthreads() { ::moe::cuda::emu::syncthreads(); }
+inline void __syncthreads(std::source_location site = std::source_location::current()) {
+  ::moe::cuda::emu::syncthreads(site);
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu) { ::moe::cuda::emu::syncwarp(mask); }
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }

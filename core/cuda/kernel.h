@@ -1,8 +1,16 @@
 // What every kernel source includes: shared-memory declarations that the emulation can give
 // per-block storage, and the bf16 device type with its conversions (fp32 math, bf16 storage).
 #pragma once
+#include <cstddef>
+#include <cstdint>
+
 #include "core/cuda/runtime.h"
 #include "core/dtype.h"
+#ifdef MOE_CUDA_EMULATION
+#include <cstring>
+
+#include "core/error.h"
+#endif
 
 // Full unrolling where a loop indexes a register array: without it the array lives in local memory.
 #ifdef MOE_CUDA_EMULATION
@@ -45,6 +53,30 @@ __device__ __forceinline__ dbf16 from_float<dbf16>(float v) {
   return __float2bfloat16(v);  // round to nearest even, as moe::float_to_bf16
 #endif
 }
+
+// Vector accesses: one instruction on the GPU, which faults when the address is not a multiple of
+// the size (x86 lets it pass), so under the emulation they check it. copy16 moves 16 bytes (both
+// addresses 16-byte aligned), store32 writes 4 (a 4-byte aligned address).
+#ifdef MOE_CUDA_EMULATION
+inline void check_aligned(const char* what, const void* p, size_t bytes) {
+  MOE_CHECK(reinterpret_cast<uintptr_t>(p) % bytes == 0, "cuda emulation", what, ": address ", p, " is not ",
+            bytes, "-byte aligned (a misaligned vector access faults on the GPU)");
+}
+inline void copy16(void* dst, const void* src) {
+  check_aligned("copy16 destination", dst, 16);
+  check_aligned("copy16 source", src, 16);
+  std::memcpy(dst, src, 16);
+}
+inline void store32(void* dst, uint32_t v) {
+  check_aligned("store32", dst, 4);
+  std::memcpy(dst, &v, 4);
+}
+#else
+__device__ __forceinline__ void copy16(void* dst, const void* src) {
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+}
+__device__ __forceinline__ void store32(void* dst, uint32_t v) { *reinterpret_cast<uint32_t*>(dst) = v; }
+#endif
 
 // Host element type -> device element type (moe::bf16 -> dbf16, float -> float).
 template <class T>

@@ -37,22 +37,25 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
   static_assert(sizeof...(Params) == sizeof...(Args), "launch: argument count differs from the kernel's");
 #ifdef MOE_CUDA_EMULATION
   std::tuple<std::decay_t<Params>...> params(static_cast<Params>(std::forward<Args>(args))...);
-  emu::run_grid(name, grid, block, shared_bytes, [&] { std::apply(kernel, params); });
+  emu::run_grid(name, reinterpret_cast<const void*>(kernel), grid, block, shared_bytes,
+                [&] { std::apply(kernel, params); });
 #else
   kernel<<<grid, block, shared_bytes, stream>>>(static_cast<Params>(std::forward<Args>(args))...);
   check_launch(name, stream);
 #endif
 }
 
-// A kernel that takes more than 48 KiB of dynamic shared memory must opt in first (up to 163 KiB on
-// sm_80, 227 KiB on sm_90); `op` names the caller in the error. A no-op under the emulation, whose
-// launch checks the 163 KiB limit itself.
+// A kernel whose static + dynamic shared memory exceeds 48 KiB must opt in to its dynamic bytes
+// first (up to 163 KiB on sm_80, 227 KiB on sm_90, static included); `op` names the caller in the
+// error. Call it before every launch that takes dynamic shared memory: only the kernel knows its
+// static part. The emulation records the opt-in per kernel and refuses a launch above 48 KiB
+// without one.
 template <class... Params>
 void allow_dynamic_shared(const char* op, void (*kernel)(Params...), size_t bytes) {
+  if (bytes == 0) return;
 #ifdef MOE_CUDA_EMULATION
-  (void)op, (void)kernel, (void)bytes;
+  emu::allow_dynamic_shared(op, reinterpret_cast<const void*>(kernel), bytes);
 #else
-  if (bytes <= 48 * 1024) return;
   const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (err != cudaSuccess)
     MOE_FAIL(op, "cudaFuncSetAttribute(", bytes, " bytes of dynamic shared memory): ", cudaGetErrorString(err));
