@@ -4,7 +4,8 @@
 // host copies; NCCL in place where the program links it: parallel/nccl_communicator.h).
 // Expected: the same train losses as one process on the device training the whole batch, step by
 // step (1e-5 relative: only the grads' summation order differs), the same grad norms (1e-4), and
-// the same final parameters (1e-5 absolute); expert parallelism on the device is refused.
+// the same final parameters (1e-5 absolute). Expert parallelism on the device:
+// device_expert_parallel_test.cpp.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -61,15 +62,6 @@ TEST_P(DeviceDataParallel, ReproducesTheSingleProcessDeviceRun) {
 // (aux_loss passed too, 2026-11-26; left out for CI time: an emulated run takes minutes.)
 INSTANTIATE_TEST_SUITE_P(Strategies, DeviceDataParallel, ::testing::Values("loss_free"),
                          [](const auto& info) { return info.param; });
-
-TEST(DeviceDataParallelStartup, ExpertParallelismIsRefused) {
-  cuda::install_backend("DeviceDataParallel");
-  auto w = world_communicator();
-  Recipe r = device_recipe(*w, "none");
-  r.parallel.ep = w->size();
-  test::expect_training_refused(r, test::runs_dir(*w) / "device_ep", w,
-                                "expert parallelism is not available on the device yet");
-}
 
 }  // namespace
 }  // namespace moe

@@ -1,0 +1,235 @@
+// Expert parallelism on the cuda device under mpirun -np 2 (the kernels under the emulation,
+// build/tests/moetrain_mpi_cuda_emu_tests, ctest mpi_cuda_emu_np2): token rows packed and
+// regrouped on the device (Backend::select_rows) and exchanged through the EP communicator (here
+// MPI over host copies; NCCL in place where the program links it), LLEP's lent weights likewise.
+//
+// Layer level, each rank routing its own tokens, three layers of one seed side by side:
+//   the device EP layer vs the device layer holding all experts (the same kernels): output, input
+//   grad and router grads to 1e-5 of the largest entry, expert grads to 1e-5 against the sum over
+//   the ranks of the full layer's grads of this rank's experts (only the summation order differs);
+//   the device EP layer vs the CPU EP layer: same routing and drops, everything to 1e-2 (the
+//   device's experts multiply in bf16).
+// Training: ep = 2 on the device (fp32 activations, LLEP forced to rebalance) against the
+// single-process device run: losses step by step to 1e-5, grad norms to 1e-4, final parameters
+// (the checkpoint's experts gathered from the device) to 1e-5 absolute; the device EP checkpoint
+// then resumes on the CPU EP run.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "checkpoints/checkpoint.h"
+#include "core/autograd.h"
+#include "core/cuda/ops/cuda_backend.h"
+#include "core/ops.h"
+#include "core/rng.h"
+#include "layers/moe/moe_layer.h"
+#include "parallel/communicator.h"
+#include "parallel/process_groups.h"
+#include "recipes/recipe.h"
+#include "recipes/trainer.h"
+#include "tests/cuda/device_test_util.h"
+#include "tests/mpi/mpi_train_helpers.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+namespace {
+
+using test::layer_loss;
+using test::max_rel_diff;
+using test::random_host;
+
+constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
+
+ModelConfig ep_layer_config() {
+  ModelConfig c;
+  c.d_model = 21;
+  c.n_layers = 2;
+  c.init_std = 0.3;  // routing far from uniform
+  c.moe.num_experts = 4;
+  c.moe.top_k = 2;
+  c.moe.expert_hidden = 13;
+  c.moe.balance.strategy = "none";
+  c.moe.z_loss_coef = 0.1;
+  return c;
+}
+
+struct LayerRun {
+  Tensor y, gx;
+  std::vector<std::pair<std::string, Tensor>> grads;  // model order
+};
+
+// One training forward and backward of sum(y * R) + the extra losses; x [B, S, D] host values.
+LayerRun run_layer(MoeLayer& layer, const Tensor& x, const Tensor& R, Device dev, DType act) {
+  Tensor leaf = (dev == Device::cuda ? x.to(act).to(Device::cuda) : x.clone()).detach();
+  leaf.set_requires_grad(true);
+  layer.zero_grad();
+  LayerRun out;
+  out.y = layer.forward(leaf);
+  layer_loss(layer, out.y, R).backward();
+  out.gx = leaf.grad();
+  for (auto& [n, p] : layer.named_parameters()) out.grads.emplace_back(n, p.grad());
+  return out;
+}
+
+// Every assignment to experts 0 and 1 (k = 2), both owned by rank 0: LLEP must lend them.
+Routing to_experts_0_and_1(const RouterOutput& in) {
+  const int64_t T = in.scores.size(0);
+  std::vector<int64_t> tok, ex;
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e : {0, 1}) tok.push_back(t), ex.push_back(e);
+  Routing rt;
+  rt.token = Tensor::from_vector<int64_t>(tok, {2 * T});
+  rt.expert = Tensor::from_vector<int64_t>(ex, {2 * T});
+  rt.gate = in.scores.slice(1, 0, 2).reshape({2 * T});
+  rt.score = rt.gate.detach();
+  return rt;
+}
+
+struct EpCase {
+  std::string name;
+  DType act = DType::f32;
+  double capacity = 0;  // > 0: a capacity factor with drops
+  bool llep = false;    // route everything to rank 0's experts, LLEP threshold 1
+};
+
+void expect_device_ep_layer_matches(const EpCase& k) {
+  SCOPED_TRACE(k.name);
+  auto w = world_communicator();
+  ModelConfig c = ep_layer_config();
+  ProcessGroups g = make_process_groups(w, w->size(), c.moe.num_experts, true);
+  if (k.capacity > 0) {
+    c.moe.capacity_factor = k.capacity;
+    c.moe.drop_policy = "position";
+  }
+  const int r = w->rank();
+  Philox rng_full(23, 0), rng_ep(23, 0), rng_cpu(23, 0);
+  MoeLayer full(c, 1, rng_full, DType::f32), dev(c, 1, rng_ep, DType::f32, g.ep), cpu(c, 1, rng_cpu, DType::f32, g.ep);
+  // bf16-exact masters (as tests/cuda/moe_device_test.cpp): the CPU layer sees what the tensor
+  // cores see, so the comparison with it measures the device's own rounding.
+  for (MoeLayer* m : {&full, &dev, &cpu}) {
+    NoGradGuard ng;
+    for (Tensor p : m->parameters()) p.copy_(p.to(DType::bf16));
+    if (k.llep) {
+      m->set_select_override(to_experts_0_and_1);
+      m->set_llep(LlepConfig{true, 1.0});
+    }
+  }
+  full.to(Device::cuda);
+  dev.to(Device::cuda);
+  full.set_device_routing(false);  // the host routing of the CPU layer, bit for bit
+  dev.set_device_routing(false);
+  ASSERT_EQ(dev.experts().num_experts(), c.moe.num_experts / g.layout.ep);
+
+  const Tensor x = random_host({2, 7, c.d_model}, 100 + uint64_t(r)).to(DType::bf16).to(DType::f32);
+  const Tensor R = random_host({2, 7, c.d_model}, 200 + uint64_t(r));
+  LayerRun a = run_layer(full, x, R, Device::cuda, k.act);
+  LayerRun b = run_layer(dev, x, R, Device::cuda, k.act);
+  LayerRun h = run_layer(cpu, x, R, Device::cpu, k.act);
+
+  ASSERT_EQ(b.y.device(), Device::cuda);
+  EXPECT_EQ(b.y.dtype(), k.act);
+  EXPECT_EQ(b.gx.dtype(), k.act);
+  EXPECT_EQ(dev.last_routing().expert.to_vector<int64_t>(), cpu.last_routing().expert.to_vector<int64_t>());
+  EXPECT_EQ(dev.last_stats().dropped, cpu.last_stats().dropped);
+  if (k.capacity > 0) {
+    EXPECT_GT(dev.last_stats().dropped, 0) << "the capacity case should drop rows";
+  }
+  if (k.llep) {
+    ASSERT_TRUE(dev.last_ep_plan());
+    EXPECT_TRUE(dev.last_ep_plan()->work.rebalanced) << "LLEP should lend rank 0's experts";
+    EXPECT_GT(dev.last_ep_plan()->work.moved_rows, 0);
+  }
+
+  auto report = [&](const std::string& what, const Tensor& got, const Tensor& same_kernels, const Tensor& cpu_ref) {
+    const double e_dev = max_rel_diff(got, same_kernels), e_cpu = max_rel_diff(got, cpu_ref);
+    EXPECT_LE(e_dev, kF32Rel) << what << " vs the full device layer, rank " << r;
+    EXPECT_LE(e_cpu, kBf16Rel) << what << " vs the CPU EP layer, rank " << r;
+    std::printf("[rank %d] %s %s: rel err %.2e vs full device layer, %.2e vs CPU EP layer\n", r, k.name.c_str(),
+                what.c_str(), e_dev, e_cpu);
+  };
+  report("output", b.y, a.y, h.y);
+  report("input grad", b.gx, a.gx, h.gx);
+  ASSERT_EQ(a.grads.size(), b.grads.size());
+  ASSERT_EQ(h.grads.size(), b.grads.size());
+  const int64_t El = dev.experts().num_experts(), first = dev.first_expert();
+  for (size_t i = 0; i < b.grads.size(); ++i) {
+    const std::string& name = b.grads[i].first;
+    ASSERT_EQ(name, a.grads[i].first);
+    Tensor gf = a.grads[i].second, gd = b.grads[i].second, gh = h.grads[i].second;
+    ASSERT_TRUE(gd.defined() && gf.defined() && gh.defined()) << name;
+    EXPECT_EQ(gd.device(), Device::cuda) << name;
+    if (name.rfind("experts.", 0) == 0) {
+      // The full layer's grads of every expert from this rank's tokens, summed over the EP group.
+      std::vector<double> sum = gf.to_double_vector();
+      g.ep->all_reduce_sum(sum);
+      gf = Tensor::from_vector<double>(sum, gf.shape()).slice(0, first, first + El);
+    }
+    report(name + " grad", gd, gf, gh);
+  }
+}
+
+TEST(DeviceExpertParallelLayer, Fp32WithDropsMatchesFullLayerAndCpu) {
+  cuda::install_backend("DeviceExpertParallelLayer");
+  expect_device_ep_layer_matches({"fp32 capacity 0.75", DType::f32, 0.75, false});
+}
+
+TEST(DeviceExpertParallelLayer, Bf16WithLlepLendingMatchesFullLayerAndCpu) {
+  cuda::install_backend("DeviceExpertParallelLayer");
+  expect_device_ep_layer_matches({"bf16 llep", DType::bf16, 0, true});
+}
+
+constexpr int64_t kSteps = 3;  // emulated: each step of each rank runs every kernel on host threads
+
+TEST(DeviceExpertParallelTraining, ReproducesTheSingleProcessDeviceRunAndResumesOnTheCpu) {
+  cuda::install_backend("DeviceExpertParallelTraining");
+  auto w = world_communicator();
+  ASSERT_EQ(w->size(), 2);
+  Recipe single = parse_recipe(test::tiny_recipe(test::corpus_dir(*w), "loss_free"), "device_ep.toml");
+  single.train.device = "cuda";
+  single.train.cuda_activations = "fp32";  // exact checks; the experts still multiply in bf16
+  single.train.steps = kSteps;
+  single.eval.every = 0;
+  single.checkpoint.every = 2;
+  single.checkpoint.keep = 2;
+  Recipe ep = single;
+  ep.parallel.ep = 2;
+  ep.parallel.llep = true;  // lending changes nothing in the results: threshold 1 makes it move rows
+  ep.parallel.llep_threshold = 1.0;
+  const fs::path base = test::runs_dir(*w), ref = base / "device_ep_single", par = base / "device_ep2";
+  test::PairedRuns rc = test::train_reference_then_parallel(single, ep, ref, par, w);
+  ASSERT_EQ(rc.par_rc, kTrainOk);
+  if (w->rank() == 0) {
+    ASSERT_EQ(rc.ref_rc, kTrainOk);
+    EXPECT_EQ(test::expect_metric_match(ref, par, "train", "loss", 1e-5), size_t(kSteps));
+    EXPECT_EQ(test::expect_metric_match(ref, par, "train", "grad_norm", 1e-4), size_t(kSteps));
+    const std::vector<double> loss = test::metric(ref, "train", "loss");
+    ASSERT_EQ(loss.size(), size_t(kSteps));
+    EXPECT_LT(loss.back(), loss.front()) << "the loss must fall, so two constant runs cannot pass";
+    double moved = 0;
+    for (double m : test::metric(par, "train", "llep_moved_rows")) moved += m;
+    EXPECT_GT(moved, 0) << "LLEP never lent an expert";
+    Checkpoint a = read_checkpoint(checkpoint_dir(ref, kSteps)), b = read_checkpoint(checkpoint_dir(par, kSteps));
+    EXPECT_EQ(b.meta.ep_size, 2);
+    EXPECT_NE(b.meta.strings.at("backend").find("cuda"), std::string::npos);
+    test::expect_model_tensors_match(a, b, 1e-5);
+    test::expect_balancer_states_match(a, b);
+  }
+  // The device EP checkpoint of step 2 resumes on the CPU EP run: its step 3 is the device's to
+  // bf16 tolerance (the device's experts multiply in bf16).
+  Recipe cpu = ep;
+  cpu.train.device = "cpu";
+  const fs::path resumed = base / "device_ep2_cpu_resume";
+  if (w->rank() == 0) fs::remove_all(resumed);
+  w->barrier();
+  ASSERT_EQ(test::train(cpu, resumed, w, checkpoint_dir(par, 2).string()), kTrainOk);
+  if (w->rank() == 0) {
+    const std::vector<double> dev_loss = test::metric(par, "train", "loss"), cpu_loss = test::metric(resumed, "train", "loss");
+    ASSERT_EQ(cpu_loss.size(), 1u);
+    test::expect_rel(cpu_loss[0], dev_loss.back(), 1e-2, "step 3 loss after resuming on the CPU");
+  }
+}
+
+}  // namespace
+}  // namespace moe
