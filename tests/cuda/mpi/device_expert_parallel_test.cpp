@@ -15,6 +15,7 @@
 // then resumes on the CPU EP run.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 
@@ -180,7 +181,9 @@ TEST(DeviceExpertParallelLayer, Bf16WithLlepLendingMatchesFullLayerAndCpu) {
   expect_device_ep_layer_matches({"bf16 llep", DType::bf16, 0, true});
 }
 
-constexpr int64_t kSteps = 3;  // emulated: each step of each rank runs every kernel on host threads
+// Emulated, each step of each rank runs every kernel on host threads: 2 steps of one
+// micro-batch, one eval batch.
+constexpr int64_t kSteps = 2;
 
 TEST(DeviceExpertParallelTraining, ReproducesTheSingleProcessDeviceRunAndResumesOnTheCpu) {
   cuda::install_backend("DeviceExpertParallelTraining");
@@ -190,15 +193,22 @@ TEST(DeviceExpertParallelTraining, ReproducesTheSingleProcessDeviceRunAndResumes
   single.train.device = "cuda";
   single.train.cuda_activations = "fp32";  // exact checks; the experts still multiply in bf16
   single.train.steps = kSteps;
-  single.eval.every = 0;
-  single.checkpoint.every = 2;
+  single.train.grad_accum = 1;
+  single.schedule.warmup_steps = 0;  // the first step moves the parameters at the full rate
+  single.eval.every = 0;             // (the last step still evaluates)
+  single.eval.batches = 1;
+  single.checkpoint.every = 1;
   single.checkpoint.keep = 2;
   Recipe ep = single;
   ep.parallel.ep = 2;
   ep.parallel.llep = true;  // lending changes nothing in the results: threshold 1 makes it move rows
   ep.parallel.llep_threshold = 1.0;
   const fs::path base = test::runs_dir(*w), ref = base / "device_ep_single", par = base / "device_ep2";
+  using Clock = std::chrono::steady_clock;
+  auto seconds_since = [](Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); };
+  const Clock::time_point t0 = Clock::now();
   test::PairedRuns rc = test::train_reference_then_parallel(single, ep, ref, par, w);
+  std::printf("[rank %d] single-process device run + ep = 2 device run: %.1f s\n", w->rank(), seconds_since(t0));
   ASSERT_EQ(rc.par_rc, kTrainOk);
   if (w->rank() == 0) {
     ASSERT_EQ(rc.ref_rc, kTrainOk);
@@ -216,18 +226,20 @@ TEST(DeviceExpertParallelTraining, ReproducesTheSingleProcessDeviceRunAndResumes
     test::expect_model_tensors_match(a, b, 1e-5);
     test::expect_balancer_states_match(a, b);
   }
-  // The device EP checkpoint of step 2 resumes on the CPU EP run: its step 3 is the device's to
+  // The device EP checkpoint of step 1 resumes on the CPU EP run: its step 2 is the device's to
   // bf16 tolerance (the device's experts multiply in bf16).
   Recipe cpu = ep;
   cpu.train.device = "cpu";
   const fs::path resumed = base / "device_ep2_cpu_resume";
   if (w->rank() == 0) fs::remove_all(resumed);
   w->barrier();
-  ASSERT_EQ(test::train(cpu, resumed, w, checkpoint_dir(par, 2).string()), kTrainOk);
+  const Clock::time_point t1 = Clock::now();
+  ASSERT_EQ(test::train(cpu, resumed, w, checkpoint_dir(par, 1).string()), kTrainOk);
+  std::printf("[rank %d] the CPU EP run resumed for one step: %.1f s\n", w->rank(), seconds_since(t1));
   if (w->rank() == 0) {
     const std::vector<double> dev_loss = test::metric(par, "train", "loss"), cpu_loss = test::metric(resumed, "train", "loss");
     ASSERT_EQ(cpu_loss.size(), 1u);
-    test::expect_rel(cpu_loss[0], dev_loss.back(), 1e-2, "step 3 loss after resuming on the CPU");
+    test::expect_rel(cpu_loss[0], dev_loss.back(), 1e-2, "step 2 loss after resuming on the CPU");
   }
 }
 
