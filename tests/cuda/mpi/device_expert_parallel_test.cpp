@@ -3,7 +3,9 @@
 // regrouped on the device (Backend::select_rows) and exchanged through the EP communicator (here
 // MPI over host copies; NCCL in place where the program links it), LLEP's lent weights likewise.
 //
-// Layer level, each rank routing its own tokens, three layers of one seed side by side:
+// Layer level, each rank routing its own tokens, three layers of one seed side by side (fp32 rows
+// with drops through host staging; bf16 rows with LLEP lending through a group that takes device
+// buffers, the NCCL path's in-place exchange):
 //   the device EP layer vs the device layer holding all experts (the same kernels): output, input
 //   grad and router grads to 1e-5 of the largest entry, expert grads to 1e-5 against the sum over
 //   the ranks of the full layer's grads of this rank's experts (only the summation order differs);
@@ -88,11 +90,48 @@ Routing to_experts_0_and_1(const RouterOutput& in) {
   return rt;
 }
 
+// The MPI group claiming to take device buffers (as NCCL does): under the emulation device memory
+// is host memory, so MPI can move it in place, and the EP exchange's in-place path (no staging
+// copies) runs here too.
+class InPlaceOverMpi final : public Communicator {
+ public:
+  explicit InPlaceOverMpi(std::shared_ptr<Communicator> mpi) : c_(std::move(mpi)) {}
+  int rank() const override { return c_->rank(); }
+  int size() const override { return c_->size(); }
+  std::string backend() const override { return "mpi in place"; }
+  bool takes_device_buffers() const override { return true; }
+  void all_reduce_sum(double* d, size_t n) override { c_->all_reduce_sum(d, n); }
+  void all_reduce_sum(float* d, size_t n) override { c_->all_reduce_sum(d, n); }
+  void all_reduce_max(double* d, size_t n) override { c_->all_reduce_max(d, n); }
+  std::vector<double> all_gather(const double* d, size_t n) override { return c_->all_gather(d, n); }
+  std::vector<uint64_t> all_gather(const uint64_t* d, size_t n) override { return c_->all_gather(d, n); }
+  void broadcast(double* d, size_t n, int root) override { c_->broadcast(d, n, root); }
+  void broadcast(uint64_t* d, size_t n, int root) override { c_->broadcast(d, n, root); }
+  void alltoallv(const float* s, const std::vector<int64_t>& sc, float* r, const std::vector<int64_t>& rc) override {
+    c_->alltoallv(s, sc, r, rc);
+  }
+  void alltoallv(const double* s, const std::vector<int64_t>& sc, double* r, const std::vector<int64_t>& rc) override {
+    c_->alltoallv(s, sc, r, rc);
+  }
+  void alltoallv(const uint16_t* s, const std::vector<int64_t>& sc, uint16_t* r,
+                 const std::vector<int64_t>& rc) override {
+    c_->alltoallv(s, sc, r, rc);
+  }
+  void barrier() override { c_->barrier(); }
+  std::shared_ptr<Communicator> split(int color, int key) override {
+    return std::make_shared<InPlaceOverMpi>(c_->split(color, key));
+  }
+
+ private:
+  std::shared_ptr<Communicator> c_;
+};
+
 struct EpCase {
   std::string name;
   DType act = DType::f32;
-  double capacity = 0;  // > 0: a capacity factor with drops
-  bool llep = false;    // route everything to rank 0's experts, LLEP threshold 1
+  double capacity = 0;    // > 0: a capacity factor with drops
+  bool llep = false;      // route everything to rank 0's experts, LLEP threshold 1
+  bool in_place = false;  // the device layer's EP group takes device buffers (InPlaceOverMpi)
 };
 
 void expect_device_ep_layer_matches(const EpCase& k) {
@@ -106,7 +145,9 @@ void expect_device_ep_layer_matches(const EpCase& k) {
   }
   const int r = w->rank();
   Philox rng_full(23, 0), rng_ep(23, 0), rng_cpu(23, 0);
-  MoeLayer full(c, 1, rng_full, DType::f32), dev(c, 1, rng_ep, DType::f32, g.ep), cpu(c, 1, rng_cpu, DType::f32, g.ep);
+  std::shared_ptr<Communicator> dev_group = k.in_place ? std::make_shared<InPlaceOverMpi>(g.ep) : g.ep;
+  MoeLayer full(c, 1, rng_full, DType::f32), dev(c, 1, rng_ep, DType::f32, dev_group),
+      cpu(c, 1, rng_cpu, DType::f32, g.ep);
   // bf16-exact masters (as tests/cuda/moe_device_test.cpp): the CPU layer sees what the tensor
   // cores see, so the comparison with it measures the device's own rounding.
   for (MoeLayer* m : {&full, &dev, &cpu}) {
@@ -176,9 +217,9 @@ TEST(DeviceExpertParallelLayer, Fp32WithDropsMatchesFullLayerAndCpu) {
   expect_device_ep_layer_matches({"fp32 capacity 0.75", DType::f32, 0.75, false});
 }
 
-TEST(DeviceExpertParallelLayer, Bf16WithLlepLendingMatchesFullLayerAndCpu) {
+TEST(DeviceExpertParallelLayer, Bf16WithLlepLendingInPlaceMatchesFullLayerAndCpu) {
   cuda::install_backend("DeviceExpertParallelLayer");
-  expect_device_ep_layer_matches({"bf16 llep", DType::bf16, 0, true});
+  expect_device_ep_layer_matches({"bf16 llep in place", DType::bf16, 0, true, true});
 }
 
 // Emulated, each step of each rank runs every kernel on host threads: 2 steps of one
