@@ -46,16 +46,7 @@ TEST_P(DeviceDataParallel, ReproducesTheSingleProcessDeviceRun) {
   ASSERT_EQ(rc.par_rc, kTrainOk);
   if (w->rank() != 0) return;
   ASSERT_EQ(rc.ref_rc, kTrainOk);
-  EXPECT_EQ(test::expect_metric_match(ref, dp, "train", "loss", 1e-5), size_t(kSteps));
-  EXPECT_EQ(test::expect_metric_match(ref, dp, "train", "grad_norm", 1e-4), size_t(kSteps));
-  const std::vector<double> loss = test::metric(ref, "train", "loss");
-  ASSERT_EQ(loss.size(), size_t(kSteps));
-  EXPECT_LT(loss.back(), loss.front()) << "the loss must fall, so two constant runs cannot pass";
-  Checkpoint a = read_checkpoint(checkpoint_dir(ref, kSteps)), b = read_checkpoint(checkpoint_dir(dp, kSteps));
-  EXPECT_EQ(b.meta.world_size, w->size());
-  EXPECT_NE(b.meta.strings.at("backend").find("cuda"), std::string::npos);
-  test::expect_model_tensors_match(a, b, 1e-5);
-  test::expect_balancer_states_match(a, b);
+  EXPECT_EQ(test::expect_device_runs_match(ref, dp, kSteps).meta.world_size, w->size());
 }
 
 // loss_free: its bias update needs the loads summed over the ranks, and its state is compared.
