@@ -108,8 +108,6 @@ class CudaBackend {
   virtual Tensor router_z_loss(const Tensor& logits) = 0;
   // x / (row sums of x) for x [T, E] fp32 (the aux loss's probabilities of sigmoid scores); autograd.
   virtual Tensor row_normalize(const Tensor& x) = 0;
-  // How many of the ids [n] (i32, on the device) name each expert: [experts] i32 on the device.
-  virtual Tensor load_counts(const Tensor& ids, int64_t experts) = 0;
   // Switch aux loss E * mean_sequences sum_e f_e P_e with f = loads / total and P the mean of probs
   // over each sequence's seq_len rows; loads [T / seq_len, E] i32 on the device (seq_len = T: the
   // micro-batch's [E] loads). 0-dim fp32; autograd into probs (f is a constant).

@@ -198,8 +198,8 @@ Tensor MoeLayer::forward(const Tensor& x) {
   MOE_CHECK(x.dim() == 3 && x.size(2) == d_model_, "MoeLayer.forward", "expected x [B, S, ", d_model_, "], got ",
             x.shape_str());
   const int64_t B = x.size(0), S = x.size(1), T = B * S, E = num_experts_;
-  // On the device: routing on the device for the plain top-k strategies, else on the host in fp32
-  // (Router::forward copies x2 and its weight there); permute, experts and combine on the device.
+  // On the device: router and selection there when the strategy routes on the device (below), else
+  // the selection on the host; permute, experts and combine on the device.
   Tensor x2 = x.reshape({T, d_model_});
 
   using Clock = std::chrono::steady_clock;
@@ -209,14 +209,23 @@ Tensor MoeLayer::forward(const Tensor& x) {
   // anyway, so the extra wait costs next to nothing.
   if (training() && x.device() == Device::cuda) cuda_backend("MoeLayer.forward").synchronize();
   const Clock::time_point routing_start = Clock::now();
-  // A strategy that can route on the device does so when x is there (Balancer::routes_on_device():
-  // router, selection and router losses as device ops; only ids, values and E + 2 statistics'
-  // sums come down); every other case routes on the host in fp32.
-  const bool on_device = device_routing_ && x.device() == Device::cuda && !select_override_ &&
-                         router_->dtype() == DType::f32 && router_->weight().device() == Device::cuda &&
-                         !(training() && router_->jitter() > 0) && balancer_->routes_on_device();
+  // With x and an fp32 router on the device and no jitter to draw (the jitter RNG is the host's),
+  // the router runs there (Router::forward_on_device). A strategy that can route on the device
+  // (Balancer::routes_on_device()) then selects there too: only ids, values and E + 2 statistics'
+  // sums come down. Any other selects on the host from the [T, E_r] logits and scores copied down
+  // differentiably (their grads go back up): T x E_r values cross, not x [T, D] and the weight,
+  // and the router GEMM stays on the device. Everything else routes on the host in fp32.
+  const bool router_on_device = device_routing_ && x.device() == Device::cuda && router_->dtype() == DType::f32 &&
+                                router_->weight().device() == Device::cuda && !(training() && router_->jitter() > 0);
+  const bool on_device = router_on_device && !select_override_ && balancer_->routes_on_device();
+  last_router_on_device_ = router_on_device;
   last_on_device_ = on_device;
-  RouterOutput ro = on_device ? router_->forward_on_device(x2, E, top_k_, S) : router_->forward(x2, E, top_k_, S, jitter_rng_);
+  RouterOutput ro = router_on_device ? router_->forward_on_device(x2, E, top_k_, S)
+                                     : router_->forward(x2, E, top_k_, S, jitter_rng_);
+  if (router_on_device && !on_device) {
+    ro.logits = ro.logits.to(Device::cpu);
+    ro.scores = ro.scores.to(Device::cpu);
+  }
   // The statistics' sums (on the device, the NaN check comes with them: before any selection
   // ranks a NaN).
   RouterStatSums stat_sums = router_stat_sums(ro.scores, ro.logits, E);

@@ -81,13 +81,16 @@ class MoeLayer : public FeedForward {
   using SelectOverride = std::function<Routing(const RouterOutput&)>;
   void set_select_override(SelectOverride f) { select_override_ = std::move(f); }
 
-  // Device routing: with x on the cuda device, a strategy that says Balancer::routes_on_device(),
-  // an fp32 router on the device, no jitter in training and no select override, router
-  // (Router::forward_on_device), selection and router losses run on the device.
-  // On by default; off forces the host routing (tests compare the two).
+  // Device routing: with x on the cuda device, an fp32 router on the device and no jitter in
+  // training, the router runs on the device (Router::forward_on_device); when the strategy also
+  // says Balancer::routes_on_device() and no select override is set, selection and router losses
+  // run there too, else they run on the host from the router's outputs copied down.
+  // On by default; off forces the whole routing, router included, onto the host (tests compare).
   void set_device_routing(bool on) { device_routing_ = on; }
-  // Whether the last forward routed on the device.
+  // Whether the last forward selected on the device (and ran its router there).
   bool last_routed_on_device() const { return last_on_device_; }
+  // Whether the last forward ran its router on the device (selection on either side).
+  bool last_router_on_device() const { return last_router_on_device_; }
 
   int layer_index() const { return layer_; }
   int64_t num_experts() const { return num_experts_; }
@@ -150,7 +153,7 @@ class MoeLayer : public FeedForward {
   Routing last_routing_;
   RoutingAccumulator step_acc_;
   double routing_seconds_ = 0;
-  bool device_routing_ = true, last_on_device_ = false;
+  bool device_routing_ = true, last_on_device_ = false, last_router_on_device_ = false;
 };
 
 }  // namespace moe

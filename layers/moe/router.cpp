@@ -160,8 +160,9 @@ Router::Router(int64_t d_model, int64_t outputs, ScoreFunction fn, double jitter
 RouterOutput Router::forward(const Tensor& x, int64_t num_experts, int64_t top_k, int64_t seq_len, Philox& jitter_rng) {
   MOE_CHECK(x.dim() == 2 && x.size(1) == weight_.size(1), "Router.forward", "expected x [T, ", weight_.size(1),
             "], got ", x.shape_str());
-  // The router runs on the host in fp32 also when the layer is on the device (DESIGN.md rule 3):
-  // input and weight come to the host differentiably, so their grads return to the device.
+  // On the host in fp32 (DESIGN.md rule 3) also for a layer on the device where the router cannot
+  // run there (jitter, whose RNG is the host's; set_device_routing(false)): input and weight come
+  // to the host differentiably, so their grads return to the device.
   Tensor xh = x.device() == Device::cpu ? x : x.to(Device::cpu);
   Tensor wh = weight_.device() == Device::cpu ? weight_ : weight_.to(Device::cpu);
   Tensor xr = xh.dtype() == dtype() ? xh : xh.to(dtype());

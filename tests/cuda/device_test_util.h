@@ -12,9 +12,11 @@
 
 #include "core/cpu/elementwise.h"
 #include "core/cpu/reduce.h"
+#include "core/device.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "layers/model_config.h"
+#include "layers/moe/balance/sinkhorn_plan.h"
 #include "layers/moe/moe_layer.h"
 
 namespace moe::test {
@@ -62,6 +64,32 @@ inline ::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& 
   if (worst <= rel * top) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << what << ": max |diff| " << worst << " at " << at << " (got " << g[at]
                                        << ", want " << w[at] << ") > " << rel << " * max |want| " << top;
+}
+
+// The smallest gap, over the rows of v [rows, cols], between the k-th and the (k+1)-th largest
+// entry: the margin the device's fp32 rounding must not cross for a top-k selection to agree.
+inline double kth_gap(const std::vector<double>& v, int64_t rows, int64_t cols, int64_t k) {
+  double gap = std::numeric_limits<double>::infinity();
+  for (int64_t t = 0; t < rows; ++t) {
+    std::vector<double> row(v.begin() + t * cols, v.begin() + (t + 1) * cols);
+    std::nth_element(row.begin(), row.begin() + (k - 1), row.end(), std::greater<double>());
+    const double kth = row[size_t(k - 1)];
+    const double next = *std::max_element(row.begin() + k, row.end());
+    gap = std::min(gap, kth - next);
+  }
+  return gap;
+}
+
+// The top-k margin of the host Sinkhorn plan's log Pi for router logits [T, E] (host, f32) under
+// the balance config's temperature / iterations / tolerance; also expects the device plan to stop
+// at the host plan's iteration (else the two would rank different plans).
+inline double sinkhorn_plan_margin(const Tensor& logits, const BalanceConfig& b, int64_t k) {
+  SinkhornPlan plan = sinkhorn_plan(logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol);
+  int iters = -1;
+  cuda_backend("test").sinkhorn_plan(logits.to(Device::cuda), b.sinkhorn_temperature, b.sinkhorn_max_iters,
+                                     b.sinkhorn_tol, &iters);
+  EXPECT_EQ(iters, plan.iterations) << "device and host Sinkhorn stopped at different iterations";
+  return kth_gap(plan.log_plan, logits.size(0), plan.experts, k);
 }
 
 // The MoE layer of the device tests: d_model 40, 5 experts, top-2, expert_hidden 24 (odd sizes),

@@ -8,7 +8,8 @@
 // of the host-routed device layer's (same data-path kernels). S-BASE (sinkhorn) in training and
 // eval the same way; in training its inputs are checked for a margin in the host plan's top-k and
 // the device plan must run as many Sinkhorn iterations as the host's.
-// Ineligible cases (aux_loss global; bip in training under router jitter) keep the host routing.
+// Ineligible cases keep the host selection: aux_loss global (router on the device, its logits and
+// scores copied down), bip in training under router jitter (router on the host too).
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -33,6 +34,8 @@ constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
 
 using test::near_rel_max;
 using test::random_host;
+using test::kth_gap;
+using test::sinkhorn_plan_margin;
 
 struct RouteCase {
   std::string name, strategy;
@@ -70,8 +73,7 @@ ModelConfig route_config(const RouteCase& c) {
 
 using test::layer_loss;
 
-// The smallest gap, over tokens, between the k-th and (k+1)-th largest of scores + bias (the
-// CPU layer's router on x): the margin the device's fp32 rounding must not cross.
+// The top-k margin (test::kth_gap) of scores + bias of the CPU layer's router on x.
 double topk_margin(MoeLayer& cpu, const Tensor& x, int64_t k) {
   NoGradGuard ng;
   const int64_t T = x.size(0) * x.size(1);
@@ -79,37 +81,17 @@ double topk_margin(MoeLayer& cpu, const Tensor& x, int64_t k) {
   Tensor s = cpu.router().score_function() == ScoreFunction::sigmoid ? sigmoid(logits) : softmax(logits, 1);
   std::vector<double> sv = s.to_double_vector(), b = cpu.balancer().state_vector();
   const int64_t E = s.size(1);
-  double margin = 1e9;
-  for (int64_t t = 0; t < T; ++t) {
-    std::vector<double> row(static_cast<size_t>(E));
-    for (int64_t e = 0; e < E; ++e) row[size_t(e)] = sv[size_t(t * E + e)] + (b.empty() ? 0.0 : b[size_t(e)]);
-    std::sort(row.begin(), row.end(), std::greater<double>());
-    margin = std::min(margin, row[size_t(k - 1)] - row[size_t(k)]);
-  }
-  return margin;
+  if (!b.empty())
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e) sv[size_t(t * E + e)] += b[size_t(e)];
+  return kth_gap(sv, T, E, k);
 }
 
-// S-BASE in training: the smallest gap, over tokens, between the k-th and (k+1)-th largest log Pi
-// of the host plan of the CPU layer's logits; and the device plan's iteration count on the same
-// logits must equal the host's (the stopping rule is then reached at the same alternation).
 double sinkhorn_margin(MoeLayer& cpu, const Tensor& x, const MoeConfig& m) {
   NoGradGuard ng;
-  const int64_t T = x.size(0) * x.size(1), k = m.top_k;
+  const int64_t T = x.size(0) * x.size(1);
   Tensor logits = matmul(x.reshape({T, x.size(2)}), cpu.router().weight().transpose(0, 1));
-  const auto& b = m.balance;
-  SinkhornPlan plan = sinkhorn_plan(logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol);
-  int dev_iters = -1;
-  cuda_backend("test").sinkhorn_plan(logits.to(Device::cuda), b.sinkhorn_temperature, b.sinkhorn_max_iters,
-                                     b.sinkhorn_tol, &dev_iters);
-  EXPECT_EQ(dev_iters, plan.iterations) << "device and host Sinkhorn stopped at different iterations";
-  const int64_t E = plan.experts;
-  double margin = 1e9;
-  for (int64_t t = 0; t < T; ++t) {
-    std::vector<double> row(plan.log_plan.begin() + t * E, plan.log_plan.begin() + (t + 1) * E);
-    std::sort(row.begin(), row.end(), std::greater<double>());
-    margin = std::min(margin, row[size_t(k - 1)] - row[size_t(k)]);
-  }
-  return margin;
+  return sinkhorn_plan_margin(logits, m.balance, m.top_k);
 }
 
 // The experts plain top-k of the CPU layer's scores would choose (token-major).
@@ -218,7 +200,10 @@ void run_case(const RouteCase& c) {
   Run d = run_layer(dev, x, R, Device::cuda, c.act);
   Run dh = run_layer(dev_host, x, R, Device::cuda, c.act);
   EXPECT_EQ(dev.last_routed_on_device(), c.expect_device);
+  // The router runs on the device unless a jitter draw needs the host (selection on either side).
+  EXPECT_EQ(dev.last_router_on_device(), c.eval || c.jitter == 0);
   EXPECT_FALSE(dev_host.last_routed_on_device());
+  EXPECT_FALSE(dev_host.last_router_on_device());
   EXPECT_FALSE(cpu.last_routed_on_device());
   ASSERT_EQ(d.out.device(), Device::cuda);
   ASSERT_EQ(d.out.dtype(), c.act);

@@ -92,18 +92,6 @@ Tensor cpu_logits(MoeLayer& cpu, const Tensor& x) {
 }
 
 // Smallest gap over the rows of v [T, C] (row-major) between the k-th and (k+1)-th largest.
-double kth_gap(const std::vector<double>& v, int64_t T, int64_t C, int64_t k) {
-  double gap = INFINITY;
-  for (int64_t t = 0; t < T; ++t) {
-    std::vector<double> row(v.begin() + t * C, v.begin() + (t + 1) * C);
-    std::nth_element(row.begin(), row.begin() + (k - 1), row.end(), std::greater<double>());
-    const double kth = row[size_t(k - 1)];
-    const double next = *std::max_element(row.begin() + k, row.end());
-    gap = std::min(gap, kth - next);
-  }
-  return gap;
-}
-
 // The margin the device's fp32 rounding must not cross: of the scores' top-k, or on a plan step
 // of the host plan's log Pi (and the device plan must stop at the host's iteration).
 double selection_margin(MoeLayer& cpu, const Tensor& x, const MoeConfig& m, bool plan_step) {
@@ -112,15 +100,9 @@ double selection_margin(MoeLayer& cpu, const Tensor& x, const MoeConfig& m, bool
   if (!plan_step) {
     NoGradGuard ng;
     Tensor s = m.score_function == "sigmoid" ? sigmoid(logits) : softmax(logits, 1);
-    return kth_gap(s.to_double_vector(), T, C, m.top_k);
+    return test::kth_gap(s.to_double_vector(), T, C, m.top_k);
   }
-  const auto& b = m.balance;
-  SinkhornPlan plan = sinkhorn_plan(logits, b.sinkhorn_temperature, b.sinkhorn_max_iters, b.sinkhorn_tol);
-  int iters = -1;
-  cuda_backend("test").sinkhorn_plan(logits.to(Device::cuda), b.sinkhorn_temperature, b.sinkhorn_max_iters,
-                                     b.sinkhorn_tol, &iters);
-  EXPECT_EQ(iters, plan.iterations) << "device and host Sinkhorn stopped at different iterations";
-  return kth_gap(plan.log_plan, T, C, m.top_k);
+  return test::sinkhorn_plan_margin(logits, m.balance, m.top_k);
 }
 
 struct Pass {

@@ -54,7 +54,6 @@ class Backend final : public CudaBackend {
   Tensor gather(const Tensor& x, const Tensor& index) override;
   Tensor router_z_loss(const Tensor& logits) override;
   Tensor row_normalize(const Tensor& x) override;
-  Tensor load_counts(const Tensor& ids, int64_t experts) override;
   Tensor switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) override;
   RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts) override;
   Tensor sinkhorn_plan(const Tensor& logits, double temperature, int max_iters, double tol,

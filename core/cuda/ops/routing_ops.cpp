@@ -118,17 +118,6 @@ Tensor Backend::row_normalize(const Tensor& x) {
   return out;
 }
 
-Tensor Backend::load_counts(const Tensor& ids, int64_t experts) {
-  const char* op = "load_counts";
-  MOE_CHECK(ids.defined() && ids.device() == Device::cuda && ids.dtype() == DType::i32, op,
-            "ids must be i32 on the cuda device");
-  MOE_CHECK(experts >= 1, op, "experts must be >= 1, got ", experts);
-  Tensor ic = ids.contiguous();
-  Tensor counts = Tensor::empty({experts}, DType::i32, Device::cuda);
-  load_histogram(ci(ic), long(ic.numel()), int(experts), counts.device_data<int32_t>());
-  return counts;
-}
-
 Tensor Backend::switch_aux(const Tensor& probs, const Tensor& loads, double total, int64_t seq_len) {
   const char* op = "switch_aux";
   check_f32_2d(probs, op, "probs");

@@ -23,6 +23,12 @@ inline bool on_device(const RouterOutput& in) { return in.scores.defined() && in
 Routing device_topk_routing(const Tensor& ranked, const std::vector<float>& bias, int64_t k,
                             const Tensor& gate_source, const GateOptions& opt, double score_scale = 1.0);
 
+// The same top-k as a token-major Selection (token 0's k choices in rank order, then token 1's,
+// ...; score = the ranked value), for strategies that post-process the choices on the host (null
+// experts). idx, when given, receives the device ids [T, k] i32 (for router_gates).
+Selection device_topk_selection(const Tensor& ranked, const std::vector<float>& bias, int64_t k,
+                                Tensor* idx = nullptr);
+
 // An ExtraLoss from a 0-dim loss on either device: value coef * loss as a host 0-dim tensor
 // (differentiable: a device loss is copied down through autograd), unscaled = the loss itself.
 ExtraLoss extra_loss(const std::string& name, const Tensor& loss, double coef);

@@ -3,7 +3,6 @@
 #include <numeric>
 
 #include "core/cpu/elementwise.h"
-#include "core/device.h"
 #include "layers/moe/balance/aux_math.h"
 #include "layers/moe/balance/device_selection.h"
 #include "layers/moe/balance/strategies.h"
@@ -11,18 +10,6 @@
 
 namespace moe {
 namespace {
-
-// Token-major top-k of device scores [T, C] (router_topk: ties to the lower column, as
-// select_topk); only the [T, k] ids and values come down.
-Selection device_topk_selection(const Tensor& scores, int64_t k) {
-  auto [idx, val] = cuda_backend("balance.null_experts").router_topk(scores, Tensor(), k);
-  const std::vector<int32_t> ids = idx.to_vector<int32_t>();
-  const std::vector<float> values = val.to_vector<float>();
-  Selection sel;
-  sel.reserve(ids.size());
-  for (size_t a = 0; a < ids.size(); ++a) sel.push(int64_t(a) / k, ids[a], values[a]);
-  return sel;
-}
 
 // Choices of null experts are removed from the routing (they cost no FLOPs and add nothing);
 // the remaining real gates are renormalized to sum 1 per token (cfg.renormalize_gates, k > 1).
@@ -43,7 +30,7 @@ class NullExpertsBalancer final : public Balancer {
   Routing select(const RouterOutput& in, Philox&) override {
     const int64_t E = cfg_.num_experts, Er = router_outputs(E);
     check_router_output(in, Er, "balance.null_experts");
-    Selection all = on_device(in) ? device_topk_selection(in.scores, cfg_.top_k)
+    Selection all = on_device(in) ? device_topk_selection(in.scores, {}, cfg_.top_k)
                                   : select_topk(in.scores, cfg_.top_k, "balance.null_experts");
     full_loads_.assign(size_t(Er), 0.0);
     Selection real;
