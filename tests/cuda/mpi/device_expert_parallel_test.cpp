@@ -9,8 +9,8 @@
 //   the device EP layer vs the device layer holding all experts (the same kernels): output, input
 //   grad and router grads to 1e-5 of the largest entry, expert grads to 1e-5 against the sum over
 //   the ranks of the full layer's grads of this rank's experts (only the summation order differs);
-//   the device EP layer vs the CPU EP layer: same routing and drops, everything to 1e-2 (the
-//   device's experts multiply in bf16).
+//   the device EP layer vs the CPU EP layer: same routing and drops, everything to 1e-2 with fp32
+//   activations (the device's experts multiply in bf16), 2e-2 with bf16 activations.
 // Training: ep = 2 on the device (fp32 activations, LLEP forced to rebalance) against the
 // single-process device run: losses step by step to 1e-5, grad norms to 1e-4, final parameters
 // (the checkpoint's experts gathered from the device) to 1e-5 absolute; the device EP checkpoint
@@ -44,7 +44,9 @@ using test::layer_loss;
 using test::max_rel_diff;
 using test::random_host;
 
-constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
+// vs the CPU: 1e-2 with fp32 activations (the experts' bf16 products), 2e-2 with bf16 activations
+// (each expert's output and its grad rounded to bf16 as well; measured up to 1.06e-2 in w2's grad).
+constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2, kBf16ActRel = 2e-2;
 
 ModelConfig ep_layer_config() {
   ModelConfig c;
@@ -182,7 +184,7 @@ void expect_device_ep_layer_matches(const EpCase& k) {
   auto report = [&](const std::string& what, const Tensor& got, const Tensor& same_kernels, const Tensor& cpu_ref) {
     const double e_dev = max_rel_diff(got, same_kernels), e_cpu = max_rel_diff(got, cpu_ref);
     EXPECT_LE(e_dev, kF32Rel) << what << " vs the full device layer, rank " << r;
-    EXPECT_LE(e_cpu, kBf16Rel) << what << " vs the CPU EP layer, rank " << r;
+    EXPECT_LE(e_cpu, k.act == DType::bf16 ? kBf16ActRel : kBf16Rel) << what << " vs the CPU EP layer, rank " << r;
     std::printf("[rank %d] %s %s: rel err %.2e vs full device layer, %.2e vs CPU EP layer\n", r, k.name.c_str(),
                 what.c_str(), e_dev, e_cpu);
   };
