@@ -219,7 +219,7 @@ TEST(DeviceExpertParallelLayer, Bf16WithLlepLendingInPlaceMatchesFullLayerAndCpu
   expect_device_ep_layer_matches({"bf16 llep in place", DType::bf16, 0, true, true});
 }
 
-// Emulated, each step of each rank runs every kernel on host threads: 2 steps of one
+// Emulated, each step of each rank runs every kernel on host threads: one block, 2 steps of one
 // micro-batch, one eval batch.
 constexpr int64_t kSteps = 2;
 
@@ -230,6 +230,8 @@ TEST(DeviceExpertParallelTraining, ReproducesTheSingleProcessDeviceRunAndResumes
   Recipe single = parse_recipe(test::tiny_recipe(test::corpus_dir(*w), "loss_free"), "device_ep.toml");
   single.train.device = "cuda";
   single.train.cuda_activations = "fp32";  // exact checks; the experts still multiply in bf16
+  single.model.n_layers = 1;    // one MoE block: the exchange's wiring, at half the emulated cost
+  single.model.init_std = 0.1;  // a peaked router: rank loads uneven enough for LLEP to move rows
   single.train.steps = kSteps;
   single.train.grad_accum = 1;
   single.schedule.warmup_steps = 0;  // the first step moves the parameters at the full rate
@@ -255,8 +257,8 @@ TEST(DeviceExpertParallelTraining, ReproducesTheSingleProcessDeviceRunAndResumes
     for (double m : test::metric(par, "train", "llep_moved_rows")) moved += m;
     EXPECT_GT(moved, 0) << "LLEP never lent an expert";
   }
-  // The device EP checkpoint of step 1 resumes on the CPU EP run: its step 2 is the device's to
-  // bf16 tolerance (the device's experts multiply in bf16).
+  // The device EP checkpoint of step 1 resumes on the CPU EP run: its step 2 loss is the device's
+  // to 1e-3 (the device's experts multiply in bf16; measured 3e-6).
   Recipe cpu = ep;
   cpu.train.device = "cpu";
   const fs::path resumed = base / "device_ep2_cpu_resume";
@@ -268,7 +270,7 @@ TEST(DeviceExpertParallelTraining, ReproducesTheSingleProcessDeviceRunAndResumes
   if (w->rank() == 0) {
     const std::vector<double> dev_loss = test::metric(par, "train", "loss"), cpu_loss = test::metric(resumed, "train", "loss");
     ASSERT_EQ(cpu_loss.size(), 1u);
-    test::expect_rel(cpu_loss[0], dev_loss.back(), 1e-2, "step 2 loss after resuming on the CPU");
+    test::expect_rel(cpu_loss[0], dev_loss.back(), 1e-3, "step 2 loss after resuming on the CPU");
   }
 }
 
