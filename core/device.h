@@ -147,6 +147,12 @@ class CudaBackend {
   // computed in double, fp32 out; autograd into x (SSR's plan gate logits x / xi + log d1).
   virtual Tensor scale_add_row(const Tensor& x, double scale, const Tensor& row) = 0;
 
+  // ---- expert parallelism's row exchange (layers/moe/expert_parallel.cpp; ep_ops.cpp) ----
+  // out [m, D] = x[index[i]] for x [n, D] (bf16 or fp32, on the device) and index [m] i32 on the
+  // device with entries in [0, n) (m may be 0): packing and regrouping the rows sent between the
+  // ranks. No autograd: the EP ops record the exchange's backward themselves.
+  virtual Tensor select_rows(const Tensor& x, const Tensor& index) = 0;
+
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                             const AdamWUpdate& u) = 0;

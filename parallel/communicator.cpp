@@ -41,6 +41,10 @@ std::vector<float> Communicator::gather(const float* data, size_t count, int roo
   return {all.begin(), all.end()};
 }
 
+void Communicator::alltoallv(const uint16_t*, const std::vector<int64_t>&, uint16_t*, const std::vector<int64_t>&) {
+  MOE_FAIL("Communicator.alltoallv", "the ", backend(), " communicator has no alltoallv of 16-bit values");
+}
+
 namespace {
 
 class SelfCommunicator final : public Communicator {
@@ -67,6 +71,9 @@ class SelfCommunicator final : public Communicator {
     copy_self(s, sc, r, rc);
   }
   void alltoallv(const double* s, const std::vector<int64_t>& sc, double* r, const std::vector<int64_t>& rc) override {
+    copy_self(s, sc, r, rc);
+  }
+  void alltoallv(const uint16_t* s, const std::vector<int64_t>& sc, uint16_t* r, const std::vector<int64_t>& rc) override {
     copy_self(s, sc, r, rc);
   }
   void barrier() override {}
@@ -100,6 +107,8 @@ template <>
 MPI_Datatype mpi_type<float>() { return MPI_FLOAT; }
 template <>
 MPI_Datatype mpi_type<uint64_t>() { return MPI_UINT64_T; }
+template <>
+MPI_Datatype mpi_type<uint16_t>() { return MPI_UINT16_T; }
 
 // MPI counts are int: large buffers go in chunks below 2^30 elements.
 constexpr size_t kMaxChunk = size_t(1) << 30;
@@ -134,6 +143,9 @@ class MpiCommunicator final : public Communicator {
     a2av(s, sc, r, rc);
   }
   void alltoallv(const double* s, const std::vector<int64_t>& sc, double* r, const std::vector<int64_t>& rc) override {
+    a2av(s, sc, r, rc);
+  }
+  void alltoallv(const uint16_t* s, const std::vector<int64_t>& sc, uint16_t* r, const std::vector<int64_t>& rc) override {
     a2av(s, sc, r, rc);
   }
   void barrier() override { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }

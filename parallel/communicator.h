@@ -48,6 +48,11 @@ class Communicator {
                          const std::vector<int64_t>& recv_counts) = 0;
   virtual void alltoallv(const double* send, const std::vector<int64_t>& send_counts, double* recv,
                          const std::vector<int64_t>& recv_counts) = 0;
+  // The same for 16-bit values (bf16 activation rows of expert parallelism), moved as bits: no
+  // arithmetic touches them, and half the bytes of widening to fp32. The default refuses
+  // (backends that have it: self, MPI as MPI_UINT16_T, NCCL).
+  virtual void alltoallv(const uint16_t* send, const std::vector<int64_t>& send_counts, uint16_t* recv,
+                         const std::vector<int64_t>& recv_counts);
   virtual void barrier() = 0;
   // Ranks with the same color form a sub-communicator, ordered by key (then by rank here).
   virtual std::shared_ptr<Communicator> split(int color, int key) = 0;

@@ -179,6 +179,10 @@ template <>
 ncclDataType_t NcclCommunicator::Impl::type<float>() { return ncclFloat32; }
 template <>
 ncclDataType_t NcclCommunicator::Impl::type<uint64_t>() { return ncclUint64; }
+// 16-bit values (bf16 rows) only travel by send / receive, which move bits without arithmetic:
+// ncclFloat16 is a 2-byte type that every NCCL version has.
+template <>
+ncclDataType_t NcclCommunicator::Impl::type<uint16_t>() { return ncclFloat16; }
 
 NcclCommunicator::NcclCommunicator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 NcclCommunicator::~NcclCommunicator() = default;
@@ -211,6 +215,10 @@ void NcclCommunicator::alltoallv(const float* s, const std::vector<int64_t>& sc,
   impl_->a2av(s, sc, r, rc);
 }
 void NcclCommunicator::alltoallv(const double* s, const std::vector<int64_t>& sc, double* r,
+                                 const std::vector<int64_t>& rc) {
+  impl_->a2av(s, sc, r, rc);
+}
+void NcclCommunicator::alltoallv(const uint16_t* s, const std::vector<int64_t>& sc, uint16_t* r,
                                  const std::vector<int64_t>& rc) {
   impl_->a2av(s, sc, r, rc);
 }

@@ -52,6 +52,8 @@ class NcclCommunicator final : public Communicator {
                  const std::vector<int64_t>& recv_counts) override;
   void alltoallv(const double* send, const std::vector<int64_t>& send_counts, double* recv,
                  const std::vector<int64_t>& recv_counts) override;
+  void alltoallv(const uint16_t* send, const std::vector<int64_t>& send_counts, uint16_t* recv,
+                 const std::vector<int64_t>& recv_counts) override;
   // An all-reduce of one value on the device, then the stream is waited for.
   void barrier() override;
   // ncclCommSplit: ranks with the same color, ordered by key then by rank (as MPI_Comm_split).

@@ -17,13 +17,6 @@ namespace {
 // Parameters packed per bucket (a larger parameter gets a bucket of its own).
 constexpr size_t kGradBucket = size_t(1) << 22;
 
-// Expert-parallel clipping reduces host grads only (expert parallelism is refused on the device).
-void require_host(const std::vector<Tensor>& params, const char* op) {
-  for (const Tensor& p : params)
-    MOE_CHECK(p.device() == Device::cpu, op, "parameter '", p.name(),
-              "' is on the cuda device: expert parallelism runs on the CPU only");
-}
-
 // The bucket [i, j) of params: parameters packed up to kGradBucket elements (a larger one alone).
 size_t bucket_end(const std::vector<Tensor>& params, size_t i, size_t& n) {
   size_t j = i;
@@ -119,8 +112,8 @@ void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, dou
 
 double clip_grad_norm_expert_parallel(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
                                       Communicator& ep_group, double max_norm) {
-  require_host(dense, "expert-parallel clipping");
-  require_host(experts, "expert-parallel clipping");
+  // Grads on the cuda device give their sums of squares from the device (global_grad_norm):
+  // only one double per rank is exchanged, and the scaling below runs where the grads are.
   const double d = global_grad_norm(dense);
   double e = global_grad_norm(experts);
   e *= e;

@@ -22,6 +22,7 @@ void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, dou
 // of ep_group of |expert slice|^2) (a collective over ep_group). Then clips as clip_grad_norm
 // (optim/clip.h): when the norm exceeds max_norm > 0 every grad is replaced by
 // grad * max_norm / (norm + 1e-6). Returns the pre-clip norm; a non-finite norm changes nothing.
+// Grads may be on the host or the cuda device (norms and scaling there; one double exchanged).
 double clip_grad_norm_expert_parallel(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
                                       Communicator& ep_group, double max_norm);
 

@@ -110,10 +110,6 @@ class Trainer {
         run_dir_(resolve_run_dir(recipe, opt)) {
     check_same_recipe();
     if (r_.train.device == "cuda") {
-      if (r_.parallel.ep > 1)
-        throw Error("train.device = \"cuda\" with parallel.ep = " + std::to_string(r_.parallel.ep) +
-                    ": expert parallelism is not available on the device yet; set parallel.ep = 1 (data "
-                    "parallelism) or train.device = \"cpu\"");
       CudaBackend& be = require_cuda_device("train.device = \"cuda\"");
       be.set_activation_dtype(r_.train.cuda_activations == "fp32" ? DType::f32 : DType::bf16);
       device_ = Device::cuda;
@@ -125,6 +121,13 @@ class Trainer {
     }
     groups_ = make_process_groups(comm_, r_.parallel.ep, r_.model.moe.num_experts, r_.model.use_moe);
     layout_ = groups_.layout;
+    // Expert parallelism on the device: the MoE layers' row exchange and the expert grads'
+    // all-reduce take the device communicator's groups (NCCL's own split; under host staging
+    // the host groups themselves).
+    if (device_comm_ && layout_.ep > 1)
+      device_groups_ = device_comm_ == comm_ ? groups_
+                                             : make_process_groups(device_comm_, r_.parallel.ep,
+                                                                   r_.model.moe.num_experts, r_.model.use_moe);
     if (r_.parallel.llep && layout_.ep == 1)
       throw Error("parallel.llep = true needs expert parallelism (parallel.ep > 1, with at least that many ranks): "
                   "LLEP moves expert work between the ranks of an expert-parallel group; set parallel.llep = false");
@@ -252,7 +255,8 @@ class Trainer {
     auto moe_init = std::make_shared<Philox>(uint64_t(r_.train.seed), stream_id(RngStream::init, 0, 1));
     FfnFactory factory = [this, &cfg, moe_init](int layer) -> std::shared_ptr<FeedForward> {
       if (!cfg.use_moe || !is_moe_layer(cfg.moe, layer)) return nullptr;
-      auto m = std::make_shared<MoeLayer>(cfg, layer, *moe_init, DType::f32, layout_.ep > 1 ? groups_.ep : nullptr);
+      const std::shared_ptr<Communicator>& ep = device_ == Device::cuda ? device_groups_.ep : groups_.ep;
+      auto m = std::make_shared<MoeLayer>(cfg, layer, *moe_init, DType::f32, layout_.ep > 1 ? ep : nullptr);
       m->set_llep(LlepConfig{r_.parallel.llep, r_.parallel.llep_threshold});
       moe_.push_back({layer, m.get()});
       return m;
@@ -340,13 +344,10 @@ class Trainer {
   // summed over the DP group (the ranks holding the same experts) and divided by the world size.
   void average_gradients() {
     if (comm_->size() == 1) return;
-    if (device_ == Device::cuda) {  // no expert parallelism there: every parameter is replicated
-      all_reduce_grads(dense_params_, *device_comm_, 1.0 / double(comm_->size()));
-      all_reduce_grads(expert_params_, *device_comm_, 1.0 / double(comm_->size()));
-      return;
-    }
-    all_reduce_grads(dense_params_, *comm_, 1.0 / double(comm_->size()));
-    all_reduce_grads(expert_params_, *groups_.dp, 1.0 / double(comm_->size()));
+    const bool device = device_ == Device::cuda;
+    all_reduce_grads(dense_params_, device ? *device_comm_ : *comm_, 1.0 / double(comm_->size()));
+    if (!expert_params_.empty())
+      all_reduce_grads(expert_params_, device ? *device_groups_.dp : *groups_.dp, 1.0 / double(comm_->size()));
   }
 
   StepResult train_step(double lr) {
@@ -642,7 +643,7 @@ class Trainer {
       if (!expert_names_.count(name)) continue;
       for (auto& [key, t] : {std::pair{"model/" + name, p}, std::pair{"optim/exp_avg/" + name, m.at(name)},
                              std::pair{"optim/exp_avg_sq/" + name, v.at(name)}}) {
-        Tensor tc = t.contiguous();
+        Tensor tc = t.to(Device::cpu).contiguous();  // device slices come down first
         Shape shape = tc.shape();
         shape[0] *= layout_.ep;
         dispatch_float(tc.dtype(), "checkpoint expert gather", [&](auto tag) {
@@ -757,6 +758,7 @@ class Trainer {
   std::unique_ptr<Sampler> sampler_;
   int64_t micro_batch_ = 0;
   ProcessGroups groups_;
+  ProcessGroups device_groups_;  // on the device: groups_ of device_comm_ (the same as groups_ under MPI)
   ParallelLayout layout_;
   std::vector<Tensor> dense_params_, expert_params_;  // model order; expert_params_: this rank's slices
   std::set<std::string> expert_names_;

@@ -2,11 +2,12 @@
 // alltoallv), regrouped by compute slot, and back; LLEP's lent weights out and their grads back.
 #include "layers/moe/expert_parallel.h"
 
-#include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include "core/autograd.h"
-#include "core/dispatch.h"
+#include "core/cpu/elementwise.h"
+#include "core/device.h"
 #include "parallel/communicator.h"
 
 namespace moe {
@@ -19,57 +20,66 @@ std::vector<int64_t> times_width(const std::vector<int64_t>& rows, int64_t D) {
   return out;
 }
 
+// The rows x[index[i]] as a new [m, D] tensor on x's device (there: Backend::select_rows).
+Tensor take_rows(const Tensor& x, const std::vector<int64_t>& index, const char* op) {
+  const int64_t n = x.size(0), D = x.size(1), m = int64_t(index.size());
+  if (x.device() == Device::cuda) {
+    MOE_CHECK(n <= INT32_MAX, op, n, " rows exceed the device's int32 row index");
+    std::vector<int32_t> i32(index.begin(), index.end());
+    return cuda_backend(op).select_rows(x, Tensor::from_vector(i32, {m}).to(Device::cuda));
+  }
+  Tensor xc = x.contiguous(), out = Tensor::empty({m, D}, x.dtype());
+  if (m == 0 || D == 0) return out;
+  const size_t row = size_t(D) * dtype_size(x.dtype());
+  const char* src = static_cast<const char*>(xc.raw_data());
+  char* dst = static_cast<char*>(out.raw_data());
+#pragma omp parallel for if (m * D > 32768)
+  for (int64_t i = 0; i < m; ++i) std::memcpy(dst + size_t(i) * row, src + size_t(index[size_t(i)]) * row, row);
+  return out;
+}
+
+// send [sum send_rows, D] -> [sum recv_rows, D]: send_rows[p] rows to peer p, recv_rows[p] from
+// it, peers in order (Communicator::alltoallv). Device rows are exchanged in place when comm
+// takes device buffers, else staged through host copies.
+Tensor exchange_rows(const Tensor& send, const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows,
+                     Communicator& comm, const char* op) {
+  const bool device = send.device() == Device::cuda;
+  if (device && !comm.takes_device_buffers())
+    return exchange_rows(send.to(Device::cpu), send_rows, recv_rows, comm, op).to(Device::cuda);
+  int64_t R = 0;
+  for (int64_t r : recv_rows) R += r;
+  const int64_t D = send.size(1);
+  Tensor s = send.contiguous(), recv = Tensor::empty({R, D}, send.dtype(), send.device());
+  if (device) cuda_backend(op).synchronize();  // the packing kernels are done before the communicator reads
+  const std::vector<int64_t> sc = times_width(send_rows, D), rc = times_width(recv_rows, D);
+  auto run = [&](auto tag, auto wire) {
+    using T = decltype(tag);
+    using W = decltype(wire);  // the communicator's element type
+    T* from = device ? s.device_data<T>() : s.data<T>();
+    T* to = device ? recv.device_data<T>() : recv.data<T>();
+    comm.alltoallv(reinterpret_cast<const W*>(from), sc, reinterpret_cast<W*>(to), rc);
+  };
+  switch (send.dtype()) {
+    case DType::f32: run(float{}, float{}); break;
+    case DType::f64: run(double{}, double{}); break;
+    case DType::bf16: run(bf16{}, uint16_t{}); break;
+    default: MOE_FAIL(op, "rows must be f32, f64 or bf16, got ", dtype_name(send.dtype()));
+  }
+  return recv;
+}
+
 // Senders' sorted rows -> the computing ranks' slot-major rows.
 Tensor exchange_forward(const Tensor& x, const EpExchangePlan& pl, Communicator& comm) {
-  const int64_t D = x.size(1), R = pl.received(), N = pl.sent();
-  Tensor xc = x.contiguous();
-  Tensor recv = Tensor::empty({R, D}, x.dtype()), out = Tensor::empty({R, D}, x.dtype());
-  dispatch_float(x.dtype(), "ep_dispatch", [&](auto tag) {
-    using T = decltype(tag);
-    const T* send = xc.data<T>();
-    std::vector<T> packed;
-    if (!pl.identity_pack) {  // LLEP: an expert's rows may go to several ranks
-      packed.resize(size_t(N * D));
-      T* o = packed.data();
-      for (const auto& segs : pl.send_segments)
-        for (const auto& sg : segs) o = std::copy(send + sg.begin * D, send + (sg.begin + sg.rows) * D, o);
-      send = packed.data();
-    }
-    comm.alltoallv(send, times_width(pl.send_rows, D), recv.data<T>(), times_width(pl.recv_rows, D));
-    const T* src = recv.data<T>();
-    T* dst = out.data<T>();
-#pragma omp parallel for if (R * D > 32768)
-    for (int64_t i = 0; i < R; ++i) std::memcpy(dst + pl.grouped_pos[size_t(i)] * D, src + i * D, size_t(D) * sizeof(T));
-  });
-  return out;
+  const char* op = "ep_dispatch";
+  Tensor send = pl.identity_pack ? x.detach() : take_rows(x.detach(), pl.pack_rows, op);
+  return take_rows(exchange_rows(send, pl.send_rows, pl.recv_rows, comm, op), pl.slot_source, op);
 }
 
 // The computing ranks' slot-major rows -> the senders' sorted rows.
 Tensor exchange_backward(const Tensor& y, const EpExchangePlan& pl, Communicator& comm) {
-  const int64_t D = y.size(1), R = pl.received(), N = pl.sent();
-  Tensor yc = y.contiguous();
-  Tensor send = Tensor::empty({R, D}, y.dtype()), out = Tensor::empty({N, D}, y.dtype());
-  dispatch_float(y.dtype(), "ep_return", [&](auto tag) {
-    using T = decltype(tag);
-    const T* src = yc.data<T>();
-    T* buf = send.data<T>();
-#pragma omp parallel for if (R * D > 32768)
-    for (int64_t i = 0; i < R; ++i) std::memcpy(buf + i * D, src + pl.grouped_pos[size_t(i)] * D, size_t(D) * sizeof(T));
-    if (pl.identity_pack) {
-      comm.alltoallv(buf, times_width(pl.recv_rows, D), out.data<T>(), times_width(pl.send_rows, D));
-    } else {
-      std::vector<T> packed(size_t(N * D));
-      comm.alltoallv(buf, times_width(pl.recv_rows, D), packed.data(), times_width(pl.send_rows, D));
-      const T* in = packed.data();
-      T* o = out.data<T>();
-      for (const auto& segs : pl.send_segments)
-        for (const auto& sg : segs) {
-          std::copy(in, in + sg.rows * D, o + sg.begin * D);
-          in += sg.rows * D;
-        }
-    }
-  });
-  return out;
+  const char* op = "ep_return";
+  Tensor back = exchange_rows(take_rows(y.detach(), pl.grouped_pos, op), pl.recv_rows, pl.send_rows, comm, op);
+  return pl.identity_pack ? back : take_rows(back, pl.unpack_rows, op);
 }
 
 }  // namespace
@@ -106,46 +116,34 @@ Tensor ep_slot_weights(const Tensor& w, const EpExchangePlanPtr& plan, const std
             ", M, K] (this rank's experts), got ", w.shape_str());
   const int64_t El = plan->local_experts, MK = w.size(1) * w.size(2), C = int64_t(plan->slot_experts.size());
   const size_t P = size_t(plan->peers);
-  std::vector<int64_t> lend_counts(P), borrow_counts(P);
+  // Rows of w viewed as [El, M * K]: the lent ones in peer order, counted per peer.
+  std::vector<int64_t> lent, lend_counts(P), borrow_counts(P);
   for (size_t p = 0; p < P; ++p) {
-    lend_counts[p] = int64_t(plan->lend[p].size()) * MK;
-    borrow_counts[p] = plan->borrow_count[p] * MK;
+    lent.insert(lent.end(), plan->lend[p].begin(), plan->lend[p].end());
+    lend_counts[p] = int64_t(plan->lend[p].size());
+    borrow_counts[p] = plan->borrow_count[p];
   }
-  Tensor wc = w.contiguous();
-  Tensor out = Tensor::empty({C, w.size(1), w.size(2)}, w.dtype());
-  dispatch_float(w.dtype(), op, [&](auto tag) {
-    using T = decltype(tag);
-    const T* src = wc.data<T>();
-    T* dst = out.data<T>();
-    std::copy(src, src + El * MK, dst);
-    std::vector<T> send;
-    for (size_t p = 0; p < P; ++p)
-      for (int64_t li : plan->lend[p]) send.insert(send.end(), src + li * MK, src + (li + 1) * MK);
-    ep_group->alltoallv(send.data(), lend_counts, dst + El * MK, borrow_counts);
-  });
+  Tensor wf = w.detach().reshape({El, MK});
+  Tensor borrowed = exchange_rows(take_rows(wf, lent, op), lend_counts, borrow_counts, *ep_group, op);
+  Tensor out = Tensor::empty({C, MK}, w.dtype(), w.device());
+  {
+    NoGradGuard ng;
+    out.slice(0, 0, El).copy_(wf);
+    if (C > El) out.slice(0, El, C).copy_(borrowed);
+  }
+  out = out.reshape({C, w.size(1), w.size(2)});
   if (needs_grad({w}))
-    record(op, {out}, [w, plan, ep_group, lend_counts, borrow_counts, El, MK, P](const std::vector<Tensor>& g) {
-      Tensor gc = g[0].contiguous();
-      Tensor gw = Tensor::empty(w.shape(), w.dtype());
-      dispatch_float(w.dtype(), "ep_slot_weights backward", [&](auto tag) {
-        using T = decltype(tag);
-        const T* src = gc.data<T>();
-        T* o = gw.data<T>();
-        std::copy(src, src + El * MK, o);
-        int64_t lent = 0;
-        for (int64_t c : lend_counts) lent += c;
-        std::vector<T> back(static_cast<size_t>(lent));
-        ep_group->alltoallv(src + El * MK, borrow_counts, back.data(), lend_counts);
-        // The borrowers' gradients, added in peer order (a fixed order on every run).
-        const T* b = back.data();
-        for (size_t p = 0; p < P; ++p)
-          for (int64_t li : plan->lend[p]) {
-            T* t = o + li * MK;
-            for (int64_t k = 0; k < MK; ++k) t[k] += b[k];
-            b += MK;
-          }
-      });
-      accumulate_grad(w, gw);
+    record(op, {out}, [w, plan, ep_group, lent, lend_counts, borrow_counts, El, MK, C](const std::vector<Tensor>& g) {
+      NoGradGuard ng;
+      Tensor gc = g[0].detach().reshape({C, MK});
+      Tensor gw = gc.slice(0, 0, El).clone();
+      Tensor back = exchange_rows(gc.slice(0, El, C), borrow_counts, lend_counts, *ep_group, "ep_slot_weights backward");
+      // The borrowers' gradients, added in peer order (a fixed order on every run).
+      for (size_t b = 0; b < lent.size(); ++b) {
+        Tensor row = gw.slice(0, lent[b], lent[b] + 1);
+        row.copy_(add(row, back.slice(0, int64_t(b), int64_t(b) + 1)));
+      }
+      accumulate_grad(w, gw.reshape(w.shape()));
     });
   return out;
 }

@@ -66,6 +66,9 @@ struct EpExchangePlan {
   std::vector<int64_t> slot_experts;                // [C] global ids: own experts, then borrowed
   std::vector<int64_t> local_offsets;               // [C + 1] received rows grouped by slot
   std::vector<int64_t> grouped_pos;                 // [R] received row i (source-major) -> grouped row
+  std::vector<int64_t> slot_source;                 // [R] its inverse: grouped row j <- received row
+  std::vector<int64_t> pack_rows;                   // [N] sent row i <- local sorted row (the segments)
+  std::vector<int64_t> unpack_rows;                 // [N] its inverse: local sorted row j <- sent row
   std::vector<std::vector<int64_t>> lend;           // [P] own experts (local index) lent to each peer
   std::vector<int64_t> borrow_count;                // [P] experts borrowed from each peer (slot order)
   ExpertWork work;
@@ -84,13 +87,17 @@ EpExchangePlanPtr make_ep_exchange_plan(const std::vector<int64_t>& offsets, Com
 // xs [sent, D] (rows sorted by global expert) -> [received, D] grouped by compute slot.
 // Differentiable in xs: the backward returns the gradient rows to their senders (the same
 // exchange reversed). A collective forward and backward.
+// On either device, in the tensor's dtype (f32 / f64 on the host; bf16 / f32 on the cuda device,
+// where rows are packed and regrouped by Backend::select_rows). Device rows go to the
+// communicator in place when it takes device buffers (NCCL), else through one host copy each way
+// (MPI). bf16 rows travel as 16-bit values (Communicator::alltoallv of uint16_t).
 Tensor ep_dispatch(const Tensor& xs, const EpExchangePlanPtr& plan, const std::shared_ptr<Communicator>& ep_group);
 
 // The inverse: yr [received, D] grouped by slot -> [sent, D] back at the ranks that sent the
 // rows, in their sorted order. Differentiable in yr (backward: ep_dispatch's exchange).
 Tensor ep_return(const Tensor& yr, const EpExchangePlanPtr& plan, const std::shared_ptr<Communicator>& ep_group);
 
-// LLEP weight lending: w [El, M, K] (this rank's experts) -> [C, M, K], the weights of every
+// LLEP weight lending (on w's device): w [El, M, K] (this rank's experts) -> [C, M, K], the weights of every
 // compute slot: w's experts, then the borrowed ones received from their owners. Differentiable
 // in w: the backward keeps the own slots' gradient and sends each borrowed expert's gradient
 // back to its owner, which adds it (a collective forward and backward). The result feeds the

@@ -88,6 +88,13 @@ std::vector<int64_t> slots_of(const ExpertWork& w, int rank) {
   return s;
 }
 
+// p is a permutation of [0, n): q[p[i]] = i.
+std::vector<int64_t> inverse_permutation(const std::vector<int64_t>& p) {
+  std::vector<int64_t> q(p.size());
+  for (size_t i = 0; i < p.size(); ++i) q[size_t(p[i])] = int64_t(i);
+  return q;
+}
+
 }  // namespace
 
 int64_t EpExchangePlan::sent() const {
@@ -149,6 +156,9 @@ EpExchangePlanPtr make_ep_exchange_plan(const std::vector<int64_t>& offsets, Com
     }
   }
   plan->identity_pack = plan->identity_pack && pos == offsets.back();
+  for (const auto& segs : plan->send_segments)
+    for (const auto& sg : segs)
+      for (int64_t k = 0; k < sg.rows; ++k) plan->pack_rows.push_back(sg.begin + k);
   MOE_CHECK(pos == offsets.back(), op, "the plan sends ", pos, " of this rank's ", offsets.back(), " rows");
 
   plan->slot_experts = slots_of(w, me);
@@ -173,6 +183,8 @@ EpExchangePlanPtr make_ep_exchange_plan(const std::vector<int64_t>& offsets, Com
   for (int s = 0; s < P; ++s)
     for (size_t j = 0; j < C; ++j)
       for (int64_t r = rows_from[size_t(s) * C + j]; r > 0; --r) plan->grouped_pos[i++] = fill[j]++;
+  plan->slot_source = inverse_permutation(plan->grouped_pos);
+  plan->unpack_rows = inverse_permutation(plan->pack_rows);
   return plan;
 }
 

@@ -172,8 +172,8 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
 
   t0 = Clock::now();
   Tensor ys;
-  if (w1.defined()) {  // Experts::forward with the slot weights
-    Tensor xw = xs.dtype() == w1.dtype() ? xs : xs.to(w1.dtype());
+  if (w1.defined()) {  // Experts::forward with the slot weights (on the device xs keeps its dtype)
+    Tensor xw = xs.device() == Device::cuda || xs.dtype() == w1.dtype() ? xs : xs.to(w1.dtype());
     ys = expert_swiglu_ffn(xw, w1, w3, w2, offsets);
   } else {
     ys = experts_->forward(xs, offsets);
@@ -197,8 +197,6 @@ Tensor MoeLayer::dispatch_experts_combine(const Tensor& x2, const Routing& r, co
 Tensor MoeLayer::forward(const Tensor& x) {
   MOE_CHECK(x.dim() == 3 && x.size(2) == d_model_, "MoeLayer.forward", "expected x [B, S, ", d_model_, "], got ",
             x.shape_str());
-  MOE_CHECK(!(ep_group_ && x.device() == Device::cuda), "MoeLayer.forward",
-            "expert parallelism (parallel.ep > 1) is not available on the cuda device yet");
   const int64_t B = x.size(0), S = x.size(1), T = B * S, E = num_experts_;
   // On the device: router and selection there when the strategy routes on the device (below), else
   // the selection on the host; permute, experts and combine on the device.

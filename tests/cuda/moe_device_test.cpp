@@ -18,7 +18,6 @@
 #include "layers/moe/dispatch.h"
 #include "layers/moe/experts.h"
 #include "layers/moe/moe_layer.h"
-#include "parallel/communicator.h"
 #include "tests/cuda/device_test_util.h"
 
 namespace moe {
@@ -293,47 +292,6 @@ TEST_F(MoeDevice, LayerEvalWithoutGradMatchesCpu) {
   // Unlike the training cases the fp32 weights are not bf16-exact: their rounding counts too.
   EXPECT_TRUE(near_rel_max(out_d, out_h, 2e-2, "eval output"));
   for (double l : dev.take_pending_loads()) EXPECT_EQ(l, 0.0);
-}
-
-// Rank 0 of a two-rank group whose collectives must never be reached: the layer refuses the
-// device before any exchange.
-class TwoRankNoCollectives final : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 2; }
-  std::string backend() const override { return "test"; }
-  void all_reduce_sum(double*, size_t) override { fail(); }
-  void all_reduce_sum(float*, size_t) override { fail(); }
-  void all_reduce_max(double*, size_t) override { fail(); }
-  std::vector<double> all_gather(const double*, size_t) override { fail(); }
-  std::vector<uint64_t> all_gather(const uint64_t*, size_t) override { fail(); }
-  void broadcast(double*, size_t, int) override { fail(); }
-  void broadcast(uint64_t*, size_t, int) override { fail(); }
-  void alltoallv(const float*, const std::vector<int64_t>&, float*, const std::vector<int64_t>&) override { fail(); }
-  void alltoallv(const double*, const std::vector<int64_t>&, double*, const std::vector<int64_t>&) override {
-    fail();
-  }
-  void barrier() override { fail(); }
-  std::shared_ptr<Communicator> split(int, int) override { fail(); }
-
- private:
-  [[noreturn]] static void fail() { MOE_FAIL("TwoRankNoCollectives", "a collective was called"); }
-};
-
-TEST_F(MoeDevice, ExpertParallelOnTheDeviceIsRefused) {
-  ModelConfig cfg = layer_config({"ep", "aux_loss"});
-  cfg.moe.num_experts = 4;  // divisible by the two ranks
-  Philox rng(5, 0);
-  MoeLayer layer(cfg, 0, rng, DType::f32, std::make_shared<TwoRankNoCollectives>());
-  layer.to(Device::cuda);
-  Tensor x = random_host({2, 9, 40}, 33).to(Device::cuda);
-  try {
-    (void)layer.forward(x);
-    FAIL() << "expected a throw";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("expert parallelism"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("cuda device"), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace

@@ -165,6 +165,26 @@ inline void expect_model_tensors_match(const Checkpoint& a, const Checkpoint& b,
   }
 }
 
+// A parallel run on the cuda device against the single-process device run of `steps` steps (log
+// every step, a checkpoint at the last): train losses to 1e-5 relative (they must fall, so two
+// constant runs cannot pass), grad norms to 1e-4, the last checkpoints' parameters to 1e-5
+// absolute and their balancer states; returns the parallel run's last checkpoint.
+inline Checkpoint expect_device_runs_match(const std::filesystem::path& ref, const std::filesystem::path& par,
+                                           int64_t steps) {
+  EXPECT_EQ(expect_metric_match(ref, par, "train", "loss", 1e-5), size_t(steps));
+  EXPECT_EQ(expect_metric_match(ref, par, "train", "grad_norm", 1e-4), size_t(steps));
+  const std::vector<double> loss = metric(ref, "train", "loss");
+  EXPECT_EQ(loss.size(), size_t(steps));
+  if (!loss.empty()) {
+    EXPECT_LT(loss.back(), loss.front()) << "the loss must fall, so two constant runs cannot pass";
+  }
+  Checkpoint a = read_checkpoint(checkpoint_dir(ref, steps)), b = read_checkpoint(checkpoint_dir(par, steps));
+  EXPECT_NE(b.meta.strings.at("backend").find("cuda"), std::string::npos);
+  expect_model_tensors_match(a, b, 1e-5);
+  expect_balancer_states_match(a, b);
+  return b;
+}
+
 // Training `r` over `w` must stop with a moe::Error whose message contains `needle`.
 inline void expect_training_refused(const Recipe& r, const std::filesystem::path& dir, std::shared_ptr<Communicator> w,
                                     const std::string& needle) {

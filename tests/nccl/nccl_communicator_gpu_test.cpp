@@ -144,6 +144,29 @@ TEST(Nccl, AlltoallvWithUnequalCounts) {
   }
 }
 
+TEST(Nccl, AlltoallvOf16BitValuesMovesTheBits) {
+  // bf16 rows of expert parallelism travel as uint16_t; values that are NaN or subnormal as
+  // fp16 (0x7e01, 0x0001) must arrive unchanged, since ncclFloat16 only carries them.
+  Communicator& c = *g_comm;
+  const int W = c.size(), r = c.rank();
+  std::vector<int64_t> sc(static_cast<size_t>(W)), rc(static_cast<size_t>(W));
+  std::vector<uint16_t> send, want;
+  auto value = [](int from, int to, int i) { return uint16_t(i == 0 ? 0x7e01 : i == 1 ? 0x0001 : 1000 * from + 100 * to + i); };
+  for (int p = 0; p < W; ++p) {
+    sc[size_t(p)] = rc[size_t(p)] = r + p + 2;
+    for (int i = 0; i < r + p + 2; ++i) {
+      send.push_back(value(r, p, i));
+      want.push_back(value(p, r, i));
+    }
+  }
+  DeviceBuffer<uint16_t> ds(send), dr(want.size());
+  c.alltoallv(ds.ptr, sc, dr.ptr, rc);
+  EXPECT_EQ(dr.host(), want);
+  std::vector<uint16_t> got(want.size());
+  c.alltoallv(send.data(), sc, got.data(), rc);  // host buffers
+  EXPECT_EQ(got, want);
+}
+
 TEST(Nccl, SplitWithAReversedKeyAndBarrier) {
   Communicator& c = *g_comm;
   const int W = c.size(), r = c.rank();

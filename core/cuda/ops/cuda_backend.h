@@ -10,6 +10,7 @@
 //   selection_ops.cpp  expert choice's and top-p's selections and top-p's entropy loss
 //   price_ops.cpp  BIP / quantile dual price iterations and the quantile beta update
 //   ssr_ops.cpp    x * scale + row (SSR's plan gates)
+//   ep_ops.cpp     row gathers of expert parallelism's exchange
 //   op_util.h      argument checks and typed pointers shared by these files
 //   optim_ops.cpp  AdamW, sums of squares, scaling
 #pragma once
@@ -67,6 +68,9 @@ class Backend final : public CudaBackend {
   void quantile_beta_update(const Tensor& beta, const Tensor& target, double rate) override;
   // ssr, null_experts (ssr_ops.cpp)
   Tensor scale_add_row(const Tensor& x, double scale, const Tensor& row) override;
+
+  // expert parallelism's row packing (ep_ops.cpp)
+  Tensor select_rows(const Tensor& x, const Tensor& index) override;
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;
