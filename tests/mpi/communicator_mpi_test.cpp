@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
+#include "tests/mpi/forwarding_communicator.h"
 
 using namespace moe;
 
@@ -97,30 +98,9 @@ TEST(MpiCommunicator, GatherToTheLastRankOnly) {
 }
 
 // A backend without its own gather (as NCCL): Communicator's default, an all_gather kept on root.
-class GatherlessComm final : public Communicator {
+class GatherlessComm final : public test::ForwardingCommunicator {
  public:
-  explicit GatherlessComm(std::shared_ptr<Communicator> w) : w_(std::move(w)) {}
-  int rank() const override { return w_->rank(); }
-  int size() const override { return w_->size(); }
-  std::string backend() const override { return "test"; }
-  void all_reduce_sum(double* d, size_t n) override { w_->all_reduce_sum(d, n); }
-  void all_reduce_sum(float* d, size_t n) override { w_->all_reduce_sum(d, n); }
-  void all_reduce_max(double* d, size_t n) override { w_->all_reduce_max(d, n); }
-  std::vector<double> all_gather(const double* d, size_t n) override { return w_->all_gather(d, n); }
-  std::vector<uint64_t> all_gather(const uint64_t* d, size_t n) override { return w_->all_gather(d, n); }
-  void broadcast(double* d, size_t n, int root) override { w_->broadcast(d, n, root); }
-  void broadcast(uint64_t* d, size_t n, int root) override { w_->broadcast(d, n, root); }
-  void alltoallv(const float* s, const std::vector<int64_t>& sc, float* r, const std::vector<int64_t>& rc) override {
-    w_->alltoallv(s, sc, r, rc);
-  }
-  void alltoallv(const double* s, const std::vector<int64_t>& sc, double* r, const std::vector<int64_t>& rc) override {
-    w_->alltoallv(s, sc, r, rc);
-  }
-  void barrier() override { w_->barrier(); }
-  std::shared_ptr<Communicator> split(int color, int key) override { return w_->split(color, key); }
-
- private:
-  std::shared_ptr<Communicator> w_;
+  using ForwardingCommunicator::ForwardingCommunicator;
 };
 
 TEST(MpiCommunicator, DefaultGatherOfABackendWithoutOne) {

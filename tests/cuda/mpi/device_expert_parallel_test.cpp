@@ -33,6 +33,7 @@
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
 #include "tests/cuda/device_test_util.h"
+#include "tests/mpi/forwarding_communicator.h"
 #include "tests/mpi/mpi_train_helpers.h"
 
 namespace fs = std::filesystem;
@@ -90,37 +91,14 @@ Routing to_rank_0_experts(const RouterOutput& in) {
 // The MPI group claiming to take device buffers (as NCCL does): under the emulation device memory
 // is host memory, so MPI can move it in place, and the EP exchange's in-place path (no staging
 // copies) runs here too.
-class InPlaceOverMpi final : public Communicator {
+class InPlaceOverMpi final : public test::ForwardingCommunicator {
  public:
-  explicit InPlaceOverMpi(std::shared_ptr<Communicator> mpi) : c_(std::move(mpi)) {}
-  int rank() const override { return c_->rank(); }
-  int size() const override { return c_->size(); }
+  using ForwardingCommunicator::ForwardingCommunicator;
   std::string backend() const override { return "mpi in place"; }
   bool takes_device_buffers() const override { return true; }
-  void all_reduce_sum(double* d, size_t n) override { c_->all_reduce_sum(d, n); }
-  void all_reduce_sum(float* d, size_t n) override { c_->all_reduce_sum(d, n); }
-  void all_reduce_max(double* d, size_t n) override { c_->all_reduce_max(d, n); }
-  std::vector<double> all_gather(const double* d, size_t n) override { return c_->all_gather(d, n); }
-  std::vector<uint64_t> all_gather(const uint64_t* d, size_t n) override { return c_->all_gather(d, n); }
-  void broadcast(double* d, size_t n, int root) override { c_->broadcast(d, n, root); }
-  void broadcast(uint64_t* d, size_t n, int root) override { c_->broadcast(d, n, root); }
-  void alltoallv(const float* s, const std::vector<int64_t>& sc, float* r, const std::vector<int64_t>& rc) override {
-    c_->alltoallv(s, sc, r, rc);
-  }
-  void alltoallv(const double* s, const std::vector<int64_t>& sc, double* r, const std::vector<int64_t>& rc) override {
-    c_->alltoallv(s, sc, r, rc);
-  }
-  void alltoallv(const uint16_t* s, const std::vector<int64_t>& sc, uint16_t* r,
-                 const std::vector<int64_t>& rc) override {
-    c_->alltoallv(s, sc, r, rc);
-  }
-  void barrier() override { c_->barrier(); }
   std::shared_ptr<Communicator> split(int color, int key) override {
-    return std::make_shared<InPlaceOverMpi>(c_->split(color, key));
+    return std::make_shared<InPlaceOverMpi>(inner_->split(color, key));
   }
-
- private:
-  std::shared_ptr<Communicator> c_;
 };
 
 struct EpCase {
