@@ -2,7 +2,8 @@
 # Runs a pack made by `scripts/bench_gpu.sh --pack` (build/gpu_pack.tar.xz: stripped GPU test and
 # benchmark binaries, build/moetrain, every non-CUDA shared library down to glibc and its loader,
 # data/brown) on a GPU machine that has the NVIDIA driver and CUDA 13's cudart / cuBLAS but none
-# of this project's libraries. Into $OUT: environment, GPU tests, kernel benchmarks, the experts
+# of this project's libraries. Into $OUT: environment, GPU tests, kernel benchmarks (the wgmma
+# kernels' tests and benchmarks as separate steps with their own time limits), the experts
 # benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept), and the balance model
 # trained on the CPU and on the device (metrics.jsonl of both).
 #   scripts/gpu_pack_run.sh [pack.tar.xz] [steps]      (TRAIN_ONLY=1: only the two training runs;
@@ -66,17 +67,26 @@ if [[ -n "${STRATEGIES_ONLY:-}" ]]; then
   exit 0
 fi
 if [[ -z "${TRAIN_ONLY:-}" && -z "${EXPERTS_ONLY:-}" ]]; then
-echo "== GPU tests"
+wgmma_tests='CudaGroupedGemmSm90*:CudaWgmma*'
+echo "== GPU tests (all but the wgmma ones)"
 MOE_TORCH_REFERENCE_OUT="$OUT/torch_reference" \
-  timeout 170 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_gpu_tests'" > "$OUT/gpu_tests.log" 2>&1
+  timeout 170 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_gpu_tests' --gtest_filter='-$wgmma_tests'" > "$OUT/gpu_tests.log" 2>&1
 echo "gpu tests rc=$?" | tee -a "$OUT/gpu_tests.log"; grep -E '^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|GPU kernel tests on' "$OUT/gpu_tests.log" | head -40
+# The wgmma kernels (sm_90a, never run on a GPU before) apart, with their own time limit: a hang
+# there must not cost the other tests' or benchmarks' results.
+echo "== wgmma tests"
+timeout 60 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_gpu_tests' --gtest_filter='$wgmma_tests'" > "$OUT/gpu_wgmma_tests.log" 2>&1
+echo "wgmma tests rc=$?" | tee -a "$OUT/gpu_wgmma_tests.log"; grep -E '^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]' "$OUT/gpu_wgmma_tests.log" | head -20
 if compgen -G "$OUT/torch_reference/*.h5" >/dev/null; then
   echo "torch reference cases written (no torch here): $(cd "$OUT/torch_reference" && ls -- *.h5 | paste -sd' ');" \
        "check them where torch is: scripts/torch_reference_offline.sh <the fetched torch_reference folder>"
 fi
 echo "== benchmarks"
-timeout 110 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_bench' --benchmark_filter=-BM_ExpertsForwardBackward --benchmark_out='$OUT/cuda_bench.json' --benchmark_out_format=json" > "$OUT/cuda_bench.log" 2>&1
+timeout 110 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_bench' --benchmark_filter='-BM_ExpertsForwardBackward|kernel:[12]' --benchmark_out='$OUT/cuda_bench.json' --benchmark_out_format=json" > "$OUT/cuda_bench.log" 2>&1
 echo "bench rc=$?"; tail -25 "$OUT/cuda_bench.log"
+echo "== wgmma grouped GEMM benchmarks (kernel 1 wgmma, 2 wgmma2; kernel 0, the default, is above)"
+timeout 60 bash -c "$(declare -f run); P='$P' cuda_dirs='$cuda_dirs' run '$P/bin/moetrain_cuda_bench' --benchmark_filter='BM_GroupedGemmVsCublas.*kernel:[12]' --benchmark_out='$OUT/cuda_bench_wgmma.json' --benchmark_out_format=json" > "$OUT/cuda_bench_wgmma.log" 2>&1
+echo "wgmma bench rc=$?"; grep -E 'BM_Grouped|ERROR' "$OUT/cuda_bench_wgmma.log" | head -30
 fi
 if [[ -z "${TRAIN_ONLY:-}" && -z "${SKIP_EXPERTS:-}" ]]; then
 echo "== experts benchmark (grouped kernel vs per-expert cuBLAS, forward + backward)"
