@@ -278,15 +278,9 @@ class Trainer {
         dense_params_.push_back(p);
       }
     }
-    if (comm_->size() > 1) {
-      for (auto& m : moe_)
-        m.moe->balancer().set_load_reducer([c = comm_](const std::vector<double>& v) {
-          std::vector<double> out = v;
-          c->all_reduce_sum(out);
-          return out;
-        });
-    }
-    // balance.scope = "global": coupled strategies route over every rank's micro-batch (collectives in select()).
+    // The data-parallel group of every balancer: with balance.scope = "global" the coupled strategies
+    // route over every rank's micro-batch (collectives in select()); aux_loss "global" sums its
+    // accumulated loads over it.
     for (auto& m : moe_) m.moe->balancer().set_communicator(comm_);
   }
 

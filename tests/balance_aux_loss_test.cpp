@@ -1,8 +1,11 @@
-// Strategy "aux_loss": the Switch loss equals hand-computed values in every variant
-// (micro_batch, per_sequence, global with a load reducer), and its gradient passes an f64 check.
+// Strategy "aux_loss": the Switch loss equals hand-computed values in every variant (micro_batch,
+// per_sequence, global with loads summed over the data-parallel ranks), and its gradient passes
+// an f64 check.
 #include <gtest/gtest.h>
 
+#include "parallel/communicator.h"
 #include "tests/balance_test_helpers.h"
+#include "tests/forwarding_communicator.h"
 
 using namespace moe;
 using namespace moe::test;
@@ -52,14 +55,26 @@ TEST(BalanceAuxLoss, PerSequenceHandComputed) {
   EXPECT_THROW(aux_of(*b, hand_input(3)), Error);         // 4 tokens are not whole sequences of 3
 }
 
+// A data-parallel group of two whose other rank always holds loads [1, 1, 2].
+class SecondRankLoads final : public test::ForwardingCommunicator {
+ public:
+  SecondRankLoads() : ForwardingCommunicator(make_self_communicator()) {}
+  using ForwardingCommunicator::all_reduce_sum;
+  int size() const override { return 2; }
+  void all_reduce_sum(double* d, size_t n) override {
+    ASSERT_EQ(n, 3u);
+    d[0] += 1, d[1] += 1, d[2] += 2;
+  }
+};
+
 TEST(BalanceAuxLoss, GlobalUsesReducedAccumulatedLoadsAndResetsOnUpdate) {
   MoeConfig cfg = balance_config("aux_loss", 3, 1);
   cfg.balance.aux_variant = "global";
   auto b = make_balancer(cfg);
   EXPECT_NEAR(aux_of(*b, hand_input(4)), 1.0125, 1e-12);  // identity reducer, one micro-batch
   b->update({2, 1, 1});
-  // A second "rank" contributes loads [1,1,2] each time the reducer runs.
-  b->set_load_reducer([](const std::vector<double>& v) { return std::vector<double>{v[0] + 1, v[1] + 1, v[2] + 2}; });
+  // A second "rank" contributes loads [1,1,2] each time the loads are all-reduced.
+  b->set_communicator(std::make_shared<SecondRankLoads>());
   // [3,2,3]/8 . [.35,.375,.275] * 3
   EXPECT_NEAR(aux_of(*b, hand_input(4)), 0.984375, 1e-12);
   // second micro-batch of the step: accumulated [4,2,2] + [1,1,2] = [5,3,4]/12

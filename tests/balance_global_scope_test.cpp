@@ -516,7 +516,7 @@ TEST(BalanceGlobalScope, UnknownScopeIsRefusedNamingTheKey) {
 // Balancer::routes_on_device(): a strategy routes on the device unless its batch spans
 // data-parallel ranks (the device paths have no collectives): with scope "global" and two ranks
 // the batch-coupled strategies (and the aux loss over the global micro-batch) say no, the others
-// yes; scope "local", a world of one, or no communicator: yes; aux_loss "global" (a load reducer
+// yes; scope "local", a world of one, or no communicator: yes; aux_loss "global" (loads accumulated
 // across micro-batches) never. Saying yes wrongly would route one rank's tokens alone, silently.
 TEST(BalanceGlobalScope, DeviceRoutingOnlyWhereTheBatchIsTheProcesssOwn) {
   struct Expect {

@@ -7,7 +7,7 @@
 #include "core/error.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
-#include "tests/mpi/forwarding_communicator.h"
+#include "tests/forwarding_communicator.h"
 
 using namespace moe;
 

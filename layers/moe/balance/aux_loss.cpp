@@ -14,7 +14,8 @@ namespace {
 // Variant "global": f_i must come from the loads of the whole global batch (every micro-batch
 // of the optimizer step on every data-parallel rank). Loads are only known as micro-batches are
 // routed, so f_i at a micro-batch uses the loads accumulated over this step's micro-batches so
-// far (this one included), summed over ranks by the trainer's LoadReducer. P_i stays the local
+// far (this one included), summed over the data-parallel ranks (an all-reduce of E values over
+// data_parallel_communicator(), whatever balance.scope says). P_i stays the local
 // micro-batch mean (it carries the gradient). A single process with one micro-batch per step
 // therefore computes exactly the micro_batch loss; with g accumulation micro-batches, micro-batch
 // m uses the loads of micro-batches 1..m. update() (once per optimizer step) clears the sums.
@@ -26,8 +27,7 @@ namespace {
 class AuxLossBalancer final : public Balancer {
  public:
   explicit AuxLossBalancer(const MoeConfig& cfg)
-      : cfg_(cfg), accumulated_(size_t(cfg.num_experts), 0.0),
-        reducer_([](const std::vector<double>& v) { return v; }) {}
+      : cfg_(cfg), accumulated_(size_t(cfg.num_experts), 0.0) {}
   std::string name() const override { return "aux_loss"; }
 
   Routing select(const RouterOutput& in, Philox&) override {
@@ -38,7 +38,7 @@ class AuxLossBalancer final : public Balancer {
   }
 
   // micro_batch (when its batch is this process's own) and per_sequence on the device (the
-  // aux_math products take device probabilities); global (a load reducer across steps) on the host.
+  // aux_math products take device probabilities); global (loads accumulated over the step's micro-batches) on the host.
   bool routes_on_device() const override {
     const std::string& variant = cfg_.balance.aux_variant;
     return variant == "per_sequence" ||
@@ -65,9 +65,8 @@ class AuxLossBalancer final : public Balancer {
         if (Communicator* comm = batch_communicator(cfg_.balance.scope)) comm->all_reduce_sum(loads);
       if (variant == "global" && in.training) {
         for (int64_t i = 0; i < E; ++i) accumulated_[size_t(i)] += loads[size_t(i)];
-        loads = reducer_(accumulated_);
-        MOE_CHECK(int64_t(loads.size()) == E, "balance.aux_loss", "load reducer returned ", loads.size(),
-                  " loads for ", E, " experts");
+        loads = accumulated_;
+        if (Communicator* comm = data_parallel_communicator()) comm->all_reduce_sum(loads);
       }
       double total = std::accumulate(loads.begin(), loads.end(), 0.0);
       loss = switch_aux(probs, loads, total);
@@ -76,7 +75,6 @@ class AuxLossBalancer final : public Balancer {
   }
 
   void update(const std::vector<double>&) override { std::fill(accumulated_.begin(), accumulated_.end(), 0.0); }
-  void set_load_reducer(LoadReducer reducer) override { reducer_ = std::move(reducer); }
 
   std::map<std::string, std::vector<double>> state() const override {
     if (cfg_.balance.aux_variant != "global") return {};
@@ -90,7 +88,6 @@ class AuxLossBalancer final : public Balancer {
  private:
   MoeConfig cfg_;
   std::vector<double> accumulated_;
-  LoadReducer reducer_;
 };
 
 }  // namespace

@@ -2,7 +2,6 @@
 // folder; math in shared BALANCING.md). A strategy turns router scores into a list of
 // (token, expert, gate) assignments, may add loss terms, and may keep state across steps.
 #pragma once
-#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -65,15 +64,9 @@ class Balancer {
   virtual std::map<std::string, std::vector<double>> state() const { return {}; }
   virtual void load_state(const std::map<std::string, std::vector<double>>& s) {}
 
-  // Sums a per-expert load vector over the data-parallel group (an all-reduce). The trainer
-  // installs it for strategies whose loss needs the loads of the whole global batch (aux_loss
-  // variant "global"); a collective, so every rank calls it the same number of times.
-  // Default (single process): the identity.
-  using LoadReducer = std::function<std::vector<double>(const std::vector<double>&)>;
-  virtual void set_load_reducer(LoadReducer reducer) {}
-
-  // The data-parallel group whose ranks' micro-batches together form the batch that is balanced
-  // when balance.scope = "global": select() of bip, quantile, sinkhorn, ssr, expert_choice (the
+  // The data-parallel group: its ranks' micro-batches together form the batch that is balanced
+  // when balance.scope = "global", and aux_loss "global" sums its loads over it whatever the
+  // scope. select() of bip, quantile, sinkhorn, ssr, expert_choice (the
   // strategies whose routing of a token depends on the other tokens of its batch) and
   // extra_losses() of aux_loss micro_batch and null_experts (f_i from the batch's loads) then
   // call collectives of this communicator, so every rank must run every forward, training and
@@ -82,6 +75,8 @@ class Balancer {
   void set_communicator(std::shared_ptr<Communicator> comm) { comm_ = std::move(comm); }
 
  protected:
+  // The data-parallel communicator, or nullptr in a world of one (or without one).
+  Communicator* data_parallel_communicator() const;
   // The communicator select() must use for the batch of scope `scope`, or nullptr when the
   // batch is this process's own (scope "local", no communicator, or a world of one).
   Communicator* batch_communicator(const std::string& scope) const;

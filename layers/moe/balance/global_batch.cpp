@@ -10,9 +10,12 @@
 
 namespace moe {
 
+Communicator* Balancer::data_parallel_communicator() const {
+  return comm_ && comm_->size() > 1 ? comm_.get() : nullptr;
+}
+
 Communicator* Balancer::batch_communicator(const std::string& scope) const {
-  if (scope != "global" || !comm_ || comm_->size() == 1) return nullptr;
-  return comm_.get();
+  return scope == "global" ? data_parallel_communicator() : nullptr;
 }
 
 std::pair<int64_t, int64_t> owned_columns(int64_t cols, int rank, int world) {

@@ -33,7 +33,7 @@
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
 #include "tests/cuda/device_test_util.h"
-#include "tests/mpi/forwarding_communicator.h"
+#include "tests/forwarding_communicator.h"
 #include "tests/mpi/mpi_train_helpers.h"
 
 namespace fs = std::filesystem;
