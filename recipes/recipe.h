@@ -52,6 +52,7 @@ struct LogSection {
 struct CheckpointSection {
   int64_t every = 0;  // 0: only at the end (and on SIGINT/SIGTERM)
   int64_t keep = 3;
+  bool at_end = true;  // false: no checkpoint at the last step (throughput sweeps of big models)
 };
 
 struct ParallelSection {

@@ -298,6 +298,9 @@ std::vector<RecipeKey> build_schema() {
                       [](Recipe& r) -> int64_t& { return r.checkpoint.every; }, at_least(0)));
   s.push_back(int_key("checkpoint", "keep", "Complete checkpoints kept (older ones are deleted).",
                       [](Recipe& r) -> int64_t& { return r.checkpoint.keep; }, at_least(1)));
+  s.push_back(bool_key("checkpoint", "at_end",
+                       "Checkpoint at the last step (false: none then, e.g. for throughput sweeps; SIGINT/SIGTERM still write one).",
+                       [](Recipe& r) -> bool& { return r.checkpoint.at_end; }));
   s.push_back(int_key("parallel", "ep", "Expert-parallel group size (world = dp x ep).",
                       [](Recipe& r) -> int64_t& { return r.parallel.ep; }, at_least(1)));
   s.push_back(bool_key("parallel", "llep", "Least-Loaded Expert Parallelism.", [](Recipe& r) -> bool& { return r.parallel.llep; }));

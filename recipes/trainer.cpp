@@ -218,7 +218,7 @@ class Trainer {
       }
       bool last = step_ == r_.train.steps;
       if ((r_.eval.every > 0 && step_ % r_.eval.every == 0) || last) evaluate();
-      if ((r_.checkpoint.every > 0 && step_ % r_.checkpoint.every == 0) || last) {
+      if ((r_.checkpoint.every > 0 && step_ % r_.checkpoint.every == 0) || (last && r_.checkpoint.at_end)) {
         save_checkpoint();
         checkpointed_now = true;
       }
