@@ -143,6 +143,26 @@ TEST(Trainer, SigtermCheckpointsAndResumesExactly) {
   expect_same_checkpoint(checkpoint_dir(straight, 30), checkpoint_dir(dir, 30));
 }
 
+// checkpoint.at_end = false (throughput sweeps of big models): no checkpoint at the last step,
+// but checkpoint.every still writes its own; the default writes the last step's.
+TEST(Trainer, CheckpointAtEndCanBeTurnedOff) {
+  fs::path none = test::fresh_run_dir("at_end_off"), every = test::fresh_run_dir("at_end_off_every"),
+           dflt = test::fresh_run_dir("at_end_default");
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("none"), "tiny.toml", {"checkpoint.at_end=false"}), none),
+            kTrainOk);
+  EXPECT_FALSE(find_latest_checkpoint(none).has_value());
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("none"), "tiny.toml",
+                                             {"checkpoint.at_end=false", "checkpoint.every=3"}), every),
+            kTrainOk);
+  auto latest = find_latest_checkpoint(every);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(read_checkpoint(*latest).meta.step, 6);  // steps 3 and 6 of 8, not 8
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("none"), "tiny.toml"), dflt), kTrainOk);
+  latest = find_latest_checkpoint(dflt);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(read_checkpoint(*latest).meta.step, 8);
+}
+
 TEST(Trainer, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   Recipe r = parse_recipe(tiny_recipe("aux_loss"), "tiny.toml",
                           {"optim.lr=1e30", "optim.min_lr=1e29", "optim.grad_clip=0", "checkpoint.every=1",

@@ -143,15 +143,18 @@ void check_routing(MoeLayer& got, MoeLayer& want) {
   }
 }
 
-// Output, input grad and router grad within router_tol; the expert weights' grads within tol.
-void check_pass(const Pass& got, const Pass& want, MoeLayer& layer, double tol, double router_tol) {
+// Output, input grad and router grad within router_tol (the router grad within router_grad_tol
+// when given); the expert weights' grads within tol.
+void check_pass(const Pass& got, const Pass& want, MoeLayer& layer, double tol, double router_tol,
+                double router_grad_tol = 0) {
+  if (router_grad_tol == 0) router_grad_tol = router_tol;
   EXPECT_LE(test::max_rel_diff(got.out, want.out), router_tol) << "output";
   EXPECT_LE(test::max_rel_diff(got.xgrad, want.xgrad), router_tol) << "input grad";
   const auto named = layer.named_parameters();
   ASSERT_EQ(got.grads.size(), want.grads.size());
   for (size_t i = 0; i < named.size(); ++i) {
     const bool router = named[i].first.rfind("router", 0) == 0;
-    EXPECT_LE(test::max_rel_diff(got.grads[i], want.grads[i]), router ? router_tol : tol) << named[i].first << " grad";
+    EXPECT_LE(test::max_rel_diff(got.grads[i], want.grads[i]), router ? router_grad_tol : tol) << named[i].first << " grad";
   }
 }
 
@@ -213,7 +216,10 @@ Seen run(const Case& c) {
     const double tol = c.act == DType::f32 ? kBf16 : 2 * kBf16;
     {
       SCOPED_TRACE("device layer vs cpu layer");
-      check_pass(d, h, cpu, tol, tol);
+      // The router grad sums gate grads over the tokens, each from bf16 expert outputs (the CPU's
+      // are fp32): relative to its largest entry it carries that rounding through cancellation
+      // (measured up to 1.75e-2 over these seeds; a wrong gate or score grad is off by O(1)).
+      check_pass(d, h, cpu, tol, tol, 3 * tol);
     }
     {
       SCOPED_TRACE("device routing vs host routing on the device");
