@@ -163,6 +163,28 @@ TEST(Trainer, CheckpointAtEndCanBeTurnedOff) {
   EXPECT_EQ(read_checkpoint(*latest).meta.step, 8);
 }
 
+// Every train row says where its steps' time went: forward, backward and optimizer seconds.
+TEST(Trainer, TrainRowsHoldTheStepParts) {
+  fs::path dir = test::fresh_run_dir("step_parts");
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("aux_loss"), "tiny.toml"), dir), kTrainOk);
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  int rows = 0;
+  while (std::getline(in, line)) {
+    if (line.find("\"kind\": \"train\"") == std::string::npos && line.find("\"kind\":\"train\"") == std::string::npos)
+      continue;
+    ++rows;
+    for (const char* key : {"forward_s", "backward_s", "optimizer_s"}) {
+      const size_t at = line.find(std::string("\"") + key + "\":");
+      ASSERT_NE(at, std::string::npos) << key << " missing in " << line;
+      const double v = std::stod(line.substr(line.find(':', at) + 1));
+      EXPECT_GT(v, 0.0) << key << " in " << line;
+      EXPECT_LT(v, 60.0) << key << " in " << line;
+    }
+  }
+  EXPECT_EQ(rows, 8);  // log.every 1
+}
+
 TEST(Trainer, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   Recipe r = parse_recipe(tiny_recipe("aux_loss"), "tiny.toml",
                           {"optim.lr=1e30", "optim.min_lr=1e29", "optim.grad_clip=0", "checkpoint.every=1",
