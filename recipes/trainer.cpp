@@ -200,6 +200,9 @@ class Trainer {
       ++steps_this_run;
       interval_phases += sr.phases;
       interval_times += sr.times;
+      // MOE_KERNEL_PROFILE=1: the first step's kernels (warm-up: allocations, cuBLAS's first
+      // calls) stay out of the table printed at the end.
+      if (steps_this_run == 1 && device_ == Device::cuda) cuda_backend("Trainer").take_kernel_profile();
       interval_llep += sr.ep;
       ++interval_steps;
       tokens_seen_ += tokens_per_step;
@@ -238,6 +241,7 @@ class Trainer {
       }
     }
     if (steps_this_run == 0) out_ << "nothing to do: the run is already at step " << step_ << " of " << r_.train.steps << "\n";
+    if (device_ == Device::cuda) report_kernel_profile(steps_this_run);
     out_ << "done: " << step_ << " steps, " << tokens_seen_ << " tokens; run directory " << run_dir_ << "\n";
     return kTrainOk;
   }
@@ -745,6 +749,18 @@ class Trainer {
     tokens_seen_ = c.meta.tokens_seen;
     resumed_ = true;
     out_ << "resuming from " << c.source.string() << " at step " << step_ << std::endl;
+  }
+
+  // The GPU time per kernel of this run's steps after the first (and the evaluations among
+  // them): on the console and in <run>/kernel_profile.txt (rank 0). Only with MOE_KERNEL_PROFILE=1.
+  void report_kernel_profile(int64_t steps_this_run) {
+    const std::string table = cuda_backend("Trainer").take_kernel_profile();
+    if (table.empty() || !root_) return;
+    const std::string title = "kernel profile (MOE_KERNEL_PROFILE=1): GPU time per kernel over steps " +
+                              std::to_string(step_ - steps_this_run + 2) + "-" + std::to_string(step_) +
+                              " and their evaluations\n";
+    out_ << title << table;
+    std::ofstream(fs::path(run_dir_) / "kernel_profile.txt") << title << table;
   }
 
   void print_header() {
