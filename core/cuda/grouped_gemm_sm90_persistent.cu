@@ -34,10 +34,12 @@ namespace moe::cuda {
 // nvcc would warn about every device-only piece it then leaves unreferenced.
 namespace sm90::wgmma3 {
 
-constexpr int kBN = 256, kStages = 4, kAhead = kStages - 2;
+// inline (external linkage): the sm_80 pass, whose kernel is a trap, leaves kAhead and kCopyUnroll
+// unreferenced, which nvcc warns about for internal-linkage constants.
+inline constexpr int kBN = 256, kStages = 4, kAhead = kStages - 2;
 // Copies unrolled 2 at a time: fully unrolled, their hoisted addresses took the kernel from ~180
 // registers to 254 (ptxas -v, sm_90a).
-constexpr int kCopyUnroll = 2;
+inline constexpr int kCopyUnroll = 2;
 constexpr int kBTileBytes = kBN * kRowBytes;              // 32 KiB
 constexpr int kStageBytes = kATileBytes + kBTileBytes;    // 48 KiB: A then B
 constexpr int kSmemBytes = kStages * kStageBytes + kAlign;  // + slack to align the base
