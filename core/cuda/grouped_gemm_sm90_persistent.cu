@@ -17,7 +17,9 @@
 // the stage visible to the async proxy, and the barrier publishes it; the barrier also tells that
 // every warpgroup has retired slice g - 2's products (its wait_group 1 at slice g - 1, or the
 // wait_group 0 closing a tile), so the copies of slice g + 2 issued after it may overwrite stage
-// (g + 2) % 4 = (g - 2) % 4. The stores read only registers, so a tile boundary needs no barrier.
+// (g + 2) % 4 = (g - 2) % 4. After the barrier: slice g's products, then slice g + 2's copies
+// (their tile lookups behind the tensor cores' work), then the wait for slice g - 1's products.
+// The stores read only registers, so a tile boundary needs no barrier.
 #include "core/cuda/grouped_gemm_sm90_persistent.h"
 #include "core/cuda/grouped_gemm_sm90_tile.h"
 #include "core/cuda/launch.h"
@@ -141,6 +143,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* smem = smem_raw + (kAlign - raw % kAlign) % kAlign;
   const uint32_t base = wgmma::smem_address(smem);
   const int count = tiles.count();
+  if (int(blockIdx.x) >= count) return;  // nt / nn: the grid is sized by an upper bound on the tiles
   SliceCopies<Tiles> copies(tiles, smem, int(blockIdx.x), count);
   MOE_UNROLL
   for (int i = 0; i < kAhead; ++i) {
@@ -149,24 +152,30 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   float acc[kBN / 2];
   int stage = 0;
+  Tile w = tiles.at(int(blockIdx.x));
   for (int t = int(blockIdx.x); t < count; t += int(gridDim.x)) {
-    const Tile w = tiles.at(t);
     for (int s = 0; s < w.slices; ++s) {
       cp_async_wait<kAhead - 1>();
       wgmma::fence_proxy_async();
       __syncthreads();
-      copies.issue(tiles);
-      cp_async_commit();
+      // The products first, then the copies (whose tile lookups may take a while) behind them.
       const uint32_t sa = base + uint32_t(stage * kStageBytes) + a_part();
       const uint32_t sb = base + uint32_t(stage * kStageBytes + kATileBytes);
-      slice_products<kBN, Tiles::kAMn, Tiles::kBMn>(acc, sa, sb, s > 0);
+      issue_slice_products<kBN, Tiles::kAMn, Tiles::kBMn>(acc, sa, sb, s > 0);
+      copies.issue(tiles);
+      cp_async_commit();
+      retire_previous_slice(acc);
       stage = (stage + 1) % kStages;
     }
+    // The next tile's lookups while the last products run, not after them (past the end: the
+    // last tile's, unused).
+    const Tile next = tiles.at(t + int(gridDim.x) < count ? t + int(gridDim.x) : count - 1);
     wgmma::wait_group<0>();
     wgmma::fence_operand(acc);
     if (w.slices == 0)
       for (float& v : acc) v = 0.0f;
     store_tile(acc, C + w.out, tiles.ld(), w.rows, w.cols, accumulate, pair_c);
+    w = next;
   }
   cp_async_wait<0>();  // only empty groups remain
 #else

@@ -78,19 +78,28 @@ __device__ __forceinline__ uint64_t slice_desc(uint32_t tile, int ks) {
 __device__ __forceinline__ uint32_t a_part() { return uint32_t(int(threadIdx.x) / 128 * (kATileBytes / 2)); }
 
 // The products of one 64-deep slice whose A part and B tile sit at shared addresses sa and sb:
-// 4 m64nNk16 (the first overwrites the accumulators when !accumulate), committed as one group;
-// then waits for the previous slice's group only, so the tensor cores work on this one while the
-// caller moves on.
+// 4 m64nNk16 (the first overwrites the accumulators when !accumulate), committed as one group.
 template <int kBN, bool kAMn, bool kBMn>
-__device__ __forceinline__ void slice_products(float (&acc)[kBN / 2], uint32_t sa, uint32_t sb, bool accumulate) {
+__device__ __forceinline__ void issue_slice_products(float (&acc)[kBN / 2], uint32_t sa, uint32_t sb,
+                                                     bool accumulate) {
   wgmma::fence_operand(acc);
   wgmma::fence();
   MOE_UNROLL
   for (int ks = 0; ks < kBK / 16; ++ks)
     wgmma::mma_async<kBN, kAMn, kBMn>(acc, slice_desc<kAMn>(sa, ks), slice_desc<kBMn>(sb, ks), accumulate || ks > 0);
   wgmma::commit_group();
+}
+// Waits for the previous slice's products only, so the tensor cores work on the newest slice
+// while the caller moves on.
+template <int kAcc>
+__device__ __forceinline__ void retire_previous_slice(float (&acc)[kAcc]) {
   wgmma::wait_group<1>();
   wgmma::fence_operand(acc);
+}
+template <int kBN, bool kAMn, bool kBMn>
+__device__ __forceinline__ void slice_products(float (&acc)[kBN / 2], uint32_t sa, uint32_t sb, bool accumulate) {
+  issue_slice_products<kBN, kAMn, kBMn>(acc, sa, sb, accumulate);
+  retire_previous_slice(acc);
 }
 
 // The expert owning 128-row tile `tile`, the last e with tile_starts[e] <= tile: binary lifting
