@@ -19,7 +19,7 @@
 #   train_cuda    the balance model (recipes/balance/aux_loss.toml), `steps` steps on the device
 #   throughput    expert_choice (balanced groups by construction) at d_model 1024, 4 MoE blocks of
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default
-#                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = wmma, wgmma, wgmma2
+#                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = mma, wgmma, wgmma2
 #   strategies    every balancing strategy 30 steps at that shape on the device, then `moetrain
 #                 compare` (routing_time_share, tokens_per_s per strategy) into strategies.md
 #   experts       the experts benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept)
@@ -132,7 +132,7 @@ for step in $STEPS; do
     echo "$dev rc=$?"; grep -E 'moetrain: run|step +(1|2|10|50|100|200)/|error|done' "$R/train_$dev.log" | head -8 ;;
   throughput)
     echo "== throughput at d_model 1024 (expert_choice: balanced groups)"
-    for kernel in default wmma wgmma wgmma2; do
+    for kernel in default mma wgmma wgmma2; do
       [[ $kernel == wgmma* && $wgmma_ok != 1 ]] && { echo "$kernel: skipped (the wgmma tests did not pass)"; continue; }
       t=$(limit "throughput $kernel" 45) || break
       env=(); [[ $kernel != default ]] && env=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel)
