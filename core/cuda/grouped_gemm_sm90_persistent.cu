@@ -6,23 +6,25 @@
 //    thread): per FLOP, 5/6 of the shared-memory reads and 3/4 of the global -> shared bytes of a
 //    128 x 128 tile. A stage is 48 KiB (A 16, B 32); 4 stages (193 KiB, 1 block per SM), copies
 //    issued 2 slices ahead.
-//  * Persistent blocks (one per SM), each looping over tiles t = blockIdx.x + i gridDim.x, with one
-//    cp.async stream across tile boundaries: the copies of the next tile's first slices are in
-//    flight while the current tile's last products run and its accumulators are stored, so a tile
-//    pays no pipeline fill and no block launch (the bubble that short reductions, tn's 8 slices at
-//    E = 64, paid per tile).
-// The products run in one global order of slices (tile by tile, slice by slice; tiles without
-// slices, tn's empty experts, take none): slice g sits in stage g % 4, its copies form cp.async
-// group g. At slice g each thread waits for its group g (all but the newest 1 of its g + 2), makes
+//  * Persistent blocks (one per SM), each looping over the tiles it claims (Schedule: its own
+//    first, then from a global counter), with one cp.async stream across tile boundaries: the
+//    copies of the next tile's first slices are in flight while the current tile's last products
+//    run and its accumulators are stored, so a tile pays no pipeline fill and no block launch (the
+//    bubble that short reductions, tn's 8 slices at E = 64, paid per tile).
+// The products run in one order of slices per block (tile by tile, slice by slice; every tile has
+// at least one): slice g sits in stage g % 4, its copies form cp.async group g (the prologue's
+// first 2 groups each followed by a barrier, which publishes Schedule's claims). At slice g each thread waits for its group g (all but the newest 1 of its g + 2), makes
 // the stage visible to the async proxy, and the barrier publishes it; the barrier also tells that
 // every warpgroup has retired slice g - 2's products (its wait_group 1 at slice g - 1, or the
 // wait_group 0 closing a tile), so the copies of slice g + 2 issued after it may overwrite stage
 // (g + 2) % 4 = (g - 2) % 4. After the barrier: slice g's products, then slice g + 2's copies
 // (their tile lookups behind the tensor cores' work), then the wait for slice g - 1's products.
 // The stores read only registers, so a tile boundary needs no barrier.
+#include "core/cuda/caching_allocator.h"
 #include "core/cuda/grouped_gemm_sm90_persistent.h"
 #include "core/cuda/grouped_gemm_sm90_tile.h"
 #include "core/cuda/launch.h"
+#include "core/cuda/memory.h"
 #include "core/cuda/wgmma.h"
 
 #include <algorithm>
@@ -82,8 +84,8 @@ struct RowTiles {
 
 // tn: dW_e[m0.., n0..] (+)= A_e^T B_e over the expert's rows, A [rows, M], B [rows, K], dW [E, M, K],
 // both operands MN-major; tiles expert by expert (the blocks running at once share its rows), 256
-// columns fastest. An empty expert's tiles have no slices: zeros are written, or nothing when
-// accumulating.
+// columns fastest. An empty expert's tiles take one slice of zero-filled copies, so every tile has
+// a slice (Schedule relies on it): zeros are written, or nothing when accumulating.
 struct WeightTiles {
   static constexpr bool kAMn = true, kBMn = true;
   const dbf16 *A, *B;
@@ -99,8 +101,25 @@ struct WeightTiles {
     const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
     const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
     const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
+    const int slices = r_len == 0 ? 1 : int((r_len + kBK - 1) / kBK);
     return Tile{Operand{A + r_begin * M + m0, M, rows, r_len}, Operand{B + r_begin * K + n0, K, cols, r_len},
-                int((r_len + kBK - 1) / kBK), long(e) * M * K + m0 * K + n0, rows, cols};
+                slices, long(e) * M * K + m0 * K + n0, rows, cols};
+  }
+};
+
+// Which tiles a block runs, claimed at run time as the hardware hands tiles to blocks when each
+// block is one tile (so Zipf-skewed tn, whose tiles cost their expert's rows, stays balanced):
+// block b's tile 0 is b, its tile n + 1 is gridDim.x + atomicAdd(claims, 1). Thread 0 claims tile
+// n + 1 when the copies start tile n, into claimed[(n + 1) % 4]. Every tile has a slice and the
+// copies run 2 slices ahead, so a barrier comes between that write and its reads (the copies' at
+// their next issue, the products' at the end of tile n), and the products are never more than 2
+// tiles behind: the slot a claim overwrites (tile n - 3's) is read by no one any more.
+struct Schedule {
+  int* claims;   // global, zero at the launch
+  int* claimed;  // shared [4]
+  __device__ int tile(int n) const { return n == 0 ? int(blockIdx.x) : claimed[n % 4]; }
+  __device__ void claim_after(int n) const {
+    if (threadIdx.x == 0) claimed[(n + 1) % 4] = int(gridDim.x) + atomicAdd(claims, 1);
   }
 };
 
@@ -109,51 +128,51 @@ struct WeightTiles {
 template <class Tiles>
 struct SliceCopies {
   unsigned char* smem;
-  int t, count, slice = 0, stage = 0;
+  int count, n = 0, slice = 0, stage = 0;  // n: the tile being copied, in the block's order
   Tile w{};
 
-  __device__ SliceCopies(const Tiles& tiles, unsigned char* smem_, int first, int count_)
-      : smem(smem_), t(first), count(count_) {
-    skip_empty(tiles);
-  }
-  __device__ void skip_empty(const Tiles& tiles) {
-    while (t < count && (w = tiles.at(t)).slices == 0) t += int(gridDim.x);
-  }
-  __device__ void issue(const Tiles& tiles) {
-    if (t >= count) return;
+  __device__ void issue(const Tiles& tiles, const Schedule& schedule) {
+    if (slice == 0) {  // tile n starts: published by a barrier since its claim
+      const int t = schedule.tile(n);
+      if (t >= count) return;
+      w = tiles.at(t);
+      schedule.claim_after(n);
+    }
     unsigned char* at = smem + stage * kStageBytes;
     load_slice<Tiles::kAMn, kBM, kCopyUnroll>(w.a, slice, at);
     load_slice<Tiles::kBMn, kBN, kCopyUnroll>(w.b, slice, at + kATileBytes);
     stage = (stage + 1) % kStages;
     if (++slice == w.slices) {
       slice = 0;
-      t += int(gridDim.x);
-      skip_empty(tiles);
+      ++n;
     }
   }
 };
 
 template <class Tiles, class Tout>
 __global__ void __launch_bounds__(kThreads, 1)
-    persistent_wgmma_kernel(Tiles tiles, Tout* C, bool accumulate, bool pair_c) {
+    persistent_wgmma_kernel(Tiles tiles, int* claims, Tout* C, bool accumulate, bool pair_c) {
 #if MOE_WGMMA_AVAILABLE
   MOE_DYNAMIC_SHARED(unsigned char, smem_raw);
+  MOE_SHARED(int, claimed, [4]);
   // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
   const uint32_t raw = wgmma::smem_address(smem_raw);
   unsigned char* smem = smem_raw + (kAlign - raw % kAlign) % kAlign;
   const uint32_t base = wgmma::smem_address(smem);
   const int count = tiles.count();
   if (int(blockIdx.x) >= count) return;  // nt / nn: the grid is sized by an upper bound on the tiles
-  SliceCopies<Tiles> copies(tiles, smem, int(blockIdx.x), count);
+  const Schedule schedule{claims, claimed};
+  SliceCopies<Tiles> copies{smem, count};
   MOE_UNROLL
   for (int i = 0; i < kAhead; ++i) {
-    copies.issue(tiles);
+    copies.issue(tiles, schedule);
     cp_async_commit();
+    __syncthreads();  // publishes the claim made by this issue to the next one
   }
   float acc[kBN / 2];
   int stage = 0;
   Tile w = tiles.at(int(blockIdx.x));
-  for (int t = int(blockIdx.x); t < count; t += int(gridDim.x)) {
+  for (int n = 0, t = int(blockIdx.x); t < count; ++n) {
     for (int s = 0; s < w.slices; ++s) {
       cp_async_wait<kAhead - 1>();
       wgmma::fence_proxy_async();
@@ -162,20 +181,20 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint32_t sa = base + uint32_t(stage * kStageBytes) + a_part();
       const uint32_t sb = base + uint32_t(stage * kStageBytes + kATileBytes);
       issue_slice_products<kBN, Tiles::kAMn, Tiles::kBMn>(acc, sa, sb, s > 0);
-      copies.issue(tiles);
+      copies.issue(tiles, schedule);
       cp_async_commit();
       retire_previous_slice(acc);
       stage = (stage + 1) % kStages;
     }
-    // The next tile's lookups while the last products run, not after them (past the end: the
-    // last tile's, unused).
-    const Tile next = tiles.at(t + int(gridDim.x) < count ? t + int(gridDim.x) : count - 1);
+    // The next tile's lookups while the last products run, not after them (past the end: this
+    // tile's, unused).
+    const int t_next = schedule.tile(n + 1);
+    const Tile next = tiles.at(t_next < count ? t_next : t);
     wgmma::wait_group<0>();
     wgmma::fence_operand(acc);
-    if (w.slices == 0)
-      for (float& v : acc) v = 0.0f;
     store_tile(acc, C + w.out, tiles.ld(), w.rows, w.cols, accumulate, pair_c);
     w = next;
+    t = t_next;
   }
   cp_async_wait<0>();  // only empty groups remain
 #else
@@ -200,9 +219,11 @@ template <class Tiles, class Tout>
 void launch_persistent(const char* op, const Tiles& tiles, size_t max_tiles, Tout* C, bool accumulate, long ld,
                        cudaStream_t stream) {
   MOE_CHECK(max_tiles < (size_t(1) << 31), op, max_tiles, " tiles exceed the int tile index");
+  Workspace<int> claims{1};
+  device_memset_async(claims.get(), 0, sizeof(int), stream);
   allow_dynamic_shared(op, persistent_wgmma_kernel<Tiles, device_t<Tout>>, kSmemBytes);
-  MOE_LAUNCH((persistent_wgmma_kernel<Tiles, device_t<Tout>>), unsigned(persistent_blocks(max_tiles)), kThreads, kSmemBytes, stream, tiles, dev(C), accumulate,
-             pair_stores(C, ld));
+  MOE_LAUNCH((persistent_wgmma_kernel<Tiles, device_t<Tout>>), unsigned(persistent_blocks(max_tiles)), kThreads,
+             kSmemBytes, stream, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld));
 }
 
 }  // namespace sm90::wgmma3
