@@ -202,8 +202,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// One block per SM, no more than there are tiles. The emulation takes 3 "SMs", so its blocks loop
-// over several tiles (and cross tile boundaries mid-stream) as a GPU's do.
+// One block per SM, no more than there are tiles. The emulation takes 3 "SMs": it runs blocks one
+// after another, so block 0 claims and streams through most tiles, crossing tile boundaries
+// mid-stream as a GPU's blocks do.
 int persistent_blocks(size_t tiles) {
 #ifdef MOE_CUDA_EMULATION
   const int sms = 3;
