@@ -13,10 +13,10 @@ namespace moe::cuda {
 
 // The grouped-GEMM kernel MOE_GROUPED_GEMM selects: "mma" (or unset) the wmma / cp.async kernel of
 // grouped_gemm.cu; "wgmma" the kernels below with a 5-stage pipeline, 1 block per SM; "wgmma2"
-// the same with 3 stages, 2 blocks per SM. Either wgmma choice is an error on a device that is not
-// sm_90, and allowed under the emulation (which models sm_90a). Read at every call, so a run can
-// switch.
-enum class GroupedGemmKernel { mma, wgmma, wgmma2 };
+// the same with 3 stages, 2 blocks per SM; "wgmma3" persistent blocks over 128 x 256 tiles
+// (grouped_gemm_sm90_persistent.cu). Any wgmma choice is an error on a device that is not sm_90,
+// and allowed under the emulation (which models sm_90a). Read at every call, so a run can switch.
+enum class GroupedGemmKernel { mma, wgmma, wgmma2, wgmma3 };
 GroupedGemmKernel grouped_gemm_kernel();
 bool grouped_gemm_uses_wgmma();  // grouped_gemm_kernel() != mma
 

@@ -9,6 +9,9 @@
 #include <string>
 #include <type_traits>
 
+#ifdef MOE_CUDA_EMULATION
+#include "core/cuda/emulation.h"
+#endif
 #include "core/cuda/grouped_gemm.h"
 #include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/memory.h"
@@ -244,6 +247,66 @@ TEST(CudaGroupedGemmSm90, Wgmma2ThreeStagePipelineSkewedGroups) {
   MOE_REQUIRE_WGMMA();
   GroupedGemmKernelScope scope("wgmma2");
   check_forms<bf16>({136, 328, kSkewedSizes, true});
+}
+
+// MOE_GROUPED_GEMM=wgmma3: persistent blocks (3 under the emulation) over 128 x 256 tiles, one
+// cp.async stream across each block's tiles. The wgmma cases again: K = 328 (nt: 6 slices past the
+// 2-slice lead of the 4-stage pipeline, the last an eighth full), M = 136 (nt: one column tile of
+// 136 of 256 columns; nn: 3 slices, K's 328 columns in a full and a 72-wide tile; tn: 2 x 2 tiles
+// per expert), skewed groups (nt / nn: 4 row tiles over 3 blocks, so block 0 streams from its
+// first tile into its second; tn: the empty expert's tiles have no slices and sit between tiles
+// that do). The same tolerances as the mma kernel's.
+// MOE_GROUPED_GEMM=wgmma3 for the scope; under the emulation, launches are also checked against
+// sm_90's shared-memory limit (the kernel's 193 KiB exist only there; the default target is sm_80).
+struct Wgmma3Scope {
+  GroupedGemmKernelScope kernel{"wgmma3"};
+#ifdef MOE_CUDA_EMULATION
+  int previous_target = emu::set_target_sm(90);
+  ~Wgmma3Scope() { emu::set_target_sm(previous_target); }
+#endif
+};
+
+TEST(CudaGroupedGemmSm90, Wgmma3PersistentSkewedGroupsFp32Overwrite) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma3Scope scope;
+  check_forms<float>({136, 328, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemmSm90, Wgmma3PersistentSkewedGroupsBf16Accumulate) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma3Scope scope;
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+// Wider than one tile: M = 264 (nt: a full 256-column tile and an 8-wide one, so the column tiles
+// of one row tile go to different blocks; tn: 3 row tiles of M), K = 40 (nt: a single slice per
+// tile, each tile's slices copied while the previous tile's products run), empty experts first
+// and last, a 1-row expert.
+TEST(CudaGroupedGemmSm90, Wgmma3PersistentTwoColumnTilesAndOneSliceTiles) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma3Scope scope;
+  check_forms<float>({264, 40, {0, 130, 1, 17, 0}, true});
+}
+// Odd M (101): nt's single-element stores and ragged column tile; nn and tn fall back to the mma
+// kernel (dy's rows are not 16-byte multiples).
+TEST(CudaGroupedGemmSm90, Wgmma3PersistentOddOutputWidthAndOneRowExpert) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma3Scope scope;
+  check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
+}
+TEST(CudaGroupedGemmSm90, Wgmma3PersistentSkipsToTheMmaKernelWhenCopiesCannotBeWhole) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma3Scope scope;
+  check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});  // x misaligned: the mma kernel
+  check_forms<bf16>({24, 33, {5, 9}, false});                        // K odd: the mma kernel
+}
+// 37 experts of 0 .. 40 rows: many short tiles per block; tn's empty experts give tiles without
+// slices (zeros written) between tiles with one slice, over the stream of each block.
+TEST(CudaGroupedGemmSm90, Wgmma3PersistentManySmallAndEmptyExperts) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma3Scope scope;
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  check_forms<float>({24, 40, sizes, false});
+  check_forms<bf16>({24, 40, sizes, true});
 }
 
 TEST(CudaGroupedGemmSm90, UnknownKernelChoiceIsAnError) {
