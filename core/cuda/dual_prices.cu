@@ -1,6 +1,7 @@
-// Dual price kernels: the token pass finds each row's (k+1)-th largest by counting (a value is the
-// m-th largest iff fewer than m values exceed it and at least m reach it); the expert pass runs
-// the block radix select of radix_select.h over the column. Both exact, integer counts only.
+// Dual price kernels, two launches per iteration: the token pass finds each row's (k+1)-th largest
+// by peeling distinct values off the top with warp (max, count) reductions; the expert pass runs
+// the block radix select of radix_select.h over the column (one 1024-thread block per expert at
+// 16 Ki tokens, the column in registers). Both exact, integer counts only: bit-identical reruns.
 #include <algorithm>
 #include <cmath>
 
@@ -14,30 +15,65 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kRowWarps = 4;
+constexpr int kRowWarps = 8;      // tokens in flight per block of the token pass
+constexpr int kMaxRowBlocks = 1024;  // the token pass strides over the rest
 constexpr int kMaxExperts = 2048;  // a token's E shifted scores per warp in shared memory
+constexpr int kColCached = 16;     // column values per thread of the expert pass kept in registers
 
-// p_i for one token per warp; the warp stages s_i - q in shared memory, each lane tests its
-// candidates j = lane, lane + 32, ...; every qualifying candidate has the same value, so the
-// lanes that find one may all store it.
+// (max, count of it) over a warp: the count sums over the lanes holding the largest max (compared
+// as floats, so -0 and +0 count together, as the CPU's comparisons do); integer counts, so the
+// result does not depend on the order. The pair travels as one 64-bit shuffle.
+__device__ __forceinline__ void warp_max_count(float& mx, int& count) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const unsigned long long mine = (static_cast<unsigned long long>(__float_as_uint(mx)) << 32) | unsigned(count);
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, mine, o);
+    const float other_mx = __uint_as_float(unsigned(other >> 32));
+    const int other_count = int(other & 0xffffffffull);
+    if (other_mx > mx) {
+      mx = other_mx;
+      count = other_count;
+    } else if (other_mx == mx) {
+      count += other_count;
+    }
+  }
+}
+
+// p_i for one token per warp (tokens strided over the grid): the warp stages s_i - q in shared
+// memory, then peels off distinct values from the top, one warp (max, count) reduction each, until
+// the count reaches m: the value where it does is the m-th largest (ties counted with their
+// multiplicity). At most m rounds, each a pass of E / 32 shared reads per lane.
 __global__ void token_prices_kernel(const float* scores, const float* q, float* p, long tokens, int experts, int m,
                                     bool clip) {
   MOE_DYNAMIC_SHARED(float, staged);
-  MOE_SHARED(float, result, [kRowWarps]);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const long t = long(blockIdx.x) * kRowWarps + warp;
-  if (t >= tokens) return;  // whole warps leave together
   float* v = staged + warp * experts;
-  for (int j = lane; j < experts; j += 32) v[j] = scores[t * experts + j] - q[j];
-  __syncwarp();
-  for (int c = lane; c < experts; c += 32) {
-    const float x = v[c];
-    int greater = 0, reach = 0;
-    for (int j = 0; j < experts; ++j) greater += v[j] > x, reach += v[j] >= x;
-    if (greater < m && reach >= m) atomicExch(&result[warp], x);
+  for (long t = long(blockIdx.x) * kRowWarps + warp; t < tokens; t += long(gridDim.x) * kRowWarps) {
+    for (int j = lane; j < experts; j += 32) v[j] = scores[t * experts + j] - q[j];
+    __syncwarp();
+    float bound = INFINITY, result = -INFINITY;
+    for (int remaining = m;;) {  // warp-uniform: every lane sees the same reductions
+      float mx = -INFINITY;
+      int count = 0;
+      for (int j = lane; j < experts; j += 32) {
+        const float x = v[j];
+        if (x < bound && x > mx) {
+          mx = x;
+          count = 1;
+        } else if (x < bound && x == mx) {
+          ++count;
+        }
+      }
+      warp_max_count(mx, count);
+      if (count >= remaining || count == 0) {  // count 0: only -inf (or NaN) left; m <= E makes it rare
+        result = mx;
+        break;
+      }
+      remaining -= count;
+      bound = mx;
+    }
+    __syncwarp();  // the row's readers are done before the next token's staging
+    if (lane == 0) p[t] = clip ? fmaxf(0.0f, result) : result;
   }
-  __syncwarp();
-  if (lane == 0) p[t] = clip ? fmaxf(0.0f, result[warp]) : result[warp];
 }
 
 // scores_t [experts, tokens] = scores^T, so the expert pass reads its column contiguously. Token
@@ -56,7 +92,7 @@ __global__ void transpose_kernel(const float* in, float* out, long rows, int col
 // q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i.
 __global__ void expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
   const float* col = scores_t + long(blockIdx.x) * tokens;
-  const float v = block_nth_largest([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
+  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
   if (threadIdx.x == 0) q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
 }
 
@@ -97,13 +133,15 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
   if (iters == 0) return;
   const int row_m = k + 1 < experts ? k + 1 : experts;
   const int col_m = int(cap + 1 < tokens ? cap + 1 : tokens);
-  // Expert pass: about 16 tokens per thread, 32 to 256 threads.
-  const unsigned col_threads = unsigned(std::min<long>(256, std::max<long>(32, (tokens / 16 + 31) / 32 * 32)));
+  // Expert pass: kColCached tokens per thread (all of them in registers up to 16 Ki tokens), 32 to
+  // 1024 threads; the token pass: one warp per token, strided beyond kMaxRowBlocks blocks.
+  const unsigned col_threads = row_block_threads(ceil_div(tokens, kColCached), 1024);
+  const unsigned row_blocks = unsigned(std::min<long>(kMaxRowBlocks, ceil_div(tokens, kRowWarps)));
   Workspace<float> p{size_t(tokens)}, scores_t{size_t(tokens) * experts};
   MOE_LAUNCH(transpose_kernel, dim3(ceil_div(tokens, 32), ceil_div(experts, 32)), dim3(32, 8), 0, stream, scores,
              scores_t.get(), tokens, experts);
   for (int it = 0; it < iters; ++it) {
-    MOE_LAUNCH(token_prices_kernel, ceil_div(tokens, kRowWarps), kRowWarps * 32,
+    MOE_LAUNCH(token_prices_kernel, row_blocks, kRowWarps * 32,
                sizeof(float) * size_t(kRowWarps) * experts, stream, scores, static_cast<const float*>(q), p.get(),
                tokens, experts, row_m, clip);
     MOE_LAUNCH(expert_prices_kernel, unsigned(experts), col_threads, 0, stream,
