@@ -89,17 +89,17 @@ __global__ void transpose_kernel(const float* in, float* out, long rows, int col
     if (c0 + i < cols && r0 + threadIdx.x < rows) out[long(c0 + i) * rows + r0 + threadIdx.x] = tile[threadIdx.x][i];
 }
 
-// q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i.
-__global__ void expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
+// q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i. Launched with up to 1024
+// threads: the bound keeps the registers (kColCached keys each) within the register file.
+__global__ void __launch_bounds__(1024)
+    expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
   const float* col = scores_t + long(blockIdx.x) * tokens;
   const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
   if (threadIdx.x == 0) q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
 }
 
-__global__ void subtract_prices_kernel(const float* scores, const float* q, float* out, long tokens, int experts) {
-  const long n = tokens * experts;
-  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x)
-    out[i] = scores[i] - q[i % experts];
+__global__ void negate_kernel(const float* q, float* out, int experts) {
+  for (int j = threadIdx.x; j < experts; j += blockDim.x) out[j] = -q[j];
 }
 
 // One block: thread 0 sums next in expert order (a fixed order: the same double as the CPU's).
@@ -153,11 +153,11 @@ void price_shifted_topk(const float* scores, const float* q, long tokens, int ex
                         int32_t* indices, cudaStream_t stream) {
   MOE_CHECK(tokens > 0 && experts > 0 && k >= 1 && k <= experts, "cuda::price_shifted_topk", "scores [", tokens, ", ",
             experts, "] with k = ", k);
-  Workspace<float> shifted{size_t(tokens) * experts};
-  unsigned blocks = ceil_div(size_t(tokens) * experts, 256);
-  MOE_LAUNCH(subtract_prices_kernel, blocks > 4096 ? 4096 : blocks, 256, 0, stream, scores, q, shifted.get(), tokens,
-             experts);
-  router_topk(shifted.get(), values, indices, tokens, experts, k, stream);
+  // s - q is s + (-q) exactly in IEEE arithmetic (signed zeros included), so the biased top-k
+  // ranks and returns the shifted scores without a [tokens, experts] pass of its own.
+  Workspace<float> minus_q{size_t(experts)};
+  MOE_LAUNCH(negate_kernel, 1, row_block_threads(experts, 1024), 0, stream, q, minus_q.get(), experts);
+  router_topk_biased(scores, minus_q.get(), values, indices, tokens, experts, k, stream);
 }
 
 }  // namespace moe::cuda

@@ -35,9 +35,15 @@ __device__ inline unsigned block_exclusive_sum(unsigned v) {
   __syncthreads();  // a previous call's readers of warp_totals are done
   if (lane == 31) warp_totals[warp] = inclusive;
   __syncthreads();
-  unsigned base = 0;
-  for (unsigned w = 0; w < warp; ++w) base += warp_totals[w];
-  return base + inclusive - v;
+  // Every warp scans the warp totals (lane w holds warp w's) and takes the sum before its own.
+  const unsigned total = lane < (blockDim.x >> 5) ? warp_totals[lane] : 0u;
+  unsigned scanned = total;
+  for (unsigned o = 1; o < 32; o <<= 1) {
+    const unsigned up = __shfl_up_sync(0xffffffffu, scanned, o);
+    if (lane >= o) scanned += up;
+  }
+  const unsigned before = __shfl_sync(0xffffffffu, scanned - total, int(warp));
+  return before + inclusive - v;
 }
 
 // The m-th largest (1 <= m <= n) of value(0) .. value(n - 1), returned to every thread of the

@@ -138,8 +138,8 @@ TEST(CudaDualPrices, LongColumnsWithTies) {
 
 TEST(CudaDualPrices, RowOrdersUpToAllExpertsWithTies) {
   // E = 37: lanes hold one or two of a row's values; k + 1 runs up to E (m rounds of the token
-  // pass's peeling, through tied values); columns of 45 tokens, clipped and not; reruns match bit
-  // for bit.
+  // pass's peeling, through tied values); columns of 45 tokens, clipped and not; a rerun matches
+  // bit for bit.
   const long T = 45;
   const int E = 37;
   const auto s = tied_scores(T, E, 92);
@@ -154,6 +154,7 @@ TEST(CudaDualPrices, RowOrdersUpToAllExpertsWithTies) {
       dual_price_iterations(ds.get(), T, E, k, cap, 2, clip, q.get());
       const auto got = q.to_host();
       EXPECT_TRUE(all_near(got, q_cpu, 0.0, 0.0)) << "k = " << k << ", clip = " << clip;
+      if (k != 36 || clip) continue;
       DeviceBuffer<float> again(q0);
       dual_price_iterations(ds.get(), T, E, k, cap, 2, clip, again.get());
       EXPECT_EQ(again.to_host(), got) << "bit-identical reruns";
