@@ -50,7 +50,9 @@ __device__ inline unsigned block_exclusive_sum(unsigned v) {
 // block; every thread must call it (blockDim.x a multiple of 32). Values i = threadIdx.x + r
 // blockDim.x for r < kCached are read once; any beyond kCached blockDim.x are re-read each pass.
 // Each pass narrows to the digit whose bucket holds the m-th largest of the keys still in play.
-template <int kCached = 16, class Value>
+// kCached costs registers: a kernel that caches many (the dual prices' 16) declares
+// __launch_bounds__ for its largest block; the default keeps one.
+template <int kCached = 1, class Value>
 __device__ float block_nth_largest(Value value, long n, unsigned m) {
   constexpr int kMaxBins = 1 << 12;
   MOE_SHARED(unsigned, hist, [kMaxBins]);
