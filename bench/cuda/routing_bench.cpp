@@ -143,7 +143,9 @@ void BM_DualPrices(benchmark::State& state) {
   const double call_ms = median_batch_ms(state, call, 1);
   state.counters["dual_ms"] = call_ms;
   state.counters["us_per_iter"] = call_ms * 1e3 / iters;
-  std::function<void()> topk = [&] { cuda::price_shifted_topk(probs.get(), q.get(), T, E, k, values.get(), ids.get()); };
+  std::function<void()> topk = [&] {
+    cuda::price_shifted_topk(probs.get(), q.get(), T, E, k, values.get(), ids.get());
+  };
   state.counters["shifted_topk_us"] = time_ms(topk, 20, 5) * 1e3;
 }
 void dual_prices_args(benchmark::internal::Benchmark* b) {

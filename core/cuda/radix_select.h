@@ -3,11 +3,11 @@
 // shared histogram (integer atomics only, so the answer does not depend on thread timing). For
 // kernel sources.
 //
-// Why this shape: the values are read (and turned into keys) once into registers, kCached per
-// thread, so the passes touch no memory but shared; the wide first digit (sign, exponent and 3
-// mantissa bits) spreads values of similar magnitude over 16 bins per binade, which keeps the
-// first pass's atomics from piling onto a few bins; and the bucket holding the rank is found by a
-// block scan over the bins instead of one thread walking them.
+// Why this shape: up to kCached values per thread are read (and turned into keys) once into
+// registers, so with enough of them the passes touch no memory but shared; the wide first digit
+// (sign, exponent and 3 mantissa bits) spreads values of similar magnitude over 8 bins per
+// binade, which keeps the first pass's atomics from piling onto a few bins; and the bucket
+// holding the rank is found by a block scan over the bins instead of one thread walking them.
 #pragma once
 #include "core/cuda/kernel.h"
 
@@ -74,7 +74,8 @@ MOE_UNROLL
     __syncthreads();
 MOE_UNROLL
     for (int r = 0; r < kCached; ++r)
-      if (threadIdx.x + r * stride < n && (keys[r] & mask) == prefix) atomicAdd(&hist[(keys[r] >> shift) & digit_mask], 1u);
+      if (threadIdx.x + r * stride < n && (keys[r] & mask) == prefix)
+        atomicAdd(&hist[(keys[r] >> shift) & digit_mask], 1u);
     for (long i = cached_end + threadIdx.x; i < n; i += stride) {
       const unsigned key = order_key(value(i));
       if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digit_mask], 1u);

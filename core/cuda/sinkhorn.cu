@@ -147,7 +147,8 @@ __device__ __forceinline__ void merge_pair(double& m, float& s, double om, float
   m = mm;
 }
 __device__ __forceinline__ void warp_merge(double& m, float& s) {
-  for (int o = 16; o > 0; o >>= 1) merge_pair(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  for (int o = 16; o > 0; o >>= 1)
+    merge_pair(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
 }
 
 // log d1[e] = -log E - logsumexp over chunks of the partials, e = blockIdx.x; change[e] =
