@@ -58,6 +58,9 @@ class CudaBackend {
   virtual std::string unavailable_reason() = 0;
   virtual std::string describe() = 0;  // e.g. "NVIDIA H100 80GB HBM3 (sm_90)" or "CUDA emulation"
   virtual void synchronize() = 0;
+  // MOE_KERNEL_PROFILE=1: the table of GPU time per kernel since the last call (core/cuda/
+  // kernel_profile.h), which it then resets; empty when profiling is off.
+  virtual std::string take_kernel_profile() = 0;
 
   // ---- memory (through the caching allocator) and raw copies ----
   virtual void* allocate(size_t bytes) = 0;

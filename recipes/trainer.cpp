@@ -187,6 +187,7 @@ class Trainer {
     Clock::time_point interval_start = Clock::now(), run_start = interval_start;
     int64_t interval_tokens = 0, steps_this_run = 0, interval_steps = 0;
     MoePhaseTimes interval_phases;
+    StepTimes interval_times;
     MoeLayer::LlepStats interval_llep;
     const int64_t tokens_per_step = r_.train.batch_size * r_.train.seq_len;
     bool checkpointed_now = false;
@@ -198,6 +199,10 @@ class Trainer {
       ++step_;
       ++steps_this_run;
       interval_phases += sr.phases;
+      interval_times += sr.times;
+      // MOE_KERNEL_PROFILE=1: the first step's kernels (warm-up: allocations, cuBLAS's first
+      // calls) stay out of the table printed at the end.
+      if (steps_this_run == 1 && device_ == Device::cuda) cuda_backend("Trainer").take_kernel_profile();
       interval_llep += sr.ep;
       ++interval_steps;
       tokens_seen_ += tokens_per_step;
@@ -209,10 +214,11 @@ class Trainer {
         double tps = secs > 0 ? double(interval_tokens) / secs : 0;
         double elapsed = std::chrono::duration<double>(Clock::now() - run_start).count();
         double eta = double(r_.train.steps - step_) * elapsed / double(steps_this_run);
-        log_step(sr, lr, tps, eta, interval_phases, interval_llep, interval_steps);
+        log_step(sr, lr, tps, eta, interval_phases, interval_times, interval_llep, interval_steps);
         interval_start = Clock::now();
         interval_tokens = 0;
         interval_phases = MoePhaseTimes{};
+        interval_times = StepTimes{};
         interval_llep = MoeLayer::LlepStats{};
         interval_steps = 0;
       }
@@ -235,11 +241,31 @@ class Trainer {
       }
     }
     if (steps_this_run == 0) out_ << "nothing to do: the run is already at step " << step_ << " of " << r_.train.steps << "\n";
+    if (device_ == Device::cuda) report_kernel_profile(steps_this_run);
     out_ << "done: " << step_ << " steps, " << tokens_seen_ << " tokens; run directory " << run_dir_ << "\n";
     return kTrainOk;
   }
 
  private:
+  // Wall seconds of a step's parts, the device drained at each boundary (on the device a part's
+  // kernels would otherwise run into the next part's clock): forward = the micro-batches'
+  // forwards and loss reads, backward = their backward passes, optimizer = gradient averaging,
+  // clipping, AdamW and zeroing; the rest of step_time_s is the balancers and the routing log.
+  struct StepTimes {
+    double forward = 0, backward = 0, optimizer = 0;
+    StepTimes& operator+=(const StepTimes& o) {
+      forward += o.forward, backward += o.backward, optimizer += o.optimizer;
+      return *this;
+    }
+  };
+  double seconds_since(Clock::time_point& t) {
+    if (device_ == Device::cuda) cuda_backend("Trainer.step_times").synchronize();
+    const Clock::time_point now = Clock::now();
+    const double s = std::chrono::duration<double>(now - t).count();
+    t = now;
+    return s;
+  }
+
   struct StepResult {
     double loss = 0;  // mean LM loss over the micro-batches
     double grad_norm = 0;
@@ -248,6 +274,7 @@ class Trainer {
     std::map<std::string, double> extra;  // "layer_<l>.<name>" (scaled) and "..._unscaled"
     MoePhaseTimes phases;                 // this rank's MoE phases, summed over layers
     MoeLayer::LlepStats ep;               // EP work balance, summed over layers and micro-batches
+    StepTimes times;                      // where the step's wall time went
   };
 
   void build_model() {
@@ -349,6 +376,7 @@ class Trainer {
     StepResult sr;
     const double inv = 1.0 / double(r_.train.grad_accum);
     std::vector<uint64_t> jitter_base;
+    Clock::time_point part_start = step_start_;
     for (int64_t micro = 0; micro < r_.train.grad_accum; ++micro) {
       Batch b = sampler_->next();
       jitter_before(jitter_base);
@@ -377,7 +405,9 @@ class Trainer {
         sr.extra[key] += vals[v++] * inv;
         sr.extra[key + "_unscaled"] += vals[v++] * inv;
       }
+      sr.times.forward += seconds_since(part_start);
       mul_scalar(lo.total, inv).backward();
+      sr.times.backward += seconds_since(part_start);
     }
     average_gradients();  // every rank now holds the same global-batch gradient
     if (layout_.ep > 1)
@@ -394,6 +424,7 @@ class Trainer {
       optim_->step(lr);
     }
     optim_->zero_grad();
+    sr.times.optimizer = seconds_since(part_start);
     update_balancers();
     for (auto& m : moe_) {
       sr.phases += m.moe->take_phase_times();
@@ -462,10 +493,10 @@ class Trainer {
     return kTrainDiverged;
   }
 
-  // phases, llep: rank 0's MoE phase seconds and LLEP's moves over the `steps` steps since the
-  // last logged row; the row holds their means per step.
+  // phases, times, llep: rank 0's MoE phase seconds, step part seconds and LLEP's moves over the
+  // `steps` steps since the last logged row; the row holds their means per step.
   void log_step(const StepResult& sr, double lr, double tps, double eta, const MoePhaseTimes& phases,
-                const MoeLayer::LlepStats& llep, int64_t steps) {
+                const StepTimes& times, const MoeLayer::LlepStats& llep, int64_t steps) {
     MetricsRow row;
     row.add("kind", std::string("train"))
         .add("step", step_)
@@ -475,6 +506,10 @@ class Trainer {
         .add("tokens_per_s", tps)
         .add("tokens_seen", tokens_seen_);
     for (auto& [k, v] : sr.extra) row.add(k, v);
+    if (steps > 0)
+      row.add("forward_s", times.forward / double(steps))
+          .add("backward_s", times.backward / double(steps))
+          .add("optimizer_s", times.optimizer / double(steps));
     if (!moe_.empty() && steps > 0) {
       row.add("ep_dispatch_s", phases.dispatch / double(steps))
           .add("ep_expert_s", phases.expert / double(steps))
@@ -714,6 +749,18 @@ class Trainer {
     tokens_seen_ = c.meta.tokens_seen;
     resumed_ = true;
     out_ << "resuming from " << c.source.string() << " at step " << step_ << std::endl;
+  }
+
+  // The GPU time per kernel of this run's steps after the first (and the evaluations among
+  // them): on the console and in <run>/kernel_profile.txt (rank 0). Only with MOE_KERNEL_PROFILE=1.
+  void report_kernel_profile(int64_t steps_this_run) {
+    const std::string table = cuda_backend("Trainer").take_kernel_profile();
+    if (table.empty() || !root_) return;
+    const std::string title = "kernel profile (MOE_KERNEL_PROFILE=1): GPU time per kernel over steps " +
+                              std::to_string(step_ - steps_this_run + 2) + "-" + std::to_string(step_) +
+                              " and their evaluations\n";
+    out_ << title << table;
+    std::ofstream(fs::path(run_dir_) / "kernel_profile.txt") << title << table;
   }
 
   void print_header() {

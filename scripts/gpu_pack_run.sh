@@ -19,7 +19,8 @@
 #   train_cuda    the balance model (recipes/balance/aux_loss.toml), `steps` steps on the device
 #   throughput    expert_choice (balanced groups by construction) at d_model 1024, 4 MoE blocks of
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default
-#                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = wmma, wgmma, wgmma2
+#                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = mma, wgmma, wgmma2;
+#                 each with MOE_KERNEL_PROFILE=1 (GPU time per kernel: <run>/kernel_profile.txt)
 #   strategies    every balancing strategy 30 steps at that shape on the device, then `moetrain
 #                 compare` (routing_time_share, tokens_per_s per strategy) into strategies.md
 #   experts       the experts benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept)
@@ -132,13 +133,14 @@ for step in $STEPS; do
     echo "$dev rc=$?"; grep -E 'moetrain: run|step +(1|2|10|50|100|200)/|error|done' "$R/train_$dev.log" | head -8 ;;
   throughput)
     echo "== throughput at d_model 1024 (expert_choice: balanced groups)"
-    for kernel in default wmma wgmma wgmma2; do
+    for kernel in default mma wgmma wgmma2; do
       [[ $kernel == wgmma* && $wgmma_ok != 1 ]] && { echo "$kernel: skipped (the wgmma tests did not pass)"; continue; }
       t=$(limit "throughput $kernel" 45) || break
-      env=(); [[ $kernel != default ]] && env=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel)
+      env=(MOE_KERNEL_PROFILE=1); [[ $kernel != default ]] && env+=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel)
       env "${env[@]}" timeout "$t" "$run" "$P/bin/moetrain" train recipes/balance/expert_choice.toml "${big[@]}" \
         --run-dir "$R/throughput/$kernel" > "$R/throughput_$kernel.log" 2>&1
       echo "$kernel rc=$?"; grep -E 'moetrain: run|step +30/|error' "$R/throughput_$kernel.log" | head -3
+      [[ $kernel == default ]] && head -14 "$R/throughput/$kernel/kernel_profile.txt" 2>/dev/null
     done ;;
   strategies)
     # Each strategy as its recipe sets it; top_p and null_experts (no recipe of their own) on the

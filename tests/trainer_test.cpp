@@ -143,6 +143,48 @@ TEST(Trainer, SigtermCheckpointsAndResumesExactly) {
   expect_same_checkpoint(checkpoint_dir(straight, 30), checkpoint_dir(dir, 30));
 }
 
+// checkpoint.at_end = false (throughput sweeps of big models): no checkpoint at the last step,
+// but checkpoint.every still writes its own; the default writes the last step's.
+TEST(Trainer, CheckpointAtEndCanBeTurnedOff) {
+  fs::path none = test::fresh_run_dir("at_end_off"), every = test::fresh_run_dir("at_end_off_every"),
+           dflt = test::fresh_run_dir("at_end_default");
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("none"), "tiny.toml", {"checkpoint.at_end=false"}), none),
+            kTrainOk);
+  EXPECT_FALSE(find_latest_checkpoint(none).has_value());
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("none"), "tiny.toml",
+                                             {"checkpoint.at_end=false", "checkpoint.every=3"}), every),
+            kTrainOk);
+  auto latest = find_latest_checkpoint(every);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(read_checkpoint(*latest).meta.step, 6);  // steps 3 and 6 of 8, not 8
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("none"), "tiny.toml"), dflt), kTrainOk);
+  latest = find_latest_checkpoint(dflt);
+  ASSERT_TRUE(latest.has_value());
+  EXPECT_EQ(read_checkpoint(*latest).meta.step, 8);
+}
+
+// Every train row says where its steps' time went: forward, backward and optimizer seconds.
+TEST(Trainer, TrainRowsHoldTheStepParts) {
+  fs::path dir = test::fresh_run_dir("step_parts");
+  ASSERT_EQ(test::train_quietly(parse_recipe(tiny_recipe("aux_loss"), "tiny.toml"), dir), kTrainOk);
+  std::ifstream in(dir / "metrics.jsonl");
+  std::string line;
+  int rows = 0;
+  while (std::getline(in, line)) {
+    if (line.find("\"kind\": \"train\"") == std::string::npos && line.find("\"kind\":\"train\"") == std::string::npos)
+      continue;
+    ++rows;
+    for (const char* key : {"forward_s", "backward_s", "optimizer_s"}) {
+      const size_t at = line.find(std::string("\"") + key + "\":");
+      ASSERT_NE(at, std::string::npos) << key << " missing in " << line;
+      const double v = std::stod(line.substr(line.find(':', at) + 1));
+      EXPECT_GT(v, 0.0) << key << " in " << line;
+      EXPECT_LT(v, 60.0) << key << " in " << line;
+    }
+  }
+  EXPECT_EQ(rows, 8);  // log.every 1
+}
+
 TEST(Trainer, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   Recipe r = parse_recipe(tiny_recipe("aux_loss"), "tiny.toml",
                           {"optim.lr=1e30", "optim.min_lr=1e29", "optim.grad_clip=0", "checkpoint.every=1",

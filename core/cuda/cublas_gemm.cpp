@@ -7,6 +7,7 @@
 
 #include <type_traits>
 
+#include "core/cuda/kernel_profile.h"
 #include "core/error.h"
 
 namespace moe::cuda {
@@ -51,6 +52,9 @@ void gemm(BlasHandle& handle, bool trans_a, bool trans_b, long m, long n, long k
             "cuda::gemm", "bad shape: m = ", m, ", n = ", n, ", k = ", k, ", lda = ", lda, ", ldb = ", ldb,
             ", ldc = ", ldc, " (trans_a ", trans_a, ", trans_b ", trans_b, ")");
   if (m == 0 || n == 0) return;
+  cudaStream_t stream = nullptr;
+  cublasGetStream(native(handle), &stream);
+  const KernelTimer timer("cublasGemmEx", stream);  // MOE_KERNEL_PROFILE=1 only
   const cublasStatus_t status =
       cublasGemmEx(native(handle), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(n),
                    int(m), int(k), &alpha, b, data_type<Tin>(), int(ldb), a, data_type<Tin>(), int(lda), &beta, c,

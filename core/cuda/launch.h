@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "core/cuda/kernel.h"
+#include "core/cuda/kernel_profile.h"
 #include "core/error.h"
 
 namespace moe::cuda {
@@ -35,6 +36,7 @@ template <class... Params, class... Args>
 void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes,
             cudaStream_t stream, Args&&... args) {
   static_assert(sizeof...(Params) == sizeof...(Args), "launch: argument count differs from the kernel's");
+  const KernelTimer timer(name, stream);  // MOE_KERNEL_PROFILE=1 only
 #ifdef MOE_CUDA_EMULATION
   std::tuple<std::decay_t<Params>...> params(static_cast<Params>(std::forward<Args>(args))...);
   emu::run_grid(name, reinterpret_cast<const void*>(kernel), grid, block, shared_bytes,

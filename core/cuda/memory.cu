@@ -3,6 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/cuda/kernel_profile.h"
 #include "core/cuda/memory.h"
 #include "core/error.h"
 
@@ -16,8 +17,14 @@ void* device_malloc(size_t bytes) {
   return p;
 }
 void device_free(void* p) noexcept { std::free(p); }
-void copy_to_device(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
-void copy_to_host(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  const KernelTimer timer("cudaMemcpy host to device", nullptr);
+  std::memcpy(dst, src, bytes);
+}
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  const KernelTimer timer("cudaMemcpy device to host", nullptr);
+  std::memcpy(dst, src, bytes);
+}
 void device_memset(void* p, int byte, size_t bytes) { std::memset(p, byte, bytes); }
 void device_memset_async(void* p, int byte, size_t bytes, cudaStream_t) { std::memset(p, byte, bytes); }
 void device_synchronize() {}
@@ -37,9 +44,11 @@ void device_free(void* p) noexcept {
   if (p) cudaFree(p);
 }
 void copy_to_device(void* dst, const void* src, size_t bytes) {
+  const KernelTimer timer("cudaMemcpy host to device", nullptr);
   MOE_CUDA_CALL("cudaMemcpy (host to device)", cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
 }
 void copy_to_host(void* dst, const void* src, size_t bytes) {
+  const KernelTimer timer("cudaMemcpy device to host", nullptr);
   MOE_CUDA_CALL("cudaMemcpy (device to host)", cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 void device_memset(void* p, int byte, size_t bytes) { MOE_CUDA_CALL("cudaMemset", cudaMemset(p, byte, bytes)); }

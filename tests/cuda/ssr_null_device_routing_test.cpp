@@ -143,15 +143,20 @@ void check_routing(MoeLayer& got, MoeLayer& want) {
   }
 }
 
-// Output, input grad and router grad within router_tol; the expert weights' grads within tol.
-void check_pass(const Pass& got, const Pass& want, MoeLayer& layer, double tol, double router_tol) {
-  EXPECT_LE(test::max_rel_diff(got.out, want.out), router_tol) << "output";
-  EXPECT_LE(test::max_rel_diff(got.xgrad, want.xgrad), router_tol) << "input grad";
+// Relative tolerances (to the largest entry) of one pass against another.
+struct PassTol {
+  double out, xgrad, router_grad, expert_grads;
+};
+
+void check_pass(const Pass& got, const Pass& want, MoeLayer& layer, const PassTol& tol) {
+  EXPECT_LE(test::max_rel_diff(got.out, want.out), tol.out) << "output";
+  EXPECT_LE(test::max_rel_diff(got.xgrad, want.xgrad), tol.xgrad) << "input grad";
   const auto named = layer.named_parameters();
   ASSERT_EQ(got.grads.size(), want.grads.size());
   for (size_t i = 0; i < named.size(); ++i) {
     const bool router = named[i].first.rfind("router", 0) == 0;
-    EXPECT_LE(test::max_rel_diff(got.grads[i], want.grads[i]), router ? router_tol : tol) << named[i].first << " grad";
+    EXPECT_LE(test::max_rel_diff(got.grads[i], want.grads[i]), router ? tol.router_grad : tol.expert_grads)
+        << named[i].first << " grad";
   }
 }
 
@@ -213,11 +218,19 @@ Seen run(const Case& c) {
     const double tol = c.act == DType::f32 ? kBf16 : 2 * kBf16;
     {
       SCOPED_TRACE("device layer vs cpu layer");
-      check_pass(d, h, cpu, tol, tol);
+      // The router grad sums gate grads over the tokens, each from bf16 expert outputs (the CPU's
+      // are fp32): relative to its largest entry it carries that rounding through cancellation
+      // (measured up to 1.75e-2 over these seeds; a wrong gate or score grad is off by O(1)).
+      check_pass(d, h, cpu, {tol, tol, 3 * tol, tol});
     }
     {
       SCOPED_TRACE("device routing vs host routing on the device");
-      check_pass(d, dh, cpu, tol, c.act == DType::f32 ? kF32 : tol);
+      // With fp32 activations both paths agree to fp32 rounding, except the input grad: its expert
+      // part multiplies gate x dy rounded to bf16, and gates one fp32 ulp apart (the two routers'
+      // softmax: on an H100 the device router and the generic ops differ there, under the
+      // emulation both use the host's expf) round to bf16 values one ulp apart (2.2e-3 measured).
+      const double f32 = c.act == DType::f32 ? kF32 : tol;
+      check_pass(d, dh, cpu, {f32, tol, f32, tol});
     }
     if (!ssr) {
       std::vector<int64_t> per_token(size_t(x.size(0) * x.size(1)), 0);

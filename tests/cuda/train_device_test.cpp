@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "core/cuda/kernel_profile.h"
 #include "core/cuda/ops/cuda_backend.h"
 #include "recipes/recipe.h"
 #include "recipes/trainer.h"
@@ -103,6 +104,29 @@ TEST_F(TrainDevice, CheckpointFromTheDeviceResumesOnTheCpu) {
   ASSERT_EQ(b.size(), 2u);  // steps 3 and 4
   EXPECT_NEAR(b[0], a[2], 1e-2);  // the CPU continues the bf16 device run: same state, fp32 activations
   EXPECT_NEAR(b[1], a[3], 1e-2);
+}
+
+// MOE_KERNEL_PROFILE=1 (here switched on in-process): the run ends with the GPU time per kernel
+// of its steps after the first, on the console and in <run>/kernel_profile.txt.
+TEST_F(TrainDevice, KernelProfileOfTheStepsAfterTheFirst) {
+  const bool was = cuda::kernel_profile_enabled();
+  cuda::set_kernel_profile(true);
+  fs::path dev = test::fresh_run_dir("device_kernel_profile");
+  std::string console;
+  const int rc = test::train_quietly(parse_recipe(tiny_recipe("aux_loss"), "tiny.toml",
+                                                  {"train.device=cuda", "train.steps=2", "checkpoint.every=0",
+                                                   "checkpoint.at_end=false"}),
+                                     dev, "", 0, &console);
+  cuda::set_kernel_profile(was);
+  ASSERT_EQ(rc, 0) << console;
+  std::ifstream in(dev / "kernel_profile.txt");
+  std::stringstream file;
+  file << in.rdbuf();
+  const std::string table = file.str();
+  EXPECT_NE(table.find("over steps 2-2"), std::string::npos) << table;
+  EXPECT_NE(table.find("adamw"), std::string::npos) << table;  // the optimizer's kernel
+  EXPECT_NE(table.find("all profiled"), std::string::npos) << table;
+  EXPECT_NE(console.find("kernel profile (MOE_KERNEL_PROFILE=1)"), std::string::npos) << console;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/copy.h"
+#include "core/cuda/kernel_profile.h"
 #include "core/cuda/memory.h"
 #ifndef MOE_CUDA_EMULATION
 #include "core/cuda/device.h"
@@ -41,6 +42,13 @@ std::string Backend::describe() {
 }
 
 void Backend::synchronize() { device_synchronize(); }
+
+std::string Backend::take_kernel_profile() {
+  if (!kernel_profile_enabled()) return "";
+  std::string table = kernel_profile_table();
+  kernel_profile_reset();
+  return table;
+}
 
 void* Backend::allocate(size_t bytes) { return CachingAllocator::instance().allocate(bytes); }
 

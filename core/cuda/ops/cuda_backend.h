@@ -25,6 +25,7 @@ class Backend final : public CudaBackend {
   std::string unavailable_reason() override;
   std::string describe() override;
   void synchronize() override;
+  std::string take_kernel_profile() override;
 
   void* allocate(size_t bytes) override;
   void release(void* p, size_t bytes) noexcept override;
