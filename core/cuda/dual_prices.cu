@@ -15,10 +15,10 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kRowWarps = 8;      // tokens in flight per block of the token pass
-constexpr int kMaxRowBlocks = 1024;  // the token pass strides over the rest
-constexpr int kMaxExperts = 2048;  // a token's E shifted scores per warp in shared memory
-constexpr int kColCached = 16;     // column values per thread of the expert pass kept in registers
+constexpr int kRowWarps = 4;         // tokens in flight per block (E floats each: 32 KiB at most)
+constexpr int kMaxRowBlocks = 2048;  // the token pass strides over the rest
+constexpr int kMaxExperts = 2048;    // a token's E shifted scores per warp in shared memory
+constexpr int kColCached = 16;       // column values per thread of the expert pass kept in registers
 
 // (max, count of it) over a warp: the count sums over the lanes holding the largest max (compared
 // as floats, so -0 and +0 count together, as the CPU's comparisons do); integer counts, so the
