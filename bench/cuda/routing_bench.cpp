@@ -18,6 +18,19 @@ namespace {
 
 enum Routing { kTopk = 0, kBip = 1, kSinkhorn = 2 };
 
+// One event-timed batch of 20 calls per benchmark iteration (its manual time), after `warmup`
+// calls each; returns the median batch's milliseconds per call.
+double median_batch_ms(benchmark::State& state, const std::function<void()>& call, int warmup) {
+  std::vector<double> ms;
+  for (auto _ : state) {
+    const double t = time_ms(call, 20, 1, warmup);
+    ms.push_back(t);
+    state.SetIterationTime(t * 1e-3);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
 // Args: T tokens, D model width, E experts, k, H expert hidden, routing variant. Every variant
 // starts from x [T, D] (bf16): logits = x Wr^T (cuBLAS, fp32 out), then
 //   topk:     softmax -> router_topk -> gates_forward (renormalized);
@@ -72,15 +85,8 @@ void BM_RoutingShare(benchmark::State& state) {
   };
   const double ffn_ms = time_ms(ffn, 20, 7);
 
-  std::vector<double> ms;
   for (int i = 0; i < 3; ++i) route();
-  for (auto _ : state) {
-    double t = time_ms(route, 20, 1, 0);
-    ms.push_back(t);
-    state.SetIterationTime(t * 1e-3);
-  }
-  std::sort(ms.begin(), ms.end());
-  const double route_ms = ms[ms.size() / 2];
+  const double route_ms = median_batch_ms(state, route, 0);
   state.counters["routing_ms"] = route_ms;
   state.counters["ffn_fwd_ms"] = ffn_ms;
   state.counters["share"] = route_ms / (route_ms + ffn_ms);  // of routing + FFN forward; target < 0.05
@@ -106,15 +112,9 @@ void BM_SinkhornPlan(benchmark::State& state) {
   cuda::DeviceBuffer<float> plan(size_t(T) * E);
   int ran = 0;
   std::function<void()> call = [&] { ran = cuda::sinkhorn_plan(logits.get(), T, E, 1.0f, iters, 0.0f, plan.get()); };
-  std::vector<double> ms;
-  for (auto _ : state) {
-    double t = time_ms(call, 20, 1, 1);
-    ms.push_back(t);
-    state.SetIterationTime(t * 1e-3);
-  }
-  std::sort(ms.begin(), ms.end());
-  state.counters["sinkhorn_ms"] = ms[ms.size() / 2];
-  state.counters["us_per_iter"] = ms[ms.size() / 2] * 1e3 / ran;
+  const double call_ms = median_batch_ms(state, call, 1);
+  state.counters["sinkhorn_ms"] = call_ms;
+  state.counters["us_per_iter"] = call_ms * 1e3 / ran;
   state.counters["sinkhorn_iters"] = ran;
 }
 void sinkhorn_args(benchmark::internal::Benchmark* b) {
@@ -125,6 +125,37 @@ void sinkhorn_args(benchmark::internal::Benchmark* b) {
   b->ArgNames({"T", "E", "iters"});
 }
 BENCHMARK(guarded<BM_SinkhornPlan>)->Name("BM_SinkhornPlan")->Apply(sinkhorn_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
+
+// dual_price_iterations alone (BIP: clipped, k = 2, cap = ceil(k T / E)) on router-like
+// probabilities (softmax of variance-1 logits), q warm-started call to call as in training: Args
+// T, E, iterations. us_per_iter = the whole call (one transpose + 2 kernels per iteration) /
+// iterations; shifted_topk_us = price_shifted_topk after it (BIP's selection).
+void BM_DualPrices(benchmark::State& state) {
+  const long T = state.range(0);
+  const int E = int(state.range(1)), iters = int(state.range(2)), k = 2;
+  auto logits = random_f32(size_t(T) * E, 1.7f, 22);  // uniform +/-1.7: variance 1
+  cuda::DeviceBuffer<float> probs(size_t(T) * E), q(E), values(size_t(T) * k);
+  cuda::DeviceBuffer<int32_t> ids(size_t(T) * k);
+  cuda::softmax_forward<float>(logits.get(), probs.get(), T, E);
+  const long cap = (long(k) * T + E - 1) / E;
+  q.zero();
+  std::function<void()> call = [&] { cuda::dual_price_iterations(probs.get(), T, E, k, cap, iters, true, q.get()); };
+  const double call_ms = median_batch_ms(state, call, 1);
+  state.counters["dual_ms"] = call_ms;
+  state.counters["us_per_iter"] = call_ms * 1e3 / iters;
+  std::function<void()> topk = [&] {
+    cuda::price_shifted_topk(probs.get(), q.get(), T, E, k, values.get(), ids.get());
+  };
+  state.counters["shifted_topk_us"] = time_ms(topk, 20, 5) * 1e3;
+}
+void dual_prices_args(benchmark::internal::Benchmark* b) {
+  for (int iters : {1, 4, 16}) {
+    b->Args({2048, 16, iters});
+    b->Args({16384, 64, iters});
+  }
+  b->ArgNames({"T", "E", "iters"});
+}
+BENCHMARK(guarded<BM_DualPrices>)->Name("BM_DualPrices")->Apply(dual_prices_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
 
 }  // namespace
 }  // namespace moe::bench

@@ -1,6 +1,7 @@
-// Dual price kernels: the token pass finds each row's (k+1)-th largest by counting (a value is the
-// m-th largest iff fewer than m values exceed it and at least m reach it); the expert pass runs
-// the block radix select of radix_select.h over the column. Both exact, integer counts only.
+// Dual price kernels, two launches per iteration: the token pass finds each row's (k+1)-th largest
+// by peeling distinct values off the top with warp (max, count) reductions; the expert pass runs
+// the block radix select of radix_select.h over the column (one 1024-thread block per expert at
+// 16 Ki tokens, the column in registers). Both exact, integer counts only: bit-identical reruns.
 #include <algorithm>
 #include <cmath>
 
@@ -14,30 +15,65 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kRowWarps = 4;
-constexpr int kMaxExperts = 2048;  // a token's E shifted scores per warp in shared memory
+constexpr int kRowWarps = 4;         // tokens in flight per block (E floats each: 32 KiB at most)
+constexpr int kMaxRowBlocks = 2048;  // the token pass strides over the rest
+constexpr int kMaxExperts = 2048;    // a token's E shifted scores per warp in shared memory
+constexpr int kColCached = 16;       // column values per thread of the expert pass kept in registers
 
-// p_i for one token per warp; the warp stages s_i - q in shared memory, each lane tests its
-// candidates j = lane, lane + 32, ...; every qualifying candidate has the same value, so the
-// lanes that find one may all store it.
+// (max, count of it) over a warp: the count sums over the lanes holding the largest max (compared
+// as floats, so -0 and +0 count together, as the CPU's comparisons do); integer counts, so the
+// result does not depend on the order. The pair travels as one 64-bit shuffle.
+__device__ __forceinline__ void warp_max_count(float& mx, int& count) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const unsigned long long mine = (static_cast<unsigned long long>(__float_as_uint(mx)) << 32) | unsigned(count);
+    const unsigned long long other = __shfl_xor_sync(0xffffffffu, mine, o);
+    const float other_mx = __uint_as_float(unsigned(other >> 32));
+    const int other_count = int(other & 0xffffffffull);
+    if (other_mx > mx) {
+      mx = other_mx;
+      count = other_count;
+    } else if (other_mx == mx) {
+      count += other_count;
+    }
+  }
+}
+
+// p_i for one token per warp (tokens strided over the grid): the warp stages s_i - q in shared
+// memory, then peels off distinct values from the top, one warp (max, count) reduction each, until
+// the count reaches m: the value where it does is the m-th largest (ties counted with their
+// multiplicity). At most m rounds, each a pass of E / 32 shared reads per lane.
 __global__ void token_prices_kernel(const float* scores, const float* q, float* p, long tokens, int experts, int m,
                                     bool clip) {
   MOE_DYNAMIC_SHARED(float, staged);
-  MOE_SHARED(float, result, [kRowWarps]);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const long t = long(blockIdx.x) * kRowWarps + warp;
-  if (t >= tokens) return;  // whole warps leave together
   float* v = staged + warp * experts;
-  for (int j = lane; j < experts; j += 32) v[j] = scores[t * experts + j] - q[j];
-  __syncwarp();
-  for (int c = lane; c < experts; c += 32) {
-    const float x = v[c];
-    int greater = 0, reach = 0;
-    for (int j = 0; j < experts; ++j) greater += v[j] > x, reach += v[j] >= x;
-    if (greater < m && reach >= m) atomicExch(&result[warp], x);
+  for (long t = long(blockIdx.x) * kRowWarps + warp; t < tokens; t += long(gridDim.x) * kRowWarps) {
+    for (int j = lane; j < experts; j += 32) v[j] = scores[t * experts + j] - q[j];
+    __syncwarp();
+    float bound = INFINITY, result = -INFINITY;
+    for (int remaining = m;;) {  // warp-uniform: every lane sees the same reductions
+      float mx = -INFINITY;
+      int count = 0;
+      for (int j = lane; j < experts; j += 32) {
+        const float x = v[j];
+        if (x < bound && x > mx) {
+          mx = x;
+          count = 1;
+        } else if (x < bound && x == mx) {
+          ++count;
+        }
+      }
+      warp_max_count(mx, count);
+      if (count >= remaining || count == 0) {  // count 0: only -inf (or NaN) left; m <= E makes it rare
+        result = mx;
+        break;
+      }
+      remaining -= count;
+      bound = mx;
+    }
+    __syncwarp();  // the row's readers are done before the next token's staging
+    if (lane == 0) p[t] = clip ? fmaxf(0.0f, result) : result;
   }
-  __syncwarp();
-  if (lane == 0) p[t] = clip ? fmaxf(0.0f, result[warp]) : result[warp];
 }
 
 // scores_t [experts, tokens] = scores^T, so the expert pass reads its column contiguously. Token
@@ -53,17 +89,17 @@ __global__ void transpose_kernel(const float* in, float* out, long rows, int col
     if (c0 + i < cols && r0 + threadIdx.x < rows) out[long(c0 + i) * rows + r0 + threadIdx.x] = tile[threadIdx.x][i];
 }
 
-// q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i.
-__global__ void expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
+// q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i. Launched with up to 1024
+// threads: the bound keeps the registers (kColCached keys each) within the register file.
+__global__ void __launch_bounds__(1024)
+    expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
   const float* col = scores_t + long(blockIdx.x) * tokens;
-  const float v = block_nth_largest([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
+  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
   if (threadIdx.x == 0) q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
 }
 
-__global__ void subtract_prices_kernel(const float* scores, const float* q, float* out, long tokens, int experts) {
-  const long n = tokens * experts;
-  for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < n; i += long(gridDim.x) * blockDim.x)
-    out[i] = scores[i] - q[i % experts];
+__global__ void negate_kernel(const float* q, float* out, int experts) {
+  for (int j = threadIdx.x; j < experts; j += blockDim.x) out[j] = -q[j];
 }
 
 // One block: thread 0 sums next in expert order (a fixed order: the same double as the CPU's).
@@ -97,13 +133,15 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
   if (iters == 0) return;
   const int row_m = k + 1 < experts ? k + 1 : experts;
   const int col_m = int(cap + 1 < tokens ? cap + 1 : tokens);
-  // Expert pass: about 16 tokens per thread, 32 to 256 threads.
-  const unsigned col_threads = unsigned(std::min<long>(256, std::max<long>(32, (tokens / 16 + 31) / 32 * 32)));
+  // Expert pass: kColCached tokens per thread (all of them in registers up to 16 Ki tokens), 32 to
+  // 1024 threads; the token pass: one warp per token, strided beyond kMaxRowBlocks blocks.
+  const unsigned col_threads = row_block_threads(ceil_div(tokens, kColCached), 1024);
+  const unsigned row_blocks = unsigned(std::min<long>(kMaxRowBlocks, ceil_div(tokens, kRowWarps)));
   Workspace<float> p{size_t(tokens)}, scores_t{size_t(tokens) * experts};
   MOE_LAUNCH(transpose_kernel, dim3(ceil_div(tokens, 32), ceil_div(experts, 32)), dim3(32, 8), 0, stream, scores,
              scores_t.get(), tokens, experts);
   for (int it = 0; it < iters; ++it) {
-    MOE_LAUNCH(token_prices_kernel, ceil_div(tokens, kRowWarps), kRowWarps * 32,
+    MOE_LAUNCH(token_prices_kernel, row_blocks, kRowWarps * 32,
                sizeof(float) * size_t(kRowWarps) * experts, stream, scores, static_cast<const float*>(q), p.get(),
                tokens, experts, row_m, clip);
     MOE_LAUNCH(expert_prices_kernel, unsigned(experts), col_threads, 0, stream,
@@ -115,11 +153,11 @@ void price_shifted_topk(const float* scores, const float* q, long tokens, int ex
                         int32_t* indices, cudaStream_t stream) {
   MOE_CHECK(tokens > 0 && experts > 0 && k >= 1 && k <= experts, "cuda::price_shifted_topk", "scores [", tokens, ", ",
             experts, "] with k = ", k);
-  Workspace<float> shifted{size_t(tokens) * experts};
-  unsigned blocks = ceil_div(size_t(tokens) * experts, 256);
-  MOE_LAUNCH(subtract_prices_kernel, blocks > 4096 ? 4096 : blocks, 256, 0, stream, scores, q, shifted.get(), tokens,
-             experts);
-  router_topk(shifted.get(), values, indices, tokens, experts, k, stream);
+  // s - q is s + (-q) exactly in IEEE arithmetic (signed zeros included), so the biased top-k
+  // ranks and returns the shifted scores without a [tokens, experts] pass of its own.
+  Workspace<float> minus_q{size_t(experts)};
+  MOE_LAUNCH(negate_kernel, 1, row_block_threads(experts, 1024), 0, stream, q, minus_q.get(), experts);
+  router_topk_biased(scores, minus_q.get(), values, indices, tokens, experts, k, stream);
 }
 
 }  // namespace moe::cuda

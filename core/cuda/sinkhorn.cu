@@ -1,21 +1,21 @@
 // Sinkhorn kernels. One iteration = two launches:
 //  - sinkhorn_chunk_kernel: block b takes tokens [b C, b C + C) and stages their x in shared
-//    memory (coalesced); one thread per row computes the row max and log d0 (an online logsumexp
+//    memory (coalesced); one thread per row computes the row max and log d0 (a two-pass logsumexp
 //    against log d1, also in shared memory); then G = blockDim / E thread groups (one thread per
-//    (group, expert), rows g, g + G, ...) run an online logsumexp of (x - row max) / xi + log d0
+//    (group, expert), rows g, g + G, ...) take the (max, sum exp) of (x - row max) / xi + log d0
 //    and merge in group order -> partial (max, sum) [chunks, E].
-//  - sinkhorn_combine_kernel (one block): S = blockDim / E threads per expert merge the chunk
-//    partials (chunks j, j + S, ...), then each expert's S slices in slice order -> log d1; the
-//    block sums the relative changes in a fixed order; thread 0 counts the iteration and sets
-//    the converged flag.
+//  - sinkhorn_combine_kernel: one block per expert; thread j merges the chunk partials j, j + B,
+//    ... in chunk order, then the block merges its threads' (max, sum) in a fixed shuffle tree ->
+//    log d1 and the expert's change; the last expert block to finish (an integer ticket) sums the
+//    changes in expert order, counts the iteration and sets the converged flag.
 // Precision: the log-domain values (log K / xi, log d0, log d1, the running maxima) are doubles,
 // because |x - max| / xi reaches thousands (logits +/-80 at xi 0.05) where an fp32 log keeps only
 // ~1e-4 absolute; each exponent is a difference of those doubles, taken by expf, and the sums of
 // exponentials are fp32 (at most a chunk's rows, each <= 1).
 // Every kernel returns at once when the flag is set, so the host queues iterations ahead and reads
 // the flag once per batch (2, 4, 8, 8, ... iterations). No atomics and no warp shuffles in the
-// loops: results are bit-identical run to run, and the emulation (a host thread per GPU thread)
-// stays cheap.
+// loops but the combine's fixed-order tree: results are bit-identical run to run. (The combine was
+// one block before: its serial walk over the partials in L2 took most of an iteration.)
 #include <algorithm>
 #include <cmath>
 
@@ -29,23 +29,27 @@ namespace moe::cuda {
 namespace {
 
 constexpr unsigned kChunkThreads = 128;    // threads of the chunk kernel (4 warps)
-constexpr unsigned kCombineThreads = 256;  // threads of the combine kernel (8 warps)
+constexpr unsigned kCombineThreads = 256;  // threads per expert of the combine kernel, at most
 constexpr long kTileFloats = 8192;          // shared memory for the chunk's x: 32 KiB
 
 struct State {
   int converged;
   int iterations;
   float last_change;
+  unsigned combined;  // expert blocks of the running combine done (the last one resets it)
 };
 
-// One step of an online logsumexp: (m, s) with sum exp(v - m) = s; one expf per value.
-__device__ __forceinline__ void online_lse(double& m, float& s, double v) {
-  if (v > m) {
-    s = s * expf(float(m - v)) + 1.0f;
-    m = v;
-  } else {
-    s += expf(float(v - m));
-  }
+// (m, s) with m = max_i v(i) and s = sum_i exp(v(i) - m) over i = begin, begin + step, ... < end;
+// (-inf, 0) when empty. Two passes rather than an online rescale: each pass's steps are
+// independent but for a max or an add, so the exponentials pipeline instead of forming one chain
+// of dependent expf calls (the rows and columns here are short and sit in shared memory).
+template <class Value>
+__device__ __forceinline__ void max_sum_exp(Value v, int begin, int end, int step, double& m, float& s) {
+  m = -INFINITY;
+  for (int i = begin; i < end; i += step) m = fmax(m, v(i));
+  s = 0.0f;
+  if (m == -INFINITY) return;
+  for (int i = begin; i < end; i += step) s += expf(float(v(i) - m));
 }
 
 // Merges n partials (max, sum) at stride `stride` in index order into (m, s).
@@ -66,6 +70,7 @@ __global__ void sinkhorn_init_kernel(double* log_d1, int experts, State* state) 
     state->converged = 0;
     state->iterations = 0;
     state->last_change = 0.0f;
+    state->combined = 0;
   }
 }
 
@@ -99,9 +104,9 @@ __global__ void sinkhorn_chunk_kernel(const float* x, const double* log_d1, floa
     const float* row = tile + r * stride;
     float mx = -INFINITY;
     for (int e = 0; e < experts; ++e) mx = fmaxf(mx, row[e]);
-    double m = -INFINITY;
-    float s = 0.0f;
-    for (int e = 0; e < experts; ++e) online_lse(m, s, double(row[e] - mx) * inv_xi + ld1[e]);
+    double m;
+    float s;
+    max_sum_exp([&](int e) { return double(row[e] - mx) * inv_xi + ld1[e]; }, 0, experts, 1, m, s);
     const double d0 = -log_tokens - (m + log(double(s)));
     rmax[r] = mx;
     ld0[r] = d0;
@@ -110,15 +115,16 @@ __global__ void sinkhorn_chunk_kernel(const float* x, const double* log_d1, floa
   }
   __syncthreads();
 
-  // Per expert: online (max, sum exp) of (x - max) / xi + log d0 over the chunk's rows, split
+  // Per expert: (max, sum exp) of (x - max) / xi + log d0 over the chunk's rows, split
   // over `groups` threads per expert (rows g, g + G, ...) and merged in group order.
   double* out_max = part_max + long(blockIdx.x) * experts;
   float* out_sum = part_sum + long(blockIdx.x) * experts;
   for (int p = threadIdx.x; p < groups * experts; p += blockDim.x) {
     const int e = p % experts, g = p / experts;
-    double m = -INFINITY;
-    float s = 0.0f;
-    for (int r = g; r < rows; r += groups) online_lse(m, s, double(tile[r * stride + e] - rmax[r]) * inv_xi + ld0[r]);
+    double m;
+    float s;
+    max_sum_exp([&](int r) { return double(tile[r * stride + e] - rmax[r]) * inv_xi + ld0[r]; }, g, rows, groups, m,
+                s);
     if (groups == 1) {
       out_max[e] = m;
       out_sum[e] = s;
@@ -133,41 +139,54 @@ __global__ void sinkhorn_chunk_kernel(const float* x, const double* log_d1, floa
     merge_partials(gmax + e, gsum + e, groups, experts, out_max[e], out_sum[e]);
 }
 
-// log d1[e] = -log E - logsumexp over chunks of the partials; change = mean_e |d1_new / d1_old - 1|.
-// `slices` threads per expert (thread (j, e) takes chunks j, j + slices, ...), merged in slice order.
-// Shared memory: slice max [slices E] (double), slice sum [slices E], change [E] (float).
+// (m, s) := the merge of (m, s) and (om, os): the same bits either way round, so a butterfly
+// leaves every lane with the same result. An empty partial (s = 0) has m = -inf and adds nothing.
+__device__ __forceinline__ void merge_pair(double& m, float& s, double om, float os) {
+  const double mm = fmax(m, om);
+  s = (s > 0.0f ? s * expf(float(m - mm)) : 0.0f) + (os > 0.0f ? os * expf(float(om - mm)) : 0.0f);
+  m = mm;
+}
+__device__ __forceinline__ void warp_merge(double& m, float& s) {
+  for (int o = 16; o > 0; o >>= 1)
+    merge_pair(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+}
+
+// log d1[e] = -log E - logsumexp over chunks of the partials, e = blockIdx.x; change[e] =
+// |d1_new / d1_old - 1|. Thread j merges chunks j, j + blockDim, ... in order; the block merges
+// the threads in a fixed tree. The last expert block done takes the mean change in expert order.
 __global__ void sinkhorn_combine_kernel(const double* part_max, const float* part_sum, int chunks, double* log_d1,
-                                        int experts, double log_experts, float tol, State* state) {
+                                        float* change, int experts, double log_experts, float tol, State* state) {
   if (state->converged) return;
-  MOE_DYNAMIC_SHARED(double, smax);
-  const int slices = int(blockDim.x) / experts > 1 ? int(blockDim.x) / experts : 1;
-  float* ssum = reinterpret_cast<float*>(smax + slices * experts);
-  float* change = ssum + slices * experts;
-  for (int p = threadIdx.x; p < slices * experts; p += blockDim.x) {
-    const int e = p % experts, j = p / experts;
-    const int n = chunks > j ? (chunks - j + slices - 1) / slices : 0;
-    merge_partials(part_max + long(j) * experts + e, part_sum + long(j) * experts + e, n, long(slices) * experts,
-                   smax[p], ssum[p]);
-  }
+  MOE_SHARED(double, warps_m, [32]);  // each warp's merged (max, sum)
+  MOE_SHARED(float, warps_s, [32]);
+  const int e = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
+  const int j = threadIdx.x, stride = blockDim.x;
+  double m;
+  float s;
+  merge_partials(part_max + long(j) * experts + e, part_sum + long(j) * experts + e,
+                 chunks > j ? (chunks - j + stride - 1) / stride : 0, long(stride) * experts, m, s);
+  warp_merge(m, s);
+  if (lane == 0) warps_m[warp] = m, warps_s[warp] = s;
   __syncthreads();
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
-    double m;
-    float s;
-    merge_partials(smax + e, ssum + e, slices, experts, m, s);
-    const double updated = -log_experts - (m + log(double(s)));
-    change[e] = float(fabs(expm1(updated - log_d1[e])));
-    log_d1[e] = updated;
-  }
-  __syncthreads();
+  if (warp != 0) return;
+  m = lane < nwarps ? warps_m[lane] : -INFINITY;
+  s = lane < nwarps ? warps_s[lane] : 0.0f;
+  warp_merge(m, s);
+  if (lane != 0) return;
+  const double updated = -log_experts - (m + log(double(s)));
+  change[e] = float(fabs(expm1(updated - log_d1[e])));
+  log_d1[e] = updated;
+  __threadfence();  // change[e] is visible before the ticket says so
+  if (atomicAdd(&state->combined, 1u) != unsigned(experts) - 1) return;
+  __threadfence();
+  const volatile float* changes = change;  // written by other blocks: past this SM's L1
   float c = 0.0f;
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) c += change[e];
-  c = block_sum(c);
-  if (threadIdx.x == 0) {
-    const float mean = c / float(experts);
-    state->iterations += 1;
-    state->last_change = mean;
-    if (mean < tol) state->converged = 1;
-  }
+  for (int i = 0; i < experts; ++i) c += changes[i];
+  const float mean = c / float(experts);
+  state->combined = 0;
+  state->iterations += 1;
+  state->last_change = mean;
+  if (mean < tol) state->converged = 1;
 }
 
 __global__ void sinkhorn_plan_kernel(const float* x, const float* row_max, const double* log_d0,
@@ -198,17 +217,15 @@ SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float 
   const long chunks = (tokens + chunk - 1) / chunk;
   MOE_CHECK(chunks < (1L << 31), "cuda::sinkhorn_plan", tokens, " tokens: too many chunks");
   Workspace<double> part_max{size_t(chunks) * experts};
-  Workspace<float> part_sum{size_t(chunks) * experts};
+  Workspace<float> part_sum{size_t(chunks) * experts}, change{size_t(experts)};
   Workspace<State> state(1);
   const double inv_xi = 1.0 / double(xi), log_t = std::log(double(tokens)), log_e = std::log(double(experts));
   const int groups = std::max(1, int(kChunkThreads) / experts);
   const size_t gsize = groups > 1 ? size_t(groups) * experts : 0;
   const size_t chunk_smem = (size_t(experts) + size_t(chunk) + gsize) * sizeof(double) +
                             (size_t(chunk) + gsize + size_t(chunk) * (experts + 1)) * sizeof(float);
-  const int slices = std::max(1, int(kCombineThreads) / experts);
-  const size_t combine_smem = size_t(slices) * experts * sizeof(double) + (size_t(slices) + 1) * experts * sizeof(float);
-  MOE_CHECK(chunk_smem <= 48 * 1024 && combine_smem <= 48 * 1024, "cuda::sinkhorn_plan", experts,
-            " experts: too many for shared memory");
+  const unsigned combine_threads = row_block_threads(chunks, kCombineThreads);
+  MOE_CHECK(chunk_smem <= 48 * 1024, "cuda::sinkhorn_plan", experts, " experts: too many for shared memory");
   MOE_LAUNCH(sinkhorn_init_kernel, 1, kCombineThreads, 0, stream, log_d1, experts, state.get());
   SinkhornStats stats;
   State host{};
@@ -220,9 +237,9 @@ SinkhornStats sinkhorn_scalings(const float* x, long tokens, int experts, float 
       MOE_LAUNCH(sinkhorn_chunk_kernel, unsigned(chunks), kChunkThreads, chunk_smem, stream, x,
                  static_cast<const double*>(log_d1), row_max, log_d0, part_max.get(), part_sum.get(), tokens, experts,
                  chunk, inv_xi, log_t, static_cast<const State*>(state.get()));
-      MOE_LAUNCH(sinkhorn_combine_kernel, 1, kCombineThreads, combine_smem, stream,
+      MOE_LAUNCH(sinkhorn_combine_kernel, unsigned(experts), combine_threads, 0, stream,
                  static_cast<const double*>(part_max.get()), static_cast<const float*>(part_sum.get()), int(chunks),
-                 log_d1, experts, log_e, tol, state.get());
+                 log_d1, change.get(), experts, log_e, tol, state.get());
     }
     launched += n;
     copy_to_host(&host, state.get(), sizeof(State));  // the one sync of the batch

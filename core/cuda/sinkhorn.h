@@ -17,8 +17,9 @@ struct SinkhornStats {
 // [tokens] and log_d1 [experts] (double) for
 //   log Pi_ij = (x_ij - row_max_i) / xi + log_d0_i + log_d1_j
 // (log_d1 is the CPU SinkhornPlan::log_d1). Each iteration is two kernels: token chunks (row
-// logsumexp -> log d0, then per-expert partial (max, sumexp) of the chunk) and a one-block combine
-// of the partials in chunk order (log d1, change, convergence). Deterministic: no atomics. No host
+// logsumexp -> log d0, then per-expert partial (max, sumexp) of the chunk) and a block per expert
+// combining the partials in a fixed order (log d1, change; the last block done: convergence).
+// Deterministic: fixed merge orders, no float atomics (one integer ticket per iteration). No host
 // sync per iteration: a device flag stops the remaining kernels once converged; the host launches
 // iterations in batches of 2, 4, ... up to `batch` and reads the flag (and the iteration count)
 // once per batch.

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "core/cuda/dual_prices.h"
@@ -107,6 +108,56 @@ TEST(CudaDualPrices, UnclippedQuantileFormMatchesCpu) {
     EXPECT_TRUE(all_near(q.to_host(), q_cpu, 2e-6, 1e-5)) << "k = " << k;
     if (k < 4) {
       EXPECT_LT(q_cpu[4], -0.5f) << "k = " << k << ": the unpopular expert's price is negative";
+    }
+  }
+}
+
+// Scores on a 1/64 grid: many exact ties in rows and columns (and zeros of both signs), and every
+// difference s - q is exact in fp32, so the kernels must reproduce the CPU's double prices exactly.
+std::vector<float> tied_scores(long T, int E, unsigned seed) {
+  auto s = random_normal(static_cast<size_t>(T * E), seed);
+  for (auto& x : s) x = std::round(x * 8.0f) / 64.0f;
+  return s;
+}
+
+TEST(CudaDualPrices, LongColumnsWithTies) {
+  // T = 3001: 192 threads per expert (6 warps; 4096 histogram bins do not split evenly over them);
+  // T > 16 x 1024: 1024 threads, re-reading the tokens beyond the 16 per thread kept in registers.
+  // The rank cap + 1 lands inside runs of tied values.
+  const int E = 2, k = 1, iters = 1;
+  for (long T : {3001L, 16411L}) {
+    const auto s = tied_scores(T, E, 91);
+    const long cap = balanced_capacity(T, E, k);
+    std::vector<float> q_cpu = {0.0625f, -0.125f};
+    DeviceBuffer<float> ds(s), q(q_cpu);
+    dual_price_iterations(Tensor::from_vector<float>(s, {T, E}), k, cap, iters, false, q_cpu);
+    dual_price_iterations(ds.get(), T, E, k, cap, iters, false, q.get());
+    EXPECT_TRUE(all_near(q.to_host(), q_cpu, 0.0, 0.0)) << "T = " << T;
+  }
+}
+
+TEST(CudaDualPrices, RowOrdersUpToAllExpertsWithTies) {
+  // E = 37: lanes hold one or two of a row's values; k + 1 runs up to E (m rounds of the token
+  // pass's peeling, through tied values); columns of 45 tokens, clipped and not; a rerun matches
+  // bit for bit.
+  const long T = 45;
+  const int E = 37;
+  const auto s = tied_scores(T, E, 92);
+  for (int k : {1, 5, 36}) {
+    for (bool clip : {false, true}) {
+      const long cap = balanced_capacity(T, E, k);
+      std::vector<float> q0(static_cast<size_t>(E), 0.0f);
+      q0[3] = 0.125f;
+      std::vector<float> q_cpu = q0;
+      DeviceBuffer<float> ds(s), q(q0);
+      dual_price_iterations(Tensor::from_vector<float>(s, {T, E}), k, cap, 2, clip, q_cpu);
+      dual_price_iterations(ds.get(), T, E, k, cap, 2, clip, q.get());
+      const auto got = q.to_host();
+      EXPECT_TRUE(all_near(got, q_cpu, 0.0, 0.0)) << "k = " << k << ", clip = " << clip;
+      if (k != 36 || clip) continue;
+      DeviceBuffer<float> again(q0);
+      dual_price_iterations(ds.get(), T, E, k, cap, 2, clip, again.get());
+      EXPECT_EQ(again.to_host(), got) << "bit-identical reruns";
     }
   }
 }

@@ -93,6 +93,16 @@ TEST(CudaSinkhorn, MatchesCpuPlan) {
   check_against_cpu(sinkhorn_input(37, 263, 79), 37, 263, 1.0f, 200, 1e-4f);  // chunks of 31 rows (shared tile)
 }
 
+// 259 chunks of 31 rows: the per-expert combine runs 256 threads (8 warps merged in its tree), the
+// first 3 of them merging two chunks each. One iteration keeps the emulation short.
+TEST(CudaSinkhorn, CombineOverManyChunks) {
+  const long T = 8000;
+  const int E = 263;
+  ASSERT_EQ(sinkhorn_chunk_tokens(T, E), 31);
+  const auto x = sinkhorn_input(T, E, 82);
+  check_against_cpu(x, T, E, 1.0f, 1, 0.0f);
+}
+
 // xi 0.05: x / xi up to 120, far beyond fp32's exp range; the device works in logs throughout.
 TEST(CudaSinkhorn, SmallXiLogDomain) {
   check_against_cpu(sinkhorn_input(37, 5, 74), 37, 5, 0.05f, 20, 1e-4f);  // N(0, 1) / 0.05: 20 iterations, not converged
