@@ -39,9 +39,11 @@ Profile& profile() {
 
 constexpr size_t kBatch = 4096;  // event pairs resolved at once
 
+#ifdef MOE_CUDA_EMULATION
 double host_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+#endif
 
 void add(Profile& p, const char* name, double ms) {
   KernelTotal& t = p.totals[name];
@@ -158,7 +160,9 @@ std::string kernel_profile_table(size_t top) {
   char line[256];
   std::snprintf(line, sizeof line, "%-48s %9s %11s %10s %7s\n", "kernel", "calls", "total ms", "mean us", "share");
   out += line;
-  KernelTotal rest{"(" + std::to_string(all.size() > top ? all.size() - top : 0) + " more)", 0, 0};
+  KernelTotal rest;
+  std::snprintf(line, sizeof line, "(%zu more)", all.size() > top ? all.size() - top : 0);
+  rest.name = line;
   for (size_t i = 0; i < all.size(); ++i) {
     if (i >= top) {
       rest.calls += all[i].calls, rest.ms += all[i].ms;
