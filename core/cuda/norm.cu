@@ -1,7 +1,12 @@
-// RMSNorm kernels: one block per row for y and dx (block reductions over the row), one thread per
-// column for dw (loops rows in order: deterministic, no atomics).
+// RMSNorm kernels: one block per row for y and dx (block reductions over the row); dw as column
+// sums in two fixed-order passes (deterministic, no atomics): blocks of 128 columns x 64 rows sum
+// their rows into a partial per (row chunk, column), then one thread per column folds the chunks
+// in order. (One thread per column looping all rows left the GPU idle: 8 blocks at d_model 1024
+// took 3.6 ms of an H100 per call at 16384 rows, a third of a d_model-1024 step's GPU time.)
 #include "core/cuda/block_reduce.h"
+#include "core/cuda/caching_allocator.h"
 #include "core/cuda/launch.h"
+#include "core/cuda/memory.h"
 #include "core/cuda/norm.h"
 
 namespace moe::cuda {
@@ -33,12 +38,27 @@ __global__ void rms_norm_backward_dx_kernel(const T* dy, const T* x, const T* w,
     dx[off + j] = from_float<T>(r * to_float(w[j]) * to_float(dy[off + j]) - to_float(x[off + j]) * c);
 }
 
+constexpr int kDwCols = 128;  // columns per block (threads), coalesced along a row
+constexpr int kDwRows = 64;   // rows per chunk
+
+// partial[chunk, j] = sum over the chunk's rows i of dy[i, j] x[i, j] rstd[i], rows in order.
 template <class T>
-__global__ void rms_norm_backward_dw_kernel(const T* dy, const T* x, const float* rstd, float* dw, long rows, long cols) {
-  long j = blockIdx.x * long(blockDim.x) + threadIdx.x;
+__global__ void rms_norm_backward_dw_partial_kernel(const T* dy, const T* x, const float* rstd, float* partial, long rows,
+                                                    long cols) {
+  const long j = blockIdx.x * long(kDwCols) + threadIdx.x;
+  if (j >= cols) return;
+  const long i0 = long(blockIdx.y) * kDwRows, i1 = i0 + kDwRows < rows ? i0 + kDwRows : rows;
+  float s = 0.0f;
+  for (long i = i0; i < i1; ++i) s += to_float(dy[i * cols + j]) * to_float(x[i * cols + j]) * rstd[i];
+  partial[long(blockIdx.y) * cols + j] = s;
+}
+
+// dw[j] = the chunks' partials of column j summed in chunk order.
+__global__ void rms_norm_backward_dw_fold_kernel(const float* partial, float* dw, long chunks, long cols) {
+  const long j = blockIdx.x * long(blockDim.x) + threadIdx.x;
   if (j >= cols) return;
   float s = 0.0f;
-  for (long i = 0; i < rows; ++i) s += to_float(dy[i * cols + j]) * to_float(x[i * cols + j]) * rstd[i];
+  for (long c = 0; c < chunks; ++c) s += partial[c * cols + j];
   dw[j] = s;
 }
 
@@ -59,8 +79,18 @@ void rms_norm_backward(const T* dy, const T* x, const T* w, const float* rstd, T
   if (rows)
     MOE_LAUNCH(rms_norm_backward_dx_kernel<device_t<T>>, unsigned(rows), row_block_threads(cols), 0, stream, dev(dy),
                dev(x), dev(w), rstd, dev(dx), cols);
-  MOE_LAUNCH(rms_norm_backward_dw_kernel<device_t<T>>, ceil_div(cols, 128), 128, 0, stream, dev(dy), dev(x), rstd, dw,
-             rows, cols);
+  const long chunks = rows > 0 ? (rows + kDwRows - 1) / kDwRows : 0;
+  MOE_CHECK(chunks <= 65535, "cuda::rms_norm_backward", rows, " rows exceed ", 65535L * kDwRows,
+            " (grid.y of the dw partials)");
+  if (chunks == 0) {
+    device_memset_async(dw, 0, size_t(cols) * sizeof(float), stream);
+    return;
+  }
+  Workspace<float> partial{size_t(chunks) * size_t(cols)};
+  MOE_LAUNCH(rms_norm_backward_dw_partial_kernel<device_t<T>>, dim3(ceil_div(cols, kDwCols), unsigned(chunks)), kDwCols, 0,
+             stream, dev(dy), dev(x), rstd, partial.get(), rows, cols);
+  MOE_LAUNCH(rms_norm_backward_dw_fold_kernel, ceil_div(cols, 128), 128, 0, stream,
+             static_cast<const float*>(partial.get()), dw, chunks, cols);
 }
 
 template void rms_norm_forward<float>(const float*, const float*, float*, float*, long, long, float, cudaStream_t);

@@ -73,8 +73,19 @@ void check_rms_norm(long rows, long cols) {
 TEST(CudaNorm, RmsNormForwardBackwardF32) {
   check_rms_norm<float>(4, 301);
   check_rms_norm<float>(5, 19);
+  check_rms_norm<float>(203, 301);  // dw over 4 row chunks (the last of 11 rows) and 3 column blocks
 }
-TEST(CudaNorm, RmsNormForwardBackwardBf16) { check_rms_norm<bf16>(7, 129); }
+TEST(CudaNorm, RmsNormForwardBackwardBf16) {
+  check_rms_norm<bf16>(7, 129);
+  check_rms_norm<bf16>(130, 129);  // dw over 3 row chunks
+}
+
+// No rows: dw is zero (its buffer starts poisoned), nothing else is touched.
+TEST(CudaNorm, RmsNormBackwardOfNoRowsZeroesDw) {
+  DeviceBuffer<float> dy(1), x(1), w(37), rstd(1), dx(1), dw(37);
+  rms_norm_backward(dy.get(), x.get(), w.get(), rstd.get(), dx.get(), dw.get(), 0, 37);
+  for (float v : dw.to_host()) EXPECT_EQ(v, 0.0f);
+}
 
 template <class T>
 void check_softmax(long rows, long cols) {
