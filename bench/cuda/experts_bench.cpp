@@ -1,9 +1,9 @@
 // The MoE layer's two ways of multiplying the SwiGLU experts, forward + backward, timed against
 // each other in the same run as rows per expert grow: the tensor-core grouped kernel
 // (grouped_gemm.h experts_forward / experts_backward: one launch per product for all experts)
-// and one cuBLAS GEMM per expert and product (experts_per_expert.h, the layer's own code). The
-// layer picks per expert at >= 1024 rows per expert on average (use_grouped_kernel); this sweep
-// is what that switch point should be read from.
+// and one cuBLAS GEMM per expert and product (experts_per_expert.h, the layer's own code), on the
+// grouped kernel MOE_GROUPED_GEMM selects. The layer's switch between them (use_grouped_kernel,
+// moe_ops.cpp) was read from this sweep.
 #include <benchmark/benchmark.h>
 
 #include "bench/cuda/bench_util.h"
@@ -57,7 +57,7 @@ void BM_ExpertsForwardBackward(benchmark::State& state) {
   state.counters["per_expert_TFLOP/s"] = flops / (per_expert_ms * 1e9);
   // > 1: the grouped kernel is faster at this size; the layer's choice, 1 = grouped.
   state.counters["ratio"] = per_expert_ms / grouped_ms;
-  state.counters["layer_picks_grouped"] = cuda::use_grouped_kernel(N, E) ? 1 : 0;
+  state.counters["layer_picks_grouped"] = cuda::use_grouped_kernel(N, E, D, H) ? 1 : 0;
 }
 void experts_args(benchmark::internal::Benchmark* b) {
   const long rows[] = {64, 128, 256, 512, 1024, 2048, 4096};

@@ -160,6 +160,7 @@ void check_forms(const FormsCase& fc) {
 // Odd M and K: every operand and output takes the element path (no 16-byte alignment); the nn
 // reduction (M = 101: 4 slices) and the tn one (130 rows: 5) run past the 4-stage prologue.
 TEST(CudaGroupedGemm, UnalignedSizesFp32AccumulateAndBf16Overwrite) {
+  GroupedGemmKernelScope mma("mma");  // these form tests are the mma kernel's (sm_90 defaults to wgmma2)
   const std::vector<int64_t> sizes = {0, 130, 17, 0, 1};
   check_forms<float>({101, 33, sizes, true});
   check_forms<bf16>({101, 33, sizes, false});
@@ -170,12 +171,19 @@ TEST(CudaGroupedGemm, UnalignedSizesFp32AccumulateAndBf16Overwrite) {
 // quarter full; M = 136: a second column tile of 8 and 5 slices in nn; 161 rows: 6 in tn), 16-byte
 // output stores, skewed groups.
 const std::vector<int64_t> kSkewedSizes = {161, 0, 6, 24};
-TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathFp32Overwrite) { check_forms<float>({136, 104, kSkewedSizes, false}); }
-TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathBf16Accumulate) { check_forms<bf16>({136, 104, kSkewedSizes, true}); }
+TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathFp32Overwrite) {
+  GroupedGemmKernelScope mma("mma");
+  check_forms<float>({136, 104, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemm, AlignedSizesUseTheAsyncCopyPathBf16Accumulate) {
+  GroupedGemmKernelScope mma("mma");
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
 
 // x one element off its 16-byte boundary: its copies (nt's A, tn's B) fall back per element while
 // the other operand of the same stage goes through cp.async.
 TEST(CudaGroupedGemm, MisalignedBaseMixesBothLoadPaths) {
+  GroupedGemmKernelScope mma("mma");
   check_forms<float>({40, 72, {3, 0, 45}, true, /*shift_a=*/true});
 }
 
@@ -307,6 +315,21 @@ TEST(CudaGroupedGemmSm90, Wgmma3PersistentManySmallAndEmptyExperts) {
   for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
   check_forms<float>({24, 40, sizes, false});
   check_forms<bf16>({24, 40, sizes, true});
+}
+
+// Unset (or empty): wgmma2 on an sm_90 GPU (the fastest there, docs/benchmarks.md), the mma kernel
+// on other GPUs and under the emulation.
+TEST(CudaGroupedGemmSm90, DefaultIsWgmma2OnSm90AndMmaElsewhere) {
+  GroupedGemmKernelScope unset("");
+#ifdef MOE_CUDA_EMULATION
+  EXPECT_EQ(grouped_gemm_kernel(), GroupedGemmKernel::mma);
+#else
+  int device = 0, major = 0, minor = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  EXPECT_EQ(grouped_gemm_kernel(), major == 9 && minor == 0 ? GroupedGemmKernel::wgmma2 : GroupedGemmKernel::mma);
+#endif
 }
 
 TEST(CudaGroupedGemmSm90, UnknownKernelChoiceIsAnError) {

@@ -11,10 +11,10 @@
 
 namespace moe::cuda {
 
-// Whether the MoE layer multiplies `rows` rows over `experts` experts with the grouped kernel
-// (true) or per expert (false): grouped below 1024 rows per expert on average; the environment
-// variable MOE_EXPERT_GEMM = grouped | per_expert overrides it.
-bool use_grouped_kernel(int64_t rows, int64_t experts);
+// Whether the MoE layer multiplies `rows` rows over `experts` experts of width d_model and hidden
+// size `hidden` with the grouped kernel (true) or per expert (false); moe_ops.cpp says how it
+// decides. The environment variable MOE_EXPERT_GEMM = grouped | per_expert overrides it.
+bool use_grouped_kernel(int64_t rows, int64_t experts, int64_t d_model, int64_t hidden);
 
 // x [N, D] in expert groups (host offsets [E + 1]), w1 / w3 [E, H, D], w2 [E, D, H], all bf16:
 // h1 = x w1_e^T, h3 = x w3_e^T, h = silu(h1) h3, y = h w2_e^T (bf16, fp32 accumulation).

@@ -10,6 +10,7 @@
 #include "core/autograd.h"
 #include "core/cuda/elementwise.h"
 #include "core/cuda/grouped_gemm.h"
+#include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/moe_gather.h"
 #include "core/cuda/ops/cuda_backend.h"
 #include "core/cuda/ops/dense_gemm.h"
@@ -82,17 +83,23 @@ Tensor grad_as(const Tensor& g, DType dt) { return (g.dtype() == dt ? g : g.to(d
 // Which code multiplies the experts. Per expert: three dense GEMMs per expert forward and five
 // backward through dense_gemm (cuBLAS on a GPU), the SwiGLU between them element-wise. Grouped:
 // the hand-written tensor-core grouped GEMM (grouped_gemm.h), one launch per product for all
-// experts. Measured on an H200 (docs/benchmarks.md): at 2048 rows per expert (d_model 1024,
-// hidden 2048) per expert trains 70% faster (the grouped kernel reaches 4-7% of cuBLAS); at 256
-// rows per expert (the balance model) grouped is 14% faster (per-expert launches dominate). The
-// switch point between the two measured sizes is a guess: 1024 rows per expert on average.
-// MOE_EXPERT_GEMM = grouped | per_expert overrides it. bench/cuda/experts_bench.cpp
-// (BM_ExpertsForwardBackward) times both over 64-4096 rows per expert to place the switch.
-bool use_grouped_kernel(int64_t rows, int64_t experts) {
+// experts. bench/cuda/experts_bench.cpp (BM_ExpertsForwardBackward) times both, forward +
+// backward, over 64-4096 rows per expert; on an H100 (docs/benchmarks.md, 2026-11-26):
+// - d_model 1024, hidden 2048, E 16 and 64: the wgmma2 kernel (sm_90's default) is faster up to
+//   512 rows per expert (1.15-1.23x), per-expert cuBLAS from 1024 (0.86-0.90x); the mma kernel
+//   (other GPUs) up to 256 (1.15-1.6x), per expert from 512 (0.72-0.75x). Switch: 1024 rows per
+//   expert on average with a wgmma kernel, 384 with the mma kernel.
+// - d_model 128, hidden 128: grouped at every size (2.3x at 4096 rows, up to 16x): per-expert
+//   GEMMs that small are launch-bound. Only these two widths were measured; below 512 in
+//   d_model or hidden the layer stays grouped.
+// MOE_EXPERT_GEMM = grouped | per_expert overrides the choice.
+bool use_grouped_kernel(int64_t rows, int64_t experts, int64_t d_model, int64_t hidden) {
   const char* v = std::getenv("MOE_EXPERT_GEMM");
   if (v != nullptr && std::string(v) == "grouped") return true;
   if (v != nullptr && std::string(v) == "per_expert") return false;
-  return rows < 1024 * std::max<int64_t>(experts, 1);
+  if (d_model < 512 || hidden < 512) return true;
+  const int64_t switch_rows = grouped_gemm_uses_wgmma() ? 1024 : 384;
+  return rows < switch_rows * std::max<int64_t>(experts, 1);
 }
 
 void experts_forward_per_expert(const bf16* x, const bf16* w1, const bf16* w3, const bf16* w2,
@@ -220,7 +227,7 @@ Tensor Backend::expert_swiglu_ffn(const Tensor& x, const Tensor& w1, const Tenso
   const auto dv = [](const Tensor& t) { return t.device_data<bf16>(); };
   Tensor h1 = Tensor::empty({N, H}, DType::bf16, Device::cuda), h3 = Tensor::empty({N, H}, DType::bf16, Device::cuda),
          h = Tensor::empty({N, H}, DType::bf16, Device::cuda), y = Tensor::empty({N, D}, DType::bf16, Device::cuda);
-  const bool grouped = use_grouped_kernel(N, E);
+  const bool grouped = use_grouped_kernel(N, E, D, H);
   if (N > 0 && grouped)
     experts_forward(dv(xb), dv(b1), dv(b3), dv(b2), i32(off), int(E), N, D, H, dv(h1), dv(h3), dv(h), dv(y));
   else if (N > 0)
