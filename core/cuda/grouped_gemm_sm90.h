@@ -1,6 +1,6 @@
 // The Hopper (sm_90a) grouped GEMMs on wgmma (core/cuda/wgmma.h), for grouped_gemm.h's three
-// forms; grouped_gemm.cu dispatches to them when MOE_GROUPED_GEMM=wgmma (opt-in: the default stays
-// the mma kernel of grouped_gemm.cu until the wgmma kernels are proven on a GPU).
+// forms; grouped_gemm.cu dispatches to them as grouped_gemm_kernel() says (wgmma2 by default on
+// sm_90 GPUs, where all their tests pass and wgmma2 measured fastest; docs/benchmarks.md).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -11,8 +11,8 @@
 
 namespace moe::cuda {
 
-// The grouped-GEMM kernel MOE_GROUPED_GEMM selects: "mma" (or unset) the wmma / cp.async kernel of
-// grouped_gemm.cu; "wgmma" the kernels below with a 5-stage pipeline, 1 block per SM; "wgmma2"
+// The grouped-GEMM kernel MOE_GROUPED_GEMM selects (unset or empty: "wgmma2" on an sm_90 GPU, else
+// "mma"): "mma" the mma.sync / cp.async kernel of grouped_gemm.cu; "wgmma" the kernels below with a 5-stage pipeline, 1 block per SM; "wgmma2"
 // the same with 3 stages, 2 blocks per SM; "wgmma3" persistent blocks over 128 x 256 tiles
 // (grouped_gemm_sm90_persistent.cu). Any wgmma choice is an error on a device that is not sm_90,
 // and allowed under the emulation (which models sm_90a). Read at every call, so a run can switch.
