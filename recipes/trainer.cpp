@@ -756,9 +756,10 @@ class Trainer {
   void report_kernel_profile(int64_t steps_this_run) {
     const std::string table = cuda_backend("Trainer").take_kernel_profile();
     if (table.empty() || !root_) return;
-    const std::string title = "kernel profile (MOE_KERNEL_PROFILE=1): GPU time per kernel over steps " +
-                              std::to_string(step_ - steps_this_run + 2) + "-" + std::to_string(step_) +
-                              " and their evaluations\n";
+    const std::string what = steps_this_run >= 2 ? "steps " + std::to_string(step_ - steps_this_run + 2) + "-" +
+                                                       std::to_string(step_) + " and their evaluations"
+                                                 : std::string("the evaluation after the only step");
+    const std::string title = "kernel profile (MOE_KERNEL_PROFILE=1): GPU time per kernel over " + what + "\n";
     out_ << title << table;
     std::ofstream(fs::path(run_dir_) / "kernel_profile.txt") << title << table;
   }
