@@ -167,8 +167,11 @@ inline void expect_model_tensors_match(const Checkpoint& a, const Checkpoint& b,
 
 // A parallel run on the cuda device against the single-process device run of `steps` steps (log
 // every step, a checkpoint at the last): train losses to 1e-5 relative (they must fall, so two
-// constant runs cannot pass), grad norms to 1e-4, the last checkpoints' parameters to 1e-5
-// absolute and their balancer states; returns the parallel run's last checkpoint.
+// constant runs cannot pass), grad norms to 1e-4, the last checkpoints' parameters to 3e-5
+// absolute and their balancer states; returns the parallel run's last checkpoint. (AdamW scales
+// each coordinate's step to about lr = 3e-3: a coordinate whose gradient nearly cancels carries
+// the grads' summation-order error into its step, which fp32 rounding of the grad cannot bound;
+// 1% of lr allows that. Measured: 1.03e-5 with the 2026-11-26 expert draws, under 1e-5 before.)
 inline Checkpoint expect_device_runs_match(const std::filesystem::path& ref, const std::filesystem::path& par,
                                            int64_t steps) {
   EXPECT_EQ(expect_metric_match(ref, par, "train", "loss", 1e-5), size_t(steps));
@@ -180,7 +183,7 @@ inline Checkpoint expect_device_runs_match(const std::filesystem::path& ref, con
   }
   Checkpoint a = read_checkpoint(checkpoint_dir(ref, steps)), b = read_checkpoint(checkpoint_dir(par, steps));
   EXPECT_NE(b.meta.strings.at("backend").find("cuda"), std::string::npos);
-  expect_model_tensors_match(a, b, 1e-5);
+  expect_model_tensors_match(a, b, 3e-5);
   expect_balancer_states_match(a, b);
   return b;
 }
