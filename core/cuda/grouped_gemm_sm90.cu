@@ -144,10 +144,6 @@ bool aligned16(const void* p, long ld_elements) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (ld_elements * 2) % 16 == 0;
 }
 
-}  // namespace
-
-namespace {
-
 // The current device's compute capability as 10 * major + minor (90: H100 / H200); 90 under the
 // emulation, which models sm_90a.
 int device_sm(int* device_out = nullptr) {

@@ -1,6 +1,6 @@
 // Per-kernel GPU time (kernel_profile.h). Event pairs wait in `pending` until a batch is full or
-// the totals are asked for; then the last stop event is awaited and each pair's elapsed time is
-// added to its name's total, and the events return to the pool.
+// the totals are asked for; then each pair's stop event is awaited, its elapsed time added to its
+// name's total, and the events return to the pool.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -70,8 +70,6 @@ void* take_event(Profile& p) {
 
 // Caller holds p.mu.
 void resolve(Profile& p) {
-  if (p.pending.empty()) return;
-  check(cudaEventSynchronize(static_cast<cudaEvent_t>(p.pending.back().stop)), "cudaEventSynchronize");
   for (const Pending& q : p.pending) {
     float ms = 0;
     // Pairs on different streams finish in any order: wait for each stop (done at once mostly).
@@ -158,25 +156,25 @@ std::string kernel_profile_table(size_t top) {
   for (const KernelTotal& t : all) sum += t.ms;
   std::string out;
   char line[256];
-  std::snprintf(line, sizeof line, "%-48s %9s %11s %10s %7s\n", "kernel", "calls", "total ms", "mean us", "share");
-  out += line;
-  KernelTotal rest;
-  std::snprintf(line, sizeof line, "(%zu more)", all.size() > top ? all.size() - top : 0);
-  rest.name = line;
-  for (size_t i = 0; i < all.size(); ++i) {
-    if (i >= top) {
-      rest.calls += all[i].calls, rest.ms += all[i].ms;
-      continue;
-    }
-    const KernelTotal& t = all[i];
+  const auto row = [&](const KernelTotal& t) {
     std::snprintf(line, sizeof line, "%-48.48s %9lld %11.3f %10.2f %6.1f%%\n", t.name.c_str(), (long long)t.calls, t.ms,
                   1e3 * t.ms / double(t.calls), 100.0 * t.ms / sum);
     out += line;
+  };
+  std::snprintf(line, sizeof line, "%-48s %9s %11s %10s %7s\n", "kernel", "calls", "total ms", "mean us", "share");
+  out += line;
+  KernelTotal rest;
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (i < top) {
+      row(all[i]);
+    } else {
+      rest.calls += all[i].calls, rest.ms += all[i].ms;
+    }
   }
   if (rest.calls > 0) {
-    std::snprintf(line, sizeof line, "%-48.48s %9lld %11.3f %10.2f %6.1f%%\n", rest.name.c_str(), (long long)rest.calls,
-                  rest.ms, 1e3 * rest.ms / double(rest.calls), 100.0 * rest.ms / sum);
-    out += line;
+    std::snprintf(line, sizeof line, "(%zu more)", all.size() - top);
+    rest.name = line;
+    row(rest);
   }
   std::snprintf(line, sizeof line, "%-48s %9s %11.3f\n", "all profiled", "", sum);
   out += line;
