@@ -4,38 +4,14 @@
 // always for experts narrower than 512; MOE_EXPERT_GEMM overrides both ways.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <optional>
-#include <string>
-
 #include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/ops/experts_per_expert.h"
 #include "core/error.h"
+#include "tests/env_scope.h"
 
 using namespace moe::cuda;
 
 namespace {
-
-// MOE_EXPERT_GEMM = value (nullptr: unset) for the scope, the old value restored after.
-class ExpertGemmEnv {
- public:
-  explicit ExpertGemmEnv(const char* value) {
-    if (const char* v = std::getenv("MOE_EXPERT_GEMM")) old_ = v;
-    if (value)
-      setenv("MOE_EXPERT_GEMM", value, 1);
-    else
-      unsetenv("MOE_EXPERT_GEMM");
-  }
-  ~ExpertGemmEnv() {
-    if (old_)
-      setenv("MOE_EXPERT_GEMM", old_->c_str(), 1);
-    else
-      unsetenv("MOE_EXPERT_GEMM");
-  }
-
- private:
-  std::optional<std::string> old_;
-};
 
 void expect_switch_at(int64_t per_expert_rows) {
   for (int64_t E : {16, 64}) {
@@ -48,7 +24,7 @@ void expect_switch_at(int64_t per_expert_rows) {
 }
 
 TEST(ExpertGemmChoice, SwitchFollowsTheGroupedKernel) {
-  ExpertGemmEnv unset(nullptr);
+  moe::test::EnvScope unset("MOE_EXPERT_GEMM", nullptr);
   {
     GroupedGemmKernelScope mma("mma");
     expect_switch_at(384);
@@ -68,11 +44,11 @@ TEST(ExpertGemmChoice, SwitchFollowsTheGroupedKernel) {
 TEST(ExpertGemmChoice, EnvironmentOverridesBothWays) {
   GroupedGemmKernelScope mma("mma");
   {
-    ExpertGemmEnv grouped("grouped");
+    moe::test::EnvScope grouped("MOE_EXPERT_GEMM", "grouped");
     EXPECT_TRUE(use_grouped_kernel(4096 * 16, 16, 1024, 2048));
   }
   {
-    ExpertGemmEnv per_expert("per_expert");
+    moe::test::EnvScope per_expert("MOE_EXPERT_GEMM", "per_expert");
     EXPECT_FALSE(use_grouped_kernel(16, 16, 128, 128));
   }
 }

@@ -14,6 +14,7 @@
 #include "core/autograd.h"
 #include "core/cuda/ops/cuda_backend.h"
 #include "core/ops.h"
+#include "tests/env_scope.h"
 #include "core/rng.h"
 #include "layers/moe/dispatch.h"
 #include "layers/moe/experts.h"
@@ -154,7 +155,7 @@ TEST_F(MoeDevice, SwigluExpertsMatchTheCpuOp) {
   for (const char* impl : {"grouped", "per_expert"})
   for (DType dt : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(std::string(impl) + " " + dtype_name(dt));
-    setenv("MOE_EXPERT_GEMM", impl, 1);
+    test::EnvScope expert_gemm("MOE_EXPERT_GEMM", impl);
     Tensor xd = device_leaf(x, dt), d1 = device_leaf(w1, DType::f32), d3 = device_leaf(w3, DType::f32),
            d2 = device_leaf(w2, DType::f32);
     Tensor yd = expert_swiglu_ffn(xd, d1, d3, d2, offsets);
@@ -172,7 +173,6 @@ TEST_F(MoeDevice, SwigluExpertsMatchTheCpuOp) {
     std::vector<double> g1 = d1.grad().to_double_vector();
     for (int64_t i = H * D; i < 2 * H * D; ++i) ASSERT_EQ(g1[size_t(i)], 0.0);
   }
-  unsetenv("MOE_EXPERT_GEMM");
 }
 
 // ---- the whole layer ----
