@@ -93,7 +93,7 @@ big=(--set model.d_model=1024 --set model.n_heads=16 --set moe.expert_hidden=204
      --set train.seq_len=512 --set train.steps=30 --set schedule.warmup_steps=2 --set optim.lr=1e-3 --set optim.min_lr=1e-4
      --set eval.every=0 --set eval.batches=2 --set checkpoint.at_end=false --set log.every=5
      --set data.dir="$P/data/brown" --set train.device=cuda)
-wgmma_tests='CudaGroupedGemmSm90*:CudaWgmma*:CudaTma*'
+wgmma_tests="${WGMMA_TESTS:-CudaGroupedGemmSm90*:CudaWgmma*:CudaTma*}"
 wgmma_ok=0
 
 for step in $STEPS; do
