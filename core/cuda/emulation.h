@@ -35,6 +35,7 @@ constexpr int warpSize = 32;
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
+#define __grid_constant__  // a kernel parameter the GPU reads in place (a TensorMap): a plain parameter here
 
 namespace moe::cuda::emu {
 
