@@ -65,6 +65,13 @@ struct SharedBuffer {
   Bytes data;
 };
 
+// A feature's block-local state (block_local): freed when the block ends.
+struct BlockLocal {
+  const void* key;
+  void* data;
+  void (*destroy)(void*);
+};
+
 struct BlockState;
 // Run when every live thread reached a __syncthreads: forget the phase's call site.
 struct BarrierPhaseEnd {
@@ -79,6 +86,7 @@ struct BlockState {
   // The call site of the current __syncthreads phase: set by its first arrival (0: none yet).
   std::atomic<uint64_t> barrier_site{0};
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+  std::vector<std::unique_ptr<std::barrier<>>> warpgroup_barriers;  // complete warpgroups only
   std::vector<Slot> slots;  // per warp 2 x 32 exchange slots (double-buffered by op parity)
   std::mutex shared_mutex;
   std::vector<SharedBuffer> statics;
@@ -89,8 +97,16 @@ struct BlockState {
   const char* kernel_name = "";
   std::mutex error_mutex;
   std::string error;  // first failure of any thread in the launch
+  std::atomic<bool> failed{false};
+  std::vector<BlockLocal> locals;  // under shared_mutex
 
+  ~BlockState() { free_locals(); }
+  void free_locals() {
+    for (BlockLocal& l : locals) l.destroy(l.data);
+    locals.clear();
+  }
   void reset() {
+    free_locals();
     block_barrier = std::make_unique<std::barrier<BarrierPhaseEnd>>(nthreads, BarrierPhaseEnd{this});
     barrier_site = 0;
     warp_barriers.clear();
@@ -98,6 +114,8 @@ struct BlockState {
       unsigned lanes = std::min(32u, nthreads - w * 32);
       warp_barriers.push_back(std::make_unique<std::barrier<>>(lanes));
     }
+    warpgroup_barriers.clear();
+    for (unsigned g = 0; g < nthreads / 128; ++g) warpgroup_barriers.push_back(std::make_unique<std::barrier<>>(128));
     slots.assign(size_t(nwarps) * 64, Slot{});
     statics.clear();
     static_bytes = 0;
@@ -106,6 +124,7 @@ struct BlockState {
   void fail(const std::string& what) {
     std::lock_guard<std::mutex> lock(error_mutex);
     if (error.empty()) error = what;
+    failed = true;
   }
 };
 
@@ -128,6 +147,7 @@ BlockState& current_block() {
 void leave_block() {
   BlockState& b = *t_ctx.block;
   b.warp_barriers[t_ctx.warp]->arrive_and_drop();
+  if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->arrive_and_drop();
   b.block_barrier->arrive_and_drop();
 }
 
@@ -231,6 +251,14 @@ void syncthreads(const std::source_location& site) {
 
 void syncwarp(unsigned mask) { current_block().warp_barriers[t_ctx.warp]->arrive_and_wait(); }
 
+void warpgroup_sync(const char* what) {
+  BlockState& b = current_block();
+  if (t_ctx.tid / 128 >= b.warpgroup_barriers.size())
+    MOE_FAIL("cuda emulation", what, ": thread ", t_ctx.tid, " is not in a complete warpgroup (block of ", b.nthreads,
+             " threads)");
+  b.warpgroup_barriers[t_ctx.tid / 128]->arrive_and_wait();
+}
+
 unsigned lane_id() {
   current_block();
   return t_ctx.lane;
@@ -317,6 +345,32 @@ void* static_shared(const void* key, size_t bytes, size_t align) {
 }
 
 void* dynamic_shared() { return current_block().dynamic.get(); }
+
+size_t dynamic_shared_bytes() { return current_block().dynamic_bytes; }
+
+bool in_shared(const void* p, size_t bytes) {
+  BlockState& b = current_block();
+  auto inside = [&](const unsigned char* base, size_t n) {
+    const auto at = reinterpret_cast<uintptr_t>(p), lo = reinterpret_cast<uintptr_t>(base);
+    return at >= lo && at - lo <= n && bytes <= n - (at - lo);
+  };
+  if (inside(b.dynamic.get(), b.dynamic_bytes)) return true;
+  std::lock_guard<std::mutex> lock(b.shared_mutex);
+  for (const SharedBuffer& s : b.statics)
+    if (inside(s.data.get(), s.bytes)) return true;
+  return false;
+}
+
+void* block_local(const void* key, void* (*make)(), void (*destroy)(void*)) {
+  BlockState& b = current_block();
+  std::lock_guard<std::mutex> lock(b.shared_mutex);
+  for (const BlockLocal& l : b.locals)
+    if (l.key == key) return l.data;
+  b.locals.push_back(BlockLocal{key, make(), destroy});
+  return b.locals.back().data;
+}
+
+bool launch_failed() { return current_block().failed.load(std::memory_order_relaxed); }
 
 }  // namespace moe::cuda::emu
 #endif  // MOE_CUDA_EMULATION
