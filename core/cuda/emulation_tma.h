@@ -389,6 +389,7 @@ inline void named_barrier_sync(int id, int threads) {
         return nb.arrived[id];
       },
       [&] {
+        std::lock_guard<std::mutex> lock(nb.mutex);
         std::ostringstream os;
         os << "named barrier " << id << " over " << threads << " threads: only " << nb.arrived[id] << " arrived";
         return os.str();
