@@ -257,7 +257,7 @@ TEST(EmulationTma, SetmaxnregAndNamedBarrierMisuseFail) {
             __syncthreads();  // warp 3 elsewhere, still live: a hang on the GPU, a timeout here
         });
       },
-      {"setmaxnreg.dec", "only 96 of the 128 live threads of warpgroup 0"});
+      {"setmaxnreg.dec", "only 96 of the 128 threads of warpgroup 0"});
   expect_failure([] { run_block(128, 0, [] {
                    if (threadIdx.x < 64) tma::named_barrier_sync(1, 96);
                  }); },
