@@ -196,6 +196,11 @@ TEST(EmulationTma, LoadAndBarrierMisuseIsOneLine) {
                  {"tma::load_3d", "rank 2"});
   expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
                    tma::mbar_init(bar, 1);
+                   tma::load_2d(smem, &src.map, bar, 13, 0);
+                 }),
+                 {"tma::load_2d", "innermost coordinate 13", "16 bytes"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
                    TensorMap zero{};
                    tma::load_2d(smem, &zero, bar, 0, 0);
                  }),
