@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <barrier>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -65,6 +67,34 @@ struct SharedBuffer {
   Bytes data;
 };
 
+// A feature's block-local state (block_local): freed when the block ends.
+struct BlockLocal {
+  const void* key;
+  void* data;
+  void (*destroy)(void*);
+};
+
+// warpgroup_sync's barrier: a condition variable rather than std::barrier, so a warpgroup whose
+// threads never all arrive (a warp elsewhere, at a __syncthreads) fails after a timeout instead
+// of hanging. Threads that leave the block stop counting.
+struct WarpgroupBarrier {
+  std::mutex mutex;
+  std::condition_variable cv;
+  unsigned live = 128, arrived = 0;
+  unsigned stuck = 0;  // arrivals when the first waiter timed out (0: none did)
+  uint64_t generation = 0;
+  void release() {
+    arrived = 0;
+    ++generation;
+    cv.notify_all();
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lock(mutex);
+    --live;
+    if (arrived > 0 && arrived == live) release();
+  }
+};
+
 struct BlockState;
 // Run when every live thread reached a __syncthreads: forget the phase's call site.
 struct BarrierPhaseEnd {
@@ -79,6 +109,7 @@ struct BlockState {
   // The call site of the current __syncthreads phase: set by its first arrival (0: none yet).
   std::atomic<uint64_t> barrier_site{0};
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+  std::vector<std::unique_ptr<WarpgroupBarrier>> warpgroup_barriers;  // complete warpgroups only
   std::vector<Slot> slots;  // per warp 2 x 32 exchange slots (double-buffered by op parity)
   std::mutex shared_mutex;
   std::vector<SharedBuffer> statics;
@@ -89,8 +120,16 @@ struct BlockState {
   const char* kernel_name = "";
   std::mutex error_mutex;
   std::string error;  // first failure of any thread in the launch
+  std::atomic<bool> failed{false};
+  std::vector<BlockLocal> locals;  // under shared_mutex
 
+  ~BlockState() { free_locals(); }
+  void free_locals() {
+    for (BlockLocal& l : locals) l.destroy(l.data);
+    locals.clear();
+  }
   void reset() {
+    free_locals();
     block_barrier = std::make_unique<std::barrier<BarrierPhaseEnd>>(nthreads, BarrierPhaseEnd{this});
     barrier_site = 0;
     warp_barriers.clear();
@@ -98,6 +137,8 @@ struct BlockState {
       unsigned lanes = std::min(32u, nthreads - w * 32);
       warp_barriers.push_back(std::make_unique<std::barrier<>>(lanes));
     }
+    warpgroup_barriers.clear();
+    for (unsigned g = 0; g < nthreads / 128; ++g) warpgroup_barriers.push_back(std::make_unique<WarpgroupBarrier>());
     slots.assign(size_t(nwarps) * 64, Slot{});
     statics.clear();
     static_bytes = 0;
@@ -106,6 +147,7 @@ struct BlockState {
   void fail(const std::string& what) {
     std::lock_guard<std::mutex> lock(error_mutex);
     if (error.empty()) error = what;
+    failed = true;
   }
 };
 
@@ -128,6 +170,7 @@ BlockState& current_block() {
 void leave_block() {
   BlockState& b = *t_ctx.block;
   b.warp_barriers[t_ctx.warp]->arrive_and_drop();
+  if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->leave();
   b.block_barrier->arrive_and_drop();
 }
 
@@ -231,6 +274,32 @@ void syncthreads(const std::source_location& site) {
 
 void syncwarp(unsigned mask) { current_block().warp_barriers[t_ctx.warp]->arrive_and_wait(); }
 
+void warpgroup_sync(const char* what, double timeout_s) {
+  BlockState& b = current_block();
+  if (t_ctx.tid / 128 >= b.warpgroup_barriers.size())
+    MOE_FAIL("cuda emulation", what, ": thread ", t_ctx.tid, " is not in a complete warpgroup (block of ", b.nthreads,
+             " threads)");
+  WarpgroupBarrier& w = *b.warpgroup_barriers[t_ctx.tid / 128];
+  std::unique_lock<std::mutex> lock(w.mutex);
+  const uint64_t generation = w.generation;
+  if (++w.arrived == w.live) return w.release();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (w.generation == generation) {
+    w.cv.wait_for(lock, std::chrono::milliseconds(20));
+    if (w.generation != generation) break;
+    if (b.failed.load()) {
+      --w.arrived;
+      MOE_FAIL("cuda emulation", what, ": abandoned (another thread of the launch failed)");
+    }
+    if (w.stuck || std::chrono::steady_clock::now() > deadline) {
+      if (!w.stuck) w.stuck = w.arrived;  // every waiter reports what the first one saw
+      --w.arrived;
+      MOE_FAIL("cuda emulation", what, ": only ", w.stuck, " of the 128 threads of warpgroup ", t_ctx.tid / 128,
+               " arrived within ", timeout_s, " s (a warpgroup-wide instruction not executed by the whole warpgroup)");
+    }
+  }
+}
+
 unsigned lane_id() {
   current_block();
   return t_ctx.lane;
@@ -317,6 +386,32 @@ void* static_shared(const void* key, size_t bytes, size_t align) {
 }
 
 void* dynamic_shared() { return current_block().dynamic.get(); }
+
+size_t dynamic_shared_bytes() { return current_block().dynamic_bytes; }
+
+bool in_shared(const void* p, size_t bytes) {
+  BlockState& b = current_block();
+  auto inside = [&](const unsigned char* base, size_t n) {
+    const auto at = reinterpret_cast<uintptr_t>(p), lo = reinterpret_cast<uintptr_t>(base);
+    return at >= lo && at - lo <= n && bytes <= n - (at - lo);
+  };
+  if (inside(b.dynamic.get(), b.dynamic_bytes)) return true;
+  std::lock_guard<std::mutex> lock(b.shared_mutex);
+  for (const SharedBuffer& s : b.statics)
+    if (inside(s.data.get(), s.bytes)) return true;
+  return false;
+}
+
+void* block_local(const void* key, void* (*make)(), void (*destroy)(void*)) {
+  BlockState& b = current_block();
+  std::lock_guard<std::mutex> lock(b.shared_mutex);
+  for (const BlockLocal& l : b.locals)
+    if (l.key == key) return l.data;
+  b.locals.push_back(BlockLocal{key, make(), destroy});
+  return b.locals.back().data;
+}
+
+bool launch_failed() { return current_block().failed.load(std::memory_order_relaxed); }
 
 }  // namespace moe::cuda::emu
 #endif  // MOE_CUDA_EMULATION

@@ -35,6 +35,7 @@ constexpr int warpSize = 32;
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __align__(n) alignas(n)
+#define __grid_constant__  // a kernel parameter the GPU reads in place (a TensorMap): a plain parameter here
 
 namespace moe::cuda::emu {
 
@@ -60,6 +61,10 @@ int set_target_sm(int sm);
 void syncthreads(const std::source_location& site);
 // A barrier over the warp's live lanes (also what __syncwarp is).
 void syncwarp(unsigned mask);
+// A barrier over the live threads of the caller's warpgroup (128 consecutive threads; fails naming
+// `what` outside a complete one, or when the others do not all arrive within timeout_s): how
+// emulated wgmma and setmaxnreg make warpgroup-wide instructions collective.
+void warpgroup_sync(const char* what, double timeout_s);
 // One warp rendezvous: every live lane publishes 8 bytes, then each reads all 32 slots (lanes that
 // do not exist or have exited read back as all-ones bits, i.e. NaN / -1, so misuse shows). Lanes
 // may meet from different call sites, as sm_70+ allows for shfl.sync / vote.sync.
@@ -69,6 +74,17 @@ unsigned lane_id();
 // read before a write (e.g. a missing barrier) is visible. `key` identifies the declaration.
 void* static_shared(const void* key, size_t bytes, size_t align);
 void* dynamic_shared();
+// The launch's dynamic shared bytes, and whether [p, p + bytes) lies in the block's shared memory
+// (dynamic, or one static declaration).
+size_t dynamic_shared_bytes();
+bool in_shared(const void* p, size_t bytes);
+// State of an emulated feature shared by the block's threads (mbarrier copies, named barriers):
+// `make` builds it at the first call of the block (under a lock), `destroy` frees it when the
+// block ends; `key` identifies the feature.
+void* block_local(const void* key, void* (*make)(), void (*destroy)(void*));
+// Whether a thread of the launch has failed: a thread spinning on a condition that thread would
+// have met (an mbarrier, a named barrier) gives up instead of waiting for its timeout.
+bool launch_failed();
 
 template <class T>
 uint64_t to_bits(T v) {

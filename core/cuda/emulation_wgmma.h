@@ -13,6 +13,11 @@
 // is an error at the mma_async (issued before its stage landed) and at its wait_group (a stage
 // refilled while the products still read it). Other threads' copies in flight are not seen.
 //
+// TMA (emulation_tma.h): an mma_async reading bytes whose TMA load has not landed fails; the chunks
+// an issued op reads stay marked until the warpgroup retires it, and a TMA load into them fails.
+// A wait_group that retires ops ends with a barrier over the warpgroup (the GPU's op is one for the
+// warpgroup: once one thread waited for it, it has read shared memory).
+//
 // Collectiveness: every call is a full-warp collective (warp_collective: all 32 lanes, the same
 // arguments), and the thread's warpgroup must be complete in the block. Uniformity across the 4
 // warps of a warpgroup is not checked (each warp is checked on its own).
@@ -27,6 +32,7 @@
 
 #include "core/cuda/async_copy.h"
 #include "core/cuda/emulation.h"
+#include "core/cuda/emulation_tma.h"
 #include "core/error.h"
 
 namespace moe::cuda::emu_wgmma {
@@ -187,6 +193,10 @@ inline void mma_async(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool ac
   Op op{d, n, desc_a, desc_b, accumulate, trans_a, trans_b, 0, {}};
   op.chunks = chunks_read(op);
   check_copies_in_flight(op, "at its issue (wait for the stage's copies first)");
+  ::moe::cuda::emu_tma::check_no_pending_load(op.chunks);
+  // One thread per warpgroup marks what the op reads until the warpgroup retires it: a TMA load
+  // into those bytes meanwhile is an error (emulation_tma.h).
+  if (linear_tid() % 128 == 0) ::moe::cuda::emu_tma::mark_wgmma_reads(op.chunks, 1);
   op.operands_at_issue = perform(op, int(linear_tid() % 128), false);
   s.open.push_back(std::move(op));
 }
@@ -212,6 +222,13 @@ inline void wait_group(int n) {
         MOE_FAIL("cuda emulation", "wgmma.mma_async: shared memory it reads (descriptors A 0x", std::hex, op.desc_a,
                  ", B 0x", op.desc_b, ") changed between the mma_async and its wait_group (a race with its async read)");
     }
+  // On the GPU an mma_async is one operation of the whole warpgroup: once any of its threads has
+  // waited for it, it has read its operands. Here each thread reads its own entries at its wait,
+  // so the warpgroup meets before any of them goes on (e.g. to release the stage).
+  ::moe::cuda::emu::warpgroup_sync("wgmma.wait_group", ::moe::cuda::emu_tma::g_wait_timeout_s.load());
+  if (t == 0)
+    for (size_t g = 0; g < done; ++g)
+      for (const Op& op : s.groups[g]) ::moe::cuda::emu_tma::mark_wgmma_reads(op.chunks, -1);
   s.groups.erase(s.groups.begin(), s.groups.begin() + std::ptrdiff_t(done));
 }
 

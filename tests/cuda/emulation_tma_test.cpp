@@ -1,0 +1,361 @@
+// The emulation of core/cuda/tma.h (emulation_tma.h) catches what the GPU would hang on or
+// compute garbage from: the mbarrier's phase / arrival / tx-count rules, copies that land only
+// when their barrier is waited on (a reader before the wait sees poison), a wait that can never
+// finish (a one-line failure after the timeout, not a hang), misuse of loads, setmaxnreg and named
+// barriers; and the planted bugs of a warp-specialized pipeline (tma_selftest.h) fail.
+#ifdef MOE_CUDA_EMULATION
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/cuda/memory.h"
+#include "core/cuda/tma.h"
+#include "core/cuda/tma_selftest.h"
+#include "core/cuda/wgmma.h"
+#include "core/error.h"
+#include "tests/cuda/kernel_test_util.h"
+
+using namespace moe;
+using namespace moe::cuda;
+using namespace moe::test;
+
+namespace {
+
+// Runs body as a one-block kernel of `threads` threads with `smem` dynamic shared bytes.
+void run_block(unsigned threads, size_t smem, const std::function<void()>& body) {
+  static const char key = 0;
+  emu::run_grid("tma_test_kernel", &key, dim3(1), dim3(threads), smem, body);
+}
+
+// The launch fails with a message containing every part.
+void expect_failure(const std::function<void()>& launch, const std::vector<std::string>& parts) {
+  try {
+    launch();
+    ADD_FAILURE() << "expected a failure containing \"" << parts[0] << "\"";
+  } catch (const Error& e) {
+    for (const std::string& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what();
+  }
+}
+
+// A short timeout for the tests of waits that cannot finish; restored after.
+struct TimeoutScope {
+  double previous;
+  explicit TimeoutScope(double s) : previous(emu_tma::set_wait_timeout(s)) {}
+  ~TimeoutScope() { emu_tma::set_wait_timeout(previous); }
+};
+
+// A 64 x 8 bf16 tensor (pattern i + 1) and its map with one 64 x 8 box (1024 bytes).
+struct SmallMap {
+  std::vector<uint16_t> host;
+  DeviceBuffer<uint16_t> buf;
+  TensorMap map;
+  SmallMap() : host(make()), buf(host) {
+    const uint64_t dims[2] = {64, 8}, strides[1] = {128};
+    const uint32_t box[2] = {64, 8};
+    map = make_tensor_map_bf16(buf.get(), 2, dims, strides, box, "emulation_tma_test");
+  }
+  static std::vector<uint16_t> make() {
+    std::vector<uint16_t> v(512);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = uint16_t(i + 1);
+    return v;
+  }
+};
+
+uint64_t* shared_bar() {
+  MOE_SHARED(uint64_t, bar, [2]);
+  return bar;
+}
+
+TEST(EmulationTma, MbarrierPhaseNeedsArrivalsAndTxBytes) {
+  SmallMap src;
+  std::vector<emu_tma::Bar> seen(4);
+  std::vector<uint16_t> landed(512);
+  run_block(64, 2048, [&] {
+    MOE_DYNAMIC_SHARED(unsigned char, smem);
+    uint64_t* bar = shared_bar();
+    const unsigned t = threadIdx.x;
+    if (t == 0) {
+      tma::mbar_init(bar, 2);
+      tma::fence_barrier_init();
+    }
+    __syncthreads();
+    tma::mbar_wait(bar, 1);  // a fresh barrier: the phase "before" phase 0 counts as complete
+    __syncthreads();         // nobody waits on the barrier while the copy is issued: it stays queued
+    if (t == 0) {
+      tma::mbar_arrive_expect_tx(bar, 1024);
+      tma::load_2d(smem, &src.map, bar, 0, 0);
+      seen[0] = emu_tma::decode(*bar);  // one arrival pending, 1024 bytes expected
+    }
+    __syncthreads();
+    if (t == 1) {
+      tma::mbar_arrive(bar);
+      seen[1] = emu_tma::decode(*bar);  // no arrival pending, the copy's bytes not landed
+    }
+    __syncthreads();
+    tma::mbar_wait(bar, 0);  // lands the copy: the phase completes
+    if (t == 0) seen[2] = emu_tma::decode(*bar);
+    for (unsigned i = t; i < 512; i += 64) landed[i] = reinterpret_cast<const uint16_t*>(smem)[i];
+  });
+  EXPECT_EQ(seen[0].pending, 1u);
+  EXPECT_EQ(seen[0].tx, 1024);
+  EXPECT_EQ(seen[1].pending, 0u);
+  EXPECT_EQ(seen[1].tx, 1024);
+  EXPECT_EQ(seen[2].pending, 2u);
+  EXPECT_EQ(seen[2].tx, 0);
+  EXPECT_EQ(seen[2].parity, 1u);
+  for (uint32_t r = 0; r < 8; ++r)
+    for (uint32_t e = 0; e < 64; ++e)
+      ASSERT_EQ(landed[r * 64 + ((e / 8) ^ r) * 8 + e % 8], src.host[r * 64 + e]) << "row " << r << " element " << e;
+}
+
+TEST(EmulationTma, ReaderBeforeTheWaitSeesPoison) {
+  SmallMap src;
+  uint16_t before = 0, after = 0;
+  run_block(32, 2048, [&] {
+    MOE_DYNAMIC_SHARED(unsigned char, smem);
+    uint64_t* bar = shared_bar();
+    if (threadIdx.x == 0) {
+      std::memset(smem, 0, 1024);  // a stale stage: the load's issue poisons it
+      tma::mbar_init(bar, 1);
+      tma::fence_barrier_init();
+      tma::mbar_arrive_expect_tx(bar, 1024);
+      tma::load_2d(smem, &src.map, bar, 0, 0);
+      before = reinterpret_cast<const uint16_t*>(smem)[0];
+      tma::mbar_wait(bar, 0);
+      after = reinterpret_cast<const uint16_t*>(smem)[0];
+    }
+  });
+  EXPECT_EQ(before, 0xFFFF);
+  EXPECT_EQ(after, src.host[0]);
+}
+
+TEST(EmulationTma, WaitThatCannotFinishFailsAfterTheTimeout) {
+  TimeoutScope timeout(0.3);
+  expect_failure(
+      [] {
+        run_block(32, 0, [] {
+          uint64_t* bar = shared_bar();
+          if (threadIdx.x == 0) {
+            tma::mbar_init(bar, 2);
+            tma::fence_barrier_init();
+          }
+          __syncthreads();
+          if (threadIdx.x == 0) tma::mbar_arrive(bar);
+          tma::mbar_wait(bar, 0);
+        });
+      },
+      {"tma::mbar_wait", "no progress", "pending 1 of 2 arrivals"});
+}
+
+TEST(EmulationTma, ArrivalWithNonePendingFails) {
+  expect_failure(
+      [] {
+        run_block(32, 0, [] {
+          uint64_t* bar = shared_bar();
+          if (threadIdx.x == 0) {
+            tma::mbar_init(bar, 1);
+            tma::mbar_arrive_expect_tx(bar, 64);  // the phase now waits for 64 bytes only
+            tma::mbar_arrive(bar);
+          }
+        });
+      },
+      {"tma::mbar_arrive", "no pending arrival"});
+}
+
+TEST(EmulationTma, LoadAndBarrierMisuseIsOneLine) {
+  SmallMap src;
+  auto one = [&](const std::function<void(unsigned char*, uint64_t*)>& f) {
+    return [&, f] {
+      run_block(32, 4096, [&] {
+        MOE_DYNAMIC_SHARED(unsigned char, smem);
+        uint64_t* bar = shared_bar();
+        if (threadIdx.x == 0) f(smem, bar);
+      });
+    };
+  };
+  expect_failure(one([&](unsigned char*, uint64_t* bar) { tma::mbar_wait(bar, 0); }), {"not initialized"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
+                   tma::load_2d(smem + 512, &src.map, bar, 0, 0);
+                 }),
+                 {"tma::load_2d", "offset 512", "1024-byte aligned"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
+                   tma::load_2d(smem + 3072 + 1024, &src.map, bar, 0, 0);
+                 }),
+                 {"tma::load_2d", "not inside the block's dynamic shared memory"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
+                   tma::load_3d(smem, &src.map, bar, 0, 0, 0);
+                 }),
+                 {"tma::load_3d", "rank 2"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
+                   tma::load_2d(smem, &src.map, bar, 13, 0);
+                 }),
+                 {"tma::load_2d", "innermost coordinate 13", "16 bytes"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
+                   TensorMap zero{};
+                   tma::load_2d(smem, &zero, bar, 0, 0);
+                 }),
+                 {"not made by make_tensor_map_bf16"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
+                   tma::mbar_init(bar + 1, 1);
+                   tma::load_2d(smem, &src.map, bar, 0, 0);
+                   tma::load_2d(smem, &src.map, bar + 1, 0, 0);
+                 }),
+                 {"has not landed"});
+  expect_failure(one([&](unsigned char* smem, uint64_t*) { tma::mbar_init(reinterpret_cast<uint64_t*>(smem + 4), 1); }),
+                 {"8-byte aligned"});
+}
+
+TEST(EmulationTma, NamedBarriersSyncTheirThreadsOnly) {
+  std::vector<int> order_ok(256, 0);
+  run_block(256, 0, [&] {
+    MOE_SHARED(int, count, [2]);
+    const int t = int(threadIdx.x), group = t / 128;
+    if (t == 0) count[0] = count[1] = 0;
+    __syncthreads();
+    for (int round = 1; round <= 3; ++round) {
+      atomicAdd(&count[group], 1);
+      tma::named_barrier_sync(1 + group, 128);
+      order_ok[size_t(t)] += std::atomic_ref<int>(count[group]).load() >= 128 * round;
+      tma::named_barrier_sync(1 + group, 128);  // nobody adds for the next round before all have read
+    }
+  });
+  for (int t = 0; t < 256; ++t) EXPECT_EQ(order_ok[size_t(t)], 3) << "thread " << t;
+}
+
+TEST(EmulationTma, SetmaxnregAndNamedBarrierMisuseFail) {
+  expect_failure([] { run_block(96, 0, [] { tma::setmaxnreg_dec<40>(); }); }, {"setmaxnreg.dec", "complete warpgroup"});
+  expect_failure(
+      [] {
+        run_block(128, 0, [] {
+          tma::setmaxnreg_inc<232>();
+          tma::setmaxnreg_inc<200>();
+        });
+      },
+      {"setmaxnreg.inc(200) after 232"});
+  expect_failure(
+      [] {
+        run_block(256, 0, [] {
+          if (threadIdx.x < 96 || threadIdx.x >= 128) tma::setmaxnreg_dec<40>();  // warp 3 skips it
+        });
+      },
+      {"setmaxnreg.dec(40)", "warp 3 of its warpgroup did not execute"});
+  expect_failure([] { run_block(64, 0, [] { tma::named_barrier_sync(0, 64); }); }, {"id 0"});
+  expect_failure([] { run_block(64, 0, [] { tma::named_barrier_sync(1, 48); }); }, {"48 threads"});
+  TimeoutScope timeout(0.3);
+  expect_failure(
+      [] {
+        run_block(128, 0, [] {
+          if (threadIdx.x < 96)
+            tma::setmaxnreg_dec<40>();
+          else
+            __syncthreads();  // warp 3 elsewhere, still live: a hang on the GPU, a timeout here
+        });
+      },
+      {"setmaxnreg.dec", "only 96 of the 128 threads of warpgroup 0"});
+  expect_failure([] { run_block(128, 0, [] {
+                   if (threadIdx.x < 64) tma::named_barrier_sync(1, 96);
+                 }); },
+                 {"named barrier 1 over 96 threads", "no progress"});
+}
+
+// The pipeline of tma_selftest.h with a planted bug: the launch's error ("" if none) and c.
+std::string run_pipeline(TmaPlant plant, std::vector<float>& c) {
+  const int m = 100, n = 120, k = 456, ks = 464;
+  DeviceBuffer<bf16> da(to_bf16(random_normal(size_t(m) * ks, 1))), db(to_bf16(random_normal(size_t(n) * ks, 2)));
+  DeviceBuffer<float> dc(size_t(m) * n);
+  try {
+    tma_pipeline_gemm(da.get(), db.get(), m, n, k, ks, dc.get(), plant, nullptr);
+  } catch (const Error& e) {
+    ::testing::Test::RecordProperty("failure", e.what());  // which check caught it (--gtest_output=xml)
+    return e.what();
+  }
+  c = dc.to_host();
+  return "";
+}
+
+TEST(EmulationTma, PlantedConsumerSkippingTheFullWaitFails) {
+  // The stage's load is queued when the wgmma reads it (the pending-load check), lands under the
+  // products (a race at their wait), or is not yet issued: the products read poison (NaN).
+  std::vector<float> c;
+  const std::string what = run_pipeline(TmaPlant::consumer_skips_full_wait, c);
+  if (what.empty())
+    EXPECT_TRUE(std::any_of(c.begin(), c.end(), [](float v) { return std::isnan(v); }))
+        << "a consumer that skips the full barrier must fail or read poison";
+  else
+    EXPECT_TRUE(what.find("has not landed") != std::string::npos || what.find("wgmma") != std::string::npos) << what;
+}
+
+TEST(EmulationTma, PlantedWrongExpectTxTimesOut) {
+  TimeoutScope timeout(0.5);
+  std::vector<float> c;
+  const std::string what = run_pipeline(TmaPlant::wrong_expect_tx, c);
+  EXPECT_NE(what.find("tma::mbar_wait"), std::string::npos) << what;
+  EXPECT_NE(what.find("no progress"), std::string::npos) << what;
+}
+
+// The refill meets the products in flight (the consumers hold them 100 ms under this plant): the
+// load into bytes a wgmma reads, over a load that has not landed, or an arrival on a full barrier
+// whose phase still waits for bytes: each is a failure naming the stage's barrier protocol.
+TEST(EmulationTma, PlantedProducerSkippingTheEmptyWaitFails) {
+  std::vector<float> c;
+  const std::string what = run_pipeline(TmaPlant::producer_skips_empty_wait, c);
+  EXPECT_TRUE(what.find("still reads it") != std::string::npos || what.find("has not landed") != std::string::npos ||
+              what.find("no pending arrival") != std::string::npos)
+      << (what.empty() ? "no failure" : what);
+}
+
+// The wgmma checks, one block of one warpgroup: an 8 KiB [64][64] tile by TMA, then m64n64k16
+// products over it.
+void tile_and_products(bool wait_before_products, bool reload_in_flight) {
+  std::vector<uint16_t> host(64 * 64, 0x3F80);  // 1.0
+  DeviceBuffer<uint16_t> buf(host);
+  const uint64_t dims[2] = {64, 64}, strides[1] = {128};
+  const uint32_t box[2] = {64, 64};
+  const TensorMap map = make_tensor_map_bf16(buf.get(), 2, dims, strides, box, "emulation_tma_test");
+  run_block(128, 8192, [&] {
+    MOE_DYNAMIC_SHARED(unsigned char, smem);
+    uint64_t* bar = shared_bar();
+    if (threadIdx.x == 0) {
+      tma::mbar_init(bar, 1);
+      tma::fence_barrier_init();
+      tma::mbar_arrive_expect_tx(bar, 8192);
+      tma::load_2d(smem, &map, bar, 0, 0);
+    }
+    __syncthreads();
+    if (wait_before_products) tma::mbar_wait(bar, 0);
+    float d[32] = {};
+    const uint64_t desc = wgmma::make_desc(wgmma::smem_address(smem), 16, 1024, wgmma::Swizzle::b128);
+    wgmma::fence();
+    wgmma::mma_async<64>(d, desc, desc, false);
+    wgmma::commit_group();
+    __syncthreads();
+    if (reload_in_flight && threadIdx.x == 0) {
+      tma::mbar_arrive_expect_tx(bar, 8192);
+      tma::load_2d(smem, &map, bar, 0, 0);
+    }
+    wgmma::wait_group<0>();
+  });
+}
+
+TEST(EmulationTma, WgmmaReadingAnUnlandedLoadFails) {
+  tile_and_products(true, false);  // the correct order passes
+  expect_failure([] { tile_and_products(false, false); }, {"wgmma.mma_async reads shared memory", "has not landed"});
+}
+
+TEST(EmulationTma, LoadIntoBytesAnUnretiredWgmmaReadsFails) {
+  expect_failure([] { tile_and_products(true, true); }, {"tma::load_2d", "while an issued wgmma still reads it"});
+}
+
+}  // namespace
+#endif  // MOE_CUDA_EMULATION

@@ -1,0 +1,143 @@
+// core/cuda/tma.h end to end, on an sm_90 GPU and under the emulation alike (other GPUs skip):
+// 2D and 3D TMA loads of bf16 tensors with odd dims, boxes reaching past every edge, compared
+// element by element with the 128B swizzle formula the kernels' wgmma descriptors assume (chunk c
+// of box row r at c ^ (r % 8), r = i2 * box[1] + i1: on the GPU this checks the hardware against
+// that formula); a warp-specialized TMA + wgmma pipeline against a CPU product; and
+// make_tensor_map_bf16's argument checks.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/cuda/memory.h"
+#include "core/cuda/tma_selftest.h"
+#include "core/error.h"
+#include "tests/cuda/kernel_test_util.h"
+
+using namespace moe;
+using namespace moe::cuda;
+using namespace moe::test;
+
+namespace {
+
+#define MOE_REQUIRE_TMA()                        \
+  do {                                           \
+    std::string why;                             \
+    if (!tma_available(why)) GTEST_SKIP() << why; \
+  } while (0)
+
+// A distinct nonzero bit pattern per element (never 0, the out-of-range fill, nor 0xFFFF).
+uint16_t pattern(uint64_t e0, uint64_t i1, uint64_t i2) {
+  return uint16_t(0x3C00 + (e0 * 7 + i1 * 131 + i2 * 1031) % 0x3000);
+}
+
+struct Tensor {
+  std::vector<uint64_t> dims, strides_bytes;  // innermost first; strides of dims 1..
+  std::vector<uint16_t> host;
+};
+
+// A [d2][d1][d0] tensor with padded rows (and planes): the padding holds 0xABCD, never loaded.
+Tensor make_tensor(std::vector<uint64_t> dims, uint64_t row_elems, uint64_t plane_rows) {
+  Tensor t;
+  t.dims = dims;
+  const uint64_t d2 = dims.size() == 3 ? dims[2] : 1;
+  t.strides_bytes.push_back(row_elems * 2);
+  if (dims.size() == 3) t.strides_bytes.push_back(row_elems * plane_rows * 2);
+  t.host.assign(d2 * plane_rows * row_elems, 0xABCD);
+  for (uint64_t i2 = 0; i2 < d2; ++i2)
+    for (uint64_t i1 = 0; i1 < dims[1]; ++i1)
+      for (uint64_t e0 = 0; e0 < dims[0]; ++e0) t.host[(i2 * plane_rows + i1) * row_elems + e0] = pattern(e0, i1, i2);
+  return t;
+}
+
+// Loads box at coords and compares every landed element with the formula.
+void check_box(const Tensor& t, const std::vector<uint32_t>& box, const std::vector<int>& coords) {
+  const int rank = int(t.dims.size());
+  DeviceBuffer<uint16_t> src(t.host);
+  const TensorMap map =
+      make_tensor_map_bf16(src.get(), rank, t.dims.data(), t.strides_bytes.data(), box.data(), "tma_test");
+  const uint32_t b2 = rank == 3 ? box[2] : 1, elements = box[0] * box[1] * b2;
+  DeviceBuffer<uint16_t> out(elements);
+  tma_load_box(map, rank, coords.data(), elements, out.get(), nullptr);
+  const std::vector<uint16_t> got = out.to_host();
+  for (uint32_t i2 = 0; i2 < b2; ++i2)
+    for (uint32_t i1 = 0; i1 < box[1]; ++i1)
+      for (uint32_t e0 = 0; e0 < box[0]; ++e0) {
+        const int64_t g0 = coords[0] + int64_t(e0), g1 = coords[1] + int64_t(i1),
+                      g2 = rank == 3 ? coords[2] + int64_t(i2) : 0;
+        const bool in = g0 >= 0 && uint64_t(g0) < t.dims[0] && g1 >= 0 && uint64_t(g1) < t.dims[1] && g2 >= 0 &&
+                        uint64_t(g2) < (rank == 3 ? t.dims[2] : 1);
+        const uint16_t want = in ? pattern(uint64_t(g0), uint64_t(g1), uint64_t(g2)) : 0;
+        const uint32_t row = i2 * box[1] + i1, at = row * 64 + ((e0 / 8) ^ (row % 8)) * 8 + e0 % 8;
+        ASSERT_EQ(got[at], want) << "box element (" << e0 << ", " << i1 << ", " << i2 << ") at coords (" << coords[0]
+                                 << ", " << coords[1] << (rank == 3 ? ", " + std::to_string(coords[2]) : "")
+                                 << "): shared element " << at;
+      }
+}
+
+// 77 x 37 in rows of 80 elements; 40-row boxes: at the origin, past the right and bottom edges,
+// before the top edge, wholly outside.
+TEST(CudaTma, Load2dSwizzlesAndZeroFillsOutOfRange) {
+  MOE_REQUIRE_TMA();
+  const Tensor t = make_tensor({77, 37}, 80, 37);
+  // innermost coordinates on 16-byte boundaries (8 bf16): the hardware faults otherwise
+  for (const std::vector<int>& c : std::vector<std::vector<int>>{{0, 0}, {40, -3}, {64, 30}, {16, 5}, {-64, 0}, {0, 37}})
+    check_box(t, {64, 40}, c);
+}
+
+// 77 x 13 x 5 in rows of 80, planes of 15 rows; 5 x 3 boxes (15 rows: the swizzle row runs across
+// planes) and 8 x 3 boxes reaching out of every dimension.
+TEST(CudaTma, Load3dSwizzlesAcrossPlanesAndZeroFills) {
+  MOE_REQUIRE_TMA();
+  const Tensor t = make_tensor({77, 13, 5}, 80, 15);
+  for (const std::vector<int>& c : std::vector<std::vector<int>>{{0, 0, 0}, {8, 9, 3}, {-8, -2, -1}, {24, 11, 4}})
+    check_box(t, {64, 5, 3}, c);
+  check_box(t, {64, 8, 3}, {32, 7, 2});
+}
+
+// m 100, n 120 (partial tiles: TMA zero rows), K 456: 8 slices over 3 stages (each stage's full and
+// empty barriers flip parity 2-3 times), the last 8 deep. fp32 accumulation of bf16 products:
+// within 1e-5 of the largest entry.
+TEST(CudaTma, WarpSpecializedPipelineMatchesCpuProduct) {
+  MOE_REQUIRE_TMA();
+  const int m = 100, n = 120, k = 456, ks = 464;
+  const std::vector<float> a = round_bf16(random_normal(size_t(m) * ks, 11)),
+                           b = round_bf16(random_normal(size_t(n) * ks, 12));
+  DeviceBuffer<bf16> da(to_bf16(a)), db(to_bf16(b));
+  DeviceBuffer<float> dc(size_t(m) * n);
+  tma_pipeline_gemm(da.get(), db.get(), m, n, k, ks, dc.get(), TmaPlant::none, nullptr);
+  const std::vector<float> got = dc.to_host();
+  std::vector<double> want(size_t(m) * n, 0.0);
+  double largest = 0;
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      double s = 0;
+      for (int q = 0; q < k; ++q) s += double(a[size_t(i) * ks + q]) * double(b[size_t(j) * ks + q]);
+      want[size_t(i) * n + j] = s;
+      largest = std::max(largest, std::abs(s));
+    }
+  EXPECT_TRUE(all_near(got, want, 1e-5 * largest, 0.0));
+}
+
+TEST(CudaTma, MakeTensorMapNamesTheBadArgument) {
+  DeviceBuffer<uint16_t> buf(4096);
+  const uint64_t dims[3] = {64, 16, 2}, strides[2] = {128, 2048}, odd_stride[2] = {120, 2048};
+  const uint32_t box[3] = {64, 8, 2}, narrow[3] = {32, 8, 2}, tall[3] = {64, 300, 2};
+  auto fails_with = [&](const std::string& what, auto&& make) {
+    try {
+      make();
+      ADD_FAILURE() << "expected a failure naming " << what;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("my_op"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  fails_with("rank 4", [&] { make_tensor_map_bf16(buf.get(), 4, dims, strides, box, "my_op"); });
+  fails_with("box[0] = 32", [&] { make_tensor_map_bf16(buf.get(), 3, dims, strides, narrow, "my_op"); });
+  fails_with("box[1] = 300", [&] { make_tensor_map_bf16(buf.get(), 3, dims, strides, tall, "my_op"); });
+  fails_with("strides_bytes[0] = 120", [&] { make_tensor_map_bf16(buf.get(), 3, dims, odd_stride, box, "my_op"); });
+  fails_with("16-byte aligned", [&] { make_tensor_map_bf16(buf.get() + 1, 3, dims, strides, box, "my_op"); });
+}
+
+}  // namespace
