@@ -30,6 +30,7 @@
 #                 the grouped side on the default kernel, then on each of EXPERTS_KERNELS (default:
 #                 wgmma2 wgmma4)
 #   train_cpu     the balance model on the CPU (the loss curve the device run is compared with)
+#   custom        the command CUSTOM (bash, with $run, $P and $R set), for one-off checks
 # Everything lands in $OUT/results.tar.xz (remade after each step, so a killed run still returns
 # what it did) and the console summary in $OUT/summary.txt.
 set -uo pipefail
@@ -180,7 +181,14 @@ for step in $STEPS; do
         --benchmark_out="$R/experts_bench_$kernel.json" --benchmark_out_format=json > "$R/experts_bench_$kernel.log" 2>&1
       echo "experts bench ($kernel) rc=$?"; grep -E '^BM_Experts|ERROR' "$R/experts_bench_$kernel.log" | head -30
     done ;;
-  *) echo "unknown step '$step' (STEPS takes: tests wgmma_tests bench wgmma_bench train_cuda throughput strategies experts train_cpu)" ;;
+  custom)
+    # An ad-hoc command (CUSTOM, evaluated here: "$run" runs a carried binary, "$P/bin" holds them,
+    # "$R" is the results folder), e.g. compute-sanitizer on one test.
+    t=$(limit custom 120) || continue
+    echo "== custom: $CUSTOM"
+    run="$run" P="$P" R="$R" timeout "$t" bash -c "$CUSTOM" > "$R/custom.log" 2>&1
+    echo "custom rc=$?"; tail -40 "$R/custom.log" ;;
+  *) echo "unknown step '$step' (STEPS takes: tests wgmma_tests bench wgmma_bench train_cuda throughput strategies experts train_cpu custom)" ;;
   esac
   echo "-- $step took $((SECONDS - start)) s ($SECONDS s so far)"
   pack_results
