@@ -56,7 +56,7 @@ template <int kCached = 1, class Value>
 __device__ float block_nth_largest(Value value, long n, unsigned m) {
   constexpr int kMaxBins = 1 << 12;
   MOE_SHARED(unsigned, hist, [kMaxBins]);
-  MOE_SHARED(unsigned, chosen, [2]);  // the digit and the rank left within it
+  MOE_SHARED(unsigned, chosen, [4]);  // the digit, the rank left within it, its count, the early answer
   const long stride = blockDim.x, cached_end = stride * kCached;
   unsigned keys[kCached];
 MOE_UNROLL
@@ -95,11 +95,31 @@ MOE_UNROLL
       for (; above + hist[b] < remaining; --b) above += hist[b];
       chosen[0] = unsigned(b);
       chosen[1] = remaining - above;
+      chosen[2] = hist[b];
+      chosen[3] = chosen[1] == 1 ? 0u : ~0u;  // the identity of the max (or the min) below
     }
     __syncthreads();
     prefix |= chosen[0] << shift;
     mask |= digit_mask << shift;
     remaining = chosen[1];
+    // Early exit: when the rank is the bucket's first (or last) key, the answer is the bucket's
+    // largest (or smallest) key: one integer atomicMax (atomicMin) over the keys in it instead of
+    // the remaining passes. A bucket of one or two keys always qualifies, and after two passes
+    // (22 bits) the bucket is that small unless values repeat.
+    const unsigned in_bucket = chosen[2];
+    if (pass < 2 && (remaining == 1 || remaining == in_bucket)) {  // block-uniform
+      const bool largest = remaining == 1;
+MOE_UNROLL
+      for (int r = 0; r < kCached; ++r)
+        if (threadIdx.x + r * stride < n && (keys[r] & mask) == prefix)
+          largest ? void(atomicMax(&chosen[3], keys[r])) : void(atomicMin(&chosen[3], keys[r]));
+      for (long i = cached_end + threadIdx.x; i < n; i += stride) {
+        const unsigned key = order_key(value(i));
+        if ((key & mask) == prefix) largest ? void(atomicMax(&chosen[3], key)) : void(atomicMin(&chosen[3], key));
+      }
+      __syncthreads();
+      return key_value(chosen[3]);
+    }
   }
   return key_value(prefix);
 }

@@ -136,6 +136,27 @@ TEST(CudaDualPrices, LongColumnsWithTies) {
   }
 }
 
+TEST(CudaDualPrices, ColumnRanksFromLargestToSmallest) {
+  // The expert pass's radix select at the ranks m = cap + 1 = 2 (near the top), m = T (the
+  // smallest: the atomicMin exit after the first pass) and in between (the bucket's largest or
+  // smallest after two passes: the atomicMax / atomicMin exits; the third pass otherwise), on
+  // continuous values (distinct: the exits after the second pass) and on the 1/64 grid (runs of
+  // ties fill the buckets). T = 999 is odd: 63 threads' worth of tokens, a partial last warp.
+  const long T = 999;
+  const int E = 3, k = 1;
+  for (bool tied : {false, true}) {
+    const auto s = tied ? tied_scores(T, E, 93) : random_normal(static_cast<size_t>(T * E), 94);
+    for (long cap : {1L, 400L, 997L, 998L}) {
+      std::vector<float> q_cpu = {0.0f, 0.25f, -0.125f};
+      DeviceBuffer<float> ds(s), q(q_cpu);
+      dual_price_iterations(Tensor::from_vector<float>(s, {T, E}), k, cap, 1, false, q_cpu);
+      dual_price_iterations(ds.get(), T, E, k, cap, 1, false, q.get());
+      EXPECT_TRUE(all_near(q.to_host(), q_cpu, tied ? 0.0 : 2e-6, tied ? 0.0 : 1e-5))
+          << "cap = " << cap << ", tied = " << tied;
+    }
+  }
+}
+
 TEST(CudaDualPrices, RowOrdersUpToAllExpertsWithTies) {
   // E = 37: lanes hold one or two of a row's values; k + 1 runs up to E (m rounds of the token
   // pass's peeling, through tied values); columns of 45 tokens, clipped and not; a rerun matches
