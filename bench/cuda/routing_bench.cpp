@@ -35,8 +35,8 @@ double median_batch_ms(benchmark::State& state, const std::function<void()>& cal
 // starts from x [T, D] (bf16): logits = x Wr^T (cuBLAS, fp32 out), then
 //   topk:     softmax -> router_topk -> gates_forward (renormalized);
 //   bip:      softmax -> 4 dual iterations (cap = k T / E, clipped) -> price_shifted_topk -> gates;
-//   sinkhorn: sinkhorn_topk (xi = 1, <= 100 iterations, tol 1e-4; S-BASE: the top-k of the plan,
-//             fused into the last iteration kernel) -> gates from the softmax scores; the counter
+//   sinkhorn: softmax, sinkhorn_topk (xi = 1, <= 100 iterations, tol 1e-4; S-BASE: the top-k of
+//             the plan, fused into the last iteration kernel) -> gates from the softmax; the counter
 //             sinkhorn_iters = iterations run (the convergence rule is the CPU's, so the same
 //             logits converge after as many).
 // The FFN: experts_forward over T k rows in E balanced groups (three grouped GEMMs + SwiGLU).
@@ -58,8 +58,10 @@ void BM_RoutingShare(benchmark::State& state) {
   std::function<void()> route = [&] {
     cuda::gemm<bf16, float>(h, false, true, T, E, D, 1.0f, x.get(), D, wr.get(), D, 0.0f, logits.get(), E);
     if (variant == kSinkhorn) {
-      sinkhorn_iters = cuda::sinkhorn_topk(logits.get(), T, E, 1.0f, 100, 1e-4f, k, values.get(), ids.get());
+      // The softmax first: it does not depend on the plan, so the GPU runs it while the host
+      // queues the iterations (sinkhorn_topk waits for the device once, to read the state).
       cuda::softmax_forward<float>(logits.get(), probs.get(), T, E);
+      sinkhorn_iters = cuda::sinkhorn_topk(logits.get(), T, E, 1.0f, 100, 1e-4f, k, values.get(), ids.get());
     } else {
       cuda::softmax_forward<float>(logits.get(), probs.get(), T, E);
       if (variant == kBip) {

@@ -17,11 +17,11 @@
 namespace moe::cuda {
 namespace {
 
-constexpr int kTokenThreads = 256;       // the token pass: 8 warps per block
+constexpr int kTokenThreads = 512;       // the token pass: 16 warps per block, 2 tokens each
 constexpr int kTileTokens = 32;          // tokens per block of the token pass (a 128-byte transposed run)
 constexpr long kTokenTileFloats = 8448;  // its staged rows [tile, E + 1] and q: 33 KiB at most
 constexpr int kMaxExperts = 2048;        // at least one staged row
-constexpr int kColCached = 16;       // column values per thread of the expert pass kept in registers
+constexpr int kColCached = 16;           // column values per thread of the expert pass kept in registers
 
 // (max, count of it) over a warp: the count sums over the lanes holding the largest max (compared
 // as floats, so -0 and +0 count together, as the CPU's comparisons do); integer counts, so the
@@ -149,7 +149,7 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
   const int row_m = k + 1 < experts ? k + 1 : experts;
   const int col_m = int(cap + 1 < tokens ? cap + 1 : tokens);
   // Expert pass: kColCached tokens per thread (all of them in registers up to 16 Ki tokens), 32 to
-  // 1024 threads; the token pass: one warp per token, strided beyond kMaxRowBlocks blocks.
+  // 1024 threads; the token pass: one warp per token, `tile` tokens per block (fewer when E > 255).
   const unsigned col_threads = row_block_threads(ceil_div(tokens, kColCached), 1024);
   const int tile = int(std::clamp<long>(kTokenTileFloats / (experts + 1) - 1, 1, kTileTokens));
   const size_t token_smem = sizeof(float) * (size_t(experts) + size_t(tile) * (experts + 1));  // < 33 KiB

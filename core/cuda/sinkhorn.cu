@@ -11,6 +11,8 @@
 //     log d1, P adjacent lanes per row merged in a fixed butterfly) and writes the chunk's column
 //     partials into the buffer of parity i, for launch i + 1.
 // So n iterations take n + 1 launches (the last folds and writes the output) instead of 2 n + 2.
+// At T 16384, E 64: 128 blocks of 512 threads (one wave), each thread folding 16 partials, 4 lanes
+// per row, 8 threads per expert in the column pass.
 // Precision: the log-domain values (log K / xi, log d0, log d1, the running maxima) are doubles,
 // because |x - max| / xi reaches thousands (logits +/-80 at xi 0.05) where an fp32 log keeps only
 // ~1e-4 absolute; each exponent is a difference of those doubles, taken by expf, and the sums of
@@ -30,7 +32,7 @@
 namespace moe::cuda {
 namespace {
 
-constexpr unsigned kThreads = 256;  // threads of the iteration kernel (8 warps)
+constexpr unsigned kThreads = 512;  // threads of the iteration kernel (16 warps: short chains per thread)
 constexpr long kTileFloats = 8448;  // shared memory for the chunk's x: 33 KiB (128 rows of 64 experts + pad)
 constexpr int kRunning = INT_MAX;   // State::finished_at while the iterations run
 
@@ -191,11 +193,11 @@ __global__ void sinkhorn_step_kernel(StepArgs a, int launch) {
     for (int e = threadIdx.x; e < E; e += blockDim.x) a.d1_by_parity[(launch & 1) * E + e] = ld1[e];
 
   // Row pass: log d0[t] = -log T - logsumexp_e((x[t,e] - max) / xi + log d1[e]). P adjacent lanes
-  // per row (a power of two <= 32) take experts j, j + P, ...; max and (max, sum) merge in a
-  // butterfly over the P lanes (symmetric: every lane gets the same bits). Every thread runs the
-  // same number of rounds, so the shuffles see full warps.
+  // per row (a power of two <= 32, < 2 E) take experts j, j + P, ...; max and (max, sum) merge in a
+  // butterfly over the P lanes in a fixed pattern, and the row's lane 0 writes (its bits do not
+  // depend on timing). Every thread runs the same number of rounds, so the shuffles see full warps.
   int lanes = 1;
-  while (lanes < 32 && lanes * 2 * a.chunk <= int(blockDim.x)) lanes *= 2;
+  while (lanes < 32 && lanes < E && lanes * 2 * a.chunk <= int(blockDim.x)) lanes *= 2;
   const int per_round = int(blockDim.x) / lanes, j = int(threadIdx.x) % lanes;
   for (int r0 = 0; r0 < rows; r0 += per_round) {
     const int r = r0 + int(threadIdx.x) / lanes;

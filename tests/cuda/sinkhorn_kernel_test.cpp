@@ -95,7 +95,7 @@ TEST(CudaSinkhorn, MatchesCpuPlan) {
 }
 
 // 126 chunks of 32 rows (the last of one): every block folds 126 partials per expert (one fold
-// group: E > 256 threads); one iteration keeps the emulation short.
+// group: E > 512 / 2 threads); one iteration keeps the emulation short.
 TEST(CudaSinkhorn, FoldOverManyChunks) {
   const long T = 4001;
   const int E = 263;
@@ -104,8 +104,8 @@ TEST(CudaSinkhorn, FoldOverManyChunks) {
   check_against_cpu(x, T, E, 1.0f, 1, 0.0f);
 }
 
-// 1031 tokens of 7 experts: 33 chunks of 32 rows (the last of 7), 36 fold groups (more than the
-// chunks: the last 3 fold nothing), 8 lanes per row in the row pass (7 experts: one lane idle).
+// 1031 tokens of 7 experts: 33 chunks of 32 rows (the last of 7), 73 fold groups (more than the
+// chunks: the last 40 fold nothing), 8 lanes per row in the row pass (7 experts: one lane idle).
 TEST(CudaSinkhorn, OddTokensFewExperts) {
   const long T = 1031;
   const int E = 7;
@@ -149,13 +149,15 @@ TEST(CudaSinkhorn, PlanWrapperEqualsScalings) {  // sinkhorn_plan = sinkhorn_sca
   EXPECT_EQ(plan.to_host(), want.plan);
 }
 
-// The fused top-k of the plan = router_topk of sinkhorn_plan's plan, bit for bit (ties included:
-// rows 3 and 4 repeat one value, so their plan entries tie and go to the lower expert).
+// The fused top-k of the plan = router_topk of sinkhorn_plan's plan, bit for bit, ties included:
+// experts 1 and 2 have the same column, so the same log d1 and tied plan entries in every row
+// (to the lower expert); row 3 is constant (its order is log d1's).
 TEST(CudaSinkhorn, TopkEqualsTopkOfPlan) {
-  const long T = 301;
+  const long T = 101;
   const int E = 13, k = 3;
   auto x = sinkhorn_input(T, E, 84);
-  for (int e = 0; e < E; ++e) x[size_t(3 * E + e)] = 0.5f, x[size_t(4 * E + e)] = e % 2 ? 1.0f : -1.0f;
+  for (long t = 0; t < T; ++t) x[size_t(t * E + 2)] = x[size_t(t * E + 1)] + 2.0f, x[size_t(t * E + 1)] += 2.0f;
+  for (int e = 0; e < E; ++e) x[size_t(3 * E + e)] = 0.5f;
   DeviceBuffer<float> dx(x), plan{size_t(T) * E}, want_v{size_t(T) * k}, got_v{size_t(T) * k};
   DeviceBuffer<int32_t> want_i{size_t(T) * k}, got_i{size_t(T) * k};
   for (const auto& [iters, tol] : {std::pair{4, 0.0f}, std::pair{100, 1e-4f}}) {
@@ -164,6 +166,11 @@ TEST(CudaSinkhorn, TopkEqualsTopkOfPlan) {
     EXPECT_EQ(sinkhorn_topk(dx.get(), T, E, 0.5f, iters, tol, k, got_v.get(), got_i.get()), ran);
     EXPECT_EQ(got_v.to_host(), want_v.to_host());
     EXPECT_EQ(got_i.to_host(), want_i.to_host());
+    const auto ids = got_i.to_host();
+    long tied = 0;  // rows that pick expert 1 and then 2 (the tie, in order)
+    for (long t = 0; t < T; ++t)
+      for (int s = 0; s + 1 < k; ++s) tied += ids[size_t(t * k + s)] == 1 && ids[size_t(t * k + s + 1)] == 2;
+    EXPECT_GT(tied, 10) << "the tied columns are picked together";
   }
 }
 
