@@ -96,6 +96,28 @@ __device__ __forceinline__ void merge_pair(double& m, float& s, double om, float
   m = mm;
 }
 
+// Merges n partials (max, sum) at stride `stride` in index order into (m, s), one pass reading
+// kFoldBatch of them into registers at a time: the partials sit in L2 (another launch wrote
+// them), so the loads of a batch are in flight together instead of one round trip per partial.
+constexpr int kFoldBatch = 8;
+__device__ __forceinline__ void fold_partials(const double* pm, const float* ps, int n, long stride, double& m,
+                                              float& s) {
+  m = -INFINITY;
+  s = 0.0f;
+  for (int i0 = 0; i0 < n; i0 += kFoldBatch) {
+    double bm[kFoldBatch];
+    float bs[kFoldBatch];
+MOE_UNROLL
+    for (int b = 0; b < kFoldBatch; ++b) {
+      const bool in = i0 + b < n;
+      bm[b] = in ? pm[(i0 + b) * stride] : -INFINITY;
+      bs[b] = in ? ps[(i0 + b) * stride] : 0.0f;
+    }
+MOE_UNROLL
+    for (int b = 0; b < kFoldBatch; ++b) merge_pair(m, s, bm[b], bs[b]);
+  }
+}
+
 // One plan entry exp(log Pi): the same expression here and in sinkhorn_plan_kernel, so the fused
 // output and sinkhorn_plan_from_scalings agree bit for bit.
 __device__ __forceinline__ float plan_entry(float x, float row_max, double log_d0, double log_d1, double inv_xi) {
@@ -138,8 +160,8 @@ __global__ void sinkhorn_step_kernel(StepArgs a, int launch) {
     const long base = long((launch - 1) & 1) * a.chunks * E;
     for (int p = threadIdx.x; p < ge; p += blockDim.x) {
       const int e = p % E, g = p / E;
-      merge_partials(a.part_max + base + long(g) * E + e, a.part_sum + base + long(g) * E + e,
-                     a.chunks > g ? (a.chunks - g + groups - 1) / groups : 0, long(groups) * E, gmax[p], gsum[p]);
+      fold_partials(a.part_max + base + long(g) * E + e, a.part_sum + base + long(g) * E + e,
+                    a.chunks > g ? (a.chunks - g + groups - 1) / groups : 0, long(groups) * E, gmax[p], gsum[p]);
     }
     __syncthreads();
     const double* old_d1 = a.d1_by_parity + ((launch - 1) & 1) * E;
