@@ -101,7 +101,7 @@ __global__ void token_prices_kernel(const float* scores, const float* q, float* 
 __global__ void __launch_bounds__(1024)
     expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
   const float* col = scores_t + long(blockIdx.x) * tokens;
-  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
+  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m), clip);
   if (threadIdx.x == 0) q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
 }
 
