@@ -13,6 +13,7 @@
 #include "core/cuda/launch.h"
 #include "core/cuda/radix_select.h"
 #include "core/cuda/row_topk.h"
+#include "core/cuda/stage_rows.h"
 
 namespace moe::cuda {
 namespace {
@@ -81,8 +82,7 @@ __global__ void token_prices_kernel(const float* scores, const float* q, float* 
   const long t0 = long(blockIdx.x) * tile;
   const int rows = tokens - t0 < tile ? int(tokens - t0) : tile;
   for (int j = threadIdx.x; j < experts; j += blockDim.x) qs[j] = q[j];
-  const float* src = scores + t0 * experts;
-  for (int i = threadIdx.x; i < rows * experts; i += blockDim.x) rows_s[(i / experts) * stride + i % experts] = src[i];
+  stage_rows(scores + t0 * experts, rows, experts, rows_s, stride);
   __syncthreads();
   if (scores_t)
     for (int i = threadIdx.x; i < rows * experts; i += blockDim.x) {

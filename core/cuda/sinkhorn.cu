@@ -28,13 +28,13 @@
 #include "core/cuda/memory.h"
 #include "core/cuda/row_topk.h"
 #include "core/cuda/sinkhorn.h"
+#include "core/cuda/stage_rows.h"
 
 namespace moe::cuda {
 namespace {
 
 constexpr unsigned kThreads = 512;  // threads of the iteration kernel (16 warps: short chains per thread)
 constexpr long kTileFloats = 8448;  // shared memory for the chunk's x: 33 KiB (128 rows of 64 experts + pad)
-constexpr int kStageBatch = 8;      // x loads per thread in flight while staging the chunk
 constexpr int kRunning = INT_MAX;   // State::finished_at while the iterations run
 
 struct State {
@@ -149,22 +149,7 @@ __global__ void sinkhorn_step_kernel(StepArgs a, int launch) {
   const int stride = E + 1;
   const long t0 = long(blockIdx.x) * a.chunk;
   const int rows = a.tokens - t0 < a.chunk ? int(a.tokens - t0) : a.chunk;
-  // The chunk's rows are contiguous: coalesced loads, kStageBatch per thread in flight together
-  // (a load-then-store loop would wait one L2 round trip per element).
-  const float* src = a.x + t0 * E;
-  for (int i0 = threadIdx.x; i0 < rows * E; i0 += kStageBatch * int(blockDim.x)) {
-    float v[kStageBatch];
-MOE_UNROLL
-    for (int b = 0; b < kStageBatch; ++b) {
-      const int i = i0 + b * int(blockDim.x);
-      v[b] = i < rows * E ? src[i] : 0.0f;
-    }
-MOE_UNROLL
-    for (int b = 0; b < kStageBatch; ++b) {
-      const int i = i0 + b * int(blockDim.x);
-      if (i < rows * E) tile[(i / E) * stride + i % E] = v[b];
-    }
-  }
+  stage_rows(a.x + t0 * E, rows, E, tile, stride);  // the chunk's rows are contiguous: coalesced loads
 
   if (launch == 0) {  // d1 = 1
     for (int e = threadIdx.x; e < E; e += blockDim.x) ld1[e] = 0.0;
