@@ -273,7 +273,7 @@ SinkhornStats run_iterations(StepArgs a, cudaStream_t stream, int batch) {
   // Up to 42 KiB at E <= 512; beyond, the per-expert arrays grow past the 48 KiB default (82 KiB at
   // E 2048): opted in, within sm_80's 163 KiB.
   MOE_CHECK(smem <= 160 * 1024, op, a.experts, " experts: too many for shared memory (", smem, " bytes)");
-  const size_t opt_in = smem > 48 * 1024 ? smem : 0;
+  const size_t opt_in = smem > 46 * 1024 ? smem : 0;  // 2 KiB of room for the static part (1 KiB on sm_90)
   Workspace<double> part_max{size_t(2) * a.chunks * a.experts}, d1_by_parity{size_t(2) * a.experts};
   Workspace<float> part_sum{size_t(2) * a.chunks * a.experts};
   Workspace<State> state(1);
