@@ -35,9 +35,10 @@ double median_batch_ms(benchmark::State& state, const std::function<void()>& cal
 // starts from x [T, D] (bf16): logits = x Wr^T (cuBLAS, fp32 out), then
 //   topk:     softmax -> router_topk -> gates_forward (renormalized);
 //   bip:      softmax -> 4 dual iterations (cap = k T / E, clipped) -> price_shifted_topk -> gates;
-//   sinkhorn: sinkhorn_plan (xi = 1, <= 100 iterations, tol 1e-4; S-BASE) -> top-k of the plan ->
-//             gates from the softmax scores; the counter sinkhorn_iters = iterations run (the
-//             convergence rule is the CPU's, so the same logits converge after as many).
+//   sinkhorn: softmax, sinkhorn_topk (xi = 1, <= 100 iterations, tol 1e-4; S-BASE: the top-k of
+//             the plan, fused into the last iteration kernel) -> gates from the softmax; the counter
+//             sinkhorn_iters = iterations run (the convergence rule is the CPU's, so the same
+//             logits converge after as many).
 // The FFN: experts_forward over T k rows in E balanced groups (three grouped GEMMs + SwiGLU).
 void BM_RoutingShare(benchmark::State& state) {
   const long T = state.range(0), D = state.range(1);
@@ -47,7 +48,7 @@ void BM_RoutingShare(benchmark::State& state) {
   const long rows = T * k;
   auto x = random_bf16(size_t(T) * D, 1.0f, 11);
   auto wr = random_bf16(size_t(E) * D, 1.0f / std::sqrt(float(D)), 12);
-  cuda::DeviceBuffer<float> logits(size_t(T) * E), probs(size_t(T) * E), plan(size_t(T) * E);
+  cuda::DeviceBuffer<float> logits(size_t(T) * E), probs(size_t(T) * E);
   cuda::DeviceBuffer<float> values(size_t(T) * k), gates(size_t(T) * k), q(E);
   cuda::DeviceBuffer<int32_t> ids(size_t(T) * k);
   q.zero();
@@ -57,9 +58,10 @@ void BM_RoutingShare(benchmark::State& state) {
   std::function<void()> route = [&] {
     cuda::gemm<bf16, float>(h, false, true, T, E, D, 1.0f, x.get(), D, wr.get(), D, 0.0f, logits.get(), E);
     if (variant == kSinkhorn) {
-      sinkhorn_iters = cuda::sinkhorn_plan(logits.get(), T, E, 1.0f, 100, 1e-4f, plan.get());
+      // The softmax first: it does not depend on the plan, so the GPU runs it while the host
+      // queues the iterations (sinkhorn_topk waits for the device once, to read the state).
       cuda::softmax_forward<float>(logits.get(), probs.get(), T, E);
-      cuda::router_topk(plan.get(), values.get(), ids.get(), T, E, k);
+      sinkhorn_iters = cuda::sinkhorn_topk(logits.get(), T, E, 1.0f, 100, 1e-4f, k, values.get(), ids.get());
     } else {
       cuda::softmax_forward<float>(logits.get(), probs.get(), T, E);
       if (variant == kBip) {
@@ -103,8 +105,9 @@ void routing_args(benchmark::internal::Benchmark* b) {
 BENCHMARK(guarded<BM_RoutingShare>)->Name("BM_RoutingShare")->Apply(routing_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);
 
 // sinkhorn_plan alone on router-like logits (N(0, 1)), xi = 1: Args T, E, iterations (tol 0, so
-// exactly that many run: the per-iteration cost, two kernels each, with one host read of the
-// converged flag per batch of 8) and the plan kernel. us_per_iter = the whole call / iterations.
+// exactly that many run: the per-iteration cost, one kernel each, plus the last kernel that folds
+// and writes the plan, with one host read of the state per batch: 3 launches, then 4, 8).
+// us_per_iter = the whole call / iterations.
 void BM_SinkhornPlan(benchmark::State& state) {
   const long T = state.range(0);
   const int E = int(state.range(1)), iters = int(state.range(2));
@@ -128,8 +131,8 @@ BENCHMARK(guarded<BM_SinkhornPlan>)->Name("BM_SinkhornPlan")->Apply(sinkhorn_arg
 
 // dual_price_iterations alone (BIP: clipped, k = 2, cap = ceil(k T / E)) on router-like
 // probabilities (softmax of variance-1 logits), q warm-started call to call as in training: Args
-// T, E, iterations. us_per_iter = the whole call (one transpose + 2 kernels per iteration) /
-// iterations; shifted_topk_us = price_shifted_topk after it (BIP's selection).
+// T, E, iterations. us_per_iter = the whole call (2 kernels per iteration; the first token pass
+// also transposes) / iterations; shifted_topk_us = price_shifted_topk after it (one kernel).
 void BM_DualPrices(benchmark::State& state) {
   const long T = state.range(0);
   const int E = int(state.range(1)), iters = int(state.range(2)), k = 2;

@@ -1,7 +1,9 @@
 // Dual price kernels, two launches per iteration: the token pass finds each row's (k+1)-th largest
-// by peeling distinct values off the top with warp (max, count) reductions; the expert pass runs
-// the block radix select of radix_select.h over the column (one 1024-thread block per expert at
-// 16 Ki tokens, the column in registers). Both exact, integer counts only: bit-identical reruns.
+// by peeling distinct values off the top with warp (max, count) reductions (its first launch also
+// writes the transposed scores for the expert pass); the expert pass runs the block radix select
+// of radix_select.h over the column (one 1024-thread block per expert at 16 Ki tokens, the column
+// in registers). Both exact, integer counts only: bit-identical reruns. The price-shifted top-k is
+// one kernel. So I iterations take 2 I launches and the selection one.
 #include <algorithm>
 #include <cmath>
 
@@ -10,15 +12,19 @@
 #include "core/cuda/dual_prices.h"
 #include "core/cuda/launch.h"
 #include "core/cuda/radix_select.h"
-#include "core/cuda/router.h"
+#include "core/cuda/row_topk.h"
+#include "core/cuda/stage_rows.h"
 
 namespace moe::cuda {
 namespace {
 
-constexpr int kRowWarps = 4;         // tokens in flight per block (E floats each: 32 KiB at most)
-constexpr int kMaxRowBlocks = 2048;  // the token pass strides over the rest
-constexpr int kMaxExperts = 2048;    // a token's E shifted scores per warp in shared memory
-constexpr int kColCached = 16;       // column values per thread of the expert pass kept in registers
+constexpr int kTokenThreads = 512;       // the token pass: 16 warps per block, 2 tokens each
+constexpr int kTileTokens = 32;          // tokens per block of the token pass (a 128-byte transposed run)
+constexpr long kTokenTileFloats = 8448;  // its staged rows [tile, E + 1] and q: 33 KiB at most
+constexpr int kTopkThreads = 128;        // the price-shifted top-k: one thread per staged token
+constexpr int kTopkTileTokens = 128;
+constexpr int kMaxExperts = 2048;        // at least one staged row
+constexpr int kColCached = 16;           // column values per thread of the expert pass kept in registers
 
 // (max, count of it) over a warp: the count sums over the lanes holding the largest max (compared
 // as floats, so -0 and +0 count together, as the CPU's comparisons do); integer counts, so the
@@ -38,55 +44,58 @@ __device__ __forceinline__ void warp_max_count(float& mx, int& count) {
   }
 }
 
-// p_i for one token per warp (tokens strided over the grid): the warp stages s_i - q in shared
-// memory, then peels off distinct values from the top, one warp (max, count) reduction each, until
-// the count reaches m: the value where it does is the m-th largest (ties counted with their
-// multiplicity). At most m rounds, each a pass of E / 32 shared reads per lane.
-__global__ void token_prices_kernel(const float* scores, const float* q, float* p, long tokens, int experts, int m,
-                                    bool clip) {
-  MOE_DYNAMIC_SHARED(float, staged);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* v = staged + warp * experts;
-  for (long t = long(blockIdx.x) * kRowWarps + warp; t < tokens; t += long(gridDim.x) * kRowWarps) {
-    for (int j = lane; j < experts; j += 32) v[j] = scores[t * experts + j] - q[j];
-    __syncwarp();
-    float bound = INFINITY, result = -INFINITY;
-    for (int remaining = m;;) {  // warp-uniform: every lane sees the same reductions
-      float mx = -INFINITY;
-      int count = 0;
-      for (int j = lane; j < experts; j += 32) {
-        const float x = v[j];
-        if (x < bound && x > mx) {
-          mx = x;
-          count = 1;
-        } else if (x < bound && x == mx) {
-          ++count;
-        }
+// The m-th largest of v(0) .. v(n - 1) for a whole warp (every lane gets it): peels distinct
+// values off the top, one warp (max, count) reduction each, until the count reaches m: the value
+// where it does is the m-th largest (ties counted with their multiplicity). At most m rounds, each
+// n / 32 evaluations of v per lane.
+template <class Value>
+__device__ __forceinline__ float warp_nth_largest(Value v, int n, int m) {
+  float bound = INFINITY;
+  for (int remaining = m;;) {  // warp-uniform: every lane sees the same reductions
+    float mx = -INFINITY;
+    int count = 0;
+    for (int j = threadIdx.x % 32; j < n; j += 32) {
+      const float x = v(j);
+      if (x < bound && x > mx) {
+        mx = x;
+        count = 1;
+      } else if (x < bound && x == mx) {
+        ++count;
       }
-      warp_max_count(mx, count);
-      if (count >= remaining || count == 0) {  // count 0: only -inf (or NaN) left; m <= E makes it rare
-        result = mx;
-        break;
-      }
-      remaining -= count;
-      bound = mx;
     }
-    __syncwarp();  // the row's readers are done before the next token's staging
-    if (lane == 0) p[t] = clip ? fmaxf(0.0f, result) : result;
+    warp_max_count(mx, count);
+    if (count >= remaining || count == 0) return mx;  // count 0: only -inf (or NaN) left; m <= n makes it rare
+    remaining -= count;
+    bound = mx;
   }
 }
 
-// scores_t [experts, tokens] = scores^T, so the expert pass reads its column contiguously. Token
-// tiles run along grid.x (up to 2^31 - 1; grid.y stops at 65535, 2 M tokens), expert tiles along y.
-__global__ void transpose_kernel(const float* in, float* out, long rows, int cols) {
-  MOE_SHARED(float, tile, [32][33]);
-  const long r0 = long(blockIdx.x) * 32;
-  const int c0 = blockIdx.y * 32;
-  for (int i = threadIdx.y; i < 32; i += blockDim.y)
-    if (r0 + i < rows && c0 + int(threadIdx.x) < cols) tile[i][threadIdx.x] = in[(r0 + i) * cols + c0 + threadIdx.x];
+// The token pass over a tile of `tile` tokens per block: the tile's rows are staged in shared
+// memory (coalesced), q too; one warp per token takes p_t = the m-th largest of s_t - q. When
+// scores_t is given (the first iteration) the block also writes its tile transposed into
+// scores_t [experts, tokens], so the expert pass reads its column contiguously without a
+// transpose kernel of its own. s - q is formed on the fly: the tile stays the scores.
+__global__ void token_prices_kernel(const float* scores, const float* q, float* p, float* scores_t, long tokens,
+                                    int experts, int tile, int m, bool clip) {
+  MOE_DYNAMIC_SHARED(float, smem);
+  float* qs = smem;
+  float* rows_s = smem + experts;
+  const int stride = experts + 1;  // padded: the transposed reads go down a column without bank conflicts
+  const long t0 = long(blockIdx.x) * tile;
+  const int rows = tokens - t0 < tile ? int(tokens - t0) : tile;
+  for (int j = threadIdx.x; j < experts; j += blockDim.x) qs[j] = q[j];
+  stage_rows(scores + t0 * experts, rows, experts, rows_s, stride);
   __syncthreads();
-  for (int i = threadIdx.y; i < 32; i += blockDim.y)
-    if (c0 + i < cols && r0 + threadIdx.x < rows) out[long(c0 + i) * rows + r0 + threadIdx.x] = tile[threadIdx.x][i];
+  if (scores_t)
+    for (int i = threadIdx.x; i < rows * experts; i += blockDim.x) {
+      const int e = i / rows, r = i % rows;
+      scores_t[long(e) * tokens + t0 + r] = rows_s[r * stride + e];
+    }
+  for (int r = int(threadIdx.x) / 32; r < rows; r += int(blockDim.x) / 32) {
+    const float* v = rows_s + r * stride;
+    const float result = warp_nth_largest([&](int j) { return v[j] - qs[j]; }, experts, m);
+    if (threadIdx.x % 32 == 0) p[t0 + r] = clip ? fmaxf(0.0f, result) : result;
+  }
 }
 
 // q_e = the m-th largest of scores_t[e, i] - p_i over the tokens i. Launched with up to 1024
@@ -94,12 +103,32 @@ __global__ void transpose_kernel(const float* in, float* out, long rows, int col
 __global__ void __launch_bounds__(1024)
     expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
   const float* col = scores_t + long(blockIdx.x) * tokens;
-  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
+  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m), clip);
   if (threadIdx.x == 0) q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
 }
 
-__global__ void negate_kernel(const float* q, float* out, int experts) {
-  for (int j = threadIdx.x; j < experts; j += blockDim.x) out[j] = -q[j];
+// BIP's selection, one thread per token of the block's `tile` tokens: the rows staged in shared
+// memory first (batched coalesced loads, as the token pass), then the top-k of s_t - q over the
+// staged row (row_topk.h's order; the padded rows keep the threads' reads conflict-free).
+__global__ void price_topk_kernel(const float* scores, const float* q, float* values, int32_t* indices, long tokens,
+                                  int experts, int tile, int k) {
+  MOE_DYNAMIC_SHARED(float, smem);
+  float* qs = smem;
+  float* rows_s = smem + experts;
+  const int stride = experts + 1;
+  const long t0 = long(blockIdx.x) * tile;
+  const int rows = tokens - t0 < tile ? int(tokens - t0) : tile;
+  for (int j = threadIdx.x; j < experts; j += blockDim.x) qs[j] = q[j];
+  stage_rows(scores + t0 * experts, rows, experts, rows_s, stride);
+  __syncthreads();
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
+    const float* row = rows_s + r * stride;
+    const long t = t0 + r;
+    row_topk([&](int e) { return row[e] - qs[e]; }, experts, k, [&](int s, float v, int e) {
+      values[t * k + s] = v;
+      indices[t * k + s] = e;
+    });
+  }
 }
 
 // One block: thread 0 sums next in expert order (a fixed order: the same double as the CPU's).
@@ -134,16 +163,15 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
   const int row_m = k + 1 < experts ? k + 1 : experts;
   const int col_m = int(cap + 1 < tokens ? cap + 1 : tokens);
   // Expert pass: kColCached tokens per thread (all of them in registers up to 16 Ki tokens), 32 to
-  // 1024 threads; the token pass: one warp per token, strided beyond kMaxRowBlocks blocks.
+  // 1024 threads; the token pass: one warp per token, `tile` tokens per block (fewer when E > 255).
   const unsigned col_threads = row_block_threads(ceil_div(tokens, kColCached), 1024);
-  const unsigned row_blocks = unsigned(std::min<long>(kMaxRowBlocks, ceil_div(tokens, kRowWarps)));
+  const int tile = int(std::clamp<long>(kTokenTileFloats / (experts + 1) - 1, 1, kTileTokens));
+  const size_t token_smem = sizeof(float) * (size_t(experts) + size_t(tile) * (experts + 1));  // < 33 KiB
   Workspace<float> p{size_t(tokens)}, scores_t{size_t(tokens) * experts};
-  MOE_LAUNCH(transpose_kernel, dim3(ceil_div(tokens, 32), ceil_div(experts, 32)), dim3(32, 8), 0, stream, scores,
-             scores_t.get(), tokens, experts);
   for (int it = 0; it < iters; ++it) {
-    MOE_LAUNCH(token_prices_kernel, row_blocks, kRowWarps * 32,
-               sizeof(float) * size_t(kRowWarps) * experts, stream, scores, static_cast<const float*>(q), p.get(),
-               tokens, experts, row_m, clip);
+    MOE_LAUNCH(token_prices_kernel, ceil_div(tokens, tile), kTokenThreads, token_smem, stream, scores,
+               static_cast<const float*>(q), p.get(), it == 0 ? scores_t.get() : nullptr, tokens, experts, tile,
+               row_m, clip);
     MOE_LAUNCH(expert_prices_kernel, unsigned(experts), col_threads, 0, stream,
                static_cast<const float*>(scores_t.get()), static_cast<const float*>(p.get()), q, tokens, col_m, clip);
   }
@@ -151,13 +179,12 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
 
 void price_shifted_topk(const float* scores, const float* q, long tokens, int experts, int k, float* values,
                         int32_t* indices, cudaStream_t stream) {
-  MOE_CHECK(tokens > 0 && experts > 0 && k >= 1 && k <= experts, "cuda::price_shifted_topk", "scores [", tokens, ", ",
-            experts, "] with k = ", k);
-  // s - q is s + (-q) exactly in IEEE arithmetic (signed zeros included), so the biased top-k
-  // ranks and returns the shifted scores without a [tokens, experts] pass of its own.
-  Workspace<float> minus_q{size_t(experts)};
-  MOE_LAUNCH(negate_kernel, 1, row_block_threads(experts, 1024), 0, stream, q, minus_q.get(), experts);
-  router_topk_biased(scores, minus_q.get(), values, indices, tokens, experts, k, stream);
+  MOE_CHECK(tokens > 0 && experts > 0 && experts <= kMaxExperts && k >= 1 && k <= experts, "cuda::price_shifted_topk",
+            "scores [", tokens, ", ", experts, "] with k = ", k, ": expected 1 <= k <= experts <= ", kMaxExperts);
+  const int tile = int(std::clamp<long>(kTokenTileFloats / (experts + 1) - 1, 1, kTopkTileTokens));
+  const size_t smem = sizeof(float) * (size_t(experts) + size_t(tile) * (experts + 1));  // < 33 KiB
+  MOE_LAUNCH(price_topk_kernel, ceil_div(tokens, tile), kTopkThreads, smem, stream, scores, q, values, indices, tokens,
+             experts, tile, k);
 }
 
 }  // namespace moe::cuda

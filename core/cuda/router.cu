@@ -1,9 +1,9 @@
-// Top-k by repeated selection: step s picks the best entry that comes after step s-1's pick in the
-// order (value descending, index ascending), so no per-thread pick list is needed and ties are
-// deterministic. The histogram counts in shared memory first, then one atomic per expert per block.
+// Top-k by repeated selection (row_topk.h). The histogram counts in shared memory first, then one
+// atomic per expert per block.
 #include "core/cuda/launch.h"
 #include "core/cuda/memory.h"
 #include "core/cuda/router.h"
+#include "core/cuda/row_topk.h"
 
 namespace moe::cuda {
 namespace {
@@ -16,22 +16,16 @@ __global__ void router_topk_kernel(const float* scores, const float* bias, float
   const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
   if (t >= tokens) return;
   const float* row = scores + t * experts;
-  float prev_v = INFINITY;
-  int prev_i = -1;
-  for (int s = 0; s < k; ++s) {
-    float best_v = -INFINITY;
-    int best_i = -1;
-    for (int e = 0; e < experts; ++e) {
-      float v = row[e];
-      if constexpr (kBiased) v += bias[e];
-      const bool after_prev = v < prev_v || (v == prev_v && e > prev_i);
-      if (after_prev && (best_i < 0 || v > best_v)) best_v = v, best_i = e;
-    }
-    values[t * k + s] = best_v;
-    indices[t * k + s] = best_i;
-    prev_v = best_v;
-    prev_i = best_i;
-  }
+  row_topk(
+      [&](int e) {
+        if constexpr (kBiased) return row[e] + bias[e];
+        return row[e];
+      },
+      experts, k,
+      [&](int s, float v, int e) {
+        values[t * k + s] = v;
+        indices[t * k + s] = e;
+      });
 }
 
 __global__ void load_histogram_kernel(const int32_t* ids, long n, int experts, int32_t* counts) {

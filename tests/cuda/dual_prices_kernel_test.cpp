@@ -123,16 +123,42 @@ std::vector<float> tied_scores(long T, int E, unsigned seed) {
 TEST(CudaDualPrices, LongColumnsWithTies) {
   // T = 3001: 192 threads per expert (6 warps; 4096 histogram bins do not split evenly over them);
   // T > 16 x 1024: 1024 threads, re-reading the tokens beyond the 16 per thread kept in registers.
-  // The rank cap + 1 lands inside runs of tied values.
+  // The rank cap + 1 lands inside runs of tied values. The long one clipped: the positive count
+  // and the select over the positives re-read the uncached tokens too.
   const int E = 2, k = 1, iters = 1;
   for (long T : {3001L, 16411L}) {
     const auto s = tied_scores(T, E, 91);
     const long cap = balanced_capacity(T, E, k);
     std::vector<float> q_cpu = {0.0625f, -0.125f};
     DeviceBuffer<float> ds(s), q(q_cpu);
-    dual_price_iterations(Tensor::from_vector<float>(s, {T, E}), k, cap, iters, false, q_cpu);
-    dual_price_iterations(ds.get(), T, E, k, cap, iters, false, q.get());
+    const bool clip = T > 16 * 1024;
+    dual_price_iterations(Tensor::from_vector<float>(s, {T, E}), k, cap, iters, clip, q_cpu);
+    dual_price_iterations(ds.get(), T, E, k, cap, iters, clip, q.get());
     EXPECT_TRUE(all_near(q.to_host(), q_cpu, 0.0, 0.0)) << "T = " << T;
+  }
+}
+
+TEST(CudaDualPrices, ColumnRanksFromLargestToSmallest) {
+  // The expert pass's radix select at the ranks m = cap + 1 = 2 (near the top), m = T (the
+  // smallest: the atomicMin exit after the first pass) and in between (the bucket's largest or
+  // smallest after two passes: the atomicMax / atomicMin exits; the third pass otherwise), on
+  // continuous values (distinct: the exits after the second pass) and on the 1/64 grid (runs of
+  // ties fill the buckets). T = 511 is odd: one warp of 16 cached tokens each, the last short.
+  const long T = 511;
+  const int E = 3, k = 1;
+  for (bool tied : {false, true}) {
+    const auto s = tied ? tied_scores(T, E, 93) : random_normal(static_cast<size_t>(T * E), 94);
+    // Clipped (BIP): the positive values are counted first; fewer than cap + 1 give 0 at once
+    // (cap 510: m = T), else the select runs over them alone (cap 1).
+    for (bool clip : {false, true})
+      for (long cap : {1L, 200L, 510L}) {
+        std::vector<float> q_cpu = {0.0f, 0.25f, -0.125f};
+        DeviceBuffer<float> ds(s), q(q_cpu);
+        dual_price_iterations(Tensor::from_vector<float>(s, {T, E}), k, cap, 1, clip, q_cpu);
+        dual_price_iterations(ds.get(), T, E, k, cap, 1, clip, q.get());
+        EXPECT_TRUE(all_near(q.to_host(), q_cpu, tied ? 0.0 : 2e-6, tied ? 0.0 : 1e-5))
+            << "cap = " << cap << ", tied = " << tied << ", clip = " << clip;
+      }
   }
 }
 

@@ -9,6 +9,7 @@
 #include <cstdio>
 
 #include "core/cuda/memory.h"
+#include "core/cuda/router.h"
 #include "core/cuda/sinkhorn.h"
 #include "layers/moe/balance/sinkhorn_plan.h"
 #include "tests/cuda/kernel_test_util.h"
@@ -93,14 +94,23 @@ TEST(CudaSinkhorn, MatchesCpuPlan) {
   check_against_cpu(sinkhorn_input(37, 263, 79), 37, 263, 1.0f, 200, 1e-4f);  // chunks of 31 rows (shared tile)
 }
 
-// 259 chunks of 31 rows: the per-expert combine runs 256 threads (8 warps merged in its tree), the
-// first 3 of them merging two chunks each. One iteration keeps the emulation short.
-TEST(CudaSinkhorn, CombineOverManyChunks) {
-  const long T = 8000;
+// 126 chunks of 32 rows (the last of one): every block folds 126 partials per expert (one fold
+// group: E > 512 / 2 threads); one iteration keeps the emulation short.
+TEST(CudaSinkhorn, FoldOverManyChunks) {
+  const long T = 4001;
   const int E = 263;
-  ASSERT_EQ(sinkhorn_chunk_tokens(T, E), 31);
+  ASSERT_EQ(sinkhorn_chunk_tokens(T, E), 32);
   const auto x = sinkhorn_input(T, E, 82);
   check_against_cpu(x, T, E, 1.0f, 1, 0.0f);
+}
+
+// 1031 tokens of 7 experts: 33 chunks of 32 rows (the last of 7), 73 fold groups (more than the
+// chunks: the last 40 fold nothing), 8 lanes per row in the row pass (7 experts: one lane idle).
+TEST(CudaSinkhorn, OddTokensFewExperts) {
+  const long T = 1031;
+  const int E = 7;
+  ASSERT_EQ(sinkhorn_chunk_tokens(T, E), 32);
+  check_against_cpu(sinkhorn_input(T, E, 83), T, E, 1.0f, 100, 1e-4f);
 }
 
 // xi 0.05: x / xi up to 120, far beyond fp32's exp range; the device works in logs throughout.
@@ -139,6 +149,31 @@ TEST(CudaSinkhorn, PlanWrapperEqualsScalings) {  // sinkhorn_plan = sinkhorn_sca
   EXPECT_EQ(plan.to_host(), want.plan);
 }
 
+// The fused top-k of the plan = router_topk of sinkhorn_plan's plan, bit for bit, ties included:
+// experts 1 and 2 have the same column, so the same log d1 and tied plan entries in every row
+// (to the lower expert); row 3 is constant (its order is log d1's).
+TEST(CudaSinkhorn, TopkEqualsTopkOfPlan) {
+  const long T = 101;
+  const int E = 13, k = 3;
+  auto x = sinkhorn_input(T, E, 84);
+  for (long t = 0; t < T; ++t) x[size_t(t * E + 2)] = x[size_t(t * E + 1)] + 2.0f, x[size_t(t * E + 1)] += 2.0f;
+  for (int e = 0; e < E; ++e) x[size_t(3 * E + e)] = 0.5f;
+  DeviceBuffer<float> dx(x), plan{size_t(T) * E}, want_v{size_t(T) * k}, got_v{size_t(T) * k};
+  DeviceBuffer<int32_t> want_i{size_t(T) * k}, got_i{size_t(T) * k};
+  for (const auto& [iters, tol] : {std::pair{4, 0.0f}, std::pair{100, 1e-4f}}) {
+    const int ran = sinkhorn_plan(dx.get(), T, E, 0.5f, iters, tol, plan.get());
+    router_topk(plan.get(), want_v.get(), want_i.get(), T, E, k);
+    EXPECT_EQ(sinkhorn_topk(dx.get(), T, E, 0.5f, iters, tol, k, got_v.get(), got_i.get()), ran);
+    EXPECT_EQ(got_v.to_host(), want_v.to_host());
+    EXPECT_EQ(got_i.to_host(), want_i.to_host());
+    const auto ids = got_i.to_host();
+    long tied = 0;  // rows that pick expert 1 and then 2 (the tie, in order)
+    for (long t = 0; t < T; ++t)
+      for (int s = 0; s + 1 < k; ++s) tied += ids[size_t(t * k + s)] == 1 && ids[size_t(t * k + s + 1)] == 2;
+    EXPECT_GT(tied, 10) << "the tied columns are picked together";
+  }
+}
+
 TEST(CudaSinkhorn, AlreadyConvergedInput) {  // every row constant: K = 1, d1 stays 1, change 0
   const long T = 37;
   const int E = 5;
@@ -169,13 +204,21 @@ TEST(CudaSinkhorn, DeterministicAcrossRunsAndBatches) {
   }
 }
 
+// E 1500: the iteration kernel's shared memory (65 KiB) passes the 48 KiB default and opts in.
+TEST(CudaSinkhorn, ManyExpertsOptInSharedMemory) {
+  const long T = 9;
+  const int E = 1500;
+  ASSERT_EQ(sinkhorn_chunk_tokens(T, E), 5);
+  check_against_cpu(sinkhorn_input(T, E, 85), T, E, 1.0f, 3, 0.0f);
+}
+
 TEST(CudaSinkhorn, ChunkSizes) {
   EXPECT_EQ(sinkhorn_chunk_tokens(1, 5), 32);
-  EXPECT_EQ(sinkhorn_chunk_tokens(2048, 16), 32);      // 64 blocks
-  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 64), 64);     // 256 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(2048, 16), 32);       // 64 blocks
+  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 64), 128);     // 128 blocks
   EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20, 16), 256);  // 4096 blocks
-  EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20, 64), 126);  // the x tile [C, E + 1] within 32 KiB
-  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 263), 31);
+  EXPECT_EQ(sinkhorn_chunk_tokens(1L << 20, 64), 129);  // the x tile [C, E + 1] within 33 KiB
+  EXPECT_EQ(sinkhorn_chunk_tokens(16384, 263), 32);
 }
 
 }  // namespace

@@ -181,13 +181,11 @@ Tensor Backend::sinkhorn_plan(const Tensor& logits, double temperature, int max_
   MOE_CHECK(T_ > 0 && E > 0, op, "expected logits [T, E] with T, E > 0, got ", logits.shape_str());
   Tensor lc = logits.detach().contiguous();
   Tensor plan = Tensor::empty({T_, E}, DType::f32, Device::cuda);
-  Tensor row_max = Tensor::empty({T_}, DType::f32, Device::cuda);
-  Tensor log_d0 = Tensor::empty({T_}, DType::f64, Device::cuda), d1 = Tensor::empty({E}, DType::f64, Device::cuda);
-  const cuda::SinkhornStats stats =
-      cuda::sinkhorn_scalings(cf(lc), T_, E, float(temperature), max_iters, float(tol), mf(row_max),
-                              log_d0.device_data<double>(), d1.device_data<double>());
-  cuda::sinkhorn_plan_from_scalings(cf(lc), cf(row_max), log_d0.device_data<double>(), d1.device_data<double>(), T_,
-                                    E, float(temperature), mf(plan));
+  Tensor d1 = Tensor::empty({E}, DType::f64, Device::cuda);
+  cuda::SinkhornOutputs out;  // the plan from the last iteration kernel, no kernel of its own
+  out.log_d1 = d1.device_data<double>();
+  out.plan = mf(plan);
+  const cuda::SinkhornStats stats = cuda::sinkhorn_run(cf(lc), T_, E, float(temperature), max_iters, float(tol), out);
   if (iterations) *iterations = stats.iterations;
   if (log_d1) *log_d1 = d1;
   return plan;
