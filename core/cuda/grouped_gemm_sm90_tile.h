@@ -143,13 +143,14 @@ __device__ __forceinline__ void store_pair(Tout* p, float v0, float v1, bool sec
 // 4 j, 4 j + 1 hold columns 8 j + c0, + 1 of row r and 4 j + 2, 4 j + 3 the same of row r + 8.
 // When accumulating, the compiler would hoist every load of the old values above the stores (128
 // more registers for an fp32 128 x 256 tile, which then spills): an empty asm with a memory clobber
-// every kLoadsAhead n8 slices bounds the loads in flight.
+// every kLoadsAhead n8 slices bounds the loads in flight. `part`: the warpgroup's 64-row part of
+// the tile (its number in the block, unless the block has other warpgroups first: wgmma4's producer).
 template <bool kAccumulate, class Tout, int kAcc>
 __device__ __forceinline__ void store_tile_as(const float (&acc)[kAcc], Tout* out, long ld, int nrows, int ncols,
-                                              bool pair) {
+                                              bool pair, int part) {
   constexpr int kLoadsAhead = 4;
   static_assert(kAcc % (4 * kLoadsAhead) == 0, "whole groups of n8 slices");
-  const int t = int(threadIdx.x) % 128, r = int(threadIdx.x) / 128 * 64 + wgmma::acc_row(t, 0);
+  const int t = int(threadIdx.x) % 128, r = part * 64 + wgmma::acc_row(t, 0);
   const int c0 = wgmma::acc_col(t, 0);
   Tout* const p = out + long(r) * ld + c0;
   Tout* const q = p + 8 * ld;
@@ -166,11 +167,12 @@ __device__ __forceinline__ void store_tile_as(const float (&acc)[kAcc], Tout* ou
 }
 template <class Tout, int kAcc>
 __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], Tout* out, long ld, int nrows, int ncols,
-                                           bool accumulate, bool pair) {
+                                           bool accumulate, bool pair, int part = -1) {
+  if (part < 0) part = int(threadIdx.x) / 128;
   if (accumulate)
-    store_tile_as<true>(acc, out, ld, nrows, ncols, pair);
+    store_tile_as<true>(acc, out, ld, nrows, ncols, pair, part);
   else
-    store_tile_as<false>(acc, out, ld, nrows, ncols, pair);
+    store_tile_as<false>(acc, out, ld, nrows, ncols, pair, part);
 }
 
 }  // namespace moe::cuda::sm90

@@ -1,0 +1,364 @@
+// MOE_GROUPED_GEMM=wgmma4: grouped_gemm.h's three forms on wgmma fed by TMA, warp-specialized
+// (CUTLASS's sm90 "TMA warp-specialized cooperative" design). The cp.async kernels
+// (grouped_gemm_sm90.cu, grouped_gemm_sm90_persistent.cu) measured 0.34 - 0.49 of a dense cuBLAS
+// GEMM on an H100: their copies are issued by the threads that also issue the products, so every
+// slice costs those warps 16-48 copy instructions, their address arithmetic and a block-wide
+// barrier. Here one thread issues each slice's copies as 1-6 bulk tensor copies (TMA) that complete
+// on an mbarrier, and the products' warpgroups only wait on barriers:
+//  * 384 threads: warpgroup 0 the producer (registers lowered to 40; one elected thread claims
+//    tiles and issues the copies), warpgroups 1 and 2 the consumers (registers raised to 232), each
+//    owning 64 rows of a 128 x 256 output tile: one m64n256k16 per k16 step, 128 fp32 accumulators.
+//  * 4 stages of 64-deep reduction slices, A 128 x 64 (16 KiB) + B 256 x 64 (32 KiB): full[s]
+//    completes when the producer's arrival and the stage's 48 KiB of copies have landed; empty[s]
+//    when each of the 8 consumer warps has retired the products that read stage s (wgmma
+//    wait_group 1 of the NEXT slice, or the tile's closing wait_group 0), and only then does the
+//    producer copy into it again.
+//  * Persistent blocks (one per SM) claim tiles as wgmma3's do (block b's first tile is b, then
+//    gridDim.x + atomicAdd), the producer only: it publishes each tile's description in a ring of
+//    kSlots slots (sched_full / sched_empty barriers), the past-the-end claim as a sentinel that
+//    ends the consumers. So the consumers never look a tile up, and the producer copies the next
+//    tile's first slices while the consumers store the current one from registers (store_tile).
+// The copies land in exactly the 128B-swizzled layouts the cp.async kernels build (K-major
+// [rows][64] tiles of 128-byte rows; MN-major [64 k][64 o] blocks; grouped_gemm_sm90.cu), so the
+// descriptors and per-slice products are grouped_gemm_sm90_tile.h's. Per form:
+//  nt  A = x [R][K] (2D, one [128][64] box), B = w [E][M][K] (3D, one [1][256][64] box): the
+//      expert index is a coordinate, so an expert's column tail and K tail read as zeros.
+//  nn  A = dy [R][M] (2D, [128][64]), B = w [E][M][K] MN-major (3D, four [1][64 m][64 k] boxes).
+//  tn  A = dy [R][M], B = x [R][K], both MN-major (2D, two and four [64 r][64] boxes) over the
+//      expert's rows [offsets[e], offsets[e + 1]). A partial last slice of v < 64 rows is loaded
+//      ending at the expert's last row (rows end - 64 .. end - 1; rows before 0 read as zeros), and
+//      the consumers zero its first 64 - v rows in shared memory before the products (a named
+//      barrier among the consumers, fence.proxy.async): those rows are the expert's previous
+//      slice's or the previous expert's. Ending the box at the expert's end, not starting it at
+//      the slice, keeps every copy inside [0, R) without knowing R (grouped_gemm_tn_sm90 is not
+//      told it), so the maps' row extent is only a bound; zeroing rather than manual copies keeps
+//      the producer one thread and the stage's byte count fixed.
+// nt / nn row tiles run past an expert's rows into the next expert's: computed, never stored
+// (store_tile clamps rows); rows past R read as zeros.
+#include "core/cuda/caching_allocator.h"
+#include "core/cuda/grouped_gemm_sm90_tile.h"
+#include "core/cuda/grouped_gemm_sm90_tma.h"
+#include "core/cuda/launch.h"
+#include "core/cuda/memory.h"
+#include "core/cuda/tensor_map.h"
+#include "core/cuda/tma.h"
+#include "core/cuda/wgmma.h"
+
+#include <algorithm>
+
+#ifndef MOE_CUDA_EMULATION
+#include <cuda_runtime_api.h>
+#endif
+
+namespace moe::cuda {
+// A named namespace (as wgmma3's): the sm_80 pass compiles the kernel to a trap, and nvcc warns
+// about the device-only pieces it then leaves unreferenced in an anonymous one.
+namespace sm90::wgmma4 {
+
+inline constexpr int kBN = 256, kStages = 4, kSlots = 4;
+inline constexpr int kBlockThreads = 384, kConsumerThreads = 256, kConsumerWarps = kConsumerThreads / 32;
+inline constexpr int kProducerRegs = 40, kConsumerRegs = 232;  // 40 x 128 + 232 x 256 <= 64 Ki
+constexpr int kBTileBytes = kBN * kRowBytes;            // 32 KiB
+constexpr int kStageBytes = kATileBytes + kBTileBytes;  // 48 KiB: A then B
+// The barrier that orders the consumers' zeroing of a tn tail before their products (0 is
+// __syncthreads').
+inline constexpr int kTailBarrier = 1;
+
+// What the consumers need of a tile: where its (0, 0) lies in the output, how much of it exists
+// (rows = 0: nothing to store), its slices (-1: no more tiles) and, for tn, the rows of its last
+// slice that are the expert's (64: all; fewer: the first 64 - tail are zeroed).
+struct TileInfo {
+  long out;
+  int slices, rows, cols, tail;
+};
+// The producer's view: the tile plus its copies' coordinates.
+struct Work {
+  TileInfo info;
+  int row0, n0, m0, e;
+};
+
+// The block's barriers and tile ring, after the stages in dynamic shared memory (mbarriers must be
+// 8-byte aligned shared memory; the emulation's wgmma addresses only the dynamic part).
+struct Control {
+  uint64_t full[kStages], empty[kStages], sched_full[kSlots], sched_empty[kSlots];
+  TileInfo slot[kSlots];
+};
+constexpr int kSmemBytes = kAlign + kStages * kStageBytes + int(sizeof(Control));  // + slack to align the base
+static_assert(kSmemBytes <= 227 * 1024, "sm_90's dynamic shared memory per block");
+
+// nt / nn: 128-row tiles of the rows grouped by expert (tile_starts) times 256-column tiles, the
+// column tile fastest. kTransB (nt): B_e is w_e [n_out][k_red] (K-major), else [k_red][n_out].
+template <bool kTransB>
+struct RowTiles {
+  static constexpr bool kAMn = false, kBMn = !kTransB, kTail = false;
+  const int32_t *offsets, *tile_starts;
+  int experts, col_tiles;
+  long n_out, k_red;
+
+  __device__ int count() const { return tile_starts[experts] * col_tiles; }
+  __device__ long ld() const { return n_out; }
+  __device__ Work at(int t) const {
+    const int tile = t / col_tiles, e = expert_of_tile(tile_starts, experts, tile);
+    const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, n0 = long(t % col_tiles) * kBN;
+    const int rows = clamp_extent(offsets[e + 1] - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
+    return Work{{row0 * n_out + n0, int((k_red + kBK - 1) / kBK), rows, cols, kBK}, int(row0), int(n0), 0, e};
+  }
+  // Slice s's copies into `stage`, completing on `bar`.
+  __device__ void load(unsigned char* stage, const TensorMap* map_a, const TensorMap* map_b, uint64_t* bar,
+                       const Work& w, int s) const {
+    const int k0 = s * kBK;
+    tma::load_2d(stage, map_a, bar, k0, w.row0);
+    if constexpr (kTransB) {
+      tma::load_3d(stage + kATileBytes, map_b, bar, k0, w.n0, w.e);
+    } else {
+      MOE_UNROLL
+      for (int j = 0; j < kBN / 64; ++j)
+        tma::load_3d(stage + kATileBytes + j * kHalfBytes, map_b, bar, w.n0 + 64 * j, k0, w.e);
+    }
+  }
+};
+
+// tn: dW_e[m0.., n0..] (+)= A_e^T B_e over the expert's rows, A [R][M], B [R][K], dW [E][M][K],
+// both MN-major; tiles expert by expert, 256 columns fastest. An empty expert's tiles have no
+// slices: zeros are stored, or nothing when accumulating.
+struct WeightTiles {
+  static constexpr bool kAMn = true, kBMn = true, kTail = true;
+  const int32_t* offsets;
+  int experts, tiles_n, tiles_mn;
+  long M, K;
+  bool accumulate;
+
+  __device__ int count() const { return tiles_mn * experts; }
+  __device__ long ld() const { return K; }
+  __device__ Work at(int t) const {
+    const int e = t / tiles_mn, mn = t % tiles_mn;
+    const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
+    const int r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
+    const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
+    const int slices = (r_len + kBK - 1) / kBK, tail = r_len - (slices - 1) * kBK;
+    return Work{{long(e) * M * K + m0 * K + n0, slices, rows, cols, tail}, r_begin, int(n0), int(m0), e};
+  }
+  __device__ void load(unsigned char* stage, const TensorMap* map_a, const TensorMap* map_b, uint64_t* bar,
+                       const Work& w, int s) const {
+    // The last slice ends at the expert's last row (see the header comment).
+    const int r = s == w.info.slices - 1 ? w.row0 + (w.info.slices - 1) * kBK + w.info.tail - kBK : w.row0 + s * kBK;
+    MOE_UNROLL
+    for (int j = 0; j < kBM / 64; ++j) tma::load_2d(stage + j * kHalfBytes, map_a, bar, w.m0 + 64 * j, r);
+    MOE_UNROLL
+    for (int j = 0; j < kBN / 64; ++j) tma::load_2d(stage + kATileBytes + j * kHalfBytes, map_b, bar, w.n0 + 64 * j, r);
+  }
+};
+
+// The elected producer thread: claims tiles, publishes each in the ring, and copies its slices into
+// the stages in turn (fill counts the slices copied by the block so far: stage fill % kStages, its
+// use fill / kStages).
+template <class Tiles>
+__device__ void produce(const Tiles& tiles, const TensorMap* map_a, const TensorMap* map_b, int* claims,
+                        unsigned char* stages, Control& ctl) {
+  tma::prefetch_tensor_map(map_a);
+  tma::prefetch_tensor_map(map_b);
+  const int count = tiles.count();
+  int t = int(blockIdx.x), fill = 0;
+  for (int n = 0;; ++n) {
+    const int slot = n % kSlots;
+    if (n >= kSlots) tma::mbar_wait(&ctl.sched_empty[slot], unsigned(n / kSlots - 1) & 1u);
+    Work w{};
+    w.info.slices = -1;
+    if (t < count) w = tiles.at(t);
+    ctl.slot[slot] = w.info;
+    tma::mbar_arrive(&ctl.sched_full[slot]);  // releases the slot's write
+    if (t >= count) return;
+    const int next = int(gridDim.x) + atomicAdd(claims, 1);  // used at the next tile: its latency hides
+    for (int s = 0; s < w.info.slices; ++s, ++fill) {
+      const int stage = fill % kStages;
+      if (fill >= kStages) tma::mbar_wait(&ctl.empty[stage], unsigned(fill / kStages - 1) & 1u);
+      tma::mbar_arrive_expect_tx(&ctl.full[stage], kStageBytes);  // out-of-range parts count too
+      tiles.load(stages + stage * kStageBytes, map_a, map_b, &ctl.full[stage], w, s);
+    }
+    t = next;
+  }
+}
+
+// One arrival per consumer warp, once all its lanes are past the point (their wgmma wait_group, or
+// their read of a slot).
+__device__ __forceinline__ void warp_arrive(uint64_t* bar) {
+  __syncwarp();
+  if (threadIdx.x % 32 == 0) tma::mbar_arrive(bar);
+}
+
+// tn's partial last slice: zero rows [0, 64 - valid) of its six [64 k][64 o] blocks (2 of A, 4 of
+// B; one 128-byte row each, whatever the swizzle did within it), then hand them to the async proxy
+// and to the other consumer warpgroup.
+__device__ __forceinline__ void zero_leading_rows(unsigned char* stage, int valid) {
+  struct alignas(16) Chunk {
+    uint32_t v[4];
+  };
+  const int per_block = (kBK - valid) * (kRowBytes / 16);
+  for (int i = int(threadIdx.x) - 128; i < (kStageBytes / kHalfBytes) * per_block; i += kConsumerThreads) {
+    const int block = i / per_block, c = i % per_block;
+    *reinterpret_cast<Chunk*>(stage + block * kHalfBytes + (c / 8) * kRowBytes + (c % 8) * 16) = Chunk{};
+  }
+  wgmma::fence_proxy_async();
+  tma::named_barrier_sync(kTailBarrier, kConsumerThreads);
+}
+
+// A consumer warpgroup (part 0 or 1: output rows 64 part ..): per tile from the ring, its slices'
+// products as they land, each stage released once the products reading it retired, then the store.
+template <class Tiles, class Tout>
+__device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl, Tout* C, bool accumulate,
+                        bool pair_c) {
+  const int part = int(threadIdx.x) / 128 - 1;
+  const uint32_t base = wgmma::smem_address(stages);
+  float acc[kBN / 2];
+  int fill = 0;
+  for (int n = 0;; ++n) {
+    const int slot = n % kSlots;
+    tma::mbar_wait(&ctl.sched_full[slot], unsigned(n / kSlots) & 1u);
+    const int slices = ctl.slot[slot].slices;
+    if (slices < 0) return;
+    // Zeros for a tile without slices (tn's empty experts). Set on every tile: zeroing only on that
+    // branch made the compiler keep a second copy of the accumulators (255 registers and spills).
+    for (float& v : acc) v = 0.0f;
+    for (int s = 0; s < slices; ++s) {
+      const int stage = (fill + s) % kStages;
+      tma::mbar_wait(&ctl.full[stage], unsigned((fill + s) / kStages) & 1u);
+      if constexpr (Tiles::kTail)
+        if (s == slices - 1 && ctl.slot[slot].tail < kBK) zero_leading_rows(stages + stage * kStageBytes, ctl.slot[slot].tail);
+      const uint32_t sa = base + uint32_t(stage * kStageBytes + part * (kATileBytes / 2));
+      const uint32_t sb = base + uint32_t(stage * kStageBytes + kATileBytes);
+      issue_slice_products<kBN, Tiles::kAMn, Tiles::kBMn>(acc, sa, sb, s > 0);
+      retire_previous_slice(acc);
+      if (s > 0) warp_arrive(&ctl.empty[(fill + s - 1) % kStages]);
+    }
+    wgmma::wait_group<0>();
+    wgmma::fence_operand(acc);
+    if (slices > 0) {
+      fill += slices;
+      warp_arrive(&ctl.empty[(fill - 1) % kStages]);
+    }
+    // The rest of the tile's description read only now (the asm above clobbers memory, so it is
+    // read again rather than held in registers beside the accumulators); the slot is released after.
+    const TileInfo w = ctl.slot[slot];
+    warp_arrive(&ctl.sched_empty[slot]);
+    store_tile(acc, C + w.out, tiles.ld(), w.rows, w.cols, accumulate, pair_c, part);
+  }
+}
+
+template <class Tiles, class Tout>
+__global__ void __launch_bounds__(kBlockThreads, 1)
+    tma_wgmma_kernel(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b, Tiles tiles,
+                     int* claims, Tout* C, bool accumulate, bool pair_c) {
+#if MOE_WGMMA_AVAILABLE
+  MOE_DYNAMIC_SHARED(unsigned char, smem_raw);
+  // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
+  const uint32_t raw = wgmma::smem_address(smem_raw);
+  unsigned char* stages = smem_raw + (kAlign - raw % kAlign) % kAlign;
+  Control& ctl = *reinterpret_cast<Control*>(stages + kStages * kStageBytes);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      tma::mbar_init(&ctl.full[s], 1);
+      tma::mbar_init(&ctl.empty[s], kConsumerWarps);
+    }
+    for (int s = 0; s < kSlots; ++s) {
+      tma::mbar_init(&ctl.sched_full[s], 1);
+      tma::mbar_init(&ctl.sched_empty[s], kConsumerWarps);
+    }
+    tma::fence_barrier_init();
+  }
+  __syncthreads();  // the last block-wide barrier: the producer's idle threads leave below
+  if (threadIdx.x < 128) {
+    tma::setmaxnreg_dec<kProducerRegs>();
+    if (threadIdx.x < 32 && tma::elect_one()) produce(tiles, &map_a, &map_b, claims, stages, ctl);
+    return;
+  }
+  tma::setmaxnreg_inc<kConsumerRegs>();
+  consume(tiles, stages, ctl, C, accumulate, pair_c);
+#else
+  __trap();  // launched only on sm_90 devices, which run the sm_90a code
+#endif
+}
+
+// One block per SM, no more than there are tiles; under the emulation, which runs blocks one after
+// another, 2 (block 0 claims nearly every tile, block 1 finds the sentinel or a few).
+int resident_blocks(size_t tiles) {
+  int sms = 2;
+#ifndef MOE_CUDA_EMULATION
+  int device = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+#endif
+  return int(std::min(tiles, size_t(std::max(sms, 1))));
+}
+
+// A bf16 tensor map of a row-major [rows][cols] matrix (row stride ld elements), boxes of box_rows
+// rows x 64 columns.
+TensorMap matrix_map(const bf16* base, uint64_t rows, uint64_t cols, uint64_t ld, uint32_t box_rows, const char* op) {
+  const uint64_t dims[2] = {cols, rows}, strides[1] = {ld * 2};
+  const uint32_t box[2] = {uint32_t(kBK), box_rows};
+  return make_tensor_map_bf16(base, 2, dims, strides, box, op);
+}
+// The same of `experts` such matrices back to back, boxes of one expert's box_rows x 64.
+TensorMap experts_map(const bf16* base, int experts, uint64_t rows, uint64_t cols, uint32_t box_rows, const char* op) {
+  const uint64_t dims[3] = {cols, rows, uint64_t(experts)}, strides[2] = {cols * 2, rows * cols * 2};
+  const uint32_t box[3] = {uint32_t(kBK), box_rows, 1};
+  return make_tensor_map_bf16(base, 3, dims, strides, box, op);
+}
+
+template <class Tiles, class Tout>
+void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b, const Tiles& tiles, size_t max_tiles,
+            Tout* C, bool accumulate, long ld, cudaStream_t stream) {
+  MOE_CHECK(max_tiles < (size_t(1) << 31), op, max_tiles, " tiles exceed the int tile index");
+  Workspace<int> claims{1};
+  device_memset_async(claims.get(), 0, sizeof(int), stream);
+  allow_dynamic_shared(op, tma_wgmma_kernel<Tiles, device_t<Tout>>, kSmemBytes);
+  MOE_LAUNCH((tma_wgmma_kernel<Tiles, device_t<Tout>>), unsigned(resident_blocks(max_tiles)), kBlockThreads,
+             kSmemBytes, stream, map_a, map_b, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld));
+}
+
+}  // namespace sm90::wgmma4
+
+using namespace sm90;
+using namespace sm90::wgmma4;
+
+template <bool kTransB, class Tout>
+void grouped_rows_sm90_tma(const bf16* A, const bf16* B, const int32_t* offsets, const int32_t* tile_starts,
+                           int experts, long rows, long n_out, long k_red, Tout* C, bool accumulate,
+                           cudaStream_t stream) {
+  if (rows == 0) return;
+  const char* op = kTransB ? "cuda::grouped_gemm_nt (wgmma4)" : "cuda::grouped_gemm_nn (wgmma4)";
+  const int col_tiles = int(ceil_div(n_out, kBN));
+  // Each expert's partial last tile adds at most one tile to rows / kBM.
+  const size_t max_tiles = size_t(ceil_div(rows, kBM) + unsigned(experts)) * col_tiles;
+  const TensorMap map_a = matrix_map(A, uint64_t(rows), uint64_t(k_red), uint64_t(k_red), kBM, op);
+  const TensorMap map_b = kTransB ? experts_map(B, experts, uint64_t(n_out), uint64_t(k_red), kBN, op)
+                                  : experts_map(B, experts, uint64_t(k_red), uint64_t(n_out), 64, op);
+  const RowTiles<kTransB> tiles{offsets, tile_starts, experts, col_tiles, n_out, k_red};
+  launch_tiles(op, map_a, map_b, tiles, max_tiles, C, accumulate, n_out, stream);
+}
+
+template <class Tout>
+void grouped_gemm_tn_sm90_tma(const bf16* dy, const bf16* x, const int32_t* offsets, int experts, long M, long K,
+                              Tout* dw, bool accumulate, cudaStream_t stream) {
+  const char* op = "cuda::grouped_gemm_tn (wgmma4)";
+  // The rows' extent is not passed here; no copy reaches past an expert's last row (see the header
+  // comment), so any bound on the int32 offsets serves.
+  const uint64_t row_bound = uint64_t(1) << 31;
+  const TensorMap map_a = matrix_map(dy, row_bound, uint64_t(M), uint64_t(M), 64, op);
+  const TensorMap map_b = matrix_map(x, row_bound, uint64_t(K), uint64_t(K), 64, op);
+  const int tiles_n = int(ceil_div(K, kBN)), tiles_mn = int(ceil_div(M, kBM)) * tiles_n;
+  const WeightTiles tiles{offsets, experts, tiles_n, tiles_mn, M, K, accumulate};
+  launch_tiles(op, map_a, map_b, tiles, size_t(tiles_mn) * size_t(experts), dw, accumulate, K, stream);
+}
+
+#define MOE_INSTANTIATE(T)                                                                                          \
+  template void grouped_rows_sm90_tma<true, T>(const bf16*, const bf16*, const int32_t*, const int32_t*, int, long, \
+                                               long, long, T*, bool, cudaStream_t);                                 \
+  template void grouped_rows_sm90_tma<false, T>(const bf16*, const bf16*, const int32_t*, const int32_t*, int,      \
+                                                long, long, long, T*, bool, cudaStream_t);                          \
+  template void grouped_gemm_tn_sm90_tma<T>(const bf16*, const bf16*, const int32_t*, int, long, long, T*, bool,    \
+                                            cudaStream_t);
+MOE_INSTANTIATE(float)
+MOE_INSTANTIATE(bf16)
+#undef MOE_INSTANTIATE
+
+}  // namespace moe::cuda
