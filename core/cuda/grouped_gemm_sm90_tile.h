@@ -113,6 +113,41 @@ __device__ __forceinline__ int expert_of_tile(const int32_t* tile_starts, int ex
 
 __device__ __forceinline__ int clamp_extent(long n, int cap) { return n < 0 ? 0 : (n > cap ? cap : int(n)); }
 
+// Output tile t of the row forms (nt / nn: 128-row tiles of the rows grouped by expert, tile_starts
+// as grouped_gemm.cu's, times kBN-column tiles, the column tile fastest): its expert, first row and
+// column, and how many of its rows and columns exist (rows past the expert's end belong to the
+// next expert: computed, never stored).
+struct RowTile {
+  int e;
+  long row0, n0;
+  int rows, cols;
+};
+template <int kBN>
+__device__ __forceinline__ RowTile row_tile(const int32_t* offsets, const int32_t* tile_starts, int experts,
+                                            int col_tiles, long n_out, int t) {
+  const int tile = t / col_tiles, e = expert_of_tile(tile_starts, experts, tile);
+  const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, n0 = long(t % col_tiles) * kBN;
+  return RowTile{e, row0, n0, clamp_extent(offsets[e + 1] - row0, kBM), clamp_extent(n_out - n0, kBN)};
+}
+
+// Output tile t of tn (dW [E][M][K] in 128 x kBN tiles, expert by expert, columns fastest):
+// its expert, its expert's rows [r_begin, r_begin + r_len), where it lies in dW, and how much of
+// it exists (rows = 0 for an empty expert when accumulating: nothing to add).
+struct WeightTile {
+  int e;
+  long m0, n0, r_begin, r_len, out;
+  int rows, cols;
+};
+template <int kBN>
+__device__ __forceinline__ WeightTile weight_tile(const int32_t* offsets, int tiles_mn, int tiles_n, long M, long K,
+                                                  bool accumulate, int t) {
+  const int e = t / tiles_mn, mn = t % tiles_mn;
+  const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
+  const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
+  const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
+  return WeightTile{e, m0, n0, r_begin, r_len, long(e) * M * K + m0 * K + n0, rows, cols};
+}
+
 // Whether C (row stride ld) allows one two-element store per pair of adjacent columns.
 template <class Tout>
 bool pair_stores(const Tout* C, long ld) {

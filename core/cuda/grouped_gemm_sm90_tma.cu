@@ -98,10 +98,9 @@ struct RowTiles {
   __device__ int count() const { return tile_starts[experts] * col_tiles; }
   __device__ long ld() const { return n_out; }
   __device__ Work at(int t) const {
-    const int tile = t / col_tiles, e = expert_of_tile(tile_starts, experts, tile);
-    const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, n0 = long(t % col_tiles) * kBN;
-    const int rows = clamp_extent(offsets[e + 1] - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
-    return Work{{row0 * n_out + n0, int((k_red + kBK - 1) / kBK), rows, cols, kBK}, int(row0), int(n0), 0, e};
+    const RowTile r = row_tile<kBN>(offsets, tile_starts, experts, col_tiles, n_out, t);
+    return Work{{r.row0 * n_out + r.n0, int((k_red + kBK - 1) / kBK), r.rows, r.cols, kBK}, int(r.row0), int(r.n0), 0,
+                r.e};
   }
   // Slice s's copies into `stage`, completing on `bar`.
   __device__ void load(unsigned char* stage, const TensorMap* map_a, const TensorMap* map_b, uint64_t* bar,
@@ -131,12 +130,9 @@ struct WeightTiles {
   __device__ int count() const { return tiles_mn * experts; }
   __device__ long ld() const { return K; }
   __device__ Work at(int t) const {
-    const int e = t / tiles_mn, mn = t % tiles_mn;
-    const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
-    const int r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
-    const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
-    const int slices = (r_len + kBK - 1) / kBK, tail = r_len - (slices - 1) * kBK;
-    return Work{{long(e) * M * K + m0 * K + n0, slices, rows, cols, tail}, r_begin, int(n0), int(m0), e};
+    const WeightTile w = weight_tile<kBN>(offsets, tiles_mn, tiles_n, M, K, accumulate, t);
+    const int slices = int((w.r_len + kBK - 1) / kBK), tail = int(w.r_len) - (slices - 1) * kBK;
+    return Work{{w.out, slices, w.rows, w.cols, tail}, int(w.r_begin), int(w.n0), int(w.m0), w.e};
   }
   __device__ void load(unsigned char* stage, const TensorMap* map_a, const TensorMap* map_b, uint64_t* bar,
                        const Work& w, int s) const {
@@ -222,8 +218,10 @@ __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl,
     for (int s = 0; s < slices; ++s) {
       const int stage = (fill + s) % kStages;
       tma::mbar_wait(&ctl.full[stage], unsigned((fill + s) / kStages) & 1u);
-      if constexpr (Tiles::kTail)
-        if (s == slices - 1 && ctl.slot[slot].tail < kBK) zero_leading_rows(stages + stage * kStageBytes, ctl.slot[slot].tail);
+      if constexpr (Tiles::kTail) {
+        const int tail = ctl.slot[slot].tail;
+        if (s == slices - 1 && tail < kBK) zero_leading_rows(stages + stage * kStageBytes, tail);
+      }
       const uint32_t sa = base + uint32_t(stage * kStageBytes + part * (kATileBytes / 2));
       const uint32_t sb = base + uint32_t(stage * kStageBytes + kATileBytes);
       issue_slice_products<kBN, Tiles::kAMn, Tiles::kBMn>(acc, sa, sb, s > 0);
@@ -305,8 +303,8 @@ TensorMap experts_map(const bf16* base, int experts, uint64_t rows, uint64_t col
 }
 
 template <class Tiles, class Tout>
-void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b, const Tiles& tiles, size_t max_tiles,
-            Tout* C, bool accumulate, long ld, cudaStream_t stream) {
+void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b, const Tiles& tiles,
+                  size_t max_tiles, Tout* C, bool accumulate, long ld, cudaStream_t stream) {
   MOE_CHECK(max_tiles < (size_t(1) << 31), op, max_tiles, " tiles exceed the int tile index");
   Workspace<int> claims{1};
   device_memset_async(claims.get(), 0, sizeof(int), stream);
