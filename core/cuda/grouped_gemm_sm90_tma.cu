@@ -147,31 +147,41 @@ struct WeightTiles {
 
 // The elected producer thread: claims tiles, publishes each in the ring, and copies its slices into
 // the stages in turn (fill counts the slices copied by the block so far: stage fill % kStages, its
-// use fill / kStages).
+// use fill / kStages). The next tile is claimed when a tile starts and looked up once the ring is
+// full of this tile's slices (or at once if it has fewer), where the thread would wait on an
+// "empty" barrier anyway: the lookups' global loads then delay no copy the consumers wait for.
+template <class Tiles>
+__device__ Work work_at(const Tiles& tiles, int count, int t) {
+  Work w{};
+  w.info.slices = -1;  // past the end: the sentinel that ends the consumers
+  if (t < count) w = tiles.at(t);
+  return w;
+}
 template <class Tiles>
 __device__ void produce(const Tiles& tiles, const TensorMap* map_a, const TensorMap* map_b, int* claims,
                         unsigned char* stages, Control& ctl) {
   tma::prefetch_tensor_map(map_a);
   tma::prefetch_tensor_map(map_b);
   const int count = tiles.count();
-  int t = int(blockIdx.x), fill = 0;
-  for (int n = 0;; ++n) {
+  Work w = work_at(tiles, count, int(blockIdx.x));
+  for (int n = 0, fill = 0;; ++n) {
     const int slot = n % kSlots;
     if (n >= kSlots) tma::mbar_wait(&ctl.sched_empty[slot], unsigned(n / kSlots - 1) & 1u);
-    Work w{};
-    w.info.slices = -1;
-    if (t < count) w = tiles.at(t);
     ctl.slot[slot] = w.info;
     tma::mbar_arrive(&ctl.sched_full[slot]);  // releases the slot's write
-    if (t >= count) return;
-    const int next = int(gridDim.x) + atomicAdd(claims, 1);  // used at the next tile: its latency hides
+    if (w.info.slices < 0) return;
+    const int next = int(gridDim.x) + atomicAdd(claims, 1);
+    const int lookup_after = (w.info.slices < kStages ? w.info.slices : kStages) - 1;  // -1: no slices
+    Work next_w{};
+    if (lookup_after < 0) next_w = work_at(tiles, count, next);
     for (int s = 0; s < w.info.slices; ++s, ++fill) {
       const int stage = fill % kStages;
       if (fill >= kStages) tma::mbar_wait(&ctl.empty[stage], unsigned(fill / kStages - 1) & 1u);
       tma::mbar_arrive_expect_tx(&ctl.full[stage], kStageBytes);  // out-of-range parts count too
       tiles.load(stages + stage * kStageBytes, map_a, map_b, &ctl.full[stage], w, s);
+      if (s == lookup_after) next_w = work_at(tiles, count, next);
     }
-    t = next;
+    w = next_w;
   }
 }
 
