@@ -17,7 +17,12 @@
 //    gridDim.x + atomicAdd), the producer only: it publishes each tile's description in a ring of
 //    kSlots slots (sched_full / sched_empty barriers), the past-the-end claim as a sentinel that
 //    ends the consumers. So the consumers never look a tile up, and the producer copies the next
-//    tile's first slices while the consumers store the current one from registers (store_tile).
+//    tile's first slices while the consumers store the current one.
+//  * The epilogue: each consumer warp passes its 16 rows through 4 KiB of shared staging (the 32
+//    KiB left beside the stages), so the global stores (and the accumulate loads) are whole
+//    16-byte vectors, 16 lanes per row, where store_tile's direct stores touch 8 rows x 16 or 32
+//    bytes per access (those remain for outputs without 16-byte rows, and under
+//    MOE_WGMMA4_DIRECT_STORES=1 to compare the two on a GPU).
 // The copies land in exactly the 128B-swizzled layouts the cp.async kernels build (K-major
 // [rows][64] tiles of 128-byte rows; MN-major [64 k][64 o] blocks; grouped_gemm_sm90.cu), so the
 // descriptors and per-slice products are grouped_gemm_sm90_tile.h's. Per form:
@@ -45,6 +50,8 @@
 #include "core/cuda/wgmma.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 
 #ifndef MOE_CUDA_EMULATION
 #include <cuda_runtime_api.h>
@@ -83,7 +90,12 @@ struct Control {
   uint64_t full[kStages], empty[kStages], sched_full[kSlots], sched_empty[kSlots];
   TileInfo slot[kSlots];
 };
-constexpr int kSmemBytes = kAlign + kStages * kStageBytes + int(sizeof(Control));  // + slack to align the base
+constexpr int kControlBytes = (int(sizeof(Control)) + 15) / 16 * 16;
+// The epilogue's staging, after the control block: per consumer warp 16 rows of 256 bytes (a pass
+// of 64 fp32 or 128 bf16 columns of the warp's 16 output rows).
+constexpr int kEpiRowBytes = 256, kEpiWarpBytes = 16 * kEpiRowBytes;
+// + slack to align the base
+constexpr int kSmemBytes = kAlign + kStages * kStageBytes + kControlBytes + kConsumerWarps * kEpiWarpBytes;
 static_assert(kSmemBytes <= 227 * 1024, "sm_90's dynamic shared memory per block");
 
 // nt / nn: 128-row tiles of the rows grouped by expert (tile_starts) times 256-column tiles, the
@@ -208,11 +220,62 @@ __device__ __forceinline__ void zero_leading_rows(unsigned char* stage, int vali
   tma::named_barrier_sync(kTailBarrier, kConsumerThreads);
 }
 
+// The byte offset of 16-byte chunk c of staged row r: the chunk index XOR r % 8, so both the
+// fragment writes (8 rows x 4 column pairs per access) and the row reads spread over the banks.
+__device__ __forceinline__ int staged_at(int r, int c) { return r * kEpiRowBytes + (c ^ (r % 8)) * 16; }
+
+// The accumulators to global memory through the warp's staging, for an output whose rows allow
+// 16-byte accesses (base 16-byte aligned, ld and the valid columns multiples of 16 / sizeof(Tout)):
+// per pass each lane writes its fragment's column pairs of the pass into the staging, then the warp
+// reads it back a 16-byte chunk per lane and stores (adds to) whole 16-byte vectors, 16 lanes per
+// row, instead of store_tile's 8 rows x 16 or 32 bytes per access. Warp w of warpgroup `part` owns
+// tile rows 64 part + 16 (w % 4) .. + 15; by the accumulator map (wgmma.h) registers 4 j, 4 j + 1
+// hold row lane / 4, columns 8 j + 2 (lane % 4) + 0, 1, and 4 j + 2, 4 j + 3 the same 8 rows down.
+template <class Tout>
+__device__ __forceinline__ void store_tile_staged(const float (&acc)[kBN / 2], unsigned char* staging, Tout* out,
+                                                  long ld, int nrows, int ncols, bool accumulate, int part) {
+  constexpr int kVec = 16 / int(sizeof(Tout)), kPassCols = kEpiRowBytes / int(sizeof(Tout));
+  struct alignas(2 * sizeof(Tout)) Pair {
+    Tout v[2];
+  };
+  struct alignas(16) Vec {
+    Tout v[kVec];
+  };
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  const int row0 = part * 64 + (int(threadIdx.x) / 32 % 4) * 16;
+  MOE_UNROLL
+  for (int pass = 0; pass < kBN / kPassCols; ++pass) {
+    MOE_UNROLL
+    for (int jj = 0; jj < kPassCols / 8; ++jj) {
+      const int j = pass * (kPassCols / 8) + jj, byte = (8 * jj + 2 * q) * int(sizeof(Tout));
+      MOE_UNROLL
+      for (int h = 0; h < 2; ++h) {
+        const Pair p{{from_float<Tout>(acc[4 * j + 2 * h]), from_float<Tout>(acc[4 * j + 2 * h + 1])}};
+        *reinterpret_cast<Pair*>(staging + staged_at(g + 8 * h, byte / 16) + byte % 16) = p;
+      }
+    }
+    __syncwarp();
+    for (int i = 0; i < 8; ++i) {
+      const int r = 2 * i + lane / 16, c = lane % 16, col = pass * kPassCols + c * kVec;
+      if (row0 + r >= nrows || col >= ncols) continue;  // ncols is a multiple of kVec: whole vectors
+      Vec v = *reinterpret_cast<const Vec*>(staging + staged_at(r, c));
+      Vec* dst = reinterpret_cast<Vec*>(out + long(row0 + r) * ld + col);
+      if (accumulate) {
+        const Vec old = *dst;
+        MOE_UNROLL
+        for (int e = 0; e < kVec; ++e) v.v[e] = from_float<Tout>(to_float(v.v[e]) + to_float(old.v[e]));
+      }
+      *dst = v;
+    }
+    __syncwarp();  // the next pass overwrites the staging
+  }
+}
+
 // A consumer warpgroup (part 0 or 1: output rows 64 part ..): per tile from the ring, its slices'
 // products as they land, each stage released once the products reading it retired, then the store.
 template <class Tiles, class Tout>
 __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl, Tout* C, bool accumulate,
-                        bool pair_c) {
+                        bool pair_c, bool vec_c) {
   const int part = int(threadIdx.x) / 128 - 1;
   const uint32_t base = wgmma::smem_address(stages);
   float acc[kBN / 2];
@@ -248,14 +311,20 @@ __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl,
     // read again rather than held in registers beside the accumulators); the slot is released after.
     const TileInfo w = ctl.slot[slot];
     warp_arrive(&ctl.sched_empty[slot]);
-    store_tile(acc, C + w.out, tiles.ld(), w.rows, w.cols, accumulate, pair_c, part);
+    if (vec_c) {
+      unsigned char* staging =
+          stages + kStages * kStageBytes + kControlBytes + (int(threadIdx.x) - 128) / 32 * kEpiWarpBytes;
+      store_tile_staged(acc, staging, C + w.out, tiles.ld(), w.rows, w.cols, accumulate, part);
+    } else {
+      store_tile(acc, C + w.out, tiles.ld(), w.rows, w.cols, accumulate, pair_c, part);
+    }
   }
 }
 
 template <class Tiles, class Tout>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     tma_wgmma_kernel(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b, Tiles tiles,
-                     int* claims, Tout* C, bool accumulate, bool pair_c) {
+                     int* claims, Tout* C, bool accumulate, bool pair_c, bool vec_c) {
 #if MOE_WGMMA_AVAILABLE
   MOE_DYNAMIC_SHARED(unsigned char, smem_raw);
   // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
@@ -280,7 +349,7 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     return;
   }
   tma::setmaxnreg_inc<kConsumerRegs>();
-  consume(tiles, stages, ctl, C, accumulate, pair_c);
+  consume(tiles, stages, ctl, C, accumulate, pair_c, vec_c);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif
@@ -312,6 +381,16 @@ TensorMap experts_map(const bf16* base, int experts, uint64_t rows, uint64_t col
   return make_tensor_map_bf16(base, 3, dims, strides, box, op);
 }
 
+// Whether the epilogue may stage through shared memory (store_tile_staged): the output allows
+// 16-byte accesses, and MOE_WGMMA4_DIRECT_STORES=1 is not set (a measurement switch: store_tile's
+// direct stores instead, to compare the two on a GPU).
+template <class Tout>
+bool staged_stores(const Tout* C, long ld) {
+  const char* direct = std::getenv("MOE_WGMMA4_DIRECT_STORES");
+  if (direct && std::strcmp(direct, "1") == 0) return false;
+  return reinterpret_cast<uintptr_t>(C) % 16 == 0 && ld % long(16 / sizeof(Tout)) == 0;
+}
+
 template <class Tiles, class Tout>
 void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b, const Tiles& tiles,
                   size_t max_tiles, Tout* C, bool accumulate, long ld, cudaStream_t stream) {
@@ -320,7 +399,8 @@ void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b
   device_memset_async(claims.get(), 0, sizeof(int), stream);
   allow_dynamic_shared(op, tma_wgmma_kernel<Tiles, device_t<Tout>>, kSmemBytes);
   MOE_LAUNCH((tma_wgmma_kernel<Tiles, device_t<Tout>>), unsigned(resident_blocks(max_tiles)), kBlockThreads,
-             kSmemBytes, stream, map_a, map_b, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld));
+             kSmemBytes, stream, map_a, map_b, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld),
+             staged_stores(C, ld));
 }
 
 }  // namespace sm90::wgmma4

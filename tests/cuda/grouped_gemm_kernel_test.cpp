@@ -19,6 +19,7 @@
 #include "core/ops.h"
 #include "layers/moe/experts.h"
 #include "tests/cuda/kernel_test_util.h"
+#include "tests/env_scope.h"
 
 using namespace moe;
 using namespace moe::cuda;
@@ -358,8 +359,17 @@ TEST(CudaGroupedGemmSm90, Wgmma4TmaTwoColumnTilesAndOneSliceTiles) {
   Wgmma4Scope scope;
   check_forms<float>({264, 40, {0, 130, 1, 17, 0}, true});
 }
-// Odd M (101): nt's single-element stores and ragged column tile; nn and tn fall back to the mma
-// kernel (dy's rows are not 16-byte multiples, which a tensor map cannot stride either).
+// The epilogue: outputs whose rows allow 16-byte accesses go through each consumer warp's shared
+// staging (the cases above); MOE_WGMMA4_DIRECT_STORES=1 stores from the registers as the other
+// wgmma kernels do (the GPU compares the two): the same products either way.
+TEST(CudaGroupedGemmSm90, Wgmma4TmaDirectStoresFromRegisters) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  EnvScope direct("MOE_WGMMA4_DIRECT_STORES", "1");
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+// Odd M (101): nt's single-element direct stores and ragged column tile; nn and tn fall back to
+// the mma kernel (dy's rows are not 16-byte multiples, which a tensor map cannot stride either).
 TEST(CudaGroupedGemmSm90, Wgmma4TmaOddOutputWidthAndOneRowExpert) {
   MOE_REQUIRE_WGMMA();
   Wgmma4Scope scope;
