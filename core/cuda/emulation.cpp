@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <barrier>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -72,6 +74,26 @@ struct BlockLocal {
   void (*destroy)(void*);
 };
 
+// warpgroup_sync's barrier: a condition variable rather than std::barrier, so a warpgroup whose
+// threads never all arrive (a warp elsewhere, at a __syncthreads) fails after a timeout instead
+// of hanging. Threads that leave the block stop counting.
+struct WarpgroupBarrier {
+  std::mutex mutex;
+  std::condition_variable cv;
+  unsigned live = 128, arrived = 0;
+  uint64_t generation = 0;
+  void release() {
+    arrived = 0;
+    ++generation;
+    cv.notify_all();
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lock(mutex);
+    --live;
+    if (arrived > 0 && arrived == live) release();
+  }
+};
+
 struct BlockState;
 // Run when every live thread reached a __syncthreads: forget the phase's call site.
 struct BarrierPhaseEnd {
@@ -86,7 +108,7 @@ struct BlockState {
   // The call site of the current __syncthreads phase: set by its first arrival (0: none yet).
   std::atomic<uint64_t> barrier_site{0};
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-  std::vector<std::unique_ptr<std::barrier<>>> warpgroup_barriers;  // complete warpgroups only
+  std::vector<std::unique_ptr<WarpgroupBarrier>> warpgroup_barriers;  // complete warpgroups only
   std::vector<Slot> slots;  // per warp 2 x 32 exchange slots (double-buffered by op parity)
   std::mutex shared_mutex;
   std::vector<SharedBuffer> statics;
@@ -115,7 +137,7 @@ struct BlockState {
       warp_barriers.push_back(std::make_unique<std::barrier<>>(lanes));
     }
     warpgroup_barriers.clear();
-    for (unsigned g = 0; g < nthreads / 128; ++g) warpgroup_barriers.push_back(std::make_unique<std::barrier<>>(128));
+    for (unsigned g = 0; g < nthreads / 128; ++g) warpgroup_barriers.push_back(std::make_unique<WarpgroupBarrier>());
     slots.assign(size_t(nwarps) * 64, Slot{});
     statics.clear();
     static_bytes = 0;
@@ -147,7 +169,7 @@ BlockState& current_block() {
 void leave_block() {
   BlockState& b = *t_ctx.block;
   b.warp_barriers[t_ctx.warp]->arrive_and_drop();
-  if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->arrive_and_drop();
+  if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->leave();
   b.block_barrier->arrive_and_drop();
 }
 
@@ -251,12 +273,30 @@ void syncthreads(const std::source_location& site) {
 
 void syncwarp(unsigned mask) { current_block().warp_barriers[t_ctx.warp]->arrive_and_wait(); }
 
-void warpgroup_sync(const char* what) {
+void warpgroup_sync(const char* what, double timeout_s) {
   BlockState& b = current_block();
   if (t_ctx.tid / 128 >= b.warpgroup_barriers.size())
     MOE_FAIL("cuda emulation", what, ": thread ", t_ctx.tid, " is not in a complete warpgroup (block of ", b.nthreads,
              " threads)");
-  b.warpgroup_barriers[t_ctx.tid / 128]->arrive_and_wait();
+  WarpgroupBarrier& w = *b.warpgroup_barriers[t_ctx.tid / 128];
+  std::unique_lock<std::mutex> lock(w.mutex);
+  const uint64_t generation = w.generation;
+  if (++w.arrived == w.live) return w.release();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (w.generation == generation) {
+    w.cv.wait_for(lock, std::chrono::milliseconds(20));
+    if (w.generation != generation) break;
+    if (b.failed.load()) {
+      --w.arrived;
+      MOE_FAIL("cuda emulation", what, ": abandoned (another thread of the launch failed)");
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      const unsigned arrived = w.arrived--;
+      MOE_FAIL("cuda emulation", what, ": only ", arrived, " of the ", w.live, " live threads of warpgroup ",
+               t_ctx.tid / 128, " arrived within ", timeout_s,
+               " s (a warpgroup-wide instruction not executed by the whole warpgroup)");
+    }
+  }
 }
 
 unsigned lane_id() {

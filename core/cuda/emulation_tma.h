@@ -27,8 +27,8 @@
 // fails (a consumer that did not wait for the full barrier). The poison written at the issue also
 // changes what the wgmma reads, which its wait_group reports as a race.
 //
-// setmaxnreg: a full-warp collective with a warp-uniform count, in a complete warpgroup; .inc may
-// not lower, .dec not raise, the warp's last count. named_barrier_sync(id, n): id 1..15, n a
+// setmaxnreg: executed by all 4 warps of a complete warpgroup with one count (warp-collective,
+// then the warpgroup meets and compares); .inc may not lower, .dec not raise, the last count. named_barrier_sync(id, n): id 1..15, n a
 // multiple of 32 up to the block size, every arrival of a phase with the same n, full warps
 // (warp-collective); completes when n threads arrived. elect_one: a full-warp collective, lane 0.
 #pragma once
@@ -331,25 +331,45 @@ inline void load(void* smem, const TensorMap* map, uint64_t* bar, int rank, cons
 
 inline void prefetch_tensor_map(const TensorMap* map) { map_fields("tma::prefetch_tensor_map", map); }
 
-// The warp's last setmaxnreg count in this block (0: none yet).
+// The thread's setmaxnreg calls in this block and its last count (0: none yet).
 struct RegState {
   uint64_t block = ~uint64_t(0);
+  uint32_t calls = 0;
   int regs = 0;
 };
 inline thread_local RegState t_regs;
+// Per warp of the block: (call number << 32) | (count << 1) | inc of its latest setmaxnreg.
+struct RegSlots {
+  std::atomic<uint64_t> slot[32] = {};
+};
 
 inline void setmaxnreg(const char* op, int regs, bool inc) {
   const unsigned nthreads = blockDim.x * blockDim.y * blockDim.z;
   const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
   MOE_CHECK((tid / 128 + 1) * 128 <= nthreads, "cuda emulation", op, ": thread ", tid,
             " is not in a complete warpgroup (block of ", nthreads, " threads)");
-  ::moe::cuda::emu::warp_collective(op, uint64_t(regs) << 1 | uint64_t(inc));
+  const uint64_t value = uint64_t(regs) << 1 | uint64_t(inc);
+  ::moe::cuda::emu::warp_collective(op, value);
   const uint64_t block = blockIdx.x + uint64_t(gridDim.x) * (blockIdx.y + uint64_t(gridDim.y) * blockIdx.z);
-  if (t_regs.block != block) t_regs = RegState{block, 0};
+  if (t_regs.block != block) t_regs = RegState{block, 0, 0};
   if (t_regs.regs != 0)
     MOE_CHECK(inc ? regs >= t_regs.regs : regs <= t_regs.regs, "cuda emulation", op, "(", regs, ") after ",
               t_regs.regs, ": .inc must not lower the count, .dec not raise it");
   t_regs.regs = regs;
+  // .sync.aligned over the warpgroup: its 4 warps meet here with the same count (a warp that has
+  // exited, or is elsewhere, leaves its slot stale).
+  static const char key = 0;
+  auto& slots = *static_cast<RegSlots*>(::moe::cuda::emu::block_local(
+      &key, [] { return static_cast<void*>(new RegSlots); }, [](void* p) { delete static_cast<RegSlots*>(p); }));
+  const uint64_t mine = uint64_t(++t_regs.calls) << 32 | value;
+  if (tid % 32 == 0) slots.slot[tid / 32].store(mine);
+  ::moe::cuda::emu::warpgroup_sync(op, g_wait_timeout_s.load());
+  for (unsigned w = tid / 128 * 4; w < tid / 128 * 4 + 4; ++w)
+    if (slots.slot[w].load() != mine)
+      MOE_FAIL("cuda emulation", op, "(", regs, ") by warp ", tid / 32, ": warp ", w,
+               " of its warpgroup did not execute the same setmaxnreg (it must be executed by the whole warpgroup)");
+  // Every slot is read before any warp's next setmaxnreg writes it.
+  ::moe::cuda::emu::warpgroup_sync(op, g_wait_timeout_s.load());
 }
 
 // Named barriers 1..15 of the block.
@@ -389,6 +409,7 @@ inline void named_barrier_sync(int id, int threads) {
         return nb.arrived[id];
       },
       [&] {
+        std::lock_guard<std::mutex> lock(nb.mutex);
         std::ostringstream os;
         os << "named barrier " << id << " over " << threads << " threads: only " << nb.arrived[id] << " arrived";
         return os.str();

@@ -6,7 +6,9 @@
 #ifdef MOE_CUDA_EMULATION
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "core/cuda/memory.h"
 #include "core/cuda/tma.h"
 #include "core/cuda/tma_selftest.h"
+#include "core/cuda/wgmma.h"
 #include "core/error.h"
 #include "tests/cuda/kernel_test_util.h"
 
@@ -235,52 +238,118 @@ TEST(EmulationTma, SetmaxnregAndNamedBarrierMisuseFail) {
         });
       },
       {"setmaxnreg.inc(200) after 232"});
+  expect_failure(
+      [] {
+        run_block(256, 0, [] {
+          if (threadIdx.x < 96 || threadIdx.x >= 128) tma::setmaxnreg_dec<40>();  // warp 3 skips it
+        });
+      },
+      {"setmaxnreg.dec(40)", "warp 3 of its warpgroup did not execute"});
   expect_failure([] { run_block(64, 0, [] { tma::named_barrier_sync(0, 64); }); }, {"id 0"});
   expect_failure([] { run_block(64, 0, [] { tma::named_barrier_sync(1, 48); }); }, {"48 threads"});
   TimeoutScope timeout(0.3);
+  expect_failure(
+      [] {
+        run_block(128, 0, [] {
+          if (threadIdx.x < 96)
+            tma::setmaxnreg_dec<40>();
+          else
+            __syncthreads();  // warp 3 elsewhere, still live: a hang on the GPU, a timeout here
+        });
+      },
+      {"setmaxnreg.dec", "only 96 of the 128 live threads of warpgroup 0"});
   expect_failure([] { run_block(128, 0, [] {
                    if (threadIdx.x < 64) tma::named_barrier_sync(1, 96);
                  }); },
                  {"named barrier 1 over 96 threads", "no progress"});
 }
 
-// The pipeline of tma_selftest.h with a planted bug: it fails, or (a consumer reading before its
-// stage landed: poison) its product is NaN.
-void run_planted(TmaPlant plant, const std::vector<std::string>& parts) {
+// The pipeline of tma_selftest.h with a planted bug: the launch's error ("" if none) and c.
+std::string run_pipeline(TmaPlant plant, std::vector<float>& c) {
   const int m = 100, n = 120, k = 456, ks = 464;
   DeviceBuffer<bf16> da(to_bf16(random_normal(size_t(m) * ks, 1))), db(to_bf16(random_normal(size_t(n) * ks, 2)));
   DeviceBuffer<float> dc(size_t(m) * n);
-  expect_failure([&] { tma_pipeline_gemm(da.get(), db.get(), m, n, k, ks, dc.get(), plant, nullptr); }, parts);
+  try {
+    tma_pipeline_gemm(da.get(), db.get(), m, n, k, ks, dc.get(), plant, nullptr);
+  } catch (const Error& e) {
+    ::testing::Test::RecordProperty("failure", e.what());  // which check caught it (--gtest_output=xml)
+    return e.what();
+  }
+  c = dc.to_host();
+  return "";
 }
 
 TEST(EmulationTma, PlantedConsumerSkippingTheFullWaitFails) {
-  // The stage's load is queued (or not yet issued: poison) when the wgmma reads it; either way
-  // the launch fails: the pending-load check, or a race when the copy lands under the products.
-  const int m = 100, n = 120, k = 456, ks = 464;
-  DeviceBuffer<bf16> da(to_bf16(random_normal(size_t(m) * ks, 1))), db(to_bf16(random_normal(size_t(n) * ks, 2)));
-  DeviceBuffer<float> dc(size_t(m) * n);
-  bool failed = false;
-  try {
-    tma_pipeline_gemm(da.get(), db.get(), m, n, k, ks, dc.get(), TmaPlant::consumer_skips_full_wait, nullptr);
-  } catch (const Error& e) {
-    failed = true;
-    const std::string what = e.what();
-    EXPECT_TRUE(what.find("has not landed") != std::string::npos || what.find("wgmma") != std::string::npos) << what;
-  }
-  if (!failed) {
-    const std::vector<float> c = dc.to_host();
+  // The stage's load is queued when the wgmma reads it (the pending-load check), lands under the
+  // products (a race at their wait), or is not yet issued: the products read poison (NaN).
+  std::vector<float> c;
+  const std::string what = run_pipeline(TmaPlant::consumer_skips_full_wait, c);
+  if (what.empty())
     EXPECT_TRUE(std::any_of(c.begin(), c.end(), [](float v) { return std::isnan(v); }))
         << "a consumer that skips the full barrier must fail or read poison";
-  }
+  else
+    EXPECT_TRUE(what.find("has not landed") != std::string::npos || what.find("wgmma") != std::string::npos) << what;
 }
 
 TEST(EmulationTma, PlantedWrongExpectTxTimesOut) {
   TimeoutScope timeout(0.5);
-  run_planted(TmaPlant::wrong_expect_tx, {"tma::mbar_wait", "no progress"});
+  std::vector<float> c;
+  const std::string what = run_pipeline(TmaPlant::wrong_expect_tx, c);
+  EXPECT_NE(what.find("tma::mbar_wait"), std::string::npos) << what;
+  EXPECT_NE(what.find("no progress"), std::string::npos) << what;
 }
 
+// The refill meets the products in flight (the consumers hold them 100 ms under this plant): the
+// load into bytes a wgmma reads, over a load that has not landed, or an arrival on a full barrier
+// whose phase still waits for bytes: each is a failure naming the stage's barrier protocol.
 TEST(EmulationTma, PlantedProducerSkippingTheEmptyWaitFails) {
-  run_planted(TmaPlant::producer_skips_empty_wait, {"tma_pipeline_kernel", "tma"});
+  std::vector<float> c;
+  const std::string what = run_pipeline(TmaPlant::producer_skips_empty_wait, c);
+  EXPECT_TRUE(what.find("still reads it") != std::string::npos || what.find("has not landed") != std::string::npos ||
+              what.find("no pending arrival") != std::string::npos)
+      << (what.empty() ? "no failure" : what);
+}
+
+// The wgmma checks, one block of one warpgroup: an 8 KiB [64][64] tile by TMA, then m64n64k16
+// products over it.
+void tile_and_products(bool wait_before_products, bool reload_in_flight) {
+  std::vector<uint16_t> host(64 * 64, 0x3F80);  // 1.0
+  DeviceBuffer<uint16_t> buf(host);
+  const uint64_t dims[2] = {64, 64}, strides[1] = {128};
+  const uint32_t box[2] = {64, 64};
+  const TensorMap map = make_tensor_map_bf16(buf.get(), 2, dims, strides, box, "emulation_tma_test");
+  run_block(128, 8192, [&] {
+    MOE_DYNAMIC_SHARED(unsigned char, smem);
+    uint64_t* bar = shared_bar();
+    if (threadIdx.x == 0) {
+      tma::mbar_init(bar, 1);
+      tma::fence_barrier_init();
+      tma::mbar_arrive_expect_tx(bar, 8192);
+      tma::load_2d(smem, &map, bar, 0, 0);
+    }
+    __syncthreads();
+    if (wait_before_products) tma::mbar_wait(bar, 0);
+    float d[32] = {};
+    const uint64_t desc = wgmma::make_desc(wgmma::smem_address(smem), 16, 1024, wgmma::Swizzle::b128);
+    wgmma::fence();
+    wgmma::mma_async<64>(d, desc, desc, false);
+    wgmma::commit_group();
+    __syncthreads();
+    if (reload_in_flight && threadIdx.x == 0) {
+      tma::mbar_arrive_expect_tx(bar, 8192);
+      tma::load_2d(smem, &map, bar, 0, 0);
+    }
+    wgmma::wait_group<0>();
+  });
+}
+
+TEST(EmulationTma, WgmmaReadingAnUnlandedLoadFails) {
+  tile_and_products(true, false);  // the correct order passes
+  expect_failure([] { tile_and_products(false, false); }, {"wgmma.mma_async reads shared memory", "has not landed"});
+}
+
+TEST(EmulationTma, LoadIntoBytesAnUnretiredWgmmaReadsFails) {
+  expect_failure([] { tile_and_products(true, true); }, {"tma::load_2d", "while an issued wgmma still reads it"});
 }
 
 }  // namespace
