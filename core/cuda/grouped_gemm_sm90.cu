@@ -179,9 +179,10 @@ GroupedGemmKernel grouped_gemm_kernel() {
   }
   if (std::strcmp(v, "mma") == 0) return GroupedGemmKernel::mma;
   const bool one = std::strcmp(v, "wgmma") == 0, two = std::strcmp(v, "wgmma2") == 0,
-             three = std::strcmp(v, "wgmma3") == 0, four = std::strcmp(v, "wgmma4") == 0;
-  MOE_CHECK(one || two || three || four, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = '", v,
-            "': expected 'mma', 'wgmma', 'wgmma2', 'wgmma3' or 'wgmma4' (unset: wgmma2 on sm_90, else mma)");
+             three = std::strcmp(v, "wgmma3") == 0, four = std::strcmp(v, "wgmma4") == 0,
+             five = std::strcmp(v, "wgmma5") == 0;
+  MOE_CHECK(one || two || three || four || five, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = '", v,
+            "': expected 'mma', 'wgmma', 'wgmma2', 'wgmma3', 'wgmma4' or 'wgmma5' (unset: wgmma2 on sm_90, else mma)");
   int device = 0;
   const int sm = device_sm(&device);
   MOE_CHECK(sm == 90, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = ", v, " needs an sm_90 device (H100 / H200); device ",
@@ -189,7 +190,8 @@ GroupedGemmKernel grouped_gemm_kernel() {
   return one     ? GroupedGemmKernel::wgmma
          : two   ? GroupedGemmKernel::wgmma2
          : three ? GroupedGemmKernel::wgmma3
-                 : GroupedGemmKernel::wgmma4;
+         : four  ? GroupedGemmKernel::wgmma4
+                 : GroupedGemmKernel::wgmma5;
 }
 
 bool grouped_gemm_uses_wgmma() { return grouped_gemm_kernel() != GroupedGemmKernel::mma; }
@@ -229,9 +231,9 @@ void grouped_rows_sm90(const bf16* A, const bf16* B, const int32_t* offsets, con
   if (kernel == GroupedGemmKernel::wgmma3)
     return grouped_rows_sm90_persistent<kTransB>(A, B, offsets, tile_starts, experts, rows, n_out, k_red, C,
                                                  accumulate, stream);
-  if (kernel == GroupedGemmKernel::wgmma4)
+  if (kernel == GroupedGemmKernel::wgmma4 || kernel == GroupedGemmKernel::wgmma5)
     return grouped_rows_sm90_tma<kTransB>(A, B, offsets, tile_starts, experts, rows, n_out, k_red, C, accumulate,
-                                          stream);
+                                          kernel == GroupedGemmKernel::wgmma5, stream);
   if (rows == 0) return;
   // Each expert's partial last tile adds at most one tile to rows / kBM.
   const size_t blocks = size_t(ceil_div(rows, kBM) + unsigned(experts)) * ceil_div(n_out, kBN);
@@ -255,8 +257,9 @@ void grouped_gemm_tn_sm90(const bf16* dy, const bf16* x, const int32_t* offsets,
   const GroupedGemmKernel kernel = grouped_gemm_kernel();
   if (kernel == GroupedGemmKernel::wgmma3)
     return grouped_gemm_tn_sm90_persistent(dy, x, offsets, experts, M, K, dw, accumulate, stream);
-  if (kernel == GroupedGemmKernel::wgmma4)
-    return grouped_gemm_tn_sm90_tma(dy, x, offsets, experts, M, K, dw, accumulate, stream);
+  if (kernel == GroupedGemmKernel::wgmma4 || kernel == GroupedGemmKernel::wgmma5)
+    return grouped_gemm_tn_sm90_tma(dy, x, offsets, experts, M, K, dw, accumulate,
+                                    kernel == GroupedGemmKernel::wgmma5, stream);
   const dim3 grid(ceil_div(M, kBM) * ceil_div(K, kBN), unsigned(experts));
   const bool pair_c = pair_stores(dw, K);
   with_stages([&](auto stages) {

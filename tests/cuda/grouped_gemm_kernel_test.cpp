@@ -383,6 +383,41 @@ TEST(CudaGroupedGemmSm90, Wgmma4TmaManySmallAndEmptyExperts) {
   check_forms<bf16>({24, 40, sizes, true});
 }
 
+// MOE_GROUPED_GEMM=wgmma5: wgmma4's pipeline with each consumer warpgroup on its own 128 x 128 tile
+// (even tiles of the block's stream to warpgroup 0, odd to 1, each stepping over the other's
+// slices in the 6-stage ring). The same cases: M = 136 (nt: two column tiles, the second of 8
+// columns; tn: 2 x 2 tiles per expert), K = 328 (nt: 6 slices per tile, the ring wrapping as the
+// warpgroups alternate), tn's zeroed tails (each warpgroup zeroes and syncs alone), tiles with no
+// slices, one-slice tiles, many tiles per block; the staged and the direct epilogue.
+struct Wgmma5Scope : Sm90KernelScope {
+  Wgmma5Scope() : Sm90KernelScope("wgmma5") {}
+};
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongSkewedGroupsFp32Overwrite) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  check_forms<float>({136, 328, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongSkewedGroupsBf16AccumulateBothEpilogues) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+  EnvScope direct("MOE_WGMMA4_DIRECT_STORES", "1");
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongTwoColumnTilesOddWidthAndOneSliceTiles) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  check_forms<float>({264, 40, {0, 130, 1, 17, 0}, true});
+  check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
+}
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongManySmallAndEmptyExperts) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  check_forms<bf16>({24, 40, sizes, true});
+}
+
 // Unset (or empty): wgmma2 on an sm_90 GPU (the fastest there, docs/benchmarks.md), the mma kernel
 // on other GPUs and under the emulation.
 TEST(CudaGroupedGemmSm90, DefaultIsWgmma2OnSm90AndMmaElsewhere) {
