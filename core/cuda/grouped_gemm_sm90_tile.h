@@ -130,23 +130,31 @@ __device__ __forceinline__ RowTile row_tile(const int32_t* offsets, const int32_
   return RowTile{e, row0, n0, clamp_extent(offsets[e + 1] - row0, kBM), clamp_extent(n_out - n0, kBN)};
 }
 
-// Output tile t of tn (dW [E][M][K] in 128 x kBN tiles, expert by expert, columns fastest):
-// its expert, its expert's rows [r_begin, r_begin + r_len), where it lies in dW, and how much of
-// it exists (rows = 0 for an empty expert when accumulating: nothing to add).
+// The tiles of tn (dW [E][M][K] in 128 x kBN tiles, expert by expert, columns fastest): tile(t)
+// gives tile t's expert, its expert's rows [r_begin, r_begin + r_len), where it lies in dW, and how
+// much of it exists (rows = 0 for an empty expert when accumulating: nothing to add).
 struct WeightTile {
   int e;
   long m0, n0, r_begin, r_len, out;
   int rows, cols;
 };
 template <int kBN>
-__device__ __forceinline__ WeightTile weight_tile(const int32_t* offsets, int tiles_mn, int tiles_n, long M, long K,
-                                                  bool accumulate, int t) {
-  const int e = t / tiles_mn, mn = t % tiles_mn;
-  const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
-  const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
-  const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
-  return WeightTile{e, m0, n0, r_begin, r_len, long(e) * M * K + m0 * K + n0, rows, cols};
-}
+struct WeightTileSpace {
+  const int32_t* offsets;
+  int experts, tiles_n, tiles_mn;
+  long M, K;
+  bool accumulate;
+
+  __device__ int count() const { return tiles_mn * experts; }
+  __device__ long ld() const { return K; }
+  __device__ WeightTile tile(int t) const {
+    const int e = t / tiles_mn, mn = t % tiles_mn;
+    const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
+    const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
+    const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
+    return WeightTile{e, m0, n0, r_begin, r_len, long(e) * M * K + m0 * K + n0, rows, cols};
+  }
+};
 
 // Whether C (row stride ld) allows one two-element store per pair of adjacent columns.
 template <class Tout>

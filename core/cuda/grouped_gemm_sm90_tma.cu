@@ -154,17 +154,11 @@ struct RowTiles {
 // both MN-major; tiles expert by expert, kBN columns fastest. An empty expert's tiles have no
 // slices: zeros are stored, or nothing when accumulating.
 template <int kBN>
-struct WeightTiles {
+struct WeightTiles : WeightTileSpace<kBN> {
   static constexpr bool kAMn = true, kBMn = true, kTail = true;
-  const int32_t* offsets;
-  int experts, tiles_n, tiles_mn;
-  long M, K;
-  bool accumulate;
 
-  __device__ int count() const { return tiles_mn * experts; }
-  __device__ long ld() const { return K; }
   __device__ Work at(int t) const {
-    const WeightTile w = weight_tile<kBN>(offsets, tiles_mn, tiles_n, M, K, accumulate, t);
+    const WeightTile w = this->tile(t);
     const int slices = int((w.r_len + kBK - 1) / kBK), tail = int(w.r_len) - (slices - 1) * kBK;
     return Work{{w.out, slices, w.rows, w.cols, tail}, int(w.r_begin), int(w.n0), int(w.m0), w.e};
   }
@@ -398,10 +392,14 @@ __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl,
       if constexpr (Tiles::kTail) {
         const int tail = ctl.slot[slot].tail;
         if (s == slices - 1 && tail < kBK) {
-          if constexpr (G::kPing)
-            zero_leading_rows<G>(at, tail, 128 * (wg + 1), 128, kTailBarrier + wg);
-          else
+          if constexpr (G::kPing) {  // the barrier id spelled out per warpgroup: an immediate, not a register
+            if (wg == 0)
+              zero_leading_rows<G>(at, tail, 128, 128, kTailBarrier);
+            else
+              zero_leading_rows<G>(at, tail, 256, 128, kTailBarrier + 1);
+          } else {
             zero_leading_rows<G>(at, tail, 128, kConsumerThreads, kTailBarrier);
+          }
         }
       }
       const uint32_t sa = base + uint32_t(stage * G::kStageBytes);
@@ -549,7 +547,7 @@ void grouped_gemm_tn_sm90_tma(const bf16* dy, const bf16* x, const int32_t* offs
   with_geometry(pingpong, [&](auto g) {
     using G = decltype(g);
     const int tiles_n = int(ceil_div(K, G::kBN)), tiles_mn = int(ceil_div(M, kBM)) * tiles_n;
-    const WeightTiles<G::kBN> tiles{offsets, experts, tiles_n, tiles_mn, M, K, accumulate};
+    const WeightTiles<G::kBN> tiles{{offsets, experts, tiles_n, tiles_mn, M, K, accumulate}};
     launch_tiles<G>(op, map_a, map_b, tiles, size_t(tiles_mn) * size_t(experts), dw, accumulate, K, stream);
   });
 }
