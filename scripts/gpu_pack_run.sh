@@ -14,18 +14,23 @@
 #                 writes its case files, checked by scripts/torch_reference_offline.sh with this
 #                 machine's python3 where it has torch and h5py (else check them where torch is)
 #   wgmma_tests   the sm_90a wgmma kernels' tests, apart: a hang there costs only its own limit
-#   bench         the kernel benchmarks (cuBLAS peak, grouped GEMM kernel 0, routing, attention)
-#   wgmma_bench   the grouped GEMM benchmark on kernels 1 (wgmma), 2 (wgmma2) and 3 (wgmma3)
+#   bench         the kernel benchmarks (cuBLAS peak, grouped GEMM kernel 0, routing, attention);
+#                 BENCH_FILTER (a --benchmark_filter regex) narrows them
+#   wgmma_bench   the grouped GEMM benchmark on the Hopper kernels WGMMA_KERNELS (default 1234:
+#                 1 wgmma, 2 wgmma2, 3 wgmma3, 4 wgmma4)
 #   train_cuda    the balance model (recipes/balance/aux_loss.toml), `steps` steps on the device
 #   throughput    expert_choice (balanced groups by construction) at d_model 1024, 4 MoE blocks of
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default
-#                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = mma, wgmma, wgmma2, wgmma3;
+#                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = each of
+#                 THROUGHPUT_KERNELS (default: mma wgmma2 wgmma3 wgmma4);
 #                 each with MOE_KERNEL_PROFILE=1 (GPU time per kernel: <run>/kernel_profile.txt)
 #   strategies    every balancing strategy 30 steps at that shape on the device, then `moetrain
 #                 compare` (routing_time_share, tokens_per_s per strategy) into strategies.md
 #   experts       the experts benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept),
-#                 the grouped side on the default kernel, then on wgmma2 and wgmma3
+#                 the grouped side on the default kernel, then on each of EXPERTS_KERNELS (default:
+#                 wgmma2 wgmma4)
 #   train_cpu     the balance model on the CPU (the loss curve the device run is compared with)
+#   custom        the command CUSTOM (bash, with $run, $P and $R set), for one-off checks
 # Everything lands in $OUT/results.tar.xz (remade after each step, so a killed run still returns
 # what it did) and the console summary in $OUT/summary.txt.
 set -uo pipefail
@@ -35,6 +40,10 @@ steps="${2:-200}"
 OUT="${OUT:-/tmp/gpu_out}"
 DEADLINE="${DEADLINE:-540}"
 STEPS="${STEPS:-tests wgmma_tests bench wgmma_bench train_cuda throughput strategies experts train_cpu}"
+BENCH_FILTER="${BENCH_FILTER:--BM_ExpertsForwardBackward|kernel:[1-9]}"
+WGMMA_KERNELS="${WGMMA_KERNELS:-1234}"
+THROUGHPUT_KERNELS="${THROUGHPUT_KERNELS:-mma wgmma2 wgmma3 wgmma4}"
+EXPERTS_KERNELS="${EXPERTS_KERNELS:-wgmma2 wgmma4}"
 # Set here so moetrain does not re-exec itself to set it (a re-exec under the carried loader
 # would lose the program name).
 export OMP_WAIT_POLICY=passive
@@ -85,7 +94,7 @@ big=(--set model.d_model=1024 --set model.n_heads=16 --set moe.expert_hidden=204
      --set train.seq_len=512 --set train.steps=30 --set schedule.warmup_steps=2 --set optim.lr=1e-3 --set optim.min_lr=1e-4
      --set eval.every=0 --set eval.batches=2 --set checkpoint.at_end=false --set log.every=5
      --set data.dir="$P/data/brown" --set train.device=cuda)
-wgmma_tests='CudaGroupedGemmSm90*:CudaWgmma*'
+wgmma_tests="${WGMMA_TESTS:-CudaGroupedGemmSm90*:CudaWgmma*:CudaTma*}"
 wgmma_ok=0
 
 for step in $STEPS; do
@@ -114,16 +123,16 @@ for step in $STEPS; do
   bench)
     t=$(limit bench 90) || continue
     echo "== benchmarks, limit $t s"
-    timeout "$t" "$run" "$P/bin/moetrain_cuda_bench" --benchmark_filter='-BM_ExpertsForwardBackward|kernel:[123]' \
+    timeout "$t" "$run" "$P/bin/moetrain_cuda_bench" --benchmark_filter="$BENCH_FILTER" \
       --benchmark_out="$R/cuda_bench.json" --benchmark_out_format=json > "$R/cuda_bench.log" 2>&1
     echo "bench rc=$?"; grep -E '^BM_|ERROR' "$R/cuda_bench.log" | head -40 ;;
   wgmma_bench)
     [[ $wgmma_ok == 1 ]] || { echo "== wgmma benchmarks: skipped (the wgmma tests did not pass)"; continue; }
-    t=$(limit wgmma_bench 75) || continue
-    echo "== wgmma grouped GEMM benchmarks (kernel 1 wgmma, 2 wgmma2, 3 wgmma3), limit $t s"
-    timeout "$t" "$run" "$P/bin/moetrain_cuda_bench" --benchmark_filter='BM_GroupedGemmVsCublas.*kernel:[123]' \
+    t=$(limit wgmma_bench 120) || continue
+    echo "== wgmma grouped GEMM benchmarks (kernels $WGMMA_KERNELS), limit $t s"
+    timeout "$t" "$run" "$P/bin/moetrain_cuda_bench" --benchmark_filter="BM_GroupedGemmVsCublas.*kernel:[$WGMMA_KERNELS]" \
       --benchmark_out="$R/cuda_bench_wgmma.json" --benchmark_out_format=json > "$R/cuda_bench_wgmma.log" 2>&1
-    echo "wgmma bench rc=$?"; grep -E '^BM_|ERROR' "$R/cuda_bench_wgmma.log" | head -30 ;;
+    echo "wgmma bench rc=$?"; grep -E '^BM_|ERROR' "$R/cuda_bench_wgmma.log" | head -60 ;;
   train_cuda | train_cpu)
     dev=${step#train_}
     t=$(limit "$step" 75) || continue
@@ -134,7 +143,7 @@ for step in $STEPS; do
     echo "$dev rc=$?"; grep -E 'moetrain: run|step +(1|2|10|50|100|200)/|error|done' "$R/train_$dev.log" | head -8 ;;
   throughput)
     echo "== throughput at d_model 1024 (expert_choice: balanced groups)"
-    for kernel in default mma wgmma wgmma2 wgmma3; do
+    for kernel in default $THROUGHPUT_KERNELS; do
       [[ $kernel == wgmma* && $wgmma_ok != 1 ]] && { echo "$kernel: skipped (the wgmma tests did not pass)"; continue; }
       t=$(limit "throughput $kernel" 45) || break
       env=(MOE_KERNEL_PROFILE=1); [[ $kernel != default ]] && env+=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel)
@@ -163,7 +172,7 @@ for step in $STEPS; do
     cat "$R/strategies.md" 2>/dev/null ;;
   experts)
     # The grouped side on the default kernel, then on the wgmma kernels where their tests passed.
-    for kernel in default wgmma2 wgmma3; do
+    for kernel in default $EXPERTS_KERNELS; do
       [[ $kernel == wgmma* && $wgmma_ok != 1 ]] && continue
       t=$(limit "experts $kernel" 60) || break
       echo "== experts benchmark, grouped kernel $kernel vs per-expert cuBLAS (forward + backward), limit $t s"
@@ -172,7 +181,14 @@ for step in $STEPS; do
         --benchmark_out="$R/experts_bench_$kernel.json" --benchmark_out_format=json > "$R/experts_bench_$kernel.log" 2>&1
       echo "experts bench ($kernel) rc=$?"; grep -E '^BM_Experts|ERROR' "$R/experts_bench_$kernel.log" | head -30
     done ;;
-  *) echo "unknown step '$step' (STEPS takes: tests wgmma_tests bench wgmma_bench train_cuda throughput strategies experts train_cpu)" ;;
+  custom)
+    # An ad-hoc command (CUSTOM, evaluated here: "$run" runs a carried binary, "$P/bin" holds them,
+    # "$R" is the results folder), e.g. compute-sanitizer on one test.
+    t=$(limit custom 120) || continue
+    echo "== custom: $CUSTOM"
+    run="$run" P="$P" R="$R" timeout "$t" bash -c "$CUSTOM" > "$R/custom.log" 2>&1
+    echo "custom rc=$?"; tail -40 "$R/custom.log" ;;
+  *) echo "unknown step '$step' (STEPS takes: tests wgmma_tests bench wgmma_bench train_cuda throughput strategies experts train_cpu custom)" ;;
   esac
   echo "-- $step took $((SECONDS - start)) s ($SECONDS s so far)"
   pack_results

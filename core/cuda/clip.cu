@@ -9,7 +9,11 @@ namespace moe::cuda {
 namespace {
 
 constexpr unsigned kThreads = 256;
-constexpr unsigned kMaxBlocks = 256;
+// Enough blocks to keep an H100's memory system busy (132 SMs x 8 blocks of 256 threads): with
+// 256 blocks the sum of squares read gradients at ~0.6 TB/s (65 us per call, 3% of a d_model-1024
+// step). The partials' count stays fixed per size, so the order of additions, and the norm's bits,
+// do not depend on the device.
+constexpr unsigned kMaxBlocks = 1056;
 
 template <class T>
 __global__ void sum_squares_partial_kernel(const T* x, size_t n, float* partials) {

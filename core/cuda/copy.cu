@@ -1,5 +1,7 @@
-// One thread per element: the row-major index is split into the view's coordinates, so any
-// strides (transposes, slices) copy in one launch.
+// Strided copy with conversion, and fill. The host first merges the dims both views step over
+// as one (make_dims): a contiguous copy or cast, the common case (weights cast to bf16 every step),
+// becomes one dim, and its kernel does no index arithmetic; other views split the row-major index
+// into coordinates, so any strides (transposes, slices) copy in one launch.
 #include "core/cuda/copy.h"
 #include "core/cuda/launch.h"
 #include "core/error.h"
@@ -31,6 +33,28 @@ __device__ __forceinline__ void store_from_double(T* p, double v) {
     *p = T(v);
 }
 
+// One element converted as copy.h states (floating through double, index through int64). Between
+// fp32 and bf16 the float path gives the same bits without the double arithmetic: a float widens to
+// double and back exactly.
+template <class Td, class Ts>
+__device__ __forceinline__ void convert(Td* dst, const Ts* src) {
+  if constexpr (std::is_same_v<Td, Ts>)
+    *dst = *src;
+  else if constexpr (std::is_integral_v<Td> && std::is_integral_v<Ts>)
+    *dst = Td(*src);
+  else if constexpr (!std::is_same_v<Td, double> && !std::is_same_v<Ts, double>)
+    *dst = from_float<Td>(to_float(*src));
+  else
+    store_from_double(dst, load_as_double(src));
+}
+
+// The one-dim case: element i at dst[i * dst_stride], src[i * src_stride].
+template <class Td, class Ts>
+__global__ void linear_copy_kernel(Td* dst, int64_t dst_stride, const Ts* src, int64_t src_stride, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    convert(dst + i * dst_stride, src + i * src_stride);
+}
+
 template <class Td, class Ts>
 __global__ void strided_copy_kernel(Td* dst, const Ts* src, Dims d, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -41,12 +65,7 @@ __global__ void strided_copy_kernel(Td* dst, const Ts* src, Dims d, int64_t n) {
       doff += c * d.dst_strides[k];
       soff += c * d.src_strides[k];
     }
-    if constexpr (std::is_same_v<Td, Ts>)
-      dst[doff] = src[soff];
-    else if constexpr (std::is_integral_v<Td> && std::is_integral_v<Ts>)
-      dst[doff] = Td(src[soff]);
-    else
-      store_from_double(dst + doff, load_as_double(src + soff));
+    convert(dst + doff, src + soff);
   }
 }
 
@@ -54,25 +73,43 @@ template <class T>
 __global__ void fill_kernel(T* dst, Dims d, int64_t n, double value) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t rest = i, doff = 0;
-    for (int k = d.ndim - 1; k >= 0; --k) {
-      doff += (rest % d.shape[k]) * d.dst_strides[k];
-      rest /= d.shape[k];
-    }
+    if (d.ndim == 1)  // no index arithmetic for the common case
+      doff = i * d.dst_strides[0];
+    else
+      for (int k = d.ndim - 1; k >= 0; --k) {
+        doff += (rest % d.shape[k]) * d.dst_strides[k];
+        rest /= d.shape[k];
+      }
     store_from_double(dst + doff, value);
   }
 }
 
+// The views' dims with those of extent 1 dropped and each dim merged into the one outside it
+// where both views step over the pair as over one dim (outer stride = inner stride x inner extent).
 Dims make_dims(const StridedView& dst, const StridedView* src, const int64_t* shape, int ndim, int64_t* n) {
   MOE_CHECK(ndim >= 0 && ndim <= kMaxCopyDims, "cuda::strided_copy", "views of up to ", kMaxCopyDims,
             " dims, got ", ndim);
   Dims d{};
-  d.ndim = ndim;
   *n = 1;
   for (int k = 0; k < ndim; ++k) {
-    d.shape[k] = shape[k];
-    d.dst_strides[k] = dst.strides[k];
-    d.src_strides[k] = src ? src->strides[k] : 0;
     *n *= shape[k];
+    if (shape[k] == 1) continue;
+    const int64_t ds = dst.strides[k], ss = src ? src->strides[k] : 0;
+    const int last = d.ndim - 1;
+    if (last >= 0 && d.dst_strides[last] == ds * shape[k] && d.src_strides[last] == ss * shape[k]) {
+      d.shape[last] *= shape[k];
+      d.dst_strides[last] = ds;
+      d.src_strides[last] = ss;
+      continue;
+    }
+    d.shape[d.ndim] = shape[k];
+    d.dst_strides[d.ndim] = ds;
+    d.src_strides[d.ndim] = ss;
+    ++d.ndim;
+  }
+  if (d.ndim == 0) {  // a scalar, or every extent 1: one element at the views' starts
+    d.shape[0] = 1;
+    d.ndim = 1;
   }
   return d;
 }
@@ -107,9 +144,14 @@ void strided_copy(const StridedView& dst, const StridedView& src, const int64_t*
     using Td = decltype(dtag);
     with_device_type(src.dtype, [&](auto stag) {
       using Ts = decltype(stag);
-      if constexpr (std::is_integral_v<Td> == std::is_integral_v<Ts>)
-        MOE_LAUNCH((strided_copy_kernel<Td, Ts>), grid_for(n), kThreads, 0, stream, static_cast<Td*>(dst.data),
-                   static_cast<const Ts*>(src.data), d, n);
+      if constexpr (std::is_integral_v<Td> == std::is_integral_v<Ts>) {
+        if (d.ndim == 1)
+          MOE_LAUNCH((linear_copy_kernel<Td, Ts>), grid_for(n), kThreads, 0, stream, static_cast<Td*>(dst.data),
+                     d.dst_strides[0], static_cast<const Ts*>(src.data), d.src_strides[0], n);
+        else
+          MOE_LAUNCH((strided_copy_kernel<Td, Ts>), grid_for(n), kThreads, 0, stream, static_cast<Td*>(dst.data),
+                     static_cast<const Ts*>(src.data), d, n);
+      }
     });
   });
 }

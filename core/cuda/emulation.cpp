@@ -81,6 +81,7 @@ struct WarpgroupBarrier {
   std::mutex mutex;
   std::condition_variable cv;
   unsigned live = 128, arrived = 0;
+  unsigned stuck = 0;  // arrivals when the first waiter timed out (0: none did)
   uint64_t generation = 0;
   void release() {
     arrived = 0;
@@ -290,11 +291,11 @@ void warpgroup_sync(const char* what, double timeout_s) {
       --w.arrived;
       MOE_FAIL("cuda emulation", what, ": abandoned (another thread of the launch failed)");
     }
-    if (std::chrono::steady_clock::now() > deadline) {
-      const unsigned arrived = w.arrived--;
-      MOE_FAIL("cuda emulation", what, ": only ", arrived, " of the ", w.live, " live threads of warpgroup ",
-               t_ctx.tid / 128, " arrived within ", timeout_s,
-               " s (a warpgroup-wide instruction not executed by the whole warpgroup)");
+    if (w.stuck || std::chrono::steady_clock::now() > deadline) {
+      if (!w.stuck) w.stuck = w.arrived;  // every waiter reports what the first one saw
+      --w.arrived;
+      MOE_FAIL("cuda emulation", what, ": only ", w.stuck, " of the 128 threads of warpgroup ", t_ctx.tid / 128,
+               " arrived within ", timeout_s, " s (a warpgroup-wide instruction not executed by the whole warpgroup)");
     }
   }
 }

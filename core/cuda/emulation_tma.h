@@ -303,6 +303,10 @@ inline void load(void* smem, const TensorMap* map, uint64_t* bar, int rank, cons
   const char* op = rank == 2 ? "tma::load_2d" : "tma::load_3d";
   const MapFields& m = map_fields(op, map);
   MOE_CHECK(int(m.rank) == rank, "cuda emulation", op, ": the tensor map has rank ", m.rank);
+  // The hardware faults ("an illegal instruction was encountered", at the barrier's waiters) when
+  // the innermost coordinate is not on a 16-byte boundary: seen on an H100 with c0 = 13.
+  MOE_CHECK(coords[0] % 8 == 0, "cuda emulation", op, ": innermost coordinate ", coords[0],
+            " is not a multiple of 8 bf16 (16 bytes): the GPU faults with an illegal instruction");
   check_bar(op, bar);
   load_bar(op, bar);
   const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * 2;

@@ -45,6 +45,15 @@
 // faithfully: mbarriers are real 64-bit words in shared memory updated atomically, copies land
 // late (when a thread waits on their barrier) with their destination poisoned until then, a wait
 // that can never finish fails the launch after a timeout; see that file.
+//
+// For a kernel (core/cuda/tma_selftest.cu is a worked example): take the map as `const
+// __grid_constant__ TensorMap map` and pass &map (a copy in registers or local memory is not a
+// tensor map the copy engine can read); give the kernel __launch_bounds__(threads, 1), else ptxas
+// ignores setmaxnreg (C7508: no register count at entry); align stages on the shared-window address
+// (wgmma::smem_address, which under the emulation is the offset into the dynamic shared memory,
+// where TMA destinations must lie); TMA writes and wgmma reads are both async proxy: no
+// fence_proxy_async between them. A stage may be released after wgmma::wait_group by every
+// consumer thread or by one thread per warpgroup (the emulation's wait_group is warpgroup-wide).
 #pragma once
 #include <cstdint>
 

@@ -196,6 +196,11 @@ TEST(EmulationTma, LoadAndBarrierMisuseIsOneLine) {
                  {"tma::load_3d", "rank 2"});
   expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
                    tma::mbar_init(bar, 1);
+                   tma::load_2d(smem, &src.map, bar, 13, 0);
+                 }),
+                 {"tma::load_2d", "innermost coordinate 13", "16 bytes"});
+  expect_failure(one([&](unsigned char* smem, uint64_t* bar) {
+                   tma::mbar_init(bar, 1);
                    TensorMap zero{};
                    tma::load_2d(smem, &zero, bar, 0, 0);
                  }),
@@ -257,7 +262,7 @@ TEST(EmulationTma, SetmaxnregAndNamedBarrierMisuseFail) {
             __syncthreads();  // warp 3 elsewhere, still live: a hang on the GPU, a timeout here
         });
       },
-      {"setmaxnreg.dec", "only 96 of the 128 live threads of warpgroup 0"});
+      {"setmaxnreg.dec", "only 96 of the 128 threads of warpgroup 0"});
   expect_failure([] { run_block(128, 0, [] {
                    if (threadIdx.x < 64) tma::named_barrier_sync(1, 96);
                  }); },

@@ -51,6 +51,22 @@ TEST_F(TensorDevice, StridedViewsCopyOnTheDevice) {
   EXPECT_EQ(z.to_vector<float>(), h.transpose(0, 2).contiguous().to_vector<float>());
 }
 
+// copy.cu merges the dims both views step over as one: a view whose inner dims merge but whose
+// outer dim does not (a slice), extents of 1 in the middle, and a cast into a transposed view.
+TEST_F(TensorDevice, ViewsThatMergeAndViewsThatDoNot) {
+  Tensor h = random_host({4, 1, 6, 5}, 5);
+  Tensor d = h.to(Device::cuda);
+  EXPECT_EQ(d.slice(2, 1, 4).contiguous().to_vector<float>(), h.slice(2, 1, 4).contiguous().to_vector<float>());
+  EXPECT_EQ(d.slice(3, 0, 4).to(DType::bf16).to(Device::cpu).to_double_vector(),
+            h.slice(3, 0, 4).contiguous().to(DType::bf16).to_double_vector());
+  Tensor z = Tensor::zeros({5, 6, 1, 4}, DType::bf16, Device::cuda);
+  z.transpose(0, 3).transpose(1, 2).copy_(h);  // f32 -> bf16 into a view none of whose dims merge
+  EXPECT_EQ(z.to(Device::cpu).to_double_vector(), h.transpose(0, 3).transpose(1, 2).contiguous().to(DType::bf16).to_double_vector());
+  Tensor big = random_host({1001, 3}, 6);  // one merged dim over many blocks
+  EXPECT_EQ(big.to(Device::cuda).to(DType::bf16).to(Device::cpu).to_double_vector(),
+            big.to(DType::bf16).to_double_vector());
+}
+
 TEST_F(TensorDevice, DtypeConversionsMatchTheHost) {
   Tensor h = random_host({33}, 3);
   Tensor d = h.to(Device::cuda);
