@@ -3,7 +3,8 @@
 // against cuBLAS on expert 0's group: expert0_rel_err). Every form runs on each grouped kernel,
 // kernel = 0 the mma kernel (grouped_gemm.cu), 1 and 2 the wgmma kernels (grouped_gemm_sm90.cu;
 // 1: 5 stages, 1 block per SM; 2: 3 stages, 2 blocks per SM), 3 the persistent 128 x 256 wgmma
-// kernel (grouped_gemm_sm90_persistent.cu); 1 - 3 on sm_90 devices only: elsewhere those rows
+// kernel (grouped_gemm_sm90_persistent.cu), 4 and 5 the TMA-fed warp-specialized ones
+// (grouped_gemm_sm90_tma.cu; 5: pingpong); 1 - 5 on sm_90 devices only: elsewhere those rows
 // report an error.
 #include <benchmark/benchmark.h>
 
@@ -91,15 +92,15 @@ double expert0_error(int form, long rows0, long M, long K, const bf16* x, const 
 // Grouped GEMM over E experts of rows R total (balanced or Zipf-skewed groups), weights [E, M, K],
 // in one form; the reference is one cuBLAS GEMM of the same shape (R x M x K, same FLOPs).
 // Args: experts, skewed (0/1), form (0 nt forward, 1 nn input grad, 2 tn weight grad), R, M, K,
-// kernel (0 mma, 1 wgmma, 2 wgmma2, 3 wgmma3: MOE_GROUPED_GEMM's choices).
+// kernel (0 mma, 1 wgmma, 2 wgmma2, 3 wgmma3, 4 wgmma4, 5 wgmma5: MOE_GROUPED_GEMM's choices).
 void BM_GroupedGemmVsCublas(benchmark::State& state) {
   const int experts = int(state.range(0));
   const bool skewed = state.range(1) != 0;
   const int form = int(state.range(2));
   const long rows = state.range(3), M = state.range(4), K = state.range(5);
   const int kernel = int(state.range(6));
-  static const char* const kKernels[] = {"mma", "wgmma", "wgmma2", "wgmma3"};
-  MOE_CHECK(kernel >= 0 && kernel <= 3, "BM_GroupedGemmVsCublas", "kernel ", kernel, ": expected 0 .. 3");
+  static const char* const kKernels[] = {"mma", "wgmma", "wgmma2", "wgmma3", "wgmma4", "wgmma5"};
+  MOE_CHECK(kernel >= 0 && kernel <= 5, "BM_GroupedGemmVsCublas", "kernel ", kernel, ": expected 0 .. 5");
   const cuda::GroupedGemmKernelScope choice(kKernels[kernel]);
   cuda::grouped_gemm_kernel();  // off sm_90 the wgmma choices throw: the row reports why
   auto off_host = group_offsets(rows, experts, skewed);
@@ -140,7 +141,7 @@ void grouped_args(benchmark::internal::Benchmark* b) {
   for (int form : {kNt, kNn, kTn})
     for (int experts : {16, 64})
       for (int skewed : {0, 1})
-        for (int kernel : {0, 1, 2, 3}) b->Args({experts, skewed, form, 32768, 2048, 1024, kernel});
+        for (int kernel : {0, 1, 2, 3, 4, 5}) b->Args({experts, skewed, form, 32768, 2048, 1024, kernel});
   b->ArgNames({"E", "skewed", "form", "R", "M", "K", "kernel"});
 }
 BENCHMARK(guarded<BM_GroupedGemmVsCublas>)->Name("BM_GroupedGemmVsCublas")->Apply(grouped_args)->UseManualTime()->Unit(benchmark::kMillisecond)->Iterations(10);

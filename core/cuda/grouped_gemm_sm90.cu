@@ -12,6 +12,7 @@
 // (wait_group 1), so the tensor cores work on slice s while the loop moves on.
 #include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/grouped_gemm_sm90_persistent.h"
+#include "core/cuda/grouped_gemm_sm90_tma.h"
 #include "core/cuda/grouped_gemm_sm90_tile.h"
 #include "core/cuda/launch.h"
 #include "core/cuda/wgmma.h"
@@ -178,14 +179,19 @@ GroupedGemmKernel grouped_gemm_kernel() {
   }
   if (std::strcmp(v, "mma") == 0) return GroupedGemmKernel::mma;
   const bool one = std::strcmp(v, "wgmma") == 0, two = std::strcmp(v, "wgmma2") == 0,
-             three = std::strcmp(v, "wgmma3") == 0;
-  MOE_CHECK(one || two || three, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = '", v,
-            "': expected 'mma', 'wgmma', 'wgmma2' or 'wgmma3' (unset: wgmma2 on sm_90, else mma)");
+             three = std::strcmp(v, "wgmma3") == 0, four = std::strcmp(v, "wgmma4") == 0,
+             five = std::strcmp(v, "wgmma5") == 0;
+  MOE_CHECK(one || two || three || four || five, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = '", v,
+            "': expected 'mma', 'wgmma', 'wgmma2', 'wgmma3', 'wgmma4' or 'wgmma5' (unset: wgmma2 on sm_90, else mma)");
   int device = 0;
   const int sm = device_sm(&device);
   MOE_CHECK(sm == 90, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = ", v, " needs an sm_90 device (H100 / H200); device ",
             device, " is sm_", sm);
-  return one ? GroupedGemmKernel::wgmma : two ? GroupedGemmKernel::wgmma2 : GroupedGemmKernel::wgmma3;
+  return one     ? GroupedGemmKernel::wgmma
+         : two   ? GroupedGemmKernel::wgmma2
+         : three ? GroupedGemmKernel::wgmma3
+         : four  ? GroupedGemmKernel::wgmma4
+                 : GroupedGemmKernel::wgmma5;
 }
 
 bool grouped_gemm_uses_wgmma() { return grouped_gemm_kernel() != GroupedGemmKernel::mma; }
@@ -221,9 +227,13 @@ void grouped_rows_sm90(const bf16* A, const bf16* B, const int32_t* offsets, con
   MOE_CHECK(aligned16(A, k_red) && aligned16(B, kTransB ? k_red : n_out), op,
             "operands must be 16-byte aligned with row strides a multiple of 8, got ", k_red, " and ",
             kTransB ? k_red : n_out);
-  if (grouped_gemm_kernel() == GroupedGemmKernel::wgmma3)
+  const GroupedGemmKernel kernel = grouped_gemm_kernel();
+  if (kernel == GroupedGemmKernel::wgmma3)
     return grouped_rows_sm90_persistent<kTransB>(A, B, offsets, tile_starts, experts, rows, n_out, k_red, C,
                                                  accumulate, stream);
+  if (kernel == GroupedGemmKernel::wgmma4 || kernel == GroupedGemmKernel::wgmma5)
+    return grouped_rows_sm90_tma<kTransB>(A, B, offsets, tile_starts, experts, rows, n_out, k_red, C, accumulate,
+                                          kernel == GroupedGemmKernel::wgmma5, stream);
   if (rows == 0) return;
   // Each expert's partial last tile adds at most one tile to rows / kBM.
   const size_t blocks = size_t(ceil_div(rows, kBM) + unsigned(experts)) * ceil_div(n_out, kBN);
@@ -244,8 +254,12 @@ void grouped_gemm_tn_sm90(const bf16* dy, const bf16* x, const int32_t* offsets,
   const char* op = "cuda::grouped_gemm_tn (wgmma)";
   MOE_CHECK(aligned16(dy, M) && aligned16(x, K), op,
             "dy and x must be 16-byte aligned with M and K multiples of 8, got M = ", M, ", K = ", K);
-  if (grouped_gemm_kernel() == GroupedGemmKernel::wgmma3)
+  const GroupedGemmKernel kernel = grouped_gemm_kernel();
+  if (kernel == GroupedGemmKernel::wgmma3)
     return grouped_gemm_tn_sm90_persistent(dy, x, offsets, experts, M, K, dw, accumulate, stream);
+  if (kernel == GroupedGemmKernel::wgmma4 || kernel == GroupedGemmKernel::wgmma5)
+    return grouped_gemm_tn_sm90_tma(dy, x, offsets, experts, M, K, dw, accumulate,
+                                    kernel == GroupedGemmKernel::wgmma5, stream);
   const dim3 grid(ceil_div(M, kBM) * ceil_div(K, kBN), unsigned(experts));
   const bool pair_c = pair_stores(dw, K);
   with_stages([&](auto stages) {

@@ -14,9 +14,13 @@ namespace moe::cuda {
 // The grouped-GEMM kernel MOE_GROUPED_GEMM selects (unset or empty: "wgmma2" on an sm_90 GPU, else
 // "mma"): "mma" the mma.sync / cp.async kernel of grouped_gemm.cu; "wgmma" the kernels below with a 5-stage pipeline, 1 block per SM; "wgmma2"
 // the same with 3 stages, 2 blocks per SM; "wgmma3" persistent blocks over 128 x 256 tiles
-// (grouped_gemm_sm90_persistent.cu). Any wgmma choice is an error on a device that is not sm_90,
-// and allowed under the emulation (which models sm_90a). Read at every call, so a run can switch.
-enum class GroupedGemmKernel { mma, wgmma, wgmma2, wgmma3 };
+// (grouped_gemm_sm90_persistent.cu); "wgmma4" persistent 128 x 256 tiles fed by TMA, a producer
+// warpgroup and two consumer warpgroups on an mbarrier pipeline (grouped_gemm_sm90_tma.cu); "wgmma5"
+// the same pipeline with each consumer warpgroup on its own 128 x 128 tile ("pingpong": one's
+// products overlap the other's epilogue). Any wgmma choice is an error on a device that is not
+// sm_90, and allowed under the emulation (which models sm_90a). Read at every call, so a run can
+// switch.
+enum class GroupedGemmKernel { mma, wgmma, wgmma2, wgmma3, wgmma4, wgmma5 };
 GroupedGemmKernel grouped_gemm_kernel();
 bool grouped_gemm_uses_wgmma();  // grouped_gemm_kernel() != mma
 

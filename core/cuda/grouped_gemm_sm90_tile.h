@@ -113,6 +113,49 @@ __device__ __forceinline__ int expert_of_tile(const int32_t* tile_starts, int ex
 
 __device__ __forceinline__ int clamp_extent(long n, int cap) { return n < 0 ? 0 : (n > cap ? cap : int(n)); }
 
+// Output tile t of the row forms (nt / nn: 128-row tiles of the rows grouped by expert, tile_starts
+// as grouped_gemm.cu's, times kBN-column tiles, the column tile fastest): its expert, first row and
+// column, and how many of its rows and columns exist (rows past the expert's end belong to the
+// next expert: computed, never stored).
+struct RowTile {
+  int e;
+  long row0, n0;
+  int rows, cols;
+};
+template <int kBN>
+__device__ __forceinline__ RowTile row_tile(const int32_t* offsets, const int32_t* tile_starts, int experts,
+                                            int col_tiles, long n_out, int t) {
+  const int tile = t / col_tiles, e = expert_of_tile(tile_starts, experts, tile);
+  const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, n0 = long(t % col_tiles) * kBN;
+  return RowTile{e, row0, n0, clamp_extent(offsets[e + 1] - row0, kBM), clamp_extent(n_out - n0, kBN)};
+}
+
+// The tiles of tn (dW [E][M][K] in 128 x kBN tiles, expert by expert, columns fastest): tile(t)
+// gives tile t's expert, its expert's rows [r_begin, r_begin + r_len), where it lies in dW, and how
+// much of it exists (rows = 0 for an empty expert when accumulating: nothing to add).
+struct WeightTile {
+  int e;
+  long m0, n0, r_begin, r_len, out;
+  int rows, cols;
+};
+template <int kBN>
+struct WeightTileSpace {
+  const int32_t* offsets;
+  int experts, tiles_n, tiles_mn;
+  long M, K;
+  bool accumulate;
+
+  __device__ int count() const { return tiles_mn * experts; }
+  __device__ long ld() const { return K; }
+  __device__ WeightTile tile(int t) const {
+    const int e = t / tiles_mn, mn = t % tiles_mn;
+    const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
+    const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
+    const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
+    return WeightTile{e, m0, n0, r_begin, r_len, long(e) * M * K + m0 * K + n0, rows, cols};
+  }
+};
+
 // Whether C (row stride ld) allows one two-element store per pair of adjacent columns.
 template <class Tout>
 bool pair_stores(const Tout* C, long ld) {
@@ -143,13 +186,14 @@ __device__ __forceinline__ void store_pair(Tout* p, float v0, float v1, bool sec
 // 4 j, 4 j + 1 hold columns 8 j + c0, + 1 of row r and 4 j + 2, 4 j + 3 the same of row r + 8.
 // When accumulating, the compiler would hoist every load of the old values above the stores (128
 // more registers for an fp32 128 x 256 tile, which then spills): an empty asm with a memory clobber
-// every kLoadsAhead n8 slices bounds the loads in flight.
+// every kLoadsAhead n8 slices bounds the loads in flight. `part`: the warpgroup's 64-row part of
+// the tile (its number in the block, unless the block has other warpgroups first: wgmma4's producer).
 template <bool kAccumulate, class Tout, int kAcc>
 __device__ __forceinline__ void store_tile_as(const float (&acc)[kAcc], Tout* out, long ld, int nrows, int ncols,
-                                              bool pair) {
+                                              bool pair, int part) {
   constexpr int kLoadsAhead = 4;
   static_assert(kAcc % (4 * kLoadsAhead) == 0, "whole groups of n8 slices");
-  const int t = int(threadIdx.x) % 128, r = int(threadIdx.x) / 128 * 64 + wgmma::acc_row(t, 0);
+  const int t = int(threadIdx.x) % 128, r = part * 64 + wgmma::acc_row(t, 0);
   const int c0 = wgmma::acc_col(t, 0);
   Tout* const p = out + long(r) * ld + c0;
   Tout* const q = p + 8 * ld;
@@ -166,11 +210,12 @@ __device__ __forceinline__ void store_tile_as(const float (&acc)[kAcc], Tout* ou
 }
 template <class Tout, int kAcc>
 __device__ __forceinline__ void store_tile(const float (&acc)[kAcc], Tout* out, long ld, int nrows, int ncols,
-                                           bool accumulate, bool pair) {
+                                           bool accumulate, bool pair, int part = -1) {
+  if (part < 0) part = int(threadIdx.x) / 128;
   if (accumulate)
-    store_tile_as<true>(acc, out, ld, nrows, ncols, pair);
+    store_tile_as<true>(acc, out, ld, nrows, ncols, pair, part);
   else
-    store_tile_as<false>(acc, out, ld, nrows, ncols, pair);
+    store_tile_as<false>(acc, out, ld, nrows, ncols, pair, part);
 }
 
 }  // namespace moe::cuda::sm90

@@ -19,6 +19,7 @@
 #include "core/ops.h"
 #include "layers/moe/experts.h"
 #include "tests/cuda/kernel_test_util.h"
+#include "tests/env_scope.h"
 
 using namespace moe;
 using namespace moe::cuda;
@@ -264,14 +265,19 @@ TEST(CudaGroupedGemmSm90, Wgmma2ThreeStagePipelineSkewedGroups) {
 // per expert), skewed groups (nt / nn: 4 row tiles over 3 blocks, so block 0 streams from its
 // first tile into its second; tn: the empty expert's tiles have no slices and sit between tiles
 // that do). The same tolerances as the mma kernel's.
-// MOE_GROUPED_GEMM=wgmma3 for the scope; under the emulation, launches are also checked against
-// sm_90's shared-memory limit (the kernel's 193 KiB exist only there; the default target is sm_80).
-struct Wgmma3Scope {
-  GroupedGemmKernelScope kernel{"wgmma3"};
+// MOE_GROUPED_GEMM=`kernel` for the scope; under the emulation, launches are also checked against
+// sm_90's shared-memory limit (wgmma3's and wgmma4's ~193 KiB exist only there; the default target
+// is sm_80).
+struct Sm90KernelScope {
+  explicit Sm90KernelScope(const char* name) : kernel(name) {}
+  GroupedGemmKernelScope kernel;
 #ifdef MOE_CUDA_EMULATION
   int previous_target = emu::set_target_sm(90);
-  ~Wgmma3Scope() { emu::set_target_sm(previous_target); }
+  ~Sm90KernelScope() { emu::set_target_sm(previous_target); }
 #endif
+};
+struct Wgmma3Scope : Sm90KernelScope {
+  Wgmma3Scope() : Sm90KernelScope("wgmma3") {}
 };
 
 TEST(CudaGroupedGemmSm90, Wgmma3PersistentSkewedGroupsFp32Overwrite) {
@@ -314,6 +320,101 @@ TEST(CudaGroupedGemmSm90, Wgmma3PersistentManySmallAndEmptyExperts) {
   std::vector<int64_t> sizes;
   for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
   check_forms<float>({24, 40, sizes, false});
+  check_forms<bf16>({24, 40, sizes, true});
+}
+
+// MOE_GROUPED_GEMM=wgmma4: persistent blocks (2 under the emulation) over 128 x 256 tiles, TMA
+// copies issued by a producer warpgroup into a 4-stage mbarrier pipeline, two consumer warpgroups
+// (grouped_gemm_sm90_tma.cu). The cases of wgmma3 again, for what differs here:
+//  * K = 328 (nt: 6 slices, so the stages are reused, the producer waiting on their "empty"
+//    barriers), M = 136 (nt: the B box's 256 rows past w_e's 136 read as zeros through the 3D map,
+//    not as the next expert's; nn: 3 slices, the last an eighth of the reduction; tn: 2 x 2 tiles);
+//  * tn's partial last slices, loaded ending at the expert's last row with the rows before it
+//    zeroed in shared memory: 161 rows (3 slices, the last of 33 rows, 31 of them the expert's
+//    own previous slice's), then experts of 6 and 24 rows (all of their one slice comes from
+//    earlier experts' rows but 6 / 24), and in the many-experts case a first expert of 34 rows
+//    (its box starts at row -30: zeros);
+//  * block 0 claims nearly every tile: tiles with no slices (tn's empty experts) between tiles with
+//    one, the tile ring (4 slots) and the stage ring (4) wrapping many times over.
+// The same tolerances as the mma kernel's.
+struct Wgmma4Scope : Sm90KernelScope {
+  Wgmma4Scope() : Sm90KernelScope("wgmma4") {}
+};
+
+TEST(CudaGroupedGemmSm90, Wgmma4TmaSkewedGroupsFp32Overwrite) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  check_forms<float>({136, 328, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemmSm90, Wgmma4TmaSkewedGroupsBf16Accumulate) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+// M = 264 (nt: a full 256-column tile and an 8-wide one; tn: 3 row tiles of M, nn: 5 slices),
+// K = 40 (nt: one slice per tile, so the producer runs tiles ahead of the consumers' stores),
+// empty experts first and last, a 1-row expert (tn: its slice is 63 zeroed rows and its own).
+TEST(CudaGroupedGemmSm90, Wgmma4TmaTwoColumnTilesAndOneSliceTiles) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  check_forms<float>({264, 40, {0, 130, 1, 17, 0}, true});
+}
+// The epilogue: outputs whose rows allow 16-byte accesses go through each consumer warp's shared
+// staging (the cases above); MOE_WGMMA4_DIRECT_STORES=1 stores from the registers as the other
+// wgmma kernels do (the GPU compares the two): the same products either way.
+TEST(CudaGroupedGemmSm90, Wgmma4TmaDirectStoresFromRegisters) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  EnvScope direct("MOE_WGMMA4_DIRECT_STORES", "1");
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+// Odd M (101): nt's single-element direct stores and ragged column tile; nn and tn fall back to
+// the mma kernel (dy's rows are not 16-byte multiples, which a tensor map cannot stride either).
+TEST(CudaGroupedGemmSm90, Wgmma4TmaOddOutputWidthAndOneRowExpert) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
+}
+TEST(CudaGroupedGemmSm90, Wgmma4TmaManySmallAndEmptyExperts) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  check_forms<bf16>({24, 40, sizes, true});
+}
+
+// MOE_GROUPED_GEMM=wgmma5: wgmma4's pipeline with each consumer warpgroup on its own 128 x 128 tile
+// (even tiles of the block's stream to warpgroup 0, odd to 1, each stepping over the other's
+// slices in the 6-stage ring). The same cases: M = 136 (nt: two column tiles, the second of 8
+// columns; tn: 2 x 2 tiles per expert), K = 328 (nt: 6 slices per tile, the ring wrapping as the
+// warpgroups alternate), tn's zeroed tails (each warpgroup zeroes and syncs alone), tiles with no
+// slices, one-slice tiles, many tiles per block; the staged and the direct epilogue.
+struct Wgmma5Scope : Sm90KernelScope {
+  Wgmma5Scope() : Sm90KernelScope("wgmma5") {}
+};
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongSkewedGroupsFp32Overwrite) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  check_forms<float>({136, 328, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongSkewedGroupsBf16AccumulateBothEpilogues) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+  EnvScope direct("MOE_WGMMA4_DIRECT_STORES", "1");
+  check_forms<bf16>({136, 104, kSkewedSizes, true});
+}
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongTwoColumnTilesOddWidthAndOneSliceTiles) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  check_forms<float>({264, 40, {0, 130, 1, 17, 0}, true});
+  check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
+}
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongManySmallAndEmptyExperts) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
   check_forms<bf16>({24, 40, sizes, true});
 }
 
