@@ -16,19 +16,19 @@
 #   wgmma_tests   the sm_90a wgmma kernels' tests, apart: a hang there costs only its own limit
 #   bench         the kernel benchmarks (cuBLAS peak, grouped GEMM kernel 0, routing, attention);
 #                 BENCH_FILTER (a --benchmark_filter regex) narrows them
-#   wgmma_bench   the grouped GEMM benchmark on the Hopper kernels WGMMA_KERNELS (default 1234:
-#                 1 wgmma, 2 wgmma2, 3 wgmma3, 4 wgmma4)
+#   wgmma_bench   the grouped GEMM benchmark on the Hopper kernels WGMMA_KERNELS (default 245:
+#                 2 wgmma2, 4 wgmma4 (the default), 5 wgmma5; 1 wgmma and 3 wgmma3 measured slower)
 #   train_cuda    the balance model (recipes/balance/aux_loss.toml), `steps` steps on the device
 #   throughput    expert_choice (balanced groups by construction) at d_model 1024, 4 MoE blocks of
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default
 #                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = each of
-#                 THROUGHPUT_KERNELS (default: mma wgmma2 wgmma3 wgmma4);
+#                 THROUGHPUT_KERNELS (default: per_expert wgmma2 wgmma5; per_expert = one cuBLAS GEMM per expert);
 #                 each with MOE_KERNEL_PROFILE=1 (GPU time per kernel: <run>/kernel_profile.txt)
 #   strategies    every balancing strategy 30 steps at that shape on the device, then `moetrain
 #                 compare` (routing_time_share, tokens_per_s per strategy) into strategies.md
 #   experts       the experts benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept),
 #                 the grouped side on the default kernel, then on each of EXPERTS_KERNELS (default:
-#                 wgmma2 wgmma4)
+#                 wgmma2 wgmma5)
 #   train_cpu     the balance model on the CPU (the loss curve the device run is compared with)
 #   custom        the command CUSTOM (bash, with $run, $P and $R set), for one-off checks
 # Everything lands in $OUT/results.tar.xz (remade after each step, so a killed run still returns
@@ -41,9 +41,9 @@ OUT="${OUT:-/tmp/gpu_out}"
 DEADLINE="${DEADLINE:-540}"
 STEPS="${STEPS:-tests wgmma_tests bench wgmma_bench train_cuda throughput strategies experts train_cpu}"
 BENCH_FILTER="${BENCH_FILTER:--BM_ExpertsForwardBackward|kernel:[1-9]}"
-WGMMA_KERNELS="${WGMMA_KERNELS:-1234}"
-THROUGHPUT_KERNELS="${THROUGHPUT_KERNELS:-mma wgmma2 wgmma3 wgmma4}"
-EXPERTS_KERNELS="${EXPERTS_KERNELS:-wgmma2 wgmma4}"
+WGMMA_KERNELS="${WGMMA_KERNELS:-245}"
+THROUGHPUT_KERNELS="${THROUGHPUT_KERNELS:-per_expert wgmma2 wgmma5}"
+EXPERTS_KERNELS="${EXPERTS_KERNELS:-wgmma2 wgmma5}"
 # Set here so moetrain does not re-exec itself to set it (a re-exec under the carried loader
 # would lose the program name).
 export OMP_WAIT_POLICY=passive
@@ -146,7 +146,12 @@ for step in $STEPS; do
     for kernel in default $THROUGHPUT_KERNELS; do
       [[ $kernel == wgmma* && $wgmma_ok != 1 ]] && { echo "$kernel: skipped (the wgmma tests did not pass)"; continue; }
       t=$(limit "throughput $kernel" 45) || break
-      env=(MOE_KERNEL_PROFILE=1); [[ $kernel != default ]] && env+=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel)
+      env=(MOE_KERNEL_PROFILE=1)
+      case $kernel in
+      default) ;;
+      per_expert) env+=(MOE_EXPERT_GEMM=per_expert) ;;
+      *) env+=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel) ;;
+      esac
       env "${env[@]}" timeout "$t" "$run" "$P/bin/moetrain" train recipes/balance/expert_choice.toml "${big[@]}" \
         --run-dir "$R/throughput/$kernel" > "$R/throughput_$kernel.log" 2>&1
       echo "$kernel rc=$?"; grep -E 'moetrain: run|step +30/|error' "$R/throughput_$kernel.log" | head -3

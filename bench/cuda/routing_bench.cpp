@@ -1,5 +1,6 @@
 // The routing kernels of one MoE layer (router scores + top-k + gates, BIP dual iterations,
-// Sinkhorn) against the layer's expert FFN (SwiGLU grouped GEMMs, forward): their time share.
+// Sinkhorn) against the layer's expert FFN (SwiGLU grouped GEMMs): their time share of the forward
+// (`share`) and of a training step's forward + backward (`share_train`).
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -86,12 +87,24 @@ void BM_RoutingShare(benchmark::State& state) {
                           hh.get(), y.get());
   };
   const double ffn_ms = time_ms(ffn, 20, 7);
+  // The FFN's backward (dx and the three weight grads): what a training step adds to the layer's
+  // time, so the share of a training step's MoE layer is also reported. Routing's own backward
+  // (router GEMM grads, softmax) is left out of both sides.
+  cuda::DeviceBuffer<bf16> dx(size_t(rows) * D);  // the forward's y serves as the upstream gradient
+  cuda::DeviceBuffer<float> dw1(size_t(E) * H * D), dw3(size_t(E) * H * D), dw2(size_t(E) * D * H);
+  std::function<void()> ffn_backward = [&] {
+    cuda::experts_backward(xr.get(), w1.get(), w3.get(), w2.get(), off.get(), E, rows, D, H, h1.get(), h3.get(),
+                           hh.get(), y.get(), dx.get(), dw1.get(), dw3.get(), dw2.get());
+  };
+  const double ffn_bwd_ms = time_ms(ffn_backward, 10, 3);
 
   for (int i = 0; i < 3; ++i) route();
   const double route_ms = median_batch_ms(state, route, 0);
   state.counters["routing_ms"] = route_ms;
   state.counters["ffn_fwd_ms"] = ffn_ms;
+  state.counters["ffn_bwd_ms"] = ffn_bwd_ms;
   state.counters["share"] = route_ms / (route_ms + ffn_ms);  // of routing + FFN forward; target < 0.05
+  state.counters["share_train"] = route_ms / (route_ms + ffn_ms + ffn_bwd_ms);  // of a training step's layer
   state.counters["ffn_TFLOP/s"] = 6.0 * rows * D * H / (ffn_ms * 1e9);
   if (variant == kSinkhorn) state.counters["sinkhorn_iters"] = sinkhorn_iters;
 }

@@ -166,15 +166,15 @@ int device_sm(int* device_out = nullptr) {
 GroupedGemmKernel grouped_gemm_kernel() {
   const char* v = std::getenv("MOE_GROUPED_GEMM");
   if (!v || !*v) {
-    // The default: wgmma2 on an sm_90 GPU, where it measured 0.41-0.49 of a dense cuBLAS GEMM
-    // against the mma kernel's 0.20-0.26, the fastest of the four in every form (H100,
-    // docs/benchmarks.md); the mma kernel elsewhere, and under the emulation, whose tests select
-    // the wgmma kernels by name.
+    // The default: wgmma4 on an sm_90 GPU, where it measured 0.55-0.93 of a dense cuBLAS GEMM
+    // (0.73-0.93 in every form but tn with 512 rows per expert) against wgmma2's 0.35-0.50 in the
+    // same run (H100, docs/benchmarks.md); the mma kernel elsewhere, and under the emulation,
+    // whose tests select the wgmma kernels by name.
 #ifdef MOE_CUDA_EMULATION
     return GroupedGemmKernel::mma;
 #else
     static const bool sm90 = device_sm() == 90;
-    return sm90 ? GroupedGemmKernel::wgmma2 : GroupedGemmKernel::mma;
+    return sm90 ? GroupedGemmKernel::wgmma4 : GroupedGemmKernel::mma;
 #endif
   }
   if (std::strcmp(v, "mma") == 0) return GroupedGemmKernel::mma;
@@ -182,7 +182,7 @@ GroupedGemmKernel grouped_gemm_kernel() {
              three = std::strcmp(v, "wgmma3") == 0, four = std::strcmp(v, "wgmma4") == 0,
              five = std::strcmp(v, "wgmma5") == 0;
   MOE_CHECK(one || two || three || four || five, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = '", v,
-            "': expected 'mma', 'wgmma', 'wgmma2', 'wgmma3', 'wgmma4' or 'wgmma5' (unset: wgmma2 on sm_90, else mma)");
+            "': expected 'mma', 'wgmma', 'wgmma2', 'wgmma3', 'wgmma4' or 'wgmma5' (unset: wgmma4 on sm_90, else mma)");
   int device = 0;
   const int sm = device_sm(&device);
   MOE_CHECK(sm == 90, "cuda::grouped_gemm", "MOE_GROUPED_GEMM = ", v, " needs an sm_90 device (H100 / H200); device ",

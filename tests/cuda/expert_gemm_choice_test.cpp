@@ -1,7 +1,8 @@
 // The MoE layer's choice between the grouped expert GEMM and one cuBLAS GEMM per expert
 // (use_grouped_kernel, core/cuda/ops/moe_ops.cpp): grouped below the switch (1024 rows per expert
-// on average with a wgmma kernel, 384 with the mma kernel), per expert at and above it; grouped
-// always for experts narrower than 512; MOE_EXPERT_GEMM overrides both ways.
+// on average with the cp.async wgmma kernels, 384 with the mma kernel), per expert at and above it;
+// grouped at every size with the TMA kernels (wgmma4, wgmma5) and for experts narrower than 512;
+// MOE_EXPERT_GEMM overrides both ways.
 #include <gtest/gtest.h>
 
 #include "core/cuda/grouped_gemm_sm90.h"
@@ -38,6 +39,15 @@ TEST(ExpertGemmChoice, SwitchFollowsTheGroupedKernel) {
       sm90 = false;
     }
     if (sm90) expect_switch_at(1024);
+  }
+  for (const char* tma : {"wgmma4", "wgmma5"}) {  // sm_90 only, as wgmma2
+    GroupedGemmKernelScope scope(tma);
+    try {
+      grouped_gemm_kernel();
+    } catch (const moe::Error&) {
+      continue;
+    }
+    for (int64_t E : {16, 64}) EXPECT_TRUE(use_grouped_kernel(4096 * E, E, 1024, 2048)) << tma << ", E " << E;
   }
 }
 

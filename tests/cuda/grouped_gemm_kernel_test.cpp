@@ -420,7 +420,7 @@ TEST(CudaGroupedGemmSm90, Wgmma5PingpongManySmallAndEmptyExperts) {
 
 // Unset (or empty): wgmma2 on an sm_90 GPU (the fastest there, docs/benchmarks.md), the mma kernel
 // on other GPUs and under the emulation.
-TEST(CudaGroupedGemmSm90, DefaultIsWgmma2OnSm90AndMmaElsewhere) {
+TEST(CudaGroupedGemmSm90, DefaultIsWgmma4OnSm90AndMmaElsewhere) {
   GroupedGemmKernelScope unset("");
 #ifdef MOE_CUDA_EMULATION
   EXPECT_EQ(grouped_gemm_kernel(), GroupedGemmKernel::mma);
@@ -429,7 +429,7 @@ TEST(CudaGroupedGemmSm90, DefaultIsWgmma2OnSm90AndMmaElsewhere) {
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  EXPECT_EQ(grouped_gemm_kernel(), major == 9 && minor == 0 ? GroupedGemmKernel::wgmma2 : GroupedGemmKernel::mma);
+  EXPECT_EQ(grouped_gemm_kernel(), major == 9 && minor == 0 ? GroupedGemmKernel::wgmma4 : GroupedGemmKernel::mma);
 #endif
 }
 
