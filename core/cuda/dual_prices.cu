@@ -13,7 +13,6 @@
 #include "core/cuda/launch.h"
 #include "core/cuda/radix_select.h"
 #include "core/cuda/row_topk.h"
-#include "core/cuda/stage_rows.h"
 
 namespace moe::cuda {
 namespace {
@@ -21,8 +20,6 @@ namespace {
 constexpr int kTokenThreads = 512;       // the token pass: 16 warps per block, 2 tokens each
 constexpr int kTileTokens = 32;          // tokens per block of the token pass (a 128-byte transposed run)
 constexpr long kTokenTileFloats = 8448;  // its staged rows [tile, E + 1] and q: 33 KiB at most
-constexpr int kTopkThreads = 128;        // the price-shifted top-k: one thread per staged token
-constexpr int kTopkTileTokens = 128;
 constexpr int kMaxExperts = 2048;        // at least one staged row
 constexpr int kColCached = 16;           // column values per thread of the expert pass kept in registers
 
@@ -84,7 +81,8 @@ __global__ void token_prices_kernel(const float* scores, const float* q, float* 
   const long t0 = long(blockIdx.x) * tile;
   const int rows = tokens - t0 < tile ? int(tokens - t0) : tile;
   for (int j = threadIdx.x; j < experts; j += blockDim.x) qs[j] = q[j];
-  stage_rows(scores + t0 * experts, rows, experts, rows_s, stride);
+  const float* src = scores + t0 * experts;
+  for (int i = threadIdx.x; i < rows * experts; i += blockDim.x) rows_s[(i / experts) * stride + i % experts] = src[i];
   __syncthreads();
   if (scores_t)
     for (int i = threadIdx.x; i < rows * experts; i += blockDim.x) {
@@ -103,32 +101,20 @@ __global__ void token_prices_kernel(const float* scores, const float* q, float* 
 __global__ void __launch_bounds__(1024)
     expert_prices_kernel(const float* scores_t, const float* p, float* q, long tokens, int m, bool clip) {
   const float* col = scores_t + long(blockIdx.x) * tokens;
-  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m), clip);
+  const float v = block_nth_largest<kColCached>([&](long i) { return col[i] - p[i]; }, tokens, unsigned(m));
   if (threadIdx.x == 0) q[blockIdx.x] = clip ? fmaxf(0.0f, v) : v;
 }
 
-// BIP's selection, one thread per token of the block's `tile` tokens: the rows staged in shared
-// memory first (batched coalesced loads, as the token pass), then the top-k of s_t - q over the
-// staged row (row_topk.h's order; the padded rows keep the threads' reads conflict-free).
+// BIP's selection, one thread per token: the top-k of s_t - q (row_topk.h's order).
 __global__ void price_topk_kernel(const float* scores, const float* q, float* values, int32_t* indices, long tokens,
-                                  int experts, int tile, int k) {
-  MOE_DYNAMIC_SHARED(float, smem);
-  float* qs = smem;
-  float* rows_s = smem + experts;
-  const int stride = experts + 1;
-  const long t0 = long(blockIdx.x) * tile;
-  const int rows = tokens - t0 < tile ? int(tokens - t0) : tile;
-  for (int j = threadIdx.x; j < experts; j += blockDim.x) qs[j] = q[j];
-  stage_rows(scores + t0 * experts, rows, experts, rows_s, stride);
-  __syncthreads();
-  for (int r = threadIdx.x; r < rows; r += blockDim.x) {
-    const float* row = rows_s + r * stride;
-    const long t = t0 + r;
-    row_topk([&](int e) { return row[e] - qs[e]; }, experts, k, [&](int s, float v, int e) {
-      values[t * k + s] = v;
-      indices[t * k + s] = e;
-    });
-  }
+                                  int experts, int k) {
+  const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
+  if (t >= tokens) return;
+  const float* row = scores + t * experts;
+  row_topk([&](int e) { return row[e] - q[e]; }, experts, k, [&](int s, float v, int e) {
+    values[t * k + s] = v;
+    indices[t * k + s] = e;
+  });
 }
 
 // One block: thread 0 sums next in expert order (a fixed order: the same double as the CPU's).
@@ -179,12 +165,9 @@ void dual_price_iterations(const float* scores, long tokens, int experts, int k,
 
 void price_shifted_topk(const float* scores, const float* q, long tokens, int experts, int k, float* values,
                         int32_t* indices, cudaStream_t stream) {
-  MOE_CHECK(tokens > 0 && experts > 0 && experts <= kMaxExperts && k >= 1 && k <= experts, "cuda::price_shifted_topk",
-            "scores [", tokens, ", ", experts, "] with k = ", k, ": expected 1 <= k <= experts <= ", kMaxExperts);
-  const int tile = int(std::clamp<long>(kTokenTileFloats / (experts + 1) - 1, 1, kTopkTileTokens));
-  const size_t smem = sizeof(float) * (size_t(experts) + size_t(tile) * (experts + 1));  // < 33 KiB
-  MOE_LAUNCH(price_topk_kernel, ceil_div(tokens, tile), kTopkThreads, smem, stream, scores, q, values, indices, tokens,
-             experts, tile, k);
+  MOE_CHECK(tokens > 0 && experts > 0 && k >= 1 && k <= experts, "cuda::price_shifted_topk", "scores [", tokens, ", ",
+            experts, "] with k = ", k);
+  MOE_LAUNCH(price_topk_kernel, ceil_div(tokens, 128), 128, 0, stream, scores, q, values, indices, tokens, experts, k);
 }
 
 }  // namespace moe::cuda

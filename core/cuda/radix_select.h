@@ -52,35 +52,17 @@ __device__ inline unsigned block_exclusive_sum(unsigned v) {
 // Each pass narrows to the digit whose bucket holds the m-th largest of the keys still in play.
 // kCached costs registers: a kernel that caches many (the dual prices' 16) declares
 // __launch_bounds__ for its largest block; the default keeps one.
-// With clip_at_zero the caller wants max(0, m-th largest): one block count of the positive values
-// first; when they are fewer than m the answer is 0 at once, else only they stay in play (the m
-// largest are among them). A high rank of a column centred near 0 (BIP's prices) then histograms a
-// few hundred values instead of all n: far fewer colliding shared atomics in the first pass.
 template <int kCached = 1, class Value>
-__device__ float block_nth_largest(Value value, long n, unsigned m, bool clip_at_zero = false) {
+__device__ float block_nth_largest(Value value, long n, unsigned m) {
   constexpr int kMaxBins = 1 << 12;
-  constexpr unsigned kPlusZero = 0x80000000u;  // order_key(+0.0f): larger keys are positive values
   MOE_SHARED(unsigned, hist, [kMaxBins]);
   MOE_SHARED(unsigned, chosen, [4]);  // the digit, the rank left within it, its count, the early answer
-  MOE_SHARED(unsigned, positives, [1]);
   const long stride = blockDim.x, cached_end = stride * kCached;
   unsigned keys[kCached];
 MOE_UNROLL
   for (int r = 0; r < kCached; ++r) {
     const long i = threadIdx.x + r * stride;
     keys[r] = i < n ? order_key(value(i)) : 0u;
-  }
-  unsigned lo = 0;  // keys below lo are out of play
-  if (clip_at_zero) {
-    unsigned mine = 0;
-MOE_UNROLL
-    for (int r = 0; r < kCached; ++r) mine += threadIdx.x + r * stride < n && keys[r] > kPlusZero;
-    for (long i = cached_end + threadIdx.x; i < n; i += stride) mine += order_key(value(i)) > kPlusZero;
-    const unsigned before = block_exclusive_sum(mine);
-    if (threadIdx.x == blockDim.x - 1) positives[0] = before + mine;
-    __syncthreads();
-    if (positives[0] < m) return 0.0f;  // block-uniform: the m-th largest is <= 0
-    lo = kPlusZero + 1u;
   }
   unsigned prefix = 0, mask = 0, remaining = m;
   for (int pass = 0; pass < 3; ++pass) {
@@ -92,11 +74,11 @@ MOE_UNROLL
     __syncthreads();
 MOE_UNROLL
     for (int r = 0; r < kCached; ++r)
-      if (threadIdx.x + r * stride < n && keys[r] >= lo && (keys[r] & mask) == prefix)
+      if (threadIdx.x + r * stride < n && (keys[r] & mask) == prefix)
         atomicAdd(&hist[(keys[r] >> shift) & digit_mask], 1u);
     for (long i = cached_end + threadIdx.x; i < n; i += stride) {
       const unsigned key = order_key(value(i));
-      if (key >= lo && (key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digit_mask], 1u);
+      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & digit_mask], 1u);
     }
     __syncthreads();
     // Thread t owns the per_thread bins below bins - t per_thread (descending); `above` counts the
@@ -129,12 +111,11 @@ MOE_UNROLL
       const bool largest = remaining == 1;
 MOE_UNROLL
       for (int r = 0; r < kCached; ++r)
-        if (threadIdx.x + r * stride < n && keys[r] >= lo && (keys[r] & mask) == prefix)
+        if (threadIdx.x + r * stride < n && (keys[r] & mask) == prefix)
           largest ? void(atomicMax(&chosen[3], keys[r])) : void(atomicMin(&chosen[3], keys[r]));
       for (long i = cached_end + threadIdx.x; i < n; i += stride) {
         const unsigned key = order_key(value(i));
-        if (key >= lo && (key & mask) == prefix)
-          largest ? void(atomicMax(&chosen[3], key)) : void(atomicMin(&chosen[3], key));
+        if ((key & mask) == prefix) largest ? void(atomicMax(&chosen[3], key)) : void(atomicMin(&chosen[3], key));
       }
       __syncthreads();
       return key_value(chosen[3]);
