@@ -89,21 +89,15 @@ struct RowTiles {
 struct WeightTiles {
   static constexpr bool kAMn = true, kBMn = true;
   const dbf16 *A, *B;
-  const int32_t* offsets;
-  int experts, tiles_n, tiles_mn;
-  long M, K;
-  bool accumulate;
+  WeightTileSpace<kBN> space;  // the tiles' geometry, shared with wgmma4 (grouped_gemm_sm90_tile.h)
 
-  __device__ int count() const { return tiles_mn * experts; }
-  __device__ long ld() const { return K; }
+  __device__ int count() const { return space.count(); }
+  __device__ long ld() const { return space.ld(); }
   __device__ Tile at(int t) const {
-    const int e = t / tiles_mn, mn = t % tiles_mn;
-    const long m0 = long(mn / tiles_n) * kBM, n0 = long(mn % tiles_n) * kBN;
-    const long r_begin = offsets[e], r_len = offsets[e + 1] - r_begin;
-    const int rows = r_len == 0 && accumulate ? 0 : clamp_extent(M - m0, kBM), cols = clamp_extent(K - n0, kBN);
-    const int slices = r_len == 0 ? 1 : int((r_len + kBK - 1) / kBK);
-    return Tile{Operand{A + r_begin * M + m0, M, rows, r_len}, Operand{B + r_begin * K + n0, K, cols, r_len},
-                slices, long(e) * M * K + m0 * K + n0, rows, cols};
+    const WeightTile w = space.tile(t);
+    const int slices = w.r_len == 0 ? 1 : int((w.r_len + kBK - 1) / kBK);
+    return Tile{Operand{A + w.r_begin * space.M + w.m0, space.M, w.rows, w.r_len},
+                Operand{B + w.r_begin * space.K + w.n0, space.K, w.cols, w.r_len}, slices, w.out, w.rows, w.cols};
   }
 };
 
@@ -249,7 +243,7 @@ template <class Tout>
 void grouped_gemm_tn_sm90_persistent(const bf16* dy, const bf16* x, const int32_t* offsets, int experts, long M,
                                      long K, Tout* dw, bool accumulate, cudaStream_t stream) {
   const int tiles_n = int(ceil_div(K, kBN)), tiles_mn = int(ceil_div(M, kBM)) * tiles_n;
-  const WeightTiles tiles{dev(dy), dev(x), offsets, experts, tiles_n, tiles_mn, M, K, accumulate};
+  const WeightTiles tiles{dev(dy), dev(x), {offsets, experts, tiles_n, tiles_mn, M, K, accumulate}};
   launch_persistent("cuda::grouped_gemm_tn (wgmma3)", tiles, size_t(tiles_mn) * size_t(experts), dw, accumulate, K,
                     stream);
 }
