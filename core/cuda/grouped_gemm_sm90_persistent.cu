@@ -72,13 +72,12 @@ struct RowTiles {
   __device__ int count() const { return tile_starts[experts] * col_tiles; }
   __device__ long ld() const { return n_out; }
   __device__ Tile at(int t) const {
-    const int tile = t / col_tiles, e = expert_of_tile(tile_starts, experts, tile);
-    const long row0 = offsets[e] + long(tile - tile_starts[e]) * kBM, n0 = long(t % col_tiles) * kBN;
-    const int rows = clamp_extent(offsets[e + 1] - row0, kBM), cols = clamp_extent(n_out - n0, kBN);
-    const dbf16* Be = B + long(e) * n_out * k_red;
-    const Operand b = kTransB ? Operand{Be + n0 * k_red, k_red, cols, k_red} : Operand{Be + n0, n_out, cols, k_red};
-    return Tile{Operand{A + row0 * k_red, k_red, rows, k_red}, b, int((k_red + kBK - 1) / kBK), row0 * n_out + n0,
-                rows, cols};
+    const RowTile r = row_tile<kBN>(offsets, tile_starts, experts, col_tiles, n_out, t);
+    const dbf16* Be = B + long(r.e) * n_out * k_red;
+    const Operand b =
+        kTransB ? Operand{Be + r.n0 * k_red, k_red, r.cols, k_red} : Operand{Be + r.n0, n_out, r.cols, k_red};
+    return Tile{Operand{A + r.row0 * k_red, k_red, r.rows, k_red}, b, int((k_red + kBK - 1) / kBK),
+                r.row0 * n_out + r.n0, r.rows, r.cols};
   }
 };
 
