@@ -284,12 +284,11 @@ SinkhornStats run_iterations(StepArgs a, cudaStream_t stream, int batch) {
   State host{kRunning, 0, 0.0f};
   // Launches 0 .. max_iters at most; the first batch is 3 (two iterations and the fold that
   // judges them: router logits at xi 1 converge in 2), then 4, 8, ... up to `batch`.
+  allow_dynamic_shared(op, sinkhorn_step_kernel<kOut>, opt_in);
   for (int launched = 0, size = std::min(2, batch) + 1; launched <= a.max_iters; size = std::min(2 * size, batch)) {
     const int n = std::min(size, a.max_iters + 1 - launched);
-    for (int i = 0; i < n; ++i) {
-      allow_dynamic_shared(op, sinkhorn_step_kernel<kOut>, opt_in);
+    for (int i = 0; i < n; ++i)
       MOE_LAUNCH(sinkhorn_step_kernel<kOut>, unsigned(a.chunks), kThreads, smem, stream, a, launched + i);
-    }
     launched += n;
     copy_to_host(&host, state.get(), sizeof(State));  // the one sync of the batch
     if (host.finished_at != kRunning) break;
