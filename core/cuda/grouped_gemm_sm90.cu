@@ -166,8 +166,8 @@ int device_sm(int* device_out = nullptr) {
 GroupedGemmKernel grouped_gemm_kernel() {
   const char* v = std::getenv("MOE_GROUPED_GEMM");
   if (!v || !*v) {
-    // The default: wgmma4 on an sm_90 GPU, where it measured 0.55-0.93 of a dense cuBLAS GEMM
-    // (0.73-0.93 in every form but tn with 512 rows per expert) against wgmma2's 0.35-0.50 in the
+    // The default: wgmma4 on an sm_90 GPU, where it measured 0.54-0.93 of a dense cuBLAS GEMM
+    // (0.71-0.93 in every form but tn with 512 rows per expert) against wgmma2's 0.35-0.50 in the
     // same run (H100, docs/benchmarks.md); the mma kernel elsewhere, and under the emulation,
     // whose tests select the wgmma kernels by name.
 #ifdef MOE_CUDA_EMULATION

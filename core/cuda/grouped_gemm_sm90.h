@@ -1,6 +1,6 @@
 // The Hopper (sm_90a) grouped GEMMs on wgmma (core/cuda/wgmma.h), for grouped_gemm.h's three
-// forms; grouped_gemm.cu dispatches to them as grouped_gemm_kernel() says (wgmma2 by default on
-// sm_90 GPUs, where all their tests pass and wgmma2 measured fastest; docs/benchmarks.md).
+// forms; grouped_gemm.cu dispatches to them as grouped_gemm_kernel() says (wgmma4 by default on
+// sm_90 GPUs, where all their tests pass and wgmma4 measured fastest; docs/benchmarks.md).
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -11,7 +11,7 @@
 
 namespace moe::cuda {
 
-// The grouped-GEMM kernel MOE_GROUPED_GEMM selects (unset or empty: "wgmma2" on an sm_90 GPU, else
+// The grouped-GEMM kernel MOE_GROUPED_GEMM selects (unset or empty: "wgmma4" on an sm_90 GPU, else
 // "mma"): "mma" the mma.sync / cp.async kernel of grouped_gemm.cu; "wgmma" the kernels below with a 5-stage pipeline, 1 block per SM; "wgmma2"
 // the same with 3 stages, 2 blocks per SM; "wgmma3" persistent blocks over 128 x 256 tiles
 // (grouped_gemm_sm90_persistent.cu); "wgmma4" persistent 128 x 256 tiles fed by TMA, a producer

@@ -92,7 +92,7 @@ Tensor grad_as(const Tensor& g, DType dt) { return (g.dtype() == dt ? g : g.to(d
 // - d_model 128, hidden 128: grouped at every size (2.3x at 4096 rows, up to 16x): per-expert
 //   GEMMs that small are launch-bound. Only these two widths were measured; below 512 in
 //   d_model or hidden the layer stays grouped.
-// - The TMA kernels (wgmma4, sm_90's default, and wgmma5) reach 0.73-0.93 of one dense cuBLAS GEMM
+// - The TMA kernels (wgmma4, sm_90's default, and wgmma5) reach 0.71-0.93 of one dense cuBLAS GEMM
 //   of the same FLOPs where the per-expert GEMMs pay a launch and a pipeline fill each: grouped at
 //   every size.
 // MOE_EXPERT_GEMM = grouped | per_expert overrides the choice.
