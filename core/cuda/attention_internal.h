@@ -1,6 +1,7 @@
 // Internal to the attention kernel sources (attention*.cu): where a head's rows live in memory,
 // and the tensor-core forward and backward that attention.cu dispatches bf16 to.
 #pragma once
+#include "core/cuda/async_copy.h"
 #include "core/cuda/attention.h"
 #include "core/cuda/kernel.h"
 #include "core/cuda/mma.h"
@@ -40,6 +41,25 @@ __device__ inline void load_rows(const dbf16* src, long rs, long r0, long valid,
     } else {
       for (int j = 0; j < 8; ++j) out[j] = r < valid && d0 + j < D ? in[j] : zero;
     }
+  }
+}
+
+// load_rows through cp.async (core/cuda/async_copy.h), for tiles double-buffered under
+// MOE_FLASH_ASYNC=1: with `vec` every 16-byte chunk is one copy, zero-filled past `valid` rows or
+// D (D % 8 == 0, so no chunk straddles D; a zero-filled copy reads nothing, src only has to be a
+// 16-byte aligned address), landing at the caller's cp_async_wait; without `vec`, load_rows's
+// plain loads and stores (visible after the next __syncthreads, not overlapped with anything).
+__device__ inline void load_rows_async(const dbf16* src, long rs, long r0, long valid, int rows, int D, int dp,
+                                       dbf16* dst, int ld, bool vec) {
+  if (!vec) {
+    load_rows(src, rs, r0, valid, rows, D, dp, dst, ld, false);
+    return;
+  }
+  const int chunks = dp / 8;
+  for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+    const int r = i / chunks, d0 = i % chunks * 8;
+    const bool in = r < valid && d0 < D;
+    cp_async16(dst + r * ld + d0, in ? src + (r0 + r) * rs + d0 : src, in);
   }
 }
 
@@ -194,13 +214,17 @@ inline bool vector_loads_ok(int head_dim, std::initializer_list<const void*> ptr
 }
 
 // The bf16 forward on tensor cores (mma.sync, registers): same contract as flash_attention_forward.
+// async_tiles (MOE_FLASH_ASYNC=1, attention.cu): the K / V tiles double-buffered through cp.async,
+// the next tile's copies in flight while the warps compute on the current one; the same
+// arithmetic in the same order, so the same bits.
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,
-                                long seq, int head_dim, HeadStrides hs, cudaStream_t stream);
+                                long seq, int head_dim, HeadStrides hs, bool async_tiles, cudaStream_t stream);
 
 // The bf16 backward on tensor cores (mma.sync, registers; deterministic): dq, dk, dv from the forward's lse and delta = rowsum(dO O)
-// [batch_heads, seq] (fp32), as flash_attention_backward.
+// [batch_heads, seq] (fp32), as flash_attention_backward. async_tiles: the streamed tiles (dQ's K / V,
+// dK / dV's Q / dO) double-buffered through cp.async, as the forward's; the same bits.
 void flash_backward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                                  const float* delta, bf16* dq, bf16* dk, bf16* dv, long batch_heads, long seq,
-                                 int head_dim, HeadStrides hs, cudaStream_t stream);
+                                 int head_dim, HeadStrides hs, bool async_tiles, cudaStream_t stream);
 
 }  // namespace moe::cuda::attention_detail
