@@ -45,8 +45,11 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kRows = kWarps * 16 * kM, kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kKeys / 8;
   MOE_DYNAMIC_SHARED(dbf16, smem);
   const int ld = dp + 8, nks = dp / 16;
+  // sK, sV: buffer 0; async, buffer b (tile c0 / kKeys % 2) is 2 b kKeys rows further. (The
+  // synchronous instance is written as before the async one, to keep its code and registers.)
   dbf16* sQ = smem;
-  dbf16* tiles = sQ + kRows * ld;  // buffer b: K at tiles + 2 b kKeys ld, V kKeys ld further
+  dbf16* sK = sQ + kRows * ld;
+  dbf16* sV = sK + kKeys * ld;
   const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
   const RowTile w(S, kRows, 16 * kM, warp, lane);
@@ -54,9 +57,9 @@ __global__ void __launch_bounds__(kThreads)
   // Async: K / V tile c0 (cols keys) into buffer b, one cp.async group.
   auto issue_tile = [&](long c0, int b) {
     const long cols = S - c0 < kKeys ? S - c0 : kKeys;
-    dbf16* sK = tiles + 2 * b * kKeys * ld;
-    load_rows_async(k + base, rs, c0, cols, kKeys, D, dp, sK, ld, vec);
-    load_rows_async(v + base, rs, c0, cols, kKeys, D, dp, sK + kKeys * ld, ld, vec);
+    dbf16* bK = sQ + (kRows + 2 * b * kKeys) * ld;
+    load_rows_async(k + base, rs, c0, cols, kKeys, D, dp, bK, ld, vec);
+    load_rows_async(v + base, rs, c0, cols, kKeys, D, dp, bK + kKeys * ld, ld, vec);
     cp_async_commit();
   };
   if constexpr (kAsync) {
@@ -87,18 +90,18 @@ __global__ void __launch_bounds__(kThreads)
   for (int m = 0; m < kM; ++m) m_run[m][0] = m_run[m][1] = -INFINITY, l_run[m][0] = l_run[m][1] = 0.0f;
 
   for (long c0 = 0; c0 < r0 + rows; c0 += kKeys) {
-    const int b = kAsync ? int(c0 / kKeys) & 1 : 0;
-    const dbf16* sK = tiles + 2 * b * kKeys * ld;
-    const dbf16* sV = sK + kKeys * ld;
     if constexpr (kAsync) {
+      const int b = int(c0 / kKeys) & 1;
+      sK = sQ + (kRows + 2 * b * kKeys) * ld;
+      sV = sK + kKeys * ld;
       cp_async_wait<0>();  // this thread's copies of tile c0
       __syncthreads();     // everyone's; and every warp is done with buffer 1 - b (tile c0 - kKeys)
       if (c0 + kKeys < r0 + rows) issue_tile(c0 + kKeys, 1 - b);
     } else {
       const long cols = S - c0 < kKeys ? S - c0 : kKeys;
       __syncthreads();  // every warp is done with the previous K / V tile
-      load_rows(k + base, rs, c0, cols, kKeys, D, dp, tiles, ld, vec);
-      load_rows(v + base, rs, c0, cols, kKeys, D, dp, tiles + kKeys * ld, ld, vec);
+      load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, ld, vec);
+      load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, ld, vec);
       __syncthreads();
     }
     if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)

@@ -58,39 +58,39 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kKvRows / 8;
   MOE_DYNAMIC_SHARED(dbf16, smem);
   const int ld = dp + 8, nks = dp / 16;
-  constexpr int kBuffers = kAsync ? 2 : 1;
+  // The step's sQ, sdO, sLse, sDelta: buffer 0; async, buffer b (step (r0 - c0) / kKvRows % 2)
+  // at 2 b kKvRows bf16 rows and 2 b kKvRows floats further. (The synchronous instance is written
+  // as before the async one, to keep its code and registers.)
   dbf16* sK = smem;
   dbf16* sV = sK + kTile * ld;
-  dbf16* steps = sV + kTile * ld;  // buffer b: Q at steps + 2 b kKvRows ld, dO kKvRows ld further
-  float* step_floats = reinterpret_cast<float*>(steps + kBuffers * 2 * kKvRows * ld);  // b: lse, delta
+  dbf16* sQ = sV + kTile * ld;
+  dbf16* sdO = sQ + kKvRows * ld;
+  float* sLse = reinterpret_cast<float*>(sdO + (kAsync ? 3 : 1) * kKvRows * ld);
+  float* sDelta = sLse + kKvRows;
+  float* const step_floats = sLse;  // async: buffer b's lse, delta at 2 b kKvRows
   // The first key tiles see the most rows; they have the lowest block indices, so they go first.
   const long head = blockIdx.y, c0 = long(blockIdx.x) * kTile, cols = S - c0 < kTile ? S - c0 : kTile;
   const long base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const long key0 = c0 + warp * 16, key_lo = key0 + g, key_hi = key_lo + 8;
-  // The step from row r0 into buffer b: Q and dO by load_rows (sync) or load_rows_async (then
-  // one cp.async group), lse (base 2) and delta by plain stores.
-  auto load_step = [&](long r0, int b) {
+  // Async: the step from row r0 into buffer b, Q and dO as one cp.async group, lse (base 2) and
+  // delta by plain stores (visible after the barrier that precedes the step's use).
+  auto issue_step = [&](long r0, int b) {
     const long rows = S - r0 < kKvRows ? S - r0 : kKvRows;
-    dbf16* sQ = steps + 2 * b * kKvRows * ld;
-    if constexpr (kAsync) {
-      load_rows_async(q + base, rs, r0, rows, kKvRows, D, dp, sQ, ld, vec);
-      load_rows_async(dout + base, rs, r0, rows, kKvRows, D, dp, sQ + kKvRows * ld, ld, vec);
-    } else {
-      load_rows(q + base, rs, r0, rows, kKvRows, D, dp, sQ, ld, vec);
-      load_rows(dout + base, rs, r0, rows, kKvRows, D, dp, sQ + kKvRows * ld, ld, vec);
-    }
-    float* sLse = step_floats + 2 * b * kKvRows;
+    dbf16* bQ = sV + (kTile + 2 * b * kKvRows) * ld;
+    load_rows_async(q + base, rs, r0, rows, kKvRows, D, dp, bQ, ld, vec);
+    load_rows_async(dout + base, rs, r0, rows, kKvRows, D, dp, bQ + kKvRows * ld, ld, vec);
+    cp_async_commit();
+    float* bLse = step_floats + 2 * b * kKvRows;
     for (int i = threadIdx.x; i < kKvRows; i += kThreads) {
-      sLse[i] = i < rows ? lse[row_base + r0 + i] * float(M_LOG2E) : 0.0f;
-      sLse[kKvRows + i] = i < rows ? delta[row_base + r0 + i] : 0.0f;
+      bLse[i] = i < rows ? lse[row_base + r0 + i] * float(M_LOG2E) : 0.0f;
+      bLse[kKvRows + i] = i < rows ? delta[row_base + r0 + i] : 0.0f;
     }
-    if constexpr (kAsync) cp_async_commit();
   };
   if constexpr (kAsync) {
     load_rows_async(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
     load_rows_async(v + base, rs, c0, cols, kTile, D, dp, sV, ld, vec);
-    load_step(c0, 0);  // one group with K and V, waited for at the first step
+    issue_step(c0, 0);  // K and V join its group, waited for at the first step
   } else {
     load_rows(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
     load_rows(v + base, rs, c0, cols, kTile, D, dp, sV, ld, vec);
@@ -100,18 +100,23 @@ __global__ void __launch_bounds__(kThreads)
   zero(dv_acc);
   for (long r0 = c0; r0 < S; r0 += kKvRows) {  // rows before c0 see none of these keys
     const long rows = S - r0 < kKvRows ? S - r0 : kKvRows;
-    const int b = kAsync ? int((r0 - c0) / kKvRows) & 1 : 0;
-    const dbf16* sQ = steps + 2 * b * kKvRows * ld;
-    const dbf16* sdO = sQ + kKvRows * ld;
-    const float* sLse = step_floats + 2 * b * kKvRows;
-    const float* sDelta = sLse + kKvRows;
     if constexpr (kAsync) {
+      const int b = int((r0 - c0) / kKvRows) & 1;
+      sQ = sV + (kTile + 2 * b * kKvRows) * ld;
+      sdO = sQ + kKvRows * ld;
+      sLse = step_floats + 2 * b * kKvRows;
+      sDelta = sLse + kKvRows;
       cp_async_wait<0>();  // this thread's copies of the step
       __syncthreads();     // everyone's (and the lse / delta stores); every warp is done with buffer 1 - b
-      if (r0 + kKvRows < S) load_step(r0 + kKvRows, 1 - b);
+      if (r0 + kKvRows < S) issue_step(r0 + kKvRows, 1 - b);
     } else {
       __syncthreads();  // every warp is done with the previous step's tiles
-      load_step(r0, 0);
+      load_rows(q + base, rs, r0, rows, kKvRows, D, dp, sQ, ld, vec);
+      load_rows(dout + base, rs, r0, rows, kKvRows, D, dp, sdO, ld, vec);
+      for (int i = threadIdx.x; i < kKvRows; i += kThreads) {
+        sLse[i] = i < rows ? lse[row_base + r0 + i] * float(M_LOG2E) : 0.0f;
+        sDelta[i] = i < rows ? delta[row_base + r0 + i] : 0.0f;
+      }
       __syncthreads();
     }
     if (r0 + kKvRows - 1 < key0) continue;  // every row of the step is before the warp's keys
@@ -153,7 +158,10 @@ __global__ void __launch_bounds__(kThreads)
   const int ld = dp + 8, nks = dp / 16;
   dbf16* sQ = smem;
   dbf16* sdO = sQ + kTile * ld;
-  dbf16* tiles = sdO + kTile * ld;  // buffer b: K at tiles + 2 b kTile ld, V kTile ld further
+  // sK, sV: buffer 0; async, buffer b (tile c0 / kTile % 2) is 2 b kTile rows further. (The
+  // synchronous instance is written as before the async one, to keep its code and registers.)
+  dbf16* sK = sdO + kTile * ld;
+  dbf16* sV = sK + kTile * ld;
   const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
   const RowTile w(S, kTile, 16, warp, lane);
@@ -161,9 +169,9 @@ __global__ void __launch_bounds__(kThreads)
   // Async: K / V tile c0 into buffer b, one cp.async group.
   auto issue_tile = [&](long c0, int b) {
     const long cols = S - c0 < kTile ? S - c0 : kTile;
-    dbf16* sK = tiles + 2 * b * kTile * ld;
-    load_rows_async(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
-    load_rows_async(v + base, rs, c0, cols, kTile, D, dp, sK + kTile * ld, ld, vec);
+    dbf16* bK = sdO + (kTile + 2 * b * kTile) * ld;
+    load_rows_async(k + base, rs, c0, cols, kTile, D, dp, bK, ld, vec);
+    load_rows_async(v + base, rs, c0, cols, kTile, D, dp, bK + kTile * ld, ld, vec);
     cp_async_commit();
   };
   if constexpr (kAsync) {
@@ -184,18 +192,18 @@ __global__ void __launch_bounds__(kThreads)
   float dq_acc[kOTiles][4];
   zero(dq_acc);
   for (long c0 = 0; c0 < r0 + rows; c0 += kTile) {
-    const int b = kAsync ? int(c0 / kTile) & 1 : 0;
-    const dbf16* sK = tiles + 2 * b * kTile * ld;
-    const dbf16* sV = sK + kTile * ld;
     if constexpr (kAsync) {
+      const int b = int(c0 / kTile) & 1;
+      sK = sdO + (kTile + 2 * b * kTile) * ld;
+      sV = sK + kTile * ld;
       cp_async_wait<0>();  // this thread's copies of tile c0
       __syncthreads();     // everyone's; and every warp is done with buffer 1 - b (tile c0 - kTile)
       if (c0 + kTile < r0 + rows) issue_tile(c0 + kTile, 1 - b);
     } else {
       const long cols = S - c0 < kTile ? S - c0 : kTile;
       __syncthreads();  // every warp is done with the previous K / V tile
-      load_rows(k + base, rs, c0, cols, kTile, D, dp, tiles, ld, vec);
-      load_rows(v + base, rs, c0, cols, kTile, D, dp, tiles + kTile * ld, ld, vec);
+      load_rows(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
+      load_rows(v + base, rs, c0, cols, kTile, D, dp, sV, ld, vec);
       __syncthreads();
     }
     if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
