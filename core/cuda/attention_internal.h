@@ -63,6 +63,43 @@ __device__ inline void load_rows_async(const dbf16* src, long rs, long r0, long 
   }
 }
 
+// n rows from r0 (zero past S) of two tensors of a head, a into dst and b into dst + n ld, through
+// load_rows_async as one cp.async group.
+__device__ inline void load_pair_async(const dbf16* a, const dbf16* b, long rs, long r0, long S, int n, int D, int dp,
+                                       dbf16* dst, int ld, bool vec) {
+  const long valid = S - r0 < n ? S - r0 : n;
+  load_rows_async(a, rs, r0, valid, n, D, dp, dst, ld, vec);
+  load_rows_async(b, rs, r0, valid, n, D, dp, dst + n * ld, ld, vec);
+  cp_async_commit();
+}
+
+// The K / V tile of `keys` rows from c0 (zero past S) ready in shared memory for every warp at
+// sK, sV, as the forward and dQ stream them over c0 < end. Synchronous (sK = kv, sV = kv + keys
+// ld): a barrier (every warp is done with the previous tile), the loads, a barrier. Async: buffer
+// b = c0 / keys % 2 at kv + 2 b keys ld, issued by the previous call (or the kernel's prologue:
+// load_pair_async into buffer 0); this thread's wait for it, a barrier (every thread's copies have
+// landed, and every warp is done with buffer 1 - b), then tile c0 + keys issued into buffer 1 - b,
+// in flight while the warps compute on b.
+template <bool kAsync>
+__device__ __forceinline__ void next_kv_tile(const dbf16* k, const dbf16* v, long rs, long S, long c0, long end,
+                                             int keys, int D, int dp, dbf16* kv, int ld, bool vec, dbf16*& sK,
+                                             dbf16*& sV) {
+  if constexpr (kAsync) {
+    const int b = int(c0 / keys) & 1;
+    sK = kv + 2 * b * keys * ld;
+    sV = sK + keys * ld;
+    cp_async_wait<0>();
+    __syncthreads();
+    if (c0 + keys < end) load_pair_async(k, v, rs, c0 + keys, S, keys, D, dp, kv + 2 * (1 - b) * keys * ld, ld, vec);
+  } else {
+    const long cols = S - c0 < keys ? S - c0 : keys;
+    __syncthreads();
+    load_rows(k, rs, c0, cols, keys, D, dp, sK, ld, vec);
+    load_rows(v, rs, c0, cols, keys, D, dp, sV, ld, vec);
+    __syncthreads();
+  }
+}
+
 // ---- warp tiles on mma.sync (core/cuda/mma.h), shared by the bf16 forward and backward ----
 // A warp owns 16 rows; scores are 16 x 8 n-tiles of fp32 accumulators (rows g and g + 8 of lane
 // g * 4 + t hold columns 2t, 2t + 1), every tile in shared memory is bf16 with rows ld apart.

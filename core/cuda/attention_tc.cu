@@ -45,8 +45,8 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kRows = kWarps * 16 * kM, kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kKeys / 8;
   MOE_DYNAMIC_SHARED(dbf16, smem);
   const int ld = dp + 8, nks = dp / 16;
-  // sK, sV: buffer 0; async, buffer b (tile c0 / kKeys % 2) is 2 b kKeys rows further. (The
-  // synchronous instance is written as before the async one, to keep its code and registers.)
+  // sK, sV: the K / V tile being used, buffer 0 and then as next_kv_tile sets them (async: two
+  // buffers). The synchronous instance's code is as before the async one: the same registers.
   dbf16* sQ = smem;
   dbf16* sK = sQ + kRows * ld;
   dbf16* sV = sK + kKeys * ld;
@@ -54,18 +54,10 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
   const RowTile w(S, kRows, 16 * kM, warp, lane);
   const long r0 = w.r0, rows = w.rows;
-  // Async: K / V tile c0 (cols keys) into buffer b, one cp.async group.
-  auto issue_tile = [&](long c0, int b) {
-    const long cols = S - c0 < kKeys ? S - c0 : kKeys;
-    dbf16* bK = sQ + (kRows + 2 * b * kKeys) * ld;
-    load_rows_async(k + base, rs, c0, cols, kKeys, D, dp, bK, ld, vec);
-    load_rows_async(v + base, rs, c0, cols, kKeys, D, dp, bK + kKeys * ld, ld, vec);
-    cp_async_commit();
-  };
   if constexpr (kAsync) {
     load_rows_async(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
     cp_async_commit();
-    issue_tile(0, 0);
+    load_pair_async(k + base, v + base, rs, 0, S, kKeys, D, dp, sK, ld, vec);
     cp_async_wait<1>();  // Q (K / V tile 0 may still fly)
   } else {
     load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
@@ -90,20 +82,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int m = 0; m < kM; ++m) m_run[m][0] = m_run[m][1] = -INFINITY, l_run[m][0] = l_run[m][1] = 0.0f;
 
   for (long c0 = 0; c0 < r0 + rows; c0 += kKeys) {
-    if constexpr (kAsync) {
-      const int b = int(c0 / kKeys) & 1;
-      sK = sQ + (kRows + 2 * b * kKeys) * ld;
-      sV = sK + kKeys * ld;
-      cp_async_wait<0>();  // this thread's copies of tile c0
-      __syncthreads();     // everyone's; and every warp is done with buffer 1 - b (tile c0 - kKeys)
-      if (c0 + kKeys < r0 + rows) issue_tile(c0 + kKeys, 1 - b);
-    } else {
-      const long cols = S - c0 < kKeys ? S - c0 : kKeys;
-      __syncthreads();  // every warp is done with the previous K / V tile
-      load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, ld, vec);
-      load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, ld, vec);
-      __syncthreads();
-    }
+    next_kv_tile<kAsync>(k + base, v + base, rs, S, c0, r0 + rows, kKeys, D, dp, sQ + kRows * ld, ld, vec, sK, sV);
     if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
     // S = Q K^T for 16 kM rows x 64 keys; key blocks past the warp's last row stay 0 (masked

@@ -77,10 +77,7 @@ __global__ void __launch_bounds__(kThreads)
   // delta by plain stores (visible after the barrier that precedes the step's use).
   auto issue_step = [&](long r0, int b) {
     const long rows = S - r0 < kKvRows ? S - r0 : kKvRows;
-    dbf16* bQ = sV + (kTile + 2 * b * kKvRows) * ld;
-    load_rows_async(q + base, rs, r0, rows, kKvRows, D, dp, bQ, ld, vec);
-    load_rows_async(dout + base, rs, r0, rows, kKvRows, D, dp, bQ + kKvRows * ld, ld, vec);
-    cp_async_commit();
+    load_pair_async(q + base, dout + base, rs, r0, S, kKvRows, D, dp, sV + (kTile + 2 * b * kKvRows) * ld, ld, vec);
     float* bLse = step_floats + 2 * b * kKvRows;
     for (int i = threadIdx.x; i < kKvRows; i += kThreads) {
       bLse[i] = i < rows ? lse[row_base + r0 + i] * float(M_LOG2E) : 0.0f;
@@ -158,26 +155,18 @@ __global__ void __launch_bounds__(kThreads)
   const int ld = dp + 8, nks = dp / 16;
   dbf16* sQ = smem;
   dbf16* sdO = sQ + kTile * ld;
-  // sK, sV: buffer 0; async, buffer b (tile c0 / kTile % 2) is 2 b kTile rows further. (The
-  // synchronous instance is written as before the async one, to keep its code and registers.)
+  // sK, sV: the K / V tile being used, buffer 0 and then as next_kv_tile sets them (async: two
+  // buffers). The synchronous instance's code is as before the async one: the same registers.
   dbf16* sK = sdO + kTile * ld;
   dbf16* sV = sK + kTile * ld;
   const long head = blockIdx.y, base = hs.base(head, S, D), rs = hs.row, row_base = head * S;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
   const RowTile w(S, kTile, 16, warp, lane);
   const long r0 = w.r0, rows = w.rows;
-  // Async: K / V tile c0 into buffer b, one cp.async group.
-  auto issue_tile = [&](long c0, int b) {
-    const long cols = S - c0 < kTile ? S - c0 : kTile;
-    dbf16* bK = sdO + (kTile + 2 * b * kTile) * ld;
-    load_rows_async(k + base, rs, c0, cols, kTile, D, dp, bK, ld, vec);
-    load_rows_async(v + base, rs, c0, cols, kTile, D, dp, bK + kTile * ld, ld, vec);
-    cp_async_commit();
-  };
   if constexpr (kAsync) {
     load_rows_async(q + base, rs, r0, rows, kTile, D, dp, sQ, ld, vec);
     load_rows_async(dout + base, rs, r0, rows, kTile, D, dp, sdO, ld, vec);
-    issue_tile(0, 0);  // one group with Q and dO, waited for at the first tile
+    load_pair_async(k + base, v + base, rs, 0, S, kTile, D, dp, sK, ld, vec);  // with Q and dO: one group
   } else {
     load_rows(q + base, rs, r0, rows, kTile, D, dp, sQ, ld, vec);
     load_rows(dout + base, rs, r0, rows, kTile, D, dp, sdO, ld, vec);
@@ -192,20 +181,7 @@ __global__ void __launch_bounds__(kThreads)
   float dq_acc[kOTiles][4];
   zero(dq_acc);
   for (long c0 = 0; c0 < r0 + rows; c0 += kTile) {
-    if constexpr (kAsync) {
-      const int b = int(c0 / kTile) & 1;
-      sK = sdO + (kTile + 2 * b * kTile) * ld;
-      sV = sK + kTile * ld;
-      cp_async_wait<0>();  // this thread's copies of tile c0
-      __syncthreads();     // everyone's; and every warp is done with buffer 1 - b (tile c0 - kTile)
-      if (c0 + kTile < r0 + rows) issue_tile(c0 + kTile, 1 - b);
-    } else {
-      const long cols = S - c0 < kTile ? S - c0 : kTile;
-      __syncthreads();  // every warp is done with the previous K / V tile
-      load_rows(k + base, rs, c0, cols, kTile, D, dp, sK, ld, vec);
-      load_rows(v + base, rs, c0, cols, kTile, D, dp, sV, ld, vec);
-      __syncthreads();
-    }
+    next_kv_tile<kAsync>(k + base, v + base, rs, S, c0, r0 + rows, kTile, D, dp, sdO + kTile * ld, ld, vec, sK, sV);
     if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
     const int blocks = w.key_blocks(c0, kTile);
