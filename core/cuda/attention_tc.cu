@@ -14,7 +14,7 @@
 // with the other buffer), then the next tile's copies are issued into the other buffer and fly
 // while the warps compute. One barrier per tile instead of two, and the tensor cores no longer
 // wait for each tile's global loads; the cost is 2 x 64 more rows of shared memory (54 KiB at
-// Dh = 64, 102 KiB at 128: 2 blocks per H100 SM instead of 3 there, registers allowing 2 anyway).
+// Dh = 64, 102 KiB at 128: 2 blocks per H100 SM, as the registers allow anyway; 1 on an A100).
 // Expected: most of the load time hidden; unmeasured (see core/cuda/README.md).
 #include <cmath>
 #include <cstdint>
