@@ -13,15 +13,16 @@ namespace moe::bench {
 namespace {
 
 // Elements of a and b whose bits differ.
-long differing(const std::vector<bf16>& a, const std::vector<bf16>& b) {
+template <class T>
+long differing(const std::vector<T>& a, const std::vector<T>& b) {
   long n = 0;
-  for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(bf16)) != 0;
+  for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
   return n;
 }
 
 // Args: head dim Dh; async (0: synchronous tile loads, the default; 1: MOE_FLASH_ASYNC=1); batch 8,
 // S = 1024, heads = 1024 / Dh (model width 1024), layout [B, H, S, Dh]. With async, counter
-// differing_vs_sync: elements of out, dq, dk, dv whose bits differ from the synchronous path's on
+// differing_vs_sync: elements of out, lse, dq, dk, dv whose bits differ from the synchronous path's on
 // the same inputs (expected 0: the same arithmetic in the same order).
 void BM_FlashAttentionBf16(benchmark::State& state) {
   const int dh = int(state.range(0));
@@ -55,11 +56,12 @@ void BM_FlashAttentionBf16(benchmark::State& state) {
     fwd();
     bwd();
     const std::vector<bf16> got[4] = {out.to_host(), dq.to_host(), dk.to_host(), dv.to_host()};
+    const std::vector<float> got_lse = lse.to_host();
     const test::EnvScope sync_tiles("MOE_FLASH_ASYNC", "0");
     fwd();
     bwd();
     const std::vector<bf16> want[4] = {out.to_host(), dq.to_host(), dk.to_host(), dv.to_host()};
-    long diff = 0;
+    long diff = differing(got_lse, lse.to_host());
     for (int i = 0; i < 4; ++i) diff += differing(got[i], want[i]);
     state.counters["differing_vs_sync"] = double(diff);
   }
