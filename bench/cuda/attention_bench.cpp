@@ -1,16 +1,33 @@
 // Flash attention (causal, bf16, tensor cores) forward and backward at S = 1024: tokens/s and
-// TFLOP/s, counting only the causal half of the products.
+// TFLOP/s, counting only the causal half of the products; the synchronous tiles against
+// MOE_FLASH_ASYNC=1's cp.async double buffers in the same run.
 #include <benchmark/benchmark.h>
+
+#include <cstring>
 
 #include "bench/cuda/bench_util.h"
 #include "core/cuda/attention.h"
+#include "tests/env_scope.h"
 
 namespace moe::bench {
 namespace {
 
-// Args: head dim Dh; batch 8, S = 1024, heads = 1024 / Dh (model width 1024), layout [B, H, S, Dh].
+// Elements of a and b whose bits differ.
+template <class T>
+long differing(const std::vector<T>& a, const std::vector<T>& b) {
+  long n = 0;
+  for (size_t i = 0; i < a.size(); ++i) n += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+  return n;
+}
+
+// Args: head dim Dh; async (0: synchronous tile loads, the default; 1: MOE_FLASH_ASYNC=1); batch 8,
+// S = 1024, heads = 1024 / Dh (model width 1024), layout [B, H, S, Dh]. With async, counter
+// differing_vs_sync: elements of out, lse, dq, dk, dv whose bits differ from the synchronous path's on
+// the same inputs (expected 0: the same arithmetic in the same order).
 void BM_FlashAttentionBf16(benchmark::State& state) {
   const int dh = int(state.range(0));
+  const bool async = state.range(1) != 0;
+  const test::EnvScope tiles("MOE_FLASH_ASYNC", async ? "1" : "0");
   const long B = 8, S = 1024, H = 1024 / dh;
   const size_t n = size_t(B) * H * S * dh;
   auto q = random_bf16(n, 1.0f, 21), k = random_bf16(n, 1.0f, 22), v = random_bf16(n, 1.0f, 23);
@@ -35,8 +52,26 @@ void BM_FlashAttentionBf16(benchmark::State& state) {
   state.counters["fwd+bwd_tokens/s"] = tokens / ((fwd_ms + bwd_ms) * 1e-3);
   state.counters["fwd_TFLOP/s"] = 2.0 * causal / (fwd_ms * 1e9);  // QK^T and PV
   state.counters["bwd_TFLOP/s"] = 5.0 * causal / (bwd_ms * 1e9);  // S again, dV, dP, dQ, dK
+  if (async) {
+    fwd();
+    bwd();
+    const std::vector<bf16> got[4] = {out.to_host(), dq.to_host(), dk.to_host(), dv.to_host()};
+    const std::vector<float> got_lse = lse.to_host();
+    const test::EnvScope sync_tiles("MOE_FLASH_ASYNC", "0");
+    fwd();
+    bwd();
+    const std::vector<bf16> want[4] = {out.to_host(), dq.to_host(), dk.to_host(), dv.to_host()};
+    long diff = differing(got_lse, lse.to_host());
+    for (int i = 0; i < 4; ++i) diff += differing(got[i], want[i]);
+    state.counters["differing_vs_sync"] = double(diff);
+  }
 }
-BENCHMARK(guarded<BM_FlashAttentionBf16>)->Name("BM_FlashAttentionBf16")->Arg(64)->Arg(128)->ArgName("Dh")->UseManualTime()->Unit(benchmark::kMillisecond)
+BENCHMARK(guarded<BM_FlashAttentionBf16>)
+    ->Name("BM_FlashAttentionBf16")
+    ->ArgsProduct({{64, 128}, {0, 1}})
+    ->ArgNames({"Dh", "async"})
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond)
     ->Iterations(10);
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Flash attention: the fp32 kernels (tiles of query rows against tiles of keys staged in shared
 // memory as fp32, online softmax, a three-launch backward) and the dispatch of bf16 to tensor cores.
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "core/cuda/attention.h"
@@ -269,6 +271,17 @@ void check_shape(const char* op, long batch, long heads, long seq, int head_dim)
   MOE_CHECK(batch * heads <= 65535, op, "batch * heads = ", batch * heads, " exceeds the grid's 65535 (grid.y)");
 }
 
+// MOE_FLASH_ASYNC=1: the bf16 kernels double-buffer their streamed tiles through cp.async
+// (attention_internal.h). Opt-in until a GPU measures it; read at every call, as the other MOE_*
+// choices, so that a benchmark or a test runs both paths in one process.
+bool flash_async_tiles() {
+  const char* v = std::getenv("MOE_FLASH_ASYNC");
+  if (!v || !*v || std::strcmp(v, "0") == 0) return false;
+  MOE_CHECK(std::strcmp(v, "1") == 0, "cuda::flash_attention", "MOE_FLASH_ASYNC = '", v,
+            "': expected '1' (cp.async tiles) or '0' / unset (synchronous tiles)");
+  return true;
+}
+
 }  // namespace
 
 template <class T>
@@ -279,7 +292,7 @@ void flash_attention_forward(const T* q, const T* k, const T* v, T* out, float* 
   const int D = head_dim;
   if constexpr (std::is_same_v<T, bf16>) {  // tensor cores for bf16 storage
     attention_detail::flash_forward_tensor_cores(q, k, v, out, lse, batch * heads, seq, D,
-                                                 strides_of(layout, heads, seq, D), stream);
+                                                 strides_of(layout, heads, seq, D), flash_async_tiles(), stream);
   } else {
     const size_t shared = sizeof(float) * size_t(kBrFwd * D + kBc * (D + 1) + kBc * D + kBrFwd * kLdp + 3 * kBrFwd);
     const float scale = float(1.0 / std::sqrt(double(D)));
@@ -303,7 +316,7 @@ void flash_attention_backward(const T* q, const T* k, const T* v, const T* out, 
   const float* dl = delta.get();
   if constexpr (std::is_same_v<T, bf16>) {  // tensor cores for bf16 storage
     attention_detail::flash_backward_tensor_cores(q, k, v, dout, lse, dl, dq, dk, dv, batch * heads, seq, D, hs,
-                                                  stream);
+                                                  flash_async_tiles(), stream);
   } else {
     const size_t shared = sizeof(float) * bwd_shared_floats(D);
     const unsigned bh = unsigned(batch * heads);

@@ -1,6 +1,7 @@
 // Internal to the attention kernel sources (attention*.cu): where a head's rows live in memory,
 // and the tensor-core forward and backward that attention.cu dispatches bf16 to.
 #pragma once
+#include "core/cuda/async_copy.h"
 #include "core/cuda/attention.h"
 #include "core/cuda/kernel.h"
 #include "core/cuda/mma.h"
@@ -40,6 +41,62 @@ __device__ inline void load_rows(const dbf16* src, long rs, long r0, long valid,
     } else {
       for (int j = 0; j < 8; ++j) out[j] = r < valid && d0 + j < D ? in[j] : zero;
     }
+  }
+}
+
+// load_rows through cp.async (core/cuda/async_copy.h), for tiles double-buffered under
+// MOE_FLASH_ASYNC=1: with `vec` every 16-byte chunk is one copy, zero-filled past `valid` rows or
+// D (D % 8 == 0, so no chunk straddles D; a zero-filled copy reads nothing, src only has to be a
+// 16-byte aligned address), landing at the caller's cp_async_wait; without `vec`, load_rows's
+// plain loads and stores (visible after the next __syncthreads, not overlapped with anything).
+__device__ inline void load_rows_async(const dbf16* src, long rs, long r0, long valid, int rows, int D, int dp,
+                                       dbf16* dst, int ld, bool vec) {
+  if (!vec) {
+    load_rows(src, rs, r0, valid, rows, D, dp, dst, ld, false);
+    return;
+  }
+  const int chunks = dp / 8;
+  for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+    const int r = i / chunks, d0 = i % chunks * 8;
+    const bool in = r < valid && d0 < D;
+    cp_async16(dst + r * ld + d0, in ? src + (r0 + r) * rs + d0 : src, in);
+  }
+}
+
+// n rows from r0 (zero past S) of two tensors of a head, a into dst and b into dst + n ld, through
+// load_rows_async as one cp.async group.
+__device__ inline void load_pair_async(const dbf16* a, const dbf16* b, long rs, long r0, long S, int n, int D, int dp,
+                                       dbf16* dst, int ld, bool vec) {
+  const long valid = S - r0 < n ? S - r0 : n;
+  load_rows_async(a, rs, r0, valid, n, D, dp, dst, ld, vec);
+  load_rows_async(b, rs, r0, valid, n, D, dp, dst + n * ld, ld, vec);
+  cp_async_commit();
+}
+
+// The K / V tile of `keys` rows from c0 (zero past S) ready in shared memory for every warp at
+// sK, sV, as the forward and dQ stream them over c0 < end. Synchronous (sK = kv, sV = kv + keys
+// ld): a barrier (every warp is done with the previous tile), the loads, a barrier. Async: buffer
+// b = c0 / keys % 2 at kv + 2 b keys ld, issued by the previous call (or the kernel's prologue:
+// load_pair_async into buffer 0); this thread's wait for it, a barrier (every thread's copies have
+// landed, and every warp is done with buffer 1 - b), then tile c0 + keys issued into buffer 1 - b,
+// in flight while the warps compute on b.
+template <bool kAsync>
+__device__ __forceinline__ void next_kv_tile(const dbf16* k, const dbf16* v, long rs, long S, long c0, long end,
+                                             int keys, int D, int dp, dbf16* kv, int ld, bool vec, dbf16*& sK,
+                                             dbf16*& sV) {
+  if constexpr (kAsync) {
+    const int b = int(c0 / keys) & 1;
+    sK = kv + 2 * b * keys * ld;
+    sV = sK + keys * ld;
+    cp_async_wait<0>();
+    __syncthreads();
+    if (c0 + keys < end) load_pair_async(k, v, rs, c0 + keys, S, keys, D, dp, kv + 2 * (1 - b) * keys * ld, ld, vec);
+  } else {
+    const long cols = S - c0 < keys ? S - c0 : keys;
+    __syncthreads();
+    load_rows(k, rs, c0, cols, keys, D, dp, sK, ld, vec);
+    load_rows(v, rs, c0, cols, keys, D, dp, sV, ld, vec);
+    __syncthreads();
   }
 }
 
@@ -194,13 +251,17 @@ inline bool vector_loads_ok(int head_dim, std::initializer_list<const void*> ptr
 }
 
 // The bf16 forward on tensor cores (mma.sync, registers): same contract as flash_attention_forward.
+// async_tiles (MOE_FLASH_ASYNC=1, attention.cu): the K / V tiles double-buffered through cp.async,
+// the next tile's copies in flight while the warps compute on the current one; the same
+// arithmetic in the same order, so the same bits.
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,
-                                long seq, int head_dim, HeadStrides hs, cudaStream_t stream);
+                                long seq, int head_dim, HeadStrides hs, bool async_tiles, cudaStream_t stream);
 
 // The bf16 backward on tensor cores (mma.sync, registers; deterministic): dq, dk, dv from the forward's lse and delta = rowsum(dO O)
-// [batch_heads, seq] (fp32), as flash_attention_backward.
+// [batch_heads, seq] (fp32), as flash_attention_backward. async_tiles: the streamed tiles (dQ's K / V,
+// dK / dV's Q / dO) double-buffered through cp.async, as the forward's; the same bits.
 void flash_backward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,
                                  const float* delta, bf16* dq, bf16* dk, bf16* dv, long batch_heads, long seq,
-                                 int head_dim, HeadStrides hs, cudaStream_t stream);
+                                 int head_dim, HeadStrides hs, bool async_tiles, cudaStream_t stream);
 
 }  // namespace moe::cuda::attention_detail

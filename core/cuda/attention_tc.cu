@@ -9,6 +9,13 @@
 // product against 16 rows per warp. Head dims up to kFlashMaxHeadDim, padded with zeros to a
 // multiple of 16; compiled for padded dims up to 64 (Q fragments in registers) and up to 128 (Q
 // re-read from shared memory per k-step, to stay within 255 registers without spills).
+// MOE_FLASH_ASYNC=1 (kAsync): two K / V buffers filled by cp.async, FlashAttention-2's pipeline:
+// at each tile one wait + barrier (the tile has landed for every thread, and every warp is done
+// with the other buffer), then the next tile's copies are issued into the other buffer and fly
+// while the warps compute. One barrier per tile instead of two, and the tensor cores no longer
+// wait for each tile's global loads; the cost is 2 x 64 more rows of shared memory (54 KiB at
+// Dh = 64, 102 KiB at 128: 2 blocks per H100 SM, as the registers allow anyway; 1 on an A100).
+// Expected: most of the load time hidden; unmeasured (see core/cuda/README.md).
 #include <cmath>
 #include <cstdint>
 
@@ -21,22 +28,25 @@ namespace {
 
 constexpr int kKeys = 64, kWarps = 4, kThreads = kWarps * 32;
 
-// Q (64 kM rows), K and V tiles of bf16 with rows of dp + 8 elements: 16-byte aligned rows for
-// ldmatrix, and the 8-element skew puts the 8 rows one ldmatrix phase reads in 8 bank groups.
-size_t forward_shared_bytes(int dp, int kM) {
-  return size_t(kWarps * 16 * kM + 2 * kKeys) * size_t(dp + 8) * sizeof(dbf16);
+// Q (64 kM rows), K and V tiles (two of each when async) of bf16 with rows of dp + 8 elements:
+// 16-byte aligned rows for ldmatrix, and the 8-element skew puts the 8 rows one ldmatrix phase
+// reads in 8 bank groups.
+size_t forward_shared_bytes(int dp, int kM, bool async) {
+  return size_t(kWarps * 16 * kM + (async ? 4 : 2) * kKeys) * size_t(dp + 8) * sizeof(dbf16);
 }
 
 // kMaxDp: the largest padded head dim this instance handles (64 or 128); dp (a multiple of 16,
 // <= kMaxDp) is the actual one, so loops run to kMaxDp with a uniform early exit. kM: groups of
 // 16 rows per warp. scale_log2 = log2(e) / sqrt(D): the softmax runs in base 2 (exp2f).
-template <int kMaxDp, int kM>
+template <int kMaxDp, int kM, bool kAsync>
 __global__ void __launch_bounds__(kThreads)
     flash_forward_mma_kernel(const dbf16* q, const dbf16* k, const dbf16* v, dbf16* o, float* lse, HeadStrides hs,
                              long S, int D, int dp, float scale_log2, bool vec) {
   constexpr int kRows = kWarps * 16 * kM, kKSteps = kMaxDp / 16, kOTiles = kMaxDp / 8, kSTiles = kKeys / 8;
   MOE_DYNAMIC_SHARED(dbf16, smem);
   const int ld = dp + 8, nks = dp / 16;
+  // sK, sV: the K / V tile being used, buffer 0 and then as next_kv_tile sets them (async: two
+  // buffers). The synchronous instance's code is as before the async one: the same registers.
   dbf16* sQ = smem;
   dbf16* sK = sQ + kRows * ld;
   dbf16* sV = sK + kKeys * ld;
@@ -44,7 +54,14 @@ __global__ void __launch_bounds__(kThreads)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t = lane & 3;
   const RowTile w(S, kRows, 16 * kM, warp, lane);
   const long r0 = w.r0, rows = w.rows;
-  load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
+  if constexpr (kAsync) {
+    load_rows_async(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
+    cp_async_commit();
+    load_pair_async(k + base, v + base, rs, 0, S, kKeys, D, dp, sK, ld, vec);
+    cp_async_wait<1>();  // Q (K / V tile 0 may still fly)
+  } else {
+    load_rows(q + base, rs, r0, rows, kRows, D, dp, sQ, ld, vec);
+  }
   __syncthreads();
   // Q's A fragments: kept in registers when they are few (kM * dp <= 128), else re-read from
   // shared memory at each k-step (as FlashAttention-2 does by default).
@@ -65,11 +82,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int m = 0; m < kM; ++m) m_run[m][0] = m_run[m][1] = -INFINITY, l_run[m][0] = l_run[m][1] = 0.0f;
 
   for (long c0 = 0; c0 < r0 + rows; c0 += kKeys) {
-    const long cols = S - c0 < kKeys ? S - c0 : kKeys;
-    __syncthreads();  // every warp is done with the previous K / V tile
-    load_rows(k + base, rs, c0, cols, kKeys, D, dp, sK, ld, vec);
-    load_rows(v + base, rs, c0, cols, kKeys, D, dp, sV, ld, vec);
-    __syncthreads();
+    next_kv_tile<kAsync>(k + base, v + base, rs, S, c0, r0 + rows, kKeys, D, dp, sQ + kRows * ld, ld, vec, sK, sV);
     if (c0 > w.last) continue;  // above the diagonal for all the warp's rows (warp-uniform)
 
     // S = Q K^T for 16 kM rows x 64 keys; key blocks past the warp's last row stay 0 (masked
@@ -150,26 +163,36 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-template <int kMaxDp, int kM>
+template <int kMaxDp, int kM, bool kAsync>
 void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads, long seq,
                     int head_dim, int dp, HeadStrides hs, bool vec, cudaStream_t stream) {
-  const size_t bytes = forward_shared_bytes(dp, kM);
-  allow_dynamic_shared("cuda::flash_attention_forward", flash_forward_mma_kernel<kMaxDp, kM>, bytes);
+  const size_t bytes = forward_shared_bytes(dp, kM, kAsync);
+  allow_dynamic_shared("cuda::flash_attention_forward", flash_forward_mma_kernel<kMaxDp, kM, kAsync>, bytes);
   const float scale_log2 = float(M_LOG2E / std::sqrt(double(head_dim)));
-  MOE_LAUNCH((flash_forward_mma_kernel<kMaxDp, kM>), dim3(ceil_div(seq, kWarps * 16 * kM), unsigned(batch_heads)),
-             kThreads, bytes, stream, dev(q), dev(k), dev(v), dev(out), lse, hs, seq, head_dim, dp, scale_log2, vec);
+  MOE_LAUNCH((flash_forward_mma_kernel<kMaxDp, kM, kAsync>),
+             dim3(ceil_div(seq, kWarps * 16 * kM), unsigned(batch_heads)), kThreads, bytes, stream, dev(q), dev(k),
+             dev(v), dev(out), lse, hs, seq, head_dim, dp, scale_log2, vec);
+}
+
+template <bool kAsync>
+void launch_forward(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads, long seq,
+                    int head_dim, HeadStrides hs, cudaStream_t stream) {
+  const int dp = (head_dim + 15) / 16 * 16;
+  const bool vec = vector_loads_ok(head_dim, {q, k, v});
+  if (dp <= 64)
+    launch_forward<64, 2, kAsync>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
+  else
+    launch_forward<kFlashMaxHeadDim, 2, kAsync>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
 }
 
 }  // namespace
 
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,
-                                long seq, int head_dim, HeadStrides hs, cudaStream_t stream) {
-  const int dp = (head_dim + 15) / 16 * 16;
-  const bool vec = vector_loads_ok(head_dim, {q, k, v});
-  if (dp <= 64)
-    launch_forward<64, 2>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
+                                long seq, int head_dim, HeadStrides hs, bool async_tiles, cudaStream_t stream) {
+  if (async_tiles)
+    launch_forward<true>(q, k, v, out, lse, batch_heads, seq, head_dim, hs, stream);
   else
-    launch_forward<kFlashMaxHeadDim, 2>(q, k, v, out, lse, batch_heads, seq, head_dim, dp, hs, vec, stream);
+    launch_forward<false>(q, k, v, out, lse, batch_heads, seq, head_dim, hs, stream);
 }
 
 }  // namespace moe::cuda::attention_detail

@@ -9,6 +9,7 @@
 #include "core/error.h"
 #include "core/ops.h"
 #include "tests/cuda/kernel_test_util.h"
+#include "tests/env_scope.h"
 
 using namespace moe;
 using namespace moe::cuda;
@@ -119,6 +120,70 @@ TEST(CudaFlashAttention, Bf16AcrossTilesAndAtTheLargestHeadDim) {
   check_attention<bf16>(1, 1, 150, 40, 108, 2e-2, 2e-2);  // two 128-row forward tiles
   check_attention<bf16>(2, 2, 19, 128, 109, 2e-2, 2e-2, AttentionLayout::kBSHD);
   check_attention<bf16>(1, 1, 70, 128, 112, 2e-2, 2e-2);
+}
+
+// MOE_FLASH_ASYNC=1: the bf16 kernels' streamed tiles through cp.async double buffers. The same
+// arithmetic in the same order as the synchronous tiles, so the same bits; under the emulation a
+// tile read before its wait_group, or before the barrier after every thread's wait, reads the
+// shared memory's NaN poison or the other buffer's stale tile (async_copy.h), so a missing wait or
+// barrier fails the comparison.
+struct Bf16Outputs {
+  std::vector<float> out, lse, dq, dk, dv;
+};
+
+Bf16Outputs run_bf16(long B, long H, long S, int D, unsigned seed, AttentionLayout layout, const char* async) {
+  EnvScope env("MOE_FLASH_ASYNC", async);
+  const size_t n = static_cast<size_t>(B * H * S * D);
+  DeviceBuffer<bf16> q = upload<bf16>(random_normal(n, seed, 1.5f)), k = upload<bf16>(random_normal(n, seed + 1, 1.5f)),
+                     v = upload<bf16>(random_normal(n, seed + 2)), dout = upload<bf16>(random_normal(n, seed + 3)),
+                     out(n), dq(n), dk(n), dv(n);
+  DeviceBuffer<float> lse(static_cast<size_t>(B * H * S));
+  flash_attention_forward(q.get(), k.get(), v.get(), out.get(), lse.get(), B, H, S, D, layout);
+  flash_attention_backward(q.get(), k.get(), v.get(), out.get(), lse.get(), dout.get(), dq.get(), dk.get(), dv.get(),
+                           B, H, S, D, layout);
+  return {to_f32(out.to_host()), lse.to_host(), to_f32(dq.to_host()), to_f32(dk.to_host()), to_f32(dv.to_host())};
+}
+
+void check_async_same_bits(long B, long H, long S, int D, unsigned seed,
+                           AttentionLayout layout = AttentionLayout::kBHSD) {
+  const Bf16Outputs want = run_bf16(B, H, S, D, seed, layout, nullptr), got = run_bf16(B, H, S, D, seed, layout, "1");
+  const std::string where = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " S=" + std::to_string(S) +
+                            " D=" + std::to_string(D);
+  EXPECT_TRUE(all_near(got.out, want.out, 0, 0)) << "out " << where;
+  EXPECT_TRUE(all_near(got.lse, want.lse, 0, 0)) << "lse " << where;
+  EXPECT_TRUE(all_near(got.dq, want.dq, 0, 0)) << "dq " << where;
+  EXPECT_TRUE(all_near(got.dk, want.dk, 0, 0)) << "dk " << where;
+  EXPECT_TRUE(all_near(got.dv, want.dv, 0, 0)) << "dv " << where;
+}
+
+// S below one tile (7, 19, 45), odd across several forward row tiles (150, 200: two of 128 rows,
+// four 64-key tiles, so both buffers in turn) and backward steps (up to 7 of 32 rows); head dims
+// 16, 40 (padded to 48), 64, 72 (80), 128 and 20 (no vector loads: the plain-store fallback);
+// several batches and heads, both layouts.
+TEST(CudaFlashAttention, AsyncTilesSameBitsAsSynchronous) {
+  check_async_same_bits(1, 2, 45, 16, 201);
+  check_async_same_bits(2, 3, 7, 40, 202);
+  check_async_same_bits(1, 1, 200, 40, 203);
+  check_async_same_bits(1, 2, 150, 64, 204);
+  check_async_same_bits(2, 1, 131, 72, 205, AttentionLayout::kBSHD);
+  check_async_same_bits(2, 2, 19, 128, 206, AttentionLayout::kBSHD);
+  check_async_same_bits(1, 1, 150, 128, 207);
+  check_async_same_bits(1, 2, 97, 20, 208, AttentionLayout::kBSHD);
+}
+
+TEST(CudaFlashAttention, AsyncTilesMatchCpuOpBf16) {
+  EnvScope env("MOE_FLASH_ASYNC", "1");
+  check_attention<bf16>(1, 2, 45, 24, 209, 2e-2, 2e-2);
+  check_attention<bf16>(2, 2, 150, 72, 210, 2e-2, 2e-2, AttentionLayout::kBSHD);
+  check_attention<bf16>(1, 1, 130, 128, 211, 2e-2, 2e-2);
+  check_attention<bf16>(1, 1, 70, 20, 212, 2e-2, 2e-2);
+}
+
+TEST(CudaFlashAttention, AsyncSwitchRejectsOtherValues) {
+  EnvScope env("MOE_FLASH_ASYNC", "yes");
+  DeviceBuffer<bf16> x(4 * 16);
+  DeviceBuffer<float> lse(4);
+  EXPECT_THROW(flash_attention_forward(x.get(), x.get(), x.get(), x.get(), lse.get(), 1, 1, 4, 16), Error);
 }
 
 TEST(CudaFlashAttention, RejectsHeadDimAboveTheLimit) {
