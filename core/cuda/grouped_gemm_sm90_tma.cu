@@ -301,12 +301,12 @@ __device__ __forceinline__ void store_rows_staged(const float (&acc)[kCols / 2],
 
 // What a consumer warp's stores need besides the accumulators: its staging, the output's kind of
 // access (accumulate: add to it; vec: 16-byte rows, stored through the staging; pair: 2-element
-// stores; tma: through the staging by bulk tensor stores of map, MOE_WGMMA4_TMA_STORES) and, for
-// the TMA stores, the boxes it has staged so far (box n uses half n % 2 of the staging).
+// stores) and, for the TMA stores (the kernel's kTma: bulk tensor stores of map), the boxes it has
+// staged so far (box n uses half n % 2 of the staging).
 struct Epilogue {
   unsigned char* staging;
   const TensorMap* map;
-  bool accumulate, pair, vec, tma;
+  bool accumulate, pair, vec;
   int boxes;
 };
 
@@ -397,11 +397,11 @@ struct Accumulators {
   }
   // The tile's rows [0, nrows) x columns [0, ncols) to out (row stride ld), which is the output's
   // element (tile_row, tile_col).
-  template <class Tout>
+  template <bool kTma, class Tout>
   __device__ __forceinline__ void store(Epilogue& ep, Tout* out, long ld, int tile_row, int tile_col, int nrows,
                                         int ncols, int wg) {
     const int row0 = 64 * wg + int(threadIdx.x) / 32 % 4 * 16;
-    if (ep.tma)
+    if constexpr (kTma)
       store_rows_tma<256>(acc, ep, out, ld, tile_row, tile_col, row0, nrows, ncols);
     else if (ep.vec)
       store_rows_staged<256>(acc, ep.staging, out, ld, row0, nrows, ncols, ep.accumulate);
@@ -437,11 +437,11 @@ struct Accumulators<Geometry<true>> {
     wgmma::fence_operand(lo);
     wgmma::fence_operand(hi);
   }
-  template <class Tout>
+  template <bool kTma, class Tout>
   __device__ __forceinline__ void store(Epilogue& ep, Tout* out, long ld, int tile_row, int tile_col, int nrows,
                                         int ncols, int) {
     const int warp_rows = int(threadIdx.x) / 32 % 4 * 16;  // the warp's 16 of each 64 rows
-    if (ep.tma) {
+    if constexpr (kTma) {
       store_rows_tma<128>(lo, ep, out, ld, tile_row, tile_col, warp_rows, nrows, ncols);
       store_rows_tma<128>(hi, ep, out, ld, tile_row, tile_col, 64 + warp_rows, nrows, ncols);
     } else if (ep.vec) {
@@ -457,7 +457,7 @@ struct Accumulators<Geometry<true>> {
 // A consumer warpgroup (wg 0 or 1): per tile of the ring it takes (cooperative: all; pingpong:
 // n % 2 == wg), its slices' products as they land, each stage released once the products reading
 // it retired, then the store; a pingpong warpgroup steps over the other's tiles' slices.
-template <class G, class Tiles, class Tout>
+template <class G, bool kTma, class Tiles, class Tout>
 __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl, Tout* C, Epilogue ep) {
   const int wg = int(threadIdx.x) / 128 - 1;
   const uint32_t base = wgmma::smem_address(stages);
@@ -468,7 +468,8 @@ __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl,
     tma::mbar_wait(&ctl.sched_full[slot], unsigned(n / kSlots) & 1u);
     const int slices = ctl.slot[slot].slices;
     if (slices < 0) {
-      if (ep.tma && threadIdx.x % 32 == 0) tma::bulk_wait_group<0>();  // the staging outlives the stores
+      if constexpr (kTma)
+        if (threadIdx.x % 32 == 0) tma::bulk_wait_group<0>();  // the staging outlives the stores
       return;
     }
     if (G::kPing && n % 2 != wg) {  // the other warpgroup's tile
@@ -511,15 +512,17 @@ __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl,
     const TileInfo w = ctl.slot[slot];
     warp_arrive(&ctl.sched_empty[slot]);
     const long ld = tiles.ld();
-    a.store(ep, C + w.out, ld, int(w.out / ld), int(w.out % ld), w.rows, w.cols, wg);
+    a.template store<kTma>(ep, C + w.out, ld, int(w.out / ld), int(w.out % ld), w.rows, w.cols, wg);
   }
 }
 
-template <class G, class Tiles, class Tout>
+// kTma: the epilogue by TMA stores (store_rows_tma) only, a separate instantiation so that the
+// default one's registers are what they were without it (both paths in one kernel spilled).
+template <class G, class Tiles, class Tout, bool kTma>
 __global__ void __launch_bounds__(kBlockThreads, 1)
     tma_wgmma_kernel(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,
                      const __grid_constant__ TensorMap map_c, Tiles tiles, int* claims, Tout* C, bool accumulate,
-                     bool pair_c, bool vec_c, bool tma_c) {
+                     bool pair_c, bool vec_c) {
 #if MOE_WGMMA_AVAILABLE
   MOE_DYNAMIC_SHARED(unsigned char, smem_raw);
   // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
@@ -545,9 +548,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     return;
   }
   tma::setmaxnreg_inc<kConsumerRegs>();
-  const Epilogue ep{staging + (int(threadIdx.x) - 128) / 32 * kEpiWarpBytes, &map_c, accumulate, pair_c, vec_c, tma_c,
-                    0};
-  consume<G>(tiles, stages, ctl, C, ep);
+  const Epilogue ep{staging + (int(threadIdx.x) - 128) / 32 * kEpiWarpBytes, &map_c, accumulate, pair_c, vec_c, 0};
+  consume<G, kTma>(tiles, stages, ctl, C, ep);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif
@@ -612,12 +614,18 @@ void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b
   MOE_CHECK(max_tiles < (size_t(1) << 31), op, max_tiles, " tiles exceed the int tile index");
   Workspace<int> claims{1};
   device_memset_async(claims.get(), 0, sizeof(int), stream);
-  allow_dynamic_shared(op, tma_wgmma_kernel<G, Tiles, device_t<Tout>>, kSmemBytes);
-  const bool staged = staged_stores(C, ld), tma_c = tma_stores<Tout>(staged, accumulate, out_rows);
-  const TensorMap map_c = tma_c ? output_map(C, out_rows, ld, op) : TensorMap{};
-  MOE_LAUNCH((tma_wgmma_kernel<G, Tiles, device_t<Tout>>), unsigned(resident_blocks(max_tiles)), kBlockThreads,
-             kSmemBytes, stream, map_a, map_b, map_c, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld),
-             staged, tma_c);
+  const bool staged = staged_stores(C, ld);
+  const unsigned blocks = unsigned(resident_blocks(max_tiles));
+  if (tma_stores<Tout>(staged, accumulate, out_rows)) {
+    allow_dynamic_shared(op, tma_wgmma_kernel<G, Tiles, device_t<Tout>, true>, kSmemBytes);
+    MOE_LAUNCH((tma_wgmma_kernel<G, Tiles, device_t<Tout>, true>), blocks, kBlockThreads, kSmemBytes, stream, map_a,
+               map_b, output_map(C, out_rows, ld, op), tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld),
+               staged);
+  } else {
+    allow_dynamic_shared(op, tma_wgmma_kernel<G, Tiles, device_t<Tout>, false>, kSmemBytes);
+    MOE_LAUNCH((tma_wgmma_kernel<G, Tiles, device_t<Tout>, false>), blocks, kBlockThreads, kSmemBytes, stream, map_a,
+               map_b, TensorMap{}, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld), staged);
+  }
 }
 
 // Runs f(Geometry<pingpong>{}).
