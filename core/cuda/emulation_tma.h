@@ -330,6 +330,19 @@ inline void check_inner_coordinate(const char* op, const MapFields& m, int c0) {
             16 / m.elem, " elements (16 bytes): the GPU faults with an illegal instruction");
 }
 
+// A box's shared memory (a load's destination, a store's source, `what`): inside the dynamic
+// shared memory, 1024-byte aligned.
+inline void check_box_smem(const char* op, const char* what, const void* p, uint32_t bytes) {
+  const size_t off = dynamic_offset(p);
+  MOE_CHECK(reinterpret_cast<uintptr_t>(p) >= reinterpret_cast<uintptr_t>(::moe::cuda::emu::dynamic_shared()) &&
+                off + bytes <= ::moe::cuda::emu::dynamic_shared_bytes(),
+            "cuda emulation", op, ": ", what, " ", p, " + ", bytes,
+            " bytes is not inside the block's dynamic shared memory (", ::moe::cuda::emu::dynamic_shared_bytes(),
+            " bytes)");
+  MOE_CHECK(off % 1024 == 0, "cuda emulation", op, ": ", what, " at dynamic shared offset ", off,
+            " is not 1024-byte aligned (the 128B swizzle's atom)");
+}
+
 inline void load(void* smem, const TensorMap* map, uint64_t* bar, int rank, const int* coords) {
   const char* op = rank == 2 ? "tma::load_2d" : "tma::load_3d";
   const MapFields& m = map_fields(op, map);
@@ -339,14 +352,7 @@ inline void load(void* smem, const TensorMap* map, uint64_t* bar, int rank, cons
   load_bar(op, bar);
   const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * m.elem;
   auto* dst = static_cast<unsigned char*>(smem);
-  const size_t off = dynamic_offset(dst);
-  MOE_CHECK(reinterpret_cast<uintptr_t>(dst) >= reinterpret_cast<uintptr_t>(::moe::cuda::emu::dynamic_shared()) &&
-                off + bytes <= ::moe::cuda::emu::dynamic_shared_bytes(),
-            "cuda emulation", op, ": destination ", smem, " + ", bytes,
-            " bytes is not inside the block's dynamic shared memory (", ::moe::cuda::emu::dynamic_shared_bytes(),
-            " bytes)");
-  MOE_CHECK(off % 1024 == 0, "cuda emulation", op, ": destination at dynamic shared offset ", off,
-            " is not 1024-byte aligned (the 128B swizzle's atom)");
+  check_box_smem(op, "destination", dst, bytes);
   BlockAsync& a = block_async();
   std::lock_guard<std::mutex> lock(a.mutex);
   if (wgmma_reading(a, dst, bytes))
@@ -436,21 +442,15 @@ inline void land_unwaited(const PendingStore& st) {
   write_box(st, poison.data());
 }
 
-inline void store(const TensorMap* map, const void* smem, int rank, const int* coords) {
-  const char* op = rank == 2 ? "tma::store_2d" : "tma::store_3d";
+inline void store_2d(const TensorMap* map, const void* smem, const int* coords) {
+  const char* op = "tma::store_2d";
   const MapFields& m = map_fields(op, map);
-  MOE_CHECK(int(m.rank) == rank, "cuda emulation", op, ": the tensor map has rank ", m.rank);
+  MOE_CHECK(m.rank == 2, "cuda emulation", op, ": the tensor map has rank ", m.rank);
   check_inner_coordinate(op, m, coords[0]);
   const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * m.elem;
   const auto* src = static_cast<const unsigned char*>(smem);
+  check_box_smem(op, "source", src, bytes);
   const size_t off = dynamic_offset(src);
-  MOE_CHECK(reinterpret_cast<uintptr_t>(src) >= reinterpret_cast<uintptr_t>(::moe::cuda::emu::dynamic_shared()) &&
-                off + bytes <= ::moe::cuda::emu::dynamic_shared_bytes(),
-            "cuda emulation", op, ": source ", smem, " + ", bytes,
-            " bytes is not inside the block's dynamic shared memory (", ::moe::cuda::emu::dynamic_shared_bytes(),
-            " bytes)");
-  MOE_CHECK(off % 1024 == 0, "cuda emulation", op, ": source at dynamic shared offset ", off,
-            " is not 1024-byte aligned (the 128B swizzle's atom)");
   BlockStores& b = block_stores();
   std::lock_guard<std::mutex> lock(b.mutex);
   const uint32_t fences = b.fences.load();

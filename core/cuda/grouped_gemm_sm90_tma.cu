@@ -251,6 +251,32 @@ __device__ __forceinline__ void zero_leading_rows(unsigned char* stage, int vali
 // fragment writes (8 rows x 4 column pairs per access) and the row reads spread over the banks.
 __device__ __forceinline__ int staged_at(int r, int c) { return r * kEpiRowBytes + (c ^ (r % 8)) * 16; }
 
+// The byte of 16-byte chunk c (0 .. 7) of row r in a TMA store box: the 128B swizzle (chunk c ^ r % 8),
+// which also spreads the fragment writes over the banks as staged_at does.
+__device__ __forceinline__ int box_at(int r, int c) { return r * 128 + (c ^ (r % 8)) * 16; }
+
+// Writes the lane's accumulator pairs of kWidth columns from column group j0 (8 columns per group;
+// by the accumulator map, registers 4 j, 4 j + 1 hold row lane / 4, columns 8 j + 2 (lane % 4) +
+// 0, 1, and 4 j + 2, 4 j + 3 the same 8 rows down) into the staging as Tout: chunk c of row r at
+// staged_at(r, c) (kBox false: 256-byte rows) or box_at(r, c) (a TMA store box of 128-byte rows).
+template <int kWidth, bool kBox, class Tout, int kN>
+__device__ __forceinline__ void stage_fragments(const float (&acc)[kN], int j0, unsigned char* staging) {
+  struct alignas(2 * sizeof(Tout)) Pair {
+    Tout v[2];
+  };
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  MOE_UNROLL
+  for (int jj = 0; jj < kWidth / 8; ++jj) {
+    const int j = j0 + jj, byte = (8 * jj + 2 * q) * int(sizeof(Tout));
+    MOE_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const Pair p{{from_float<Tout>(acc[4 * j + 2 * h]), from_float<Tout>(acc[4 * j + 2 * h + 1])}};
+      const int r = g + 8 * h;
+      *reinterpret_cast<Pair*>(staging + (kBox ? box_at(r, byte / 16) : staged_at(r, byte / 16)) + byte % 16) = p;
+    }
+  }
+}
+
 // A warp's 16 rows x kCols accumulators (an m64nN fragment's share: by the accumulator map,
 // wgmma.h, registers 4 j, 4 j + 1 hold row lane / 4, columns 8 j + 2 (lane % 4) + 0, 1, and
 // 4 j + 2, 4 j + 3 the same 8 rows down) to tile rows row0 .. row0 + 15 in global memory, through
@@ -264,24 +290,13 @@ __device__ __forceinline__ void store_rows_staged(const float (&acc)[kCols / 2],
                                                   long ld, int row0, int nrows, int ncols, bool accumulate) {
   constexpr int kVec = 16 / int(sizeof(Tout)), kPassCols = kEpiRowBytes / int(sizeof(Tout));
   static_assert(kCols % kPassCols == 0, "whole passes");
-  struct alignas(2 * sizeof(Tout)) Pair {
-    Tout v[2];
-  };
   struct alignas(16) Vec {
     Tout v[kVec];
   };
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  const int lane = int(threadIdx.x) % 32;
   MOE_UNROLL
   for (int pass = 0; pass < kCols / kPassCols; ++pass) {
-    MOE_UNROLL
-    for (int jj = 0; jj < kPassCols / 8; ++jj) {
-      const int j = pass * (kPassCols / 8) + jj, byte = (8 * jj + 2 * q) * int(sizeof(Tout));
-      MOE_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const Pair p{{from_float<Tout>(acc[4 * j + 2 * h]), from_float<Tout>(acc[4 * j + 2 * h + 1])}};
-        *reinterpret_cast<Pair*>(staging + staged_at(g + 8 * h, byte / 16) + byte % 16) = p;
-      }
-    }
+    stage_fragments<kPassCols, false, Tout>(acc, pass * (kPassCols / 8), staging);
     __syncwarp();
     for (int i = 0; i < 8; ++i) {
       const int r = 2 * i + lane / 16, c = lane % 16, col = pass * kPassCols + c * kVec;
@@ -310,10 +325,6 @@ struct Epilogue {
   int boxes;
 };
 
-// The byte of 16-byte chunk c (0 .. 7) of row r in a TMA store box: the 128B swizzle (chunk c ^ r % 8),
-// which also spreads the fragment writes over the banks as staged_at does.
-__device__ __forceinline__ int box_at(int r, int c) { return r * 128 + (c ^ (r % 8)) * 16; }
-
 // store_rows_staged for an overwrite through bulk tensor stores (MOE_WGMMA4_TMA_STORES=1): the
 // warp's 16 rows go out in boxes of 16 rows x 128 bytes (32 fp32 or 64 bf16 columns), staged in the
 // two halves of the warp's staging in turn. Per box: lane 0 waits until the store that last used
@@ -330,15 +341,12 @@ __device__ __forceinline__ void store_rows_tma(const float (&acc)[kCols / 2], Ep
                                                int tile_row, int tile_col, int row0, int nrows, int ncols) {
   constexpr int kVec = 16 / int(sizeof(Tout)), kBoxCols = 128 / int(sizeof(Tout));
   static_assert(kCols % kBoxCols == 0, "whole boxes");
-  struct alignas(2 * sizeof(Tout)) Pair {
-    Tout v[2];
-  };
   struct alignas(16) Vec {
     Tout v[kVec];
   };
   if (row0 >= nrows) return;
   const bool whole = row0 + 16 <= nrows;
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  const int lane = int(threadIdx.x) % 32;
   MOE_UNROLL
   for (int box = 0; box < kCols / kBoxCols; ++box) {
     if (box * kBoxCols >= ncols) break;
@@ -350,15 +358,7 @@ __device__ __forceinline__ void store_rows_tma(const float (&acc)[kCols / 2], Ep
         tma::bulk_wait_group_read<0>();
     }
     __syncwarp();
-    MOE_UNROLL
-    for (int jj = 0; jj < kBoxCols / 8; ++jj) {
-      const int j = box * (kBoxCols / 8) + jj, byte = (8 * jj + 2 * q) * int(sizeof(Tout));
-      MOE_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const Pair p{{from_float<Tout>(acc[4 * j + 2 * h]), from_float<Tout>(acc[4 * j + 2 * h + 1])}};
-        *reinterpret_cast<Pair*>(half + box_at(g + 8 * h, byte / 16) + byte % 16) = p;
-      }
-    }
+    stage_fragments<kBoxCols, true, Tout>(acc, box * (kBoxCols / 8), half);
     if (whole) {
       tma::fence_proxy_async_shared();  // each lane's writes, before lane 0's store reads them
       __syncwarp();

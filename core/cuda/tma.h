@@ -108,7 +108,7 @@ inline void prefetch_tensor_map(const TensorMap* map) { ::moe::cuda::emu_tma::pr
 inline void fence_proxy_async_shared() { ::moe::cuda::emu_tma::fence_proxy_async_shared(); }
 inline void store_2d(const TensorMap* map, const void* smem, int c0, int c1) {
   const int c[3] = {c0, c1, 0};
-  ::moe::cuda::emu_tma::store(map, smem, 2, c);
+  ::moe::cuda::emu_tma::store_2d(map, smem, c);
 }
 inline void bulk_commit_group() { ::moe::cuda::emu_tma::bulk_commit_group(); }
 template <int kPending>

@@ -508,7 +508,15 @@ TEST(EmulationTma, StoreNeverWaitedForLandsAsPoison) {
 
 TEST(EmulationTma, StoreMisuseIsOneLine) {
   StoreTarget<float> t(16, 32, 32, 0.0f);
-  SmallMap bf16_rank2;
+  struct ThreeD {
+    DeviceBuffer<float> buf{size_t(32 * 16 * 2)};
+    TensorMap map;
+    ThreeD() {
+      const uint64_t dims[3] = {32, 16, 2}, strides[2] = {128, 2048};
+      const uint32_t box[3] = {32, 16, 1};
+      map = make_tensor_map(buf.get(), 4, 3, dims, strides, box, "emulation_tma_test");
+    }
+  } three_d;
   auto one = [&](const std::function<void(unsigned char*)>& f) {
     return [&, f] {
       run_block(32, 4096, [&] {
@@ -529,6 +537,8 @@ TEST(EmulationTma, StoreMisuseIsOneLine) {
                    tma::store_2d(&zero, smem, 0, 0);
                  }),
                  {"tma::store_2d", "not made by make_tensor_map"});
+  expect_failure(one([&](unsigned char* smem) { tma::store_2d(&three_d.map, smem, 0, 0); }),
+                 {"tma::store_2d", "rank 3"});
   // The fp32 map's box is 32 elements: a 64-element box of fp32 is refused when the map is made.
   const uint64_t dims[2] = {64, 16}, strides[1] = {256};
   const uint32_t box[2] = {64, 16};

@@ -167,6 +167,13 @@ FormsOutputs<Tout> check_forms(const FormsCase& fc) {
   return {y.to_host(), dx.to_host(), gw.to_host()};
 }
 
+// 37 experts of 0 .. 40 rows, a third of them empty.
+std::vector<int64_t> many_small_and_empty_sizes() {
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  return sizes;
+}
+
 // Odd M and K: every operand and output takes the element path (no 16-byte alignment); the nn
 // reduction (M = 101: 4 slices) and the tn one (130 rows: 5) run past the 4-stage prologue.
 TEST(CudaGroupedGemm, UnalignedSizesFp32AccumulateAndBf16Overwrite) {
@@ -254,8 +261,7 @@ TEST(CudaGroupedGemmSm90, WgmmaForwardSkipsToTheMmaKernelWhenCopiesCannotBeWhole
 TEST(CudaGroupedGemmSm90, WgmmaManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   GroupedGemmKernelScope scope("wgmma");
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<float>({24, 40, sizes, false});
 }
 
@@ -326,8 +332,7 @@ TEST(CudaGroupedGemmSm90, Wgmma3PersistentSkipsToTheMmaKernelWhenCopiesCannotBeW
 TEST(CudaGroupedGemmSm90, Wgmma3PersistentManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   Wgmma3Scope scope;
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<float>({24, 40, sizes, false});
   check_forms<bf16>({24, 40, sizes, true});
 }
@@ -387,8 +392,7 @@ TEST(CudaGroupedGemmSm90, Wgmma4TmaOddOutputWidthAndOneRowExpert) {
 TEST(CudaGroupedGemmSm90, Wgmma4TmaManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   Wgmma4Scope scope;
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<bf16>({24, 40, sizes, true});
 }
 
@@ -430,8 +434,7 @@ TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresMatchStagedTwoColumnTilesAndOneRowExper
 TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresMatchStagedManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   Wgmma4Scope scope;
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_tma_stores_match_staged<float>({24, 40, sizes, false});
   check_tma_stores_match_staged<bf16>({24, 40, sizes, false});
 }
@@ -478,8 +481,7 @@ TEST(CudaGroupedGemmSm90, Wgmma5PingpongTmaStoresMatchStaged) {
 TEST(CudaGroupedGemmSm90, Wgmma5PingpongManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   Wgmma5Scope scope;
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<bf16>({24, 40, sizes, true});
 }
 
