@@ -595,7 +595,6 @@ bool staged_stores(const Tout* C, long ld) {
 // GPU measures it against the staged stores), an overwrite (accumulating keeps the staged loads and
 // adds) of an output the staged stores take (16-byte rows, so a tensor map can stride it) whose
 // rows a TMA coordinate reaches.
-template <class Tout>
 bool tma_stores(bool staged, bool accumulate, uint64_t out_rows) {
   const char* on = std::getenv("MOE_WGMMA4_TMA_STORES");
   return on && std::strcmp(on, "1") == 0 && staged && !accumulate && out_rows >= 1 && out_rows < (uint64_t(1) << 31);
@@ -616,7 +615,7 @@ void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b
   device_memset_async(claims.get(), 0, sizeof(int), stream);
   const bool staged = staged_stores(C, ld);
   const unsigned blocks = unsigned(resident_blocks(max_tiles));
-  if (tma_stores<Tout>(staged, accumulate, out_rows)) {
+  if (tma_stores(staged, accumulate, out_rows)) {
     allow_dynamic_shared(op, tma_wgmma_kernel<G, Tiles, device_t<Tout>, true>, kSmemBytes);
     MOE_LAUNCH((tma_wgmma_kernel<G, Tiles, device_t<Tout>, true>), blocks, kBlockThreads, kSmemBytes, stream, map_a,
                map_b, output_map(C, out_rows, ld, op), tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld),
