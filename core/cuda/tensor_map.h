@@ -3,8 +3,8 @@
 // CUtensorMap (encoded by cuTensorMapEncodeTiled, fetched through cudaGetDriverEntryPointByVersion
 // so nothing links libcuda); under MOE_CUDA_EMULATION the same 128 bytes hold the emulation's own
 // fields (emulation_tma.h reads them). Kernels take it by value as `const __grid_constant__
-// TensorMap map` and pass &map to tma::load_2d / load_3d: the copy engine reads it from the
-// kernel's parameter space, so it must not be copied into registers or local memory.
+// TensorMap map` and pass &map to tma::load_2d / load_3d / store_2d: the copy engine reads it from
+// the kernel's parameter space, so it must not be copied into registers or local memory.
 #pragma once
 #include <cstdint>
 
