@@ -544,6 +544,8 @@ TEST(EmulationTma, StoreMisuseIsOneLine) {
   const uint32_t box[2] = {64, 16};
   expect_failure([&] { make_tensor_map(t.buf.get(), 4, 2, dims, strides, box, "emulation_tma_test"); },
                  {"box[0] = 64", "expected 32"});
+  expect_failure([&] { make_tensor_map(t.buf.get(), 8, 2, dims, strides, box, "emulation_tma_test"); },
+                 {"8-byte elements", "expected 2 (bf16) or 4 (fp32)"});
 }
 
 }  // namespace
