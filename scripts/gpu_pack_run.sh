@@ -17,7 +17,13 @@
 #   bench         the kernel benchmarks (cuBLAS peak, grouped GEMM kernel 0, routing, attention);
 #                 BENCH_FILTER (a --benchmark_filter regex) narrows them
 #   wgmma_bench   the grouped GEMM benchmark on the Hopper kernels WGMMA_KERNELS (default 245:
-#                 2 wgmma2, 4 wgmma4 (the default), 5 wgmma5; 1 wgmma and 3 wgmma3 measured slower)
+#                 2 wgmma2, 4 wgmma4 (the default), 5 wgmma5; 1 wgmma and 3 wgmma3 measured slower);
+#                 WGMMA_FILTER (a --benchmark_filter regex) replaces its filter, e.g.
+#                 'BM_GroupedGemmVsCublas/E:64/.*form:2.*kernel:4' (tn at E 64, wgmma4).
+#                 WGMMA_TMA_STORES: 0 (default) the default epilogue only; both: then again with
+#                 MOE_WGMMA4_TMA_STORES=1 (wgmma4 / wgmma5 overwrite through TMA bulk stores;
+#                 cuda_bench_wgmma_tma.{log,json}); 1: that run only. Each row also reports the
+#                 write roofline (out_bytes, write_GBps, bound_ratio)
 #   train_cuda    the balance model (recipes/balance/aux_loss.toml), `steps` steps on the device
 #   throughput    expert_choice (balanced groups by construction) at d_model 1024, 4 MoE blocks of
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default
@@ -42,6 +48,8 @@ DEADLINE="${DEADLINE:-540}"
 STEPS="${STEPS:-tests wgmma_tests bench wgmma_bench train_cuda throughput strategies experts train_cpu}"
 BENCH_FILTER="${BENCH_FILTER:--BM_ExpertsForwardBackward|kernel:[1-9]}"
 WGMMA_KERNELS="${WGMMA_KERNELS:-245}"
+WGMMA_FILTER="${WGMMA_FILTER:-BM_GroupedGemmVsCublas.*kernel:[$WGMMA_KERNELS]}"
+WGMMA_TMA_STORES="${WGMMA_TMA_STORES:-0}"
 THROUGHPUT_KERNELS="${THROUGHPUT_KERNELS:-per_expert wgmma2 wgmma5}"
 EXPERTS_KERNELS="${EXPERTS_KERNELS:-wgmma2 wgmma5}"
 # Set here so moetrain does not re-exec itself to set it (a re-exec under the carried loader
@@ -128,11 +136,15 @@ for step in $STEPS; do
     echo "bench rc=$?"; grep -E '^BM_|ERROR' "$R/cuda_bench.log" | head -40 ;;
   wgmma_bench)
     [[ $wgmma_ok == 1 ]] || { echo "== wgmma benchmarks: skipped (the wgmma tests did not pass)"; continue; }
-    t=$(limit wgmma_bench 120) || continue
-    echo "== wgmma grouped GEMM benchmarks (kernels $WGMMA_KERNELS), limit $t s"
-    timeout "$t" "$run" "$P/bin/moetrain_cuda_bench" --benchmark_filter="BM_GroupedGemmVsCublas.*kernel:[$WGMMA_KERNELS]" \
-      --benchmark_out="$R/cuda_bench_wgmma.json" --benchmark_out_format=json > "$R/cuda_bench_wgmma.log" 2>&1
-    echo "wgmma bench rc=$?"; grep -E '^BM_|ERROR' "$R/cuda_bench_wgmma.log" | head -60 ;;
+    case $WGMMA_TMA_STORES in both) variants="default tma" ;; 1) variants="tma" ;; *) variants="default" ;; esac
+    for v in $variants; do
+      t=$(limit "wgmma_bench ($v)" 120) || continue
+      name=cuda_bench_wgmma; [[ $v == tma ]] && name=cuda_bench_wgmma_tma
+      echo "== wgmma grouped GEMM benchmarks ($WGMMA_FILTER; epilogue: $v), limit $t s"
+      MOE_WGMMA4_TMA_STORES=$([[ $v == tma ]] && echo 1 || echo 0) timeout "$t" "$run" "$P/bin/moetrain_cuda_bench" \
+        --benchmark_filter="$WGMMA_FILTER" --benchmark_out="$R/$name.json" --benchmark_out_format=json > "$R/$name.log" 2>&1
+      echo "wgmma bench ($v) rc=$?"; grep -E '^BM_|ERROR' "$R/$name.log" | head -60
+    done ;;
   train_cuda | train_cpu)
     dev=${step#train_}
     t=$(limit "$step" 75) || continue

@@ -5,7 +5,10 @@
 // 1: 5 stages, 1 block per SM; 2: 3 stages, 2 blocks per SM), 3 the persistent 128 x 256 wgmma
 // kernel (grouped_gemm_sm90_persistent.cu), 4 and 5 the TMA-fed warp-specialized ones
 // (grouped_gemm_sm90_tma.cu; 5: pingpong); 1 - 5 on sm_90 devices only: elsewhere those rows
-// report an error.
+// report an error. Beside the ratio, a write-bandwidth roofline measured in the same run: the
+// grouped output's bytes (out_bytes; tn writes E x M x K fp32, 64x the dense tn's output at E 64)
+// written by cudaMemsetAsync (write_GBps), and bound_ratio, the best ratio any kernel could reach
+// that writes those bytes at that rate (dense ms / max(dense ms, write ms)).
 #include <benchmark/benchmark.h>
 
 #include <cmath>
@@ -15,6 +18,7 @@
 #include "core/cuda/cublas_gemm.h"
 #include "core/cuda/grouped_gemm.h"
 #include "core/cuda/grouped_gemm_sm90.h"
+#include "core/cuda/memory.h"
 #include "core/error.h"
 
 namespace moe::bench {
@@ -131,6 +135,16 @@ void BM_GroupedGemmVsCublas(benchmark::State& state) {
   state.counters["dense_TFLOP/s"] = flops / (dense_ms * 1e9);
   state.counters["grouped_TFLOP/s"] = flops / (grouped_ms * 1e9);
   state.counters["ratio"] = dense_ms / grouped_ms;  // grouped rate / dense rate; target >= 0.70
+  // The write roofline: the grouped output's bytes written by the driver's memset (a nonzero byte,
+  // in case a zero fill had a shortcut), the same buffer the grouped GEMM writes. What no kernel
+  // writing those bytes beats, reads and products aside.
+  const size_t out_bytes = form == kTn ? size_t(experts) * M * K * sizeof(float)
+                                       : size_t(rows) * (form == kNt ? M : K) * sizeof(bf16);
+  void* out = form == kTn ? static_cast<void*>(out_f32.get()) : static_cast<void*>(out_bf16.get());
+  const double write_ms = time_ms([&] { cuda::device_memset_async(out, 0x3C, out_bytes, nullptr); }, 10, 7);
+  state.counters["out_bytes"] = double(out_bytes);
+  state.counters["write_GBps"] = double(out_bytes) / (write_ms * 1e6);
+  state.counters["bound_ratio"] = dense_ms / std::max(dense_ms, write_ms);
   state.counters["largest_group"] = off_host[1] - off_host[0];
   grouped();  // the dense reference shares the output buffers: the grouped result last
   state.counters["expert0_rel_err"] = expert0_error(form, off_host[1] - off_host[0], M, K, x.get(), w.get(), dy.get(),

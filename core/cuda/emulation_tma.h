@@ -21,6 +21,16 @@
 // state, and every other spinning thread then gives up. A second load into bytes whose earlier
 // load has not landed fails (a producer that refills a stage before its consumers waited).
 //
+// Stores (store_2d) are per-thread bulk groups as on the GPU: the issue checks the map, the
+// coordinates and the source (dynamic shared memory, 1024-byte aligned) and keeps a copy of the
+// source; the store is performed when its thread's bulk_wait_group(_read) releases its group: the
+// source must then still hold those bytes (a kernel that rewrites the staging before
+// wait_group.read fails with one line), and only the box's in-range elements are written
+// (clipping). The proxy fence is checked at the issue: a source chunk that changed since the
+// previous store read it, with no fence_proxy_async_shared in the block since, fails (as does a
+// block's first store before any fence). A store never waited for lands as 0xFF bytes when the
+// block ends, with a line on stderr.
+//
 // With wgmma (emulation_wgmma.h): each warp's issued, not yet retired mma_asyncs mark the 16-byte
 // chunks they read; a load issued (or landing) into a marked chunk fails (a producer that did not
 // wait for the stage's empty barrier), and an mma_async reading bytes whose load has not landed
@@ -37,6 +47,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -51,14 +62,14 @@
 
 namespace moe::cuda::emu_tma {
 
-// What make_tensor_map_bf16 writes into a TensorMap's 128 bytes under the emulation.
+// What make_tensor_map writes into a TensorMap's 128 bytes under the emulation.
 constexpr uint32_t kMapMagic = 0x544d4170;
 struct MapFields {
-  uint32_t magic, rank;
+  uint32_t magic, rank, elem;  // elem: bytes per element (2 bf16, 4 fp32)
   const void* base;
   uint64_t dims[3];     // elements, innermost first (1 past the rank)
-  uint64_t strides[3];  // bytes: 2 (the element), then dims 1 and 2 (0 past the rank)
-  uint32_t box[3];      // box[0] = 64 (128 bytes); 1 past the rank
+  uint64_t strides[3];  // bytes: elem (the element), then dims 1 and 2 (0 past the rank)
+  uint32_t box[3];      // box[0] * elem = 128 bytes; 1 past the rank
 };
 static_assert(sizeof(MapFields) <= sizeof(TensorMap), "the emulation's tensor map fields must fit 128 bytes");
 
@@ -188,24 +199,36 @@ inline void check_no_pending_load(const std::vector<uint32_t>& chunks) {
 
 // The shared-memory byte of element (e0, i1, i2) of a box (the 128B swizzle, 1024-byte aligned stage).
 inline uint32_t box_offset(const MapFields& m, uint32_t e0, uint32_t i1, uint32_t i2) {
-  const uint32_t row = i2 * m.box[1] + i1;
-  return row * 128 + (((e0 / 8) ^ (row % 8)) * 16) + (e0 % 8) * 2;
+  const uint32_t row = i2 * m.box[1] + i1, byte = e0 * m.elem;
+  return row * 128 + (((byte / 16) ^ (row % 8)) * 16) + byte % 16;
+}
+
+// Visits every element (e0, i1, i2) of a box at `coords` with its global byte offset from the map's
+// base, or -1 when it lies outside the tensor.
+template <class F>
+void for_box(const MapFields& m, const int* coords, F f) {
+  for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
+    for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
+      for (uint32_t e0 = 0; e0 < m.box[0]; ++e0) {
+        const int64_t g[3] = {int64_t(coords[0]) + e0, int64_t(coords[1]) + i1, int64_t(coords[2]) + i2};
+        const bool in = g[0] >= 0 && uint64_t(g[0]) < m.dims[0] && g[1] >= 0 && uint64_t(g[1]) < m.dims[1] &&
+                        g[2] >= 0 && uint64_t(g[2]) < m.dims[2];
+        f(e0, i1, i2,
+          in ? int64_t(uint64_t(g[0]) * m.elem + uint64_t(g[1]) * m.strides[1] + uint64_t(g[2]) * m.strides[2]) : -1);
+      }
 }
 
 // Performs one copy: global memory is read now, out-of-range elements are zeros.
 inline void perform(const PendingCopy& c) {
   const MapFields& m = c.map;
   const auto* base = static_cast<const unsigned char*>(m.base);
-  for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
-    for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
-      for (uint32_t e0 = 0; e0 < m.box[0]; ++e0) {
-        const int64_t g[3] = {int64_t(c.coords[0]) + e0, int64_t(c.coords[1]) + i1, int64_t(c.coords[2]) + i2};
-        uint16_t v = 0;
-        if (g[0] >= 0 && uint64_t(g[0]) < m.dims[0] && g[1] >= 0 && uint64_t(g[1]) < m.dims[1] && g[2] >= 0 &&
-            uint64_t(g[2]) < m.dims[2])
-          std::memcpy(&v, base + uint64_t(g[0]) * 2 + uint64_t(g[1]) * m.strides[1] + uint64_t(g[2]) * m.strides[2], 2);
-        std::memcpy(c.dst + box_offset(m, e0, i1, i2), &v, 2);
-      }
+  for_box(m, c.coords, [&](uint32_t e0, uint32_t i1, uint32_t i2, int64_t at) {
+    unsigned char* dst = c.dst + box_offset(m, e0, i1, i2);
+    if (at < 0)
+      std::memset(dst, 0, m.elem);
+    else
+      std::memcpy(dst, base + at, m.elem);
+  });
 }
 
 // Lands every queued copy that completes on `bar`.
@@ -295,30 +318,41 @@ inline void mbar_wait(uint64_t* bar, unsigned parity) {
 
 inline const MapFields& map_fields(const char* op, const TensorMap* map) {
   const auto* f = reinterpret_cast<const MapFields*>(map->opaque);
-  MOE_CHECK(f->magic == kMapMagic, "cuda emulation", op, ": the tensor map was not made by make_tensor_map_bf16");
+  MOE_CHECK(f->magic == kMapMagic, "cuda emulation", op,
+            ": the tensor map was not made by make_tensor_map_bf16 or make_tensor_map");
   return *f;
+}
+
+// The hardware faults ("an illegal instruction was encountered", at the barrier's waiters) when
+// the innermost coordinate is not on a 16-byte boundary: seen on an H100 with c0 = 13 (bf16 loads).
+inline void check_inner_coordinate(const char* op, const MapFields& m, int c0) {
+  MOE_CHECK(int64_t(c0) * m.elem % 16 == 0, "cuda emulation", op, ": innermost coordinate ", c0, " is not a multiple of ",
+            16 / m.elem, " elements (16 bytes): the GPU faults with an illegal instruction");
+}
+
+// A box's shared memory (a load's destination, a store's source, `what`): inside the dynamic
+// shared memory, 1024-byte aligned.
+inline void check_box_smem(const char* op, const char* what, const void* p, uint32_t bytes) {
+  const size_t off = dynamic_offset(p);
+  MOE_CHECK(reinterpret_cast<uintptr_t>(p) >= reinterpret_cast<uintptr_t>(::moe::cuda::emu::dynamic_shared()) &&
+                off + bytes <= ::moe::cuda::emu::dynamic_shared_bytes(),
+            "cuda emulation", op, ": ", what, " ", p, " + ", bytes,
+            " bytes is not inside the block's dynamic shared memory (", ::moe::cuda::emu::dynamic_shared_bytes(),
+            " bytes)");
+  MOE_CHECK(off % 1024 == 0, "cuda emulation", op, ": ", what, " at dynamic shared offset ", off,
+            " is not 1024-byte aligned (the 128B swizzle's atom)");
 }
 
 inline void load(void* smem, const TensorMap* map, uint64_t* bar, int rank, const int* coords) {
   const char* op = rank == 2 ? "tma::load_2d" : "tma::load_3d";
   const MapFields& m = map_fields(op, map);
   MOE_CHECK(int(m.rank) == rank, "cuda emulation", op, ": the tensor map has rank ", m.rank);
-  // The hardware faults ("an illegal instruction was encountered", at the barrier's waiters) when
-  // the innermost coordinate is not on a 16-byte boundary: seen on an H100 with c0 = 13.
-  MOE_CHECK(coords[0] % 8 == 0, "cuda emulation", op, ": innermost coordinate ", coords[0],
-            " is not a multiple of 8 bf16 (16 bytes): the GPU faults with an illegal instruction");
+  check_inner_coordinate(op, m, coords[0]);
   check_bar(op, bar);
   load_bar(op, bar);
-  const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * 2;
+  const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * m.elem;
   auto* dst = static_cast<unsigned char*>(smem);
-  const size_t off = dynamic_offset(dst);
-  MOE_CHECK(reinterpret_cast<uintptr_t>(dst) >= reinterpret_cast<uintptr_t>(::moe::cuda::emu::dynamic_shared()) &&
-                off + bytes <= ::moe::cuda::emu::dynamic_shared_bytes(),
-            "cuda emulation", op, ": destination ", smem, " + ", bytes,
-            " bytes is not inside the block's dynamic shared memory (", ::moe::cuda::emu::dynamic_shared_bytes(),
-            " bytes)");
-  MOE_CHECK(off % 1024 == 0, "cuda emulation", op, ": destination at dynamic shared offset ", off,
-            " is not 1024-byte aligned (the 128B swizzle's atom)");
+  check_box_smem(op, "destination", dst, bytes);
   BlockAsync& a = block_async();
   std::lock_guard<std::mutex> lock(a.mutex);
   if (wgmma_reading(a, dst, bytes))
@@ -334,6 +368,137 @@ inline void load(void* smem, const TensorMap* map, uint64_t* bar, int rank, cons
 }
 
 inline void prefetch_tensor_map(const TensorMap* map) { map_fields("tma::prefetch_tensor_map", map); }
+
+// ---- bulk tensor stores (shared -> global) ----
+// The async proxy's view of the dynamic shared memory, for the fence check: per 16-byte chunk the
+// bytes a store last read there and the block's fence count then (kNever: no store read it yet).
+// A store whose source chunk changed since then, with no fence_proxy_async_shared by any thread of
+// the block in between, read bytes the async proxy need not see: it fails. (The count is the
+// block's, not the writer's: a fence by another thread masks a missing one; the tests use one warp.)
+struct PendingStore {
+  const unsigned char* src;
+  size_t offset;  // of src in the dynamic shared memory
+  MapFields map;
+  int coords[3];
+  std::vector<unsigned char> issued;  // the source's bytes at the issue
+};
+struct ThreadStores {
+  std::vector<PendingStore> open;                  // issued, not yet committed
+  std::vector<std::vector<PendingStore>> groups;   // committed bulk groups, oldest first
+};
+struct BlockStores {
+  static constexpr uint32_t kNever = ~0u;
+  std::mutex mutex;
+  std::vector<ThreadStores> threads;
+  std::vector<unsigned char> seen;  // the async view, dynamic shared bytes
+  std::vector<uint32_t> seen_at;    // per 16-byte chunk: the fence count when `seen` was taken
+  std::atomic<uint32_t> fences{0};
+  BlockStores()
+      : threads(blockDim.x * blockDim.y * blockDim.z),
+        seen(::moe::cuda::emu::dynamic_shared_bytes()),
+        seen_at(::moe::cuda::emu::dynamic_shared_bytes() / 16 + 1, kNever) {}
+};
+// Lands (at the block's end) a store its thread never waited for: as poison (0xFF bytes), with a
+// line on stderr, since the GPU may read the staging after the block's shared memory moved on.
+inline void land_unwaited(const PendingStore& st);
+inline void destroy_block_stores(void* p) {
+  auto* b = static_cast<BlockStores*>(p);
+  for (ThreadStores& t : b->threads) {
+    for (const auto& g : t.groups)
+      for (const PendingStore& st : g) land_unwaited(st);
+    for (const PendingStore& st : t.open) land_unwaited(st);
+  }
+  delete b;
+}
+inline BlockStores& block_stores() {
+  static const char key = 0;
+  return *static_cast<BlockStores*>(
+      ::moe::cuda::emu::block_local(&key, [] { return static_cast<void*>(new BlockStores); }, destroy_block_stores));
+}
+inline ThreadStores& thread_stores(BlockStores& b) {
+  return b.threads[threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)];
+}
+
+inline void fence_proxy_async_shared() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  block_stores().fences.fetch_add(1);
+}
+
+// Writes the box's in-range elements from `bytes` (the box's shared-memory image); out-of-range
+// parts are clipped (not written), as the hardware does.
+inline void write_box(const PendingStore& st, const unsigned char* bytes) {
+  auto* base = static_cast<unsigned char*>(const_cast<void*>(st.map.base));
+  for_box(st.map, st.coords, [&](uint32_t e0, uint32_t i1, uint32_t i2, int64_t at) {
+    if (at >= 0) std::memcpy(base + at, bytes + box_offset(st.map, e0, i1, i2), st.map.elem);
+  });
+}
+inline void land_unwaited(const PendingStore& st) {
+  // (Outside the block's threads: no where(), which asks the running block.)
+  std::fprintf(stderr,
+               "cuda emulation: a tma store from dynamic shared offset %zu was never waited for "
+               "(cp.async.bulk.wait_group before the block ends): it lands as 0xFF bytes\n",
+               st.offset);
+  const std::vector<unsigned char> poison(st.issued.size(), 0xFF);
+  write_box(st, poison.data());
+}
+
+inline void store_2d(const TensorMap* map, const void* smem, const int* coords) {
+  const char* op = "tma::store_2d";
+  const MapFields& m = map_fields(op, map);
+  MOE_CHECK(m.rank == 2, "cuda emulation", op, ": the tensor map has rank ", m.rank);
+  check_inner_coordinate(op, m, coords[0]);
+  const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * m.elem;
+  const auto* src = static_cast<const unsigned char*>(smem);
+  check_box_smem(op, "source", src, bytes);
+  const size_t off = dynamic_offset(src);
+  BlockStores& b = block_stores();
+  std::lock_guard<std::mutex> lock(b.mutex);
+  const uint32_t fences = b.fences.load();
+  for (size_t c = off / 16; c < (off + bytes) / 16; ++c) {
+    const bool changed = std::memcmp(&b.seen[c * 16], src + (c - off / 16) * 16, 16) != 0;
+    if (b.seen_at[c] == BlockStores::kNever ? fences == 0 : changed && b.seen_at[c] == fences)
+      MOE_FAIL("cuda emulation", op, " from ", where(src), ": shared memory at dynamic shared offset ", c * 16,
+               " was written with no fence_proxy_async_shared since (fence.proxy.async.shared::cta between the "
+               "writes and the store, else the copy engine may read stale bytes)");
+    std::memcpy(&b.seen[c * 16], src + (c - off / 16) * 16, 16);
+    b.seen_at[c] = fences;
+  }
+  thread_stores(b).open.push_back(
+      PendingStore{src, off, m, {coords[0], coords[1], coords[2]}, std::vector<unsigned char>(src, src + bytes)});
+}
+
+inline void bulk_commit_group() {
+  BlockStores& b = block_stores();
+  std::lock_guard<std::mutex> lock(b.mutex);
+  ThreadStores& t = thread_stores(b);
+  t.groups.push_back(std::move(t.open));
+  t.open.clear();
+}
+
+// wait_group(.read) N: the thread's committed groups but the newest N are performed now: their
+// sources are read (and must still hold what they held at the issue: a kernel that refilled the
+// staging before this wait fails) and written to global memory (also for .read, which on the GPU
+// only promises the read: a kernel reading its own output after .read alone passes here).
+inline void bulk_wait_group(const char* op, int pending) {
+  BlockStores& b = block_stores();
+  std::vector<std::vector<PendingStore>> done;
+  {
+    std::lock_guard<std::mutex> lock(b.mutex);
+    ThreadStores& t = thread_stores(b);
+    while (int(t.groups.size()) > pending) {
+      done.push_back(std::move(t.groups.front()));
+      t.groups.erase(t.groups.begin());
+    }
+  }
+  for (const auto& g : done)
+    for (const PendingStore& st : g) {
+      if (std::memcmp(st.src, st.issued.data(), st.issued.size()) != 0)
+        MOE_FAIL("cuda emulation", op, ": the source of a tma store at ", where(st.src),
+                 " was overwritten before the store read it (cp.async.bulk.wait_group.read before reusing the "
+                 "staging)");
+      write_box(st, st.issued.data());
+    }
+}
 
 // The thread's setmaxnreg calls in this block and its last count (0: none yet).
 struct RegState {

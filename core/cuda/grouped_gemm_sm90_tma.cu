@@ -23,7 +23,11 @@
 //    KiB left beside the stages), so the global stores (and the accumulate loads) are whole
 //    16-byte vectors, 16 lanes per row, where store_tile's direct stores touch 8 rows x 16 or 32
 //    bytes per access (those remain for outputs without 16-byte rows, and under
-//    MOE_WGMMA4_DIRECT_STORES=1 to compare the two on a GPU).
+//    MOE_WGMMA4_DIRECT_STORES=1 to compare the two on a GPU). Under MOE_WGMMA4_TMA_STORES=1 an
+//    overwrite goes out as bulk tensor stores instead (store_rows_tma: two 2 KiB boxes per warp in
+//    turn, the tile's last stores left running while the next tile's products start): opt-in until
+//    a GPU measures it; the case it is for is tn at 512 rows per expert, where each tile's 8 slices
+//    of products are followed by 128 KiB of fp32 stores the consumers otherwise wait on.
 // The copies land in exactly the 128B-swizzled layouts the cp.async kernels build (K-major
 // [rows][64] tiles of 128-byte rows; MN-major [64 k][64 o] blocks; grouped_gemm_sm90.cu), so the
 // descriptors and per-slice products are grouped_gemm_sm90_tile.h's. Per form:
@@ -101,22 +105,27 @@ struct Work {
   int row0, n0, m0, e;
 };
 
-// The block's barriers and tile ring, after the stages in dynamic shared memory (mbarriers must be
-// 8-byte aligned shared memory; the emulation's wgmma addresses only the dynamic part).
+// The block's barriers and tile ring, after the stages and the staging in dynamic shared memory
+// (mbarriers must be 8-byte aligned shared memory; the emulation's wgmma addresses only the
+// dynamic part).
 struct Control {
   uint64_t full[kMaxStages], empty[kMaxStages], sched_full[kSlots], sched_empty[kSlots];
   TileInfo slot[kSlots];
 };
 constexpr int kControlBytes = (int(sizeof(Control)) + 15) / 16 * 16;
-// The epilogue's staging, after the control block: per consumer warp 16 rows of 256 bytes (a pass
-// of 64 fp32 or 128 bf16 columns of 16 of the warp's output rows).
-constexpr int kEpiRowBytes = 256, kEpiWarpBytes = 16 * kEpiRowBytes;
+// The epilogue's staging, after the stages (so 1024-byte aligned, as the TMA stores' 128B swizzle
+// needs): per consumer warp 16 rows of 256 bytes (a pass of 64 fp32 or 128 bf16 columns of 16 of
+// the warp's output rows), or, for the TMA stores, two 2 KiB boxes of 16 rows x 128 bytes.
+constexpr int kEpiRowBytes = 256, kEpiWarpBytes = 16 * kEpiRowBytes, kStoreBoxBytes = kEpiWarpBytes / 2;
 constexpr int kStagesBytes = 4 * 48 * 1024;  // both geometries' stages
 static_assert(Geometry<false>::kStages * Geometry<false>::kStageBytes == kStagesBytes &&
                   Geometry<true>::kStages * Geometry<true>::kStageBytes == kStagesBytes,
               "one shared-memory layout");
 // + slack to align the base
-constexpr int kSmemBytes = kAlign + kStagesBytes + kControlBytes + kConsumerWarps * kEpiWarpBytes;
+constexpr int kStagingBytes = kConsumerWarps * kEpiWarpBytes;
+constexpr int kSmemBytes = kAlign + kStagesBytes + kStagingBytes + kControlBytes;
+static_assert(kStagesBytes % kAlign == 0 && kEpiWarpBytes % kAlign == 0 && kStoreBoxBytes % kAlign == 0,
+              "TMA store boxes on 1024-byte boundaries");
 static_assert(kSmemBytes <= 227 * 1024, "sm_90's dynamic shared memory per block");
 
 // nt / nn: 128-row tiles of the rows grouped by expert (tile_starts) times kBN-column tiles, the
@@ -242,6 +251,32 @@ __device__ __forceinline__ void zero_leading_rows(unsigned char* stage, int vali
 // fragment writes (8 rows x 4 column pairs per access) and the row reads spread over the banks.
 __device__ __forceinline__ int staged_at(int r, int c) { return r * kEpiRowBytes + (c ^ (r % 8)) * 16; }
 
+// The byte of 16-byte chunk c (0 .. 7) of row r in a TMA store box: the 128B swizzle (chunk c ^ r % 8),
+// which also spreads the fragment writes over the banks as staged_at does.
+__device__ __forceinline__ int box_at(int r, int c) { return r * 128 + (c ^ (r % 8)) * 16; }
+
+// Writes the lane's accumulator pairs of kWidth columns from column group j0 (8 columns per group;
+// by the accumulator map, registers 4 j, 4 j + 1 hold row lane / 4, columns 8 j + 2 (lane % 4) +
+// 0, 1, and 4 j + 2, 4 j + 3 the same 8 rows down) into the staging as Tout: chunk c of row r at
+// staged_at(r, c) (kBox false: 256-byte rows) or box_at(r, c) (a TMA store box of 128-byte rows).
+template <int kWidth, bool kBox, class Tout, int kN>
+__device__ __forceinline__ void stage_fragments(const float (&acc)[kN], int j0, unsigned char* staging) {
+  struct alignas(2 * sizeof(Tout)) Pair {
+    Tout v[2];
+  };
+  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  MOE_UNROLL
+  for (int jj = 0; jj < kWidth / 8; ++jj) {
+    const int j = j0 + jj, byte = (8 * jj + 2 * q) * int(sizeof(Tout));
+    MOE_UNROLL
+    for (int h = 0; h < 2; ++h) {
+      const Pair p{{from_float<Tout>(acc[4 * j + 2 * h]), from_float<Tout>(acc[4 * j + 2 * h + 1])}};
+      const int r = g + 8 * h;
+      *reinterpret_cast<Pair*>(staging + (kBox ? box_at(r, byte / 16) : staged_at(r, byte / 16)) + byte % 16) = p;
+    }
+  }
+}
+
 // A warp's 16 rows x kCols accumulators (an m64nN fragment's share: by the accumulator map,
 // wgmma.h, registers 4 j, 4 j + 1 hold row lane / 4, columns 8 j + 2 (lane % 4) + 0, 1, and
 // 4 j + 2, 4 j + 3 the same 8 rows down) to tile rows row0 .. row0 + 15 in global memory, through
@@ -255,24 +290,13 @@ __device__ __forceinline__ void store_rows_staged(const float (&acc)[kCols / 2],
                                                   long ld, int row0, int nrows, int ncols, bool accumulate) {
   constexpr int kVec = 16 / int(sizeof(Tout)), kPassCols = kEpiRowBytes / int(sizeof(Tout));
   static_assert(kCols % kPassCols == 0, "whole passes");
-  struct alignas(2 * sizeof(Tout)) Pair {
-    Tout v[2];
-  };
   struct alignas(16) Vec {
     Tout v[kVec];
   };
-  const int lane = int(threadIdx.x) % 32, g = lane / 4, q = lane % 4;
+  const int lane = int(threadIdx.x) % 32;
   MOE_UNROLL
   for (int pass = 0; pass < kCols / kPassCols; ++pass) {
-    MOE_UNROLL
-    for (int jj = 0; jj < kPassCols / 8; ++jj) {
-      const int j = pass * (kPassCols / 8) + jj, byte = (8 * jj + 2 * q) * int(sizeof(Tout));
-      MOE_UNROLL
-      for (int h = 0; h < 2; ++h) {
-        const Pair p{{from_float<Tout>(acc[4 * j + 2 * h]), from_float<Tout>(acc[4 * j + 2 * h + 1])}};
-        *reinterpret_cast<Pair*>(staging + staged_at(g + 8 * h, byte / 16) + byte % 16) = p;
-      }
-    }
+    stage_fragments<kPassCols, false, Tout>(acc, pass * (kPassCols / 8), staging);
     __syncwarp();
     for (int i = 0; i < 8; ++i) {
       const int r = 2 * i + lane / 16, c = lane % 16, col = pass * kPassCols + c * kVec;
@@ -287,6 +311,69 @@ __device__ __forceinline__ void store_rows_staged(const float (&acc)[kCols / 2],
       *dst = v;
     }
     __syncwarp();  // the next pass overwrites the staging
+  }
+}
+
+// What a consumer warp's stores need besides the accumulators: its staging, the output's kind of
+// access (accumulate: add to it; vec: 16-byte rows, stored through the staging; pair: 2-element
+// stores) and, for the TMA stores (the kernel's kTma: bulk tensor stores of map), the boxes it has
+// staged so far (box n uses half n % 2 of the staging).
+struct Epilogue {
+  unsigned char* staging;
+  const TensorMap* map;
+  bool accumulate, pair, vec;
+  int boxes;
+};
+
+// store_rows_staged for an overwrite through bulk tensor stores (MOE_WGMMA4_TMA_STORES=1): the
+// warp's 16 rows go out in boxes of 16 rows x 128 bytes (32 fp32 or 64 bf16 columns), staged in the
+// two halves of the warp's staging in turn. Per box: lane 0 waits until the store that last used
+// this half has read it (wait_group.read 1: the other half's store may still run), the lanes write
+// their fragments, fence them to the async proxy, and lane 0 stores the box at tile (row, col) +
+// (row0, box columns) and commits it. Nothing waits for the tile's last stores: the next tile's
+// products overlap them (the consumer waits for all before it exits). The map clips the columns at
+// the output's width (= ld); rows it cannot clip (an nt / nn tile runs into the next expert's rows,
+// a tn tile into the next expert's matrix): a warp whose 16 rows are not all the tile's stores the
+// valid ones from the staging itself, after waiting for all its stores (wait_group.read 0: the
+// newest may be in this half when the previous tile's last box was a bulk store).
+template <int kCols, class Tout>
+__device__ __forceinline__ void store_rows_tma(const float (&acc)[kCols / 2], Epilogue& ep, Tout* out, long ld,
+                                               int tile_row, int tile_col, int row0, int nrows, int ncols) {
+  constexpr int kVec = 16 / int(sizeof(Tout)), kBoxCols = 128 / int(sizeof(Tout));
+  static_assert(kCols % kBoxCols == 0, "whole boxes");
+  struct alignas(16) Vec {
+    Tout v[kVec];
+  };
+  if (row0 >= nrows) return;
+  const bool whole = row0 + 16 <= nrows;
+  const int lane = int(threadIdx.x) % 32;
+  MOE_UNROLL
+  for (int box = 0; box < kCols / kBoxCols; ++box) {
+    if (box * kBoxCols >= ncols) break;
+    unsigned char* half = ep.staging + (ep.boxes++ % 2) * kStoreBoxBytes;
+    if (lane == 0) {
+      if (whole)
+        tma::bulk_wait_group_read<1>();
+      else
+        tma::bulk_wait_group_read<0>();
+    }
+    __syncwarp();
+    stage_fragments<kBoxCols, true, Tout>(acc, box * (kBoxCols / 8), half);
+    if (whole) {
+      tma::fence_proxy_async_shared();  // each lane's writes, before lane 0's store reads them
+      __syncwarp();
+      if (lane == 0) {
+        tma::store_2d(ep.map, half, tile_col + box * kBoxCols, tile_row + row0);
+        tma::bulk_commit_group();
+      }
+    } else {
+      __syncwarp();
+      for (int i = 0; i < 4; ++i) {  // 16 rows x 8 chunks, 8 lanes per row
+        const int r = 4 * i + lane / 8, c = lane % 8, col = box * kBoxCols + c * kVec;
+        if (row0 + r >= nrows || col >= ncols) continue;
+        *reinterpret_cast<Vec*>(out + long(row0 + r) * ld + col) = *reinterpret_cast<const Vec*>(half + box_at(r, c));
+      }
+    }
   }
 }
 
@@ -308,15 +395,18 @@ struct Accumulators {
     wgmma::wait_group<kPending>();
     wgmma::fence_operand(acc);
   }
-  // The tile's rows [0, nrows) x columns [0, ncols) to out (row stride ld).
-  template <class Tout>
-  __device__ __forceinline__ void store(unsigned char* staging, Tout* out, long ld, int nrows, int ncols,
-                                        bool accumulate, bool pair_c, bool vec_c, int wg) {
-    if (vec_c)
-      store_rows_staged<256>(acc, staging, out, ld, 64 * wg + int(threadIdx.x) / 32 % 4 * 16, nrows, ncols,
-                             accumulate);
+  // The tile's rows [0, nrows) x columns [0, ncols) to out (row stride ld), which is the output's
+  // element (tile_row, tile_col).
+  template <bool kTma, class Tout>
+  __device__ __forceinline__ void store(Epilogue& ep, Tout* out, long ld, int tile_row, int tile_col, int nrows,
+                                        int ncols, int wg) {
+    const int row0 = 64 * wg + int(threadIdx.x) / 32 % 4 * 16;
+    if constexpr (kTma)
+      store_rows_tma<256>(acc, ep, out, ld, tile_row, tile_col, row0, nrows, ncols);
+    else if (ep.vec)
+      store_rows_staged<256>(acc, ep.staging, out, ld, row0, nrows, ncols, ep.accumulate);
     else
-      store_tile(acc, out, ld, nrows, ncols, accumulate, pair_c, wg);
+      store_tile(acc, out, ld, nrows, ncols, ep.accumulate, ep.pair, wg);
   }
 };
 // Pingpong: the warpgroup's whole 128 x 128 tile, rows 0-63 in lo and 64-127 in hi, each an
@@ -347,16 +437,19 @@ struct Accumulators<Geometry<true>> {
     wgmma::fence_operand(lo);
     wgmma::fence_operand(hi);
   }
-  template <class Tout>
-  __device__ __forceinline__ void store(unsigned char* staging, Tout* out, long ld, int nrows, int ncols,
-                                        bool accumulate, bool pair_c, bool vec_c, int) {
+  template <bool kTma, class Tout>
+  __device__ __forceinline__ void store(Epilogue& ep, Tout* out, long ld, int tile_row, int tile_col, int nrows,
+                                        int ncols, int) {
     const int warp_rows = int(threadIdx.x) / 32 % 4 * 16;  // the warp's 16 of each 64 rows
-    if (vec_c) {
-      store_rows_staged<128>(lo, staging, out, ld, warp_rows, nrows, ncols, accumulate);
-      store_rows_staged<128>(hi, staging, out, ld, 64 + warp_rows, nrows, ncols, accumulate);
+    if constexpr (kTma) {
+      store_rows_tma<128>(lo, ep, out, ld, tile_row, tile_col, warp_rows, nrows, ncols);
+      store_rows_tma<128>(hi, ep, out, ld, tile_row, tile_col, 64 + warp_rows, nrows, ncols);
+    } else if (ep.vec) {
+      store_rows_staged<128>(lo, ep.staging, out, ld, warp_rows, nrows, ncols, ep.accumulate);
+      store_rows_staged<128>(hi, ep.staging, out, ld, 64 + warp_rows, nrows, ncols, ep.accumulate);
     } else {
-      store_tile(lo, out, ld, nrows, ncols, accumulate, pair_c, 0);
-      store_tile(hi, out, ld, nrows, ncols, accumulate, pair_c, 1);
+      store_tile(lo, out, ld, nrows, ncols, ep.accumulate, ep.pair, 0);
+      store_tile(hi, out, ld, nrows, ncols, ep.accumulate, ep.pair, 1);
     }
   }
 };
@@ -364,19 +457,21 @@ struct Accumulators<Geometry<true>> {
 // A consumer warpgroup (wg 0 or 1): per tile of the ring it takes (cooperative: all; pingpong:
 // n % 2 == wg), its slices' products as they land, each stage released once the products reading
 // it retired, then the store; a pingpong warpgroup steps over the other's tiles' slices.
-template <class G, class Tiles, class Tout>
-__device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl, Tout* C, bool accumulate,
-                        bool pair_c, bool vec_c) {
+template <class G, bool kTma, class Tiles, class Tout>
+__device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl, Tout* C, Epilogue ep) {
   const int wg = int(threadIdx.x) / 128 - 1;
   const uint32_t base = wgmma::smem_address(stages);
-  unsigned char* staging = stages + kStagesBytes + kControlBytes + (int(threadIdx.x) - 128) / 32 * kEpiWarpBytes;
   Accumulators<G> a;
   int fill = 0;
   for (int n = 0;; ++n) {
     const int slot = n % kSlots;
     tma::mbar_wait(&ctl.sched_full[slot], unsigned(n / kSlots) & 1u);
     const int slices = ctl.slot[slot].slices;
-    if (slices < 0) return;
+    if (slices < 0) {
+      if constexpr (kTma)
+        if (threadIdx.x % 32 == 0) tma::bulk_wait_group<0>();  // the staging outlives the stores
+      return;
+    }
     if (G::kPing && n % 2 != wg) {  // the other warpgroup's tile
       fill += slices;
       warp_arrive(&ctl.sched_empty[slot]);
@@ -416,20 +511,25 @@ __device__ void consume(const Tiles& tiles, unsigned char* stages, Control& ctl,
     // read again rather than held in registers beside the accumulators); the slot is released after.
     const TileInfo w = ctl.slot[slot];
     warp_arrive(&ctl.sched_empty[slot]);
-    a.store(staging, C + w.out, tiles.ld(), w.rows, w.cols, accumulate, pair_c, vec_c, wg);
+    const long ld = tiles.ld();
+    a.template store<kTma>(ep, C + w.out, ld, int(w.out / ld), int(w.out % ld), w.rows, w.cols, wg);
   }
 }
 
-template <class G, class Tiles, class Tout>
+// kTma: the epilogue by TMA stores (store_rows_tma) only, a separate instantiation so that the
+// default one's registers are what they were without it (both paths in one kernel spilled).
+template <class G, class Tiles, class Tout, bool kTma>
 __global__ void __launch_bounds__(kBlockThreads, 1)
-    tma_wgmma_kernel(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b, Tiles tiles,
-                     int* claims, Tout* C, bool accumulate, bool pair_c, bool vec_c) {
+    tma_wgmma_kernel(const __grid_constant__ TensorMap map_a, const __grid_constant__ TensorMap map_b,
+                     const __grid_constant__ TensorMap map_c, Tiles tiles, int* claims, Tout* C, bool accumulate,
+                     bool pair_c, bool vec_c) {
 #if MOE_WGMMA_AVAILABLE
   MOE_DYNAMIC_SHARED(unsigned char, smem_raw);
   // The swizzle acts on absolute shared addresses: the stages start on a 1024-byte boundary.
   const uint32_t raw = wgmma::smem_address(smem_raw);
   unsigned char* stages = smem_raw + (kAlign - raw % kAlign) % kAlign;
-  Control& ctl = *reinterpret_cast<Control*>(stages + kStagesBytes);
+  unsigned char* staging = stages + kStagesBytes;
+  Control& ctl = *reinterpret_cast<Control*>(staging + kStagingBytes);
   if (threadIdx.x == 0) {
     for (int s = 0; s < G::kStages; ++s) {
       tma::mbar_init(&ctl.full[s], 1);
@@ -448,7 +548,8 @@ __global__ void __launch_bounds__(kBlockThreads, 1)
     return;
   }
   tma::setmaxnreg_inc<kConsumerRegs>();
-  consume<G>(tiles, stages, ctl, C, accumulate, pair_c, vec_c);
+  const Epilogue ep{staging + (int(threadIdx.x) - 128) / 32 * kEpiWarpBytes, &map_c, accumulate, pair_c, vec_c, 0};
+  consume<G, kTma>(tiles, stages, ctl, C, ep);
 #else
   __trap();  // launched only on sm_90 devices, which run the sm_90a code
 #endif
@@ -490,16 +591,40 @@ bool staged_stores(const Tout* C, long ld) {
   return reinterpret_cast<uintptr_t>(C) % 16 == 0 && ld % long(16 / sizeof(Tout)) == 0;
 }
 
+// Whether the epilogue stores by TMA (store_rows_tma): MOE_WGMMA4_TMA_STORES=1 (opt-in until a
+// GPU measures it against the staged stores), an overwrite (accumulating keeps the staged loads and
+// adds) of an output the staged stores take (16-byte rows, so a tensor map can stride it) whose
+// rows a TMA coordinate reaches.
+bool tma_stores(bool staged, bool accumulate, uint64_t out_rows) {
+  const char* on = std::getenv("MOE_WGMMA4_TMA_STORES");
+  return on && std::strcmp(on, "1") == 0 && staged && !accumulate && out_rows >= 1 && out_rows < (uint64_t(1) << 31);
+}
+// The output [out_rows][ld] as boxes of 16 rows x 128 bytes (the TMA stores' map).
+template <class Tout>
+TensorMap output_map(Tout* C, uint64_t out_rows, long ld, const char* op) {
+  const uint64_t dims[2] = {uint64_t(ld), out_rows}, strides[1] = {uint64_t(ld) * sizeof(Tout)};
+  const uint32_t box[2] = {uint32_t(128 / sizeof(Tout)), 16};
+  return make_tensor_map(C, int(sizeof(Tout)), 2, dims, strides, box, op);
+}
+
 template <class G, class Tiles, class Tout>
 void launch_tiles(const char* op, const TensorMap& map_a, const TensorMap& map_b, const Tiles& tiles,
-                  size_t max_tiles, Tout* C, bool accumulate, long ld, cudaStream_t stream) {
+                  size_t max_tiles, Tout* C, bool accumulate, long ld, uint64_t out_rows, cudaStream_t stream) {
   MOE_CHECK(max_tiles < (size_t(1) << 31), op, max_tiles, " tiles exceed the int tile index");
   Workspace<int> claims{1};
   device_memset_async(claims.get(), 0, sizeof(int), stream);
-  allow_dynamic_shared(op, tma_wgmma_kernel<G, Tiles, device_t<Tout>>, kSmemBytes);
-  MOE_LAUNCH((tma_wgmma_kernel<G, Tiles, device_t<Tout>>), unsigned(resident_blocks(max_tiles)), kBlockThreads,
-             kSmemBytes, stream, map_a, map_b, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld),
-             staged_stores(C, ld));
+  const bool staged = staged_stores(C, ld);
+  const unsigned blocks = unsigned(resident_blocks(max_tiles));
+  if (tma_stores(staged, accumulate, out_rows)) {
+    allow_dynamic_shared(op, tma_wgmma_kernel<G, Tiles, device_t<Tout>, true>, kSmemBytes);
+    MOE_LAUNCH((tma_wgmma_kernel<G, Tiles, device_t<Tout>, true>), blocks, kBlockThreads, kSmemBytes, stream, map_a,
+               map_b, output_map(C, out_rows, ld, op), tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld),
+               staged);
+  } else {
+    allow_dynamic_shared(op, tma_wgmma_kernel<G, Tiles, device_t<Tout>, false>, kSmemBytes);
+    MOE_LAUNCH((tma_wgmma_kernel<G, Tiles, device_t<Tout>, false>), blocks, kBlockThreads, kSmemBytes, stream, map_a,
+               map_b, TensorMap{}, tiles, claims.get(), dev(C), accumulate, pair_stores(C, ld), staged);
+  }
 }
 
 // Runs f(Geometry<pingpong>{}).
@@ -531,7 +656,7 @@ void grouped_rows_sm90_tma(const bf16* A, const bf16* B, const int32_t* offsets,
     const TensorMap map_b = kTransB ? experts_map(B, experts, uint64_t(n_out), uint64_t(k_red), G::kBN, op)
                                     : experts_map(B, experts, uint64_t(k_red), uint64_t(n_out), 64, op);
     const RowTiles<kTransB, G::kBN> tiles{offsets, tile_starts, experts, col_tiles, n_out, k_red};
-    launch_tiles<G>(op, map_a, map_b, tiles, max_tiles, C, accumulate, n_out, stream);
+    launch_tiles<G>(op, map_a, map_b, tiles, max_tiles, C, accumulate, n_out, uint64_t(rows), stream);
   });
 }
 
@@ -548,7 +673,8 @@ void grouped_gemm_tn_sm90_tma(const bf16* dy, const bf16* x, const int32_t* offs
     using G = decltype(g);
     const int tiles_n = int(ceil_div(K, G::kBN)), tiles_mn = int(ceil_div(M, kBM)) * tiles_n;
     const WeightTiles<G::kBN> tiles{{offsets, experts, tiles_n, tiles_mn, M, K, accumulate}};
-    launch_tiles<G>(op, map_a, map_b, tiles, size_t(tiles_mn) * size_t(experts), dw, accumulate, K, stream);
+    launch_tiles<G>(op, map_a, map_b, tiles, size_t(tiles_mn) * size_t(experts), dw, accumulate, K,
+                    uint64_t(experts) * uint64_t(M), stream);
   });
 }
 

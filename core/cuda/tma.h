@@ -20,6 +20,20 @@
 //                                element coordinates (c0 innermost; may lie partly or wholly
 //                                outside the tensor: those elements land as zeros) into smem
 //                                (1024-byte aligned), completing box bytes on bar's tx-count
+//   store_2d(map, smem, c0, c1)  one bulk tensor store (cp.async.bulk.tensor...bulk_group) of the
+//                                map's box from smem (1024-byte aligned, the load layout above) to
+//                                element coordinates (c0 innermost, on a 16-byte boundary); box
+//                                parts outside the tensor are not written. Asynchronous: it reads
+//                                smem some time before the issuing thread's wait_group.read says so
+//   fence_proxy_async_shared()   fence.proxy.async.shared::cta: the thread's generic-proxy writes of
+//                                shared memory become visible to the async proxy (the copy engine):
+//                                between the writes of a store's source and the store (writers
+//                                fence, then a barrier, then one thread stores)
+//   bulk_commit_group()          cp.async.bulk.commit_group: the thread's stores since the last
+//                                commit form one bulk group
+//   bulk_wait_group_read<N>()    cp.async.bulk.wait_group.read N: all but the thread's newest N
+//                                groups have read their sources (the staging may be rewritten)
+//   bulk_wait_group<N>()         cp.async.bulk.wait_group N: ... and their writes are complete
 //   prefetch_tensor_map(map)     prefetch.tensormap: warms the descriptor cache (one thread)
 //   setmaxnreg_inc / _dec<R>()   a whole warpgroup moves its per-thread register budget to R
 //                                (24..256, a multiple of 8): producers give registers back,
@@ -36,7 +50,8 @@
 // the atom). That is the K-major and MN-major 128B layout of wgmma.h and grouped_gemm_sm90.cu.
 //
 // Sources: PTX ISA 8.x "mbarrier" (9.7.13.15: phases, pending arrival count, tx-count, try_wait
-// .parity), "cp.async.bulk.tensor" (9.7.9.25.5.1), "Tensor Copy Swizzling Modes", setmaxnreg
+// .parity), "cp.async.bulk.tensor" (9.7.9.25.5.1), cp.async.bulk.commit_group / wait_group,
+// "membar / fence" (fence.proxy.async), "Tensor Copy Swizzling Modes", setmaxnreg
 // (9.7.17.1), bar.sync / barrier (9.7.13.1), elect.sync (9.7.13.10); CUDA driver API
 // cuTensorMapEncodeTiled; CUTLASS cute/arch/copy_sm90_tma.hpp, cutlass/arch/barrier.h (whose
 // asm these follow).
@@ -44,7 +59,9 @@
 // Under MOE_CUDA_EMULATION (core/cuda/emulation_tma.h) every call is checked and emulated
 // faithfully: mbarriers are real 64-bit words in shared memory updated atomically, copies land
 // late (when a thread waits on their barrier) with their destination poisoned until then, a wait
-// that can never finish fails the launch after a timeout; see that file.
+// that can never finish fails the launch after a timeout; stores read their source at the wait
+// that releases it (a source rewritten before then, or written with no proxy fence before the
+// store, fails the launch); see that file.
 //
 // For a kernel (core/cuda/tma_selftest.cu is a worked example): take the map as `const
 // __grid_constant__ TensorMap map` and pass &map (a copy in registers or local memory is not a
@@ -88,6 +105,20 @@ inline void load_3d(void* smem, const TensorMap* map, uint64_t* bar, int c0, int
   ::moe::cuda::emu_tma::load(smem, map, bar, 3, c);
 }
 inline void prefetch_tensor_map(const TensorMap* map) { ::moe::cuda::emu_tma::prefetch_tensor_map(map); }
+inline void fence_proxy_async_shared() { ::moe::cuda::emu_tma::fence_proxy_async_shared(); }
+inline void store_2d(const TensorMap* map, const void* smem, int c0, int c1) {
+  const int c[3] = {c0, c1, 0};
+  ::moe::cuda::emu_tma::store_2d(map, smem, c);
+}
+inline void bulk_commit_group() { ::moe::cuda::emu_tma::bulk_commit_group(); }
+template <int kPending>
+void bulk_wait_group_read() {
+  ::moe::cuda::emu_tma::bulk_wait_group("tma::bulk_wait_group_read", kPending);
+}
+template <int kPending>
+void bulk_wait_group() {
+  ::moe::cuda::emu_tma::bulk_wait_group("tma::bulk_wait_group", kPending);
+}
 template <int kRegs>
 void setmaxnreg_inc() {
   static_assert(valid_reg_count<kRegs>(), "setmaxnreg: 24 <= registers <= 256, a multiple of 8");
@@ -150,6 +181,24 @@ __device__ __forceinline__ void load_3d(void* smem, const TensorMap* map, uint64
 __device__ __forceinline__ void prefetch_tensor_map(const TensorMap* map) {
   asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<uint64_t>(map)) : "memory");
 }
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void store_2d(const TensorMap* map, const void* smem, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];\n" ::"l"(
+                   reinterpret_cast<uint64_t>(map)),
+               "r"(smem_u32(smem)), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit_group() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
+}
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
   static_assert(valid_reg_count<kRegs>(), "setmaxnreg: 24 <= registers <= 256, a multiple of 8");
@@ -183,6 +232,17 @@ __device__ __forceinline__ void mbar_wait(uint64_t*, unsigned) { __trap(); }
 __device__ __forceinline__ void load_2d(void*, const TensorMap*, uint64_t*, int, int) { __trap(); }
 __device__ __forceinline__ void load_3d(void*, const TensorMap*, uint64_t*, int, int, int) { __trap(); }
 __device__ __forceinline__ void prefetch_tensor_map(const TensorMap*) { __trap(); }
+__device__ __forceinline__ void fence_proxy_async_shared() { __trap(); }
+__device__ __forceinline__ void store_2d(const TensorMap*, const void*, int, int) { __trap(); }
+__device__ __forceinline__ void bulk_commit_group() { __trap(); }
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group_read() {
+  __trap();
+}
+template <int kPending>
+__device__ __forceinline__ void bulk_wait_group() {
+  __trap();
+}
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_inc() {
   __trap();

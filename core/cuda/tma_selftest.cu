@@ -4,7 +4,8 @@
 // bytes (arrive.expect_tx) and issues the two TMA loads; warpgroups 1 and 2 take registers
 // (setmaxnreg.inc) and consume: wait for the full barrier, 4 wgmma m64n128k16 over the stage (A
 // rows 64 w .., B all 128 columns, K-major 128B swizzle as TMA wrote it), wait for them, then
-// every consumer thread arrives on the empty barrier (256 arrivals release a stage).
+// every consumer thread arrives on the empty barrier (256 arrivals release a stage). The store
+// kernel is the other direction: a staged box written to global memory by one bulk tensor store.
 #include "core/cuda/tma_selftest.h"
 
 #include "core/cuda/launch.h"
@@ -56,6 +57,23 @@ __global__ void __launch_bounds__(128, 1)
   tma::mbar_wait(&bar[0], 0);
   const auto* landed = reinterpret_cast<const uint16_t*>(smem);
   for (uint32_t i = threadIdx.x; i < elements; i += blockDim.x) out[i] = landed[i];
+}
+
+// The staging written by every thread with generic stores, handed to the async proxy (each writer
+// fences, then the barrier), one bulk store, and its thread waits for the writes before exiting.
+__global__ void __launch_bounds__(128, 1)
+    tma_store_box_kernel(const __grid_constant__ TensorMap map, int c0, int c1, const uint32_t* image,
+                         uint32_t words) {
+  MOE_DYNAMIC_SHARED(unsigned char, raw);
+  auto* smem = reinterpret_cast<uint32_t*>(align_1024(raw));
+  for (uint32_t i = threadIdx.x; i < words; i += blockDim.x) smem[i] = image[i];
+  tma::fence_proxy_async_shared();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    tma::store_2d(&map, smem, c0, c1);
+    tma::bulk_commit_group();
+    tma::bulk_wait_group<0>();
+  }
 }
 
 __global__ void __launch_bounds__(384, 1)
@@ -154,6 +172,15 @@ void tma_load_box(const TensorMap& map, int rank, const int* coords, uint32_t bo
   allow_dynamic_shared("cuda::tma_load_box", tma_load_box_kernel, bytes);
   MOE_LAUNCH(tma_load_box_kernel, dim3(1), dim3(128), bytes, stream, map, rank, coords[0], coords[1],
              rank == 3 ? coords[2] : 0, box_elements, out);
+}
+
+void tma_store_box(const TensorMap& map, const int* coords, const uint32_t* image, uint32_t box_bytes,
+                   cudaStream_t stream) {
+  MOE_CHECK(box_bytes % 16 == 0, "cuda::tma_store_box", "box of ", box_bytes, " bytes, expected a multiple of 16");
+  const size_t bytes = size_t(box_bytes) + 1024;
+  allow_dynamic_shared("cuda::tma_store_box", tma_store_box_kernel, bytes);
+  MOE_LAUNCH(tma_store_box_kernel, dim3(1), dim3(128), bytes, stream, map, coords[0], coords[1], image,
+             box_bytes / 4);
 }
 
 void tma_pipeline_gemm(const bf16* a, const bf16* b, int m, int n, int k, int k_stride, float* c, TmaPlant plant,

@@ -1,6 +1,6 @@
 // Kernels that exercise core/cuda/tma.h end to end, for the tests (tests/cuda/tma_test.cpp on the
 // GPU and under the emulation, emulation_tma_test.cpp's planted bugs): one TMA box copied out of
-// shared memory as it landed, and a warp-specialized TMA + wgmma pipeline (1 producer warp, 2
+// shared memory as it landed, one staged box stored by a bulk tensor store, and a warp-specialized TMA + wgmma pipeline (1 producer warp, 2
 // consumer warpgroups, 3 stages, full and empty mbarriers), the shape of an sm_90 GEMM mainloop.
 #pragma once
 #include <cstdint>
@@ -20,6 +20,12 @@ bool tma_available(std::string& why);
 // shared memory; out (device, box_elements uint16) receives the shared bytes as they landed.
 void tma_load_box(const TensorMap& map, int rank, const int* coords, uint32_t box_elements, uint16_t* out,
                   cudaStream_t stream);
+
+// One TMA store of map's box (rank 2, 128 bytes x rows) from 1024-byte aligned shared memory that
+// first receives `image` (device, box_bytes: the box as shared memory holds it, 128B-swizzled) to
+// coords (innermost first); elements outside the tensor are not written.
+void tma_store_box(const TensorMap& map, const int* coords, const uint32_t* image, uint32_t box_bytes,
+                   cudaStream_t stream);
 
 // Bugs the pipeline can plant, for the emulation's tests (the GPU would hang or compute garbage).
 enum class TmaPlant : int {

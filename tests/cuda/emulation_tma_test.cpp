@@ -2,7 +2,9 @@
 // compute garbage from: the mbarrier's phase / arrival / tx-count rules, copies that land only
 // when their barrier is waited on (a reader before the wait sees poison), a wait that can never
 // finish (a one-line failure after the timeout, not a hang), misuse of loads, setmaxnreg and named
-// barriers; and the planted bugs of a warp-specialized pipeline (tma_selftest.h) fail.
+// barriers; and the planted bugs of a warp-specialized pipeline (tma_selftest.h) fail. Bulk tensor
+// stores land (clipped at the tensor's edges) when their thread waits, and a staging rewritten
+// before wait_group.read, or written without the proxy fence, fails.
 #ifdef MOE_CUDA_EMULATION
 #include <gtest/gtest.h>
 
@@ -11,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/cuda/memory.h"
@@ -355,6 +358,194 @@ TEST(EmulationTma, WgmmaReadingAnUnlandedLoadFails) {
 
 TEST(EmulationTma, LoadIntoBytesAnUnretiredWgmmaReadsFails) {
   expect_failure([] { tile_and_products(true, true); }, {"tma::load_2d", "while an issued wgmma still reads it"});
+}
+
+// ---- bulk tensor stores ----
+
+float as_float(float v) { return v; }
+float as_float(bf16 v) { return bf16_to_float(v); }
+template <class T>
+T from_float(float v) {
+  if constexpr (std::is_same_v<T, bf16>)
+    return float_to_bf16(v);
+  else
+    return v;
+}
+
+// A [rows][ld] global tensor of T (cols of each row inside the tensor map), filled with `fill`, and
+// its store map: boxes of 128 bytes x 16 rows.
+template <class T>
+struct StoreTarget {
+  static constexpr uint32_t kBoxCols = 128 / sizeof(T), kBoxRows = 16, kBoxBytes = 2048;
+  uint64_t rows, cols, ld;
+  std::vector<T> fill;
+  DeviceBuffer<T> buf;
+  TensorMap map;
+  StoreTarget(uint64_t rows_, uint64_t cols_, uint64_t ld_, T sentinel)
+      : rows(rows_), cols(cols_), ld(ld_), fill(rows_ * ld_, sentinel), buf(fill) {
+    const uint64_t dims[2] = {cols, rows}, strides[1] = {ld * sizeof(T)};
+    const uint32_t box[2] = {kBoxCols, kBoxRows};
+    map = make_tensor_map(buf.get(), int(sizeof(T)), 2, dims, strides, box, "emulation_tma_test");
+  }
+};
+
+// The value box element (e, r) holds in the tests, and where the 128B swizzle puts it in shared memory.
+template <class T>
+T box_value(uint32_t e, uint32_t r, int salt) {
+  // Integers below 256 (exact in bf16), the sign telling the salts apart.
+  return from_float<T>(float(1 + (r * 37 + e * 3) % 255) * (salt % 2 ? 1.0f : -1.0f));
+}
+template <class T>
+T* box_slot(unsigned char* box, uint32_t e, uint32_t r) {
+  const uint32_t byte = e * sizeof(T);
+  return reinterpret_cast<T*>(box + r * 128 + ((byte / 16) ^ (r % 8)) * 16 + byte % 16);
+}
+// The warp's lanes write the box image (rows split over lanes), fence, then meet.
+template <class T>
+void write_box(unsigned char* box, int salt, bool fence) {
+  for (uint32_t r = threadIdx.x; r < 16; r += 32)
+    for (uint32_t e = 0; e < 128 / sizeof(T); ++e) *box_slot<T>(box, e, r) = box_value<T>(e, r, salt);
+  if (fence) tma::fence_proxy_async_shared();
+  __syncwarp();
+}
+
+// Stores one box at (c0, c1) and checks the tensor: the box's in-range elements landed, every other
+// element (outside the box, or in the row padding past cols) kept the sentinel.
+template <class T>
+void store_box_and_check(int c0, int c1) {
+  StoreTarget<T> t(21, 50, 56, from_float<T>(-7.0f));
+  run_block(32, 4096, [&] {
+    MOE_DYNAMIC_SHARED(unsigned char, smem);
+    write_box<T>(smem + 2048, 1, true);
+    if (threadIdx.x == 0) {
+      tma::store_2d(&t.map, smem + 2048, c0, c1);
+      tma::bulk_commit_group();
+      tma::bulk_wait_group<0>();
+    }
+  });
+  const std::vector<T> got = t.buf.to_host();
+  int landed = 0;
+  for (uint64_t r = 0; r < t.rows; ++r)
+    for (uint64_t c = 0; c < t.ld; ++c) {
+      const int64_t e = int64_t(c) - c0, br = int64_t(r) - c1;
+      const bool in = c < t.cols && e >= 0 && e < int64_t(t.kBoxCols) && br >= 0 && br < 16;
+      const T want = in ? box_value<T>(uint32_t(e), uint32_t(br), 1) : from_float<T>(-7.0f);
+      landed += in;
+      ASSERT_EQ(as_float(got[r * t.ld + c]), as_float(want)) << "row " << r << " col " << c << " box at " << c0 << ", " << c1;
+    }
+  EXPECT_GT(landed, 0);
+}
+
+TEST(EmulationTma, StoreLandsAndIsClippedAtTheEdges) {
+  store_box_and_check<float>(0, 0);     // inside
+  store_box_and_check<float>(32, 8);    // columns 50.. and rows 21.. clipped
+  store_box_and_check<float>(8, -8);    // rows before 0 clipped
+  store_box_and_check<bf16>(0, 3);      // 64 bf16 columns: 50.. clipped
+  store_box_and_check<bf16>(-16, 12);   // columns before 0, rows 21.. clipped
+}
+
+// One warp: box image `salt` 1 into the staging, store; then the planted variants. Returns the tensor.
+struct StorePlan {
+  bool fence_first = true;     // fence between the first image's writes and its store
+  bool rewrite_early = false;  // write a second image before waiting for the first store's read
+  bool second_store = false;   // then store the second image too (after the wait)
+  bool fence_second = true;
+  bool wait = true;            // wait for the stores at all
+};
+std::vector<float> run_store_plan(const StorePlan& p) {
+  StoreTarget<float> t(16, 32, 32, -7.0f);
+  run_block(32, 2048, [&] {
+    MOE_DYNAMIC_SHARED(unsigned char, smem);
+    write_box<float>(smem, 1, p.fence_first);
+    if (threadIdx.x == 0) {
+      tma::store_2d(&t.map, smem, 0, 0);
+      tma::bulk_commit_group();
+    }
+    if (p.rewrite_early) write_box<float>(smem, 2, true);
+    if (threadIdx.x == 0 && p.wait) tma::bulk_wait_group_read<0>();
+    __syncwarp();
+    if (p.second_store) {
+      write_box<float>(smem, 2, p.fence_second);
+      if (threadIdx.x == 0) {
+        tma::store_2d(&t.map, smem, 0, 0);
+        tma::bulk_commit_group();
+        tma::bulk_wait_group<0>();
+      }
+    }
+  });
+  return t.buf.to_host();
+}
+
+TEST(EmulationTma, StoreReadsItsSourceUntilWaitGroupRead) {
+  // Rewriting the staging after wait_group.read is the correct order: both images land in turn.
+  StorePlan ok;
+  ok.second_store = true;
+  EXPECT_EQ(run_store_plan(ok)[33], box_value<float>(1, 1, 2));
+  // Before it, the store may still be reading: one line.
+  StorePlan early;
+  early.rewrite_early = true;
+  expect_failure([&] { run_store_plan(early); },
+                 {"tma::bulk_wait_group_read", "was overwritten before the store read it", "dynamic shared offset 0"});
+}
+
+TEST(EmulationTma, StoreWithoutProxyFenceFails) {
+  StorePlan first;
+  first.fence_first = false;
+  expect_failure([&] { run_store_plan(first); }, {"tma::store_2d", "no fence_proxy_async_shared"});
+  StorePlan second;
+  second.second_store = true;
+  second.fence_second = false;
+  expect_failure([&] { run_store_plan(second); }, {"tma::store_2d", "no fence_proxy_async_shared"});
+}
+
+TEST(EmulationTma, StoreNeverWaitedForLandsAsPoison) {
+  StorePlan p;
+  p.wait = false;
+  const std::vector<float> got = run_store_plan(p);
+  EXPECT_TRUE(std::isnan(got[0]));
+  EXPECT_TRUE(std::isnan(got[15 * 32 + 31]));
+}
+
+TEST(EmulationTma, StoreMisuseIsOneLine) {
+  StoreTarget<float> t(16, 32, 32, 0.0f);
+  struct ThreeD {
+    DeviceBuffer<float> buf{size_t(32 * 16 * 2)};
+    TensorMap map;
+    ThreeD() {
+      const uint64_t dims[3] = {32, 16, 2}, strides[2] = {128, 2048};
+      const uint32_t box[3] = {32, 16, 1};
+      map = make_tensor_map(buf.get(), 4, 3, dims, strides, box, "emulation_tma_test");
+    }
+  } three_d;
+  auto one = [&](const std::function<void(unsigned char*)>& f) {
+    return [&, f] {
+      run_block(32, 4096, [&] {
+        MOE_DYNAMIC_SHARED(unsigned char, smem);
+        write_box<float>(smem, 0, true);
+        if (threadIdx.x == 0) f(smem);
+      });
+    };
+  };
+  expect_failure(one([&](unsigned char* smem) { tma::store_2d(&t.map, smem + 512, 0, 0); }),
+                 {"tma::store_2d", "offset 512", "1024-byte aligned"});
+  expect_failure(one([&](unsigned char* smem) { tma::store_2d(&t.map, smem + 3072, 0, 0); }),
+                 {"tma::store_2d", "not inside the block's dynamic shared memory"});
+  expect_failure(one([&](unsigned char* smem) { tma::store_2d(&t.map, smem, 6, 0); }),
+                 {"tma::store_2d", "innermost coordinate 6", "16 bytes"});
+  expect_failure(one([&](unsigned char* smem) {
+                   TensorMap zero{};
+                   tma::store_2d(&zero, smem, 0, 0);
+                 }),
+                 {"tma::store_2d", "not made by make_tensor_map"});
+  expect_failure(one([&](unsigned char* smem) { tma::store_2d(&three_d.map, smem, 0, 0); }),
+                 {"tma::store_2d", "rank 3"});
+  // The fp32 map's box is 32 elements: a 64-element box of fp32 is refused when the map is made.
+  const uint64_t dims[2] = {64, 16}, strides[1] = {256};
+  const uint32_t box[2] = {64, 16};
+  expect_failure([&] { make_tensor_map(t.buf.get(), 4, 2, dims, strides, box, "emulation_tma_test"); },
+                 {"box[0] = 64", "expected 32"});
+  expect_failure([&] { make_tensor_map(t.buf.get(), 8, 2, dims, strides, box, "emulation_tma_test"); },
+                 {"8-byte elements", "expected 2 (bf16) or 4 (fp32)"});
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 // sizes (the element-load fallback), multiples of 8 (the cp.async path) and a misaligned base.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <numeric>
 #include <string>
 #include <type_traits>
@@ -109,8 +110,15 @@ std::vector<float> host_f32(const DeviceBuffer<T>& b) {
   return to_f32(b.to_host());
 }
 
+// The outputs of nt, nn and tn (y, dx, gw) as the device left them.
 template <class Tout>
-void check_forms(const FormsCase& fc) {
+struct FormsOutputs {
+  std::vector<Tout> y, dx, gw;
+};
+
+// Runs the three forms on fc, checks them against the CPU, and returns them.
+template <class Tout>
+FormsOutputs<Tout> check_forms(const FormsCase& fc) {
   const long M = fc.M, K = fc.K;
   const auto off = offsets_of(fc.sizes);
   const int E = int(fc.sizes.size());
@@ -156,6 +164,14 @@ void check_forms(const FormsCase& fc) {
   EXPECT_TRUE(near(host_f32(y), wy)) << "nt";
   EXPECT_TRUE(near(host_f32(dx), wdx)) << "nn";
   EXPECT_TRUE(near(host_f32(gw), wgw)) << "tn";
+  return {y.to_host(), dx.to_host(), gw.to_host()};
+}
+
+// 37 experts of 0 .. 40 rows, a third of them empty.
+std::vector<int64_t> many_small_and_empty_sizes() {
+  std::vector<int64_t> sizes;
+  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  return sizes;
 }
 
 // Odd M and K: every operand and output takes the element path (no 16-byte alignment); the nn
@@ -245,8 +261,7 @@ TEST(CudaGroupedGemmSm90, WgmmaForwardSkipsToTheMmaKernelWhenCopiesCannotBeWhole
 TEST(CudaGroupedGemmSm90, WgmmaManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   GroupedGemmKernelScope scope("wgmma");
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<float>({24, 40, sizes, false});
 }
 
@@ -317,8 +332,7 @@ TEST(CudaGroupedGemmSm90, Wgmma3PersistentSkipsToTheMmaKernelWhenCopiesCannotBeW
 TEST(CudaGroupedGemmSm90, Wgmma3PersistentManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   Wgmma3Scope scope;
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<float>({24, 40, sizes, false});
   check_forms<bf16>({24, 40, sizes, true});
 }
@@ -378,9 +392,59 @@ TEST(CudaGroupedGemmSm90, Wgmma4TmaOddOutputWidthAndOneRowExpert) {
 TEST(CudaGroupedGemmSm90, Wgmma4TmaManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   Wgmma4Scope scope;
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<bf16>({24, 40, sizes, true});
+}
+
+// MOE_WGMMA4_TMA_STORES=1: an overwrite's epilogue by bulk tensor stores of each warp's staged
+// boxes (store_rows_tma), bit for bit the staged epilogue's values, since both convert the same
+// accumulators: fp32 and bf16 (32- and 64-column boxes), columns clipped by the map (M = 136: nt's
+// tile of 136 of 256 columns, its 5th box 8 wide; K = 40 / 104: nn's and tn's), rows the map
+// cannot clip stored by the warp itself (nt / nn tiles ending inside an expert: skewed groups, a
+// 1-row expert, many short experts; tn's 136 - 128 = 8-row tiles of M, whose next rows are the
+// next expert's), tn's empty experts (zeros), the two staging halves reused across tiles (a warp
+// whose last box of a tile was a bulk store starting its next tile on the self-stored path).
+// Accumulation keeps the staged path under the switch, and outputs without 16-byte rows theirs.
+template <class Tout>
+void expect_same_bits(const std::vector<Tout>& a, const std::vector<Tout>& b, const char* form) {
+  ASSERT_EQ(a.size(), b.size()) << form;
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(Tout)), 0) << form;
+}
+template <class Tout>
+void check_tma_stores_match_staged(const FormsCase& fc) {
+  const FormsOutputs<Tout> staged = check_forms<Tout>(fc);
+  EnvScope tma("MOE_WGMMA4_TMA_STORES", "1");
+  const FormsOutputs<Tout> tma_out = check_forms<Tout>(fc);
+  expect_same_bits(staged.y, tma_out.y, "nt");
+  expect_same_bits(staged.dx, tma_out.dx, "nn");
+  expect_same_bits(staged.gw, tma_out.gw, "tn");
+}
+TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresMatchStagedSkewedGroups) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  check_tma_stores_match_staged<float>({136, 328, kSkewedSizes, false});
+  check_tma_stores_match_staged<bf16>({136, 104, kSkewedSizes, false});
+}
+TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresMatchStagedTwoColumnTilesAndOneRowExpert) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  check_tma_stores_match_staged<float>({264, 40, {0, 130, 1, 17, 0}, false});
+  check_tma_stores_match_staged<bf16>({264, 40, {0, 130, 1, 17, 0}, false});
+  // Odd M (101): rows no tensor map can stride; under the switch nt keeps its direct stores (and
+  // nn / tn the mma kernel).
+  check_tma_stores_match_staged<float>({101, 72, {0, 130, 17, 1, 0}, false});
+}
+TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresMatchStagedManySmallAndEmptyExperts) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
+  check_tma_stores_match_staged<float>({24, 40, sizes, false});
+  check_tma_stores_match_staged<bf16>({24, 40, sizes, false});
+}
+TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresLeaveAccumulationStaged) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  check_tma_stores_match_staged<bf16>({136, 104, kSkewedSizes, true});
 }
 
 // MOE_GROUPED_GEMM=wgmma5: wgmma4's pipeline with each consumer warpgroup on its own 128 x 128 tile
@@ -410,11 +474,17 @@ TEST(CudaGroupedGemmSm90, Wgmma5PingpongTwoColumnTilesOddWidthAndOneSliceTiles) 
   check_forms<float>({264, 40, {0, 130, 1, 17, 0}, true});
   check_forms<float>({101, 72, {0, 130, 17, 1, 0}, true});
 }
+// wgmma5's two 64-row halves per warp through the TMA stores (MOE_WGMMA4_TMA_STORES=1).
+TEST(CudaGroupedGemmSm90, Wgmma5PingpongTmaStoresMatchStaged) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma5Scope scope;
+  check_tma_stores_match_staged<float>({136, 328, kSkewedSizes, false});
+  check_tma_stores_match_staged<bf16>({264, 40, {0, 130, 1, 17, 0}, false});
+}
 TEST(CudaGroupedGemmSm90, Wgmma5PingpongManySmallAndEmptyExperts) {
   MOE_REQUIRE_WGMMA();
   Wgmma5Scope scope;
-  std::vector<int64_t> sizes;
-  for (int e = 0; e < 37; ++e) sizes.push_back(e % 3 == 1 ? 0 : (e * 17) % 41);
+  const std::vector<int64_t> sizes = many_small_and_empty_sizes();
   check_forms<bf16>({24, 40, sizes, true});
 }
 

@@ -2,11 +2,14 @@
 // 2D and 3D TMA loads of bf16 tensors with odd dims, boxes reaching past every edge, compared
 // element by element with the 128B swizzle formula the kernels' wgmma descriptors assume (chunk c
 // of box row r at c ^ (r % 8), r = i2 * box[1] + i1: on the GPU this checks the hardware against
-// that formula); a warp-specialized TMA + wgmma pipeline against a CPU product; and
+// that formula); bulk tensor stores of fp32 and bf16 boxes back to global memory, clipped at the
+// edges (the same formula, the other way); a warp-specialized TMA + wgmma pipeline against a CPU
+// product; and
 // make_tensor_map_bf16's argument checks.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -118,6 +121,49 @@ TEST(CudaTma, WarpSpecializedPipelineMatchesCpuProduct) {
       largest = std::max(largest, std::abs(s));
     }
   EXPECT_TRUE(all_near(got, want, 1e-5 * largest, 0.0));
+}
+
+// A [rows][row_elems] tensor of 2- or 4-byte elements (dims cols x rows), filled with a sentinel;
+// one 128-byte x box_rows box of distinct patterns stored at c, then every element compared: the
+// box's in-range elements hold the pattern at the swizzle formula's shared slot (chunk c of box row
+// r at c ^ (r % 8)), the rest (outside the box, past the edges, the row padding) the sentinel.
+template <class W>
+void check_store(uint64_t cols, uint64_t rows, uint64_t row_elems, uint32_t box_rows, std::vector<int> c) {
+  constexpr uint32_t kBoxCols = 128 / sizeof(W);
+  const W sentinel = W(0x5A5A5A5Au);
+  DeviceBuffer<W> dst(std::vector<W>(rows * row_elems, sentinel));
+  const uint64_t dims[2] = {cols, rows}, strides[1] = {row_elems * sizeof(W)};
+  const uint32_t box[2] = {kBoxCols, box_rows};
+  const TensorMap map = make_tensor_map(dst.get(), int(sizeof(W)), 2, dims, strides, box, "tma_test");
+  std::vector<W> image(size_t(kBoxCols) * box_rows);
+  auto value = [](uint32_t e, uint32_t r) { return W(1 + e * 7 + r * 131); };
+  for (uint32_t r = 0; r < box_rows; ++r)
+    for (uint32_t e = 0; e < kBoxCols; ++e) {
+      const uint32_t byte = e * uint32_t(sizeof(W));
+      image[(r * 128 + ((byte / 16) ^ (r % 8)) * 16 + byte % 16) / sizeof(W)] = value(e, r);
+    }
+  std::vector<uint32_t> words(image.size() * sizeof(W) / 4);
+  std::memcpy(words.data(), image.data(), words.size() * 4);
+  DeviceBuffer<uint32_t> dimage(words);
+  tma_store_box(map, c.data(), dimage.get(), uint32_t(words.size() * 4), nullptr);
+  const std::vector<W> got = dst.to_host();
+  for (uint64_t r = 0; r < rows; ++r)
+    for (uint64_t e = 0; e < row_elems; ++e) {
+      const int64_t be = int64_t(e) - c[0], br = int64_t(r) - c[1];
+      const bool in = e < cols && be >= 0 && be < int64_t(kBoxCols) && br >= 0 && br < int64_t(box_rows);
+      ASSERT_EQ(got[r * row_elems + e], in ? value(uint32_t(be), uint32_t(br)) : sentinel)
+          << "element (" << e << ", " << r << ") after a store at (" << c[0] << ", " << c[1] << ")";
+    }
+}
+
+// fp32 (32-element boxes) and bf16 (64) into 45 x 29 tensors in padded rows: inside, past the right
+// and bottom edges, before the top and left edges (the innermost coordinate on 16 bytes).
+TEST(CudaTma, Store2dLandsSwizzledAndClipsOutOfRange) {
+  MOE_REQUIRE_TMA();
+  for (const std::vector<int>& c : std::vector<std::vector<int>>{{0, 0}, {24, 20}, {-4, -5}, {40, 3}})
+    check_store<uint32_t>(45, 29, 48, 16, c);
+  for (const std::vector<int>& c : std::vector<std::vector<int>>{{0, 0}, {16, 20}, {-8, -5}})
+    check_store<uint16_t>(45, 29, 56, 16, c);
 }
 
 TEST(CudaTma, MakeTensorMapNamesTheBadArgument) {
