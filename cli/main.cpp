@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "cli/commands.h"
+#include "core/allocator.h"
 #include "core/error.h"
 #include "parallel/communicator.h"
 #ifdef MOE_WITH_CUDA
@@ -61,6 +62,7 @@ static void ensure_passive_omp_wait(char** argv) {
 
 int main(int argc, char** argv) {
   ensure_passive_omp_wait(argv);
+  moe::tune_host_malloc();  // before the first allocation of a training step (core/allocator.h)
 #ifdef MOE_WITH_CUDA
   moe::cuda::register_backend();  // used only by a run with train.device = "cuda"
 #endif

@@ -2,10 +2,15 @@
 // 1 GiB bypass the pool. One mutex: allocation is not on any inner loop.
 #include "core/allocator.h"
 
+#include <malloc.h>
+
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <vector>
+
+#include "core/error.h"
 
 namespace moe {
 namespace {
@@ -98,6 +103,15 @@ void host_pool_release() {
     list.clear();
   }
   p.stats.bytes_cached = 0;
+}
+
+void tune_host_malloc() {
+  const char* v = std::getenv("MOE_HOST_MALLOC");
+  MOE_CHECK(!v || !*v || std::strcmp(v, "default") == 0 || std::strcmp(v, "tuned") == 0, "MOE_HOST_MALLOC",
+            "is '", v, "': expected 'tuned' (the default) or 'default' (glibc's own settings)");
+  if (v && std::strcmp(v, "default") == 0) return;
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 256 << 20);
 }
 
 }  // namespace moe

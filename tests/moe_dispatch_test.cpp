@@ -2,6 +2,9 @@
 // f64 gradient checks including dropped assignments.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <random>
+
 #include "core/ops.h"
 #include "layers/moe/dispatch.h"
 #include "tests/gradcheck.h"
@@ -53,6 +56,42 @@ TEST(MoeDispatch, StabilityOnManyEqualKeys) {
       }
     }
   EXPECT_EQ(p->offsets.back(), 200);
+}
+
+// The plan read in place from i32 ids, i64 ids or one of each (the routing returns i32) equals
+// a plan built by std::stable_sort over the kept assignments, with random drops.
+TEST(MoeDispatch, IdsOfEitherWidthGiveTheStableSortPlan) {
+  const int64_t T = 97, E = 7, k = 3, A = T * k;
+  std::mt19937 g(3);
+  std::vector<int64_t> tok(static_cast<size_t>(A)), ex(static_cast<size_t>(A)), kept;
+  for (int64_t a = 0; a < A; ++a) {
+    tok[size_t(a)] = (a * 31) % T;  // tokens out of list order
+    ex[size_t(a)] = int64_t(g() % E);
+    if (g() % 5) kept.push_back(a);
+  }
+  std::vector<int64_t> order = kept;  // the reference: a stable sort of the kept list by expert
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return ex[size_t(x)] < ex[size_t(y)]; });
+  std::vector<int64_t> pos(static_cast<size_t>(A), -1);
+  for (size_t p = 0; p < order.size(); ++p) pos[size_t(order[p])] = int64_t(p);
+  std::vector<int64_t> by_token = kept;  // each token's assignments in list order
+  std::stable_sort(by_token.begin(), by_token.end(),
+                   [&](int64_t x, int64_t y) { return tok[size_t(x)] < tok[size_t(y)]; });
+  std::vector<int32_t> tok32(tok.begin(), tok.end()), ex32(ex.begin(), ex.end());
+  const Tensor t64 = i64(tok), e64 = i64(ex), t32 = Tensor::from_vector<int32_t>(tok32, {A}),
+               e32 = Tensor::from_vector<int32_t>(ex32, {A});
+  for (auto [token, expert] : {std::pair{t64, e64}, std::pair{t32, e32}, std::pair{t32, e64}, std::pair{t64, e32}}) {
+    DispatchPlanPtr p = make_dispatch_plan(token, expert, kept, T, E);
+    EXPECT_EQ(p->order, order);
+    ASSERT_EQ(p->kept(), int64_t(kept.size()));
+    for (int64_t s = 0; s < p->kept(); ++s) EXPECT_EQ(p->token[size_t(s)], tok[size_t(order[size_t(s)])]);
+    for (int64_t e = 0; e < E; ++e)
+      EXPECT_EQ(p->offsets[size_t(e) + 1] - p->offsets[size_t(e)],
+                std::count_if(kept.begin(), kept.end(), [&](int64_t a) { return ex[size_t(a)] == e; }));
+    for (size_t i = 0; i < by_token.size(); ++i) EXPECT_EQ(p->token_slots[i], pos[size_t(by_token[i])]);
+    for (int64_t t = 0; t < T; ++t)
+      EXPECT_EQ(p->token_offsets[size_t(t) + 1],
+                std::count_if(kept.begin(), kept.end(), [&](int64_t a) { return tok[size_t(a)] <= t; }));
+  }
 }
 
 TEST(MoeDispatch, PermuteAndCombineValues) {

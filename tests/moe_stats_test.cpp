@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
 
 #include "layers/moe/routing_stats.h"
 
@@ -23,6 +24,22 @@ TEST(MoeStats, LoadStatisticsByHand) {
   EXPECT_EQ(z.max_vio, 0.0);
   EXPECT_EQ(z.load_cv, 0.0);
   EXPECT_EQ(z.dead_experts, 2);
+}
+
+TEST(MoeStats, ExpertLoadsCountIdsOfEitherWidthAndRefuseOutOfRange) {
+  const std::vector<double> want{2, 0, 3, 1};
+  EXPECT_EQ(expert_loads(Tensor::from_vector<int32_t>({2, 0, 2, 3, 0, 2}, {6}), 4, "test"), want);
+  EXPECT_EQ(expert_loads(Tensor::from_vector<int64_t>({2, 0, 2, 3, 0, 2}, {6}), 4, "test"), want);
+  // A strided view is read through a contiguous copy.
+  Tensor wide = Tensor::from_vector<int64_t>({2, 9, 0, 9, 2, 9, 3, 9, 0, 9, 2, 9}, {6, 2});
+  EXPECT_EQ(expert_loads(wide.select(1, 0), 4, "test"), want);
+  try {
+    expert_loads(Tensor::from_vector<int32_t>({1, 4}, {2}), 4, "MoeLayer.forward", "my_strategy");
+    FAIL() << "an id outside [0, E) must be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("strategy 'my_strategy' chose expert 4 outside [0, 4)"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(MoeStats, RouterEntropyMeanLogitAndExactTemperatureFit) {

@@ -7,6 +7,7 @@
 #include "core/allocator.h"
 #include "core/ops.h"
 #include "core/rng.h"
+#include "tests/env_scope.h"
 #include "tests/gradcheck.h"
 
 using namespace moe;
@@ -80,6 +81,24 @@ TEST(Allocator, ReusesFreedBlocks) {
   EXPECT_GE(after.pool_hits - before.pool_hits, 1u);
   Tensor c = Tensor::empty({17});
   EXPECT_EQ(reinterpret_cast<uintptr_t>(c.raw_data()) % kHostAlignment, 0u);
+}
+
+TEST(Allocator, TuneHostMallocTakesTunedOrDefaultAndRefusesOthers) {
+  {
+    test::EnvScope env("MOE_HOST_MALLOC", "default");
+    EXPECT_NO_THROW(tune_host_malloc());
+  }
+  {
+    test::EnvScope env("MOE_HOST_MALLOC", "fast");
+    try {
+      tune_host_malloc();
+      FAIL() << "an unknown MOE_HOST_MALLOC must be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("MOE_HOST_MALLOC"), std::string::npos) << e.what();
+    }
+  }
+  test::EnvScope env("MOE_HOST_MALLOC", nullptr);
+  EXPECT_NO_THROW(tune_host_malloc());
 }
 
 TEST(Philox, ReproducibleFromOffsetAndDistinctAcrossStreams) {

@@ -5,8 +5,49 @@
 #include "core/autograd.h"
 #include "core/device.h"
 #include "core/dispatch.h"
+#include "layers/moe/host_ids.h"
 
 namespace moe {
+
+namespace {
+
+// The plan from the ids in place (with_host_ids: i32 or i64 each, no converted copies).
+template <class TI, class EI>
+void fill_plan(DispatchPlan& plan, const TI* tok, const EI* ex, const std::vector<int64_t>& kept) {
+  const char* op = "make_dispatch_plan";
+  const int64_t A = plan.num_assignments, K = int64_t(kept.size()), E = plan.num_experts, T = plan.num_tokens;
+  // Per expert and per token, the kept assignments, counted in one pass (checked as they come).
+  auto& off = plan.offsets;
+  auto& toff = plan.token_offsets;
+  off.assign(size_t(E) + 1, 0);
+  toff.assign(size_t(T) + 1, 0);
+  for (int64_t i = 0; i < K; ++i) {
+    const int64_t a = kept[size_t(i)];
+    MOE_CHECK(a >= 0 && a < A && (i == 0 || a > kept[size_t(i) - 1]), op, "kept indices must be ascending in [0, ", A,
+              "), got ", a, " at ", i);
+    const int64_t e = ex[a], t = tok[a];
+    MOE_CHECK(e >= 0 && e < E, op, "expert id ", e, " out of range [0, ", E, ")");
+    MOE_CHECK(t >= 0 && t < T, op, "token id ", t, " out of range [0, ", T, ")");
+    ++off[size_t(e) + 1];
+    ++toff[size_t(t) + 1];
+  }
+  for (int64_t e = 0; e < E; ++e) off[size_t(e) + 1] += off[size_t(e)];
+  for (int64_t t = 0; t < T; ++t) toff[size_t(t) + 1] += toff[size_t(t)];
+  // Stable scatters: assignments visited in list order land in list order within their expert,
+  // and each token's sorted positions in list order within the token.
+  plan.order.resize(size_t(K));
+  plan.token.resize(size_t(K));
+  plan.token_slots.resize(size_t(K));
+  std::vector<int64_t> fill(off.begin(), off.end() - 1), tfill(toff.begin(), toff.end() - 1);
+  for (int64_t i = 0; i < K; ++i) {
+    const int64_t a = kept[size_t(i)], t = tok[a], p = fill[size_t(ex[a])]++;
+    plan.order[size_t(p)] = a;
+    plan.token[size_t(p)] = t;
+    plan.token_slots[size_t(tfill[size_t(t)]++)] = p;
+  }
+}
+
+}  // namespace
 
 DispatchPlanPtr make_dispatch_plan(const Tensor& token, const Tensor& expert, const std::vector<int64_t>& kept,
                                    int64_t num_tokens, int64_t num_experts) {
@@ -14,46 +55,12 @@ DispatchPlanPtr make_dispatch_plan(const Tensor& token, const Tensor& expert, co
   MOE_CHECK(token.dim() == 1 && expert.dim() == 1 && token.numel() == expert.numel(), op,
             "expected token [A] and expert [A], got ", token.shape_str(), " and ", expert.shape_str());
   auto plan = std::make_shared<DispatchPlan>();
-  const int64_t A = token.numel(), K = int64_t(kept.size());
   plan->num_tokens = num_tokens;
   plan->num_experts = num_experts;
-  plan->num_assignments = A;
-  std::vector<int64_t> tok = token.to(DType::i64).to_vector<int64_t>();
-  std::vector<int64_t> ex = expert.to(DType::i64).to_vector<int64_t>();
-
-  auto& off = plan->offsets;
-  off.assign(size_t(num_experts) + 1, 0);
-  for (int64_t i = 0; i < K; ++i) {
-    int64_t a = kept[size_t(i)];
-    MOE_CHECK(a >= 0 && a < A && (i == 0 || a > kept[size_t(i) - 1]), op, "kept indices must be ascending in [0, ", A,
-              "), got ", a, " at ", i);
-    MOE_CHECK(ex[size_t(a)] >= 0 && ex[size_t(a)] < num_experts, op, "expert id ", ex[size_t(a)], " out of range [0, ",
-              num_experts, ")");
-    MOE_CHECK(tok[size_t(a)] >= 0 && tok[size_t(a)] < num_tokens, op, "token id ", tok[size_t(a)], " out of range [0, ",
-              num_tokens, ")");
-    ++off[size_t(ex[size_t(a)]) + 1];
-  }
-  for (int64_t e = 0; e < num_experts; ++e) off[size_t(e) + 1] += off[size_t(e)];
-  // Stable scatter: assignments visited in list order land in list order within their expert.
-  plan->order.resize(size_t(K));
-  plan->token.resize(size_t(K));
-  std::vector<int64_t> fill(off.begin(), off.end() - 1);
-  std::vector<int64_t> pos_of(static_cast<size_t>(K));
-  for (int64_t i = 0; i < K; ++i) {
-    int64_t a = kept[size_t(i)], p = fill[size_t(ex[size_t(a)])]++;
-    plan->order[size_t(p)] = a;
-    plan->token[size_t(p)] = tok[size_t(a)];
-    pos_of[size_t(i)] = p;
-  }
-  // Token-major CSR of sorted positions, again by counting in list order.
-  auto& toff = plan->token_offsets;
-  toff.assign(size_t(num_tokens) + 1, 0);
-  for (int64_t i = 0; i < K; ++i) ++toff[size_t(tok[size_t(kept[size_t(i)])]) + 1];
-  for (int64_t t = 0; t < num_tokens; ++t) toff[size_t(t) + 1] += toff[size_t(t)];
-  plan->token_slots.resize(size_t(K));
-  std::vector<int64_t> tfill(toff.begin(), toff.end() - 1);
-  for (int64_t i = 0; i < K; ++i)
-    plan->token_slots[size_t(tfill[size_t(tok[size_t(kept[size_t(i)])])]++)] = pos_of[size_t(i)];
+  plan->num_assignments = token.numel();
+  with_host_ids(token, op, [&](const auto* tok) {
+    with_host_ids(expert, op, [&](const auto* ex) { fill_plan(*plan, tok, ex, kept); });
+  });
   return plan;
 }
 

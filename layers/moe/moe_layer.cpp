@@ -240,12 +240,7 @@ Tensor MoeLayer::forward(const Tensor& x) {
             "' returned token ", r.token.shape_str(), ", expert ", r.expert.shape_str(), ", gate ", r.gate.shape_str(),
             " (expected equal lengths)");
 
-  std::vector<double> load(size_t(E), 0.0);
-  for (int64_t e : r.expert.to(DType::i64).to_vector<int64_t>()) {
-    MOE_CHECK(e >= 0 && e < E, "MoeLayer.forward", "strategy '", balancer_->name(), "' chose expert ", e,
-              " outside [0, ", E, ")");
-    load[size_t(e)] += 1;
-  }
+  std::vector<double> load = expert_loads(r.expert, E, "MoeLayer.forward", balancer_->name());
   if (training())
     for (int64_t e = 0; e < E; ++e) pending_loads_[size_t(e)] += load[size_t(e)];
 

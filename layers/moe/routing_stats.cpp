@@ -4,7 +4,22 @@
 
 #include <cmath>
 
+#include "layers/moe/host_ids.h"
+
 namespace moe {
+
+std::vector<double> expert_loads(const Tensor& expert, int64_t num_experts, const char* op, const std::string& who) {
+  std::vector<double> load(size_t(num_experts), 0.0);
+  with_host_ids(expert, op, [&](const auto* ex) {
+    for (int64_t a = 0, A = expert.numel(); a < A; ++a) {
+      const int64_t e = ex[a];
+      MOE_CHECK(e >= 0 && e < num_experts, op, "strategy '", who, "' chose expert ", e, " outside [0, ", num_experts,
+                ")");
+      load[size_t(e)] += 1;
+    }
+  });
+  return load;
+}
 
 void fill_load_stats(RoutingStats& s) {
   const size_t E = s.load.size();

@@ -3,6 +3,7 @@
 // the congestion-temperature proxy of shared BALANCING.md.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/device.h"
@@ -55,6 +56,11 @@ struct RoutingAccumulator {
 // The sums add() needs from scores [T, Cs] and logits [T, >= experts] (RouterStatSums, core/device.h):
 // on the host, or on the cuda device (where they are summed there and only E + 2 numbers come down).
 RouterStatSums router_stat_sums(const Tensor& scores, const Tensor& logits, int64_t experts);
+
+// Assignments per expert, load[e] = #{a : expert[a] == e}, from expert [A] (i32 or i64, either
+// device: a device tensor is copied down); an id outside [0, E) fails naming `op` and the strategy
+// `who` chose it (the selection's contract).
+std::vector<double> expert_loads(const Tensor& expert, int64_t num_experts, const char* op, const std::string& who = "");
 
 // Load-only statistics (MaxVio, CV, entropy, dead) into s from s.load.
 void fill_load_stats(RoutingStats& s);
