@@ -1,10 +1,15 @@
 // Flash attention (causal, bf16, tensor cores) forward and backward at S = 1024: tokens/s and
 // TFLOP/s, counting only the causal half of the products; the synchronous tiles against
-// MOE_FLASH_ASYNC=1's cp.async double buffers in the same run.
+// MOE_FLASH_ASYNC=1's cp.async double buffers in the same run, and both against an unfused cuBLAS
+// reference forward (attention_reference.h, PyTorch's "math" SDPA) on the same inputs.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <vector>
 
+#include "bench/cuda/attention_reference.h"
 #include "bench/cuda/bench_util.h"
 #include "core/cuda/attention.h"
 #include "tests/env_scope.h"
@@ -20,10 +25,52 @@ long differing(const std::vector<T>& a, const std::vector<T>& b) {
   return n;
 }
 
+// Largest |a_i - b_i| (bf16 values as floats); NaN as soon as one difference is NaN, which a plain
+// running max would skip.
+double max_abs_diff(const std::vector<bf16>& a, const std::vector<bf16>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(bf16_to_float(a[i])) - double(bf16_to_float(b[i])));
+    if (std::isnan(d)) return d;
+    m = std::max(m, d);
+  }
+  return m;
+}
+
+// The reference forward of the same shape (CausalAttentionReference), timed as the flash forward
+// (time_ms(fn, 10, 7)), its output compared with the flash forward's `out`. Counters: ref_fwd_ms,
+// ref_fwd_TFLOP/s (the causal FLOPs the flash counter counts, although cuBLAS computes all S^2
+// scores: the effective rate, comparable to fwd_TFLOP/s), fwd_speedup_vs_ref (ref_fwd_ms / fwd_ms),
+// ref_max_abs_diff (max |flash - reference| over all outputs: both round P to bf16 and the output
+// to bf16, so ~1e-2 at most is expected (3.9e-3 at S = 37..130 with this reference's code run under
+// the emulation, a CPU stand-in for cuBLAS); much more, or NaN, means one of them is wrong).
+void reference_counters(benchmark::State& state, const cuda::DeviceBuffer<bf16>& q, const cuda::DeviceBuffer<bf16>& k,
+                        const cuda::DeviceBuffer<bf16>& v, const cuda::DeviceBuffer<bf16>& out, long B, long H, long S,
+                        int dh, double fwd_ms, double causal_flops) {
+  // The reference holds [B * H, S, S] fp32 scores and mask and bf16 P: 1.25 GiB at B 8, S 1024,
+  // Dh 64 (B * H = 128), but S^2 growth makes S = 8192 need 80 GiB. A shape needing more than half
+  // the free device memory runs without it, counter ref_skipped_GiB saying how much it needed.
+  const size_t need = CausalAttentionReference::workspace_bytes(B, H, S);
+  size_t free_bytes = 0, total_bytes = 0;
+  cuda_check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+  if (need > free_bytes / 2) {
+    state.counters["ref_skipped_GiB"] = double(need) / double(size_t(1) << 30);
+    return;
+  }
+  CausalAttentionReference ref(B, H, S, dh);
+  cuda::DeviceBuffer<bf16> ref_out(out.size());
+  const double ref_ms = time_ms([&] { ref.forward(q.get(), k.get(), v.get(), ref_out.get()); }, 10, 7);
+  state.counters["ref_fwd_ms"] = ref_ms;
+  state.counters["ref_fwd_TFLOP/s"] = 2.0 * causal_flops / (ref_ms * 1e9);
+  state.counters["fwd_speedup_vs_ref"] = ref_ms / fwd_ms;
+  state.counters["ref_max_abs_diff"] = max_abs_diff(out.to_host(), ref_out.to_host());
+}
+
 // Args: head dim Dh; async (0: synchronous tile loads, the default; 1: MOE_FLASH_ASYNC=1); batch 8,
 // S = 1024, heads = 1024 / Dh (model width 1024), layout [B, H, S, Dh]. With async, counter
 // differing_vs_sync: elements of out, lse, dq, dk, dv whose bits differ from the synchronous path's on
-// the same inputs (expected 0: the same arithmetic in the same order).
+// the same inputs (expected 0: the same arithmetic in the same order). Both rows also time the cuBLAS
+// reference forward (reference_counters).
 void BM_FlashAttentionBf16(benchmark::State& state) {
   const int dh = int(state.range(0));
   const bool async = state.range(1) != 0;
@@ -52,6 +99,8 @@ void BM_FlashAttentionBf16(benchmark::State& state) {
   state.counters["fwd+bwd_tokens/s"] = tokens / ((fwd_ms + bwd_ms) * 1e-3);
   state.counters["fwd_TFLOP/s"] = 2.0 * causal / (fwd_ms * 1e9);  // QK^T and PV
   state.counters["bwd_TFLOP/s"] = 5.0 * causal / (bwd_ms * 1e9);  // S again, dV, dP, dQ, dK
+  fwd();  // out: this row's forward (the timed loop ran the backward after it, which leaves out alone)
+  reference_counters(state, q, k, v, out, B, H, S, dh, fwd_ms, causal);
   if (async) {
     fwd();
     bwd();
