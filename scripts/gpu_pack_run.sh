@@ -28,7 +28,9 @@
 #   throughput    expert_choice (balanced groups by construction) at d_model 1024, 4 MoE blocks of
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default
 #                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = each of
-#                 THROUGHPUT_KERNELS (default: per_expert wgmma2 wgmma5; per_expert = one cuBLAS GEMM per expert);
+#                 THROUGHPUT_KERNELS (default: per_expert wgmma2 wgmma5; per_expert = one cuBLAS GEMM per expert;
+#                 flash_async = the default kernels with MOE_FLASH_ASYNC=1, tma_stores = with
+#                 MOE_WGMMA4_TMA_STORES=1: the opt-in paths awaiting a GPU measurement);
 #                 each with MOE_KERNEL_PROFILE=1 (GPU time per kernel: <run>/kernel_profile.txt)
 #   strategies    every balancing strategy 30 steps at that shape on the device, then `moetrain
 #                 compare` (routing_time_share, tokens_per_s per strategy) into strategies.md
@@ -156,12 +158,15 @@ for step in $STEPS; do
   throughput)
     echo "== throughput at d_model 1024 (expert_choice: balanced groups)"
     for kernel in default $THROUGHPUT_KERNELS; do
-      [[ $kernel == wgmma* && $wgmma_ok != 1 ]] && { echo "$kernel: skipped (the wgmma tests did not pass)"; continue; }
+      [[ ($kernel == wgmma* || $kernel == tma_stores) && $wgmma_ok != 1 ]] &&
+        { echo "$kernel: skipped (the wgmma tests did not pass)"; continue; }
       t=$(limit "throughput $kernel" 45) || break
       env=(MOE_KERNEL_PROFILE=1)
       case $kernel in
       default) ;;
       per_expert) env+=(MOE_EXPERT_GEMM=per_expert) ;;
+      flash_async) env+=(MOE_FLASH_ASYNC=1) ;;
+      tma_stores) env+=(MOE_WGMMA4_TMA_STORES=1) ;;
       *) env+=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel) ;;
       esac
       env "${env[@]}" timeout "$t" "$run" "$P/bin/moetrain" train recipes/balance/expert_choice.toml "${big[@]}" \

@@ -165,13 +165,38 @@ inline void expect_model_tensors_match(const Checkpoint& a, const Checkpoint& b,
   }
 }
 
+// Every model/* tensor of checkpoint `a` equals b's to `tol` absolute, except at most a fraction
+// `outliers` of each tensor's coordinates, which must be within `outlier_tol`.
+inline void expect_model_tensors_close(const Checkpoint& a, const Checkpoint& b, double tol, double outlier_tol,
+                                       double outliers) {
+  for (auto& [k, t] : a.tensors) {
+    if (k.rfind("model/", 0) != 0) continue;
+    std::vector<double> x = t.to_double_vector(), y = b.tensor(k).to_double_vector();
+    ASSERT_EQ(x.size(), y.size()) << k;
+    size_t beyond = 0;
+    double worst = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      const double d = std::fabs(x[i] - y[i]);
+      beyond += !(d < tol);  // a NaN counts, and fails the max below
+      worst = std::max(worst, std::isnan(d) ? INFINITY : d);
+    }
+    EXPECT_LE(double(beyond), outliers * double(x.size())) << k << ": " << beyond << " of " << x.size()
+                                                             << " coordinates differ by " << tol << " or more";
+    EXPECT_LT(worst, outlier_tol) << k;
+  }
+}
+
 // A parallel run on the cuda device against the single-process device run of `steps` steps (log
 // every step, a checkpoint at the last): train losses to 1e-5 relative (they must fall, so two
-// constant runs cannot pass), grad norms to 1e-4, the last checkpoints' parameters to 3e-5
-// absolute and their balancer states; returns the parallel run's last checkpoint. (AdamW scales
-// each coordinate's step to about lr = 3e-3: a coordinate whose gradient nearly cancels carries
-// the grads' summation-order error into its step, which fp32 rounding of the grad cannot bound;
-// 1% of lr allows that. Measured: 1.03e-5 with the 2026-11-26 expert draws, under 1e-5 before.)
+// constant runs cannot pass), grad norms to 1e-4, the last checkpoints' parameters to 1e-5
+// absolute but for at most 0.5% of each tensor's coordinates, which must be within 3e-4, and
+// their balancer states; returns the parallel run's last checkpoint. (AdamW scales each
+// coordinate's step to about lr = 3e-3: a coordinate whose gradient nearly cancels carries the
+// grads' summation-order error into its step, which fp32 rounding of the grad cannot bound; a
+// few such coordinates are expected, a wrong sum moves most of them. Measured: the dense
+// parameters within 5.2e-7; experts' weights 1.03e-5 on one machine, and on another (other
+// OpenBLAS kernels under the emulation's GEMMs) 3 of 4096 coordinates of an expert w2 beyond 1e-5,
+// the largest 3.09e-5, no tensor with more than 3 beyond 1e-5.)
 inline Checkpoint expect_device_runs_match(const std::filesystem::path& ref, const std::filesystem::path& par,
                                            int64_t steps) {
   EXPECT_EQ(expect_metric_match(ref, par, "train", "loss", 1e-5), size_t(steps));
@@ -183,7 +208,7 @@ inline Checkpoint expect_device_runs_match(const std::filesystem::path& ref, con
   }
   Checkpoint a = read_checkpoint(checkpoint_dir(ref, steps)), b = read_checkpoint(checkpoint_dir(par, steps));
   EXPECT_NE(b.meta.strings.at("backend").find("cuda"), std::string::npos);
-  expect_model_tensors_match(a, b, 3e-5);
+  expect_model_tensors_close(a, b, 1e-5, 3e-4, 0.005);
   expect_balancer_states_match(a, b);
   return b;
 }
