@@ -111,10 +111,16 @@ def demangle(names):
 
 
 def main(argv):
-    if len(argv) < 2:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+    usage = __doc__.strip().splitlines()[2].strip()
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
+        print(__doc__.strip() if len(argv) >= 2 else usage, file=sys.stderr)
+        return 0 if len(argv) >= 2 else 2
+    try:
+        data = open(argv[1], "rb").read()
+    except OSError as e:
+        print(f"{argv[1]}: {e.strerror} (build the library first: cmake --build build --target moetrain_cuda)",
+              file=sys.stderr)
         return 2
-    data = open(argv[1], "rb").read()
     found = {}  # (kernel, sm) -> resources
     for base, _ in cubins(data):
         sm, kernels = parse_cubin(data, base)
