@@ -1,14 +1,13 @@
 // Flash attention: the fp32 kernels (tiles of query rows against tiles of keys staged in shared
 // memory as fp32, online softmax, a three-launch backward) and the dispatch of bf16 to tensor cores.
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "core/cuda/attention.h"
 #include "core/cuda/attention_internal.h"
 #include "core/cuda/block_reduce.h"
 #include "core/cuda/caching_allocator.h"
+#include "core/cuda/env_switch.h"
 #include "core/cuda/launch.h"
 
 namespace moe::cuda {
@@ -272,15 +271,8 @@ void check_shape(const char* op, long batch, long heads, long seq, int head_dim)
 }
 
 // MOE_FLASH_ASYNC=1: the bf16 kernels double-buffer their streamed tiles through cp.async
-// (attention_internal.h). Opt-in until a GPU measures it; read at every call, as the other MOE_*
-// choices, so that a benchmark or a test runs both paths in one process.
-bool flash_async_tiles() {
-  const char* v = std::getenv("MOE_FLASH_ASYNC");
-  if (!v || !*v || std::strcmp(v, "0") == 0) return false;
-  MOE_CHECK(std::strcmp(v, "1") == 0, "cuda::flash_attention", "MOE_FLASH_ASYNC = '", v,
-            "': expected '1' (cp.async tiles) or '0' / unset (synchronous tiles)");
-  return true;
-}
+// (attention_internal.h). Opt-in until a GPU measures it.
+bool flash_async_tiles() { return opt_in_switch("MOE_FLASH_ASYNC", "cp.async tiles"); }
 
 }  // namespace
 

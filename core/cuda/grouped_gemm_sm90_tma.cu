@@ -46,6 +46,7 @@
 // nt / nn row tiles run past an expert's rows into the next expert's: computed, never stored
 // (store_tile clamps rows); rows past R read as zeros.
 #include "core/cuda/caching_allocator.h"
+#include "core/cuda/env_switch.h"
 #include "core/cuda/grouped_gemm_sm90_tile.h"
 #include "core/cuda/grouped_gemm_sm90_tma.h"
 #include "core/cuda/launch.h"
@@ -596,8 +597,8 @@ bool staged_stores(const Tout* C, long ld) {
 // adds) of an output the staged stores take (16-byte rows, so a tensor map can stride it) whose
 // rows a TMA coordinate reaches.
 bool tma_stores(bool staged, bool accumulate, uint64_t out_rows) {
-  const char* on = std::getenv("MOE_WGMMA4_TMA_STORES");
-  return on && std::strcmp(on, "1") == 0 && staged && !accumulate && out_rows >= 1 && out_rows < (uint64_t(1) << 31);
+  return opt_in_switch("MOE_WGMMA4_TMA_STORES", "bulk tensor stores") && staged && !accumulate && out_rows >= 1 &&
+         out_rows < (uint64_t(1) << 31);
 }
 // The output [out_rows][ld] as boxes of 16 rows x 128 bytes (the TMA stores' map).
 template <class Tout>

@@ -419,6 +419,12 @@ void check_tma_stores_match_staged(const FormsCase& fc) {
   expect_same_bits(staged.dx, tma_out.dx, "nn");
   expect_same_bits(staged.gw, tma_out.gw, "tn");
 }
+TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresSwitchRejectsOtherValues) {
+  MOE_REQUIRE_WGMMA();
+  Wgmma4Scope scope;
+  EnvScope tma("MOE_WGMMA4_TMA_STORES", "yes");
+  EXPECT_THROW(check_forms<float>({136, 40, {0, 130, 1, 17, 0}, false}), Error);
+}
 TEST(CudaGroupedGemmSm90, Wgmma4TmaStoresMatchStagedSkewedGroups) {
   MOE_REQUIRE_WGMMA();
   Wgmma4Scope scope;
