@@ -1,7 +1,9 @@
 // Tensor core: views, copies, dtypes, bf16 rounding, the pooled allocator, Philox, autograd tape.
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <set>
 
 #include "core/allocator.h"
@@ -99,6 +101,12 @@ TEST(Allocator, TuneHostMallocTakesTunedOrDefaultAndRefusesOthers) {
   }
   test::EnvScope env("MOE_HOST_MALLOC", nullptr);
   EXPECT_NO_THROW(tune_host_malloc());
+  // Tuned, a 1 MiB block comes from the heap: glibc's default (128 KiB threshold) maps it.
+  const size_t mapped = mallinfo2().hblks;
+  void* block = std::malloc(size_t(1) << 20);
+  ASSERT_NE(block, nullptr);
+  EXPECT_EQ(mallinfo2().hblks, mapped) << "a 1 MiB block was mapped: tune_host_malloc did not raise the threshold";
+  std::free(block);
 }
 
 TEST(Philox, ReproducibleFromOffsetAndDistinctAcrossStreams) {
