@@ -2,7 +2,9 @@
 // backward), fp32 and bf16 storage, on sequence lengths that are not multiples of the tiles.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/cuda/attention.h"
 #include "core/cuda/memory.h"
@@ -88,9 +90,19 @@ void check_attention(long B, long H, long S, int D, unsigned seed, double atol, 
                             " D=" + std::to_string(D) + (bshd ? " [B, S, H, D]" : " [B, H, S, D]");
   EXPECT_TRUE(all_near(from_layout(to_f32(out.to_host())), want.out, atol, rtol)) << "out " << where;
   EXPECT_TRUE(all_near(lse.to_host(), want.lse, 1e-5, 1e-5)) << "lse (fp32 always) " << where;
-  EXPECT_TRUE(all_near(from_layout(to_f32(dq.to_host())), want.dq, atol, rtol)) << "dq " << where;
-  EXPECT_TRUE(all_near(from_layout(to_f32(dk.to_host())), want.dk, atol, rtol)) << "dk " << where;
-  EXPECT_TRUE(all_near(from_layout(to_f32(dv.to_host())), want.dv, atol, rtol)) << "dv " << where;
+  // A bf16 grad entry sums up to S terms rounded to bf16 (P, dS, and the bf16 out in delta =
+  // rowsum(dO O)), so its error scales with the tensor's largest entries, not with the entry
+  // itself: there atol is relative to max(1, max |want|). (A numpy model of these roundings put
+  // the error at up to 1% of that max over 300 draws; per entry, atol 2e-2 failed 1 draw in 100.)
+  auto grad_atol = [&](const std::vector<double>& w) {
+    if (!std::is_same_v<T, bf16>) return atol;
+    double top = 1.0;
+    for (double x : w) top = std::max(top, std::abs(x));
+    return atol * top;
+  };
+  EXPECT_TRUE(all_near(from_layout(to_f32(dq.to_host())), want.dq, grad_atol(want.dq), rtol)) << "dq " << where;
+  EXPECT_TRUE(all_near(from_layout(to_f32(dk.to_host())), want.dk, grad_atol(want.dk), rtol)) << "dk " << where;
+  EXPECT_TRUE(all_near(from_layout(to_f32(dv.to_host())), want.dv, grad_atol(want.dv), rtol)) << "dv " << where;
 }
 
 TEST(CudaFlashAttention, MatchesCpuOpF32) {

@@ -35,6 +35,8 @@ namespace moe {
 namespace {
 
 using test::random_host;
+using test::first_usable_seed;
+using test::test_seed;
 
 constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
 // |device price - host price| after each step (prices are O(0.1 .. 1)): the device iterates in
@@ -247,19 +249,22 @@ void compare_routing(MoeLayer& got, MoeLayer& want, const std::string& what) {
   EXPECT_LE(test::max_rel_diff(got.last_routing().score, want.last_routing().score), kF32Rel) << "selection score";
 }
 
-void compare_pass(const Pass& got, const Pass& want, double rel, const std::string& what) {
+// router_rel: the router grad sums gate grads over the tokens, each a dot product of dy with an
+// expert output that is bf16 on the device and fp32 on the CPU; relative to its largest entry it
+// carries that rounding through cancellation (as in ssr_null_device_routing_test.cpp).
+void compare_pass(const Pass& got, const Pass& want, double rel, double router_rel, const std::string& what) {
   SCOPED_TRACE(what);
   EXPECT_LE(test::max_rel_diff(got.out, want.out), rel) << "output";
   if (!want.xgrad.defined()) return;
   EXPECT_LE(test::max_rel_diff(got.xgrad, want.xgrad), rel) << "input grad";
-  EXPECT_LE(test::max_rel_diff(got.router_grad, want.router_grad), rel) << "router grad";
+  EXPECT_LE(test::max_rel_diff(got.router_grad, want.router_grad), router_rel) << "router grad";
 }
 
 void run_price_case(const PriceCase& c) {
   SCOPED_TRACE(c.name);
   const ModelConfig cfg = price_config(c);
   const int64_t k = cfg.moe.top_k;
-  Philox r1(1234, 0), r2(1234, 0), r3(1234, 0);
+  Philox r1(test_seed(1234), 0), r2(test_seed(1234), 0), r3(test_seed(1234), 0);
   MoeLayer cpu(cfg, 0, r1), dev(cfg, 0, r2), dev_host(cfg, 0, r3);
   for (MoeLayer* l : {&cpu, &dev, &dev_host}) {
     NoGradGuard ng;
@@ -287,9 +292,20 @@ void run_price_case(const PriceCase& c) {
     SCOPED_TRACE((training ? "training step " : "eval after step ") + std::to_string(training ? step : step - 1));
     if (!training)
       for (MoeLayer* l : {&cpu, &dev, &dev_host}) l->eval();
-    Tensor x = add_scalar(random_host({2, 7, 40}, c.seed + 2 * uint64_t(step)), 1.0).to(DType::bf16).to(DType::f32);
-    Tensor R = random_host({2, 7, 40}, c.seed + 2 * uint64_t(step) + 1);
     const std::vector<double> before = cpu.balancer().state_vector();
+    auto input = [](uint64_t s) {
+      return add_scalar(random_host({2, 7, 40}, s), 1.0).to(DType::bf16).to(DType::f32);
+    };
+    uint64_t seed = c.seed + 2 * uint64_t(step);
+    if (!(training && bip_paper)) {  // these must have a margin everywhere (below): draw until they do
+      const auto [usable, found] = first_usable_seed(seed, [&](uint64_t s) {
+        const std::vector<double> g = price_gaps(cpu_scores(cpu, input(s)), before, k);
+        return *std::min_element(g.begin(), g.end()) > kMargin;
+      });
+      ASSERT_TRUE(found) << "every input drawn had a near tie in the top-k of s - prices";
+      seed = usable;
+    }
+    Tensor x = input(seed), R = random_host({2, 7, 40}, seed + 1);
     const bool backward = step == 0;  // grads once (a device pass costs seconds under the emulation)
     Pass h = run_pass(cpu, x, R, Device::cpu, DType::f32, backward);
     // The prices this step selected with: BIP's paper order iterates first.
@@ -304,7 +320,7 @@ void run_price_case(const PriceCase& c) {
     const std::vector<double> gaps = price_gaps(s, used, k);
     const double margin = *std::min_element(gaps.begin(), gaps.end());
     if (!(training && bip_paper)) {
-      ASSERT_GT(margin, kMargin) << "a near tie in the top-k of s - prices: pick another seed";
+      ASSERT_GT(margin, kMargin) << "a near tie in the top-k of s - prices (the draw above avoids them)";
     }
     smallest_gap = std::min(smallest_gap, margin);
     if (cpu.last_routing().expert.to_vector<int64_t>() != select_topk(s, k, "test").expert)
@@ -323,8 +339,8 @@ void run_price_case(const PriceCase& c) {
       ++full_steps;
       compare_routing(dev, cpu, "device layer vs cpu layer");
       compare_routing(dev, dev_host, "device routing vs host routing, both on the device");
-      compare_pass(d, h, rel_cpu, "device layer vs cpu layer");
-      compare_pass(d, dh, rel_host, "device routing vs host routing, both on the device");
+      compare_pass(d, h, rel_cpu, 3 * rel_cpu, "device layer vs cpu layer");
+      compare_pass(d, dh, rel_host, rel_host, "device routing vs host routing, both on the device");
     }
     // The prices: training moves them the same way; eval moves none.
     const std::vector<double> pc = cpu.balancer().state_vector(), pd = dev.balancer().state_vector(),

@@ -18,12 +18,14 @@
 #include "layers/model_config.h"
 #include "layers/moe/balance/sinkhorn_plan.h"
 #include "layers/moe/moe_layer.h"
+#include "tests/cuda/test_seed.h"
 
 namespace moe::test {
 
-// Standard normal values times `scale`, f32, on the host; the same for the same (shape, seed).
+// Standard normal values times `scale`, f32, on the host; the same for the same (shape, seed)
+// within a run (test_seed).
 inline Tensor random_host(const Shape& shape, uint64_t seed, double scale = 1.0) {
-  Philox rng(seed, 0);
+  Philox rng(test_seed(seed), 0);  // fresh per run: tests/cuda/test_seed.h
   std::vector<float> v(size_t(shape_numel(shape)));
   for (float& x : v) x = float(rng.normal() * scale);
   return Tensor::from_vector(v, shape);

@@ -17,7 +17,7 @@ using namespace moe::test;
 namespace {
 
 std::vector<int64_t> random_ids(long n, long vocab, unsigned seed) {
-  std::mt19937 gen(seed);
+  std::mt19937 gen(uint32_t(test_seed(seed)));
   std::vector<int64_t> ids(static_cast<size_t>(n));
   for (auto& id : ids) id = int64_t(gen() % uint32_t(vocab));
   for (long i = 0; i < n; i += 3) ids[static_cast<size_t>(i)] = 7;  // a hot id: a long run in the sorted order

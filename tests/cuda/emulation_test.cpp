@@ -9,6 +9,7 @@
 
 #include "core/cuda/launch.h"
 #include "core/cuda/memory.h"
+#include "tests/cuda/test_seed.h"
 
 using namespace moe;
 using namespace moe::cuda;
@@ -42,7 +43,7 @@ __global__ void tree_sum_no_sync_kernel(const float* in, float* out, int n) {
 
 // Integer-valued inputs so that every correct summation order is exact.
 std::vector<float> small_integers(int n, unsigned seed) {
-  std::mt19937 gen(seed);
+  std::mt19937 gen(uint32_t(test::test_seed(seed)));
   std::uniform_int_distribution<int> d(-50, 50);
   std::vector<float> v(n);
   for (auto& x : v) x = float(d(gen));
@@ -272,7 +273,7 @@ __global__ void atomics_kernel(const int* bins, int* hist, float* fsum, int* ima
 TEST(CudaEmulation, AtomicsAreExactUnderContention) {
   const int n = 5003, nbins = 11;
   std::vector<int> bins(n);
-  std::mt19937 gen(5);
+  std::mt19937 gen(uint32_t(test::test_seed(5)));
   for (auto& b : bins) b = int(gen() % nbins);
   DeviceBuffer<int> dbins(bins), hist(nbins), imax(1);
   DeviceBuffer<float> fsum(1), fmax(1);

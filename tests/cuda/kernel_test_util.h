@@ -10,6 +10,7 @@
 
 #include "core/cuda/memory.h"
 #include "core/dtype.h"
+#include "tests/cuda/test_seed.h"
 
 namespace moe::test {
 
@@ -19,7 +20,7 @@ constexpr double kF32Atol = 1e-5, kF32Rtol = 1e-5;
 constexpr double kBf16Atol = 1e-2, kBf16Rtol = 1e-2;
 
 inline std::vector<float> random_normal(size_t n, unsigned seed, float scale = 1.0f) {
-  std::mt19937 gen(seed);
+  std::mt19937 gen(uint32_t(test_seed(seed)));  // fresh per run: tests/cuda/test_seed.h
   std::normal_distribution<float> d(0.0f, scale);
   std::vector<float> v(n);
   for (auto& x : v) x = d(gen);

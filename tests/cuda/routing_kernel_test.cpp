@@ -43,7 +43,7 @@ TEST(CudaRouter, TopkMatchesStableSortWithTiesToLowerIndex) {
 }
 
 std::vector<int32_t> random_ids(long n, int experts, unsigned seed, bool with_drops) {
-  std::mt19937 gen(seed);
+  std::mt19937 gen(uint32_t(test_seed(seed)));
   std::vector<int32_t> ids(n);
   for (auto& id : ids) id = int32_t(gen() % experts);
   for (long i = 0; i < n; i += 4) ids[i] = int32_t(gen() % 3);  // skew: experts 0-2 are hot

@@ -190,9 +190,15 @@ TEST(CudaSinkhorn, AlreadyConvergedInput) {  // every row constant: K = 1, d1 st
 TEST(CudaSinkhorn, DeterministicAcrossRunsAndBatches) {
   const long T = 301;
   const int E = 13;
-  const auto x = sinkhorn_input(T, E, 77);
-  // Converges after a few iterations, inside a batch (batches 2, 4, 8, ...: later kernels of that
-  // batch see the flag); batch 1 reads after every iteration.
+  // Inputs that converge after a few iterations, inside a batch (batches 2, 4, 8, ...: later
+  // kernels of that batch see the flag), not at the end of batches 2 + 4; batch 1 reads after
+  // every iteration.
+  const auto [seed, found] = first_usable_seed(77, [&](uint64_t s) {
+    const int it = cpu_plan(sinkhorn_input(T, E, unsigned(s)), T, E, 0.5f, 100, 1e-4f).iterations;
+    return it > 2 && it != 6;
+  });
+  ASSERT_TRUE(found) << "no input drawn converged inside a batch";
+  const auto x = sinkhorn_input(T, E, unsigned(seed));
   const DeviceRun a = device_run(x, T, E, 0.5f, 100, 1e-4f, 8), b = device_run(x, T, E, 0.5f, 100, 1e-4f, 8);
   const DeviceRun c = device_run(x, T, E, 0.5f, 100, 1e-4f, 1);
   ASSERT_GT(a.stats.iterations, 2);

@@ -169,6 +169,8 @@ struct Seen {
 Seen run(const Case& c) {
   SCOPED_TRACE(c.name);
   const ModelConfig& cfg = c.cfg;
+  // A fixed layer seed: the layer's selection stream derives from it, and the SSR cases are built
+  // on its coin draws (below). The inputs are fresh (test::random_host).
   Philox r1(1234, 0), r2(1234, 0), r3(1234, 0);
   MoeLayer cpu(cfg, 0, r1), dev(cfg, 0, r2), dev_host(cfg, 0, r3);
   MoeLayer* all[] = {&cpu, &dev, &dev_host};
@@ -186,18 +188,19 @@ Seen run(const Case& c) {
   const int64_t E = cfg.moe.num_experts, k = cfg.moe.top_k;
   for (int step = 0; step < c.steps; ++step) {
     SCOPED_TRACE("step " + std::to_string(step));
-    const uint64_t seed = c.seed + 2 * uint64_t(step);
-    Tensor x = test::random_host({2, 7, 40}, seed).to(DType::bf16).to(DType::f32);
-    Tensor R = test::random_host({2, 7, 40}, seed + 1);
     const uint64_t offset = cpu.select_rng().offset();
     Philox coin = cpu.select_rng();
     const bool plan_step = ssr && !c.eval && coin.uniform() < cfg.moe.balance.ssr_probability;
     (plan_step ? seen.plan_steps : seen.topk_steps) += 1;
-    const double margin = selection_margin(cpu, x, cfg.moe, plan_step);
-    if (!(margin > 1e-4)) {
-      ADD_FAILURE() << "inputs with a near tie (" << margin << ") in the selection: pick another seed";
+    auto input = [](uint64_t s) { return test::random_host({2, 7, 40}, s).to(DType::bf16).to(DType::f32); };
+    const auto [seed, found] = test::first_usable_seed(c.seed + 2 * uint64_t(step), [&](uint64_t s) {
+      return selection_margin(cpu, input(s), cfg.moe, plan_step) > 1e-4;
+    });
+    if (!found) {
+      ADD_FAILURE() << "every input drawn had a near tie in the selection";
       return seen;
     }
+    Tensor x = input(seed), R = test::random_host({2, 7, 40}, seed + 1);
     Pass h = forward_backward(cpu, x, R, false, DType::f32);
     Pass d = forward_backward(dev, x, R, true, c.act);
     Pass dh = forward_backward(dev_host, x, R, true, c.act);
@@ -229,8 +232,10 @@ Seen run(const Case& c) {
       // part multiplies gate x dy rounded to bf16, and gates one fp32 ulp apart (the two routers'
       // softmax: on an H100 the device router and the generic ops differ there, under the
       // emulation both use the host's expf) round to bf16 values one ulp apart (2.2e-3 measured).
+      // The router grad carries those ulps through the same cancellation as above (1.2e-5 seen
+      // on a plan step at xi 0.05, where the plan's exponents scale logit differences by 20).
       const double f32 = c.act == DType::f32 ? kF32 : tol;
-      check_pass(d, dh, cpu, {f32, tol, f32, tol});
+      check_pass(d, dh, cpu, {f32, tol, 3 * f32, tol});
     }
     if (!ssr) {
       std::vector<int64_t> per_token(size_t(x.size(0) * x.size(1)), 0);

@@ -7,6 +7,8 @@
 #include <mpi.h>
 
 #include <cstdio>
+#include <cstdlib>
+#include <random>
 #include <string>
 
 #include "parallel/communicator.h"
@@ -44,6 +46,18 @@ int main(int argc, char** argv) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
     listeners.Append(new FailurePrinter(rank));
+  }
+  // One input seed for the whole job (tests/cuda/test_seed.h): without MOE_TEST_SEED every rank
+  // would draw its own, and a failure could not be rerun with one number.
+  if (std::getenv("MOE_TEST_SEED") == nullptr) {
+    unsigned long long seed = 0;
+    if (rank == 0) {
+      std::random_device rd;
+      seed = (static_cast<unsigned long long>(rd()) << 32) ^ rd();
+      if (seed == 0) seed = 1;  // 0 asks for the fixed inputs
+    }
+    MPI_Bcast(&seed, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+    setenv("MOE_TEST_SEED", std::to_string(seed).c_str(), 1);
   }
   int rc = RUN_ALL_TESTS();
   int any = 0;
