@@ -57,6 +57,9 @@ EXPERTS_KERNELS="${EXPERTS_KERNELS:-wgmma2 wgmma5}"
 # Set here so moetrain does not re-exec itself to set it (a re-exec under the carried loader
 # would lose the program name).
 export OMP_WAIT_POLICY=passive
+# The GPU tests draw fresh inputs (tests/cuda/test_seed.h): one seed for both test steps, printed
+# with their results so a failure there can be drawn again (here, or under the emulation).
+export MOE_TEST_SEED="${MOE_TEST_SEED:-$(( $(od -An -N4 -tu4 /dev/urandom) + 1 ))}"
 mkdir -p "$OUT"
 exec > >(tee "$OUT/summary.txt") 2>&1
 work=$(mktemp -d)
@@ -112,7 +115,7 @@ for step in $STEPS; do
   case $step in
   tests)
     t=$(limit tests 150) || continue
-    echo "== GPU tests (all but the wgmma ones), limit $t s"
+    echo "== GPU tests (all but the wgmma ones), limit $t s, MOE_TEST_SEED=$MOE_TEST_SEED"
     MOE_TORCH_REFERENCE_OUT="$R/torch_reference" timeout "$t" "$run" "$P/bin/moetrain_cuda_gpu_tests" \
       --gtest_filter="-$wgmma_tests" > "$R/gpu_tests.log" 2>&1
     echo "gpu tests rc=$?" | tee -a "$R/gpu_tests.log"
@@ -125,7 +128,7 @@ for step in $STEPS; do
     fi ;;
   wgmma_tests)
     t=$(limit wgmma_tests 45) || continue
-    echo "== wgmma tests, limit $t s"
+    echo "== wgmma tests, limit $t s, MOE_TEST_SEED=$MOE_TEST_SEED"
     timeout "$t" "$run" "$P/bin/moetrain_cuda_gpu_tests" --gtest_filter="$wgmma_tests" > "$R/gpu_wgmma_tests.log" 2>&1
     rc=$?; [[ $rc == 0 ]] && wgmma_ok=1
     echo "wgmma tests rc=$rc" | tee -a "$R/gpu_wgmma_tests.log"
