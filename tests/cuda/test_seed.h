@@ -57,8 +57,8 @@ inline uint64_t test_seed(uint64_t base) {
 
 // For a comparison that only holds away from a decision boundary (a near tie in a top-k that the
 // device's fp32 rounding may break either way): the first of base, base + 1000, ... (at most
-// `tries`) whose inputs `usable(seed)` accepts. A fixed seed was picked by hand to be usable; a
-// fresh one is drawn again instead. Returns `tries` failures as the seed 0 plus usable == false.
+// `tries`) whose inputs `usable(seed)` accepts, and true; {0, false} when none is. (A fixed seed
+// used to be picked by hand to be usable; a fresh one is drawn again instead.)
 template <class Usable>
 std::pair<uint64_t, bool> first_usable_seed(uint64_t base, Usable usable, int tries = 20) {
   for (int i = 0; i < tries; ++i) {
