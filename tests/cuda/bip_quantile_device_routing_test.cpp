@@ -10,7 +10,7 @@
 // move and change choices) and then an eval forward. Each pass: the same expert ids; gates and
 // selection scores within 1e-5 of the largest entry; the prices (state_vector()) within 1e-6 of
 // the CPU layer's after every step (measured <= 1.2e-7); output within 1e-5 of the host-routed
-// device layer's (fp32 activations; bf16: 2e-2) and 1e-2 of the CPU layer's (bf16 experts); input
+// device layer's (fp32 activations; bf16: 2e-2) and 2e-2 of the CPU layer's (bf16 experts); input
 // and router grads the same way at the first step (one backward per case: a device pass costs
 // seconds under the emulation); eval changes no price. The inputs are checked for a margin of
 // 1e-5 between the k-th and (k+1)-th s - price of every token under the CPU layer's prices, so
@@ -260,7 +260,9 @@ void compare_pass(const Pass& got, const Pass& want, double rel, double router_r
   EXPECT_LE(test::max_rel_diff(got.router_grad, want.router_grad), router_rel) << "router grad";
 }
 
-void run_price_case(const PriceCase& c) {
+// *full_passes: the number of passes compared in full (run_price_case asks for two). A void
+// function, for the ASSERTs.
+void run_one_price_case(const PriceCase& c, int* full_passes) {
   SCOPED_TRACE(c.name);
   const ModelConfig cfg = price_config(c);
   const int64_t k = cfg.moe.top_k;
@@ -280,8 +282,9 @@ void run_price_case(const PriceCase& c) {
   dev_host.to(Device::cuda);
   dev_host.set_device_routing(false);
   const bool bip_paper = c.strategy == "bip" && c.order == "paper";
-  const double rel_cpu = c.act == DType::f32 ? kBf16Rel : 2 * kBf16Rel;
-  const double rel_host = c.act == DType::f32 ? kF32Rel : rel_cpu;
+  const double rel_cpu = test::bf16_experts_rel(c.act);
+  const double rel_host = c.act == DType::f32 ? kF32Rel : 2 * kBf16Rel;
+  const double router_rel_cpu = 3 * (c.act == DType::f32 ? kBf16Rel : 2 * kBf16Rel);
   double worst_price = 0;
   bool prices_changed_a_choice = false, prices_moved = false;
   int64_t near_tie_tokens = 0;  // tokens routed differently on a near tie (BIP paper order only)
@@ -339,7 +342,7 @@ void run_price_case(const PriceCase& c) {
       ++full_steps;
       compare_routing(dev, cpu, "device layer vs cpu layer");
       compare_routing(dev, dev_host, "device routing vs host routing, both on the device");
-      compare_pass(d, h, rel_cpu, 3 * rel_cpu, "device layer vs cpu layer");
+      compare_pass(d, h, rel_cpu, router_rel_cpu, "device layer vs cpu layer");
       compare_pass(d, dh, rel_host, rel_host, "device routing vs host routing, both on the device");
     }
     // The prices: training moves them the same way; eval moves none.
@@ -357,13 +360,24 @@ void run_price_case(const PriceCase& c) {
     }
   }
   EXPECT_TRUE(prices_moved) << "training never moved the prices";
-  EXPECT_GE(full_steps, 2) << "too few passes without a near-tie difference to compare the layers";
   EXPECT_TRUE(prices_changed_a_choice) << "the prices never changed a choice: the case does not exercise them";
   ::testing::Test::RecordProperty("max_abs_price_diff_e9", int(std::lround(worst_price * 1e9)));
   ::testing::Test::RecordProperty("near_tie_tokens_differing", int(near_tie_tokens));
   std::printf("[ %s ] max |device price - cpu price| over %d steps: %.3g; near-tie tokens routed differently: %lld; "
               "passes compared in full: %d of %d; smallest top-k gap %.3g\n",
               c.name.c_str(), c.steps, worst_price, (long long)near_tie_tokens, full_steps, c.steps + 1, smallest_gap);
+  *full_passes = full_steps;
+}
+
+// BIP's paper order leaves each binding expert's boundary tokens tied on purpose, and a pass where
+// rounding routed one of them differently is not compared in full: with fresh inputs (about one
+// draw in six) that can leave fewer than two full passes, so the case then runs again on new
+// inputs, a few times at most. The other cases compare every pass in full at the first run.
+void run_price_case(PriceCase c) {
+  int full_steps = 0;
+  for (int run = 0; run < 4 && full_steps < 2 && !::testing::Test::HasFatalFailure(); ++run, c.seed += 1000)
+    run_one_price_case(c, &full_steps);
+  EXPECT_GE(full_steps, 2) << "too few passes without a near-tie difference to compare the layers";
 }
 
 TEST_F(BipQuantileDeviceRouting, BipPaperOrder) { run_price_case({"bip paper", "bip", "paper"}); }

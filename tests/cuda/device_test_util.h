@@ -31,6 +31,14 @@ inline Tensor random_host(const Shape& shape, uint64_t seed, double scale = 1.0)
   return Tensor::from_vector(v, shape);
 }
 
+// The tolerance, relative to the largest entry, of a device MoE layer (or its experts) against
+// the CPU one: the device experts multiply in bf16, so an entry of the output or of a grad carries
+// up to four bf16 roundings (a = x w1, u = x w3, h = silu(a) u, then y or dy; unit roundoff
+// 2^-8 = 0.39% each, silu's relative sensitivity up to ~1.2) wherever one token dominates it:
+// ~1.6% at worst (measured up to 1.1%, the w2 grad, on a fresh seed). bf16 activations round the
+// layer's input grad and output too.
+inline double bf16_experts_rel(DType activations) { return activations == DType::bf16 ? 3e-2 : 2e-2; }
+
 // max |got - want| / max |want| over the entries (tensors on either device; the plain max |diff|
 // when want is all zero); infinity when a side is undefined, the sizes differ or an entry is NaN
 // on one side only.

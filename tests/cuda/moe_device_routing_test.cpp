@@ -3,7 +3,7 @@
 // same device layer with the host routing forced (set_device_routing(false)). Expected: the same
 // expert ids and kept sets (inputs are checked for a top-k margin, so fp32 rounding of the router
 // GEMM cannot flip a choice), gates and extra losses within 1e-5 of the largest entry (fp32
-// router math); output and every grad within 1e-2 of the CPU layer's (the experts multiply in
+// router math); output and every grad within 2e-2 of the CPU layer's (the experts multiply in
 // bf16 on the device) and, with fp32 activations, output, input grad and router grad within 1e-5
 // of the host-routed device layer's (same data-path kernels). S-BASE (sinkhorn) in training and
 // eval the same way; in training its inputs are checked for a margin in the host plan's top-k and
@@ -30,7 +30,7 @@
 namespace moe {
 namespace {
 
-constexpr double kF32Rel = 1e-5, kBf16Rel = 1e-2;
+constexpr double kF32Rel = 1e-5;
 
 using test::near_rel_max;
 using test::random_host;
@@ -224,11 +224,11 @@ void run_case(const RouteCase& c) {
   }
   expect_same_routing(dev, cpu, "device layer vs cpu layer");
   expect_same_routing(dev, dev_host, "device routing vs host routing, both on the device");
-  // Against the CPU layer: the device experts' bf16 rounding dominates (1e-2). Against the host
+  // Against the CPU layer: the device experts' bf16 rounding dominates (2e-2). Against the host
   // routing on the device (the same data-path kernels): only the routing math differs, so with
   // fp32 activations the output, input grad and router grad agree to fp32 rounding (measured
   // <= 2.3e-7 under the emulation; expert grads bit-equal there).
-  const double rel = c.act == DType::f32 ? kBf16Rel : 2 * kBf16Rel;
+  const double rel = test::bf16_experts_rel(c.act);
   expect_near_run(d, h, rel, rel, "device layer vs cpu layer");
   expect_near_run(d, dh, rel, c.act == DType::f32 ? kF32Rel : rel, "device routing vs host routing, both on the device");
 }

@@ -163,13 +163,14 @@ TEST_F(MoeDevice, SwigluExpertsMatchTheCpuOp) {
     Tensor yd = expert_swiglu_ffn(xd, d1, d3, d2, offsets);
     ASSERT_EQ(yd.dtype(), dt);
     yd.backward(gy.to(dt).to(Device::cuda));
-    EXPECT_TRUE(near_rel_max(yd, yh, kBf16Rel, "y"));
-    EXPECT_TRUE(near_rel_max(xd.grad(), xh.grad(), kBf16Rel, "dx"));
+    const double rel = test::bf16_experts_rel(dt);
+    EXPECT_TRUE(near_rel_max(yd, yh, rel, "y"));
+    EXPECT_TRUE(near_rel_max(xd.grad(), xh.grad(), rel, "dx"));
     EXPECT_EQ(xd.grad().dtype(), dt);
     for (auto [d, h, n] : {std::tuple{d1, h1, "dw1"}, std::tuple{d3, h3, "dw3"}, std::tuple{d2, h2, "dw2"}}) {
       EXPECT_EQ(d.grad().device(), Device::cuda) << n;
       EXPECT_EQ(d.grad().dtype(), DType::f32) << n;
-      EXPECT_TRUE(near_rel_max(d.grad(), h.grad(), kBf16Rel, n));
+      EXPECT_TRUE(near_rel_max(d.grad(), h.grad(), rel, n));
     }
     // The empty expert's weight grads are exactly zero.
     std::vector<double> g1 = d1.grad().to_double_vector();
@@ -239,12 +240,13 @@ void run_layer_case(const LayerCase& c) {
   for (size_t i = 0; i < cpu.extra_losses().size(); ++i)
     EXPECT_EQ(dev.extra_losses()[i].unscaled, cpu.extra_losses()[i].unscaled) << cpu.extra_losses()[i].name;
 
-  EXPECT_TRUE(near_rel_max(out_d, out_h, kBf16Rel, "output"));
+  const double rel = test::bf16_experts_rel(c.act);
+  EXPECT_TRUE(near_rel_max(out_d, out_h, rel, "output"));
 
   ASSERT_TRUE(xd.grad().defined());
   EXPECT_EQ(xd.grad().device(), Device::cuda);
   EXPECT_EQ(xd.grad().dtype(), c.act);
-  EXPECT_TRUE(near_rel_max(xd.grad(), xh.grad(), kBf16Rel, "input grad"));
+  EXPECT_TRUE(near_rel_max(xd.grad(), xh.grad(), rel, "input grad"));
   auto ph = cpu.named_parameters(), pd = dev.named_parameters();
   ASSERT_EQ(ph.size(), pd.size());
   for (size_t i = 0; i < ph.size(); ++i) {
@@ -254,7 +256,7 @@ void run_layer_case(const LayerCase& c) {
     ASSERT_TRUE(p.grad().defined());
     EXPECT_EQ(p.grad().device(), Device::cuda);
     EXPECT_EQ(p.grad().dtype(), DType::f32);
-    EXPECT_TRUE(near_rel_max(p.grad(), ph[i].second.grad(), kBf16Rel, name + " grad"));
+    EXPECT_TRUE(near_rel_max(p.grad(), ph[i].second.grad(), rel, name + " grad"));
   }
 }
 

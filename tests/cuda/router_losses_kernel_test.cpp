@@ -2,6 +2,7 @@
 // in double with their autograd backward, and the loss-free balancer's bias updates bit for bit.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include "core/cuda/memory.h"
@@ -109,7 +110,8 @@ TEST(CudaRouterLosses, LossFreeBiasUpdateIsBitExactWithTheBalancer) {
     auto got = bias.to_host();
     for (int e = 0; e < E; ++e)
       ASSERT_EQ(got[static_cast<size_t>(e)], float(want[static_cast<size_t>(e)])) << rule << " expert " << e;
-    EXPECT_NE(got[0], 0.0f) << rule;
+    // The updates moved the biases (one expert's four signs may cancel: ask for any expert).
+    EXPECT_TRUE(std::any_of(got.begin(), got.end(), [](float b) { return b != 0.0f; })) << rule;
   }
 }
 

@@ -6,7 +6,7 @@
 // same layer RNG offset (SSR's coin: one draw per training select, none in eval; each step's
 // coin is predicted from a copy of the stream, and the mixed cases see both outcomes); gates,
 // selection scores and extra losses within 1e-5 of the largest entry (fp32 router math); output
-// and grads within 1e-2 of the CPU layer's (bf16 experts) and, with fp32 activations, output,
+// and grads within 2e-2 of the CPU layer's (bf16 experts) and, with fp32 activations, output,
 // input grad and router grad within 1e-5 of the host-routed device layer's.
 // Ops: sinkhorn_plan's log d1 against the host plan's, scale_add_row and its backward.
 #include <gtest/gtest.h>
@@ -218,13 +218,13 @@ Seen run(const Case& c) {
       SCOPED_TRACE("device routing vs host routing on the device");
       check_routing(dev, dev_host);
     }
-    const double tol = c.act == DType::f32 ? kBf16 : 2 * kBf16;
+    const double tol = c.act == DType::f32 ? kBf16 : 2 * kBf16, tol_cpu = test::bf16_experts_rel(c.act);
     {
       SCOPED_TRACE("device layer vs cpu layer");
       // The router grad sums gate grads over the tokens, each from bf16 expert outputs (the CPU's
       // are fp32): relative to its largest entry it carries that rounding through cancellation
       // (measured up to 1.75e-2 over these seeds; a wrong gate or score grad is off by O(1)).
-      check_pass(d, h, cpu, {tol, tol, 3 * tol, tol});
+      check_pass(d, h, cpu, {tol_cpu, tol_cpu, 3 * tol, tol_cpu});
     }
     {
       SCOPED_TRACE("device routing vs host routing on the device");
@@ -269,10 +269,14 @@ TEST_F(SsrNullDeviceRouting, SsrMixedCoinScaledWithZLoss) {
 }
 
 // A plan step with k = 1 (gate = gate_scale), small temperature with few iterations, sigmoid
-// router, capacity drops.
+// router, capacity drops. The drops go by position: at xi 0.05 the plan saturates, and the
+// selection scores T * Pi of an expert's tokens tie up to an ulp or two (0.70087492 three times
+// on the device, one ulp apart on the host, with a fresh seed), so dropping by score would pick
+// which tied token to drop by rounding.
 TEST_F(SsrNullDeviceRouting, SsrPlanTop1SmallTemperatureSigmoidWithDrops) {
-  Case c = make_case("ssr plan k = 1, xi 0.05, sigmoid, capacity 0.7, scale 2", "ssr");
+  Case c = make_case("ssr plan k = 1, xi 0.05, sigmoid, capacity 0.7 by position, scale 2", "ssr");
   MoeConfig& m = c.cfg.moe;
+  m.drop_policy = "position";
   m.score_function = "sigmoid";
   m.top_k = 1;
   m.balance.sinkhorn_temperature = 0.05;
