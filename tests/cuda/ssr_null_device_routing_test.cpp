@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <numeric>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -72,6 +73,7 @@ struct Case {
   bool eval = false;
   int steps = 1;
   bool twin_ranks = false;  // null_experts: a two-rank batch communicator (scope global)
+  bool all_null_token = false;  // null_experts: step 0's input has a token whose top-k are all null
   uint64_t seed = 31;
 };
 
@@ -103,6 +105,24 @@ double selection_margin(MoeLayer& cpu, const Tensor& x, const MoeConfig& m, bool
     return test::kth_gap(s.to_double_vector(), T, C, m.top_k);
   }
   return test::sinkhorn_plan_margin(logits, m.balance, m.top_k);
+}
+
+// Tokens of x whose top-k scores (as the CPU layer routes) are all null experts (index >= E).
+int64_t all_null_tokens(MoeLayer& cpu, const Tensor& x, const MoeConfig& m) {
+  NoGradGuard ng;
+  Tensor logits = cpu_logits(cpu, x);
+  Tensor s = m.score_function == "sigmoid" ? sigmoid(logits) : softmax(logits, 1);
+  const std::vector<double> v = s.to_double_vector();
+  const int64_t T = s.size(0), C = s.size(1), k = m.top_k;
+  int64_t count = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int64_t> order(static_cast<size_t>(C));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int64_t a, int64_t b) { return v[size_t(t * C + a)] > v[size_t(t * C + b)]; });
+    count += std::all_of(order.begin(), order.begin() + k, [&](int64_t e) { return e >= m.num_experts; });
+  }
+  return count;
 }
 
 struct Pass {
@@ -193,11 +213,15 @@ Seen run(const Case& c) {
     const bool plan_step = ssr && !c.eval && coin.uniform() < cfg.moe.balance.ssr_probability;
     (plan_step ? seen.plan_steps : seen.topk_steps) += 1;
     auto input = [](uint64_t s) { return test::random_host({2, 7, 40}, s).to(DType::bf16).to(DType::f32); };
+    const bool need_all_null = c.all_null_token && step == 0;
     const auto [seed, found] = test::first_usable_seed(c.seed + 2 * uint64_t(step), [&](uint64_t s) {
-      return selection_margin(cpu, input(s), cfg.moe, plan_step) > 1e-4;
+      const Tensor xs = input(s);
+      return selection_margin(cpu, xs, cfg.moe, plan_step) > 1e-4 &&
+             (!need_all_null || all_null_tokens(cpu, xs, cfg.moe) > 0);
     });
     if (!found) {
-      ADD_FAILURE() << "every input drawn had a near tie in the selection";
+      ADD_FAILURE() << "every input drawn had a near tie in the selection"
+                    << (need_all_null ? " or no token routed to null experts only" : "");
       return seen;
     }
     Tensor x = input(seed), R = test::random_host({2, 7, 40}, seed + 1);
@@ -315,6 +339,7 @@ TEST_F(SsrNullDeviceRouting, NullExpertsRenormalizedWithZLoss) {
   Case c = make_case("null_experts n 3, k 2, z", "null_experts");
   c.cfg.moe.z_loss_coef = 1e-2;
   c.steps = 2;
+  c.all_null_token = true;  // drawn for: about one input in five has no such token
   const Seen s = run(c);
   EXPECT_GT(s.tokens_short, 0);
   EXPECT_GT(s.tokens_none, 0);
