@@ -49,11 +49,11 @@ inline uint64_t run_seed() {
   return seed;
 }
 
-// The seed of one input: `base` itself under MOE_TEST_SEED=0, else base mixed with the run seed.
-inline uint64_t test_seed(uint64_t base) {
-  const uint64_t r = run_seed();
-  return r == 0 ? base : splitmix64(base ^ splitmix64(r));
-}
+// The seed of input `base` in a run seeded `run`: base itself for run 0, else the two mixed.
+inline uint64_t mix_seed(uint64_t base, uint64_t run) { return run == 0 ? base : splitmix64(base ^ splitmix64(run)); }
+
+// The seed of one input in this run.
+inline uint64_t test_seed(uint64_t base) { return mix_seed(base, run_seed()); }
 
 // For a comparison that only holds away from a decision boundary (a near tie in a top-k that the
 // device's fp32 rounding may break either way): the first of base, base + 1000, ... (at most
