@@ -56,7 +56,9 @@ void check_gates(long T, int C, int E, int k, bool renormalize, double scale) {
   }
   const std::string what = std::string(renormalize ? "renormalized" : "plain") + " scale " + std::to_string(scale);
   EXPECT_TRUE(all_near(g_real, r.gate.to_double_vector(), 1e-6, 1e-5)) << what;
-  EXPECT_TRUE(all_near(dscores.to_host(), s.grad().to_double_vector(), 1e-6, 1e-5)) << what;
+  // A renormalized score grad is a difference of terms of the size of the gate grads, exactly 0
+  // for some entries: fp32 leaves up to a few ulps of those terms (1.9e-6 seen on a fresh seed).
+  EXPECT_TRUE(all_near(dscores.to_host(), s.grad().to_double_vector(), 1e-5, 1e-5)) << what;
 }
 
 TEST(CudaGates, MatchBuildRoutingForwardAndBackward) {
