@@ -12,7 +12,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <numeric>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -107,21 +106,17 @@ double selection_margin(MoeLayer& cpu, const Tensor& x, const MoeConfig& m, bool
   return test::sinkhorn_plan_margin(logits, m.balance, m.top_k);
 }
 
-// Tokens of x whose top-k scores (as the CPU layer routes) are all null experts (index >= E).
+// Tokens of x whose top-k scores (select_topk, as the CPU layer routes) are all null experts
+// (index >= E).
 int64_t all_null_tokens(MoeLayer& cpu, const Tensor& x, const MoeConfig& m) {
   NoGradGuard ng;
   Tensor logits = cpu_logits(cpu, x);
   Tensor s = m.score_function == "sigmoid" ? sigmoid(logits) : softmax(logits, 1);
-  const std::vector<double> v = s.to_double_vector();
-  const int64_t T = s.size(0), C = s.size(1), k = m.top_k;
+  const Selection sel = select_topk(s, m.top_k, "all_null_tokens");
   int64_t count = 0;
-  for (int64_t t = 0; t < T; ++t) {
-    std::vector<int64_t> order(static_cast<size_t>(C));
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](int64_t a, int64_t b) { return v[size_t(t * C + a)] > v[size_t(t * C + b)]; });
-    count += std::all_of(order.begin(), order.begin() + k, [&](int64_t e) { return e >= m.num_experts; });
-  }
+  for (size_t a = 0; a < sel.size(); a += size_t(m.top_k))
+    count += std::all_of(sel.expert.begin() + ptrdiff_t(a), sel.expert.begin() + ptrdiff_t(a) + m.top_k,
+                         [&](int64_t e) { return e >= m.num_experts; });
   return count;
 }
 

@@ -49,7 +49,8 @@ int main(int argc, char** argv) {
   }
   // One input seed for the whole job (tests/cuda/test_seed.h): without MOE_TEST_SEED every rank
   // would draw its own, and a failure could not be rerun with one number.
-  if (std::getenv("MOE_TEST_SEED") == nullptr) {
+  // Empty counts as unset, as tests/cuda/test_seed.h reads it.
+  if (const char* set = std::getenv("MOE_TEST_SEED"); set == nullptr || *set == '\0') {
     unsigned long long seed = 0;
     if (rank == 0) {
       std::random_device rd;
