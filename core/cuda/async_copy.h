@@ -16,8 +16,8 @@
 // group first. So a kernel that reads a staged tile before its wait, or another thread's part
 // before the barrier that follows that thread's wait, reads the shared memory's poison (0xFF
 // bytes: NaN) or a stale tile, as it would on the GPU. The queue belongs to the block being run:
-// a block that ends with copies pending leaves nothing to the next block (the runtime runs a
-// launch's blocks one after another on the same host threads; they differ in blockIdx).
+// a block that ends with copies pending leaves nothing to the next block (the runtime runs
+// blocks, of this launch and later ones, one after another on the same host threads).
 #pragma once
 #include "core/cuda/kernel.h"
 
@@ -43,7 +43,7 @@ struct Copy {
 
 // One emulated thread's copies: `open` since the last commit, then the committed groups, oldest first.
 struct Queue {
-  dim3 block{~0u, ~0u, ~0u};
+  uint64_t block = 0;  // the block run it belongs to (emu::block_serial)
   std::vector<Copy> open;
   std::vector<std::vector<Copy>> groups;
 };
@@ -51,10 +51,10 @@ inline thread_local Queue t_queue;
 
 inline Queue& queue() {
   Queue& q = t_queue;
-  if (q.block.x != blockIdx.x || q.block.y != blockIdx.y || q.block.z != blockIdx.z) {
-    q.open.clear();  // left over by the previous block of this launch: its shared memory is gone
+  if (q.block != ::moe::cuda::emu::block_serial()) {
+    q.open.clear();  // left over by an earlier block run by this host thread: its shared memory is gone
     q.groups.clear();
-    q.block = blockIdx;
+    q.block = ::moe::cuda::emu::block_serial();
   }
   return q;
 }

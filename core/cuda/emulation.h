@@ -1,5 +1,6 @@
 // CPU emulation of the CUDA kernel model (MOE_CUDA_EMULATION): lets a .cu kernel source compile
 // with the host compiler and run each block's threads as real threads with real barriers.
+// The host threads are a pool shared by all launches (one launch runs at a time).
 #pragma once
 #ifdef MOE_CUDA_EMULATION
 
@@ -82,6 +83,10 @@ bool in_shared(const void* p, size_t bytes);
 // `make` builds it at the first call of the block (under a lock), `destroy` frees it when the
 // block ends; `key` identifies the feature.
 void* block_local(const void* key, void* (*make)(), void (*destroy)(void*));
+// A number unique to the block being run, for per-thread state kept in a thread_local (an
+// emulated thread's async-copy queue): the runtime's host threads run one block after another and
+// are reused by later launches, so such state must be keyed by the block run, not by blockIdx.
+uint64_t block_serial();
 // Whether a thread of the launch has failed: a thread spinning on a condition that thread would
 // have met (an mbarrier, a named barrier) gives up instead of waiting for its timeout.
 bool launch_failed();

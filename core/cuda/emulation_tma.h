@@ -519,7 +519,7 @@ inline void setmaxnreg(const char* op, int regs, bool inc) {
             " is not in a complete warpgroup (block of ", nthreads, " threads)");
   const uint64_t value = uint64_t(regs) << 1 | uint64_t(inc);
   ::moe::cuda::emu::warp_collective(op, value);
-  const uint64_t block = blockIdx.x + uint64_t(gridDim.x) * (blockIdx.y + uint64_t(gridDim.y) * blockIdx.z);
+  const uint64_t block = ::moe::cuda::emu::block_serial();
   if (t_regs.block != block) t_regs = RegState{block, 0, 0};
   if (t_regs.regs != 0)
     MOE_CHECK(inc ? regs >= t_regs.regs : regs <= t_regs.regs, "cuda emulation", op, "(", regs, ") after ",

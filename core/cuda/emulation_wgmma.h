@@ -48,8 +48,8 @@ struct Op {
 
 // One emulated thread's wgmma state: `open` since the last commit, the committed groups (oldest
 // first), and whether a fence came since the last wait (or the start of the block). It belongs to
-// the block being run (`block`, its linear index): the runtime runs a launch's blocks one after
-// another on the same host threads, so a new index means the previous block's state is gone.
+// the block being run (`block`, emu::block_serial): the runtime's host threads run blocks of this
+// launch and later ones one after another, so another block means the previous one's state is gone.
 struct State {
   uint64_t block = ~uint64_t(0);
   bool fenced = false;
@@ -59,7 +59,7 @@ struct State {
 inline thread_local State t_state;
 
 inline State& state() {
-  const uint64_t block = blockIdx.x + uint64_t(gridDim.x) * (blockIdx.y + uint64_t(gridDim.y) * blockIdx.z);
+  const uint64_t block = ::moe::cuda::emu::block_serial();
   if (t_state.block != block) t_state = State{block, false, {}, {}};
   return t_state;
 }
