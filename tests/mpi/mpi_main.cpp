@@ -8,10 +8,10 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <random>
 #include <string>
 
 #include "parallel/communicator.h"
+#include "tests/cuda/run_seed.h"
 
 namespace {
 
@@ -47,16 +47,10 @@ int main(int argc, char** argv) {
     delete listeners.Release(listeners.default_result_printer());
     listeners.Append(new FailurePrinter(rank));
   }
-  // One input seed for the whole job (tests/cuda/test_seed.h): without MOE_TEST_SEED every rank
+  // One input seed for the whole job (tests/cuda/run_seed.h): without MOE_TEST_SEED every rank
   // would draw its own, and a failure could not be rerun with one number.
-  // Empty counts as unset, as tests/cuda/test_seed.h reads it.
-  if (const char* set = std::getenv("MOE_TEST_SEED"); set == nullptr || *set == '\0') {
-    unsigned long long seed = 0;
-    if (rank == 0) {
-      std::random_device rd;
-      seed = (static_cast<unsigned long long>(rd()) << 32) ^ rd();
-      if (seed == 0) seed = 1;  // 0 asks for the fixed inputs
-    }
+  if (!moe::test::run_seed_set()) {
+    unsigned long long seed = rank == 0 ? moe::test::draw_run_seed() : 0;
     MPI_Bcast(&seed, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
     setenv("MOE_TEST_SEED", std::to_string(seed).c_str(), 1);
   }
