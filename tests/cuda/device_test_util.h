@@ -80,6 +80,46 @@ inline ::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& 
                                        << ", want " << w[at] << ") > " << rel << " * max |want| " << top;
 }
 
+// The tokens whose gates are not bit-equal between two routings of the same batch (Routing's
+// token-major entries; every token when the two chose differently). The device experts take
+// gate * dy rounded to bf16 (their backward's input), so on such a token an entry of it may round
+// to the neighbouring bf16 value, and the token's input grad then differs by a bf16 rounding
+// carried through the expert, not by an fp32 one (seen: 2^-7 on an entry of 1.6 with the gates
+// 2 fp32 ulps apart, device vs host routing, MOE_TEST_SEED 2899448694).
+inline std::vector<bool> tokens_with_unequal_gates(const Routing& a, const Routing& b, int64_t tokens) {
+  const std::vector<int64_t> ta = a.token.to_vector<int64_t>(), tb = b.token.to_vector<int64_t>();
+  const std::vector<float> ga = a.gate.to(Device::cpu).to(DType::f32).to_vector<float>(),
+                           gb = b.gate.to(Device::cpu).to(DType::f32).to_vector<float>();
+  if (ta != tb || ga.size() != gb.size()) return std::vector<bool>(size_t(tokens), true);
+  std::vector<bool> unequal(size_t(tokens), false);
+  for (size_t i = 0; i < ta.size(); ++i)
+    if (ga[i] != gb[i]) unequal[size_t(ta[i])] = true;
+  return unequal;
+}
+
+// near_rel_max row by row (a row: numel / loose.size() entries): rows marked in `loose` within
+// loose_rel, the others within rel, both relative to the largest |want| of the whole tensor.
+inline ::testing::AssertionResult near_rel_max_rows(const Tensor& got, const Tensor& want, const std::vector<bool>& loose,
+                                                    double rel, double loose_rel, const std::string& what) {
+  if (!got.defined() || !want.defined())
+    return ::testing::AssertionFailure() << what << ": " << (got.defined() ? "want" : "got") << " is undefined";
+  if (got.numel() != want.numel() || loose.empty() || want.numel() % int64_t(loose.size()) != 0)
+    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str() << " in "
+                                         << loose.size() << " rows";
+  const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
+  const size_t row = w.size() / loose.size();
+  double top = 0;
+  for (double v : w) top = std::max(top, std::abs(v));
+  for (size_t i = 0; i < w.size(); ++i) {
+    const double d = std::abs(g[i] - w[i]), r = loose[i / row] ? loose_rel : rel;
+    if (!(d <= r * top))
+      return ::testing::AssertionFailure() << what << ": |diff| " << d << " at " << i << " (row " << i / row
+                                           << (loose[i / row] ? ", loose" : "") << "; got " << g[i] << ", want " << w[i]
+                                           << ") > " << r << " * max |want| " << top;
+  }
+  return ::testing::AssertionSuccess();
+}
+
 // The smallest gap, over the rows of v [rows, cols], between the k-th and the (k+1)-th largest
 // entry: the margin the device's fp32 rounding must not cross for a top-k selection to agree.
 inline double kth_gap(const std::vector<double>& v, int64_t rows, int64_t cols, int64_t k) {
