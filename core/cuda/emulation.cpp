@@ -67,38 +67,108 @@ void wake(std::atomic<uint32_t>& word, int n) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0);
 }
 
+// The __syncthreads and warp barriers of one block share one lock and count, in WaitMonitor, the
+// block's live threads and those asleep at any of them. When every live thread is asleep, no
+// barrier can complete (the last arrival at a complete one releases it instead of sleeping): a
+// deadlock, on which a GPU hangs or worse (a warp op some lanes skip while the others wait at
+// __syncthreads, say). The launch then fails with one line naming the barriers and how many wait
+// at each, instead of hanging. Threads spinning on an mbarrier or waiting at a warpgroup barrier
+// are not asleep here (their own timeouts cover them), so they never make a deadlock out of a wait.
+class SleepingBarrier;
+struct WaitMonitor {
+  std::mutex mutex;
+  unsigned live = 0;    // threads of the block that have not left it
+  unsigned asleep = 0;  // of those, asleep at one of `barriers`
+  std::string deadlock;  // set once one is found: what every waiter then fails with
+  std::vector<SleepingBarrier*> barriers;
+  const std::atomic<uint64_t>* syncthreads_site = nullptr;  // BlockState::barrier_site
+  void check_deadlock();  // under `mutex`
+  void leave() {
+    std::lock_guard<std::mutex> lock(mutex);
+    --live;
+    check_deadlock();
+  }
+};
+
 // A barrier over a set of threads that may shrink (arrive_and_drop: a thread that left the block),
 // as std::barrier: `phase_end` runs once per phase, in the arrival or drop that completes it,
-// before any waiter is released.
+// before any waiter is released. `name` says where its threads wait (for the deadlock line); a
+// barrier without a monitor (the launch's end of block) has a lock of its own and no deadlock check.
 class SleepingBarrier {
  public:
-  explicit SleepingBarrier(unsigned count, std::function<void()> phase_end = {})
-      : phase_end_(std::move(phase_end)), live_(count) {}
+  SleepingBarrier(unsigned count, std::string name, WaitMonitor* monitor, std::function<void()> phase_end = {})
+      : name_(std::move(name)), monitor_(monitor), phase_end_(std::move(phase_end)), live_(count) {}
   void arrive_and_wait() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    const uint32_t generation = generation_.load(std::memory_order_relaxed);
-    if (++arrived_ == live_) return release();
-    lock.unlock();
-    sleep_while(generation_, generation);
+    std::unique_lock<std::mutex> lock(mutex());
+    fail_if_deadlocked();
+    const uint64_t phase = phase_;
+    if (++arrived_ == live_) return release(arrived_ - 1);
+    if (monitor_) {
+      ++monitor_->asleep;
+      monitor_->check_deadlock();  // may break every barrier's phase, this one's included
+    }
+    while (phase_ == phase && !deadlocked()) {
+      const uint32_t word = word_.load(std::memory_order_relaxed);
+      lock.unlock();
+      sleep_while(word_, word);  // a release or a deadlock bumps the word under the lock
+      lock.lock();
+    }
+    if (phase_ == phase) fail_if_deadlocked();  // woken by a deadlock, not by a release
   }
   void arrive_and_drop() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<std::mutex> lock(mutex());
     --live_;
-    if (arrived_ > 0 && arrived_ == live_) release();
+    if (!deadlocked() && arrived_ > 0 && arrived_ == live_) release(arrived_);
+  }
+  // Under the monitor's lock: "3 of 32 at warp 1's warp op or __syncwarp" ("" when nobody waits).
+  std::string waiting() const {
+    return arrived_ == 0 ? "" : std::to_string(arrived_) + " of " + std::to_string(live_) + " at " + name_;
+  }
+  // Under the monitor's lock, once a deadlock is found: wakes every waiter to fail.
+  void wake_to_fail() {
+    word_.fetch_add(1, std::memory_order_release);
+    wake(word_, INT_MAX);
   }
 
  private:
-  void release() {
-    if (phase_end_) phase_end_();
-    arrived_ = 0;
-    generation_.fetch_add(1, std::memory_order_release);
-    wake(generation_, INT_MAX);
+  std::mutex& mutex() { return monitor_ ? monitor_->mutex : own_mutex_; }
+  bool deadlocked() const { return monitor_ && !monitor_->deadlock.empty(); }
+  void fail_if_deadlocked() const {
+    if (deadlocked()) MOE_FAIL("cuda emulation", monitor_->deadlock);
   }
+  void release(unsigned sleepers) {
+    if (phase_end_) phase_end_();
+    if (monitor_) monitor_->asleep -= sleepers;
+    arrived_ = 0;
+    ++phase_;
+    word_.fetch_add(1, std::memory_order_release);
+    wake(word_, INT_MAX);
+  }
+  std::string name_;
+  WaitMonitor* monitor_;
   std::function<void()> phase_end_;
-  std::mutex mutex_;
+  std::mutex own_mutex_;
   unsigned live_, arrived_ = 0;
-  std::atomic<uint32_t> generation_{0};
+  uint64_t phase_ = 0;              // completed phases (under the lock)
+  std::atomic<uint32_t> word_{0};  // the futex word sleepers wait on
 };
+
+void WaitMonitor::check_deadlock() {
+  if (!deadlock.empty() || live == 0 || asleep < live) return;
+  std::string d = "deadlock: all " + std::to_string(live) + " live threads of the block are asleep at barriers that "
+                  "cannot complete (";
+  bool first = true;
+  for (const SleepingBarrier* b : barriers) {
+    std::string w = b->waiting();
+    if (w.empty()) continue;
+    if (b == barriers.front() && syncthreads_site && syncthreads_site->load() != 0)
+      w += " (line " + std::to_string(syncthreads_site->load() >> 32) + ")";
+    d += (first ? "" : "; ") + w;
+    first = false;
+  }
+  deadlock = d + "): a warp op, __syncwarp or __syncthreads that some of the threads it waits for skip";
+  for (SleepingBarrier* b : barriers) b->wake_to_fail();
+}
 
 struct AlignedFree {
   void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(64)); }
@@ -153,6 +223,7 @@ struct WarpgroupBarrier {
 // State of the block being run; rebuilt between blocks while every worker waits.
 struct BlockState {
   unsigned nthreads = 0, nwarps = 0;
+  WaitMonitor waits;  // of block_barrier and warp_barriers
   std::unique_ptr<SleepingBarrier> block_barrier;
   // The call site of the current __syncthreads phase: set by its first arrival (0: none yet).
   std::atomic<uint64_t> barrier_site{0};
@@ -180,13 +251,21 @@ struct BlockState {
   void reset() {
     free_locals();
     // The phase's end forgets its call site before anyone leaves for the next phase.
-    block_barrier = std::make_unique<SleepingBarrier>(nthreads, [this] { barrier_site.store(0); });
+    block_barrier = std::make_unique<SleepingBarrier>(nthreads, "__syncthreads", &waits,
+                                                      [this] { barrier_site.store(0); });
     barrier_site = 0;
     warp_barriers.clear();
     for (unsigned w = 0; w < nwarps; ++w) {
       unsigned lanes = std::min(32u, nthreads - w * 32);
-      warp_barriers.push_back(std::make_unique<SleepingBarrier>(lanes));
+      warp_barriers.push_back(std::make_unique<SleepingBarrier>(
+          lanes, "warp " + std::to_string(w) + "'s warp op or __syncwarp", &waits));
     }
+    waits.live = nthreads;
+    waits.asleep = 0;
+    waits.deadlock.clear();
+    waits.syncthreads_site = &barrier_site;
+    waits.barriers = {block_barrier.get()};  // first: check_deadlock names its line
+    for (auto& w : warp_barriers) waits.barriers.push_back(w.get());
     warpgroup_barriers.clear();
     for (unsigned g = 0; g < nthreads / 128; ++g) warpgroup_barriers.push_back(std::make_unique<WarpgroupBarrier>());
     slots.assign(size_t(nwarps) * 64, Slot{});
@@ -221,6 +300,7 @@ void leave_block() {
   b.warp_barriers[t_ctx.warp]->arrive_and_drop();
   if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->leave();
   b.block_barrier->arrive_and_drop();
+  b.waits.leave();
 }
 
 // The host threads that run the launches' GPU threads: started once and reused by every launch
@@ -320,7 +400,7 @@ void run_grid(const char* name, const void* kernel, dim3 grid, dim3 block, size_
   state.dynamic_bytes = dynamic_shared_bytes;
   state.dynamic = alloc_bytes(dynamic_shared_bytes);
   state.reset();
-  SleepingBarrier end_of_block{unsigned(nthreads), [&state] {
+  SleepingBarrier end_of_block{unsigned(nthreads), "the end of the block", nullptr, [&state] {
                                   try {
                                     state.reset();
                                   } catch (const std::exception& e) {

@@ -1,6 +1,7 @@
 // The emulation's checks of what fails only on a GPU: shared memory above 48 KiB without an
-// opt-in and the per-arch limits, launch limits, a divergent __syncthreads. Each kernel here is a
-// planted bug that the emulation must refuse with one line naming the kernel.
+// opt-in and the per-arch limits, launch limits, a divergent __syncthreads, a deadlock between a
+// warp op and __syncthreads. Each kernel here is a planted bug that the emulation must refuse with
+// one line naming the kernel.
 #ifdef MOE_CUDA_EMULATION
 #include <gtest/gtest.h>
 
@@ -171,6 +172,35 @@ TEST(CudaEmulationHazards, DivergentSyncthreadsIsCaught) {
   MOE_LAUNCH(exit_then_barrier_kernel, 3, 64, 0, nullptr, out.get());
   const auto got = out.to_host();
   for (int t = 0; t < 48; ++t) EXPECT_EQ(got[t], 47 - t + 2) << t;
+}
+
+// The planted bug: lane 0 of every warp shuffles with the full mask while lanes 1-31 wait at
+// __syncthreads. The shuffle waits for lanes that wait for lane 0: a GPU hangs. The emulation must
+// fail the launch naming the deadlock and the barriers, not hang (it used to, until ctest's
+// timeout, with no message).
+__global__ void shuffle_skipped_kernel(float* out) {
+  float v = float(threadIdx.x);
+  if (threadIdx.x % 32 == 0) v = __shfl_down_sync(0xffffffffu, v, 1);
+  __syncthreads();
+  out[threadIdx.x] = v;
+}
+// Legal: the same shape with every lane in the shuffle, and the block's barrier after it.
+__global__ void shuffle_then_barrier_kernel(float* out) {
+  float v = __shfl_down_sync(0xffffffffu, float(threadIdx.x), 1);
+  __syncthreads();
+  out[threadIdx.x] = v;
+}
+
+TEST(CudaEmulationHazards, WarpOpSkippedByLanesAtABarrierIsADeadlock) {
+  DeviceBuffer<float> out(96);
+  const std::string e = error_of([&] { MOE_LAUNCH(shuffle_skipped_kernel, 2, 96, 0, nullptr, out.get()); });
+  EXPECT_TRUE(contains(e, "shuffle_skipped_kernel") && contains(e, "deadlock")) << e;
+  // Each barrier is named with its waiters: 93 of 96 threads at __syncthreads, one lane per warp.
+  EXPECT_TRUE(contains(e, "93 of 96 at __syncthreads") && contains(e, "1 of 32 at warp 0's warp op")) << e;
+  // The runtime is usable after a deadlocked launch, and the legal shape passes.
+  MOE_LAUNCH(shuffle_then_barrier_kernel, 2, 96, 0, nullptr, out.get());
+  const auto got = out.to_host();
+  for (int t = 0; t < 96; ++t) EXPECT_EQ(got[size_t(t)], float(t % 32 == 31 ? t : t + 1)) << t;
 }
 
 // A block the caching allocator hands out again holds its last user's data (zeros here): a kernel
