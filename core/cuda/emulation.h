@@ -59,6 +59,8 @@ int set_target_sm(int sm);
 // __syncthreads: a barrier over the block's threads that have not exited. Threads that meet at
 // barriers of different call sites (`site`) fail the launch: a divergent __syncthreads hangs or
 // corrupts on the GPU even where the emulation's barrier, which only counts threads, would pass.
+// When every live thread of the block is asleep at this barrier or a warp's (syncwarp, the warp
+// ops), none can complete: the launch fails naming them (a deadlock; the GPU would hang).
 void syncthreads(const std::source_location& site);
 // A barrier over the warp's live lanes (also what __syncwarp is).
 void syncwarp(unsigned mask);
