@@ -47,7 +47,7 @@ struct RouteCase {
   double z_loss = 0;
   std::string aux_variant = "micro_batch";
   std::optional<double> capacity = std::nullopt;
-  std::string drop_policy;     // empty: the config's default (drops by score)
+  std::string drop_policy = "";  // empty: the config's default (drops by score)
   int bias_updates = 0;  // loss_free: balancer updates (with skewed loads) before the forward
   DType act = DType::f32;
   bool expect_device = true;
