@@ -94,6 +94,12 @@ if(MOE_CUDA_SOURCES)
   target_include_directories(moetrain_cuda_emu PUBLIC ${CMAKE_SOURCE_DIR})
   target_link_libraries(moetrain_cuda_emu PUBLIC moetrain_lib Threads::Threads)
 
+  # The emulation runtime's own costs against the thread-per-launch scheme it replaced:
+  # build/bench/moetrain_emulation_bench (docs/benchmarks.md). Not a ctest entry.
+  add_executable(moetrain_emulation_bench ${CMAKE_SOURCE_DIR}/bench/emulation/emulation_bench.cpp)
+  set_target_properties(moetrain_emulation_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+  target_link_libraries(moetrain_emulation_bench PRIVATE moetrain_cuda_emu benchmark::benchmark)
+
   # Every kernel test, run under the emulation (no GPU needed): one ctest entry per TEST.
   if(MOE_CUDA_EMU_TEST_SOURCES)
     add_executable(moetrain_cuda_emu_tests ${MOE_CUDA_EMU_TEST_SOURCES})
