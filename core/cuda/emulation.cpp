@@ -9,9 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -72,8 +70,9 @@ void wake(std::atomic<uint32_t>& word, int n) {
 // barrier can complete (the last arrival at a complete one releases it instead of sleeping): a
 // deadlock, on which a GPU hangs or worse (a warp op some lanes skip while the others wait at
 // __syncthreads, say). The launch then fails with one line naming the barriers and how many wait
-// at each, instead of hanging. Threads spinning on an mbarrier or waiting at a warpgroup barrier
-// are not asleep here (their own timeouts cover them), so they never make a deadlock out of a wait.
+// at each, instead of hanging. The warpgroup barriers (emulated wgmma, setmaxnreg) are among
+// them. Threads spinning on an mbarrier or a named barrier are not asleep here (their own
+// timeouts cover them), so they never make a deadlock out of a wait.
 class SleepingBarrier;
 struct WaitMonitor {
   std::mutex mutex;
@@ -98,9 +97,10 @@ class SleepingBarrier {
  public:
   SleepingBarrier(unsigned count, std::string name, WaitMonitor* monitor, std::function<void()> phase_end = {})
       : name_(std::move(name)), monitor_(monitor), phase_end_(std::move(phase_end)), live_(count) {}
-  void arrive_and_wait() {
+  // `op` (may be null) prefixes the deadlock's line in the thread that throws it.
+  void arrive_and_wait(const char* op = nullptr) {
     std::unique_lock<std::mutex> lock(mutex());
-    fail_if_deadlocked();
+    fail_if_deadlocked(op);
     const uint64_t phase = phase_;
     if (++arrived_ == live_) return release(arrived_ - 1);
     if (monitor_) {
@@ -113,7 +113,7 @@ class SleepingBarrier {
       sleep_while(word_, word);  // a release or a deadlock bumps the word under the lock
       lock.lock();
     }
-    if (phase_ == phase) fail_if_deadlocked();  // woken by a deadlock, not by a release
+    if (phase_ == phase) fail_if_deadlocked(op);  // woken by a deadlock, not by a release
   }
   void arrive_and_drop() {
     std::lock_guard<std::mutex> lock(mutex());
@@ -133,8 +133,8 @@ class SleepingBarrier {
  private:
   std::mutex& mutex() { return monitor_ ? monitor_->mutex : own_mutex_; }
   bool deadlocked() const { return monitor_ && !monitor_->deadlock.empty(); }
-  void fail_if_deadlocked() const {
-    if (deadlocked()) MOE_FAIL("cuda emulation", monitor_->deadlock);
+  void fail_if_deadlocked(const char* op) const {
+    if (deadlocked()) MOE_FAIL("cuda emulation", op ? op : "", op ? ": " : "", monitor_->deadlock);
   }
   void release(unsigned sleepers) {
     if (phase_end_) phase_end_();
@@ -199,36 +199,15 @@ struct BlockLocal {
   void (*destroy)(void*);
 };
 
-// warpgroup_sync's barrier: a condition variable rather than std::barrier, so a warpgroup whose
-// threads never all arrive (a warp elsewhere, at a __syncthreads) fails after a timeout instead
-// of hanging. Threads that leave the block stop counting.
-struct WarpgroupBarrier {
-  std::mutex mutex;
-  std::condition_variable cv;
-  unsigned live = 128, arrived = 0;
-  unsigned stuck = 0;  // arrivals when the first waiter timed out (0: none did)
-  uint64_t generation = 0;
-  void release() {
-    arrived = 0;
-    ++generation;
-    cv.notify_all();
-  }
-  void leave() {
-    std::lock_guard<std::mutex> lock(mutex);
-    --live;
-    if (arrived > 0 && arrived == live) release();
-  }
-};
-
 // State of the block being run; rebuilt between blocks while every worker waits.
 struct BlockState {
   unsigned nthreads = 0, nwarps = 0;
-  WaitMonitor waits;  // of block_barrier and warp_barriers
+  WaitMonitor waits;  // of block_barrier, warp_barriers and warpgroup_barriers
   std::unique_ptr<SleepingBarrier> block_barrier;
   // The call site of the current __syncthreads phase: set by its first arrival (0: none yet).
   std::atomic<uint64_t> barrier_site{0};
   std::vector<std::unique_ptr<SleepingBarrier>> warp_barriers;
-  std::vector<std::unique_ptr<WarpgroupBarrier>> warpgroup_barriers;  // complete warpgroups only
+  std::vector<std::unique_ptr<SleepingBarrier>> warpgroup_barriers;  // complete warpgroups only
   std::vector<Slot> slots;  // per warp 2 x 32 exchange slots (double-buffered by op parity)
   std::mutex shared_mutex;
   std::vector<SharedBuffer> statics;
@@ -260,14 +239,18 @@ struct BlockState {
       warp_barriers.push_back(std::make_unique<SleepingBarrier>(
           lanes, "warp " + std::to_string(w) + "'s warp op or __syncwarp", &waits));
     }
+    warpgroup_barriers.clear();
+    for (unsigned g = 0; g < nthreads / 128; ++g)
+      warpgroup_barriers.push_back(std::make_unique<SleepingBarrier>(
+          128, "warpgroup " + std::to_string(g) + "'s warpgroup-wide instruction (wgmma, setmaxnreg)", &waits));
+    // The monitor watches the barriers just made (all of them: a deadlock must wake every waiter).
     waits.live = nthreads;
     waits.asleep = 0;
     waits.deadlock.clear();
     waits.syncthreads_site = &barrier_site;
     waits.barriers = {block_barrier.get()};  // first: check_deadlock names its line
     for (auto& w : warp_barriers) waits.barriers.push_back(w.get());
-    warpgroup_barriers.clear();
-    for (unsigned g = 0; g < nthreads / 128; ++g) warpgroup_barriers.push_back(std::make_unique<WarpgroupBarrier>());
+    for (auto& w : warpgroup_barriers) waits.barriers.push_back(w.get());
     slots.assign(size_t(nwarps) * 64, Slot{});
     statics.clear();
     static_bytes = 0;
@@ -298,7 +281,7 @@ BlockState& current_block() {
 void leave_block() {
   BlockState& b = *t_ctx.block;
   b.warp_barriers[t_ctx.warp]->arrive_and_drop();
-  if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->leave();
+  if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->arrive_and_drop();
   b.block_barrier->arrive_and_drop();
   b.waits.leave();
 }
@@ -442,35 +425,17 @@ void syncthreads(const std::source_location& site) {
            std::to_string(site.line()) + " and at line " + std::to_string(first >> 32) +
            " at once (a barrier in a branch that not every thread of the block takes)");
   }
-  b.block_barrier->arrive_and_wait();
+  b.block_barrier->arrive_and_wait("__syncthreads");
 }
 
 void syncwarp(unsigned mask) { current_block().warp_barriers[t_ctx.warp]->arrive_and_wait(); }
 
-void warpgroup_sync(const char* what, double timeout_s) {
+void warpgroup_sync(const char* what) {
   BlockState& b = current_block();
   if (t_ctx.tid / 128 >= b.warpgroup_barriers.size())
     MOE_FAIL("cuda emulation", what, ": thread ", t_ctx.tid, " is not in a complete warpgroup (block of ", b.nthreads,
              " threads)");
-  WarpgroupBarrier& w = *b.warpgroup_barriers[t_ctx.tid / 128];
-  std::unique_lock<std::mutex> lock(w.mutex);
-  const uint64_t generation = w.generation;
-  if (++w.arrived == w.live) return w.release();
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
-  while (w.generation == generation) {
-    w.cv.wait_for(lock, std::chrono::milliseconds(20));
-    if (w.generation != generation) break;
-    if (b.failed.load()) {
-      --w.arrived;
-      MOE_FAIL("cuda emulation", what, ": abandoned (another thread of the launch failed)");
-    }
-    if (w.stuck || std::chrono::steady_clock::now() > deadline) {
-      if (!w.stuck) w.stuck = w.arrived;  // every waiter reports what the first one saw
-      --w.arrived;
-      MOE_FAIL("cuda emulation", what, ": only ", w.stuck, " of the 128 threads of warpgroup ", t_ctx.tid / 128,
-               " arrived within ", timeout_s, " s (a warpgroup-wide instruction not executed by the whole warpgroup)");
-    }
-  }
+  b.warpgroup_barriers[t_ctx.tid / 128]->arrive_and_wait(what);
 }
 
 unsigned lane_id() {

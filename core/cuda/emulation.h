@@ -65,9 +65,9 @@ void syncthreads(const std::source_location& site);
 // A barrier over the warp's live lanes (also what __syncwarp is).
 void syncwarp(unsigned mask);
 // A barrier over the live threads of the caller's warpgroup (128 consecutive threads; fails naming
-// `what` outside a complete one, or when the others do not all arrive within timeout_s): how
-// emulated wgmma and setmaxnreg make warpgroup-wide instructions collective.
-void warpgroup_sync(const char* what, double timeout_s);
+// `what` outside a complete one, or in a deadlock, as syncthreads): how emulated wgmma and
+// setmaxnreg make warpgroup-wide instructions collective.
+void warpgroup_sync(const char* what);
 // One warp rendezvous: every live lane publishes 8 bytes, then each reads all 32 slots (lanes that
 // do not exist or have exited read back as all-ones bits, i.e. NaN / -1, so misuse shows). Lanes
 // may meet from different call sites, as sm_70+ allows for shfl.sync / vote.sync.

@@ -532,13 +532,13 @@ inline void setmaxnreg(const char* op, int regs, bool inc) {
       &key, [] { return static_cast<void*>(new RegSlots); }, [](void* p) { delete static_cast<RegSlots*>(p); }));
   const uint64_t mine = uint64_t(++t_regs.calls) << 32 | value;
   if (tid % 32 == 0) slots.slot[tid / 32].store(mine);
-  ::moe::cuda::emu::warpgroup_sync(op, g_wait_timeout_s.load());
+  ::moe::cuda::emu::warpgroup_sync(op);
   for (unsigned w = tid / 128 * 4; w < tid / 128 * 4 + 4; ++w)
     if (slots.slot[w].load() != mine)
       MOE_FAIL("cuda emulation", op, "(", regs, ") by warp ", tid / 32, ": warp ", w,
                " of its warpgroup did not execute the same setmaxnreg (it must be executed by the whole warpgroup)");
   // Every slot is read before any warp's next setmaxnreg writes it.
-  ::moe::cuda::emu::warpgroup_sync(op, g_wait_timeout_s.load());
+  ::moe::cuda::emu::warpgroup_sync(op);
 }
 
 // Named barriers 1..15 of the block.

@@ -225,7 +225,7 @@ inline void wait_group(int n) {
   // On the GPU an mma_async is one operation of the whole warpgroup: once any of its threads has
   // waited for it, it has read its operands. Here each thread reads its own entries at its wait,
   // so the warpgroup meets before any of them goes on (e.g. to release the stage).
-  ::moe::cuda::emu::warpgroup_sync("wgmma.wait_group", ::moe::cuda::emu_tma::g_wait_timeout_s.load());
+  ::moe::cuda::emu::warpgroup_sync("wgmma.wait_group");
   if (t == 0)
     for (size_t g = 0; g < done; ++g)
       for (const Op& op : s.groups[g]) ::moe::cuda::emu_tma::mark_wgmma_reads(op.chunks, -1);

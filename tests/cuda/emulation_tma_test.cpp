@@ -255,17 +255,17 @@ TEST(EmulationTma, SetmaxnregAndNamedBarrierMisuseFail) {
       {"setmaxnreg.dec(40)", "warp 3 of its warpgroup did not execute"});
   expect_failure([] { run_block(64, 0, [] { tma::named_barrier_sync(0, 64); }); }, {"id 0"});
   expect_failure([] { run_block(64, 0, [] { tma::named_barrier_sync(1, 48); }); }, {"48 threads"});
-  TimeoutScope timeout(0.3);
   expect_failure(
       [] {
         run_block(128, 0, [] {
           if (threadIdx.x < 96)
             tma::setmaxnreg_dec<40>();
           else
-            __syncthreads();  // warp 3 elsewhere, still live: a hang on the GPU, a timeout here
+            __syncthreads();  // warp 3 elsewhere, still live: a hang on the GPU, a deadlock here
         });
       },
-      {"setmaxnreg.dec", "only 96 of the 128 threads of warpgroup 0"});
+      {"deadlock", "96 of 128 at warpgroup 0's warpgroup-wide instruction", "32 of 128 at __syncthreads"});
+  TimeoutScope timeout(0.3);
   expect_failure([] { run_block(128, 0, [] {
                    if (threadIdx.x < 64) tma::named_barrier_sync(1, 96);
                  }); },
