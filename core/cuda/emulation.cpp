@@ -65,14 +65,13 @@ void wake(std::atomic<uint32_t>& word, int n) {
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAKE_PRIVATE, n, nullptr, nullptr, 0);
 }
 
-// The __syncthreads and warp barriers of one block share one lock and count, in WaitMonitor, the
-// block's live threads and those asleep at any of them. When every live thread is asleep, no
-// barrier can complete (the last arrival at a complete one releases it instead of sleeping): a
-// deadlock, on which a GPU hangs or worse (a warp op some lanes skip while the others wait at
-// __syncthreads, say). The launch then fails with one line naming the barriers and how many wait
-// at each, instead of hanging. The warpgroup barriers (emulated wgmma, setmaxnreg) are among
-// them. Threads spinning on an mbarrier or a named barrier are not asleep here (their own
-// timeouts cover them), so they never make a deadlock out of a wait.
+// The __syncthreads, warp and warpgroup barriers of one block share one lock and count, in
+// WaitMonitor, the block's live threads and those asleep at any of them. When every live thread
+// is asleep, no barrier can complete (the last arrival at a complete one releases it instead of
+// sleeping): a deadlock, on which a GPU hangs or worse (a warp op some lanes skip while the
+// others wait at __syncthreads, say). The launch then fails with one line naming the barriers and how many wait
+// at each, instead of hanging. Threads spinning on an mbarrier or a named barrier are not asleep
+// here (their own timeouts cover them), so they never make a deadlock out of a wait.
 class SleepingBarrier;
 struct WaitMonitor {
   std::mutex mutex;
@@ -166,7 +165,8 @@ void WaitMonitor::check_deadlock() {
     d += (first ? "" : "; ") + w;
     first = false;
   }
-  deadlock = d + "): a warp op, __syncwarp or __syncthreads that some of the threads it waits for skip";
+  deadlock = d + "): a __syncthreads, warp op, __syncwarp or warpgroup-wide instruction that some of the threads "
+                 "it waits for skip";
   for (SleepingBarrier* b : barriers) b->wake_to_fail();
 }
 
