@@ -24,7 +24,11 @@ __global__ void gates_forward_kernel(const float* scores, const int32_t* indices
     gates[t * k + j] = !kept(ids[j], valid) ? 0.0f : renormalize ? s[ids[j]] / z * scale : s[ids[j]] * scale;
 }
 
-// Renormalized: g_j = c s_j / z, so ds_i = c (dg_i / z - sum_j dg_j s_j / z^2) over kept i, j.
+// Renormalized: g_j = c s_j / z, so ds_i = c (dg_i / z - sum_j dg_j (s_j / z) / z) over kept i, j:
+// the host's order (build_routing's autograd: div's backward through the normalized gate s_j / z).
+// A token with one kept choice then gets ds = 0 exactly, as on the host (s / s == 1); the form
+// dg_i / z - sum_j dg_j s_j / z^2 left ulps of dg / z there (up to 1e-4 in a router grad whose
+// exact value is 0: k = 1, a small sigmoid score, MOE_TEST_SEED 68960967).
 __global__ void gates_backward_kernel(const float* scores, const int32_t* indices, const float* dgates, long tokens,
                                       int cols, int k, int valid, bool renormalize, float scale, float* dscores) {
   const long t = blockIdx.x * long(blockDim.x) + threadIdx.x;
@@ -34,12 +38,15 @@ __global__ void gates_backward_kernel(const float* scores, const int32_t* indice
   const float* dg = dgates + t * k;
   float* ds = dscores + t * cols;
   for (int c = 0; c < cols; ++c) ds[c] = 0.0f;
-  float z = 0.0f, dot = 0.0f;
-  if (renormalize)
+  float z = 0.0f, dz = 0.0f;  // dz: the grad of z
+  if (renormalize) {
     for (int j = 0; j < k; ++j)
-      if (kept(ids[j], valid)) z += s[ids[j]], dot += dg[j] * s[ids[j]];
+      if (kept(ids[j], valid)) z += s[ids[j]];
+    for (int j = 0; j < k; ++j)
+      if (kept(ids[j], valid)) dz -= dg[j] * (s[ids[j]] / z) / z;
+  }
   for (int j = 0; j < k; ++j)
-    if (kept(ids[j], valid)) ds[ids[j]] = renormalize ? scale * (dg[j] / z - dot / (z * z)) : scale * dg[j];
+    if (kept(ids[j], valid)) ds[ids[j]] = renormalize ? scale * (dg[j] / z + dz) : scale * dg[j];
 }
 
 void check_args(const char* op, long tokens, int cols, int k, int valid) {

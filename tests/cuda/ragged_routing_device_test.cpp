@@ -36,9 +36,10 @@ Selection ragged_selection(const Tensor& s) {
 
 // The largest term the grad of the source is a difference of: with renormalization
 // d s_k = scale * (w_k / z - sum_j w_j s_j / z^2), z the token's sum of chosen scores, so
-// scale * max |w| / z; without it d s_k = scale * w_k. A token with one choice has d s = 0 exactly,
-// but fp32 leaves ulps of w / z there, which for a small z exceed every other entry (seen on a
-// fresh draw: 1.5e-5 against 1e-6 of the largest entry, 10.3, with w / z ~ 100).
+// scale * max |w| / z; without it d s_k = scale * w_k. The difference leaves ulps of w / z, which
+// for a small z exceed every other entry (seen on a fresh draw, at a one-choice token: 1.5e-5
+// against 1e-6 of the largest entry, 10.3, with w / z ~ 100; the kernel now gives such a token an
+// exact 0, as the host does, but a token with several choices is still such a difference).
 double largest_grad_term(const Selection& sel, const Tensor& w, const GateOptions& opt) {
   const std::vector<double> wv = w.to_double_vector();
   std::vector<double> z(size_t(*std::max_element(sel.token.begin(), sel.token.end()) + 1), 0.0);
