@@ -66,26 +66,21 @@ void wake(std::atomic<uint32_t>& word, int n) {
 }
 
 // The __syncthreads, warp and warpgroup barriers of one block share one lock and count, in
-// WaitMonitor, the block's live threads and those asleep at any of them. When every live thread
-// is asleep, no barrier can complete (the last arrival at a complete one releases it instead of
-// sleeping): a deadlock, on which a GPU hangs or worse (a warp op some lanes skip while the
-// others wait at __syncthreads, say). The launch then fails with one line naming the barriers and how many wait
-// at each, instead of hanging. Threads spinning on an mbarrier or a named barrier are not asleep
-// here (their own timeouts cover them), so they never make a deadlock out of a wait.
+// WaitMonitor, the threads asleep at any of them; the block's live threads are the __syncthreads
+// barrier's (barriers.front()). When every live thread is asleep, no barrier can complete (the
+// last arrival at a complete one releases it instead of sleeping): a deadlock, on which a GPU
+// hangs or worse (a warp op some lanes skip while the others wait at __syncthreads, say). The
+// launch then fails with one line naming the barriers and how many wait at each, instead of
+// hanging. Threads spinning on an mbarrier or a named barrier are not asleep here (their own
+// timeouts cover them), so they never make a deadlock out of a wait.
 class SleepingBarrier;
 struct WaitMonitor {
   std::mutex mutex;
-  unsigned live = 0;    // threads of the block that have not left it
-  unsigned asleep = 0;  // of those, asleep at one of `barriers`
+  unsigned asleep = 0;   // live threads asleep at one of `barriers`
   std::string deadlock;  // set once one is found: what every waiter then fails with
-  std::vector<SleepingBarrier*> barriers;
+  std::vector<SleepingBarrier*> barriers;  // the __syncthreads barrier first
   const std::atomic<uint64_t>* syncthreads_site = nullptr;  // BlockState::barrier_site
   void check_deadlock();  // under `mutex`
-  void leave() {
-    std::lock_guard<std::mutex> lock(mutex);
-    --live;
-    check_deadlock();
-  }
 };
 
 // A barrier over a set of threads that may shrink (arrive_and_drop: a thread that left the block),
@@ -114,11 +109,15 @@ class SleepingBarrier {
     }
     if (phase_ == phase) fail_if_deadlocked(op);  // woken by a deadlock, not by a release
   }
+  // A thread that left the block. The __syncthreads barrier's drop, a leaving thread's last, may
+  // leave every remaining live thread asleep: a deadlock.
   void arrive_and_drop() {
     std::lock_guard<std::mutex> lock(mutex());
     --live_;
     if (!deadlocked() && arrived_ > 0 && arrived_ == live_) release(arrived_);
+    if (monitor_) monitor_->check_deadlock();
   }
+  unsigned live() const { return live_; }
   // Under the monitor's lock: "3 of 32 at warp 1's warp op or __syncwarp" ("" when nobody waits).
   std::string waiting() const {
     return arrived_ == 0 ? "" : std::to_string(arrived_) + " of " + std::to_string(live_) + " at " + name_;
@@ -153,6 +152,7 @@ class SleepingBarrier {
 };
 
 void WaitMonitor::check_deadlock() {
+  const unsigned live = barriers.front()->live();
   if (!deadlock.empty() || live == 0 || asleep < live) return;
   std::string d = "deadlock: all " + std::to_string(live) + " live threads of the block are asleep at barriers that "
                   "cannot complete (";
@@ -244,7 +244,6 @@ struct BlockState {
       warpgroup_barriers.push_back(std::make_unique<SleepingBarrier>(
           128, "warpgroup " + std::to_string(g) + "'s warpgroup-wide instruction (wgmma, setmaxnreg)", &waits));
     // The monitor watches the barriers just made (all of them: a deadlock must wake every waiter).
-    waits.live = nthreads;
     waits.asleep = 0;
     waits.deadlock.clear();
     waits.syncthreads_site = &barrier_site;
@@ -282,8 +281,7 @@ void leave_block() {
   BlockState& b = *t_ctx.block;
   b.warp_barriers[t_ctx.warp]->arrive_and_drop();
   if (t_ctx.tid / 128 < b.warpgroup_barriers.size()) b.warpgroup_barriers[t_ctx.tid / 128]->arrive_and_drop();
-  b.block_barrier->arrive_and_drop();
-  b.waits.leave();
+  b.block_barrier->arrive_and_drop();  // last: its drop is where a deadlock of the others shows
 }
 
 // The host threads that run the launches' GPU threads: started once and reused by every launch
