@@ -59,27 +59,6 @@ inline double max_rel_diff(const Tensor& got, const Tensor& want) {
   return top > 0 ? worst / top : worst;
 }
 
-// |got - want| <= rel * max |want| entry-wise; the failure names `what`, the worst entry and both
-// values.
-inline ::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& want, double rel,
-                                               const std::string& what) {
-  if (!got.defined() || !want.defined())
-    return ::testing::AssertionFailure() << what << ": " << (got.defined() ? "want" : "got") << " is undefined";
-  if (got.numel() != want.numel())
-    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str();
-  const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
-  double top = 0, worst = 0;
-  size_t at = 0;
-  for (double v : w) top = std::max(top, std::abs(v));
-  for (size_t i = 0; i < w.size(); ++i) {
-    const double d = std::abs(g[i] - w[i]);
-    if (!(d <= worst)) worst = d, at = i;  // NaN counts as the worst
-  }
-  if (worst <= rel * top) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": max |diff| " << worst << " at " << at << " (got " << g[at]
-                                       << ", want " << w[at] << ") > " << rel << " * max |want| " << top;
-}
-
 // The tokens whose gates are not bit-equal between two routings of the same batch (Routing's
 // token-major entries; every token when the two chose differently). The device experts take
 // gate * dy rounded to bf16 (their backward's input), so on such a token an entry of it may round
@@ -97,27 +76,42 @@ inline std::vector<bool> tokens_with_unequal_gates(const Routing& a, const Routi
   return unequal;
 }
 
-// near_rel_max row by row (a row: numel / loose.size() entries): rows marked in `loose` within
-// loose_rel, the others within rel, both relative to the largest |want| of the whole tensor.
+// |got - want| <= rel * max |want| entry-wise, row by row (a row: numel / loose.size() entries):
+// rows marked in `loose` within loose_rel, the others within rel, both relative to the largest
+// |want| of the whole tensor. The failure names `what`, the worst entry (a NaN on either side
+// first) and both values.
 inline ::testing::AssertionResult near_rel_max_rows(const Tensor& got, const Tensor& want, const std::vector<bool>& loose,
                                                     double rel, double loose_rel, const std::string& what) {
   if (!got.defined() || !want.defined())
     return ::testing::AssertionFailure() << what << ": " << (got.defined() ? "want" : "got") << " is undefined";
   if (got.numel() != want.numel() || loose.empty() || want.numel() % int64_t(loose.size()) != 0)
-    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str() << " in "
-                                         << loose.size() << " rows";
+    return ::testing::AssertionFailure() << what << ": shape " << got.shape_str() << " vs " << want.shape_str()
+                                         << (loose.size() > 1 ? " in " + std::to_string(loose.size()) + " rows" : "");
   const std::vector<double> g = got.to_double_vector(), w = want.to_double_vector();
   const size_t row = w.size() / loose.size();
   double top = 0;
   for (double v : w) top = std::max(top, std::abs(v));
+  size_t at = w.size();  // the worst entry out of bounds (none yet)
+  double worst = 0;      // its |diff| beyond the bound (infinite for a NaN)
   for (size_t i = 0; i < w.size(); ++i) {
-    const double d = std::abs(g[i] - w[i]), r = loose[i / row] ? loose_rel : rel;
-    if (!(d <= r * top))
-      return ::testing::AssertionFailure() << what << ": |diff| " << d << " at " << i << " (row " << i / row
-                                           << (loose[i / row] ? ", loose" : "") << "; got " << g[i] << ", want " << w[i]
-                                           << ") > " << r << " * max |want| " << top;
+    const double d = std::abs(g[i] - w[i]), bound = (loose[i / row] ? loose_rel : rel) * top;
+    if (d <= bound) continue;
+    const double beyond = std::isnan(d) ? std::numeric_limits<double>::infinity() : d - bound;
+    if (at == w.size() || beyond > worst) at = i, worst = beyond;
   }
-  return ::testing::AssertionSuccess();
+  if (at == w.size()) return ::testing::AssertionSuccess();
+  const bool is_loose = loose[at / row];
+  auto failure = ::testing::AssertionFailure();
+  failure << what << ": max |diff| " << std::abs(g[at] - w[at]) << " at " << at;
+  if (loose.size() > 1) failure << " (row " << at / row << (is_loose ? ", loose" : "") << ")";
+  return failure << " (got " << g[at] << ", want " << w[at] << ") > " << (is_loose ? loose_rel : rel)
+                 << " * max |want| " << top;
+}
+
+// near_rel_max_rows with one bound for every entry.
+inline ::testing::AssertionResult near_rel_max(const Tensor& got, const Tensor& want, double rel,
+                                               const std::string& what) {
+  return near_rel_max_rows(got, want, {false}, rel, rel, what);
 }
 
 // The smallest gap, over the rows of v [rows, cols], between the k-th and the (k+1)-th largest

@@ -3,7 +3,8 @@
 // the host: the same ragged, token-major selection (0 to C choices per token, some tokens none),
 // with and without renormalization and a gate scale. Gates agree to fp32 1e-6 of the largest
 // entry (one fp32 division per gate on both sides), the grad of the source to 1e-6 of the largest
-// term it is a difference of (largest_grad_term); token, expert and score are the host's exactly. Also Backend::gather's forward and backward against the host.
+// term it is a difference of (largest_grad_term); token, expert and score are the host's exactly.
+// Also Backend::gather's forward and backward against the host.
 #include <gtest/gtest.h>
 
 #include <algorithm>
