@@ -29,8 +29,8 @@
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default
 #                 expert path, then MOE_EXPERT_GEMM=grouped with MOE_GROUPED_GEMM = each of
 #                 THROUGHPUT_KERNELS (default: per_expert wgmma2 wgmma5; per_expert = one cuBLAS GEMM per expert;
-#                 flash_async = the default kernels with MOE_FLASH_ASYNC=1, tma_stores = with
-#                 MOE_WGMMA4_TMA_STORES=1: the opt-in paths awaiting a GPU measurement);
+#                 flash_sync = the default kernels with MOE_FLASH_ASYNC=0 (attention's synchronous
+#                 tiles), tma_stores = with MOE_WGMMA4_TMA_STORES=1 (the opt-in TMA-store epilogue));
 #                 each with MOE_KERNEL_PROFILE=1 (GPU time per kernel: <run>/kernel_profile.txt)
 #   strategies    every balancing strategy 30 steps at that shape on the device, then `moetrain
 #                 compare` (routing_time_share, tokens_per_s per strategy) into strategies.md
@@ -168,7 +168,7 @@ for step in $STEPS; do
       case $kernel in
       default) ;;
       per_expert) env+=(MOE_EXPERT_GEMM=per_expert) ;;
-      flash_async) env+=(MOE_FLASH_ASYNC=1) ;;
+      flash_sync) env+=(MOE_FLASH_ASYNC=0) ;;
       tma_stores) env+=(MOE_WGMMA4_TMA_STORES=1) ;;
       *) env+=(MOE_EXPERT_GEMM=grouped MOE_GROUPED_GEMM=$kernel) ;;
       esac

@@ -1,6 +1,6 @@
 // Flash attention (causal, bf16, tensor cores) forward and backward at S = 1024: tokens/s and
-// TFLOP/s, counting only the causal half of the products; the synchronous tiles against
-// MOE_FLASH_ASYNC=1's cp.async double buffers in the same run, and both against an unfused cuBLAS
+// TFLOP/s, counting only the causal half of the products; the synchronous tiles against the
+// cp.async double buffers (MOE_FLASH_ASYNC=0 / 1) in the same run, and both against an unfused cuBLAS
 // reference forward (attention_reference.h, PyTorch's "math" SDPA) on the same inputs.
 #include <benchmark/benchmark.h>
 
@@ -66,11 +66,11 @@ void reference_counters(benchmark::State& state, const cuda::DeviceBuffer<bf16>&
   state.counters["ref_max_abs_diff"] = max_abs_diff(out.to_host(), ref_out.to_host());
 }
 
-// Args: head dim Dh; async (0: synchronous tile loads, the default; 1: MOE_FLASH_ASYNC=1); batch 8,
-// S = 1024, heads = 1024 / Dh (model width 1024), layout [B, H, S, Dh]. With async, counter
-// differing_vs_sync: elements of out, lse, dq, dk, dv whose bits differ from the synchronous path's on
-// the same inputs (expected 0: the same arithmetic in the same order). Both rows also time the cuBLAS
-// reference forward (reference_counters).
+// Args: head dim Dh; async (0: MOE_FLASH_ASYNC=0, synchronous tile loads; 1: MOE_FLASH_ASYNC=1, the
+// default from sm_90); batch 8, S = 1024, heads = 1024 / Dh (model width 1024), layout [B, H, S, Dh].
+// With async, counter differing_vs_sync: elements of out, lse, dq, dk, dv whose bits differ from the
+// synchronous path's on the same inputs (expected 0: the same arithmetic in the same order). Both
+// rows also time the cuBLAS reference forward (reference_counters).
 void BM_FlashAttentionBf16(benchmark::State& state) {
   const int dh = int(state.range(0));
   const bool async = state.range(1) != 0;

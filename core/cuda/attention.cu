@@ -7,6 +7,7 @@
 #include "core/cuda/attention_internal.h"
 #include "core/cuda/block_reduce.h"
 #include "core/cuda/caching_allocator.h"
+#include "core/cuda/device_sm.h"
 #include "core/cuda/env_switch.h"
 #include "core/cuda/launch.h"
 
@@ -270,11 +271,12 @@ void check_shape(const char* op, long batch, long heads, long seq, int head_dim)
   MOE_CHECK(batch * heads <= 65535, op, "batch * heads = ", batch * heads, " exceeds the grid's 65535 (grid.y)");
 }
 
-// MOE_FLASH_ASYNC=1: the bf16 kernels double-buffer their streamed tiles through cp.async
-// (attention_internal.h). Opt-in until a GPU measures it.
-bool flash_async_tiles() { return opt_in_switch("MOE_FLASH_ASYNC", "cp.async tiles"); }
-
 }  // namespace
+
+bool flash_async_tiles() {
+  static const bool measured_faster = device_sm() >= 90;
+  return env_switch("MOE_FLASH_ASYNC", "cp.async tiles", measured_faster);
+}
 
 template <class T>
 void flash_attention_forward(const T* q, const T* k, const T* v, T* out, float* lse, long batch, long heads, long seq,

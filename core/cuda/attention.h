@@ -28,4 +28,11 @@ void flash_attention_backward(const T* q, const T* k, const T* v, const T* out, 
                               T* dk, T* dv, long batch, long heads, long seq, int head_dim,
                               AttentionLayout layout = AttentionLayout::kBHSD, cudaStream_t stream = nullptr);
 
+// Whether the bf16 kernels stream their K / V (forward, dQ) and Q / dO (dK / dV) tiles through
+// cp.async double buffers (the same arithmetic, so the same bits as the synchronous tiles):
+// MOE_FLASH_ASYNC=1 on, =0 off, unset on from sm_90 (an H100 measured the forward and dQ 1.7-1.9x
+// faster, dK / dV 1.2x: docs/benchmarks.md) and off before it (sm_80 unmeasured: at Dh 128 an A100
+// holds one 102 KiB block per SM). Read at every call.
+bool flash_async_tiles();
+
 }  // namespace moe::cuda

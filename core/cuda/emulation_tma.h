@@ -26,7 +26,12 @@
 // source; the store is performed when its thread's bulk_wait_group(_read) releases its group: the
 // source must then still hold those bytes (a kernel that rewrites the staging before
 // wait_group.read fails with one line), and only the box's in-range elements are written
-// (clipping). The proxy fence is checked at the issue: a source chunk that changed since the
+// (clipping), as an H100 clips them (tests/cuda/tma_test.cpp, measured 2026-11-27): rows past the
+// last and columns past the innermost dimension's end are not written, but the innermost
+// dimension is clipped at whole 16-byte chunks, so when dims[0] is not a multiple of 16 bytes the
+// elements after it up to the chunk's end (the row's padding) are written too. A store at a
+// negative coordinate (a box starting before the tensor) faults the GPU ("an illegal instruction
+// was encountered"): the emulation fails it at the issue. The proxy fence is checked at the issue: a source chunk that changed since the
 // previous store read it, with no fence_proxy_async_shared in the block since, fails (as does a
 // block's first store before any fence). A store never waited for lands as 0xFF bytes when the
 // block ends, with a line on stderr.
@@ -205,13 +210,14 @@ inline uint32_t box_offset(const MapFields& m, uint32_t e0, uint32_t i1, uint32_
 
 // Visits every element (e0, i1, i2) of a box at `coords` with its global byte offset from the map's
 // base, or -1 when it lies outside the tensor.
+// dim0: the innermost extent the copy reaches (a load: dims[0]; a store: store_inner_extent).
 template <class F>
-void for_box(const MapFields& m, const int* coords, F f) {
+void for_box(const MapFields& m, const int* coords, uint64_t dim0, F f) {
   for (uint32_t i2 = 0; i2 < m.box[2]; ++i2)
     for (uint32_t i1 = 0; i1 < m.box[1]; ++i1)
       for (uint32_t e0 = 0; e0 < m.box[0]; ++e0) {
         const int64_t g[3] = {int64_t(coords[0]) + e0, int64_t(coords[1]) + i1, int64_t(coords[2]) + i2};
-        const bool in = g[0] >= 0 && uint64_t(g[0]) < m.dims[0] && g[1] >= 0 && uint64_t(g[1]) < m.dims[1] &&
+        const bool in = g[0] >= 0 && uint64_t(g[0]) < dim0 && g[1] >= 0 && uint64_t(g[1]) < m.dims[1] &&
                         g[2] >= 0 && uint64_t(g[2]) < m.dims[2];
         f(e0, i1, i2,
           in ? int64_t(uint64_t(g[0]) * m.elem + uint64_t(g[1]) * m.strides[1] + uint64_t(g[2]) * m.strides[2]) : -1);
@@ -222,7 +228,7 @@ void for_box(const MapFields& m, const int* coords, F f) {
 inline void perform(const PendingCopy& c) {
   const MapFields& m = c.map;
   const auto* base = static_cast<const unsigned char*>(m.base);
-  for_box(m, c.coords, [&](uint32_t e0, uint32_t i1, uint32_t i2, int64_t at) {
+  for_box(m, c.coords, m.dims[0], [&](uint32_t e0, uint32_t i1, uint32_t i2, int64_t at) {
     unsigned char* dst = c.dst + box_offset(m, e0, i1, i2);
     if (at < 0)
       std::memset(dst, 0, m.elem);
@@ -424,11 +430,15 @@ inline void fence_proxy_async_shared() {
   block_stores().fences.fetch_add(1);
 }
 
+// How far a store reaches along the innermost dimension: dims[0] rounded up to whole 16-byte
+// chunks (an H100 writes the last chunk whole; the row stride, a multiple of 16 bytes, holds it).
+inline uint64_t store_inner_extent(const MapFields& m) { return (m.dims[0] * m.elem + 15) / 16 * 16 / m.elem; }
+
 // Writes the box's in-range elements from `bytes` (the box's shared-memory image); out-of-range
-// parts are clipped (not written), as the hardware does.
+// parts are clipped (not written), as the hardware clips them (store_inner_extent).
 inline void write_box(const PendingStore& st, const unsigned char* bytes) {
   auto* base = static_cast<unsigned char*>(const_cast<void*>(st.map.base));
-  for_box(st.map, st.coords, [&](uint32_t e0, uint32_t i1, uint32_t i2, int64_t at) {
+  for_box(st.map, st.coords, store_inner_extent(st.map), [&](uint32_t e0, uint32_t i1, uint32_t i2, int64_t at) {
     if (at >= 0) std::memcpy(base + at, bytes + box_offset(st.map, e0, i1, i2), st.map.elem);
   });
 }
@@ -447,6 +457,9 @@ inline void store_2d(const TensorMap* map, const void* smem, const int* coords) 
   const MapFields& m = map_fields(op, map);
   MOE_CHECK(m.rank == 2, "cuda emulation", op, ": the tensor map has rank ", m.rank);
   check_inner_coordinate(op, m, coords[0]);
+  MOE_CHECK(coords[0] >= 0 && coords[1] >= 0, "cuda emulation", op, ": coordinates (", coords[0], ", ", coords[1],
+            ") start the box before the tensor: a store at a negative coordinate faults the GPU with an illegal "
+            "instruction (loads may start there; stores may not)");
   const uint32_t bytes = m.box[0] * m.box[1] * m.box[2] * m.elem;
   const auto* src = static_cast<const unsigned char*>(smem);
   check_box_smem(op, "source", src, bytes);

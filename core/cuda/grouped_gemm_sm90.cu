@@ -10,6 +10,7 @@
 // Both keep the copies' writes and wgmma's reads free of bank conflicts. Per slice each
 // warpgroup issues 4 m64n128k16, commits them and waits for the previous slice's group only
 // (wait_group 1), so the tensor cores work on slice s while the loop moves on.
+#include "core/cuda/device_sm.h"
 #include "core/cuda/grouped_gemm_sm90.h"
 #include "core/cuda/grouped_gemm_sm90_persistent.h"
 #include "core/cuda/grouped_gemm_sm90_tma.h"
@@ -20,10 +21,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
-
-#ifndef MOE_CUDA_EMULATION
-#include <cuda_runtime_api.h>
-#endif
 
 namespace moe::cuda {
 namespace {
@@ -143,22 +140,6 @@ __global__ void __launch_bounds__(kThreads, blocks_per_sm(kStages))
 
 bool aligned16(const void* p, long ld_elements) {
   return reinterpret_cast<uintptr_t>(p) % 16 == 0 && (ld_elements * 2) % 16 == 0;
-}
-
-// The current device's compute capability as 10 * major + minor (90: H100 / H200); 90 under the
-// emulation, which models sm_90a.
-int device_sm(int* device_out = nullptr) {
-#ifdef MOE_CUDA_EMULATION
-  if (device_out) *device_out = 0;
-  return 90;
-#else
-  int device = 0, major = 0, minor = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
-  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
-  if (device_out) *device_out = device;
-  return 10 * major + minor;
-#endif
 }
 
 }  // namespace

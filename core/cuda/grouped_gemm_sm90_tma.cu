@@ -600,7 +600,9 @@ bool tma_stores(bool staged, bool accumulate, uint64_t out_rows) {
   return opt_in_switch("MOE_WGMMA4_TMA_STORES", "bulk tensor stores") && staged && !accumulate && out_rows >= 1 &&
          out_rows < (uint64_t(1) << 31);
 }
-// The output [out_rows][ld] as boxes of 16 rows x 128 bytes (the TMA stores' map).
+// The output [out_rows][ld] as boxes of 16 rows x 128 bytes (the TMA stores' map). dims[0] = ld is
+// whole 16-byte chunks (the row stride's rule), so the hardware's chunk-wise clipping of the last
+// column (tma.h) writes nothing past a row.
 template <class Tout>
 TensorMap output_map(Tout* C, uint64_t out_rows, long ld, const char* op) {
   const uint64_t dims[2] = {uint64_t(ld), out_rows}, strides[1] = {uint64_t(ld) * sizeof(Tout)};

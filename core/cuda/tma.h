@@ -22,9 +22,13 @@
 //                                (1024-byte aligned), completing box bytes on bar's tx-count
 //   store_2d(map, smem, c0, c1)  one bulk tensor store (cp.async.bulk.tensor...bulk_group) of the
 //                                map's box from smem (1024-byte aligned, the load layout above) to
-//                                element coordinates (c0 innermost, on a 16-byte boundary); box
-//                                parts outside the tensor are not written. Asynchronous: it reads
-//                                smem some time before the issuing thread's wait_group.read says so
+//                                element coordinates (c0 innermost, on a 16-byte boundary; c0, c1
+//                                >= 0: an H100 faults on a negative one); rows past the tensor are
+//                                not written, columns past it only from the 16-byte chunk after
+//                                dims[0] on (so give stored tensors rows of whole 16-byte chunks,
+//                                or the row padding up to the chunk's end is written). Asynchronous:
+//                                it reads smem some time before the issuing thread's wait_group.read
+//                                says so
 //   fence_proxy_async_shared()   fence.proxy.async.shared::cta: the thread's generic-proxy writes of
 //                                shared memory become visible to the async proxy (the copy engine):
 //                                between the writes of a store's source and the store (writers

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "core/cuda/attention.h"
+#include "core/cuda/device_sm.h"
 #include "core/cuda/memory.h"
 #include "core/error.h"
 #include "core/ops.h"
@@ -158,7 +159,7 @@ Bf16Outputs run_bf16(long B, long H, long S, int D, unsigned seed, AttentionLayo
 
 void check_async_same_bits(long B, long H, long S, int D, unsigned seed,
                            AttentionLayout layout = AttentionLayout::kBHSD) {
-  const Bf16Outputs want = run_bf16(B, H, S, D, seed, layout, nullptr), got = run_bf16(B, H, S, D, seed, layout, "1");
+  const Bf16Outputs want = run_bf16(B, H, S, D, seed, layout, "0"), got = run_bf16(B, H, S, D, seed, layout, "1");
   const std::string where = "B=" + std::to_string(B) + " H=" + std::to_string(H) + " S=" + std::to_string(S) +
                             " D=" + std::to_string(D);
   EXPECT_TRUE(all_near(got.out, want.out, 0, 0)) << "out " << where;
@@ -189,6 +190,23 @@ TEST(CudaFlashAttention, AsyncTilesMatchCpuOpBf16) {
   check_attention<bf16>(2, 2, 150, 72, 210, 2e-2, 2e-2, AttentionLayout::kBSHD);
   check_attention<bf16>(1, 1, 130, 128, 211, 2e-2, 2e-2);
   check_attention<bf16>(1, 1, 70, 20, 212, 2e-2, 2e-2);
+}
+
+// The default (unset): cp.async tiles from sm_90 on (the emulation models sm_90a), and the switch
+// turns them either way.
+TEST(CudaFlashAttention, AsyncTilesAreTheDefaultFromSm90) {
+  {
+    EnvScope env("MOE_FLASH_ASYNC", nullptr);
+    EXPECT_EQ(flash_async_tiles(), device_sm() >= 90);
+  }
+  {
+    EnvScope env("MOE_FLASH_ASYNC", "0");
+    EXPECT_FALSE(flash_async_tiles());
+  }
+  {
+    EnvScope env("MOE_FLASH_ASYNC", "1");
+    EXPECT_TRUE(flash_async_tiles());
+  }
 }
 
 TEST(CudaFlashAttention, AsyncSwitchRejectsOtherValues) {

@@ -410,7 +410,9 @@ void write_box(unsigned char* box, int salt, bool fence) {
 }
 
 // Stores one box at (c0, c1) and checks the tensor: the box's in-range elements landed, every other
-// element (outside the box, or in the row padding past cols) kept the sentinel.
+// element (outside the box, or in the row padding past the 16-byte chunk holding the last column)
+// kept the sentinel. The 50 columns end inside a chunk (fp32 200 bytes, bf16 100): as an H100 does
+// (tests/cuda/tma_test.cpp), the chunk is written whole, so columns up to 52 (fp32) or 56 (bf16).
 template <class T>
 void store_box_and_check(int c0, int c1) {
   StoreTarget<T> t(21, 50, 56, from_float<T>(-7.0f));
@@ -425,10 +427,11 @@ void store_box_and_check(int c0, int c1) {
   });
   const std::vector<T> got = t.buf.to_host();
   int landed = 0;
+  const uint64_t written_cols = (t.cols * sizeof(T) + 15) / 16 * 16 / sizeof(T);
   for (uint64_t r = 0; r < t.rows; ++r)
     for (uint64_t c = 0; c < t.ld; ++c) {
       const int64_t e = int64_t(c) - c0, br = int64_t(r) - c1;
-      const bool in = c < t.cols && e >= 0 && e < int64_t(t.kBoxCols) && br >= 0 && br < 16;
+      const bool in = c < written_cols && e >= 0 && e < int64_t(t.kBoxCols) && br >= 0 && br < 16;
       const T want = in ? box_value<T>(uint32_t(e), uint32_t(br), 1) : from_float<T>(-7.0f);
       landed += in;
       ASSERT_EQ(as_float(got[r * t.ld + c]), as_float(want)) << "row " << r << " col " << c << " box at " << c0 << ", " << c1;
@@ -437,11 +440,11 @@ void store_box_and_check(int c0, int c1) {
 }
 
 TEST(EmulationTma, StoreLandsAndIsClippedAtTheEdges) {
-  store_box_and_check<float>(0, 0);     // inside
-  store_box_and_check<float>(32, 8);    // columns 50.. and rows 21.. clipped
-  store_box_and_check<float>(8, -8);    // rows before 0 clipped
-  store_box_and_check<bf16>(0, 3);      // 64 bf16 columns: 50.. clipped
-  store_box_and_check<bf16>(-16, 12);   // columns before 0, rows 21.. clipped
+  store_box_and_check<float>(0, 0);    // inside
+  store_box_and_check<float>(32, 8);   // columns 52.. and rows 21.. clipped
+  store_box_and_check<float>(8, 13);   // rows 21.. clipped
+  store_box_and_check<bf16>(0, 3);     // 64 bf16 columns: 56.. clipped
+  store_box_and_check<bf16>(48, 12);   // a box of 8 columns, 56.. clipped, rows 21.. clipped
 }
 
 // One warp: box image `salt` 1 into the staging, store; then the planted variants. Returns the tensor.
@@ -532,6 +535,11 @@ TEST(EmulationTma, StoreMisuseIsOneLine) {
                  {"tma::store_2d", "not inside the block's dynamic shared memory"});
   expect_failure(one([&](unsigned char* smem) { tma::store_2d(&t.map, smem, 6, 0); }),
                  {"tma::store_2d", "innermost coordinate 6", "16 bytes"});
+  // A box starting before the tensor: loads zero-fill there, stores fault the GPU.
+  expect_failure(one([&](unsigned char* smem) { tma::store_2d(&t.map, smem, -4, 0); }),
+                 {"tma::store_2d", "coordinates (-4, 0)", "negative coordinate faults the GPU"});
+  expect_failure(one([&](unsigned char* smem) { tma::store_2d(&t.map, smem, 0, -5); }),
+                 {"tma::store_2d", "coordinates (0, -5)", "negative coordinate faults the GPU"});
   expect_failure(one([&](unsigned char* smem) {
                    TensorMap zero{};
                    tma::store_2d(&zero, smem, 0, 0);
