@@ -72,10 +72,13 @@ if(MOE_HAVE_CUDA AND MOE_CUDA_SOURCES)
 
   # GPU benchmarks (Google Benchmark, cudaEvent timing): build/bench/moetrain_cuda_bench, run by
   # scripts/bench_gpu.sh; exits 77 with one line without a device. Not a ctest entry.
-  file(GLOB moe_cuda_bench_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/bench/cuda/*.cpp)
+  # (*.cu: the benchmarks' own probe kernels, with the library's split of host and nvcc flags.)
+  file(GLOB moe_cuda_bench_sources CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/bench/cuda/*.cpp
+       ${CMAKE_SOURCE_DIR}/bench/cuda/*.cu)
   if(moe_cuda_bench_sources)
     add_executable(moetrain_cuda_bench ${moe_cuda_bench_sources})
     set_target_properties(moetrain_cuda_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+    set_property(TARGET moetrain_cuda_bench PROPERTY COMPILE_OPTIONS ${moe_cuda_options})
     target_link_libraries(moetrain_cuda_bench PRIVATE moetrain_cuda moetrain_lib benchmark::benchmark)
   endif()
 else()

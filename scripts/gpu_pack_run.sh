@@ -23,7 +23,8 @@
 #                 WGMMA_TMA_STORES: 0 (default) the default epilogue only; both: then again with
 #                 MOE_WGMMA4_TMA_STORES=1 (wgmma4 / wgmma5 overwrite through TMA bulk stores;
 #                 cuda_bench_wgmma_tma.{log,json}); 1: that run only. Each row also reports the
-#                 write roofline (out_bytes, write_GBps, bound_ratio)
+#                 write roofline (out_bytes, write_GBps, bound_ratio) and the mixed one (in_bytes,
+#                 mixed_GBps, mixed_bound_ratio: inputs read while the output is written)
 #   train_cuda    the balance model (recipes/balance/aux_loss.toml), `steps` steps on the device
 #   throughput    expert_choice (balanced groups by construction) at d_model 1024, 4 MoE blocks of
 #                 16 experts (hidden 2048), batch 32 x 512, bf16, 30 steps: the layer's default

@@ -8,13 +8,16 @@
 // report an error. Beside the ratio, a write-bandwidth roofline measured in the same run: the
 // grouped output's bytes (out_bytes; tn writes E x M x K fp32, 64x the dense tn's output at E 64)
 // written by cudaMemsetAsync (write_GBps), and bound_ratio, the best ratio any kernel could reach
-// that writes those bytes at that rate (dense ms / max(dense ms, write ms)).
+// that writes those bytes at that rate (dense ms / max(dense ms, write ms)); and the memory's rate
+// for the form's whole least traffic, its inputs read once while the output is written
+// (in_bytes; traffic_probe.h: mixed_GBps), with mixed_bound_ratio the best ratio at that rate.
 #include <benchmark/benchmark.h>
 
 #include <cmath>
 #include <type_traits>
 
 #include "bench/cuda/bench_util.h"
+#include "bench/cuda/traffic_probe.h"
 #include "core/cuda/cublas_gemm.h"
 #include "core/cuda/grouped_gemm.h"
 #include "core/cuda/grouped_gemm_sm90.h"
@@ -145,6 +148,16 @@ void BM_GroupedGemmVsCublas(benchmark::State& state) {
   state.counters["out_bytes"] = double(out_bytes);
   state.counters["write_GBps"] = double(out_bytes) / (write_ms * 1e6);
   state.counters["bound_ratio"] = dense_ms / std::max(dense_ms, write_ms);
+  // The least bytes read: each input once (nt: x and w, nn: dy and w, tn: dy and x).
+  const size_t in_bytes = sizeof(bf16) * (form == kNt   ? size_t(rows) * K + size_t(experts) * M * K
+                                          : form == kNn ? size_t(rows) * M + size_t(experts) * M * K
+                                                        : size_t(rows) * (M + K));
+  cuda::DeviceBuffer<unsigned char> in_scratch(in_bytes);
+  cuda::device_memset_async(in_scratch.get(), 0x21, in_bytes, nullptr);
+  const double mixed_ms = time_ms([&] { mixed_traffic(in_scratch.get(), in_bytes, out, out_bytes); }, 10, 7);
+  state.counters["in_bytes"] = double(in_bytes);
+  state.counters["mixed_GBps"] = double(in_bytes + out_bytes) / (mixed_ms * 1e6);
+  state.counters["mixed_bound_ratio"] = dense_ms / std::max(dense_ms, mixed_ms);
   state.counters["largest_group"] = off_host[1] - off_host[0];
   grouped();  // the dense reference shares the output buffers: the grouped result last
   state.counters["expert0_rel_err"] = expert0_error(form, off_host[1] - off_host[0], M, K, x.get(), w.get(), dy.get(),
