@@ -159,7 +159,9 @@ class CudaBackend {
   // ---- optimizer ----
   virtual void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                             const AdamWUpdate& u) = 0;
-  virtual double sum_of_squares(const Tensor& x) = 0;  // fp32 / bf16 in, accumulated in double on the host
+  // Each tensor's sum of squares (fp32 / bf16 in, accumulated in fp32 on the device), all copied
+  // down at once: one synchronization for every gradient of a step, not one per gradient.
+  virtual std::vector<double> sums_of_squares(const std::vector<Tensor>& xs) = 0;
   virtual void scale_(const Tensor& x, double s) = 0;  // x *= s in place
 
   // The activation dtype of this run (bf16 for training on a GPU, fp32 for exact checks).

@@ -1,6 +1,7 @@
 // Embedding kernels: a flat row copy for the forward, and for the backward an LSD radix sort of
 // (id, position) by 8-bit digits, each pass a stable counting sort (permute_plan), then one
-// thread per (run of equal ids, column) summing its run in position order. No float atomics.
+// thread per (run of equal ids, column) summing its run in position order, as the CPU op sums
+// (fp32: the same bits). No float atomics.
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/embedding.h"
 #include "core/cuda/launch.h"
@@ -60,17 +61,36 @@ __global__ void sort_scatter_kernel(const int32_t* keys, const int32_t* position
 }
 
 // Thread (p, d): when p starts a run of equal ids, dweight[id, d] = sum of dout[position, d] over
-// the run (positions ascending: the sort is stable).
+// the run (positions ascending: the sort is stable), added one by one in that order (the CPU op's
+// order: the same bits). The run is walked kBatch entries at a time, their keys, positions and
+// values loaded before any is added: a frequent token's run (hundreds of positions in a batch of
+// text) costs two memory round trips per kBatch entries instead of three per entry (an H100
+// measured 1.3 ms per call at 16384 tokens walking entry by entry).
 template <class T>
 __global__ void embedding_backward_kernel(const T* dout, const int32_t* keys, const int32_t* positions, long n,
                                           long dim, float* dweight) {
+  constexpr int kBatch = 16;
   const long total = n * dim;
   for (long i = blockIdx.x * long(blockDim.x) + threadIdx.x; i < total; i += long(gridDim.x) * blockDim.x) {
     const long p = i / dim, d = i % dim;
     const int32_t id = keys[p];
     if (id < 0 || (p > 0 && keys[p - 1] == id)) continue;
     float acc = 0.0f;
-    for (long r = p; r < n && keys[r] == id; ++r) acc += to_float(dout[long(positions[r]) * dim + d]);
+    for (long r = p;; r += kBatch) {
+      int32_t at[kBatch];
+      MOE_UNROLL
+      for (int b = 0; b < kBatch; ++b) {  // the run's next entries (sorted: equal keys are contiguous)
+        const bool in = r + b < n && keys[r + b] == id;
+        at[b] = in ? positions[r + b] : -1;
+      }
+      float v[kBatch];
+      MOE_UNROLL
+      for (int b = 0; b < kBatch; ++b) v[b] = at[b] >= 0 ? to_float(dout[long(at[b]) * dim + d]) : 0.0f;
+      MOE_UNROLL
+      for (int b = 0; b < kBatch; ++b)
+        if (at[b] >= 0) acc += v[b];
+      if (at[kBatch - 1] < 0) break;
+    }
     dweight[long(id) * dim + d] = acc;
   }
 }

@@ -1,5 +1,6 @@
 // Embedding kernels against core/cpu embedding and its autograd backward: fp32 bit-exact (same
-// summation order), bf16 within rounding, a vocabulary that needs two radix passes, hot ids.
+// summation order), bf16 within rounding, a vocabulary that needs two radix passes, hot ids, one
+// run as long as the batch.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -41,6 +42,25 @@ TEST(CudaEmbedding, MatchesCpuOpF32BitExact) {
   embedding_backward(ddy.get(), dids.get(), dgrad.get(), n, vocab, dim);
   EXPECT_EQ(dout.to_host(), out.to_vector<float>());
   EXPECT_EQ(dgrad.to_host(), tw.grad().to_vector<float>()) << "same additions in the same order";
+}
+
+// Every position one id: a single run the backward walks in batches of 16, ending exactly at a
+// batch's end (64) and one past it (65), with out-of-range ids (dropped by the sort) at the end.
+TEST(CudaEmbedding, OneIdEverywhereIsOneRunAcrossBatchesF32BitExact) {
+  for (const long n : {64L, 65L, 70L}) {
+    const long vocab = 9, dim = 5;
+    std::vector<int64_t> ids(static_cast<size_t>(n), 4);
+    if (n == 70) ids[69] = ids[68] = -1;  // skipped by the backward as by the forward's check
+    auto dy = random_normal(static_cast<size_t>(n * dim), 68 + unsigned(n));
+    std::vector<float> want(static_cast<size_t>(vocab * dim), 0.0f);
+    for (long i = 0; i < n; ++i)
+      if (ids[static_cast<size_t>(i)] >= 0)
+        for (long d = 0; d < dim; ++d) want[static_cast<size_t>(4 * dim + d)] += dy[static_cast<size_t>(i * dim + d)];
+    DeviceBuffer<float> ddy(dy), dgrad(static_cast<size_t>(vocab * dim));
+    DeviceBuffer<int64_t> dids(ids);
+    embedding_backward(ddy.get(), dids.get(), dgrad.get(), n, vocab, dim);
+    EXPECT_EQ(dgrad.to_host(), want) << "n " << n << ": the positions' rows added in order";
+  }
 }
 
 TEST(CudaEmbedding, Bf16StorageFp32Gradient) {

@@ -269,14 +269,20 @@ TEST_F(OptimDevice, BackendSumOfSquaresAndScale) {
     return s;
   };
   const double want = host_ss(h);
-  EXPECT_NEAR(be.sum_of_squares(h.to(Device::cuda)), want, kRel * want);
   Tensor hb = h.to(DType::bf16);
   const double want_b = host_ss(hb);
-  EXPECT_NEAR(be.sum_of_squares(hb.to(Device::cuda)), want_b, kRel * want_b);
   Tensor view = h.to(Device::cuda).transpose(0, 1).slice(0, 3, 20);
   const double want_v = host_ss(h.transpose(0, 1).slice(0, 3, 20).contiguous());
-  EXPECT_NEAR(be.sum_of_squares(view), want_v, kRel * want_v);
-  EXPECT_EQ(be.sum_of_squares(Tensor::zeros({0, 3}, DType::f32, Device::cuda)), 0.0);
+  // All four in one call (one copy down), each in its own slot.
+  const std::vector<double> got = be.sums_of_squares(
+      {h.to(Device::cuda), hb.to(Device::cuda), view, Tensor::zeros({0, 3}, DType::f32, Device::cuda)});
+  ASSERT_EQ(got.size(), 4u);
+  EXPECT_NEAR(got[0], want, kRel * want);
+  EXPECT_NEAR(got[1], want_b, kRel * want_b);
+  EXPECT_NEAR(got[2], want_v, kRel * want_v);
+  EXPECT_EQ(got[3], 0.0);
+  EXPECT_TRUE(be.sums_of_squares({}).empty());
+  EXPECT_THROW(be.sums_of_squares({h}), Error);  // a host tensor
 
   Tensor d = h.to(Device::cuda);
   be.scale_(d, -0.37);

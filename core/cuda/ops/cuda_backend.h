@@ -75,7 +75,7 @@ class Backend final : public CudaBackend {
 
   void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWUpdate& u) override;
-  double sum_of_squares(const Tensor& x) override;
+  std::vector<double> sums_of_squares(const std::vector<Tensor>& xs) override;
   void scale_(const Tensor& x, double s) override;
 };
 

@@ -46,22 +46,29 @@ void Backend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor
   }
 }
 
-double Backend::sum_of_squares(const Tensor& x) {
-  const char* op = "sum_of_squares";
-  MOE_CHECK(x.defined() && x.device() == Device::cuda, op, "tensor is not on the cuda device");
-  const Tensor xc = x.contiguous();
-  const size_t n = size_t(xc.numel());
-  if (n == 0) return 0.0;
-  Workspace<float> sum(1);
-  device_memset_async(sum.get(), 0, sizeof(float), nullptr);
-  switch (xc.dtype()) {
-    case DType::f32: accumulate_sum_squares(xc.device_data<float>(), n, sum.get()); break;
-    case DType::bf16: accumulate_sum_squares(xc.device_data<bf16>(), n, sum.get()); break;
-    default: MOE_FAIL(op, "tensor '", x.name(), "' must be f32 or bf16, got ", dtype_name(xc.dtype()));
+std::vector<double> Backend::sums_of_squares(const std::vector<Tensor>& xs) {
+  const char* op = "sums_of_squares";
+  std::vector<double> out(xs.size(), 0.0);
+  if (xs.empty()) return out;
+  Workspace<float> sums(xs.size());
+  device_memset_async(sums.get(), 0, sizeof(float) * xs.size(), nullptr);
+  std::vector<Tensor> contiguous;  // alive until the copy down: the kernels read them
+  contiguous.reserve(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const Tensor& x = xs[i];
+    MOE_CHECK(x.defined() && x.device() == Device::cuda, op, "tensor ", i, " is not on the cuda device");
+    const Tensor& xc = contiguous.emplace_back(x.contiguous());
+    const size_t n = size_t(xc.numel());
+    switch (xc.dtype()) {
+      case DType::f32: accumulate_sum_squares(xc.device_data<float>(), n, sums.get() + i); break;
+      case DType::bf16: accumulate_sum_squares(xc.device_data<bf16>(), n, sums.get() + i); break;
+      default: MOE_FAIL(op, "tensor '", x.name(), "' must be f32 or bf16, got ", dtype_name(xc.dtype()));
+    }
   }
-  float host = 0;
-  copy_to_host(&host, sum.get(), sizeof(float));  // synchronizes with the kernels before it
-  return double(host);
+  std::vector<float> host(xs.size());
+  copy_to_host(host.data(), sums.get(), sizeof(float) * xs.size());  // synchronizes with the kernels
+  for (size_t i = 0; i < xs.size(); ++i) out[i] = double(host[i]);
+  return out;
 }
 
 void Backend::scale_(const Tensor& x, double s) {
