@@ -2,8 +2,9 @@
 // cross-entropy): forward kernels, and backward kernels recorded on the autograd tape.
 //
 // Mixed precision (core/device.h): the input activation's dtype (fp32 or bf16) is the compute
-// dtype T; fp32 master weights are cast to T where they multiply (a device copy per call, never
-// kept), products accumulate in fp32, outputs and activation grads are T, weight grads fp32.
+// dtype T; fp32 master weights are cast to T where they multiply (a device copy per call, kept by
+// linear's backward for its dx until the step's backward has run), products accumulate in fp32,
+// outputs and activation grads are T, weight grads fp32.
 // Dense products go through dense_gemm: cuBLAS on a GPU, the SIMT kernel (gemm_simt.h) under the
 // emulation, which does not emulate cuBLAS.
 #include <cmath>
@@ -167,6 +168,7 @@ Tensor Backend::linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   // The GEMMs overwrite every element unless there is nothing to multiply (in = 0) and no bias.
   Tensor out = in == 0 && !bias.defined() ? Tensor::zeros({rows, out_f}, act, Device::cuda)
                                           : Tensor::empty({rows, out_f}, act, Device::cuda);
+  const Tensor wa = as_dtype(w, act);  // kept for the backward's dx: one cast per step, not two
   with_activation(act, op, "input", x, [&](auto tag) {
     using T = decltype(tag);
     float beta = 0.0f;
@@ -176,17 +178,15 @@ Tensor Backend::linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
                        out_f);
       beta = 1.0f;
     }
-    Tensor wa = as_dtype(w, act);
     dense_gemm<T, T>(false, true, rows, out_f, in, 1.0f, ptr<T>(x2), in, ptr<T>(wa), in, beta, ptr<T>(out), out_f);
   });
   out = out.reshape(out_shape);
   if (needs_grad({x, w, bias}))
-    record(op, {out}, [x, w, bias, x2, rows, in, out_f, act](const std::vector<Tensor>& g) {
+    record(op, {out}, [x, w, wa, bias, x2, rows, in, out_f, act](const std::vector<Tensor>& g) {
       Tensor g2 = g[0].contiguous();
       with_activation(act, "linear backward", "input", x, [&](auto tag) {
         using T = decltype(tag);
         if (x.requires_grad()) {  // dx = g w (activation dtype)
-          Tensor wa = as_dtype(w, act);
           Tensor dx = out_f == 0 ? Tensor::zeros({rows, in}, act, Device::cuda)
                                  : Tensor::empty({rows, in}, act, Device::cuda);
           dense_gemm<T, T>(false, false, rows, in, out_f, 1.0f, ptr<T>(g2), out_f, ptr<T>(wa), in, 0.0f, ptr<T>(dx),
@@ -224,15 +224,16 @@ std::vector<Tensor> Backend::linear_shared_input(const Tensor& x, const std::vec
   }
   const long rows = long(shape_numel(Shape(x.shape().begin(), x.shape().end() - 1)));
   Tensor x2 = x.detach().contiguous();
-  // One GEMM per weight (a concatenated weight would need a copy of the masters every step).
-  std::vector<Tensor> outs;
+  // One GEMM per weight (a concatenated weight would need a copy of the masters every step). The
+  // weights in the activation dtype are kept for the backward's dx: one cast per step, not two.
+  std::vector<Tensor> outs, cast_weights;
   for (const Tensor& w : weights) {
     const long out_f = long(w.shape()[0]);
     Tensor y = in == 0 ? Tensor::zeros({rows, out_f}, act, Device::cuda)
                        : Tensor::empty({rows, out_f}, act, Device::cuda);
+    const Tensor& wa = cast_weights.emplace_back(as_dtype(w, act));
     with_activation(act, op, "input", x, [&](auto tag) {
       using T = decltype(tag);
-      Tensor wa = as_dtype(w, act);
       dense_gemm<T, T>(false, true, rows, out_f, in, 1.0f, ptr<T>(x2), in, ptr<T>(wa), in, 0.0f, ptr<T>(y), out_f);
     });
     Shape shape = x.shape();
@@ -242,7 +243,7 @@ std::vector<Tensor> Backend::linear_shared_input(const Tensor& x, const std::vec
   std::vector<Tensor> inputs = weights;
   inputs.push_back(x);
   if (needs_grad(inputs))
-    record(op, outs, [x, weights, x2, rows, in, act](const std::vector<Tensor>& g) {
+    record(op, outs, [x, weights, cast_weights, x2, rows, in, act](const std::vector<Tensor>& g) {
       with_activation(act, "linear_shared_input backward", "input", x, [&](auto tag) {
         using T = decltype(tag);
         Tensor dx = x.requires_grad() ? Tensor::empty({rows, in}, act, Device::cuda) : Tensor();
@@ -256,7 +257,7 @@ std::vector<Tensor> Backend::linear_shared_input(const Tensor& x, const std::vec
             continue;
           }
           if (dx.defined() && out_f > 0) {
-            Tensor wa = as_dtype(weights[i], act);
+            const Tensor& wa = cast_weights[i];
             dense_gemm<T, T>(false, false, rows, in, out_f, 1.0f, ptr<T>(gi), out_f, ptr<T>(wa), in, beta,
                              ptr<T>(dx), in);
             if (rows > 0 && in > 0) beta = 1.0f;
