@@ -38,7 +38,8 @@
 #   experts       the experts benchmark (grouped kernel vs per-expert cuBLAS, rows per expert swept),
 #                 the grouped side on the default kernel, then on each of EXPERTS_KERNELS (default:
 #                 wgmma2 wgmma5)
-#   train_cpu     the balance model on the CPU (the loss curve the device run is compared with)
+#   train_cpu     the balance model on the CPU (the loss curve the device run is compared with:
+#                 after both, scripts/loss_curves.py into loss_curves.txt)
 #   custom        the command CUSTOM (bash, with $run, $P and $R set), for one-off checks
 # Everything lands in $OUT/results.tar.xz (remade after each step, so a killed run still returns
 # what it did) and the console summary in $OUT/summary.txt.
@@ -158,7 +159,12 @@ for step in $STEPS; do
     timeout "$t" "$run" "$P/bin/moetrain" train recipes/balance/aux_loss.toml --set train.steps="$steps" \
       --set eval.every=0 --set log.every=1 --set data.dir="$P/data/brown" --set train.device="$dev" \
       --run-dir "$R/train_$dev" > "$R/train_$dev.log" 2>&1
-    echo "$dev rc=$?"; grep -E 'moetrain: run|step +(1|2|10|50|100|200)/|error|done' "$R/train_$dev.log" | head -8 ;;
+    echo "$dev rc=$?"; grep -E 'moetrain: run|step +(1|2|10|50|100|200)/|error|done' "$R/train_$dev.log" | head -8
+    # Both runs there: their loss curves compared (scripts/loss_curves.py, python3's standard library).
+    if [[ -s "$R/train_cpu/metrics.jsonl" && -s "$R/train_cuda/metrics.jsonl" ]]; then
+      python3 scripts/loss_curves.py "$R/train_cpu" "$R/train_cuda" > "$R/loss_curves.txt" 2>&1
+      echo "loss curves rc=$?"; tail -4 "$R/loss_curves.txt"
+    fi ;;
   throughput)
     echo "== throughput at d_model 1024 (expert_choice: balanced groups)"
     for kernel in default $THROUGHPUT_KERNELS; do
