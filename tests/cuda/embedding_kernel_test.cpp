@@ -44,10 +44,11 @@ TEST(CudaEmbedding, MatchesCpuOpF32BitExact) {
   EXPECT_EQ(dgrad.to_host(), tw.grad().to_vector<float>()) << "same additions in the same order";
 }
 
-// Every position one id: a single run the backward walks in batches of 16, ending exactly at a
-// batch's end (64) and one past it (65), with out-of-range ids (dropped by the sort) at the end.
+// Every position one id: a single run the backward walks in batches of 64, ending exactly at a
+// batch's end (64, 128), one past it (65) and with out-of-range ids (dropped by the sort) at the
+// end (70: 68 valid).
 TEST(CudaEmbedding, OneIdEverywhereIsOneRunAcrossBatchesF32BitExact) {
-  for (const long n : {64L, 65L, 70L}) {
+  for (const long n : {64L, 65L, 70L, 128L}) {
     const long vocab = 9, dim = 5;
     std::vector<int64_t> ids(static_cast<size_t>(n), 4);
     if (n == 70) ids[69] = ids[68] = -1;  // skipped by the backward as by the forward's check
