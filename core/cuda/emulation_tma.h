@@ -31,10 +31,10 @@
 // dimension is clipped at whole 16-byte chunks, so when dims[0] is not a multiple of 16 bytes the
 // elements after it up to the chunk's end (the row's padding) are written too. A store at a
 // negative coordinate (a box starting before the tensor) faults the GPU ("an illegal instruction
-// was encountered"): the emulation fails it at the issue. The proxy fence is checked at the issue: a source chunk that changed since the
-// previous store read it, with no fence_proxy_async_shared in the block since, fails (as does a
-// block's first store before any fence). A store never waited for lands as 0xFF bytes when the
-// block ends, with a line on stderr.
+// was encountered"): the emulation fails it at the issue. The proxy fence is checked at the issue
+// too: a source chunk that changed since the previous store read it, with no
+// fence_proxy_async_shared in the block since, fails (as does a block's first store before any
+// fence). A store never waited for lands as 0xFF bytes when the block ends, with a line on stderr.
 //
 // With wgmma (emulation_wgmma.h): each warp's issued, not yet retired mma_asyncs mark the 16-byte
 // chunks they read; a load issued (or landing) into a marked chunk fails (a producer that did not

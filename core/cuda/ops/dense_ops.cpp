@@ -182,7 +182,8 @@ Tensor Backend::linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   });
   out = out.reshape(out_shape);
   if (needs_grad({x, w, bias}))
-    record(op, {out}, [x, w, wa, bias, x2, rows, in, out_f, act](const std::vector<Tensor>& g) {
+    record(op, {out}, [x, w, wa = x.requires_grad() ? wa : Tensor(), bias, x2, rows, in, out_f,
+                       act](const std::vector<Tensor>& g) {
       Tensor g2 = g[0].contiguous();
       with_activation(act, "linear backward", "input", x, [&](auto tag) {
         using T = decltype(tag);
@@ -242,6 +243,7 @@ std::vector<Tensor> Backend::linear_shared_input(const Tensor& x, const std::vec
   }
   std::vector<Tensor> inputs = weights;
   inputs.push_back(x);
+  if (!x.requires_grad()) cast_weights.assign(weights.size(), Tensor());  // no dx: nothing to keep
   if (needs_grad(inputs))
     record(op, outs, [x, weights, cast_weights, x2, rows, in, act](const std::vector<Tensor>& g) {
       with_activation(act, "linear_shared_input backward", "input", x, [&](auto tag) {
