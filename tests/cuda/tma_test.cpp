@@ -168,7 +168,7 @@ void check_store(uint64_t cols, uint64_t rows, uint64_t row_elems, uint32_t box_
                        << ", a store at (" << c[0] << ", " << c[1] << "); the first wrong elements:" << first;
 }
 
-// fp32 (32-element boxes) and bf16 (64) into 44 / 40 / 45 x 29 tensors in padded rows: inside,
+// fp32 (32-element boxes) and bf16 (64) into 44 / 40 / 45 / 41 x 29 tensors in padded rows: inside,
 // past the bottom edge, past a right edge on a 16-byte boundary and one inside a chunk (45 columns:
 // the chunk is written whole). One case per test: a fault poisons the process's CUDA context, so
 // the GPU run of one case must not hide the others'.
