@@ -83,11 +83,15 @@ echo "CUDA libraries from: $cuda_dirs" | tee -a "$R/env.txt"
 # carried loader and glibc. A script, so that `timeout` can run it.
 run="$work/run.sh"
 printf '#!/bin/sh\nLD_LIBRARY_PATH="%s" exec "$@"\n' "$P/libs:$cuda_dirs" > "$run"; chmod +x "$run"
-if ! "$run" "$P/bin/moetrain_cuda_bench" --benchmark_list_tests > "$R/probe.txt" 2>&1; then
+# (The probe in a subshell that outlives it: a crash's "Segmentation fault" line lands in the
+# probe's file, not among the run's results.)
+if ! ( "$run" "$P/bin/moetrain_cuda_bench" --benchmark_list_tests; exit $? ) > "$R/probe.txt" 2>&1; then
   grep -q "no CUDA device" "$R/probe.txt" || {
-    echo "binaries do not load with this machine's glibc: using the carried loader" | tee -a "$R/env.txt"
+    echo "binaries do not load with this machine's glibc ($(tail -1 "$R/probe.txt" | cut -c1-100)): using the" \
+      "carried loader" | tee -a "$R/env.txt"
     printf '#!/bin/sh\nexec "%s" --library-path "%s" "$@"\n' "$P/libs/ld-linux-x86-64.so.2" \
       "$P/libs:$cuda_dirs:/usr/lib/x86_64-linux-gnu:/usr/lib64" > "$run"
+    ( "$run" "$P/bin/moetrain_cuda_bench" --benchmark_list_tests; exit $? ) > "$R/probe.txt" 2>&1
   }
 fi
 cat "$R/probe.txt"
