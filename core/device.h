@@ -38,6 +38,7 @@ struct AdamWUpdate {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double weight_decay = 0;  // already 0 for parameters outside the decay group
   int64_t step = 1;         // this parameter's step count t (bias corrections 1 - b^t)
+  double grad_scale = 1;    // each grad element is read as g * float(grad_scale) (clipping's factor)
 };
 
 // The per-batch sums behind a layer's routing statistics (RoutingAccumulator in

@@ -41,8 +41,10 @@ bool AdamW::decays(const std::string& name) const {
   MOE_FAIL("AdamW", "no parameter named '", name, "'");
 }
 
-void AdamW::step(double lr) {
+void AdamW::step(double lr, double grad_scale) {
   MOE_CHECK(std::isfinite(lr) && lr >= 0, "AdamW", "learning rate must be finite and >= 0, got ", lr);
+  MOE_CHECK(std::isfinite(grad_scale) && grad_scale > 0, "AdamW", "grad_scale must be finite and > 0, got ",
+            grad_scale);
   NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     Tensor& p = params_[i].second;
@@ -64,6 +66,7 @@ void AdamW::step(double lr) {
       u.eps = cfg_.eps;
       u.weight_decay = s.decay ? cfg_.weight_decay : 0.0;
       u.step = s.step;
+      u.grad_scale = grad_scale;
       cuda_backend("AdamW").adamw_update(p, g.contiguous(), s.m, s.v, u);
       continue;
     }
@@ -80,10 +83,11 @@ void AdamW::step(double lr) {
       const T* gr = g.data<T>();
       const T b1 = T(cfg_.beta1), b2 = T(cfg_.beta2), one_b1 = T(1 - cfg_.beta1), one_b2 = T(1 - cfg_.beta2);
       const T step_size = T(lr / bc1), inv_bc2_sqrt = T(1.0 / bc2_sqrt), eps = T(cfg_.eps), dec = T(decay);
+      const T scale = T(grad_scale);  // x * 1 is x: unclipped steps are unchanged
       const int64_t n = p.numel();
 #pragma omp parallel for schedule(static) if (n > 32768)
       for (int64_t j = 0; j < n; ++j) {
-        const T gj = gr[j];
+        const T gj = gr[j] * scale;
         m[j] = b1 * m[j] + one_b1 * gj;
         v[j] = b2 * v[j] + one_b2 * gj * gj;
         w[j] = w[j] * dec - step_size * m[j] / (std::sqrt(v[j]) * inv_bc2_sqrt + eps);

@@ -36,9 +36,11 @@ class AdamW {
   //   p -= lr * wd * p   (decay groups only)
   //   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
   //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-  // Parameters on the cuda device (f32, moments there too) are updated by the backend's fused
-  // kernel with the same fp32 coefficients and order of operations.
-  void step(double lr);
+  // with g the grad times grad_scale (global-norm clipping's factor, optim/clip.h clip_scale: the
+  // same product, g * T(grad_scale), as clip_grad_norm's replacement of the grad, without a pass
+  // of its own). Parameters on the cuda device (f32, moments there too) are updated by the
+  // backend's fused kernel with the same fp32 coefficients and order of operations.
+  void step(double lr, double grad_scale = 1.0);
   // Drops every parameter's grad.
   void zero_grad();
 

@@ -44,10 +44,15 @@ double global_grad_norm(const std::vector<Tensor>& params) {
   return std::sqrt(total);
 }
 
+double clip_scale(double norm, double max_norm) {
+  if (max_norm <= 0 || !std::isfinite(norm) || norm <= max_norm) return 1.0;
+  return max_norm / (norm + 1e-6);
+}
+
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   const double norm = global_grad_norm(params);
-  if (max_norm <= 0 || !std::isfinite(norm) || norm <= max_norm) return norm;
-  const double scale = max_norm / (norm + 1e-6);
+  const double scale = clip_scale(norm, max_norm);
+  if (scale == 1.0) return norm;
   NoGradGuard no_grad;
   // Host grads are replaced rather than scaled in place: two parameters may share one grad
   // buffer. Device grads are scaled in place (no allocation in the step loop), each buffer once.

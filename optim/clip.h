@@ -11,6 +11,11 @@ namespace moe {
 // sum of squares from the backend (an fp32 reduction in a fixed order). No grad is changed.
 double global_grad_norm(const std::vector<Tensor>& params);
 
+// What clipping multiplies every grad by: max_norm / (norm + 1e-6) when the norm exceeds
+// max_norm > 0, else 1 (also for a non-finite norm: the caller decides). The trainer hands it to
+// AdamW::step, which applies it as it reads each grad (no pass of its own over the grads).
+double clip_scale(double norm, double max_norm);
+
 // Returns the pre-clip global norm. When it exceeds max_norm, every grad is replaced by
 // grad * max_norm / (norm + 1e-6). max_norm <= 0 disables clipping (the norm is still
 // returned). A non-finite norm leaves the grads untouched: the caller decides (skip the step).

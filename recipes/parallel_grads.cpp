@@ -110,17 +110,22 @@ void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, dou
   });
 }
 
-double clip_grad_norm_expert_parallel(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
-                                      Communicator& ep_group, double max_norm) {
+double expert_parallel_grad_norm(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
+                                 Communicator& ep_group) {
   // Grads on the cuda device give their sums of squares from the device (global_grad_norm):
-  // only one double per rank is exchanged, and the scaling below runs where the grads are.
+  // only one double per rank is exchanged.
   const double d = global_grad_norm(dense);
   double e = global_grad_norm(experts);
   e *= e;
   ep_group.all_reduce_sum(&e, 1);
-  const double norm = std::sqrt(d * d + e);
-  if (max_norm <= 0 || !std::isfinite(norm) || norm <= max_norm) return norm;
-  const double scale = max_norm / (norm + 1e-6);
+  return std::sqrt(d * d + e);
+}
+
+double clip_grad_norm_expert_parallel(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
+                                      Communicator& ep_group, double max_norm) {
+  const double norm = expert_parallel_grad_norm(dense, experts, ep_group);
+  const double scale = clip_scale(norm, max_norm);
+  if (scale == 1.0) return norm;
   NoGradGuard no_grad;
   auto scale_all = [scale](const std::vector<Tensor>& params) {
     for (Tensor p : params) {

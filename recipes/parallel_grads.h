@@ -19,10 +19,13 @@ void all_reduce_grads(const std::vector<Tensor>& params, Communicator& comm, dou
 
 // The L2 norm of the grads of the whole model when each rank holds the replicated (dense)
 // parameters' grads and its EP-group slice of the experts: sqrt(|dense|^2 + sum over the ranks
-// of ep_group of |expert slice|^2) (a collective over ep_group). Then clips as clip_grad_norm
-// (optim/clip.h): when the norm exceeds max_norm > 0 every grad is replaced by
-// grad * max_norm / (norm + 1e-6). Returns the pre-clip norm; a non-finite norm changes nothing.
-// Grads may be on the host or the cuda device (norms and scaling there; one double exchanged).
+// of ep_group of |expert slice|^2) (a collective over ep_group). Grads may be on the host or the
+// cuda device (sums of squares there; one double exchanged).
+double expert_parallel_grad_norm(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
+                                 Communicator& ep_group);
+// That norm, then clipping as clip_grad_norm (optim/clip.h): when the norm exceeds max_norm > 0
+// every grad is replaced by grad * max_norm / (norm + 1e-6). Returns the pre-clip norm; a
+// non-finite norm changes nothing.
 double clip_grad_norm_expert_parallel(const std::vector<Tensor>& dense, const std::vector<Tensor>& experts,
                                       Communicator& ep_group, double max_norm);
 

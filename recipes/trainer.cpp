@@ -410,10 +410,10 @@ class Trainer {
       sr.times.backward += seconds_since(part_start);
     }
     average_gradients();  // every rank now holds the same global-batch gradient
-    if (layout_.ep > 1)
-      sr.grad_norm = clip_grad_norm_expert_parallel(dense_params_, expert_params_, *groups_.ep, r_.optim.grad_clip);
-    else
-      sr.grad_norm = clip_grad_norm(model_->parameters(), r_.optim.grad_clip);
+    // Clipping: AdamW multiplies each grad by the clip scale as it reads it (the same products
+    // as scaling the grads first, without a pass of their own).
+    sr.grad_norm = layout_.ep > 1 ? expert_parallel_grad_norm(dense_params_, expert_params_, *groups_.ep)
+                                  : global_grad_norm(model_->parameters());
     if (!std::isfinite(sr.grad_norm)) {
       sr.finite = false;
       sr.what = "gradient norm";
@@ -421,7 +421,7 @@ class Trainer {
     }
     {
       NoGradGuard ng;
-      optim_->step(lr);
+      optim_->step(lr, clip_scale(sr.grad_norm, r_.optim.grad_clip));
     }
     optim_->zero_grad();
     sr.times.optimizer = seconds_since(part_start);

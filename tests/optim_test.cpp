@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
+#include "core/error.h"
 #include "core/ops.h"
 #include "optim/adamw.h"
 #include "optim/clip.h"
@@ -194,6 +197,60 @@ TEST(LrSchedule, ConstantAndBadSettings) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("linear_warmup"), std::string::npos) << e.what();
   }
+}
+
+// step(lr, s) reads each grad as g * s (how the trainer applies clipping): to the bit what
+// replacing the grads by mul_scalar(g, s) (clip_grad_norm) and then step(lr) gives, in f32 and
+// f64, over two steps with different factors; s = 1 is step(lr). A factor that is not finite and
+// positive is refused naming it.
+TEST(AdamW, GradScaleEqualsScalingTheGradsFirst) {
+  for (DType dt : {DType::f32, DType::f64}) {
+    std::vector<double> w(257), g(257);
+    uint64_t x = 12345;
+    auto next = [&x] {
+      x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+      return double(x >> 11) / double(1ULL << 53) * 2.0 - 1.0;
+    };
+    for (double& v : w) v = next();
+    Tensor p1 = Tensor::from_vector<double>(w, {257}).to(dt), p2 = p1.clone(), p3 = p1.clone();
+    for (Tensor* p : {&p1, &p2, &p3}) p->set_requires_grad(true);
+    AdamW a({{"w", p1}}), b({{"w", p2}}), c({{"w", p3}});
+    for (const double s : {0.37, 1.0, 0.0625 / 3.0}) {
+      for (double& v : g) v = 10.0 * next();
+      const Tensor gt = Tensor::from_vector<double>(g, {257}).to(dt);
+      p1.set_grad(mul_scalar(gt, s));
+      p2.set_grad(gt.clone());
+      p3.set_grad(gt.clone());
+      a.step(1e-2);
+      b.step(1e-2, s);
+      if (s == 1.0) {
+        c.step(1e-2);
+      } else {
+        p3.set_grad(mul_scalar(gt, s));
+        c.step(1e-2, 1.0);
+      }
+    }
+    EXPECT_EQ(p2.to_double_vector(), p1.to_double_vector()) << dtype_name(dt);
+    EXPECT_EQ(b.exp_avg().at("w").to_double_vector(), a.exp_avg().at("w").to_double_vector()) << dtype_name(dt);
+    EXPECT_EQ(b.exp_avg_sq().at("w").to_double_vector(), a.exp_avg_sq().at("w").to_double_vector()) << dtype_name(dt);
+    EXPECT_EQ(p3.to_double_vector(), p1.to_double_vector()) << dtype_name(dt) << ": s = 1 and step(lr) agree";
+    for (const double bad : {0.0, -1.0, std::nan(""), HUGE_VAL}) {
+      try {
+        b.step(1e-2, bad);
+        ADD_FAILURE() << "grad_scale " << bad << " accepted";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("grad_scale"), std::string::npos) << e.what();
+      }
+    }
+  }
+}
+
+TEST(ClipGradNorm, ClipScaleIsTheFactorClipGradNormApplies) {
+  EXPECT_EQ(clip_scale(13.0, 100.0), 1.0);  // under the bound
+  EXPECT_EQ(clip_scale(13.0, 0.0), 1.0);    // disabled
+  EXPECT_EQ(clip_scale(std::nan(""), 1.0), 1.0);
+  EXPECT_EQ(clip_scale(HUGE_VAL, 1.0), 1.0);  // non-finite: left to the caller
+  EXPECT_DOUBLE_EQ(clip_scale(13.0, 6.5), 6.5 / (13.0 + 1e-6));
 }
 
 TEST(ClipGradNorm, ScalesToMaxNormAndReturnsPreClipNorm) {

@@ -27,9 +27,9 @@ __global__ void adamw_kernel(float* param, const G* grad, float* m, float* v, db
 template <class G>
 __global__ void adamw_coefficients_kernel(float* param, const G* grad, float* m, float* v, size_t n, float b1,
                                           float b2, float one_b1, float one_b2, float step_size, float inv_sqrt_bc2,
-                                          float eps, float decay) {
+                                          float eps, float decay, float grad_scale) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[i]);
+    const float g = to_float(grad[i]) * grad_scale;  // the clip factor (x * 1 is x)
     const float mi = b1 * m[i] + one_b1 * g;
     const float vi = b2 * v[i] + one_b2 * g * g;
     m[i] = mi;
@@ -66,7 +66,7 @@ void adamw_step(float* param, const G* grad, float* m, float* v, size_t n, const
   unsigned blocks = ceil_div(n, 256);
   if (blocks > 4096) blocks = 4096;
   MOE_LAUNCH(adamw_coefficients_kernel<device_t<G>>, blocks, 256, 0, stream, param, dev(grad), m, v, n, c.beta1,
-             c.beta2, c.one_minus_beta1, c.one_minus_beta2, c.step_size, c.inv_sqrt_bc2, c.eps, c.decay);
+             c.beta2, c.one_minus_beta1, c.one_minus_beta2, c.step_size, c.inv_sqrt_bc2, c.eps, c.decay, c.grad_scale);
 }
 
 template <class G>

@@ -29,7 +29,8 @@ struct AdamwCoefficients {
   float step_size = 0;     // lr / (1 - beta1^t)
   float inv_sqrt_bc2 = 1;  // 1 / sqrt(1 - beta2^t)
   float eps = 1e-8f;
-  float decay = 1;  // 1 - lr * weight_decay (1 outside the decay group)
+  float decay = 1;       // 1 - lr * weight_decay (1 outside the decay group)
+  float grad_scale = 1;  // g = grad * grad_scale (global-norm clipping's factor; 1: g = grad exactly)
   // From double hyperparameters, as optim/adamw.cpp computes them (t >= 1).
   static AdamwCoefficients from(double lr, double beta1, double beta2, double eps, double weight_decay, long step);
 };

@@ -67,7 +67,8 @@ std::vector<std::pair<std::string, Shape>> param_shapes() {
           {"lm_head.weight", {11, 13}}};
 }
 
-// 5 steps at changing learning rates, weight decay on for the >= 2-d tensors, one parameter
+// 5 steps at changing learning rates and clip factors (step(lr, grad_scale): each grad read as
+// g * grad_scale), weight decay on for the >= 2-d tensors, one parameter
 // without a grad on step 3 (its own step count falls behind): the device update follows the
 // CPU's to 1e-6 of each tensor's largest entry, moments and step counts included. The kernel
 // uses the CPU loop's fp32 coefficients and order of operations, so under the emulation it is
@@ -86,7 +87,7 @@ TEST_F(OptimDevice, AdamWFollowsTheCpuOverFiveSteps) {
   AdamW a(cpu, cfg), b(dev, cfg);
   ASSERT_TRUE(a.decays("experts.w1"));
   ASSERT_FALSE(a.decays("blocks.0.norm1.weight"));
-  const double lrs[] = {1e-2, 3e-3, 7e-3, 5e-4, 2e-2};
+  const double lrs[] = {1e-2, 3e-3, 7e-3, 5e-4, 2e-2}, scales[] = {1.0, 0.37, 1.0, 0.5, 0.0123};
   for (int step = 0; step < 5; ++step) {
     for (size_t i = 0; i < cpu.size(); ++i) {
       if (step == 2 && i == 1) {  // no grad: skipped, moments and step untouched
@@ -98,8 +99,8 @@ TEST_F(OptimDevice, AdamWFollowsTheCpuOverFiveSteps) {
       cpu[i].second.set_grad(g);
       dev[i].second.set_grad(g.to(Device::cuda));
     }
-    a.step(lrs[step]);
-    b.step(lrs[step]);
+    a.step(lrs[step], scales[step]);
+    b.step(lrs[step], scales[step]);
   }
   const auto am = a.exp_avg(), av = a.exp_avg_sq(), as = a.steps();
   const auto bm = b.exp_avg(), bv = b.exp_avg_sq(), bs = b.steps();

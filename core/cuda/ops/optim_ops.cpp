@@ -33,7 +33,8 @@ void Backend::adamw_update(const Tensor& param, const Tensor& grad, const Tensor
   MOE_CHECK(grad.shape() == param.shape() && m.shape() == param.shape() && v.shape() == param.shape(), op,
             "parameter '", param.name(), "' ", param.shape_str(), ": grad ", grad.shape_str(), ", moments ",
             m.shape_str(), " and ", v.shape_str());
-  const AdamwCoefficients c = AdamwCoefficients::from(u.lr, u.beta1, u.beta2, u.eps, u.weight_decay, long(u.step));
+  AdamwCoefficients c = AdamwCoefficients::from(u.lr, u.beta1, u.beta2, u.eps, u.weight_decay, long(u.step));
+  c.grad_scale = float(u.grad_scale);
   const size_t n = size_t(param.numel());
   float* p = param.device_data<float>();
   float* mp = m.device_data<float>();
