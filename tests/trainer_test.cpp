@@ -92,6 +92,34 @@ TEST_P(TrainerResume, StraightAndInterruptedRunsAreBitwiseEqual) {
 
 INSTANTIATE_TEST_SUITE_P(Strategies, TrainerResume, ::testing::Values("aux_loss", "loss_free", "bip", "ssr"));
 
+// The trainer hands clipping's factor to AdamW (AdamW::step(lr, grad_scale)): a bound no step
+// reaches changes nothing, bit for bit, against no clipping; a bound every step exceeds changes
+// every step after the first (the same first loss, then different ones).
+TEST(Trainer, GradClipIsAppliedAndAnUnreachedBoundChangesNothing) {
+  auto run = [](const std::string& clip) {
+    Recipe r = parse_recipe(tiny_recipe("aux_loss") + "[optim]\ngrad_clip = " + clip + "\n", "clip.toml");
+    fs::path dir = test::fresh_run_dir("grad_clip_" + clip);
+    EXPECT_EQ(test::train_quietly(r, dir), kTrainOk) << clip;
+    return loss_rows(dir);
+  };
+  const auto off = run("0.0"), unreached = run("1e9"), tight = run("1e-3");
+  ASSERT_EQ(off.size(), unreached.size());
+  for (size_t i = 0; i < off.size(); ++i) EXPECT_EQ(off[i], unreached[i]) << "metrics.jsonl row " << i;
+  auto train_losses = [](const std::vector<std::string>& rows) {  // the "loss": field of each train row
+    std::vector<std::string> out;
+    for (const std::string& row : rows)
+      if (const size_t at = row.find("\"loss\":"); row.find("\"kind\": \"train\"") != std::string::npos &&
+                                                    at != std::string::npos)
+        out.push_back(row.substr(at, row.find(',', at) - at));
+    return out;
+  };
+  const auto a = train_losses(off), b = train_losses(tight);
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  EXPECT_EQ(a[0], b[0]) << "the first step's loss comes before any update";
+  for (size_t i = 1; i < a.size(); ++i) EXPECT_NE(a[i], b[i]) << "step " << i + 1 << ": clipping changed nothing";
+}
+
 TEST(Trainer, SigtermCheckpointsAndResumesExactly) {
   // A real process: build/moetrain train, SIGTERM once training has started.
   fs::path dir = test::fresh_run_dir("sigterm"), straight = test::fresh_run_dir("sigterm_straight");
