@@ -44,8 +44,8 @@ __device__ inline void load_rows(const dbf16* src, long rs, long r0, long valid,
   }
 }
 
-// load_rows through cp.async (core/cuda/async_copy.h), for tiles double-buffered under
-// MOE_FLASH_ASYNC=1: with `vec` every 16-byte chunk is one copy, zero-filled past `valid` rows or
+// load_rows through cp.async (core/cuda/async_copy.h), for tiles double-buffered when
+// flash_async_tiles() (attention.h): with `vec` every 16-byte chunk is one copy, zero-filled past `valid` rows or
 // D (D % 8 == 0, so no chunk straddles D; a zero-filled copy reads nothing, src only has to be a
 // 16-byte aligned address), landing at the caller's cp_async_wait; without `vec`, load_rows's
 // plain loads and stores (visible after the next __syncthreads, not overlapped with anything).
@@ -251,7 +251,7 @@ inline bool vector_loads_ok(int head_dim, std::initializer_list<const void*> ptr
 }
 
 // The bf16 forward on tensor cores (mma.sync, registers): same contract as flash_attention_forward.
-// async_tiles (MOE_FLASH_ASYNC=1, attention.cu): the K / V tiles double-buffered through cp.async,
+// async_tiles (flash_async_tiles(), attention.h): the K / V tiles double-buffered through cp.async,
 // the next tile's copies in flight while the warps compute on the current one; the same
 // arithmetic in the same order, so the same bits.
 void flash_forward_tensor_cores(const bf16* q, const bf16* k, const bf16* v, bf16* out, float* lse, long batch_heads,

@@ -9,13 +9,14 @@
 // product against 16 rows per warp. Head dims up to kFlashMaxHeadDim, padded with zeros to a
 // multiple of 16; compiled for padded dims up to 64 (Q fragments in registers) and up to 128 (Q
 // re-read from shared memory per k-step, to stay within 255 registers without spills).
-// MOE_FLASH_ASYNC=1 (kAsync): two K / V buffers filled by cp.async, FlashAttention-2's pipeline:
-// at each tile one wait + barrier (the tile has landed for every thread, and every warp is done
-// with the other buffer), then the next tile's copies are issued into the other buffer and fly
-// while the warps compute. One barrier per tile instead of two, and the tensor cores no longer
-// wait for each tile's global loads; the cost is 2 x 64 more rows of shared memory (54 KiB at
-// Dh = 64, 102 KiB at 128: 2 blocks per H100 SM, as the registers allow anyway; 1 on an A100).
-// Expected: most of the load time hidden; unmeasured (see core/cuda/README.md).
+// kAsync (flash_async_tiles(): the default from sm_90): two K / V buffers filled by cp.async,
+// FlashAttention-2's pipeline: at each tile one wait + barrier (the tile has landed for every
+// thread, and every warp is done with the other buffer), then the next tile's copies are issued
+// into the other buffer and fly while the warps compute. One barrier per tile instead of two, and
+// the tensor cores no longer wait for each tile's global loads; the cost is 2 x 64 more rows of
+// shared memory (54 KiB at Dh = 64, 102 KiB at 128: 2 blocks per H100 SM, as the registers allow
+// anyway; 1 on an A100). Measured on an H100 (2026-11-27): the forward 1.7-1.9x the synchronous
+// tiles' TFLOP/s (docs/benchmarks.md); an A100 is unmeasured, so sm_80 keeps the synchronous tiles.
 #include <cmath>
 #include <cstdint>
 

@@ -4,10 +4,11 @@
 // 64). The scores, P (recomputed from the saved logsumexp), dP, dS = P (dP - delta) and the dK,
 // dV, dQ accumulators stay in registers with the mma.sync layout (core/cuda/mma.h); operand
 // tiles come from shared memory by ldmatrix. P and dS are rounded to bf16 as product operands only.
-// MOE_FLASH_ASYNC=1 (kAsync): the streamed tiles (dK / dV's 32-row steps of Q, dO, lse, delta;
-// dQ's 64-key tiles of K, V) in two buffers, the next one's copies (cp.async; the step's lse and
-// delta by plain stores) issued after the one wait + barrier per step and flying while the warps
-// compute, as the forward (attention_tc.cu). Same arithmetic, same order: the same bits.
+// kAsync (flash_async_tiles(): the default from sm_90): the streamed tiles (dK / dV's 32-row steps
+// of Q, dO, lse, delta; dQ's 64-key tiles of K, V) in two buffers, the next one's copies (cp.async;
+// the step's lse and delta by plain stores) issued after the one wait + barrier per step and flying
+// while the warps compute, as the forward (attention_tc.cu). Same arithmetic, same order: the same
+// bits.
 #include <cmath>
 #include <cstdint>
 

@@ -25,9 +25,10 @@
 //    bytes per access (those remain for outputs without 16-byte rows, and under
 //    MOE_WGMMA4_DIRECT_STORES=1 to compare the two on a GPU). Under MOE_WGMMA4_TMA_STORES=1 an
 //    overwrite goes out as bulk tensor stores instead (store_rows_tma: two 2 KiB boxes per warp in
-//    turn, the tile's last stores left running while the next tile's products start): opt-in until
-//    a GPU measures it; the case it is for is tn at 512 rows per expert, where each tile's 8 slices
-//    of products are followed by 128 KiB of fp32 stores the consumers otherwise wait on.
+//    turn, the tile's last stores left running while the next tile's products start), meant for tn
+//    at 512 rows per expert, where each tile's 8 slices of products are followed by 128 KiB of
+//    fp32 stores the consumers otherwise wait on. Opt-in: an H100 measured it no faster for wgmma4
+//    (2026-11-27; that case is bound by the memory's mixed read / write rate, docs/benchmarks.md).
 // The copies land in exactly the 128B-swizzled layouts the cp.async kernels build (K-major
 // [rows][64] tiles of 128-byte rows; MN-major [64 k][64 o] blocks; grouped_gemm_sm90.cu), so the
 // descriptors and per-slice products are grouped_gemm_sm90_tile.h's. Per form:
