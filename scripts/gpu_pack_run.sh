@@ -167,7 +167,7 @@ for step in $STEPS; do
     # Both runs there: their loss curves compared (scripts/loss_curves.py, python3's standard library).
     if [[ -s "$R/train_cpu/metrics.jsonl" && -s "$R/train_cuda/metrics.jsonl" ]]; then
       python3 scripts/loss_curves.py "$R/train_cpu" "$R/train_cuda" > "$R/loss_curves.txt" 2>&1
-      echo "loss curves rc=$?"; tail -4 "$R/loss_curves.txt"
+      echo "loss curves rc=$?"; tail -3 "$R/loss_curves.txt"
     fi ;;
   throughput)
     echo "== throughput at d_model 1024 (expert_choice: balanced groups)"

@@ -12,8 +12,9 @@ the first loss spike, which amplifies their rounding differences (an H100 run of
             data and first updates (a wrong kernel shows here, from step 1);
   smoothed  the largest |difference| of the WINDOW-step moving averages <= TOL: the two runs
             learn alike after they part.
-Prints a table of steps, both checks, the largest per-step difference (for information) and each
-run's mean tokens/s. Exit 0 when both checks hold, 1 when one fails, 2 on unusable input.
+Prints a table of steps, both checks and the largest per-step difference (for information); speed
+is gpu_train_check.sh's to report (tokens/s and MFU). Exit 0 when both checks hold, 1 when one
+fails, 2 on unusable input.
 """
 import argparse
 import json
@@ -84,12 +85,6 @@ def main():
     print(f"smoothed: largest |difference| of {a.window}-step moving averages {worst_smooth:.4f} at step "
           f"{at_smooth} (tolerance {a.tol:g}): {'ok' if ok_smooth else 'FAIL'}")
     print(f"largest per-step |difference| {worst:.4f} at step {at_worst} (for information)")
-
-    def tokens_per_s(rows):
-        rest = [r["tokens_per_s"] for r in rows[len(rows) // 5:] if "tokens_per_s" in r]
-        return sum(rest) / len(rest) if rest else 0.0
-
-    print(f"tokens/s (mean after the first fifth): {a.ref_run} {tokens_per_s(ref):.0f}, {a.run} {tokens_per_s(run):.0f}")
     return 0 if ok_early and ok_smooth else 1
 
 

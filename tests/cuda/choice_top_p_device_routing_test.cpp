@@ -240,12 +240,6 @@ class ChoiceTopPDeviceRouting : public ::testing::Test {
   void SetUp() override { cuda::install_backend("ChoiceTopPDeviceRouting"); }
 };
 
-// Experts per token of a routing over T tokens.
-std::vector<int64_t> experts_per_token(const Routing& r, int64_t T) {
-  std::vector<int64_t> per_token(static_cast<size_t>(T), 0);
-  for (int64_t t : r.token.to_vector<int64_t>()) ++per_token[size_t(t)];
-  return per_token;
-}
 bool ragged(const std::vector<int64_t>& per_token) {
   const auto [fewest, most] = std::minmax_element(per_token.begin(), per_token.end());
   return *fewest != *most;
@@ -274,7 +268,7 @@ void run_case(const ChoiceCase& c, uint64_t seed = 31) {
     if (decision_margin(c, cpu_scores(cpu, input(s)), T, E) <= 1e-4) return false;
     NoGradGuard ng;
     probe.forward(input(s));
-    return ragged(experts_per_token(probe.last_routing(), T));
+    return ragged(test::choices_per_token(probe.last_routing(), T));
   });
   ASSERT_TRUE(found) << "every input drawn was near a decision or gave every token as many experts";
   Tensor x = input(usable), R = random_host({2, 7, 40}, usable + 1);
@@ -288,7 +282,7 @@ void run_case(const ChoiceCase& c, uint64_t seed = 31) {
   for (const Tensor& g : d.grads) EXPECT_EQ(g.device(), Device::cuda);
   // A ragged selection (as the probe saw): some token with no expert or more than top_k, or a
   // varying count.
-  EXPECT_TRUE(ragged(experts_per_token(cpu.last_routing(), T)))
+  EXPECT_TRUE(ragged(test::choices_per_token(cpu.last_routing(), T)))
       << "every token got as many experts: the case does not exercise a ragged selection";
 
   expect_same_decisions(dev, cpu, "device layer vs cpu layer");

@@ -76,6 +76,13 @@ inline std::vector<bool> tokens_with_unequal_gates(const Routing& a, const Routi
   return unequal;
 }
 
+// How many choices each of `tokens` tokens got in a routing (Routing's token ids).
+inline std::vector<int64_t> choices_per_token(const Routing& r, int64_t tokens) {
+  std::vector<int64_t> per_token(size_t(tokens), 0);
+  for (int64_t t : r.token.to_vector<int64_t>()) ++per_token[size_t(t)];
+  return per_token;
+}
+
 // |got - want| <= rel * max |want| entry-wise, row by row (a row: numel / loose.size() entries):
 // rows marked in `loose` within loose_rel, the others within rel, both relative to the largest
 // |want| of the whole tensor. The failure names `what`, the worst entry (a NaN on either side

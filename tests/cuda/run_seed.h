@@ -1,7 +1,8 @@
 // The seeds of the kernel tests' fresh random inputs (test_seed.h adds the line a failed test
-// prints). Every seed a test hands to an input generator goes through test_seed(base): the base keeps a test's inputs apart from each other, and the run seed
-// mixed into it makes each run draw new ones, so over many CI runs the kernels meet many inputs,
-// not the one set a fixed seed would pin.
+// prints). Every seed a test hands to an input generator goes through test_seed(base): the base
+// keeps a test's inputs apart from each other, and the run seed mixed into it makes each run draw
+// new ones, so over many CI runs the kernels meet many inputs, not the one set a fixed seed would
+// pin.
 //
 // The run seed is MOE_TEST_SEED when set (0: the fixed inputs, test_seed(base) == base), else
 // drawn once per process from std::random_device. scripts/test.sh draws one for the whole run and

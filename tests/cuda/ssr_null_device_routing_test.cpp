@@ -257,8 +257,7 @@ Seen run(const Case& c) {
       check_pass(d, dh, cpu, {f32, tol, 3 * f32, tol});
     }
     if (!ssr) {
-      std::vector<int64_t> per_token(size_t(x.size(0) * x.size(1)), 0);
-      for (int64_t t : cpu.last_routing().token.to_vector<int64_t>()) per_token[size_t(t)] += 1;
+      const std::vector<int64_t> per_token = test::choices_per_token(cpu.last_routing(), x.size(0) * x.size(1));
       for (int64_t e : cpu.last_routing().expert.to_vector<int64_t>()) EXPECT_LT(e, E);
       for (int64_t n : per_token) seen.tokens_short += n < k, seen.tokens_none += n == 0;
     }
